@@ -1,0 +1,39 @@
+/* Shared by the binding files: the only C files that include Python.h.
+ * They parse and check arguments, view NumPy arrays as raw pointers, release
+ * the GIL around the C kernels and turn their status codes into exceptions. */
+#ifndef CALIGN_BINDING_COMMON_H
+#define CALIGN_BINDING_COMMON_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#define PY_ARRAY_UNIQUE_SYMBOL calign_ARRAY_API
+#ifndef CALIGN_BINDING_MAIN
+#define NO_IMPORT_ARRAY
+#endif
+#include <numpy/arrayobject.h>
+
+/* Each returns a NEW reference, or NULL with an exception that names `name`. */
+
+/* A float32, C-contiguous array of rank ndim, used in place (never copied:
+ * the big operands must not be silently duplicated). */
+PyArrayObject *arg_f32_array(PyObject *obj, const char *name, int ndim);
+/* Any integer array of rank 1, as a contiguous int64 copy. */
+PyArrayObject *arg_int64_vector(PyObject *obj, const char *name);
+/* Any real floating array (or sequence of floats) of rank 1 as a contiguous
+ * float64 copy; with finite=1 NaN and infinity are rejected. */
+PyArrayObject *arg_f64_vector(PyObject *obj, const char *name, int finite);
+/* The same for rank 2. */
+PyArrayObject *arg_f64_matrix(PyObject *obj, const char *name, int finite);
+
+/* Raises ValueError unless the array has `expected` elements along axis 0. */
+int check_length(PyArrayObject *arr, const char *name, npy_intp expected,
+                 const char *expected_from);
+
+/* The method tables of the binding files, joined in module.c. */
+extern PyMethodDef calign_threads_methods[];
+extern PyMethodDef calign_ops_methods[];
+extern PyMethodDef calign_losses_methods[];
+extern PyMethodDef calign_wordalign_methods[];
+
+#endif

@@ -1,0 +1,260 @@
+#include "logprob.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "core/gemm.h"
+#include "core/simd.h"
+#include "core/threads.h"
+
+#define CHUNK_LOGITS_BUDGET_BYTES (32L << 20)
+
+int logprob_default_chunk_rows(int V, int d) {
+    long rows = CHUNK_LOGITS_BUDGET_BYTES / ((long)sizeof(float) * (V > 0 ? V : 1));
+    if (rows < 32) rows = 32;
+    if (rows > 2048) rows = 2048;
+    return (int)(rows / 16 * 16);
+}
+
+/* Scratch layout: logits chunk [C, V] | gathered hidden rows [C, d] |
+ * grad of gathered hidden rows [C, d] | indices of the scored rows [N]. */
+typedef struct {
+    float *logits, *hidden_rows, *grad_hidden_rows;
+    int32_t *active;
+} scratch_layout;
+
+static long chunk_capacity(const logprob_problem *p) {
+    return p->chunk_rows < p->N ? p->chunk_rows : (p->N > 0 ? p->N : 1);
+}
+
+size_t logprob_scratch_bytes(const logprob_problem *p) {
+    long C = chunk_capacity(p);
+    return sizeof(float) * ((size_t)C * p->V + 2 * (size_t)C * p->d) +
+           sizeof(int32_t) * (size_t)(p->N > 0 ? p->N : 1) + 64;
+}
+
+static scratch_layout carve_scratch(const logprob_problem *p, void *scratch) {
+    long C = chunk_capacity(p);
+    scratch_layout s;
+    s.logits = (float *)scratch;
+    s.hidden_rows = s.logits + (size_t)C * p->V;
+    s.grad_hidden_rows = s.hidden_rows + (size_t)C * p->d;
+    s.active = (int32_t *)(s.grad_hidden_rows + (size_t)C * p->d);
+    return s;
+}
+
+/* Indices of the rows that are scored (target != ignore_index). */
+static long collect_active_rows(int32_t *active, const logprob_problem *p) {
+    long n = 0;
+    for (long i = 0; i < p->N; i++)
+        if (p->targets[i] != p->ignore_index) active[n++] = (int32_t)i;
+    return n;
+}
+
+/* The rows active[0..n) as one [n, d] matrix: a view into hidden when they
+ * are consecutive, else a copy into buf. */
+static const float *gather_rows(float *buf, const int32_t *active, long n,
+                                const float *hidden, int d) {
+    if (active[n - 1] - active[0] == n - 1) return hidden + (size_t)active[0] * d;
+    for (long r = 0; r < n; r++)
+        memcpy(buf + (size_t)r * d, hidden + (size_t)active[r] * d, sizeof(float) * d);
+    return buf;
+}
+
+/* Sums run in float over blocks of SUM_BLOCK terms (vectorised), and in
+ * double across blocks, so their error does not grow with the vocabulary. */
+#define SUM_BLOCK 512
+
+/* z = (logits + bias) * inv_temperature in place; returns max_v z_v and sets
+ * *sum_z = sum_v z_v. */
+CALIGN_SIMD_CLONES
+static float scale_row(float *z, const float *bias, int V, float inv_temperature,
+                       double *sum_z) {
+    float m = -INFINITY;
+    if (bias) {
+        for (int v = 0; v < V; v++) z[v] = (z[v] + bias[v]) * inv_temperature;
+    } else if (inv_temperature != 1.0f) {
+        for (int v = 0; v < V; v++) z[v] *= inv_temperature;
+    }
+    double total = 0.0;
+    for (int v0 = 0; v0 < V; v0 += SUM_BLOCK) {
+        int v1 = v0 + SUM_BLOCK < V ? v0 + SUM_BLOCK : V;
+        float s = 0.0f;
+        for (int v = v0; v < v1; v++) {
+            m = z[v] > m ? z[v] : m;
+            s += z[v];
+        }
+        total += s;
+    }
+    *sum_z = total;
+    return m;
+}
+
+/* Sums over v of e_v = exp(z_v - m), e_v (z_v - m) and e_v^2 (the last two only
+ * when with_moments), for entropy = log sum(e) - sum(e (z - m))/sum(e) and
+ * log sum p^2 = log sum(e^2) - 2 log sum(e). */
+CALIGN_SIMD_CLONES
+static void exp_sums(const float *z, int V, float m, int with_moments, double *s_e,
+                     double *s_ez, double *s_ee) {
+    double se = 0.0, sez = 0.0, see = 0.0;
+    for (int v0 = 0; v0 < V; v0 += SUM_BLOCK) {
+        int v1 = v0 + SUM_BLOCK < V ? v0 + SUM_BLOCK : V;
+        float be = 0.0f, bez = 0.0f, bee = 0.0f;
+        if (with_moments) {
+            for (int v = v0; v < v1; v++) {
+                float e = exp_nonpositive(z[v] - m);
+                be += e;
+                bez += e * (z[v] - m);
+                bee += e * e;
+            }
+        } else {
+            for (int v = v0; v < v1; v++) be += exp_nonpositive(z[v] - m);
+        }
+        se += be;
+        sez += bez;
+        see += bee;
+    }
+    *s_e = se;
+    *s_ez = sez;
+    *s_ee = see;
+}
+
+/* In place: z_v <- -coef * softmax(z)_v, given m = max z and lse. This is
+ * d logp / d logits times coef, before the +coef on the target column. */
+CALIGN_SIMD_CLONES
+static void softmax_gradient_row(float *z, int V, float lse, float coef) {
+    for (int v = 0; v < V; v++) z[v] = -coef * exp_nonpositive(z[v] - lse);
+}
+
+/* Per-row forward on a chunk of logits; returns the first non-finite global
+ * row index or -1. */
+static long forward_chunk_rows(float *logprobs, const logprob_stats *stats,
+                               float *logits, const int32_t *active_chunk, long n,
+                               const logprob_problem *p) {
+    const int V = p->V;
+    const float inv_t = 1.0f / p->temperature;
+    const int with_moments = stats && (stats->entropy || stats->log_sum_sq_probs);
+    long first_bad = p->N;
+#pragma omp parallel for num_threads(calign_num_threads()) schedule(static) reduction(min : first_bad)
+    for (long r = 0; r < n; r++) {
+        float *z = logits + (size_t)r * V;
+        long row = active_chunk[r];
+        double sum_z, s_e, s_ez, s_ee;
+        float m = scale_row(z, p->bias, V, inv_t, &sum_z);
+        exp_sums(z, V, m, with_moments, &s_e, &s_ez, &s_ee);
+        float lse = (float)(m + log(s_e));
+        if (!isfinite(lse)) {
+            if (row < first_bad) first_bad = row;
+            continue;
+        }
+        float z_target = z[p->targets[row]];
+        logprobs[row] = z_target - lse;
+        if (stats) {
+            if (stats->logsumexp) stats->logsumexp[row] = lse;
+            if (stats->entropy) stats->entropy[row] = (float)(log(s_e) - s_ez / s_e);
+            if (stats->mean_logit) stats->mean_logit[row] = (float)(sum_z / V);
+            if (stats->log_sum_sq_probs)
+                stats->log_sum_sq_probs[row] = (float)(log(s_ee) - 2.0 * log(s_e));
+            if (stats->is_top1) stats->is_top1[row] = z_target >= m;
+        }
+    }
+    return first_bad == p->N ? -1 : first_bad;
+}
+
+static void zero_outputs(float *logprobs, const logprob_stats *stats, long N) {
+    memset(logprobs, 0, sizeof(float) * N);
+    if (!stats) return;
+    if (stats->logsumexp) memset(stats->logsumexp, 0, sizeof(float) * N);
+    if (stats->entropy) memset(stats->entropy, 0, sizeof(float) * N);
+    if (stats->mean_logit) memset(stats->mean_logit, 0, sizeof(float) * N);
+    if (stats->log_sum_sq_probs) memset(stats->log_sum_sq_probs, 0, sizeof(float) * N);
+    if (stats->is_top1) memset(stats->is_top1, 0, N);
+}
+
+long token_logprobs_forward(float *logprobs, const logprob_stats *stats,
+                            const logprob_problem *p, void *scratch) {
+    scratch_layout s = carve_scratch(p, scratch);
+    zero_outputs(logprobs, stats, p->N);
+    long n_active = collect_active_rows(s.active, p);
+    for (long c0 = 0; c0 < n_active; c0 += p->chunk_rows) {
+        long n = n_active - c0 < p->chunk_rows ? n_active - c0 : p->chunk_rows;
+        const float *h = gather_rows(s.hidden_rows, s.active + c0, n, p->hidden, p->d);
+        /* logits [n, V] = h [n, d] @ W^T */
+        gemm_f32(false, true, (int)n, p->V, p->d, 1.0f, h, p->d, p->weight, p->d, 0.0f,
+                 s.logits, p->V);
+        long bad = forward_chunk_rows(logprobs, stats, s.logits, s.active + c0, n, p);
+        if (bad >= 0) return bad;
+    }
+    return -1;
+}
+
+/* Turns a chunk of logits into dL/dlogits in place:
+ *   dL/dz_v = g (1[v = t] - softmax(z)_v),  dL/dlogits = dL/dz / tau. */
+static long backward_chunk_rows(float *logprobs, float *logits, const int32_t *active_chunk,
+                                long n, const float *grad_logprobs,
+                                const logprob_problem *p) {
+    const int V = p->V;
+    const float inv_t = 1.0f / p->temperature;
+    long first_bad = p->N;
+#pragma omp parallel for num_threads(calign_num_threads()) schedule(static) reduction(min : first_bad)
+    for (long r = 0; r < n; r++) {
+        float *z = logits + (size_t)r * V;
+        long row = active_chunk[r];
+        int64_t t = p->targets[row];
+        double sum_z, s_e, unused_ez, unused_ee;
+        float m = scale_row(z, p->bias, V, inv_t, &sum_z);
+        exp_sums(z, V, m, 0, &s_e, &unused_ez, &unused_ee);
+        float lse = (float)(m + log(s_e));
+        if (!isfinite(lse)) {
+            if (row < first_bad) first_bad = row;
+            continue;
+        }
+        if (logprobs) logprobs[row] = z[t] - lse;
+        float coef = grad_logprobs[row] * inv_t;
+        softmax_gradient_row(z, V, lse, coef);
+        z[t] += coef;
+    }
+    return first_bad == p->N ? -1 : first_bad;
+}
+
+/* grad_bias[v] += sum over the chunk's rows of dL/dlogits[r, v]. */
+static void accumulate_bias_grad(float *grad_bias, const float *g, long n, int V) {
+#pragma omp parallel for num_threads(calign_num_threads()) schedule(static)
+    for (int v0 = 0; v0 < V; v0 += 256) {
+        int v1 = v0 + 256 < V ? v0 + 256 : V;
+        for (long r = 0; r < n; r++) {
+            const float *row = g + (size_t)r * V;
+            for (int v = v0; v < v1; v++) grad_bias[v] += row[v];
+        }
+    }
+}
+
+long token_logprobs_backward(float *grad_hidden, float *grad_weight, float *grad_bias,
+                             float *logprobs, const float *grad_logprobs,
+                             const logprob_problem *p, void *scratch) {
+    scratch_layout s = carve_scratch(p, scratch);
+    const int d = p->d, V = p->V;
+    memset(grad_hidden, 0, sizeof(float) * (size_t)p->N * d);
+    if (logprobs) memset(logprobs, 0, sizeof(float) * p->N);
+    long n_active = collect_active_rows(s.active, p);
+    for (long c0 = 0; c0 < n_active; c0 += p->chunk_rows) {
+        long n = n_active - c0 < p->chunk_rows ? n_active - c0 : p->chunk_rows;
+        const int32_t *rows = s.active + c0;
+        const float *h = gather_rows(s.hidden_rows, rows, n, p->hidden, d);
+        gemm_f32(false, true, (int)n, V, d, 1.0f, h, d, p->weight, d, 0.0f, s.logits, V);
+        long bad = backward_chunk_rows(logprobs, s.logits, rows, n, grad_logprobs, p);
+        if (bad >= 0) return bad;
+        /* grad_h [n, d] = G [n, V] @ W [V, d], straight into grad_hidden when
+         * the rows are consecutive */
+        int consecutive = rows[n - 1] - rows[0] == n - 1;
+        float *gh = consecutive ? grad_hidden + (size_t)rows[0] * d : s.grad_hidden_rows;
+        gemm_f32(false, false, (int)n, d, V, 1.0f, s.logits, V, p->weight, d, 0.0f, gh, d);
+        if (!consecutive)
+            for (long r = 0; r < n; r++)
+                memcpy(grad_hidden + (size_t)rows[r] * d, gh + (size_t)r * d, sizeof(float) * d);
+        /* grad_W [V, d] += G^T [V, n] @ h [n, d] */
+        gemm_f32(true, false, V, d, (int)n, 1.0f, s.logits, V, h, d, 1.0f, grad_weight, d);
+        if (grad_bias) accumulate_bias_grad(grad_bias, s.logits, n, V);
+    }
+    return -1;
+}

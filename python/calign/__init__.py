@@ -1,0 +1,13 @@
+"""calign: alignment training for language models, with a C core.
+
+The C extension does every loop over tokens, vocabulary and parameters; this
+package configures it. See README.md for what is supported.
+"""
+
+from calign._C import get_num_threads, set_num_threads
+from calign import losses, ops
+from calign._info import build_info
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "build_info", "get_num_threads", "set_num_threads", "losses", "ops"]

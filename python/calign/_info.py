@@ -1,0 +1,27 @@
+"""What calign was built with and runs on (for `python -m calign` and benchmarks)."""
+
+import os
+import platform
+
+from calign import _C
+
+
+def cpu_model():
+    """The CPU's model name as the kernel reports it, or the platform string."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build_info():
+    """A dict: BLAS library, its kernel (core type), threads, cores, CPU model."""
+    info = dict(_C.build_info())
+    info["threads"] = _C.get_num_threads()
+    info["cpu"] = cpu_model()
+    info["OPENBLAS_CORETYPE"] = os.environ.get("OPENBLAS_CORETYPE", "")
+    return info
