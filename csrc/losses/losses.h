@@ -1,0 +1,69 @@
+/* Sequence-level alignment objectives and their gradients, in double.
+ *
+ * Each function takes per-example log-probabilities (sums over completion
+ * tokens unless said otherwise) and writes per-example losses, implicit
+ * rewards and, when the grad pointers are not NULL,
+ *     grad_x[j] = d (sum_i losses[i]) / d x[j]
+ * for each policy input x. For losses that couple examples (aot, sft) this
+ * includes the cross terms; otherwise it is d losses[j] / d x[j]. The formulas
+ * follow TRL 1.16, whose source is their specification; each is annotated
+ * with the paper it implements. Arguments are checked by the binding. */
+#ifndef CALIGN_LOSSES_H
+#define CALIGN_LOSSES_H
+
+typedef enum {
+    DPO_SIGMOID, DPO_HINGE, DPO_IPO, DPO_EXO_PAIR, DPO_NCA_PAIR, DPO_ROBUST, DPO_BCO_PAIR,
+    DPO_SPPO_HARD, DPO_AOT, DPO_AOT_UNPAIRED, DPO_APO_ZERO, DPO_APO_DOWN, DPO_DISCOPOP,
+    DPO_SIGMOID_NORM, DPO_SFT, DPO_N_LOSS_TYPES
+} dpo_loss_type;
+
+typedef enum { F_REVERSE_KL, F_FORWARD_KL, F_JS_DIVERGENCE, F_ALPHA_DIVERGENCE } f_divergence;
+
+typedef struct {
+    double beta, label_smoothing, f_alpha_divergence_coef, discopop_tau, bco_reward_shift;
+    f_divergence divergence;
+    int n_loss_types;
+    const int *loss_types;      /* dpo_loss_type values */
+    const double *loss_weights; /* one per loss type */
+} dpo_params;
+
+/* chosen_lengths/rejected_lengths (completion token counts) are needed by
+ * ipo, sigmoid_norm and sft; weights (per-example factors) may be NULL.
+ * work: 5 * B doubles and 2 * B ints of scratch. */
+void dpo_loss(double *losses, double *chosen_rewards, double *rejected_rewards,
+              double *grad_chosen, double *grad_rejected, const double *policy_chosen,
+              const double *policy_rejected, const double *ref_chosen,
+              const double *ref_rejected, const double *chosen_lengths,
+              const double *rejected_lengths, const double *weights, int B,
+              const dpo_params *p, double *work, int *iwork);
+
+typedef enum { KTO_KTO, KTO_APO_ZERO_UNPAIRED } kto_loss_type;
+
+/* desirable[i] != 0 marks a desirable example; kl is the (already clamped,
+ * constant) KL estimate z_0 of the KTO paper. */
+void kto_loss(double *losses, double *rewards, double *grad, const double *policy,
+              const double *ref, const unsigned char *desirable, int B, double kl, double beta,
+              kto_loss_type type, double desirable_weight, double undesirable_weight);
+
+/* Inputs are AVERAGE token log-probs. losses = -beta log sigma(log_odds). */
+void orpo_loss(double *losses, double *chosen_rewards, double *rejected_rewards,
+               double *log_odds, double *grad_chosen, double *grad_rejected,
+               const double *policy_chosen, const double *policy_rejected, int B, double beta);
+
+typedef enum { CPO_SIGMOID, CPO_HINGE, CPO_IPO, CPO_SIMPO } cpo_loss_type;
+
+void cpo_loss(double *losses, double *chosen_rewards, double *rejected_rewards,
+              double *grad_chosen, double *grad_rejected, const double *policy_chosen,
+              const double *policy_rejected, int B, double beta, cpo_loss_type type,
+              double label_smoothing, double simpo_gamma, double alpha);
+
+/* margin may be NULL; center_coef 0 disables the centring term. */
+void reward_loss(double *losses, double *margins, double *grad_chosen, double *grad_rejected,
+                 const double *chosen_rewards, const double *rejected_rewards,
+                 const double *margin, int B, double center_coef);
+
+/* [B, K] row-major, responses best first. work: K doubles. */
+void listwise_dpo_loss(double *losses, double *rewards, double *grad, const double *policy,
+                       const double *ref, int B, int K, double beta, double *work);
+
+#endif
