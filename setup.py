@@ -77,7 +77,23 @@ if SANITIZE:
 
 
 class BuildExtWithBlas(build_ext):
-    """Copies the bundled OpenBLAS next to the extension ($ORIGIN rpath)."""
+    """Copies the bundled OpenBLAS next to the extension ($ORIGIN rpath).
+
+    Object files go to a folder per BLAS choice and sanitizer setting, and a
+    change of either forces a rebuild, so a switch never reuses an extension
+    built for the other."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        variant = BLAS_CHOICE + ("-sanitize" if SANITIZE else "")
+        stamp = os.path.join(self.build_temp, "calign-build-variant.txt")
+        self.build_temp = os.path.join(self.build_temp, variant)
+        previous = open(stamp).read() if os.path.exists(stamp) else None
+        if previous != variant:
+            self.force = True
+            os.makedirs(os.path.dirname(stamp), exist_ok=True)
+            with open(stamp, "w") as f:
+                f.write(variant)
 
     def run(self):
         super().run()
