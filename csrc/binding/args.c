@@ -34,7 +34,7 @@ PyArrayObject *arg_f32_array(PyObject *obj, const char *name, int ndim) {
     return arr;
 }
 
-PyArrayObject *arg_int64_vector(PyObject *obj, const char *name) {
+static PyArrayObject *int_vector(PyObject *obj, const char *name, int npy_type) {
     PyArrayObject *probe = (PyArrayObject *)PyArray_FROMANY(obj, NPY_NOTYPE, 0, 0, 0);
     if (!probe) {
         PyErr_Format(PyExc_TypeError, "%s must be an array of integers", name);
@@ -53,8 +53,30 @@ PyArrayObject *arg_int64_vector(PyObject *obj, const char *name) {
         return NULL;
     }
     PyArrayObject *out = (PyArrayObject *)PyArray_FROMANY(
-        (PyObject *)probe, NPY_INT64, 1, 1, NPY_ARRAY_CARRAY | NPY_ARRAY_FORCECAST);
+        (PyObject *)probe, npy_type, 1, 1, NPY_ARRAY_CARRAY | NPY_ARRAY_FORCECAST);
     Py_DECREF(probe);
+    return out;
+}
+
+PyArrayObject *arg_int64_vector(PyObject *obj, const char *name) {
+    return int_vector(obj, name, NPY_INT64);
+}
+
+PyArrayObject *arg_int32_vector(PyObject *obj, const char *name) {
+    PyArrayObject *wide = int_vector(obj, name, NPY_INT64);
+    if (!wide) return NULL;
+    const int64_t *x = (const int64_t *)PyArray_DATA(wide);
+    for (npy_intp i = 0; i < PyArray_SIZE(wide); i++) {
+        if (x[i] < INT32_MIN || x[i] > INT32_MAX) {
+            PyErr_Format(PyExc_ValueError, "%s[%zd] = %lld does not fit in 32 bits", name,
+                         (Py_ssize_t)i, (long long)x[i]);
+            Py_DECREF(wide);
+            return NULL;
+        }
+    }
+    PyArrayObject *out = (PyArrayObject *)PyArray_FROMANY((PyObject *)wide, NPY_INT32, 1, 1,
+                                                          NPY_ARRAY_CARRAY | NPY_ARRAY_FORCECAST);
+    Py_DECREF(wide);
     return out;
 }
 

@@ -20,6 +20,8 @@
 PyArrayObject *arg_f32_array(PyObject *obj, const char *name, int ndim);
 /* Any integer array of rank 1, as a contiguous int64 copy. */
 PyArrayObject *arg_int64_vector(PyObject *obj, const char *name);
+/* The same as int32 (values checked to fit). */
+PyArrayObject *arg_int32_vector(PyObject *obj, const char *name);
 /* Any real floating array (or sequence of floats) of rank 1 as a contiguous
  * float64 copy; with finite=1 NaN and infinity are rejected. */
 PyArrayObject *arg_f64_vector(PyObject *obj, const char *name, int finite);
@@ -35,5 +37,6 @@ extern PyMethodDef calign_threads_methods[];
 extern PyMethodDef calign_ops_methods[];
 extern PyMethodDef calign_losses_methods[];
 extern PyMethodDef calign_wordalign_methods[];
+extern PyMethodDef calign_model_methods[];
 
 #endif

@@ -1,0 +1,24 @@
+/* Affine layers out = in @ W^T + b (nn.Linear, W stored [out, in]) or
+ * out = in @ W + b (GPT-2's Conv1D, W stored [in, out]). */
+#ifndef CALIGN_LINEAR_H
+#define CALIGN_LINEAR_H
+
+#include <stdbool.h>
+
+typedef enum { WEIGHT_OUT_IN, WEIGHT_IN_OUT } weight_layout;
+
+/* out[T, n_out] = in[T, n_in] W (+ bias); ld_out is the row stride of out. */
+void linear_forward(float *out, int ld_out, const float *in, const float *weight,
+                    const float *bias, int T, int n_in, int n_out, weight_layout layout);
+
+/* d_in[T, n_in] = d_out W^T-ish (written, or added when accumulate_d_in),
+ * d_weight += ..., d_bias += column sums of d_out (when not NULL).
+ * ld_d_out is the row stride of d_out. d_in may be NULL. */
+void linear_backward(float *d_in, float *d_weight, float *d_bias, const float *d_out,
+                     int ld_d_out, const float *in, const float *weight, int T, int n_in,
+                     int n_out, weight_layout layout, bool accumulate_d_in);
+
+/* sums[j] += sum_t x[t * ld + j] for j < n (a column sum, parallel over columns). */
+void column_sums_add(float *sums, const float *x, int ld, int T, int n);
+
+#endif

@@ -1,0 +1,477 @@
+#include "model/model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/threads.h"
+#include "layers/activations.h"
+#include "layers/attention.h"
+#include "layers/embedding.h"
+#include "layers/norms.h"
+#include "layers/rope.h"
+
+/* Activations of one layer, kept for the backward. */
+typedef struct {
+    float *n1, *n1_mean, *n1_rstd;  /* attention norm: out, stats */
+    float *qkv;                      /* [T, qkv_dim] projections (+ bias) */
+    float *q_pre, *k_pre;            /* [T, nq*hd], [T, nkv*hd] q, k before q/k norm */
+    float *q_norm_rstd, *k_norm_rstd;
+    float *q, *k;                    /* [T, nq*hd], [T, nkv*hd] after norm and RoPE */
+    float *probs;                    /* attention probabilities */
+    float *att;                      /* [T, nq*hd] attention output */
+    float *mid;                      /* [T, d] residual after attention */
+    float *n2, *n2_mean, *n2_rstd;  /* MLP norm */
+    float *up;                       /* [T, up_dim] MLP input projection */
+    float *act;                      /* [T, ff] after the activation */
+} layer_acts;
+
+/* Gradient scratch shared by all layers in the backward. */
+typedef struct {
+    float *d_resid, *d_norm, *d_up, *d_act, *d_att, *d_qkv, *d_q, *d_k, *d_q_pre, *d_k_pre;
+    float *norm_scratch;
+} grad_scratch;
+
+struct model {
+    model_config cfg;
+    param_offsets off;
+    int qkv_dim, up_dim;
+    float *inv_freq;
+    /* arena */
+    float *arena;
+    size_t arena_floats;
+    long arena_T, arena_sum_sq;
+    int arena_train, arena_threads;
+    float **resid;      /* n_layer + 1 residual streams (2 when not training) */
+    layer_acts *acts;   /* n_layer (1 when not training) */
+    float *final_mean, *final_rstd;
+    long *probs_offset; /* [n_seq] */
+    long n_seq_capacity;
+    grad_scratch g;
+    long forward_T;     /* tokens of the last training forward, -1 if none */
+};
+
+/* ---- layout ------------------------------------------------------------ */
+
+static long take_params(long *cursor, long n) {
+    long at = *cursor;
+    *cursor += n;
+    return at;
+}
+
+static void plan_params(model *m) {
+    const model_config *c = &m->cfg;
+    const int d = c->d_model, hd = c->head_dim;
+    long cur = 0;
+    param_offsets *o = &m->off;
+    o->wte = take_params(&cur, (long)c->vocab * d);
+    o->wpe = c->learned_positions ? take_params(&cur, (long)c->max_positions * d) : -1;
+    for (int l = 0; l < c->n_layer; l++) {
+        layer_offsets *L = &o->layers[l];
+        int layernorm = c->norm == NORM_LAYERNORM;
+        L->attn_norm_w = take_params(&cur, d);
+        L->attn_norm_b = layernorm ? take_params(&cur, d) : -1;
+        L->qkv_w = take_params(&cur, (long)m->qkv_dim * d);
+        L->qkv_b = c->qkv_bias ? take_params(&cur, m->qkv_dim) : -1;
+        L->q_norm_w = c->qk_norm ? take_params(&cur, hd) : -1;
+        L->k_norm_w = c->qk_norm ? take_params(&cur, hd) : -1;
+        L->o_w = take_params(&cur, (long)d * c->n_head * hd);
+        L->o_b = c->o_bias ? take_params(&cur, d) : -1;
+        L->mlp_norm_w = take_params(&cur, d);
+        L->mlp_norm_b = layernorm ? take_params(&cur, d) : -1;
+        L->up_w = take_params(&cur, (long)m->up_dim * d);
+        L->up_b = c->mlp_bias ? take_params(&cur, m->up_dim) : -1;
+        L->down_w = take_params(&cur, (long)d * c->d_ff);
+        L->down_b = c->mlp_bias ? take_params(&cur, d) : -1;
+    }
+    o->final_norm_w = take_params(&cur, d);
+    o->final_norm_b = c->norm == NORM_LAYERNORM ? take_params(&cur, d) : -1;
+    o->lm_head = c->tied_embeddings ? o->wte : take_params(&cur, (long)c->vocab * d);
+    o->n_params = cur;
+}
+
+model *model_create(const model_config *cfg, char *err) {
+    const model_config *c = cfg;
+    if (c->n_layer < 1 || c->d_model < 1 || c->n_head < 1 || c->n_kv_head < 1 ||
+        c->head_dim < 1 || c->d_ff < 1 || c->vocab < 1 || c->max_positions < 1) {
+        snprintf(err, 256, "model sizes must all be >= 1");
+        return NULL;
+    }
+    if (c->n_head % c->n_kv_head != 0) {
+        snprintf(err, 256, "num_attention_heads (%d) must be a multiple of num_key_value_heads (%d)",
+                 c->n_head, c->n_kv_head);
+        return NULL;
+    }
+    if (c->rope_theta > 0 && c->head_dim % 2 != 0) {
+        snprintf(err, 256, "head_dim (%d) must be even for rotary embeddings", c->head_dim);
+        return NULL;
+    }
+    model *m = calloc(1, sizeof(model));
+    if (!m) {
+        snprintf(err, 256, "out of memory");
+        return NULL;
+    }
+    m->cfg = *cfg;
+    m->qkv_dim = (c->n_head + 2 * c->n_kv_head) * c->head_dim;
+    m->up_dim = c->mlp == MLP_SWIGLU ? 2 * c->d_ff : c->d_ff;
+    m->off.layers = calloc(c->n_layer, sizeof(layer_offsets));
+    m->inv_freq = calloc(c->head_dim / 2 + 1, sizeof(float));
+    if (!m->off.layers || !m->inv_freq) {
+        model_free(m);
+        snprintf(err, 256, "out of memory");
+        return NULL;
+    }
+    if (c->rope_theta > 0) rope_inv_freq(m->inv_freq, c->head_dim, c->rope_theta);
+    plan_params(m);
+    m->forward_T = -1;
+    return m;
+}
+
+void model_free(model *m) {
+    if (!m) return;
+    free(m->off.layers);
+    free(m->inv_freq);
+    free(m->arena);
+    free(m->resid);
+    free(m->acts);
+    free(m->probs_offset);
+    free(m);
+}
+
+const model_config *model_get_config(const model *m) { return &m->cfg; }
+int model_ready_for_backward(const model *m, long T) { return m->forward_T == T && T >= 0; }
+long model_param_count(const model *m) { return m->off.n_params; }
+long model_lm_head_offset(const model *m) { return m->off.lm_head; }
+
+static void add_entry(param_entry *e, int *n, int max, const char *role, int layer, long offset,
+                      int ndim, long s0, long s1) {
+    if (offset < 0) return;
+    if (*n < max) e[*n] = (param_entry){role, layer, offset, ndim, {s0, s1}};
+    (*n)++;
+}
+
+int model_param_entries(const model *m, param_entry *e, int max) {
+    const model_config *c = &m->cfg;
+    const param_offsets *o = &m->off;
+    const long d = c->d_model, hd = c->head_dim, q_dim = (long)c->n_head * hd;
+    const int in_out = c->layout == WEIGHT_IN_OUT;
+    int n = 0;
+    add_entry(e, &n, max, "wte", -1, o->wte, 2, c->vocab, d);
+    add_entry(e, &n, max, "wpe", -1, o->wpe, 2, c->max_positions, d);
+    for (int l = 0; l < c->n_layer; l++) {
+        const layer_offsets *L = &o->layers[l];
+        add_entry(e, &n, max, "attn_norm_w", l, L->attn_norm_w, 1, d, 0);
+        add_entry(e, &n, max, "attn_norm_b", l, L->attn_norm_b, 1, d, 0);
+        add_entry(e, &n, max, "qkv_w", l, L->qkv_w, 2, in_out ? d : m->qkv_dim,
+                  in_out ? m->qkv_dim : d);
+        add_entry(e, &n, max, "qkv_b", l, L->qkv_b, 1, m->qkv_dim, 0);
+        add_entry(e, &n, max, "q_norm_w", l, L->q_norm_w, 1, hd, 0);
+        add_entry(e, &n, max, "k_norm_w", l, L->k_norm_w, 1, hd, 0);
+        add_entry(e, &n, max, "o_w", l, L->o_w, 2, in_out ? q_dim : d, in_out ? d : q_dim);
+        add_entry(e, &n, max, "o_b", l, L->o_b, 1, d, 0);
+        add_entry(e, &n, max, "mlp_norm_w", l, L->mlp_norm_w, 1, d, 0);
+        add_entry(e, &n, max, "mlp_norm_b", l, L->mlp_norm_b, 1, d, 0);
+        add_entry(e, &n, max, "up_w", l, L->up_w, 2, in_out ? d : m->up_dim,
+                  in_out ? m->up_dim : d);
+        add_entry(e, &n, max, "up_b", l, L->up_b, 1, m->up_dim, 0);
+        add_entry(e, &n, max, "down_w", l, L->down_w, 2, in_out ? c->d_ff : d,
+                  in_out ? d : c->d_ff);
+        add_entry(e, &n, max, "down_b", l, L->down_b, 1, d, 0);
+    }
+    add_entry(e, &n, max, "final_norm_w", -1, o->final_norm_w, 1, d, 0);
+    add_entry(e, &n, max, "final_norm_b", -1, o->final_norm_b, 1, d, 0);
+    if (!c->tied_embeddings) add_entry(e, &n, max, "lm_head", -1, o->lm_head, 2, c->vocab, d);
+    return n;
+}
+
+/* ---- arena ------------------------------------------------------------- */
+
+/* A bump allocator over the arena: with base == NULL it only counts. */
+typedef struct {
+    float *base;
+    size_t used;
+} bump;
+
+static float *take(bump *b, size_t n) {
+    float *p = b->base ? b->base + b->used : NULL;
+    b->used += (n + 15) / 16 * 16; /* keep 64-byte alignment */
+    return p;
+}
+
+static void plan_arena(model *m, bump *b, long T, long sum_sq, int train) {
+    const model_config *c = &m->cfg;
+    const long d = c->d_model, hd = c->head_dim, nq = c->n_head, nkv = c->n_kv_head;
+    int n_resid = train ? c->n_layer + 1 : 2, n_acts = train ? c->n_layer : 1;
+    for (int r = 0; r < n_resid; r++) m->resid[r] = take(b, T * d);
+    for (int l = 0; l < n_acts; l++) {
+        layer_acts *a = &m->acts[l];
+        a->n1 = take(b, T * d);
+        a->n1_mean = take(b, T);
+        a->n1_rstd = take(b, T);
+        a->qkv = take(b, T * m->qkv_dim);
+        a->q_pre = c->qk_norm ? take(b, T * nq * hd) : NULL;
+        a->k_pre = c->qk_norm ? take(b, T * nkv * hd) : NULL;
+        a->q_norm_rstd = c->qk_norm ? take(b, T * nq) : NULL;
+        a->k_norm_rstd = c->qk_norm ? take(b, T * nkv) : NULL;
+        a->q = take(b, T * nq * hd);
+        a->k = take(b, T * nkv * hd);
+        a->probs = take(b, (size_t)nq * sum_sq);
+        a->att = take(b, T * nq * hd);
+        a->mid = take(b, T * d);
+        a->n2 = take(b, T * d);
+        a->n2_mean = take(b, T);
+        a->n2_rstd = take(b, T);
+        a->up = take(b, T * m->up_dim);
+        a->act = take(b, T * c->d_ff);
+    }
+    m->final_mean = take(b, T);
+    m->final_rstd = take(b, T);
+    grad_scratch *g = &m->g;
+    memset(g, 0, sizeof *g);
+    if (!train) return;
+    long widest = d > c->d_ff ? d : c->d_ff;
+    g->d_resid = take(b, T * d);
+    g->d_norm = take(b, T * d);
+    g->d_up = take(b, T * m->up_dim);
+    g->d_act = take(b, T * c->d_ff);
+    g->d_att = take(b, T * nq * hd);
+    g->d_qkv = take(b, T * m->qkv_dim);
+    g->d_q = take(b, T * nq * hd);
+    g->d_k = take(b, T * nkv * hd);
+    g->d_q_pre = c->qk_norm ? take(b, T * nq * hd) : NULL;
+    g->d_k_pre = c->qk_norm ? take(b, T * nkv * hd) : NULL;
+    g->norm_scratch = take(b, NORM_SCRATCH_FLOATS(m->arena_threads, widest));
+}
+
+int model_prepare(model *m, const packed_batch *b, int train) {
+    const model_config *c = &m->cfg;
+    long sum_sq = 0;
+    for (int s = 0; s < b->n_seq; s++) {
+        long L = b->seq_start[s + 1] - b->seq_start[s];
+        sum_sq += L * L;
+    }
+    int threads = calign_num_threads();
+    int fits = m->arena && b->T <= m->arena_T && sum_sq <= m->arena_sum_sq &&
+               (m->arena_train || !train) && threads <= m->arena_threads &&
+               b->n_seq <= m->n_seq_capacity;
+    m->forward_T = -1;
+    if (!fits) {
+        free(m->arena);
+        free(m->resid);
+        free(m->acts);
+        free(m->probs_offset);
+        m->arena = NULL;
+        int keep_train = train || m->arena_train;
+        long T = b->T > m->arena_T ? b->T : m->arena_T;
+        long sq = sum_sq > m->arena_sum_sq ? sum_sq : m->arena_sum_sq;
+        m->arena_threads = threads > m->arena_threads ? threads : m->arena_threads;
+        m->n_seq_capacity = b->n_seq > m->n_seq_capacity ? b->n_seq : m->n_seq_capacity;
+        m->resid = calloc(c->n_layer + 1, sizeof(float *));
+        m->acts = calloc(c->n_layer, sizeof(layer_acts));
+        m->probs_offset = calloc(m->n_seq_capacity + 1, sizeof(long));
+        if (!m->resid || !m->acts || !m->probs_offset) return -1;
+        bump counter = {NULL, 0};
+        plan_arena(m, &counter, T, sq, keep_train);
+        m->arena = aligned_alloc(64, (counter.used + 16) * sizeof(float));
+        if (!m->arena) return -1;
+        m->arena_floats = counter.used;
+        m->arena_T = T;
+        m->arena_sum_sq = sq;
+        m->arena_train = keep_train;
+    }
+    bump carve = {m->arena, 0};
+    plan_arena(m, &carve, b->T, sum_sq, train);
+    long off = 0;
+    for (int s = 0; s < b->n_seq; s++) {
+        m->probs_offset[s] = off;
+        long L = b->seq_start[s + 1] - b->seq_start[s];
+        off += L * L;
+    }
+    return 0;
+}
+
+/* ---- forward ----------------------------------------------------------- */
+
+static void copy_columns(float *dst, int ld_dst, const float *src, int ld_src, long T, int n) {
+#pragma omp parallel for num_threads(calign_num_threads()) schedule(static)
+    for (long t = 0; t < T; t++) memcpy(dst + t * ld_dst, src + t * ld_src, sizeof(float) * n);
+}
+
+static void add_into(float *dst, const float *src, long n) {
+#pragma omp parallel for num_threads(calign_num_threads()) schedule(static)
+    for (long i = 0; i < n; i++) dst[i] += src[i];
+}
+
+static void norm_forward(const model *m, float *out, float *mean, float *rstd, const float *inp,
+                         const float *params, long w, long bias, long T) {
+    const model_config *c = &m->cfg;
+    if (c->norm == NORM_LAYERNORM)
+        layernorm_forward(out, mean, rstd, inp, params + w, params + bias, T, c->d_model,
+                          c->norm_eps);
+    else
+        rmsnorm_forward(out, rstd, inp, params + w, T, c->d_model, c->norm_eps);
+}
+
+static const float *param_or_null(const float *params, long offset) {
+    return offset >= 0 ? params + offset : NULL;
+}
+
+static attention_shape attention_shape_of(const model *m, const packed_batch *b) {
+    const model_config *c = &m->cfg;
+    long sum_sq = 0;
+    for (int s = 0; s < b->n_seq; s++) {
+        long L = b->seq_start[s + 1] - b->seq_start[s];
+        sum_sq += L * L;
+    }
+    return (attention_shape){b->seq_start, m->probs_offset, sum_sq, b->branch, b->n_seq,
+                             c->n_head, c->n_kv_head, c->head_dim};
+}
+
+static void layer_forward(model *m, layer_acts *a, float *x_out, const float *x,
+                          const float *params, const layer_offsets *L, const packed_batch *b) {
+    const model_config *c = &m->cfg;
+    const long T = b->T;
+    const int d = c->d_model, hd = c->head_dim, nq = c->n_head, nkv = c->n_kv_head;
+    const int q_dim = nq * hd, kv_dim = nkv * hd;
+
+    norm_forward(m, a->n1, a->n1_mean, a->n1_rstd, x, params, L->attn_norm_w, L->attn_norm_b, T);
+    linear_forward(a->qkv, m->qkv_dim, a->n1, params + L->qkv_w, param_or_null(params, L->qkv_b),
+                   (int)T, d, m->qkv_dim, c->layout);
+    if (c->qk_norm) {
+        /* Qwen3: RMSNorm over each head's head_dim, before RoPE */
+        copy_columns(a->q_pre, q_dim, a->qkv, m->qkv_dim, T, q_dim);
+        copy_columns(a->k_pre, kv_dim, a->qkv + q_dim, m->qkv_dim, T, kv_dim);
+        rmsnorm_forward(a->q, a->q_norm_rstd, a->q_pre, params + L->q_norm_w, T * nq, hd,
+                        c->norm_eps);
+        rmsnorm_forward(a->k, a->k_norm_rstd, a->k_pre, params + L->k_norm_w, T * nkv, hd,
+                        c->norm_eps);
+    } else {
+        copy_columns(a->q, q_dim, a->qkv, m->qkv_dim, T, q_dim);
+        copy_columns(a->k, kv_dim, a->qkv + q_dim, m->qkv_dim, T, kv_dim);
+    }
+    if (c->rope_theta > 0) {
+        rope_apply(a->q, q_dim, b->positions, T, nq, hd, m->inv_freq, +1);
+        rope_apply(a->k, kv_dim, b->positions, T, nkv, hd, m->inv_freq, +1);
+    }
+    attention_shape shape = attention_shape_of(m, b);
+    attention_forward(a->att, q_dim, a->probs, a->q, q_dim, a->k, kv_dim,
+                      a->qkv + q_dim + kv_dim, m->qkv_dim, &shape);
+    linear_forward(a->mid, d, a->att, params + L->o_w, param_or_null(params, L->o_b), (int)T,
+                   q_dim, d, c->layout);
+    add_into(a->mid, x, T * d);
+
+    norm_forward(m, a->n2, a->n2_mean, a->n2_rstd, a->mid, params, L->mlp_norm_w, L->mlp_norm_b,
+                 T);
+    linear_forward(a->up, m->up_dim, a->n2, params + L->up_w, param_or_null(params, L->up_b),
+                   (int)T, d, m->up_dim, c->layout);
+    if (c->mlp == MLP_SWIGLU)
+        swiglu_forward(a->act, a->up, T, c->d_ff);
+    else
+        gelu_tanh_forward(a->act, a->up, T * c->d_ff);
+    linear_forward(x_out, d, a->act, params + L->down_w, param_or_null(params, L->down_b),
+                   (int)T, c->d_ff, d, c->layout);
+    add_into(x_out, a->mid, T * d);
+}
+
+void model_forward(model *m, float *hidden_out, const float *params, const packed_batch *b,
+                   int train) {
+    const model_config *c = &m->cfg;
+    const param_offsets *o = &m->off;
+    embedding_forward(m->resid[0], b->tokens, b->positions, params + o->wte,
+                      param_or_null(params, o->wpe), b->T, c->d_model);
+    for (int l = 0; l < c->n_layer; l++) {
+        /* training keeps every layer; inference reuses one set and two streams */
+        layer_acts *a = &m->acts[train ? l : 0];
+        float *x = m->resid[train ? l : l % 2];
+        float *x_out = m->resid[train ? l + 1 : (l + 1) % 2];
+        layer_forward(m, a, x_out, x, params, &o->layers[l], b);
+    }
+    const float *last = m->resid[train ? c->n_layer : c->n_layer % 2];
+    norm_forward(m, hidden_out, m->final_mean, m->final_rstd, last, params, o->final_norm_w,
+                 o->final_norm_b, b->T);
+    m->forward_T = train ? b->T : -1;
+}
+
+/* ---- backward ---------------------------------------------------------- */
+
+/* d_inp += norm backward of d_out */
+static void norm_backward(model *m, float *d_inp, float *grads, const float *d_out,
+                          const float *inp, const float *params, long w, long bias,
+                          const float *mean, const float *rstd, long T) {
+    const model_config *c = &m->cfg;
+    if (c->norm == NORM_LAYERNORM)
+        layernorm_backward(d_inp, grads + w, grads + bias, d_out, inp, params + w, mean, rstd, T,
+                           c->d_model, m->g.norm_scratch);
+    else
+        rmsnorm_backward(d_inp, grads + w, d_out, inp, params + w, rstd, T, c->d_model, 0,
+                         m->g.norm_scratch);
+}
+
+static float *grad_or_null(float *grads, long offset) {
+    return offset >= 0 ? grads + offset : NULL;
+}
+
+/* On entry g->d_resid holds dL/d(layer output); on exit dL/d(layer input). */
+static void layer_backward(model *m, float *grads, const float *params, const layer_acts *a,
+                           const float *x, const layer_offsets *L, const packed_batch *b) {
+    const model_config *c = &m->cfg;
+    const grad_scratch *g = &m->g;
+    const long T = b->T;
+    const int d = c->d_model, hd = c->head_dim, nq = c->n_head, nkv = c->n_kv_head;
+    const int q_dim = nq * hd, kv_dim = nkv * hd;
+
+    /* x_out = mid + down(act(up(norm2(mid)))): d_resid flows to mid as is */
+    linear_backward(g->d_act, grads + L->down_w, grad_or_null(grads, L->down_b), g->d_resid, d,
+                    a->act, params + L->down_w, (int)T, c->d_ff, d, c->layout, false);
+    if (c->mlp == MLP_SWIGLU)
+        swiglu_backward(g->d_up, g->d_act, a->up, T, c->d_ff);
+    else
+        gelu_tanh_backward(g->d_up, g->d_act, a->up, T * c->d_ff);
+    linear_backward(g->d_norm, grads + L->up_w, grad_or_null(grads, L->up_b), g->d_up, m->up_dim,
+                    a->n2, params + L->up_w, (int)T, d, m->up_dim, c->layout, false);
+    norm_backward(m, g->d_resid, grads, g->d_norm, a->mid, params, L->mlp_norm_w, L->mlp_norm_b,
+                  a->n2_mean, a->n2_rstd, T);
+
+    /* mid = x + o(attention(q, k, v)): d_resid flows to x as is */
+    linear_backward(g->d_att, grads + L->o_w, grad_or_null(grads, L->o_b), g->d_resid, d, a->att,
+                    params + L->o_w, (int)T, q_dim, d, c->layout, false);
+    attention_shape shape = attention_shape_of(m, b);
+    float *d_v = g->d_qkv + q_dim + kv_dim;
+    attention_backward(g->d_q, g->d_k, d_v, g->d_att, q_dim, a->probs, a->q, q_dim, a->k, kv_dim,
+                       a->qkv + q_dim + kv_dim, m->qkv_dim, T, &shape);
+    if (c->rope_theta > 0) {
+        rope_apply(g->d_q, q_dim, b->positions, T, nq, hd, m->inv_freq, -1);
+        rope_apply(g->d_k, kv_dim, b->positions, T, nkv, hd, m->inv_freq, -1);
+    }
+    const float *d_q = g->d_q, *d_k = g->d_k;
+    if (c->qk_norm) {
+        rmsnorm_backward(g->d_q_pre, grads + L->q_norm_w, g->d_q, a->q_pre, params + L->q_norm_w,
+                         a->q_norm_rstd, T * nq, hd, 1, g->norm_scratch);
+        rmsnorm_backward(g->d_k_pre, grads + L->k_norm_w, g->d_k, a->k_pre, params + L->k_norm_w,
+                         a->k_norm_rstd, T * nkv, hd, 1, g->norm_scratch);
+        d_q = g->d_q_pre;
+        d_k = g->d_k_pre;
+    }
+    copy_columns(g->d_qkv, m->qkv_dim, d_q, q_dim, T, q_dim);
+    copy_columns(g->d_qkv + q_dim, m->qkv_dim, d_k, kv_dim, T, kv_dim);
+    linear_backward(g->d_norm, grads + L->qkv_w, grad_or_null(grads, L->qkv_b), g->d_qkv,
+                    m->qkv_dim, a->n1, params + L->qkv_w, (int)T, d, m->qkv_dim, c->layout, false);
+    norm_backward(m, g->d_resid, grads, g->d_norm, x, params, L->attn_norm_w, L->attn_norm_b,
+                  a->n1_mean, a->n1_rstd, T);
+}
+
+void model_backward(model *m, float *grads, const float *params, float *d_hidden,
+                    const packed_batch *b) {
+    const model_config *c = &m->cfg;
+    const param_offsets *o = &m->off;
+    const long T = b->T;
+    memset(m->g.d_resid, 0, sizeof(float) * T * c->d_model);
+    norm_backward(m, m->g.d_resid, grads, d_hidden, m->resid[c->n_layer], params,
+                  o->final_norm_w, o->final_norm_b, m->final_mean, m->final_rstd, T);
+    for (int l = c->n_layer - 1; l >= 0; l--)
+        layer_backward(m, grads, params, &m->acts[l], m->resid[l], &o->layers[l], b);
+    embedding_backward(grads + o->wte, grad_or_null(grads, o->wpe), m->g.d_resid, b->tokens,
+                       b->positions, T, c->d_model);
+    m->forward_T = -1;
+}

@@ -1,0 +1,91 @@
+/* A decoder-only transformer (GPT-2, Llama, Qwen2, Qwen3 families), fp32.
+ *
+ * All parameters sit in one float buffer owned by the caller (NumPy), the
+ * gradients in a second buffer of the same layout; this file only knows the
+ * offsets. Activations for the backward sit in one arena sized from the
+ * batch (grown only when a larger batch arrives, never inside a step).
+ *
+ * A batch is packed: T tokens with their positions, the start of each
+ * sequence and a branch id per token (see layers/attention.h). */
+#ifndef CALIGN_MODEL_H
+#define CALIGN_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "layers/linear.h"
+
+typedef enum { NORM_LAYERNORM, NORM_RMSNORM } norm_kind;
+typedef enum { MLP_GELU_TANH, MLP_SWIGLU } mlp_kind;
+
+typedef struct {
+    int n_layer, d_model, n_head, n_kv_head, head_dim, d_ff, vocab, max_positions;
+    norm_kind norm;
+    mlp_kind mlp;
+    weight_layout layout;  /* WEIGHT_IN_OUT for GPT-2's Conv1D */
+    int learned_positions; /* GPT-2's wpe */
+    double rope_theta;     /* 0: no rotary embedding */
+    int qkv_bias, o_bias, mlp_bias, qk_norm, tied_embeddings;
+    float norm_eps;
+} model_config;
+
+/* Offsets (in floats) of each tensor in the parameter buffer; -1 if absent. */
+typedef struct {
+    long attn_norm_w, attn_norm_b, qkv_w, qkv_b, q_norm_w, k_norm_w, o_w, o_b;
+    long mlp_norm_w, mlp_norm_b, up_w, up_b, down_w, down_b;
+} layer_offsets;
+
+typedef struct {
+    long wte, wpe, final_norm_w, final_norm_b, lm_head;
+    layer_offsets *layers;
+    long n_params;
+} param_offsets;
+
+/* One tensor of the layout, for the Python side to name. */
+typedef struct {
+    const char *role; /* e.g. "qkv_w"; the Python side maps roles to HF names */
+    int layer;        /* -1 for tensors outside the layers */
+    long offset;
+    int ndim;
+    long shape[2];
+} param_entry;
+
+typedef struct model model;
+
+/* NULL with a message in err (size 256) when the config is inconsistent. */
+model *model_create(const model_config *cfg, char *err);
+void model_free(model *m);
+const model_config *model_get_config(const model *m);
+long model_param_count(const model *m);
+/* Writes up to max entries, returns how many there are. */
+int model_param_entries(const model *m, param_entry *entries, int max);
+/* The lm_head weight [V, d] inside a parameter (or gradient) buffer. */
+long model_lm_head_offset(const model *m);
+
+typedef struct {
+    const int32_t *tokens, *positions, *branch; /* [T] */
+    const int32_t *seq_start;                   /* [n_seq + 1] */
+    long T;
+    int n_seq;
+} packed_batch;
+
+/* Sizes the arena for this batch (train keeps every layer's activations).
+ * Returns 0, or -1 when memory could not be had. Call before forward. */
+int model_prepare(model *m, const packed_batch *b, int train);
+
+/* Writes the final normed hidden states [T, d] into hidden_out. With train
+ * the activations stay in the arena for model_backward. */
+void model_forward(model *m, float *hidden_out, const float *params, const packed_batch *b,
+                   int train);
+
+/* Given d_hidden [T, d] (gradient of the loss at the final normed hidden
+ * states), ADDS the parameter gradients into grads. Needs the previous
+ * model_forward with train on the same batch. d_hidden is used as scratch. */
+void model_backward(model *m, float *grads, const float *params, float *d_hidden,
+                    const packed_batch *b);
+
+/* Whether model_backward may run for a batch of T tokens (a training forward
+ * of that batch came last). */
+int model_ready_for_backward(const model *m, long T);
+
+#endif

@@ -1,0 +1,194 @@
+"""calign.Model: a Hugging Face causal LM whose forward and backward run in C."""
+
+import copy
+
+import numpy as np
+
+from calign import _C
+from calign.model import checkpoint
+from calign.model.config import engine_config, load_config_file
+from calign.model.names import tensor_names
+from calign.model.packing import as_id_matrix, pack_rows, pack_shared_prefix  # noqa: F401
+
+
+class Model:
+    """A decoder-only transformer (GPT-2, Llama, Qwen2, Qwen3 families) in float32.
+
+    Parameters live in one contiguous float32 vector (`self.params`) and their
+    gradients in a second one (`self.grad_buffer`); `state_dict()` and
+    `grads()` are NumPy views into them named as in transformers.
+    """
+
+    def __init__(self, config):
+        self.config = copy.deepcopy(config)
+        self._engine = engine_config(self.config)
+        self._handle = _C.model_create(self._engine)
+        n_params, self._layout = _C.model_layout(self._handle)
+        self.params = np.zeros(n_params, np.float32)
+        self.grad_buffer = np.zeros(n_params, np.float32)
+        self._names = tensor_names(self.config["model_type"], self._engine, self._layout)
+        self._tensor_of = {(role, layer): (offset, shape)
+                           for role, layer, offset, shape in self._layout}
+
+    # ---- construction and files ---------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path):
+        """Loads `path`/config.json and model.safetensors (or a sharded index)."""
+        model = cls(load_config_file(path))
+        tensors = checkpoint.read_tensors(path)
+        expected = {name: view.shape for name, view in model.state_dict().items()}
+        # transformers may save a tied lm_head too; it is the embedding then
+        ignored = ("lm_head.weight",) if model._engine["tied_embeddings"] else ()
+        checkpoint.check_tensors(tensors, expected, ignored)
+        for name, view in model.state_dict().items():
+            view[...] = tensors[name]
+        return model
+
+    @classmethod
+    def from_config(cls, config, seed=0):
+        """A randomly initialised model, initialised as transformers does:
+        weights ~ N(0, initializer_range), biases 0, norms 1 (GPT-2's output
+        projections scaled by 1/sqrt(2 n_layer))."""
+        model = cls(config)
+        rng = np.random.default_rng(seed)
+        std = float(config.get("initializer_range", 0.02))
+        residual_std = std / np.sqrt(2 * model._engine["n_layer"])
+        for name, view in model.state_dict().items():
+            if name.endswith("bias"):
+                view[...] = 0.0
+            elif view.ndim == 1:
+                view[...] = 1.0
+            elif model.config["model_type"] == "gpt2" and name.endswith("c_proj.weight"):
+                view[...] = rng.normal(0.0, residual_std, view.shape)
+            else:
+                view[...] = rng.normal(0.0, std, view.shape)
+        pad = config.get("pad_token_id")
+        if config["model_type"] != "gpt2" and isinstance(pad, int) and 0 <= pad < model.vocab_size:
+            model.state_dict()[_embedding_name(config)][pad] = 0.0
+        return model
+
+    def save_pretrained(self, path):
+        """Writes model.safetensors + config.json; transformers loads them unchanged."""
+        checkpoint.write_checkpoint(path, self.state_dict(), self.config)
+
+    # ---- parameters ---------------------------------------------------------
+
+    @property
+    def vocab_size(self):
+        return self._engine["vocab"]
+
+    @property
+    def hidden_size(self):
+        return self._engine["d_model"]
+
+    def num_parameters(self):
+        return int(self.params.size)
+
+    def _views(self, buffer):
+        views = {}
+        for name, role, layer, start, stop in self._names:
+            offset, shape = self._tensor_of[(role, layer)]
+            size = int(np.prod(shape))
+            tensor = buffer[offset:offset + size].reshape(shape)
+            views[name] = tensor if start is None else tensor[start:stop]
+        return views
+
+    def state_dict(self):
+        """{transformers name: float32 view into the parameter vector}."""
+        return self._views(self.params)
+
+    def grads(self):
+        """{transformers name: writable float32 view into the gradient vector}."""
+        return self._views(self.grad_buffer)
+
+    def zero_grad(self):
+        self.grad_buffer[...] = 0.0
+
+    # ---- running the engine -------------------------------------------------
+
+    def _forward(self, batch, train=False):
+        return _C.model_forward(self._handle, self.params, batch.input_ids, batch.position_ids,
+                                batch.sequence_starts, batch.branch_ids, train)
+
+    def _backward(self, batch, d_hidden):
+        _C.model_backward(self._handle, self.params, self.grad_buffer, d_hidden,
+                          batch.input_ids, batch.position_ids, batch.sequence_starts,
+                          batch.branch_ids)
+
+    def hidden_states(self, input_ids, attention_mask=None):
+        """Final normed hidden states float32 [B, T, d] (0 at padding)."""
+        ids, mask = as_id_matrix(input_ids, attention_mask)
+        batch, flat = pack_rows(ids, mask)
+        hidden = self._forward(batch)
+        out = np.zeros(ids.shape + (self.hidden_size,), np.float32)
+        out[mask] = hidden
+        return out
+
+    def logits(self, input_ids, attention_mask=None):
+        """lm_head logits float32 [B, T, V] (0 at padding). For tests and small inputs:
+        training never builds them."""
+        ids, mask = as_id_matrix(input_ids, attention_mask)
+        batch, _ = pack_rows(ids, mask)
+        hidden = self._forward(batch)
+        out = np.zeros(ids.shape + (self.vocab_size,), np.float32)
+        out[mask] = _C.model_logits(self._handle, self.params, hidden)
+        return out
+
+    def _shifted_scores(self, ids, mask, labels):
+        """Score rows/targets for causal-LM labels: position t predicts labels[t + 1]
+        when both t and t + 1 are real tokens and the label is not -100."""
+        labels = np.asarray(labels)
+        if labels.ndim == 1:
+            labels = labels[None, :]
+        if labels.shape != ids.shape:
+            raise ValueError(f"labels has shape {labels.shape} but input_ids has {ids.shape}")
+        if labels.dtype.kind not in "iu":
+            raise TypeError(f"labels must hold integer token ids, not {labels.dtype}")
+        batch, flat = pack_rows(ids, mask)
+        scored = mask[:, :-1] & mask[:, 1:] & (labels[:, 1:] != -100)
+        batch.score_rows = flat[:, :-1][scored]
+        batch.score_targets = labels[:, 1:][scored].astype(np.int64)
+        return batch, scored
+
+    def token_logprobs(self, input_ids, labels, attention_mask=None, temperature=1.0):
+        """log p(labels[b, t+1] | input_ids[b, :t+1]) as float32 [B, T-1], without
+        building the logits; 0 where the label is -100 or the position is padding."""
+        ids, mask = as_id_matrix(input_ids, attention_mask)
+        batch, scored = self._shifted_scores(ids, mask, labels)
+        hidden = self._forward(batch)
+        out = np.zeros(scored.shape, np.float32)
+        out[scored] = _C.model_score(self._handle, self.params, hidden, batch.score_rows,
+                                     batch.score_targets, temperature)
+        return out
+
+    def packed_token_logprobs(self, batch, temperature=1.0):
+        """Per-token log-probs float32 [M] of a PackedBatch's scores (see
+        calign.pack_shared_prefix and its completion_slices)."""
+        hidden = self._forward(batch)
+        return _C.model_score(self._handle, self.params, hidden, batch.score_rows,
+                              batch.score_targets, temperature)
+
+    def loss_and_grad(self, input_ids, labels, attention_mask=None):
+        """(mean token cross-entropy as transformers' causal-LM loss, gradients)
+
+        The gradients (named like state_dict, copies) replace the model's
+        gradient buffer contents."""
+        ids, mask = as_id_matrix(input_ids, attention_mask)
+        batch, _ = self._shifted_scores(ids, mask, labels)
+        n_scored = batch.score_rows.size
+        if n_scored == 0:
+            raise ValueError("no token is scored: every label is -100 or padding")
+        self.zero_grad()
+        hidden = self._forward(batch, train=True)
+        d_hidden, logprobs = _C.model_score_backward(
+            self._handle, self.params, self.grad_buffer, hidden, batch.score_rows,
+            batch.score_targets, np.full(n_scored, -1.0 / n_scored), 1.0)
+        self._backward(batch, d_hidden)
+        loss = -float(np.mean(logprobs, dtype=np.float64))
+        return loss, {name: view.copy() for name, view in self.grads().items()}
+
+
+def _embedding_name(config):
+    return "transformer.wte.weight" if config["model_type"] == "gpt2" else \
+        "model.embed_tokens.weight"

@@ -1,0 +1,153 @@
+"""Packed batches: sequences laid end to end without padding, each token with
+its position, its sequence and its branch (0: a prefix every branch sees;
+k > 0: sees the prefix and itself), plus the (row, target) pairs to score."""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class PackedBatch:
+    input_ids: np.ndarray        # int32 [T]
+    position_ids: np.ndarray     # int32 [T]
+    sequence_starts: np.ndarray  # int32 [S + 1]
+    branch_ids: np.ndarray       # int32 [T]
+    score_rows: np.ndarray       # int64 [M]: row of the hidden states that predicts ...
+    score_targets: np.ndarray    # int64 [M]: ... this token
+    # completion_slices[i][k]: the scores of completion k of example i
+    completion_slices: list = field(default_factory=list)
+
+    @property
+    def num_tokens(self):
+        return int(self.input_ids.shape[0])
+
+
+def _id_list(ids, what):
+    arr = np.asarray(ids)
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be a flat list of token ids, got shape {arr.shape}")
+    if arr.size and arr.dtype.kind not in "iu":
+        raise TypeError(f"{what} must hold integer token ids, not {arr.dtype}")
+    return arr.astype(np.int64)
+
+
+def pack_shared_prefix(examples):
+    """One row per example: prompt | completion 1 | completion 2 | ...
+
+    Each completion is its own branch, with positions continuing from the end
+    of the prompt, so the prompt is computed once. Score k of a completion is
+    its token k predicted from the previous token of its branch (token 0 from
+    the last prompt token).
+
+    Args:
+        examples: list of (prompt_ids, [completion_ids, ...]); a prompt must
+            hold at least one token and so must each completion.
+    """
+    if not examples:
+        raise ValueError("examples is empty: a batch needs at least one example")
+    ids, positions, branches, starts = [], [], [], [0]
+    rows, targets, slices = [], [], []
+    offset = n_scores = 0
+    for i, example in enumerate(examples):
+        try:
+            prompt, completions = example
+        except (TypeError, ValueError):
+            raise ValueError(f"examples[{i}] must be (prompt_ids, [completion_ids, ...])") from None
+        prompt = _id_list(prompt, f"examples[{i}] prompt")
+        if prompt.size == 0:
+            raise ValueError(f"examples[{i}] has an empty prompt")
+        if len(completions) == 0:
+            raise ValueError(f"examples[{i}] has no completions")
+        P = prompt.size
+        ids.append(prompt)
+        positions.append(np.arange(P))
+        branches.append(np.zeros(P, np.int64))
+        cursor = offset + P
+        example_slices = []
+        for k, completion in enumerate(completions):
+            completion = _id_list(completion, f"examples[{i}] completion {k}")
+            if completion.size == 0:
+                raise ValueError(f"examples[{i}] completion {k} is empty")
+            C = completion.size
+            ids.append(completion)
+            positions.append(P + np.arange(C))
+            branches.append(np.full(C, k + 1, np.int64))
+            # token j of the completion is predicted at the row of the token before it
+            prev_rows = np.concatenate([[offset + P - 1], cursor + np.arange(C - 1)])
+            example_slices.append(slice(n_scores, n_scores + C))
+            n_scores += C
+            rows.append(prev_rows)
+            targets.append(completion)
+            cursor += C
+        slices.append(example_slices)
+        offset = cursor
+        starts.append(offset)
+    return PackedBatch(
+        input_ids=np.concatenate(ids).astype(np.int32),
+        position_ids=np.concatenate(positions).astype(np.int32),
+        sequence_starts=np.asarray(starts, np.int32),
+        branch_ids=np.concatenate(branches).astype(np.int32),
+        score_rows=np.concatenate(rows).astype(np.int64),
+        score_targets=np.concatenate(targets).astype(np.int64),
+        completion_slices=slices,
+    )
+
+
+def as_id_matrix(input_ids, attention_mask=None):
+    """(ids [B, T] int64, mask [B, T] bool) from arrays or lists, with clear errors."""
+    if isinstance(input_ids, (list, tuple)) and input_ids and all(
+            isinstance(r, (list, tuple, np.ndarray)) for r in input_ids):
+        lengths = {len(r) for r in input_ids}
+        if len(lengths) > 1:
+            if attention_mask is None:
+                raise ValueError("input_ids rows have different lengths; pad them and pass "
+                                 "attention_mask")
+            raise ValueError("input_ids rows have different lengths")
+    ids = np.asarray(input_ids)
+    if ids.ndim == 1:
+        ids = ids[None, :]
+    if ids.ndim != 2:
+        raise ValueError(f"input_ids must be [batch, length], got shape {ids.shape}")
+    if ids.size == 0:
+        raise ValueError("input_ids is empty: the batch has no tokens")
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"input_ids must hold integer token ids, not {ids.dtype}")
+    if attention_mask is None:
+        mask = np.ones(ids.shape, bool)
+    else:
+        mask = np.asarray(attention_mask)
+        if mask.ndim == 1:
+            mask = mask[None, :]
+        if mask.shape != ids.shape:
+            raise ValueError(f"attention_mask has shape {mask.shape} but input_ids has "
+                             f"{ids.shape}")
+        if mask.dtype.kind not in "biu" or not np.isin(mask, (0, 1)).all():
+            raise ValueError("attention_mask must hold only 0 and 1")
+        mask = mask.astype(bool)
+    if not mask.any():
+        raise ValueError("attention_mask masks every token: the batch is empty")
+    return ids.astype(np.int64), mask
+
+
+def pack_rows(ids, mask):
+    """Packs the real tokens of each row (mask True) into one sequence per row.
+
+    Returns (PackedBatch without scores, flat_index [B, T]: the packed row of
+    each real position, -1 for padding). Positions count real tokens only, so
+    left padding gives the positions the model saw in training."""
+    B, T = ids.shape
+    lengths = mask.sum(axis=1)
+    flat_index = np.full((B, T), -1, np.int64)
+    flat_index[mask] = np.arange(int(lengths.sum()))
+    positions = (np.cumsum(mask, axis=1) - 1)[mask]
+    starts = np.concatenate([[0], np.cumsum(lengths[lengths > 0])])
+    batch = PackedBatch(
+        input_ids=ids[mask].astype(np.int32),
+        position_ids=positions.astype(np.int32),
+        sequence_starts=starts.astype(np.int32),
+        branch_ids=np.zeros(int(lengths.sum()), np.int32),
+        score_rows=np.zeros(0, np.int64),
+        score_targets=np.zeros(0, np.int64),
+    )
+    return batch, flat_index
