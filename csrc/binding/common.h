@@ -38,5 +38,6 @@ extern PyMethodDef calign_ops_methods[];
 extern PyMethodDef calign_losses_methods[];
 extern PyMethodDef calign_wordalign_methods[];
 extern PyMethodDef calign_model_methods[];
+extern PyMethodDef calign_optim_methods[];
 
 #endif

@@ -5,11 +5,11 @@ package configures it. See README.md for what is supported.
 """
 
 from calign._C import get_num_threads, set_num_threads
-from calign import losses, ops
+from calign import losses, ops, optim
 from calign._info import build_info
 from calign.model import Model, PackedBatch, pack_shared_prefix
 
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "Model", "PackedBatch", "build_info", "get_num_threads", "losses", "ops",
-           "pack_shared_prefix", "set_num_threads"]
+           "optim", "pack_shared_prefix", "set_num_threads"]

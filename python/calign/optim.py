@@ -1,0 +1,135 @@
+"""Optimizers over a calign.Model's contiguous parameter and gradient vectors.
+
+The updates run in C with torch's semantics: `AdamW` is torch.optim.AdamW,
+`SGD` is torch.optim.SGD, `clip_grad_norm` is torch.nn.utils.clip_grad_norm_.
+State is saved and loaded as safetensors.
+"""
+
+import os
+import tempfile
+
+import numpy as np
+
+from calign import _C
+
+
+def _check_positive(value, name, allow_zero=False):
+    if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0 or (
+            value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be a finite number {'>= 0' if allow_zero else '> 0'}, "
+                         f"got {value!r}")
+    return float(value)
+
+
+def _save_state(path, tensors, metadata):
+    from safetensors.numpy import save_file
+
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".optimizer-", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={k: str(v) for k, v in metadata.items()})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _load_state(path, kind, n_params):
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="np") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"cannot read optimizer state {path!r}: {exc}") from None
+    if metadata.get("optimizer") != kind:
+        raise ValueError(f"{path!r} holds {metadata.get('optimizer')!r} state, not {kind!r}")
+    for name, tensor in tensors.items():
+        if tensor.shape != (n_params,) or tensor.dtype != np.float32:
+            raise ValueError(f"optimizer state {name!r} in {path!r} does not fit this model "
+                             f"({tensor.shape} {tensor.dtype}, expected ({n_params},) float32)")
+    return tensors, metadata
+
+
+class AdamW:
+    """torch.optim.AdamW on the model's gradient vector (decoupled weight decay)."""
+
+    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        self.model = model
+        self.lr = _check_positive(lr, "lr", allow_zero=True)
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps = _check_positive(eps, "eps")
+        self.weight_decay = _check_positive(weight_decay, "weight_decay", allow_zero=True)
+        self.exp_avg = np.zeros_like(model.params)
+        self.exp_avg_sq = np.zeros_like(model.params)
+        self.step_count = 0
+
+    def step(self, lr=None):
+        """One update from the gradients in model.grads(); lr overrides self.lr once."""
+        self.step_count += 1
+        _C.adamw_step(self.model.params, self.model.grad_buffer, self.exp_avg, self.exp_avg_sq,
+                      self.step_count, self.lr if lr is None else float(lr), self.betas[0],
+                      self.betas[1], self.eps, self.weight_decay)
+
+    def save(self, path):
+        _save_state(path, {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq},
+                    {"optimizer": "adamw", "step": self.step_count})
+
+    def load(self, path):
+        tensors, metadata = _load_state(path, "adamw", self.model.params.size)
+        self.exp_avg[...] = tensors["exp_avg"]
+        self.exp_avg_sq[...] = tensors["exp_avg_sq"]
+        self.step_count = int(metadata["step"])
+
+
+class SGD:
+    """torch.optim.SGD (momentum, dampening, nesterov, L2 weight decay)."""
+
+    def __init__(self, model, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                 nesterov=False):
+        self.model = model
+        self.lr = _check_positive(lr, "lr", allow_zero=True)
+        self.momentum = _check_positive(momentum, "momentum", allow_zero=True)
+        self.dampening = _check_positive(dampening, "dampening", allow_zero=True)
+        self.weight_decay = _check_positive(weight_decay, "weight_decay", allow_zero=True)
+        if nesterov and (self.momentum == 0 or self.dampening != 0):
+            raise ValueError("nesterov needs momentum > 0 and dampening = 0")
+        self.nesterov = bool(nesterov)
+        self.momentum_buffer = np.zeros_like(model.params) if self.momentum else None
+        self.step_count = 0
+
+    def step(self, lr=None):
+        self.step_count += 1
+        _C.sgd_step(self.model.params, self.model.grad_buffer, self.momentum_buffer,
+                    self.lr if lr is None else float(lr), self.momentum, self.dampening,
+                    self.weight_decay, self.nesterov, self.step_count == 1)
+
+    def save(self, path):
+        tensors = {} if self.momentum_buffer is None else {"momentum_buffer": self.momentum_buffer}
+        _save_state(path, tensors, {"optimizer": "sgd", "step": self.step_count})
+
+    def load(self, path):
+        tensors, metadata = _load_state(path, "sgd", self.model.params.size)
+        if self.momentum_buffer is not None:
+            if "momentum_buffer" not in tensors:
+                raise ValueError(f"{path!r} has no momentum buffer")
+            self.momentum_buffer[...] = tensors["momentum_buffer"]
+        self.step_count = int(metadata["step"])
+
+
+def clip_grad_norm(model, max_norm):
+    """Scales the model's gradients so their global L2 norm is at most max_norm
+    (torch's clip_grad_norm_: factor min(1, max_norm / (norm + 1e-6))).
+    Returns the norm before clipping."""
+    max_norm = _check_positive(max_norm, "max_norm")
+    norm = _C.grad_norm(model.grad_buffer)
+    if not np.isfinite(norm):
+        raise FloatingPointError(f"the gradient norm is {norm}: NaN or infinity in the gradients")
+    factor = max_norm / (norm + 1e-6)
+    if factor < 1.0:
+        _C.scale_in_place(model.grad_buffer, factor)
+    return norm
