@@ -9,6 +9,7 @@
 #include <stdlib.h>
 
 #include "core/gemm.h"
+#include "model/generate.h"
 #include "model/model.h"
 #include "model/scoring.h"
 
@@ -465,7 +466,84 @@ done:
     return result;
 }
 
+/* model_generate(capsule, params, prompt_tokens, prompt_starts, max_new_tokens,
+ * do_sample, temperature, top_k, top_p, eos_token_id, num_return_sequences,
+ * seed) -> (tokens [n * R, max_new_tokens], lengths [n * R]); the Python side
+ * checks the settings. */
+static PyObject *py_model_generate(PyObject *self, PyObject *args) {
+    PyObject *capsule, *params_obj, *tokens_obj, *starts_obj;
+    generate_settings s;
+    long long eos;
+    unsigned long long seed;
+    if (!PyArg_ParseTuple(args, "OOOOipfifLiK", &capsule, &params_obj, &tokens_obj, &starts_obj,
+                          &s.max_new_tokens, &s.do_sample, &s.temperature, &s.top_k, &s.top_p,
+                          &eos, &s.num_return_sequences, &seed))
+        return NULL;
+    s.eos_token_id = eos;
+    s.seed = seed;
+    model_handle *h = get_handle(capsule);
+    if (!h) return NULL;
+    const model_config *c = model_get_config(h->m);
+    PyArrayObject *params = NULL, *tokens = NULL, *starts = NULL;
+    PyObject *out = NULL, *lengths = NULL, *result = NULL;
+    if (!(params = param_vector(params_obj, "params", h->m, 0)) ||
+        !(tokens = arg_int32_vector(tokens_obj, "input_ids")) ||
+        !(starts = arg_int32_vector(starts_obj, "prompt_starts")))
+        goto done;
+    int n = (int)PyArray_DIM(starts, 0) - 1;
+    const int32_t *tok = PyArray_DATA(tokens), *st = PyArray_DATA(starts);
+    if (n < 1 || st[0] != 0 || st[n] != PyArray_DIM(tokens, 0)) {
+        PyErr_SetString(PyExc_ValueError, "prompt_starts must begin at 0 and end at the token count");
+        goto done;
+    }
+    for (int i = 0; i < n; i++) {
+        if (st[i + 1] <= st[i]) {
+            PyErr_Format(PyExc_ValueError, "prompt %d is empty", i);
+            goto done;
+        }
+        if (st[i + 1] - st[i] + s.max_new_tokens > c->max_positions) {
+            PyErr_Format(PyExc_ValueError,
+                         "prompt %d (%d tokens) plus max_new_tokens (%d) exceeds the model's "
+                         "maximum positions (%d)",
+                         i, st[i + 1] - st[i], s.max_new_tokens, c->max_positions);
+            goto done;
+        }
+    }
+    for (npy_intp t = 0; t < PyArray_DIM(tokens, 0); t++) {
+        if (tok[t] < 0 || tok[t] >= c->vocab) {
+            PyErr_Format(PyExc_ValueError, "input_ids holds token id %d, outside [0, %d) (vocab_size)",
+                         tok[t], c->vocab);
+            goto done;
+        }
+    }
+    npy_intp dims[2] = {(npy_intp)n * s.num_return_sequences, s.max_new_tokens};
+    if (!(out = PyArray_ZEROS(2, dims, NPY_INT32, 0)) || !(lengths = PyArray_ZEROS(1, dims, NPY_INT32, 0)))
+        goto done;
+    char err[256] = "";
+    int status;
+    h->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    status = model_generate(h->m, PyArray_DATA(params), tok, st, n, &s,
+                            PyArray_DATA((PyArrayObject *)out),
+                            PyArray_DATA((PyArrayObject *)lengths), err);
+    Py_END_ALLOW_THREADS
+    h->busy = 0;
+    if (status < 0) {
+        PyErr_SetString(PyExc_MemoryError, err);
+        goto done;
+    }
+    result = Py_BuildValue("(OO)", out, lengths);
+done:
+    Py_XDECREF(params);
+    Py_XDECREF(tokens);
+    Py_XDECREF(starts);
+    Py_XDECREF(out);
+    Py_XDECREF(lengths);
+    return result;
+}
+
 PyMethodDef calign_model_methods[] = {
+    {"model_generate", py_model_generate, METH_VARARGS, "Generation with a KV cache."},
     {"model_create", py_model_create, METH_O, "Engine model from an engine config dict."},
     {"model_layout", py_model_layout, METH_O, "(n_params, [(role, layer, offset, shape)])."},
     {"model_forward", py_model_forward, METH_VARARGS, "Final hidden states of a packed batch."},

@@ -1,6 +1,7 @@
 #include "layers/attention.h"
 
 #include <math.h>
+#include <omp.h>
 #include <string.h>
 
 #include "core/threads.h"
@@ -104,6 +105,47 @@ void attention_backward(float *dq, float *dk, float *dv, const float *d_out, int
                         dkj[c] += ds * qi[c];
                     }
                 }
+            }
+        }
+    }
+}
+
+void attention_cached_forward(float *out, int ld_out, const float *q, int ld_q,
+                              const float *k_cache, const float *v_cache, int capacity,
+                              const int32_t *run_slot, const int32_t *seq_start,
+                              const int32_t *positions, int n_seq, int n_head, int n_kv_head,
+                              int head_dim, float *scores) {
+    const int hd = head_dim, group = n_head / n_kv_head, kv_dim = n_kv_head * hd;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const long n_tasks = (long)n_seq * n_head;
+#pragma omp parallel for num_threads(calign_num_threads()) schedule(dynamic, 1)
+    for (long task = 0; task < n_tasks; task++) {
+        int s = (int)(task / n_head), h = (int)(task % n_head), kvh = h / group;
+        float *row = scores + (long)omp_get_thread_num() * capacity;
+        const float *K = k_cache + (long)run_slot[s] * capacity * kv_dim + (long)kvh * hd;
+        const float *V = v_cache + (long)run_slot[s] * capacity * kv_dim + (long)kvh * hd;
+        for (long t = seq_start[s]; t < seq_start[s + 1]; t++) {
+            const float *qt = q + t * ld_q + (long)h * hd;
+            int p = positions[t];
+            float m = -INFINITY;
+            for (int j = 0; j <= p; j++) {
+                const float *kj = K + (long)j * kv_dim;
+                float dot = 0.0f;
+                for (int c = 0; c < hd; c++) dot += qt[c] * kj[c];
+                row[j] = dot * scale;
+                m = row[j] > m ? row[j] : m;
+            }
+            float sum = 0.0f;
+            for (int j = 0; j <= p; j++) {
+                row[j] = expf(row[j] - m);
+                sum += row[j];
+            }
+            float *ot = out + t * ld_out + (long)h * hd;
+            memset(ot, 0, sizeof(float) * hd);
+            for (int j = 0; j <= p; j++) {
+                const float *vj = V + (long)j * kv_dim;
+                float w = row[j] / sum;
+                for (int c = 0; c < hd; c++) ot[c] += w * vj[c];
             }
         }
     }

@@ -35,4 +35,16 @@ void attention_backward(float *dq, float *dk, float *dv, const float *d_out, int
                         const float *probs, const float *q, int ld_q, const float *k, int ld_k,
                         const float *v, int ld_v, long T, const attention_shape *a);
 
+/* Attention of new tokens against a KV cache (generation). Run s of the
+ * batch (tokens [seq_start[s], seq_start[s+1])) belongs to cache slot
+ * run_slot[s]; a token at position p attends to cache entries 0..p of its
+ * slot (its own k, v already written there). k_cache, v_cache hold
+ * [n_slots][capacity][n_kv_head * head_dim]. scores: capacity floats per
+ * thread. */
+void attention_cached_forward(float *out, int ld_out, const float *q, int ld_q,
+                              const float *k_cache, const float *v_cache, int capacity,
+                              const int32_t *run_slot, const int32_t *seq_start,
+                              const int32_t *positions, int n_seq, int n_head, int n_kv_head,
+                              int head_dim, float *scores);
+
 #endif

@@ -328,8 +328,28 @@ static attention_shape attention_shape_of(const model *m, const packed_batch *b)
                              c->n_head, c->n_kv_head, c->head_dim};
 }
 
+/* Writes k and v of the batch's tokens into the cache at their positions. */
+static void cache_store(kv_cache *cache, long layer_floats, const float *k, const float *v,
+                        int ld_v, const packed_batch *b, int kv_dim) {
+    for (int s = 0; s < b->n_seq; s++) {
+        long slot_base = (long)cache->run_slot[s] * cache->capacity * kv_dim;
+        for (long t = b->seq_start[s]; t < b->seq_start[s + 1]; t++) {
+            long at = slot_base + (long)b->positions[t] * kv_dim;
+            memcpy(cache->k + layer_floats + at, k + t * kv_dim, sizeof(float) * kv_dim);
+            memcpy(cache->v + layer_floats + at, v + t * ld_v, sizeof(float) * kv_dim);
+        }
+    }
+}
+
+long kv_cache_layer_floats(const model *m, int n_slots, int capacity) {
+    return (long)n_slots * capacity * m->cfg.n_kv_head * m->cfg.head_dim;
+}
+
+/* One transformer block. With a cache (generation), k and v go into it and
+ * attention reads it; otherwise attention runs over the packed batch. */
 static void layer_forward(model *m, layer_acts *a, float *x_out, const float *x,
-                          const float *params, const layer_offsets *L, const packed_batch *b) {
+                          const float *params, const layer_offsets *L, const packed_batch *b,
+                          kv_cache *cache, int layer) {
     const model_config *c = &m->cfg;
     const long T = b->T;
     const int d = c->d_model, hd = c->head_dim, nq = c->n_head, nkv = c->n_kv_head;
@@ -354,9 +374,19 @@ static void layer_forward(model *m, layer_acts *a, float *x_out, const float *x,
         rope_apply(a->q, q_dim, b->positions, T, nq, hd, m->inv_freq, +1);
         rope_apply(a->k, kv_dim, b->positions, T, nkv, hd, m->inv_freq, +1);
     }
-    attention_shape shape = attention_shape_of(m, b);
-    attention_forward(a->att, q_dim, a->probs, a->q, q_dim, a->k, kv_dim,
-                      a->qkv + q_dim + kv_dim, m->qkv_dim, &shape);
+    const float *v = a->qkv + q_dim + kv_dim;
+    if (cache) {
+        long layer_floats = (long)layer * kv_cache_layer_floats(m, cache->n_slots, cache->capacity);
+        cache_store(cache, layer_floats, a->k, v, m->qkv_dim, b, kv_dim);
+        attention_cached_forward(a->att, q_dim, a->q, q_dim, cache->k + layer_floats,
+                                 cache->v + layer_floats, cache->capacity, cache->run_slot,
+                                 b->seq_start, b->positions, b->n_seq, nq, nkv, hd,
+                                 cache->scores);
+    } else {
+        attention_shape shape = attention_shape_of(m, b);
+        attention_forward(a->att, q_dim, a->probs, a->q, q_dim, a->k, kv_dim, v, m->qkv_dim,
+                          &shape);
+    }
     linear_forward(a->mid, d, a->att, params + L->o_w, param_or_null(params, L->o_b), (int)T,
                    q_dim, d, c->layout);
     add_into(a->mid, x, T * d);
@@ -374,8 +404,8 @@ static void layer_forward(model *m, layer_acts *a, float *x_out, const float *x,
     add_into(x_out, a->mid, T * d);
 }
 
-void model_forward(model *m, float *hidden_out, const float *params, const packed_batch *b,
-                   int train) {
+static void forward(model *m, float *hidden_out, const float *params, const packed_batch *b,
+                    int train, kv_cache *cache) {
     const model_config *c = &m->cfg;
     const param_offsets *o = &m->off;
     embedding_forward(m->resid[0], b->tokens, b->positions, params + o->wte,
@@ -385,12 +415,22 @@ void model_forward(model *m, float *hidden_out, const float *params, const packe
         layer_acts *a = &m->acts[train ? l : 0];
         float *x = m->resid[train ? l : l % 2];
         float *x_out = m->resid[train ? l + 1 : (l + 1) % 2];
-        layer_forward(m, a, x_out, x, params, &o->layers[l], b);
+        layer_forward(m, a, x_out, x, params, &o->layers[l], b, cache, l);
     }
     const float *last = m->resid[train ? c->n_layer : c->n_layer % 2];
     norm_forward(m, hidden_out, m->final_mean, m->final_rstd, last, params, o->final_norm_w,
                  o->final_norm_b, b->T);
     m->forward_T = train ? b->T : -1;
+}
+
+void model_forward(model *m, float *hidden_out, const float *params, const packed_batch *b,
+                   int train) {
+    forward(m, hidden_out, params, b, train, NULL);
+}
+
+void model_forward_cached(model *m, float *hidden_out, const float *params,
+                          const packed_batch *b, kv_cache *cache) {
+    forward(m, hidden_out, params, b, 0, cache);
 }
 
 /* ---- backward ---------------------------------------------------------- */

@@ -84,6 +84,24 @@ void model_forward(model *m, float *hidden_out, const float *params, const packe
 void model_backward(model *m, float *grads, const float *params, float *d_hidden,
                     const packed_batch *b);
 
+/* A KV cache for generation: for each layer, k and v of n_slots sequences
+ * of up to capacity positions, [n_layer][n_slots][capacity][n_kv_head * head_dim]. */
+typedef struct {
+    float *k, *v;
+    int n_slots, capacity;
+    const int32_t *run_slot; /* [n_seq] cache slot of each run of the batch */
+    float *scores;           /* scratch: capacity floats per thread */
+} kv_cache;
+
+/* Forward of new tokens appended to the cache: run s of the batch continues
+ * slot run_slot[s], each token at cache index = its position. Writes the
+ * final hidden states; needs model_prepare(train = 0) first. */
+void model_forward_cached(model *m, float *hidden_out, const float *params,
+                          const packed_batch *b, kv_cache *cache);
+
+/* Floats one layer of a cache holds (k or v). */
+long kv_cache_layer_floats(const model *m, int n_slots, int capacity);
+
 /* Whether model_backward may run for a batch of T tokens (a training forward
  * of that batch came last). */
 int model_ready_for_backward(const model *m, long T);

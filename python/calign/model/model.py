@@ -188,6 +188,60 @@ class Model:
         loss = -float(np.mean(logprobs, dtype=np.float64))
         return loss, {name: view.copy() for name, view in self.grads().items()}
 
+    def generate(self, input_ids, *, max_new_tokens, do_sample=False, temperature=1.0, top_k=0,
+                 top_p=1.0, eos_token_id=None, num_return_sequences=1, seed=None):
+        """New tokens for each prompt, with a KV cache, in one call into C.
+
+        Args:
+            input_ids: a list of prompts (lists of token ids, ragged allowed)
+                or one prompt.
+            max_new_tokens: tokens to generate at most per sequence.
+            do_sample: sample (temperature, then top_k, then top_p, as
+                transformers applies them) instead of taking the argmax.
+            eos_token_id: stop a sequence after it produces this token.
+            num_return_sequences: samples per prompt; the prompt is computed
+                once and its cache shared.
+            seed: samples are a function of (seed, prompt index, sample index).
+
+        Returns:
+            A list of token-id lists; prompt i's samples are at
+            i * num_return_sequences ... (i + 1) * num_return_sequences - 1.
+        """
+        prompts = input_ids
+        if len(prompts) and not isinstance(prompts[0], (list, tuple, np.ndarray)):
+            prompts = [prompts]
+        if len(prompts) == 0:
+            raise ValueError("input_ids is empty: give at least one prompt")
+        rows = []
+        for i, prompt in enumerate(prompts):
+            row = np.asarray(prompt)
+            if row.ndim != 1 or row.size == 0:
+                raise ValueError(f"prompt {i} must be a non-empty list of token ids")
+            if row.dtype.kind not in "iu":
+                raise TypeError(f"prompt {i} must hold integer token ids, not {row.dtype}")
+            rows.append(row)
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        if not (isinstance(temperature, (int, float)) and temperature > 0):
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        if not isinstance(top_k, int) or top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0, got {top_k!r}")
+        if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+        if not isinstance(num_return_sequences, int) or num_return_sequences < 1:
+            raise ValueError("num_return_sequences must be a positive integer")
+        if num_return_sequences > 1 and not do_sample:
+            raise ValueError("num_return_sequences > 1 needs do_sample=True (greedy samples "
+                             "would all be equal)")
+        eos = -1 if eos_token_id is None else int(eos_token_id)
+        seed = np.random.SeedSequence().entropy % 2**64 if seed is None else int(seed) % 2**64
+        starts = np.concatenate([[0], np.cumsum([r.size for r in rows])])
+        tokens, lengths = _C.model_generate(
+            self._handle, self.params, np.concatenate(rows), starts, max_new_tokens,
+            bool(do_sample), float(temperature), top_k, float(top_p), eos,
+            num_return_sequences, seed)
+        return [tokens[i, :lengths[i]].tolist() for i in range(tokens.shape[0])]
+
 
 def _embedding_name(config):
     return "transformer.wte.weight" if config["model_type"] == "gpt2" else \

@@ -1,0 +1,203 @@
+#include "model/generate.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/threads.h"
+
+/* splitmix64 (Steele et al. 2014): a small, seedable generator; each returned
+ * sequence has its own stream, so samples do not depend on batching. */
+static uint64_t splitmix64(uint64_t *state) {
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+static double uniform01(uint64_t *state) { return (splitmix64(state) >> 11) * 0x1.0p-53; }
+
+typedef struct {
+    float value;
+    int index;
+} scored_token;
+
+static int by_value_descending(const void *a, const void *b) {
+    float x = ((const scored_token *)a)->value, y = ((const scored_token *)b)->value;
+    if (x > y) return -1;
+    if (x < y) return 1;
+    return ((const scored_token *)a)->index - ((const scored_token *)b)->index;
+}
+
+static int argmax(const float *x, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+/* transformers' sampling pipeline: logits / temperature, keep the top_k
+ * largest (ties with the k-th kept), keep the smallest top set whose
+ * probability reaches top_p, then draw from the renormalised rest.
+ * work: V scored_tokens. */
+static int sample_token(const float *logits, int V, const generate_settings *s, uint64_t *rng,
+                        scored_token *work) {
+    if (!s->do_sample) return argmax(logits, V);
+    for (int v = 0; v < V; v++) work[v] = (scored_token){logits[v] / s->temperature, v};
+    qsort(work, V, sizeof(scored_token), by_value_descending);
+    int kept = V;
+    if (s->top_k > 0 && s->top_k < V) {
+        float kth = work[s->top_k - 1].value;
+        kept = s->top_k;
+        while (kept < V && work[kept].value >= kth) kept++;
+    }
+    double top = work[0].value, total = 0.0;
+    for (int r = 0; r < kept; r++) total += exp(work[r].value - top);
+    if (s->top_p < 1.0f) {
+        /* a token stays while the mass of it and everything below it exceeds 1 - top_p */
+        double tail = 1.0;
+        int r = 0;
+        for (; r < kept; r++) {
+            if (tail <= 1.0 - s->top_p && r > 0) break;
+            tail -= exp(work[r].value - top) / total;
+        }
+        kept = r;
+        total = 0.0;
+        for (r = 0; r < kept; r++) total += exp(work[r].value - top);
+    }
+    double u = uniform01(rng) * total, cum = 0.0;
+    for (int r = 0; r < kept; r++) {
+        cum += exp(work[r].value - top);
+        if (u < cum) return work[r].index;
+    }
+    return work[kept - 1].index;
+}
+
+int model_generate(model *m, const float *params, const int32_t *prompt_tokens,
+                   const int32_t *prompt_start, int n_prompts, const generate_settings *s,
+                   int32_t *out_tokens, int32_t *out_lengths, char *err) {
+    const model_config *c = model_get_config(m);
+    const int R = s->num_return_sequences, n_slots = n_prompts * R, V = c->vocab, d = c->d_model;
+    int longest_prompt = 0;
+    for (int i = 0; i < n_prompts; i++) {
+        int L = prompt_start[i + 1] - prompt_start[i];
+        longest_prompt = L > longest_prompt ? L : longest_prompt;
+    }
+    const int capacity = longest_prompt + s->max_new_tokens;
+    const long T_prefill = prompt_start[n_prompts];
+    const long T_max = T_prefill > n_slots ? T_prefill : n_slots;
+    const int threads = calign_num_threads();
+    long layer_floats = kv_cache_layer_floats(m, n_slots, capacity);
+
+    float *k = malloc(sizeof(float) * layer_floats * c->n_layer);
+    float *v = malloc(sizeof(float) * layer_floats * c->n_layer);
+    float *scores = malloc(sizeof(float) * (size_t)capacity * threads);
+    float *hidden = malloc(sizeof(float) * T_max * d);
+    float *last_hidden = malloc(sizeof(float) * (size_t)n_slots * d);
+    float *logits = malloc(sizeof(float) * (size_t)n_slots * V);
+    scored_token *work = malloc(sizeof(scored_token) * V);
+    int32_t *tokens = malloc(sizeof(int32_t) * T_max), *positions = malloc(sizeof(int32_t) * T_max);
+    int32_t *branch = calloc(T_max, sizeof(int32_t)), *starts = malloc(sizeof(int32_t) * (T_max + 1));
+    int32_t *run_slot = malloc(sizeof(int32_t) * T_max), *active = malloc(sizeof(int32_t) * n_slots);
+    int32_t *next_position = malloc(sizeof(int32_t) * n_slots);
+    uint64_t *rng = malloc(sizeof(uint64_t) * n_slots);
+    int status = 0;
+    if (!k || !v || !scores || !hidden || !last_hidden || !logits || !work || !tokens ||
+        !positions || !branch || !starts || !run_slot || !active || !next_position || !rng) {
+        snprintf(err, 256, "out of memory for the KV cache (%d sequences x %d positions)", n_slots,
+                 capacity);
+        status = -1;
+        goto done;
+    }
+    for (int i = 0; i < n_slots; i++) {
+        uint64_t seed_state = s->seed ^ (0xA0761D6478BD642FULL * (uint64_t)(i + 1));
+        rng[i] = splitmix64(&seed_state);
+        out_lengths[i] = 0;
+    }
+    kv_cache cache = {k, v, n_slots, capacity, run_slot, scores};
+
+    /* Prefill: every prompt once, into the first slot of its group. */
+    for (int i = 0; i < n_prompts; i++) {
+        starts[i] = prompt_start[i];
+        run_slot[i] = i * R;
+        for (int t = prompt_start[i]; t < prompt_start[i + 1]; t++) {
+            tokens[t] = prompt_tokens[t];
+            positions[t] = t - prompt_start[i];
+        }
+    }
+    starts[n_prompts] = (int32_t)T_prefill;
+    packed_batch batch = {tokens, positions, branch, starts, T_prefill, n_prompts};
+    if (model_prepare(m, &batch, 0) < 0) {
+        snprintf(err, 256, "out of memory for the activations");
+        status = -1;
+        goto done;
+    }
+    model_forward_cached(m, hidden, params, &batch, &cache);
+    /* The prompt's cache is copied to the other slots of its group. */
+    for (int i = 0; i < n_prompts; i++) {
+        int L = prompt_start[i + 1] - prompt_start[i];
+        for (int r = 0; r < R; r++) {
+            int slot = i * R + r;
+            memcpy(last_hidden + (long)slot * d, hidden + (long)(prompt_start[i + 1] - 1) * d,
+                   sizeof(float) * d);
+            next_position[slot] = L;
+            if (r == 0) continue;
+            long kv_dim = (long)c->n_kv_head * c->head_dim;
+            for (int l = 0; l < c->n_layer; l++) {
+                long base = (long)l * layer_floats;
+                memcpy(k + base + (long)slot * capacity * kv_dim,
+                       k + base + (long)(i * R) * capacity * kv_dim, sizeof(float) * L * kv_dim);
+                memcpy(v + base + (long)slot * capacity * kv_dim,
+                       v + base + (long)(i * R) * capacity * kv_dim, sizeof(float) * L * kv_dim);
+            }
+        }
+    }
+    int n_active = n_slots;
+    for (int i = 0; i < n_slots; i++) active[i] = i;
+    const float *head = params + model_lm_head_offset(m);
+    for (int step = 0; step < s->max_new_tokens && n_active > 0; step++) {
+        /* logits of each active slot's last hidden state, then its next token */
+        linear_forward(logits, V, last_hidden, head, NULL, n_active, d, V, WEIGHT_OUT_IN);
+        int still = 0;
+        for (int a = 0; a < n_active; a++) {
+            int slot = active[a];
+            int token = sample_token(logits + (long)a * V, V, s, &rng[slot], work);
+            out_tokens[(long)slot * s->max_new_tokens + out_lengths[slot]++] = token;
+            if (token == s->eos_token_id || step + 1 == s->max_new_tokens) continue;
+            tokens[still] = token;
+            positions[still] = next_position[slot]++;
+            run_slot[still] = slot;
+            starts[still] = still;
+            active[still++] = slot;
+        }
+        n_active = still;
+        if (n_active == 0) break;
+        starts[n_active] = n_active;
+        batch = (packed_batch){tokens, positions, branch, starts, n_active, n_active};
+        if (model_prepare(m, &batch, 0) < 0) {
+            snprintf(err, 256, "out of memory for the activations");
+            status = -1;
+            goto done;
+        }
+        model_forward_cached(m, last_hidden, params, &batch, &cache);
+    }
+done:
+    free(k);
+    free(v);
+    free(scores);
+    free(hidden);
+    free(last_hidden);
+    free(logits);
+    free(work);
+    free(tokens);
+    free(positions);
+    free(branch);
+    free(starts);
+    free(run_slot);
+    free(active);
+    free(next_position);
+    free(rng);
+    return status;
+}

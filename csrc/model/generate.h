@@ -1,0 +1,26 @@
+/* Generation with a KV cache: greedy or sampled (temperature, top-k, top-p),
+ * batched over ragged prompts, several samples per prompt sharing the
+ * prompt's prefill. */
+#ifndef CALIGN_GENERATE_H
+#define CALIGN_GENERATE_H
+
+#include <stdint.h>
+
+#include "model/model.h"
+
+typedef struct {
+    int max_new_tokens, do_sample, top_k, num_return_sequences;
+    float temperature, top_p;
+    int64_t eos_token_id; /* -1: none */
+    uint64_t seed;
+} generate_settings;
+
+/* Prompt i is prompt_tokens[prompt_start[i] .. prompt_start[i+1]); sample r
+ * of prompt i is written to out_tokens[(i * R + r) * max_new_tokens ...] with
+ * its length in out_lengths[i * R + r] (it stops after eos, eos included).
+ * Returns 0, or -1 with a message in err (256 bytes). */
+int model_generate(model *m, const float *params, const int32_t *prompt_tokens,
+                   const int32_t *prompt_start, int n_prompts, const generate_settings *s,
+                   int32_t *out_tokens, int32_t *out_lengths, char *err);
+
+#endif
