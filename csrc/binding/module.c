@@ -3,6 +3,7 @@
 #include "binding/common.h"
 
 #include <omp.h>
+#include <stdlib.h>
 
 #include "core/gemm.h"
 #include "core/threads.h"
@@ -35,7 +36,41 @@ static PyObject *py_build_info(PyObject *self, PyObject *unused) {
                          omp_get_num_procs());
 }
 
+/* sgemm_gflops(M, N, K, repeats): the rate of calign's matrix product on this
+ * machine with the current threads, for benchmarks to quote achieved FLOP/s
+ * against. */
+static PyObject *py_sgemm_gflops(PyObject *self, PyObject *args) {
+    int M, N, K, repeats;
+    if (!PyArg_ParseTuple(args, "iiii", &M, &N, &K, &repeats)) return NULL;
+    if (M < 1 || N < 1 || K < 1 || repeats < 1) {
+        PyErr_SetString(PyExc_ValueError, "sizes and repeats must be >= 1");
+        return NULL;
+    }
+    float *a = calloc((size_t)M * K, sizeof(float)), *b = calloc((size_t)K * N, sizeof(float)),
+          *c = calloc((size_t)M * N, sizeof(float));
+    if (!a || !b || !c) {
+        free(a);
+        free(b);
+        free(c);
+        return PyErr_NoMemory();
+    }
+    for (long i = 0; i < (long)M * K; i++) a[i] = (float)(i % 7) * 0.1f;
+    for (long i = 0; i < (long)K * N; i++) b[i] = (float)(i % 5) * 0.1f;
+    double seconds;
+    Py_BEGIN_ALLOW_THREADS
+    gemm_f32(false, true, M, N, K, 1.0f, a, K, b, K, 0.0f, c, N); /* warm-up */
+    double start = omp_get_wtime();
+    for (int r = 0; r < repeats; r++) gemm_f32(false, true, M, N, K, 1.0f, a, K, b, K, 0.0f, c, N);
+    seconds = omp_get_wtime() - start;
+    Py_END_ALLOW_THREADS
+    free(a);
+    free(b);
+    free(c);
+    return PyFloat_FromDouble(2.0 * M * N * K * repeats / seconds / 1e9);
+}
+
 PyMethodDef calign_threads_methods[] = {
+    {"sgemm_gflops", py_sgemm_gflops, METH_VARARGS, "GFLOP/s of calign's sgemm, measured now."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Threads calign's kernels use."},
     {"set_num_threads", py_set_num_threads, METH_O,
      "Set the threads calign's kernels use; returns the previous value."},

@@ -169,11 +169,9 @@ class Model:
         return _C.model_score(self._handle, self.params, hidden, batch.score_rows,
                               batch.score_targets, temperature)
 
-    def loss_and_grad(self, input_ids, labels, attention_mask=None):
-        """(mean token cross-entropy as transformers' causal-LM loss, gradients)
-
-        The gradients (named like state_dict, copies) replace the model's
-        gradient buffer contents."""
+    def lm_loss_backward(self, input_ids, labels, attention_mask=None):
+        """Mean token cross-entropy (transformers' causal-LM loss); its gradient
+        replaces the contents of the model's gradient buffer (see grads())."""
         ids, mask = as_id_matrix(input_ids, attention_mask)
         batch, _ = self._shifted_scores(ids, mask, labels)
         n_scored = batch.score_rows.size
@@ -185,7 +183,12 @@ class Model:
             self._handle, self.params, self.grad_buffer, hidden, batch.score_rows,
             batch.score_targets, np.full(n_scored, -1.0 / n_scored), 1.0)
         self._backward(batch, d_hidden)
-        loss = -float(np.mean(logprobs, dtype=np.float64))
+        return -float(np.mean(logprobs, dtype=np.float64))
+
+    def loss_and_grad(self, input_ids, labels, attention_mask=None):
+        """(mean token cross-entropy as transformers' causal-LM loss, gradients):
+        the test hook; the gradients are copies named like state_dict()."""
+        loss = self.lm_loss_backward(input_ids, labels, attention_mask)
         return loss, {name: view.copy() for name, view in self.grads().items()}
 
     def generate(self, input_ids, *, max_new_tokens, do_sample=False, temperature=1.0, top_k=0,

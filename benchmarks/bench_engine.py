@@ -1,0 +1,219 @@
+"""Transformer engine: calign versus transformers + torch on the same model, same run.
+
+Workloads (each side in its own process, same thread count, warm-up excluded,
+median of repeats):
+  train     forward + backward + AdamW step of causal-LM cross-entropy
+  forward   forward only (log-probs of every next token for calign, logits for torch)
+  generate  greedy generation of 64 new tokens after a 16-token prompt, batch 1 and 8
+on a ~20M-parameter GPT-2 shape (6 layers, d=384, 6 heads, vocab 50257) and a
+~20M Llama shape (6 layers, d=384, 6 heads, 2 kv heads, vocab 32000), batch
+4 x 256 tokens. Achieved FLOP/s is compared with calign's sgemm measured in the
+same run (model FLOPs: 6N per token for training, 2N forward, plus attention).
+
+Run: python benchmarks/bench_engine.py [--repeats 5] [--quick] [--native-blas]
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+SHAPES = {
+    "gpt2-20M": dict(model_type="gpt2", n_layer=6, n_embd=384, n_head=6, vocab_size=50257,
+                     n_positions=1024),
+    "llama-20M": dict(model_type="llama", num_hidden_layers=6, hidden_size=384,
+                      num_attention_heads=6, num_key_value_heads=2, intermediate_size=1024,
+                      vocab_size=32000, max_position_embeddings=1024),
+}
+QUICK = {"gpt2-20M": dict(SHAPES["gpt2-20M"], n_layer=2, vocab_size=8000)}
+BATCH, SEQ = 4, 256
+
+
+def peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build_checkpoint(shape, folder):
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    spec = dict(shape)
+    model_type = spec.pop("model_type")
+    config = transformers.AutoConfig.for_model(model_type, **spec)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(folder)
+
+
+def matmul_params(config):
+    """Parameters that take part in matrix products (the lm_head counted once)."""
+    if config["model_type"] == "gpt2":
+        d, L, V = config["n_embd"], config["n_layer"], config["vocab_size"]
+        return L * (4 * d * d + 8 * d * d) + V * d, L, d
+    d, L, V = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
+    hd = d // config["num_attention_heads"]
+    kv = config["num_key_value_heads"] * hd
+    ff = config["intermediate_size"]
+    return L * (2 * d * d + 2 * d * kv + 3 * d * ff) + V * d, L, d
+
+
+def model_flops(config, train):
+    N, L, d = matmul_params(config)
+    tokens = BATCH * SEQ
+    per_token = (6 if train else 2) * N + (12 if train else 4) * L * d * SEQ // 2
+    return per_token * tokens
+
+
+def timed(step, repeats):
+    step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def child_calign(folder, workload, threads, repeats):
+    import numpy as np
+
+    import calign
+
+    calign.set_num_threads(threads)
+    model = calign.Model.from_pretrained(folder)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, model.vocab_size, (BATCH, SEQ))
+    if workload == "train":
+        opt = calign.optim.AdamW(model, lr=1e-4)
+
+        def step():
+            model.lm_loss_backward(ids, ids)
+            opt.step()
+    elif workload == "forward":
+        def step():
+            model.token_logprobs(ids, ids)
+    else:
+        batch = int(workload.split("-")[1])
+        prompts = rng.integers(0, model.vocab_size, (batch, 16)).tolist()
+
+        def step():
+            model.generate(prompts, max_new_tokens=64)
+    seconds = timed(step, repeats)
+    info = calign.build_info()
+    return seconds, f"OpenBLAS {info['blas_core']}"
+
+
+def child_torch(folder, workload, threads, repeats):
+    import torch
+    import transformers
+
+    torch.set_num_threads(threads)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    ids = torch.randint(0, model.config.vocab_size, (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
+    if workload == "train":
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step():
+            loss = model(ids, labels=ids).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    elif workload == "forward":
+        model.eval()
+
+        def step():
+            with torch.no_grad():
+                model(ids)
+    else:
+        model.eval()
+        batch = int(workload.split("-")[1])
+        prompts = torch.randint(0, model.config.vocab_size, (batch, 16))
+
+        def step():
+            with torch.no_grad():
+                model.generate(prompts, max_new_tokens=64, min_new_tokens=64, do_sample=False,
+                               pad_token_id=0)
+    seconds = timed(step, repeats)
+    return seconds, f"torch MKL, {torch.backends.cpu.get_cpu_capability()}"
+
+
+def run_child(args):
+    run = child_calign if args.side == "calign" else child_torch
+    seconds, kernel = run(args.folder, args.workload, args.threads, args.repeats)
+    print(json.dumps({"seconds": seconds, "peak_rss_mib": peak_rss_mib(), "kernel": kernel}))
+
+
+def spawn(side, folder, workload, threads, repeats, native_blas=False):
+    env = dict(os.environ)
+    if native_blas:
+        env.pop("OPENBLAS_CORETYPE", None)
+        env.pop("OPENBLAS_L2_SIZE", None)
+    cmd = [sys.executable, __file__, "--child", side, "--folder", folder, "--workload", workload,
+           "--threads", str(threads), "--repeats", str(repeats)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--native-blas", action="store_true",
+                        help="run calign with OPENBLAS_CORETYPE/L2_SIZE unset")
+    parser.add_argument("--child", dest="side", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    parser.add_argument("--workload", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:
+        return run_child(args)
+
+    import calign
+    from calign import _C
+
+    calign.set_num_threads(args.threads)
+    sgemm = _C.sgemm_gflops(1024, 1024, 1024, 5)
+    info = calign.build_info()
+    print(f"CPU: {info['cpu']}, {info['cores']} cores; threads: {args.threads}; "
+          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}"
+          f"{' (unset for calign: --native-blas)' if args.native_blas else ''}; "
+          f"calign sgemm in this run: {sgemm:.0f} GFLOP/s; batch {BATCH}x{SEQ}; "
+          f"median of {args.repeats}")
+    header = (f"{'model':>10} {'workload':>11} {'calign tok/s':>13} {'torch tok/s':>12} "
+              f"{'ratio':>6} {'calign RSS':>11} {'torch RSS':>10} {'calign %sgemm':>14}  kernels")
+    print(header)
+    print("-" * len(header))
+    shapes = QUICK if args.quick else SHAPES
+    for name, shape in shapes.items():
+        with tempfile.TemporaryDirectory() as folder:
+            build_checkpoint(shape, folder)
+            for workload in ("train", "forward", "generate-1", "generate-8"):
+                mine = spawn("calign", folder, workload, args.threads, args.repeats,
+                             args.native_blas)
+                ref = spawn("torch", folder, workload, args.threads, args.repeats)
+                if "error" in mine or "error" in ref:
+                    print(f"{name:>10} {workload:>11}  failed: {mine.get('error') or ref.get('error')}")
+                    continue
+                if workload.startswith("generate"):
+                    tokens = int(workload.split("-")[1]) * 64
+                    flops_note = "-"
+                else:
+                    tokens = BATCH * SEQ
+                    achieved = model_flops(shape, workload == "train") / mine["seconds"] / 1e9
+                    flops_note = f"{100 * achieved / sgemm:.0f}%"
+                print(f"{name:>10} {workload:>11} {tokens / mine['seconds']:13.0f} "
+                      f"{tokens / ref['seconds']:12.0f} {ref['seconds'] / mine['seconds']:5.2f}x "
+                      f"{mine['peak_rss_mib']:10.0f}M {ref['peak_rss_mib']:9.0f}M "
+                      f"{flops_note:>14}  {mine['kernel']} / {ref['kernel']}")
+
+
+if __name__ == "__main__":
+    main()
