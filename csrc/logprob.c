@@ -119,11 +119,27 @@ static void exp_sums(const float *z, int V, float m, int with_moments, double *s
     *s_ee = see;
 }
 
-/* In place: z_v <- -coef * softmax(z)_v, given m = max z and lse. This is
- * d logp / d logits times coef, before the +coef on the target column. */
+/* In place: z_v <- e_v = exp(z_v - m); returns sum_v e_v (blocks of
+ * SUM_BLOCK summed in float, then in double). */
 CALIGN_SIMD_CLONES
-static void softmax_gradient_row(float *z, int V, float lse, float coef) {
-    for (int v = 0; v < V; v++) z[v] = -coef * exp_nonpositive(z[v] - lse);
+static double exp_in_place(float *z, int V, float m) {
+    double total = 0.0;
+    for (int v0 = 0; v0 < V; v0 += SUM_BLOCK) {
+        int v1 = v0 + SUM_BLOCK < V ? v0 + SUM_BLOCK : V;
+        float block = 0.0f;
+        for (int v = v0; v < v1; v++) {
+            z[v] = exp_nonpositive(z[v] - m);
+            block += z[v];
+        }
+        total += block;
+    }
+    return total;
+}
+
+/* In place: e_v <- factor * e_v. */
+CALIGN_SIMD_CLONES
+static void scale_in_place_row(float *e, int V, float factor) {
+    for (int v = 0; v < V; v++) e[v] *= factor;
 }
 
 /* Per-row forward on a chunk of logits; returns the first non-finite global
@@ -201,17 +217,19 @@ static long backward_chunk_rows(float *logprobs, float *logits, const int32_t *a
         float *z = logits + (size_t)r * V;
         long row = active_chunk[r];
         int64_t t = p->targets[row];
-        double sum_z, s_e, unused_ez, unused_ee;
+        double sum_z;
         float m = scale_row(z, p->bias, V, inv_t, &sum_z);
-        exp_sums(z, V, m, 0, &s_e, &unused_ez, &unused_ee);
+        float z_target = z[t];
+        double s_e = exp_in_place(z, V, m);
         float lse = (float)(m + log(s_e));
         if (!isfinite(lse)) {
             if (row < first_bad) first_bad = row;
             continue;
         }
-        if (logprobs) logprobs[row] = z[t] - lse;
+        if (logprobs) logprobs[row] = z_target - lse;
+        /* softmax_v = e_v / s_e */
         float coef = grad_logprobs[row] * inv_t;
-        softmax_gradient_row(z, V, lse, coef);
+        scale_in_place_row(z, V, (float)(-coef / s_e));
         z[t] += coef;
     }
     return first_bad == p->N ? -1 : first_bad;

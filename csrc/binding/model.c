@@ -361,7 +361,7 @@ static PyObject *py_model_score(PyObject *self, PyObject *args) {
     const model_config *c = model_get_config(h->m);
     PyArrayObject *params = NULL, *hidden = NULL, *rows = NULL, *targets = NULL;
     PyObject *logprobs = NULL, *result = NULL;
-    float *scratch = NULL;
+    float *scratch;
     if (!(params = param_vector(params_obj, "params", h->m, 0)) ||
         !(hidden = arg_f32_array(hidden_obj, "hidden", 2)))
         goto done;
@@ -375,15 +375,17 @@ static PyObject *py_model_score(PyObject *self, PyObject *args) {
                        (float)temperature};
     npy_intp dims[1] = {r.M};
     if (!(logprobs = PyArray_ZEROS(1, dims, NPY_FLOAT32, 0))) goto done;
-    if (!(scratch = malloc(sizeof(float) * scoring_scratch_floats(h->m, &r)))) {
+    if (!(scratch = model_scratch(h->m, scoring_scratch_floats(h->m, &r)))) {
         PyErr_NoMemory();
         goto done;
     }
     long bad;
+    h->busy = 1;
     Py_BEGIN_ALLOW_THREADS
     bad = model_score_forward(PyArray_DATA((PyArrayObject *)logprobs), h->m, PyArray_DATA(params),
                               PyArray_DATA(hidden), &r, scratch);
     Py_END_ALLOW_THREADS
+    h->busy = 0;
     if (bad >= 0) {
         PyErr_SetString(PyExc_FloatingPointError,
                         "the model produced non-finite logits (NaN or infinity in the parameters?)");
@@ -391,7 +393,6 @@ static PyObject *py_model_score(PyObject *self, PyObject *args) {
     }
     result = Py_NewRef(logprobs);
 done:
-    free(scratch);
     Py_XDECREF(logprobs);
     Py_XDECREF(params);
     Py_XDECREF(hidden);
@@ -413,7 +414,7 @@ static PyObject *py_model_score_backward(PyObject *self, PyObject *args) {
     PyArrayObject *params = NULL, *grads = NULL, *hidden = NULL, *rows = NULL, *targets = NULL,
                   *grad64 = NULL;
     PyObject *logprobs = NULL, *d_hidden = NULL, *result = NULL;
-    float *scratch = NULL, *grad32 = NULL;
+    float *scratch, *grad32 = NULL;
     if (!(params = param_vector(params_obj, "params", h->m, 0)) ||
         !(grads = param_vector(grads_obj, "grads", h->m, 1)) ||
         !(hidden = arg_f32_array(hidden_obj, "hidden", 2)))
@@ -433,7 +434,7 @@ static PyObject *py_model_score_backward(PyObject *self, PyObject *args) {
     if (!(logprobs = PyArray_ZEROS(1, dims, NPY_FLOAT32, 0)) ||
         !(d_hidden = new_f32_2d(T, c->d_model)))
         goto done;
-    scratch = malloc(sizeof(float) * scoring_scratch_floats(h->m, &r));
+    scratch = model_scratch(h->m, scoring_scratch_floats(h->m, &r));
     grad32 = malloc(sizeof(float) * (r.M + 1));
     if (!scratch || !grad32) {
         PyErr_NoMemory();
@@ -441,11 +442,13 @@ static PyObject *py_model_score_backward(PyObject *self, PyObject *args) {
     }
     for (npy_intp i = 0; i < r.M; i++) grad32[i] = (float)((double *)PyArray_DATA(grad64))[i];
     long bad;
+    h->busy = 1;
     Py_BEGIN_ALLOW_THREADS
     bad = model_score_backward(PyArray_DATA((PyArrayObject *)d_hidden), PyArray_DATA(grads),
                                PyArray_DATA((PyArrayObject *)logprobs), h->m, PyArray_DATA(params),
                                PyArray_DATA(hidden), grad32, &r, scratch);
     Py_END_ALLOW_THREADS
+    h->busy = 0;
     if (bad >= 0) {
         PyErr_SetString(PyExc_FloatingPointError,
                         "the model produced non-finite logits (NaN or infinity in the parameters?)");
@@ -453,7 +456,6 @@ static PyObject *py_model_score_backward(PyObject *self, PyObject *args) {
     }
     result = Py_BuildValue("(OO)", d_hidden, logprobs);
 done:
-    free(scratch);
     free(grad32);
     Py_XDECREF(logprobs);
     Py_XDECREF(d_hidden);

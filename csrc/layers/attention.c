@@ -4,10 +4,38 @@
 #include <omp.h>
 #include <string.h>
 
+#include "core/gemm.h"
 #include "core/threads.h"
 
 static inline int visible(const int32_t *branch, long i, long j) {
     return branch[j] == 0 || branch[j] == branch[i];
+}
+
+/* Queries are processed in blocks of ATTENTION_BLOCK rows; block [r0, r1)
+ * only looks at keys [0, r1), so the causal upper triangle is mostly skipped
+ * while the products stay large enough for sgemm. */
+#define ATTENTION_BLOCK 64
+
+/* Masked softmax in place on rows r0..r1 of the scores block S (stride L,
+ * columns 0..r1): probabilities for visible keys j <= i, exact zeros else. */
+static void masked_softmax_rows(float *S, long L, long r0, long r1, long start,
+                                const int32_t *branch) {
+    for (long i = r0; i < r1; i++) {
+        float *row = S + i * L;
+        float m = -INFINITY;
+        for (long j = 0; j <= i; j++) {
+            if (!visible(branch, start + i, start + j)) row[j] = -INFINITY;
+            m = row[j] > m ? row[j] : m;
+        }
+        float sum = 0.0f;
+        for (long j = 0; j <= i; j++) {
+            row[j] = row[j] == -INFINITY ? 0.0f : expf(row[j] - m);
+            sum += row[j];
+        }
+        float inv = 1.0f / sum;
+        for (long j = 0; j <= i; j++) row[j] *= inv;
+        for (long j = i + 1; j < r1; j++) row[j] = 0.0f;
+    }
 }
 
 void attention_forward(float *out, int ld_out, float *probs, const float *q, int ld_q,
@@ -16,41 +44,25 @@ void attention_forward(float *out, int ld_out, float *probs, const float *q, int
     const int hd = a->head_dim, group = a->n_head / a->n_kv_head;
     const float scale = 1.0f / sqrtf((float)hd);
     const long n_tasks = (long)a->n_seq * a->n_head;
+    /* one (sequence, head) per task; the products inside run single-threaded */
 #pragma omp parallel for num_threads(calign_num_threads()) schedule(dynamic, 1)
     for (long task = 0; task < n_tasks; task++) {
         int s = (int)(task / a->n_head), h = (int)(task % a->n_head), kvh = h / group;
         long start = a->seq_start[s], L = a->seq_start[s + 1] - start;
         float *P = probs + h * a->probs_per_head + a->probs_offset[s];
-        for (long i = 0; i < L; i++) {
-            const float *qi = q + (start + i) * ld_q + (long)h * hd;
-            float *row = P + i * L;
-            /* softmax over visible keys of (q_i . k_j) / sqrt(head_dim) */
-            float m = -INFINITY;
-            for (long j = 0; j <= i; j++) {
-                if (!visible(a->branch, start + i, start + j)) {
-                    row[j] = -INFINITY;
-                    continue;
-                }
-                const float *kj = k + (start + j) * ld_k + (long)kvh * hd;
-                float dot = 0.0f;
-                for (int c = 0; c < hd; c++) dot += qi[c] * kj[c];
-                row[j] = dot * scale;
-                m = row[j] > m ? row[j] : m;
-            }
-            float sum = 0.0f;
-            for (long j = 0; j <= i; j++) {
-                row[j] = row[j] == -INFINITY ? 0.0f : expf(row[j] - m);
-                sum += row[j];
-            }
-            float inv = 1.0f / sum;
-            float *oi = out + (start + i) * ld_out + (long)h * hd;
-            memset(oi, 0, sizeof(float) * hd);
-            for (long j = 0; j <= i; j++) {
-                row[j] *= inv;
-                if (row[j] == 0.0f) continue;
-                const float *vj = v + (start + j) * ld_v + (long)kvh * hd;
-                for (int c = 0; c < hd; c++) oi[c] += row[j] * vj[c];
-            }
+        const float *Q = q + start * ld_q + (long)h * hd;
+        const float *K = k + start * ld_k + (long)kvh * hd;
+        const float *V = v + start * ld_v + (long)kvh * hd;
+        float *O = out + start * ld_out + (long)h * hd;
+        for (long r0 = 0; r0 < L; r0 += ATTENTION_BLOCK) {
+            long r1 = r0 + ATTENTION_BLOCK < L ? r0 + ATTENTION_BLOCK : L;
+            /* S = Q K^T / sqrt(head_dim), then softmax over visible keys */
+            gemm_f32(false, true, (int)(r1 - r0), (int)r1, hd, scale, Q + r0 * ld_q, ld_q, K, ld_k,
+                     0.0f, P + r0 * L, (int)L);
+            masked_softmax_rows(P, L, r0, r1, start, a->branch);
+            /* O = P V */
+            gemm_f32(false, false, (int)(r1 - r0), hd, (int)r1, 1.0f, P + r0 * L, (int)L, V, ld_v,
+                     0.0f, O + r0 * ld_out, ld_out);
         }
     }
 }
@@ -71,40 +83,37 @@ void attention_backward(float *dq, float *dk, float *dv, const float *d_out, int
     for (long task = 0; task < n_tasks; task++) {
         int s = (int)(task / a->n_kv_head), kvh = (int)(task % a->n_kv_head);
         long start = a->seq_start[s], L = a->seq_start[s + 1] - start;
+        float *dS = a->scratch + (long)omp_get_thread_num() * a->scratch_per_thread;
+        const float *K = k + start * ld_k + (long)kvh * hd;
+        const float *V = v + start * ld_v + (long)kvh * hd;
+        float *dK = dk + start * ld_k + (long)kvh * hd;
+        float *dV = dv + start * ld_v + (long)kvh * hd;
         for (int h = kvh * group; h < (kvh + 1) * group; h++) {
             const float *P = probs + h * a->probs_per_head + a->probs_offset[s];
-            for (long i = 0; i < L; i++) {
-                const float *row = P + i * L;
-                const float *doi = d_out + (start + i) * ld_out + (long)h * hd;
-                const float *qi = q + (start + i) * ld_q + (long)h * hd;
-                float *dqi = dq + (start + i) * ld_q + (long)h * hd;
-                memset(dqi, 0, sizeof(float) * hd);
-                /* dP_ij = do_i . v_j;  dS_ij = P_ij (dP_ij - sum_j P_ij dP_ij) */
-                float weighted = 0.0f;
-                for (long j = 0; j <= i; j++) {
-                    if (row[j] == 0.0f) continue;
-                    const float *vj = v + (start + j) * ld_v + (long)kvh * hd;
-                    float dp = 0.0f;
-                    for (int c = 0; c < hd; c++) dp += doi[c] * vj[c];
-                    weighted += row[j] * dp;
+            const float *Q = q + start * ld_q + (long)h * hd;
+            const float *dO = d_out + start * ld_out + (long)h * hd;
+            float *dQ = dq + start * ld_q + (long)h * hd;
+            for (long r0 = 0; r0 < L; r0 += ATTENTION_BLOCK) {
+                long r1 = r0 + ATTENTION_BLOCK < L ? r0 + ATTENTION_BLOCK : L, n = r1 - r0;
+                const float *Pb = P + r0 * L;
+                /* dV[0:r1] += P^T dO;  dP = dO V^T */
+                gemm_f32(true, false, (int)r1, hd, (int)n, 1.0f, Pb, (int)L, dO + r0 * ld_out,
+                         ld_out, 1.0f, dV, ld_v);
+                gemm_f32(false, true, (int)n, (int)r1, hd, 1.0f, dO + r0 * ld_out, ld_out, V, ld_v,
+                         0.0f, dS, (int)r1);
+                /* dS = P * (dP - sum_j P dP) / sqrt(head_dim) (softmax backward) */
+                for (long i = 0; i < n; i++) {
+                    const float *p_row = Pb + i * L;
+                    float *row = dS + i * r1;
+                    float weighted = 0.0f;
+                    for (long j = 0; j < r1; j++) weighted += p_row[j] * row[j];
+                    for (long j = 0; j < r1; j++) row[j] = p_row[j] * (row[j] - weighted) * scale;
                 }
-                for (long j = 0; j <= i; j++) {
-                    if (row[j] == 0.0f) continue;
-                    const float *vj = v + (start + j) * ld_v + (long)kvh * hd;
-                    const float *kj = k + (start + j) * ld_k + (long)kvh * hd;
-                    float *dvj = dv + (start + j) * ld_v + (long)kvh * hd;
-                    float *dkj = dk + (start + j) * ld_k + (long)kvh * hd;
-                    float dp = 0.0f;
-                    for (int c = 0; c < hd; c++) {
-                        dp += doi[c] * vj[c];
-                        dvj[c] += row[j] * doi[c];
-                    }
-                    float ds = row[j] * (dp - weighted) * scale;
-                    for (int c = 0; c < hd; c++) {
-                        dqi[c] += ds * kj[c];
-                        dkj[c] += ds * qi[c];
-                    }
-                }
+                /* dQ = dS K;  dK[0:r1] += dS^T Q */
+                gemm_f32(false, false, (int)n, hd, (int)r1, 1.0f, dS, (int)r1, K, ld_k, 0.0f,
+                         dQ + r0 * ld_q, ld_q);
+                gemm_f32(true, false, (int)r1, hd, (int)n, 1.0f, dS, (int)r1, Q + r0 * ld_q, ld_q,
+                         1.0f, dK, ld_k);
             }
         }
     }

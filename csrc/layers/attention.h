@@ -23,7 +23,11 @@ typedef struct {
     const int32_t *branch;    /* [T] */
     int n_seq;
     int n_head, n_kv_head, head_dim;
+    float *scratch;            /* backward: scratch_per_thread floats per thread */
+    long scratch_per_thread;   /* ATTENTION_SCRATCH_PER_THREAD(longest sequence) */
 } attention_shape;
+
+#define ATTENTION_SCRATCH_PER_THREAD(longest) (64L * (longest))
 
 void attention_forward(float *out, int ld_out, float *probs, const float *q, int ld_q,
                        const float *k, int ld_k, const float *v, int ld_v,

@@ -30,7 +30,7 @@ typedef struct {
 /* Gradient scratch shared by all layers in the backward. */
 typedef struct {
     float *d_resid, *d_norm, *d_up, *d_act, *d_att, *d_qkv, *d_q, *d_k, *d_q_pre, *d_k_pre;
-    float *norm_scratch;
+    float *norm_scratch, *attention_scratch;
 } grad_scratch;
 
 struct model {
@@ -41,7 +41,7 @@ struct model {
     /* arena */
     float *arena;
     size_t arena_floats;
-    long arena_T, arena_sum_sq;
+    long arena_T, arena_sum_sq, arena_longest;
     int arena_train, arena_threads;
     float **resid;      /* n_layer + 1 residual streams (2 when not training) */
     layer_acts *acts;   /* n_layer (1 when not training) */
@@ -50,6 +50,8 @@ struct model {
     long n_seq_capacity;
     grad_scratch g;
     long forward_T;     /* tokens of the last training forward, -1 if none */
+    float *scratch;     /* model_scratch */
+    long scratch_floats;
 };
 
 /* ---- layout ------------------------------------------------------------ */
@@ -136,7 +138,17 @@ void model_free(model *m) {
     free(m->resid);
     free(m->acts);
     free(m->probs_offset);
+    free(m->scratch);
     free(m);
+}
+
+float *model_scratch(model *m, long n) {
+    if (n > m->scratch_floats) {
+        free(m->scratch);
+        m->scratch = aligned_alloc(64, (size_t)(n + 15) / 16 * 16 * sizeof(float));
+        m->scratch_floats = m->scratch ? n : 0;
+    }
+    return m->scratch;
 }
 
 const model_config *model_get_config(const model *m) { return &m->cfg; }
@@ -199,7 +211,7 @@ static float *take(bump *b, size_t n) {
     return p;
 }
 
-static void plan_arena(model *m, bump *b, long T, long sum_sq, int train) {
+static void plan_arena(model *m, bump *b, long T, long sum_sq, long longest, int train) {
     const model_config *c = &m->cfg;
     const long d = c->d_model, hd = c->head_dim, nq = c->n_head, nkv = c->n_kv_head;
     int n_resid = train ? c->n_layer + 1 : 2, n_acts = train ? c->n_layer : 1;
@@ -242,17 +254,20 @@ static void plan_arena(model *m, bump *b, long T, long sum_sq, int train) {
     g->d_q_pre = c->qk_norm ? take(b, T * nq * hd) : NULL;
     g->d_k_pre = c->qk_norm ? take(b, T * nkv * hd) : NULL;
     g->norm_scratch = take(b, NORM_SCRATCH_FLOATS(m->arena_threads, widest));
+    g->attention_scratch = take(b, m->arena_threads * ATTENTION_SCRATCH_PER_THREAD(longest));
 }
 
 int model_prepare(model *m, const packed_batch *b, int train) {
     const model_config *c = &m->cfg;
-    long sum_sq = 0;
+    long sum_sq = 0, longest = 0;
     for (int s = 0; s < b->n_seq; s++) {
         long L = b->seq_start[s + 1] - b->seq_start[s];
         sum_sq += L * L;
+        longest = L > longest ? L : longest;
     }
     int threads = calign_num_threads();
     int fits = m->arena && b->T <= m->arena_T && sum_sq <= m->arena_sum_sq &&
+               longest <= m->arena_longest &&
                (m->arena_train || !train) && threads <= m->arena_threads &&
                b->n_seq <= m->n_seq_capacity;
     m->forward_T = -1;
@@ -265,6 +280,7 @@ int model_prepare(model *m, const packed_batch *b, int train) {
         int keep_train = train || m->arena_train;
         long T = b->T > m->arena_T ? b->T : m->arena_T;
         long sq = sum_sq > m->arena_sum_sq ? sum_sq : m->arena_sum_sq;
+        long lmax = longest > m->arena_longest ? longest : m->arena_longest;
         m->arena_threads = threads > m->arena_threads ? threads : m->arena_threads;
         m->n_seq_capacity = b->n_seq > m->n_seq_capacity ? b->n_seq : m->n_seq_capacity;
         m->resid = calloc(c->n_layer + 1, sizeof(float *));
@@ -272,16 +288,17 @@ int model_prepare(model *m, const packed_batch *b, int train) {
         m->probs_offset = calloc(m->n_seq_capacity + 1, sizeof(long));
         if (!m->resid || !m->acts || !m->probs_offset) return -1;
         bump counter = {NULL, 0};
-        plan_arena(m, &counter, T, sq, keep_train);
+        plan_arena(m, &counter, T, sq, lmax, keep_train);
         m->arena = aligned_alloc(64, (counter.used + 16) * sizeof(float));
         if (!m->arena) return -1;
         m->arena_floats = counter.used;
         m->arena_T = T;
         m->arena_sum_sq = sq;
+        m->arena_longest = lmax;
         m->arena_train = keep_train;
     }
     bump carve = {m->arena, 0};
-    plan_arena(m, &carve, b->T, sum_sq, train);
+    plan_arena(m, &carve, b->T, sum_sq, longest, train);
     long off = 0;
     for (int s = 0; s < b->n_seq; s++) {
         m->probs_offset[s] = off;
@@ -324,8 +341,14 @@ static attention_shape attention_shape_of(const model *m, const packed_batch *b)
         long L = b->seq_start[s + 1] - b->seq_start[s];
         sum_sq += L * L;
     }
+    long longest = 0;
+    for (int s = 0; s < b->n_seq; s++) {
+        long L = b->seq_start[s + 1] - b->seq_start[s];
+        longest = L > longest ? L : longest;
+    }
     return (attention_shape){b->seq_start, m->probs_offset, sum_sq, b->branch, b->n_seq,
-                             c->n_head, c->n_kv_head, c->head_dim};
+                             c->n_head, c->n_kv_head, c->head_dim, m->g.attention_scratch,
+                             ATTENTION_SCRATCH_PER_THREAD(longest)};
 }
 
 /* Writes k and v of the batch's tokens into the cache at their positions. */

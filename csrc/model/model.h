@@ -102,6 +102,10 @@ void model_forward_cached(model *m, float *hidden_out, const float *params,
 /* Floats one layer of a cache holds (k or v). */
 long kv_cache_layer_floats(const model *m, int n_slots, int capacity);
 
+/* A scratch buffer of at least n floats owned by the model (kept between
+ * calls, grown when needed); NULL when memory could not be had. */
+float *model_scratch(model *m, long n);
+
 /* Whether model_backward may run for a batch of T tokens (a training forward
  * of that batch came last). */
 int model_ready_for_backward(const model *m, long T);
