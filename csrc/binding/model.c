@@ -350,17 +350,22 @@ static int parse_scores(PyArrayObject **rows, PyArrayObject **targets, PyObject 
     return 0;
 }
 
+/* model_score(capsule, params, hidden, rows, targets, temperature, return_stats)
+ * -> logprobs [M], or (logprobs, {"entropy", "mean_logit", "log_sum_sq_probs",
+ * "is_top1"}) with return_stats. */
 static PyObject *py_model_score(PyObject *self, PyObject *args) {
     PyObject *capsule, *params_obj, *hidden_obj, *rows_obj, *targets_obj;
     double temperature;
-    if (!PyArg_ParseTuple(args, "OOOOOd", &capsule, &params_obj, &hidden_obj, &rows_obj,
-                          &targets_obj, &temperature))
+    int return_stats = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOd|p", &capsule, &params_obj, &hidden_obj, &rows_obj,
+                          &targets_obj, &temperature, &return_stats))
         return NULL;
     model_handle *h = get_handle(capsule);
     if (!h) return NULL;
     const model_config *c = model_get_config(h->m);
     PyArrayObject *params = NULL, *hidden = NULL, *rows = NULL, *targets = NULL;
-    PyObject *logprobs = NULL, *result = NULL;
+    PyObject *logprobs = NULL, *result = NULL, *entropy = NULL, *mean_logit = NULL,
+             *lssp = NULL, *top1 = NULL;
     float *scratch;
     if (!(params = param_vector(params_obj, "params", h->m, 0)) ||
         !(hidden = arg_f32_array(hidden_obj, "hidden", 2)))
@@ -375,6 +380,18 @@ static PyObject *py_model_score(PyObject *self, PyObject *args) {
                        (float)temperature};
     npy_intp dims[1] = {r.M};
     if (!(logprobs = PyArray_ZEROS(1, dims, NPY_FLOAT32, 0))) goto done;
+    logprob_stats stats = {0};
+    if (return_stats) {
+        if (!(entropy = PyArray_ZEROS(1, dims, NPY_FLOAT32, 0)) ||
+            !(mean_logit = PyArray_ZEROS(1, dims, NPY_FLOAT32, 0)) ||
+            !(lssp = PyArray_ZEROS(1, dims, NPY_FLOAT32, 0)) ||
+            !(top1 = PyArray_ZEROS(1, dims, NPY_BOOL, 0)))
+            goto done;
+        stats.entropy = PyArray_DATA((PyArrayObject *)entropy);
+        stats.mean_logit = PyArray_DATA((PyArrayObject *)mean_logit);
+        stats.log_sum_sq_probs = PyArray_DATA((PyArrayObject *)lssp);
+        stats.is_top1 = PyArray_DATA((PyArrayObject *)top1);
+    }
     if (!(scratch = model_scratch(h->m, scoring_scratch_floats(h->m, &r)))) {
         PyErr_NoMemory();
         goto done;
@@ -382,7 +399,8 @@ static PyObject *py_model_score(PyObject *self, PyObject *args) {
     long bad;
     h->busy = 1;
     Py_BEGIN_ALLOW_THREADS
-    bad = model_score_forward(PyArray_DATA((PyArrayObject *)logprobs), h->m, PyArray_DATA(params),
+    bad = model_score_forward(PyArray_DATA((PyArrayObject *)logprobs),
+                              return_stats ? &stats : NULL, h->m, PyArray_DATA(params),
                               PyArray_DATA(hidden), &r, scratch);
     Py_END_ALLOW_THREADS
     h->busy = 0;
@@ -391,8 +409,16 @@ static PyObject *py_model_score(PyObject *self, PyObject *args) {
                         "the model produced non-finite logits (NaN or infinity in the parameters?)");
         goto done;
     }
-    result = Py_NewRef(logprobs);
+    if (return_stats)
+        result = Py_BuildValue("O{s:O,s:O,s:O,s:O}", logprobs, "entropy", entropy, "mean_logit",
+                               mean_logit, "log_sum_sq_probs", lssp, "is_top1", top1);
+    else
+        result = Py_NewRef(logprobs);
 done:
+    Py_XDECREF(entropy);
+    Py_XDECREF(mean_logit);
+    Py_XDECREF(lssp);
+    Py_XDECREF(top1);
     Py_XDECREF(logprobs);
     Py_XDECREF(params);
     Py_XDECREF(hidden);

@@ -33,13 +33,14 @@ static void gather_rows(float *out, const float *hidden, const int64_t *rows, lo
         memcpy(out + i * d, hidden + rows[i] * d, sizeof(float) * d);
 }
 
-long model_score_forward(float *logprobs, const model *m, const float *params,
-                         const float *hidden, const score_request *r, float *scratch) {
+long model_score_forward(float *logprobs, const logprob_stats *stats, const model *m,
+                         const float *params, const float *hidden, const score_request *r,
+                         float *scratch) {
     const int d = model_get_config(m)->d_model;
     float *rows = scratch, *kernel_scratch = scratch + 2 * r->M * d;
     gather_rows(rows, hidden, r->rows, r->M, d);
     logprob_problem p = problem_of(m, params, rows, r);
-    return token_logprobs_forward(logprobs, NULL, &p, kernel_scratch);
+    return token_logprobs_forward(logprobs, stats, &p, kernel_scratch);
 }
 
 long model_score_backward(float *d_hidden, float *grads, float *logprobs, const model *m,

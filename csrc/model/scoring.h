@@ -6,6 +6,7 @@
 
 #include <stdint.h>
 
+#include "logprob.h"
 #include "model/model.h"
 
 typedef struct {
@@ -18,9 +19,11 @@ typedef struct {
 /* Scratch floats the two functions need. */
 long scoring_scratch_floats(const model *m, const score_request *r);
 
-/* logprobs[M]; returns -1 or the first score whose logits were not finite. */
-long model_score_forward(float *logprobs, const model *m, const float *params,
-                         const float *hidden, const score_request *r, float *scratch);
+/* logprobs[M] (and the per-score statistics when stats is not NULL);
+ * returns -1 or the first score whose logits were not finite. */
+long model_score_forward(float *logprobs, const logprob_stats *stats, const model *m,
+                         const float *params, const float *hidden, const score_request *r,
+                         float *scratch);
 
 /* For upstream gradients grad_logprobs[M]: d_hidden[T, d] is ADDED to (the
  * scatter of each score's hidden gradient), the lm_head gradient is added

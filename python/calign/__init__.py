@@ -8,8 +8,12 @@ from calign._C import get_num_threads, set_num_threads
 from calign import losses, ops, optim
 from calign._info import build_info
 from calign.model import Model, PackedBatch, pack_shared_prefix
+from calign.tokenizer import Tokenizer
+from calign.trainers import (CPOConfig, DPOConfig, DPOTrainer, KTOConfig, ORPOConfig,
+                             RewardConfig, SFTConfig, SFTTrainer)
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "Model", "PackedBatch", "build_info", "get_num_threads", "losses", "ops",
+__all__ = ["__version__", "CPOConfig", "DPOConfig", "DPOTrainer", "KTOConfig", "ORPOConfig",
+           "RewardConfig", "SFTConfig", "SFTTrainer", "Tokenizer", "Model", "PackedBatch", "build_info", "get_num_threads", "losses", "ops",
            "optim", "pack_shared_prefix", "set_num_threads"]

@@ -107,11 +107,30 @@ class Model:
 
     # ---- running the engine -------------------------------------------------
 
-    def _forward(self, batch, train=False):
+    def forward_packed(self, batch, train=False):
+        """Final normed hidden states [T, d] of a PackedBatch. With train, the
+        activations are kept for backward_packed (the next call on this model)."""
         return _C.model_forward(self._handle, self.params, batch.input_ids, batch.position_ids,
                                 batch.sequence_starts, batch.branch_ids, train)
 
-    def _backward(self, batch, d_hidden):
+    def score(self, hidden, batch, temperature=1.0, return_stats=False):
+        """Log-probs float32 [M] of the batch's scores read from `hidden`, plus
+        per-score entropy, mean_logit, log_sum_sq_probs and is_top1 with
+        return_stats. The logits are never built."""
+        return _C.model_score(self._handle, self.params, hidden, batch.score_rows,
+                              batch.score_targets, temperature, return_stats)
+
+    def score_backward(self, hidden, batch, grad_logprobs, temperature=1.0):
+        """Adds the lm_head gradient of sum(grad_logprobs * logprobs) to the
+        gradient buffer; returns (d_hidden [T, d], logprobs [M])."""
+        return _C.model_score_backward(self._handle, self.params, self.grad_buffer, hidden,
+                                       batch.score_rows, batch.score_targets,
+                                       np.asarray(grad_logprobs, np.float64), temperature)
+
+    def backward_packed(self, batch, d_hidden):
+        """Adds the parameter gradients for d_hidden (the loss gradient at the
+        final hidden states) to the gradient buffer; needs forward_packed(train=True)
+        of the same batch just before."""
         _C.model_backward(self._handle, self.params, self.grad_buffer, d_hidden,
                           batch.input_ids, batch.position_ids, batch.sequence_starts,
                           batch.branch_ids)
@@ -120,7 +139,7 @@ class Model:
         """Final normed hidden states float32 [B, T, d] (0 at padding)."""
         ids, mask = as_id_matrix(input_ids, attention_mask)
         batch, flat = pack_rows(ids, mask)
-        hidden = self._forward(batch)
+        hidden = self.forward_packed(batch)
         out = np.zeros(ids.shape + (self.hidden_size,), np.float32)
         out[mask] = hidden
         return out
@@ -130,7 +149,7 @@ class Model:
         training never builds them."""
         ids, mask = as_id_matrix(input_ids, attention_mask)
         batch, _ = pack_rows(ids, mask)
-        hidden = self._forward(batch)
+        hidden = self.forward_packed(batch)
         out = np.zeros(ids.shape + (self.vocab_size,), np.float32)
         out[mask] = _C.model_logits(self._handle, self.params, hidden)
         return out
@@ -156,18 +175,15 @@ class Model:
         building the logits; 0 where the label is -100 or the position is padding."""
         ids, mask = as_id_matrix(input_ids, attention_mask)
         batch, scored = self._shifted_scores(ids, mask, labels)
-        hidden = self._forward(batch)
+        hidden = self.forward_packed(batch)
         out = np.zeros(scored.shape, np.float32)
-        out[scored] = _C.model_score(self._handle, self.params, hidden, batch.score_rows,
-                                     batch.score_targets, temperature)
+        out[scored] = self.score(hidden, batch, temperature)
         return out
 
     def packed_token_logprobs(self, batch, temperature=1.0):
         """Per-token log-probs float32 [M] of a PackedBatch's scores (see
         calign.pack_shared_prefix and its completion_slices)."""
-        hidden = self._forward(batch)
-        return _C.model_score(self._handle, self.params, hidden, batch.score_rows,
-                              batch.score_targets, temperature)
+        return self.score(self.forward_packed(batch), batch, temperature)
 
     def lm_loss_backward(self, input_ids, labels, attention_mask=None):
         """Mean token cross-entropy (transformers' causal-LM loss); its gradient
@@ -178,11 +194,9 @@ class Model:
         if n_scored == 0:
             raise ValueError("no token is scored: every label is -100 or padding")
         self.zero_grad()
-        hidden = self._forward(batch, train=True)
-        d_hidden, logprobs = _C.model_score_backward(
-            self._handle, self.params, self.grad_buffer, hidden, batch.score_rows,
-            batch.score_targets, np.full(n_scored, -1.0 / n_scored), 1.0)
-        self._backward(batch, d_hidden)
+        hidden = self.forward_packed(batch, train=True)
+        d_hidden, logprobs = self.score_backward(hidden, batch, np.full(n_scored, -1.0 / n_scored))
+        self.backward_packed(batch, d_hidden)
         return -float(np.mean(logprobs, dtype=np.float64))
 
     def loss_and_grad(self, input_ids, labels, attention_mask=None):

@@ -1,0 +1,135 @@
+"""Preference records (TRL's formats) -> a prompt and ranked completions in token ids.
+
+Accepted records, as TRL names their fields:
+  explicit prompt      {"prompt", "chosen", "rejected"} (text or conversations)
+  implicit prompt      {"chosen", "rejected"}: their common start is the prompt
+  pre-tokenized        {"prompt_input_ids", "chosen_input_ids", "rejected_input_ids"},
+                       used verbatim (nothing added)
+  listwise             {"prompt", "responses"}: K >= 2 responses, best first
+Optional: "margin" (reward models), "ref_chosen_logps" / "ref_rejected_logps"
+(precomputed reference log-probs).
+"""
+
+import warnings
+from dataclasses import dataclass
+
+from calign.data.records import load_records, require_field
+from calign.data.tokenize import is_conversational, split_implicit_prompt, \
+    tokenize_prompt_and_completions
+
+
+@dataclass
+class PreferenceExample:
+    prompt_ids: list        # token ids of the shared prompt
+    completions: list       # [chosen_ids, rejected_ids], or K lists best first
+    margin: float = None
+    ref_logps: list = None  # reference log-probs of the completions, when given
+    index: int = -1         # position of the record in the source
+
+
+def _ids(value, index, field):
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(t, int) and not isinstance(t, bool) for t in value):
+        raise TypeError(f"record {index}: {field} must be a list of integer token ids")
+    if any(t < 0 for t in value):
+        raise ValueError(f"record {index}: {field} holds a negative token id")
+    return list(value)
+
+
+def _with_eos(text, tokenizer):
+    """TRL appends the EOS token to text completions that lack it."""
+    eos = tokenizer.eos_token
+    if eos and isinstance(text, str) and not text.endswith(eos):
+        return text + eos
+    return text
+
+
+def tokenize_record(record, index, tokenizer):
+    """(prompt_ids, [completion_ids, ...]) of one record."""
+    if "chosen_input_ids" in record or "prompt_input_ids" in record:
+        prompt = _ids(require_field(record, "prompt_input_ids", index), index, "prompt_input_ids")
+        chosen = _ids(require_field(record, "chosen_input_ids", index), index, "chosen_input_ids")
+        rejected = _ids(require_field(record, "rejected_input_ids", index), index,
+                        "rejected_input_ids")
+        return prompt, [chosen, rejected]
+    if tokenizer is None:
+        raise ValueError(f"record {index} holds text: pass processing_class (a Tokenizer), or "
+                         "pre-tokenized fields")
+    if "responses" in record:
+        prompt = require_field(record, "prompt", index)
+        responses = require_field(record, "responses", index)
+        if not isinstance(responses, list) or len(responses) < 2:
+            raise ValueError(f"record {index}: responses must list at least 2 completions")
+        completions = responses
+    else:
+        chosen = require_field(record, "chosen", index)
+        rejected = require_field(record, "rejected", index)
+        prompt = record.get("prompt")
+        if prompt is None or is_conversational(prompt) != is_conversational(chosen):
+            prompt, chosen, rejected = split_implicit_prompt(chosen, rejected)
+        completions = [chosen, rejected]
+    for c in completions:
+        if not isinstance(c, str) and not is_conversational(c):
+            raise TypeError(f"record {index}: completions must be strings or lists of messages")
+    if not is_conversational(completions[0]):
+        completions = [_with_eos(c, tokenizer) for c in completions]
+    return tokenize_prompt_and_completions(tokenizer, prompt, completions)
+
+
+def truncate(prompt, completions, config):
+    """Applies max_prompt_length, max_completion_length and max_length.
+
+    Returns (prompt, completions, None) or (None, None, reason) when the
+    example must be skipped (it would train on nothing, or give NaN)."""
+    if config.max_prompt_length is not None:
+        prompt = prompt[-config.max_prompt_length:]
+    if config.max_completion_length is not None:
+        completions = [c[:config.max_completion_length] for c in completions]
+    max_length = config.max_length
+    if max_length is not None:
+        if config.truncation_mode == "keep_start":
+            if len(prompt) >= max_length:
+                return None, None, "prompt alone reaches max_length"
+            completions = [c[:max_length - len(prompt)] for c in completions]
+        else:
+            longest = max(len(c) for c in completions)
+            if longest >= max_length:
+                return None, None, "a completion alone reaches max_length"
+            prompt = prompt[len(prompt) - min(len(prompt), max_length - longest):]
+    if len(prompt) == 0:
+        return None, None, "empty prompt"
+    if any(len(c) == 0 for c in completions):
+        return None, None, "empty completion"
+    return prompt, completions, None
+
+
+def prepare_preference_data(source, tokenizer, config, name="train_dataset", listwise=False):
+    """Loads, tokenizes and truncates preference records.
+
+    Records that would leave an empty completion or a prompt filling
+    max_length are skipped and counted in one warning; a missing field raises
+    naming the record index and the field."""
+    records = load_records(source, name)
+    examples, skipped = [], {}
+    for index, record in enumerate(records):
+        if listwise and "responses" not in record:
+            raise KeyError(f"{name} record {index} lacks the field 'responses' "
+                           "(loss_type='listwise' needs prompt + ranked responses)")
+        prompt, completions = tokenize_record(record, index, tokenizer)
+        prompt, completions, reason = truncate(prompt, completions, config)
+        if reason:
+            skipped[reason] = skipped.get(reason, 0) + 1
+            continue
+        ref = None
+        if "ref_chosen_logps" in record and "ref_rejected_logps" in record:
+            ref = [float(record["ref_chosen_logps"]), float(record["ref_rejected_logps"])]
+        margin = record.get("margin")
+        examples.append(PreferenceExample(prompt, completions,
+                                          None if margin is None else float(margin), ref, index))
+    if skipped:
+        detail = ", ".join(f"{n} ({reason})" for reason, n in skipped.items())
+        warnings.warn(f"{name}: skipped {sum(skipped.values())} of {len(records)} records: "
+                      f"{detail}", stacklevel=2)
+    if not examples:
+        raise ValueError(f"{name}: every record was skipped ({skipped})")
+    return examples

@@ -1,0 +1,74 @@
+"""SFT records -> token ids split into a context and the tokens to train on.
+
+Accepted records (TRL's formats):
+  language modelling   {"text"}: every token after the first is trained on
+  prompt-completion    {"prompt", "completion"}: only the completion is trained
+                       on when completion_only_loss (TRL's default)
+  conversational       {"messages"}: the rendered conversation
+  pre-tokenized        {"input_ids"} (optionally "completion_mask")
+An EOS token is appended to text that lacks it, as TRL does.
+"""
+
+import warnings
+
+from calign.data.preference import PreferenceExample, _ids, _with_eos, truncate
+from calign.data.records import load_records, require_field
+from calign.data.tokenize import is_conversational, tokenize_prompt_and_completions
+
+
+def tokenize_sft_record(record, index, tokenizer, completion_only_loss):
+    """(context_ids, trained_ids): the loss covers trained_ids, each predicted
+    from everything before it."""
+    if "input_ids" in record:
+        ids = _ids(record["input_ids"], index, "input_ids")
+        mask = record.get("completion_mask")
+        if mask is not None and completion_only_loss:
+            if len(mask) != len(ids):
+                raise ValueError(f"record {index}: completion_mask and input_ids differ in length")
+            start = next((i for i, m in enumerate(mask) if m), len(ids))
+            return ids[:max(start, 1)], ids[max(start, 1):]
+        return ids[:1], ids[1:]
+    if tokenizer is None:
+        raise ValueError(f"record {index} holds text: pass processing_class (a Tokenizer)")
+    if "messages" in record:
+        messages = require_field(record, "messages", index)
+        if not is_conversational(messages):
+            raise ValueError(f"record {index}: messages must be a list of {{role, content}} dicts")
+        ids = tokenizer.apply_chat_template(messages, tokenize=True)
+        return ids[:1], ids[1:]
+    if "prompt" in record and "completion" in record:
+        prompt, completion = record["prompt"], record["completion"]
+        if not is_conversational(completion):
+            completion = _with_eos(completion, tokenizer)
+        prompt_ids, (completion_ids,) = tokenize_prompt_and_completions(tokenizer, prompt,
+                                                                         [completion])
+        if completion_only_loss and prompt_ids:
+            return prompt_ids, completion_ids
+        ids = prompt_ids + completion_ids
+        return ids[:1], ids[1:]
+    text = require_field(record, "text", index)
+    if not isinstance(text, str):
+        raise TypeError(f"record {index}: text must be a string")
+    ids = tokenizer.encode(_with_eos(text, tokenizer))
+    return ids[:1], ids[1:]
+
+
+def prepare_sft_data(source, tokenizer, config, name="train_dataset"):
+    """SFT examples as PreferenceExample(prompt_ids=context, completions=[trained])."""
+    records = load_records(source, name)
+    examples, skipped = [], {}
+    for index, record in enumerate(records):
+        context, trained = tokenize_sft_record(record, index, tokenizer,
+                                               config.completion_only_loss)
+        context, completions, reason = truncate(context, [trained], config)
+        if reason:
+            skipped[reason] = skipped.get(reason, 0) + 1
+            continue
+        examples.append(PreferenceExample(context, completions, index=index))
+    if skipped:
+        detail = ", ".join(f"{n} ({reason})" for reason, n in skipped.items())
+        warnings.warn(f"{name}: skipped {sum(skipped.values())} of {len(records)} records: "
+                      f"{detail}", stacklevel=2)
+    if not examples:
+        raise ValueError(f"{name}: every record was skipped ({skipped})")
+    return examples

@@ -1,0 +1,214 @@
+"""DPOTrainer: DPO and every TRL 1.16 variant, plus listwise (Plackett-Luce) DPO.
+
+One micro-batch is one packed row per example, `prompt | chosen | rejected`
+(or K ranked responses), with the prompt computed once. The policy's token
+log-probs come from the fused kernel, the per-sequence loss and its gradient
+from calign.losses (C), and the gradient flows back through the kernel and the
+engine. The reference is a frozen copy of the initial policy, precomputed
+log-probs, dataset columns, or nothing (reference_free).
+"""
+
+import hashlib
+import os
+
+import numpy as np
+
+from calign import losses
+from calign.data.preference import prepare_preference_data
+from calign.model import Model, pack_shared_prefix
+from calign.trainers.base import BaseTrainer, _load_model
+from calign.trainers.config import DPOConfig
+
+
+class PackedPreferences:
+    """A packed micro-batch of preference examples and where each completion's
+    token scores sit."""
+
+    def __init__(self, examples, ld_alpha=None):
+        self.batch = pack_shared_prefix([(e.prompt_ids, e.completions) for e in examples])
+        self.K = len(examples[0].completions)
+        if any(len(e.completions) != self.K for e in examples):
+            raise ValueError("all examples of a batch must have the same number of responses")
+        self.lengths = np.array([len(c) for e in examples for c in e.completions], np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
+        # LD-DPO (Liu et al. 2024): tokens past the shorter completion count ld_alpha
+        self.token_weights = np.ones(int(self.lengths.sum()))
+        if ld_alpha is not None:
+            shared = self.lengths.reshape(-1, self.K).min(axis=1).repeat(self.K)
+            position = np.arange(self.token_weights.size) - np.repeat(self.starts, self.lengths)
+            self.token_weights[position >= np.repeat(shared, self.lengths)] = ld_alpha
+
+    def sequence_sums(self, token_values, weighted=True):
+        """[B, K] sums of per-token values over each completion."""
+        values = token_values * self.token_weights if weighted else token_values
+        return np.add.reduceat(np.asarray(values, np.float64), self.starts).reshape(-1, self.K)
+
+    def sequence_means(self, token_values):
+        return self.sequence_sums(token_values, weighted=False) / self.lengths.reshape(-1, self.K)
+
+    def per_token(self, per_sequence):
+        """Spreads [B, K] per-completion values over their tokens (times the weights)."""
+        return np.repeat(np.asarray(per_sequence, np.float64).ravel(), self.lengths) * \
+            self.token_weights
+
+
+class DPOTrainer(BaseTrainer):
+    """Direct preference optimisation, configured by DPOConfig (TRL's names).
+
+    Args:
+        model: a calign.Model or a checkpoint folder.
+        ref_model: the reference (a Model or folder); None uses a frozen copy of
+            the initial policy, unless reference_free or the dataset carries
+            ref_chosen_logps / ref_rejected_logps.
+        args: a DPOConfig.
+        train_dataset, eval_dataset: preference records (list of dicts, JSON
+            Lines path or datasets.Dataset).
+        processing_class: a calign.Tokenizer or its folder (needed for text).
+    """
+
+    config_class = DPOConfig
+
+    def __init__(self, model, ref_model=None, args=None, train_dataset=None, eval_dataset=None,
+                 processing_class=None):
+        super().__init__(model, args, train_dataset, eval_dataset, processing_class)
+        a = self.args
+        self.listwise = a.loss_types == ["listwise"]
+        every_example_has_ref = all(e.ref_logps is not None for e in self.train_examples)
+        if a.reference_free or (every_example_has_ref and ref_model is None):
+            self.ref_model = None
+        elif ref_model is None:
+            self.ref_model = Model(self.model.config)
+            self.ref_model.params[...] = self.model.params
+        else:
+            self.ref_model = _load_model(ref_model)
+            if self.ref_model.params.size != self.model.params.size and a.sync_ref_model:
+                raise ValueError("sync_ref_model needs a reference of the policy's shape")
+        if a.precompute_ref_log_probs and self.ref_model is not None:
+            self._precompute_reference(self.train_examples, "train")
+            if self.eval_examples:
+                self._precompute_reference(self.eval_examples, "eval")
+
+    def _prepare_examples(self, source, name):
+        listwise = self.args.loss_types == ["listwise"]
+        return prepare_preference_data(source, self.processing_class, self.args, name, listwise)
+
+    # ---- reference log-probs ---------------------------------------------------
+
+    def _reference_sums(self, packed):
+        """[B, K] reference log-probs of a packed batch (forward only, no activations kept)."""
+        hidden = self.ref_model.forward_packed(packed.batch, train=False)
+        return packed.sequence_sums(self.ref_model.score(hidden, packed.batch))
+
+    def _precompute_reference(self, examples, split):
+        """Reference log-probs of every example, once, cached in output_dir keyed by
+        the reference parameters and the tokenized data."""
+        digest = hashlib.sha256()
+        digest.update(self.ref_model.params.tobytes())
+        digest.update(repr(self.args.ld_alpha).encode())
+        for e in examples:
+            digest.update(np.asarray(e.prompt_ids + [-1] + [t for c in e.completions
+                                                           for t in c + [-2]]).tobytes())
+        path = os.path.join(self.args.output_dir, f"ref_logps-{split}-{digest.hexdigest()[:16]}.npy")
+        if os.path.isfile(path):
+            values = np.load(path)
+        else:
+            bs = self.args.per_device_eval_batch_size
+            values = np.concatenate([
+                self._reference_sums(PackedPreferences(examples[i:i + bs], self.args.ld_alpha))
+                for i in range(0, len(examples), bs)])
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            tmp = path + ".tmp.npy"
+            np.save(tmp, values)
+            os.replace(tmp, path)
+        for e, v in zip(examples, values):
+            e.ref_logps = [float(x) for x in v]
+
+    def _reference(self, examples, packed):
+        if self.args.reference_free:
+            return np.zeros((len(examples), packed.K))
+        if all(e.ref_logps is not None for e in examples):
+            return np.array([e.ref_logps for e in examples], np.float64)
+        if self.ref_model is None:
+            raise ValueError("some examples lack ref_chosen_logps/ref_rejected_logps and there "
+                             "is no reference model")
+        return self._reference_sums(packed)
+
+    # ---- one micro-batch -----------------------------------------------------------
+
+    def _loss(self, policy, ref, packed, stats):
+        """(per-example losses, [B, K] rewards, [B, K] d losses.sum() / d policy)."""
+        a = self.args
+        if self.listwise:
+            out = losses.listwise_dpo_loss(policy, ref, beta=a.beta, return_grad=True)
+            return out.losses, out.rewards, out.grad
+        types, weights = list(a.loss_types), list(a.loss_weights or [1.0] * len(a.loss_types))
+        if a.rpo_alpha is not None:
+            # RPO (Pang et al. 2024): + alpha * NLL of the chosen tokens, TRL's "sft" term
+            types.append("sft")
+            weights.append(a.rpo_alpha)
+        pair_weights = None
+        if a.use_weighting:
+            # WPO (Zhou et al. 2024, Eq. 2): exp(mean over tokens of logp - log sum p^2), constant
+            aligned = packed.sequence_means(stats["logprobs"] - stats["log_sum_sq_probs"])
+            pair_weights = np.exp(aligned).prod(axis=1)
+        lengths = packed.lengths.reshape(-1, 2)
+        out = losses.dpo_loss(
+            policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=a.beta, loss_type=types,
+            loss_weights=weights, label_smoothing=a.label_smoothing,
+            f_divergence_type=a.f_divergence_type,
+            f_alpha_divergence_coef=a.f_alpha_divergence_coef, discopop_tau=a.discopop_tau,
+            chosen_lengths=lengths[:, 0], rejected_lengths=lengths[:, 1], weights=pair_weights,
+            return_grad=True)
+        rewards = np.stack([out.chosen_rewards, out.rejected_rewards], axis=1)
+        return out.losses, rewards, np.stack([out.grad_chosen, out.grad_rejected], axis=1)
+
+    def _micro_step(self, examples, normaliser, train):
+        packed = PackedPreferences(examples, self.args.ld_alpha)
+        model = self.model
+        hidden = model.forward_packed(packed.batch, train=train)
+        token_logps, stats = model.score(hidden, packed.batch, return_stats=True)
+        stats["logprobs"] = token_logps
+        policy = packed.sequence_sums(token_logps)
+        ref = self._reference(examples, packed)
+        per_example, rewards, grad = self._loss(policy, ref, packed, stats)
+        if train:
+            d_hidden, _ = model.score_backward(hidden, packed.batch,
+                                               packed.per_token(grad / normaliser))
+            model.backward_packed(packed.batch, d_hidden)
+        return self._metrics(per_example, rewards, policy, packed, stats), \
+            packed.batch.num_tokens
+
+    def _metrics(self, per_example, rewards, policy, packed, stats):
+        chosen_tokens = np.zeros(packed.K, bool)
+        chosen_tokens[0] = True
+        is_chosen = np.repeat(np.tile(chosen_tokens, len(per_example)), packed.lengths)
+        return {
+            "loss": float(per_example.mean()),
+            "rewards/chosen": float(rewards[:, 0].mean()),
+            "rewards/rejected": float(rewards[:, 1:].mean()),
+            "rewards/accuracies": float((rewards[:, :1] > rewards[:, 1:]).all(axis=1).mean()),
+            "rewards/margins": float((rewards[:, 0] - rewards[:, 1:].mean(axis=1)).mean()),
+            "logps/chosen": float(policy[:, 0].mean()),
+            "logps/rejected": float(policy[:, 1:].mean()),
+            "logits/chosen": float(stats["mean_logit"][is_chosen].mean()),
+            "logits/rejected": float(stats["mean_logit"][~is_chosen].mean()),
+            "entropy": float(stats["entropy"].mean()),
+            "mean_token_accuracy": float(stats["is_top1"][is_chosen].mean()),
+        }
+
+    # ---- TR-DPO ---------------------------------------------------------------------
+
+    def _after_optimizer_step(self):
+        a = self.args
+        if a.sync_ref_model and self.state.global_step % a.ref_model_sync_steps == 0:
+            # TR-DPO (Gorbatovski et al. 2024): ref <- alpha * policy + (1 - alpha) * ref
+            self.ref_model.params *= 1.0 - a.ref_model_mixup_alpha
+            self.ref_model.params += a.ref_model_mixup_alpha * self.model.params
+
+    def _save_extra_files(self, folder):
+        if self.args.sync_ref_model:
+            self.ref_model.save_pretrained(os.path.join(folder, "ref_model"))
+
+    def _load_extra_state(self, state, path):
+        if self.args.sync_ref_model:
+            self.ref_model.params[...] = Model.from_pretrained(os.path.join(path, "ref_model")).params

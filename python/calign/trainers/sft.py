@@ -1,0 +1,39 @@
+"""SFTTrainer: next-token cross-entropy on the trained part of each record.
+
+The loss of an accumulation window is the sum of token losses divided by the
+number of trained tokens in the whole window, so it does not depend on how the
+window is split into micro-batches (transformers' num_items_in_batch)."""
+
+import numpy as np
+
+from calign.data.sft import prepare_sft_data
+from calign.trainers.base import BaseTrainer
+from calign.trainers.config import SFTConfig
+from calign.trainers.dpo import PackedPreferences
+
+
+class SFTTrainer(BaseTrainer):
+    """Supervised fine-tuning configured by SFTConfig (TRL's names)."""
+
+    config_class = SFTConfig
+
+    def _prepare_examples(self, source, name):
+        return prepare_sft_data(source, self.processing_class, self.args, name)
+
+    def _window_size(self, examples):
+        return sum(len(e.completions[0]) for e in examples)
+
+    def _micro_step(self, examples, normaliser, train):
+        packed = PackedPreferences(examples)
+        hidden = self.model.forward_packed(packed.batch, train=train)
+        token_logps, stats = self.model.score(hidden, packed.batch, return_stats=True)
+        if train:
+            grad = np.full(token_logps.size, -1.0 / normaliser)
+            d_hidden, _ = self.model.score_backward(hidden, packed.batch, grad)
+            self.model.backward_packed(packed.batch, d_hidden)
+        metrics = {
+            "loss": float(-np.mean(token_logps, dtype=np.float64)),
+            "entropy": float(stats["entropy"].mean()),
+            "mean_token_accuracy": float(stats["is_top1"].mean()),
+        }
+        return metrics, packed.batch.num_tokens
