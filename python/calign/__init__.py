@@ -7,13 +7,15 @@ package configures it. See README.md for what is supported.
 from calign._C import get_num_threads, set_num_threads
 from calign import losses, ops, optim
 from calign._info import build_info
-from calign.model import Model, PackedBatch, pack_shared_prefix
+from calign.model import Model, PackedBatch, RewardModel, pack_shared_prefix
 from calign.tokenizer import Tokenizer
-from calign.trainers import (CPOConfig, DPOConfig, DPOTrainer, KTOConfig, ORPOConfig,
-                             RewardConfig, SFTConfig, SFTTrainer)
+from calign.trainers import (CPOConfig, CPOTrainer, DPOConfig, DPOTrainer, KTOConfig, KTOTrainer,
+                             ORPOConfig, ORPOTrainer, RewardConfig, RewardTrainer, SFTConfig,
+                             SFTTrainer)
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "CPOConfig", "DPOConfig", "DPOTrainer", "KTOConfig", "ORPOConfig",
-           "RewardConfig", "SFTConfig", "SFTTrainer", "Tokenizer", "Model", "PackedBatch", "build_info", "get_num_threads", "losses", "ops",
+__all__ = ["__version__", "CPOConfig", "CPOTrainer", "DPOConfig", "DPOTrainer", "KTOConfig",
+           "KTOTrainer", "ORPOConfig", "ORPOTrainer", "RewardConfig", "RewardModel",
+           "RewardTrainer", "SFTConfig", "SFTTrainer", "Tokenizer", "Model", "PackedBatch", "build_info", "get_num_threads", "losses", "ops",
            "optim", "pack_shared_prefix", "set_num_threads"]

@@ -2,5 +2,6 @@
 
 from calign.model.model import Model
 from calign.model.packing import PackedBatch, pack_shared_prefix
+from calign.model.reward_model import RewardModel
 
-__all__ = ["Model", "PackedBatch", "pack_shared_prefix"]
+__all__ = ["Model", "PackedBatch", "RewardModel", "pack_shared_prefix"]

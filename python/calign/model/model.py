@@ -19,16 +19,26 @@ class Model:
     `grads()` are NumPy views into them named as in transformers.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, extra_tensors=None, engine_overrides=None):
         self.config = copy.deepcopy(config)
-        self._engine = engine_config(self.config)
+        self._engine = dict(engine_config(self.config), **(engine_overrides or {}))
         self._handle = _C.model_create(self._engine)
-        n_params, self._layout = _C.model_layout(self._handle)
-        self.params = np.zeros(n_params, np.float32)
-        self.grad_buffer = np.zeros(n_params, np.float32)
+        n_engine, self._layout = _C.model_layout(self._handle)
+        # tensors the engine does not use (a reward head) follow the engine's
+        self._extra = dict(extra_tensors or {})
+        n_extra = sum(int(np.prod(shape)) for shape in self._extra.values())
+        self.params = np.zeros(n_engine + n_extra, np.float32)
+        self.grad_buffer = np.zeros(n_engine + n_extra, np.float32)
+        self._engine_params = self.params[:n_engine]
+        self._engine_grads = self.grad_buffer[:n_engine]
         self._names = tensor_names(self.config["model_type"], self._engine, self._layout)
         self._tensor_of = {(role, layer): (offset, shape)
                            for role, layer, offset, shape in self._layout}
+        offset = n_engine
+        for name, shape in self._extra.items():
+            self._tensor_of[(name, -1)] = (offset, tuple(shape))
+            self._names.append((name, name, -1, None, None))
+            offset += int(np.prod(shape))
 
     # ---- construction and files ---------------------------------------------
 
@@ -110,20 +120,20 @@ class Model:
     def forward_packed(self, batch, train=False):
         """Final normed hidden states [T, d] of a PackedBatch. With train, the
         activations are kept for backward_packed (the next call on this model)."""
-        return _C.model_forward(self._handle, self.params, batch.input_ids, batch.position_ids,
+        return _C.model_forward(self._handle, self._engine_params, batch.input_ids, batch.position_ids,
                                 batch.sequence_starts, batch.branch_ids, train)
 
-    def score(self, hidden, batch, temperature=1.0, return_stats=False):
+    def packed_scores(self, hidden, batch, temperature=1.0, return_stats=False):
         """Log-probs float32 [M] of the batch's scores read from `hidden`, plus
         per-score entropy, mean_logit, log_sum_sq_probs and is_top1 with
         return_stats. The logits are never built."""
-        return _C.model_score(self._handle, self.params, hidden, batch.score_rows,
+        return _C.model_score(self._handle, self._engine_params, hidden, batch.score_rows,
                               batch.score_targets, temperature, return_stats)
 
     def score_backward(self, hidden, batch, grad_logprobs, temperature=1.0):
         """Adds the lm_head gradient of sum(grad_logprobs * logprobs) to the
         gradient buffer; returns (d_hidden [T, d], logprobs [M])."""
-        return _C.model_score_backward(self._handle, self.params, self.grad_buffer, hidden,
+        return _C.model_score_backward(self._handle, self._engine_params, self._engine_grads, hidden,
                                        batch.score_rows, batch.score_targets,
                                        np.asarray(grad_logprobs, np.float64), temperature)
 
@@ -131,7 +141,7 @@ class Model:
         """Adds the parameter gradients for d_hidden (the loss gradient at the
         final hidden states) to the gradient buffer; needs forward_packed(train=True)
         of the same batch just before."""
-        _C.model_backward(self._handle, self.params, self.grad_buffer, d_hidden,
+        _C.model_backward(self._handle, self._engine_params, self._engine_grads, d_hidden,
                           batch.input_ids, batch.position_ids, batch.sequence_starts,
                           batch.branch_ids)
 
@@ -151,7 +161,7 @@ class Model:
         batch, _ = pack_rows(ids, mask)
         hidden = self.forward_packed(batch)
         out = np.zeros(ids.shape + (self.vocab_size,), np.float32)
-        out[mask] = _C.model_logits(self._handle, self.params, hidden)
+        out[mask] = _C.model_logits(self._handle, self._engine_params, hidden)
         return out
 
     def _shifted_scores(self, ids, mask, labels):
@@ -177,13 +187,13 @@ class Model:
         batch, scored = self._shifted_scores(ids, mask, labels)
         hidden = self.forward_packed(batch)
         out = np.zeros(scored.shape, np.float32)
-        out[scored] = self.score(hidden, batch, temperature)
+        out[scored] = self.packed_scores(hidden, batch, temperature)
         return out
 
     def packed_token_logprobs(self, batch, temperature=1.0):
         """Per-token log-probs float32 [M] of a PackedBatch's scores (see
         calign.pack_shared_prefix and its completion_slices)."""
-        return self.score(self.forward_packed(batch), batch, temperature)
+        return self.packed_scores(self.forward_packed(batch), batch, temperature)
 
     def lm_loss_backward(self, input_ids, labels, attention_mask=None):
         """Mean token cross-entropy (transformers' causal-LM loss); its gradient
@@ -254,7 +264,7 @@ class Model:
         seed = np.random.SeedSequence().entropy % 2**64 if seed is None else int(seed) % 2**64
         starts = np.concatenate([[0], np.cumsum([r.size for r in rows])])
         tokens, lengths = _C.model_generate(
-            self._handle, self.params, np.concatenate(rows), starts, max_new_tokens,
+            self._handle, self._engine_params, np.concatenate(rows), starts, max_new_tokens,
             bool(do_sample), float(temperature), top_k, float(top_p), eos,
             num_return_sequences, seed)
         return [tokens[i, :lengths[i]].tolist() for i in range(tokens.shape[0])]

@@ -17,6 +17,10 @@ class PackedBatch:
     score_targets: np.ndarray    # int64 [M]: ... this token
     # completion_slices[i][k]: the scores of completion k of example i
     completion_slices: list = field(default_factory=list)
+    # prompt_slices[i]: scores of prompt tokens 1.. of example i (score_prompt only)
+    prompt_slices: list = field(default_factory=list)
+    # completion_rows[i][k]: the rows (a range) of completion k of example i
+    completion_rows: list = field(default_factory=list)
 
     @property
     def num_tokens(self):
@@ -32,7 +36,7 @@ def _id_list(ids, what):
     return arr.astype(np.int64)
 
 
-def pack_shared_prefix(examples):
+def pack_shared_prefix(examples, score_prompt=False):
     """One row per example: prompt | completion 1 | completion 2 | ...
 
     Each completion is its own branch, with positions continuing from the end
@@ -43,11 +47,13 @@ def pack_shared_prefix(examples):
     Args:
         examples: list of (prompt_ids, [completion_ids, ...]); a prompt must
             hold at least one token and so must each completion.
+        score_prompt: also score prompt tokens 1.. (each from the one before),
+            after all completion scores (see prompt_slices).
     """
     if not examples:
         raise ValueError("examples is empty: a batch needs at least one example")
     ids, positions, branches, starts = [], [], [], [0]
-    rows, targets, slices = [], [], []
+    rows, targets, slices, prompt_scores, completion_rows = [], [], [], [], []
     offset = n_scores = 0
     for i, example in enumerate(examples):
         try:
@@ -64,7 +70,7 @@ def pack_shared_prefix(examples):
         positions.append(np.arange(P))
         branches.append(np.zeros(P, np.int64))
         cursor = offset + P
-        example_slices = []
+        example_slices, example_rows = [], []
         for k, completion in enumerate(completions):
             completion = _id_list(completion, f"examples[{i}] completion {k}")
             if completion.size == 0:
@@ -76,13 +82,23 @@ def pack_shared_prefix(examples):
             # token j of the completion is predicted at the row of the token before it
             prev_rows = np.concatenate([[offset + P - 1], cursor + np.arange(C - 1)])
             example_slices.append(slice(n_scores, n_scores + C))
+            example_rows.append(range(cursor, cursor + C))
             n_scores += C
             rows.append(prev_rows)
             targets.append(completion)
             cursor += C
         slices.append(example_slices)
+        completion_rows.append(example_rows)
+        prompt_scores.append((offset, prompt))
         offset = cursor
         starts.append(offset)
+    prompt_slices = []
+    if score_prompt:
+        for start, prompt in prompt_scores:
+            rows.append(start + np.arange(prompt.size - 1))
+            targets.append(prompt[1:])
+            prompt_slices.append(slice(n_scores, n_scores + prompt.size - 1))
+            n_scores += prompt.size - 1
     return PackedBatch(
         input_ids=np.concatenate(ids).astype(np.int32),
         position_ids=np.concatenate(positions).astype(np.int32),
@@ -91,6 +107,8 @@ def pack_shared_prefix(examples):
         score_rows=np.concatenate(rows).astype(np.int64),
         score_targets=np.concatenate(targets).astype(np.int64),
         completion_slices=slices,
+        prompt_slices=prompt_slices,
+        completion_rows=completion_rows,
     )
 
 

@@ -40,6 +40,14 @@ class TrainerState:
         self.num_tokens = int(d.get("num_tokens", 0))
 
 
+def _accumulate(sums, counts, metrics):
+    """Running sums of micro-batch metrics; a metric absent from a micro-batch
+    (say, no desirable example in KTO) is not counted for it."""
+    for k, v in metrics.items():
+        sums[k] = sums.get(k, 0.0) + v
+        counts[k] = counts.get(k, 0) + 1
+
+
 def _load_model(model):
     if isinstance(model, Model):
         return model
@@ -81,7 +89,7 @@ class BaseTrainer:
             raise ValueError("train_dataset is required")
         self.args = args
         self.processing_class = _load_tokenizer(processing_class, model)
-        self.model = _load_model(model)
+        self.model = self._load_model(model)
         self.train_examples = self._prepare_examples(train_dataset, "train_dataset")
         self.eval_examples = (self._prepare_examples(eval_dataset, "eval_dataset")
                               if eval_dataset is not None else None)
@@ -89,6 +97,9 @@ class BaseTrainer:
         self.optimizer = self._make_optimizer()
 
     # ---- to be provided by each trainer ----------------------------------------
+
+    def _load_model(self, model):
+        return _load_model(model)
 
     def _prepare_examples(self, source, name):
         raise NotImplementedError
@@ -154,7 +165,7 @@ class BaseTrainer:
             from tqdm.auto import tqdm
             progress = tqdm(total=total, initial=self.state.global_step, desc="train",
                             dynamic_ncols=True)
-        sums, count = {}, 0
+        sums, counts = {}, {}
         while self.state.global_step < total:
             step = self.state.global_step
             micro_batches = self._window(step)
@@ -163,9 +174,7 @@ class BaseTrainer:
             for examples in micro_batches:
                 metrics, tokens = self._micro_step(examples, normaliser, train=True)
                 self.state.num_tokens += tokens
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
+                _accumulate(sums, counts, metrics)
             grad_norm = (clip_grad_norm(self.model, a.max_grad_norm) if a.max_grad_norm > 0
                          else _C.grad_norm(self.model.grad_buffer))
             lr = learning_rate(a, step, total)
@@ -176,10 +185,10 @@ class BaseTrainer:
             if progress is not None:
                 progress.update(1)
             if self.state.global_step % a.logging_steps == 0 or self.state.global_step == total:
-                entry = {k: v / count for k, v in sums.items()}
+                entry = {k: v / counts[k] for k, v in sums.items()}
                 entry.update(grad_norm=grad_norm, learning_rate=lr)
                 self._log(entry, progress)
-                sums, count = {}, 0
+                sums, counts = {}, {}
             if a.eval_steps and self.eval_examples and self.state.global_step % a.eval_steps == 0:
                 self.evaluate()
             if a.save_steps and self.state.global_step % a.save_steps == 0:
@@ -195,14 +204,12 @@ class BaseTrainer:
         if not examples:
             raise ValueError("no eval_dataset to evaluate on")
         bs = self.args.per_device_eval_batch_size
-        sums, count = {}, 0
+        sums, counts = {}, {}
         for i in range(0, len(examples), bs):
             batch = examples[i:i + bs]
             metrics, _ = self._micro_step(batch, self._window_size(batch), train=False)
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v
-            count += 1
-        result = {f"eval_{k}": v / count for k, v in sums.items()}
+            _accumulate(sums, counts, metrics)
+        result = {f"eval_{k}": v / counts[k] for k, v in sums.items()}
         self._log(result, None)
         return result
 
@@ -244,7 +251,7 @@ class BaseTrainer:
         """Hook: a trainer's own files in a checkpoint being written."""
 
     def _load_checkpoint(self, path):
-        saved = Model.from_pretrained(path)
+        saved = type(self.model).from_pretrained(path)
         if saved.params.size != self.model.params.size:
             raise ValueError(f"checkpoint {path!r} does not match the model being trained")
         self.model.params[...] = saved.params

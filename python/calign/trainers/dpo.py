@@ -15,41 +15,10 @@ import numpy as np
 
 from calign import losses
 from calign.data.preference import prepare_preference_data
-from calign.model import Model, pack_shared_prefix
+from calign.model import Model
 from calign.trainers.base import BaseTrainer, _load_model
 from calign.trainers.config import DPOConfig
-
-
-class PackedPreferences:
-    """A packed micro-batch of preference examples and where each completion's
-    token scores sit."""
-
-    def __init__(self, examples, ld_alpha=None):
-        self.batch = pack_shared_prefix([(e.prompt_ids, e.completions) for e in examples])
-        self.K = len(examples[0].completions)
-        if any(len(e.completions) != self.K for e in examples):
-            raise ValueError("all examples of a batch must have the same number of responses")
-        self.lengths = np.array([len(c) for e in examples for c in e.completions], np.int64)
-        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
-        # LD-DPO (Liu et al. 2024): tokens past the shorter completion count ld_alpha
-        self.token_weights = np.ones(int(self.lengths.sum()))
-        if ld_alpha is not None:
-            shared = self.lengths.reshape(-1, self.K).min(axis=1).repeat(self.K)
-            position = np.arange(self.token_weights.size) - np.repeat(self.starts, self.lengths)
-            self.token_weights[position >= np.repeat(shared, self.lengths)] = ld_alpha
-
-    def sequence_sums(self, token_values, weighted=True):
-        """[B, K] sums of per-token values over each completion."""
-        values = token_values * self.token_weights if weighted else token_values
-        return np.add.reduceat(np.asarray(values, np.float64), self.starts).reshape(-1, self.K)
-
-    def sequence_means(self, token_values):
-        return self.sequence_sums(token_values, weighted=False) / self.lengths.reshape(-1, self.K)
-
-    def per_token(self, per_sequence):
-        """Spreads [B, K] per-completion values over their tokens (times the weights)."""
-        return np.repeat(np.asarray(per_sequence, np.float64).ravel(), self.lengths) * \
-            self.token_weights
+from calign.trainers.packed import PackedPreferences
 
 
 class DPOTrainer(BaseTrainer):
@@ -97,7 +66,7 @@ class DPOTrainer(BaseTrainer):
     def _reference_sums(self, packed):
         """[B, K] reference log-probs of a packed batch (forward only, no activations kept)."""
         hidden = self.ref_model.forward_packed(packed.batch, train=False)
-        return packed.sequence_sums(self.ref_model.score(hidden, packed.batch))
+        return packed.sequence_sums(self.ref_model.packed_scores(hidden, packed.batch))
 
     def _precompute_reference(self, examples, split):
         """Reference log-probs of every example, once, cached in output_dir keyed by
@@ -166,7 +135,7 @@ class DPOTrainer(BaseTrainer):
         packed = PackedPreferences(examples, self.args.ld_alpha)
         model = self.model
         hidden = model.forward_packed(packed.batch, train=train)
-        token_logps, stats = model.score(hidden, packed.batch, return_stats=True)
+        token_logps, stats = model.packed_scores(hidden, packed.batch, return_stats=True)
         stats["logprobs"] = token_logps
         policy = packed.sequence_sums(token_logps)
         ref = self._reference(examples, packed)

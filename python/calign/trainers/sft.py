@@ -9,7 +9,7 @@ import numpy as np
 from calign.data.sft import prepare_sft_data
 from calign.trainers.base import BaseTrainer
 from calign.trainers.config import SFTConfig
-from calign.trainers.dpo import PackedPreferences
+from calign.trainers.packed import PackedPreferences
 
 
 class SFTTrainer(BaseTrainer):
@@ -26,7 +26,7 @@ class SFTTrainer(BaseTrainer):
     def _micro_step(self, examples, normaliser, train):
         packed = PackedPreferences(examples)
         hidden = self.model.forward_packed(packed.batch, train=train)
-        token_logps, stats = self.model.score(hidden, packed.batch, return_stats=True)
+        token_logps, stats = self.model.packed_scores(hidden, packed.batch, return_stats=True)
         if train:
             grad = np.full(token_logps.size, -1.0 / normaliser)
             d_hidden, _ = self.model.score_backward(hidden, packed.batch, grad)

@@ -1,0 +1,70 @@
+"""Unpaired records for KTO: {"prompt", "completion", "label"} (label True for
+a desirable completion). Paired records {"prompt", "chosen", "rejected"} are
+split as TRL's unpair_preference_dataset does (chosen -> True, rejected ->
+False); pre-tokenized {"prompt_input_ids", "completion_input_ids", "label"}
+are used verbatim."""
+
+import warnings
+from dataclasses import dataclass
+
+from calign.data.preference import _ids, _with_eos, truncate
+from calign.data.records import load_records, require_field
+from calign.data.tokenize import is_conversational, split_implicit_prompt, \
+    tokenize_prompt_and_completions
+
+
+@dataclass
+class UnpairedExample:
+    prompt_ids: list
+    completions: list  # [completion_ids]
+    label: bool
+    ref_logps: list = None
+    index: int = -1
+
+
+def _unpair(records):
+    out = []
+    for index, record in enumerate(records):
+        if "chosen" in record and "rejected" in record and "completion" not in record:
+            prompt = record.get("prompt")
+            chosen, rejected = record["chosen"], record["rejected"]
+            if prompt is None:
+                prompt, chosen, rejected = split_implicit_prompt(chosen, rejected)
+            out.append((index, {"prompt": prompt, "completion": chosen, "label": True}))
+            out.append((index, {"prompt": prompt, "completion": rejected, "label": False}))
+        else:
+            out.append((index, record))
+    return out
+
+
+def prepare_unpaired_data(source, tokenizer, config, name="train_dataset"):
+    records = load_records(source, name)
+    examples, skipped = [], {}
+    for index, record in _unpair(records):
+        label = require_field(record, "label", index, name)
+        if not isinstance(label, bool):
+            raise TypeError(f"{name} record {index}: label must be true or false, not {label!r}")
+        if "completion_input_ids" in record:
+            prompt = _ids(require_field(record, "prompt_input_ids", index, name), index,
+                          "prompt_input_ids")
+            completion = _ids(record["completion_input_ids"], index, "completion_input_ids")
+        else:
+            if tokenizer is None:
+                raise ValueError(f"{name} record {index} holds text: pass processing_class")
+            prompt_text = require_field(record, "prompt", index, name)
+            completion_text = require_field(record, "completion", index, name)
+            if not is_conversational(completion_text):
+                completion_text = _with_eos(completion_text, tokenizer)
+            prompt, (completion,) = tokenize_prompt_and_completions(tokenizer, prompt_text,
+                                                                    [completion_text])
+        prompt, completions, reason = truncate(prompt, [completion], config)
+        if reason:
+            skipped[reason] = skipped.get(reason, 0) + 1
+            continue
+        examples.append(UnpairedExample(prompt, completions, label, index=index))
+    if skipped:
+        detail = ", ".join(f"{n} ({reason})" for reason, n in skipped.items())
+        warnings.warn(f"{name}: skipped {sum(skipped.values())} records: {detail}", stacklevel=2)
+    if not examples:
+        raise ValueError(f"{name}: every record was skipped ({skipped})")
+    return examples

@@ -1,0 +1,329 @@
+"""Trainers against a PyTorch reference loop, plus data handling, checkpoints and resume."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import calign
+from reference import trainers_torch as ref
+
+VOCAB = 37
+STEPS = 20
+LR = 5e-3
+COMMON = dict(learning_rate=LR, per_device_train_batch_size=2, max_steps=STEPS, shuffle=False,
+              logging_steps=1, save_steps=0, warmup_steps=3, weight_decay=0.01,
+              max_grad_norm=1.0, disable_tqdm=True)
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        hidden_size=24, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
+        head_dim=6, intermediate_size=40, vocab_size=VOCAB, initializer_range=0.2,
+        pad_token_id=0)
+    path = tmp_path_factory.mktemp("llama")
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    return str(path)
+
+
+def random_ids(rng, low, high):
+    return rng.integers(1, VOCAB, rng.integers(low, high)).tolist()
+
+
+def pairs(n, seed=0, margin=False):
+    rng = np.random.default_rng(seed)
+    out = [{"prompt_input_ids": random_ids(rng, 2, 6), "chosen_input_ids": random_ids(rng, 1, 5),
+            "rejected_input_ids": random_ids(rng, 1, 5)} for _ in range(n)]
+    if margin:
+        for i, record in enumerate(out):
+            record["margin"] = 0.25 * (i % 3)
+    return out
+
+
+def losses_of(trainer):
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
+def hf_model(path):
+    return transformers.AutoModelForCausalLM.from_pretrained(path)
+
+
+def reference_losses(path, batch_loss, data, with_ref=False):
+    policy = hf_model(path)
+    frozen = hf_model(path) if with_ref else None
+    loss = (lambda batch: batch_loss(policy, frozen, batch)) if with_ref else \
+        (lambda batch: batch_loss(policy, batch))
+    return ref.train_loop(list(policy.parameters()), loss, data, STEPS, 2, LR, 3, 0.01, 1.0)
+
+
+# ---- fidelity: 20 steps against the torch loop -----------------------------------------
+
+def test_dpo_matches_torch_loop(llama_dir, tmp_path):
+    data = pairs(8)
+    trainer = calign.DPOTrainer(llama_dir, args=calign.DPOConfig(
+        output_dir=str(tmp_path), beta=0.5, **COMMON), train_dataset=data)
+    trainer.train()
+    expected = reference_losses(llama_dir, lambda p, r, b: ref.dpo_batch_loss(p, r, b, 0.5),
+                                data, with_ref=True)
+    assert losses_of(trainer)[0] == pytest.approx(math.log(2), abs=1e-6)
+    np.testing.assert_allclose(losses_of(trainer), expected, atol=1e-4)
+    assert losses_of(trainer)[-1] < 0.5  # it learns the preferences
+
+
+def test_kto_matches_torch_loop(llama_dir, tmp_path):
+    rng = np.random.default_rng(1)
+    data = [{"prompt_input_ids": random_ids(rng, 2, 6), "completion_input_ids":
+             random_ids(rng, 1, 5), "label": bool(i % 3)} for i in range(8)]
+    trainer = calign.KTOTrainer(llama_dir, args=calign.KTOConfig(
+        output_dir=str(tmp_path), beta=0.5, desirable_weight=1.0, undesirable_weight=1.5,
+        **COMMON), train_dataset=data)
+    trainer.train()
+    expected = reference_losses(
+        llama_dir, lambda p, r, b: ref.kto_batch_loss(p, r, b, 0.5, 1.0, 1.5), data,
+        with_ref=True)
+    np.testing.assert_allclose(losses_of(trainer), expected, atol=1e-4)
+
+
+def test_orpo_matches_torch_loop(llama_dir, tmp_path):
+    data = pairs(8, seed=2)
+    trainer = calign.ORPOTrainer(llama_dir, args=calign.ORPOConfig(
+        output_dir=str(tmp_path), beta=0.2, **COMMON), train_dataset=data)
+    trainer.train()
+    expected = reference_losses(llama_dir, lambda p, b: ref.orpo_batch_loss(p, b, 0.2), data)
+    np.testing.assert_allclose(losses_of(trainer), expected, atol=1e-4)
+
+
+def test_simpo_matches_torch_loop(llama_dir, tmp_path):
+    data = pairs(8, seed=3)
+    trainer = calign.CPOTrainer(llama_dir, args=calign.CPOConfig(
+        output_dir=str(tmp_path), loss_type="simpo", beta=2.0, simpo_gamma=0.5, cpo_alpha=0.3,
+        **COMMON), train_dataset=data)
+    trainer.train()
+    expected = reference_losses(
+        llama_dir, lambda p, b: ref.simpo_batch_loss(p, b, 2.0, 0.5, 0.3), data)
+    np.testing.assert_allclose(losses_of(trainer), expected, atol=1e-4)
+
+
+def test_sft_matches_torch_loop(llama_dir, tmp_path):
+    rng = np.random.default_rng(4)
+    data = [{"input_ids": random_ids(rng, 3, 9)} for _ in range(8)]
+    trainer = calign.SFTTrainer(llama_dir, args=calign.SFTConfig(output_dir=str(tmp_path),
+                                                                 **COMMON), train_dataset=data)
+    trainer.train()
+    expected = reference_losses(llama_dir, ref.sft_batch_loss, data)
+    np.testing.assert_allclose(losses_of(trainer), expected, atol=1e-4)
+    assert losses_of(trainer)[-1] < losses_of(trainer)[0]
+
+
+def test_reward_matches_torch_loop(llama_dir, tmp_path):
+    data = pairs(8, seed=5, margin=True)
+    data[0]["chosen_input_ids"] = data[0]["chosen_input_ids"] + [0, 0]  # trailing pad tokens
+    trainer = calign.RewardTrainer(llama_dir, args=calign.RewardConfig(output_dir=str(tmp_path),
+                                                                       **COMMON),
+                                   train_dataset=data)
+    head0 = torch.tensor(trainer.model.state_dict()["score.weight"][0].copy(),
+                         requires_grad=True)
+    trainer.train()
+    backbone = hf_model(llama_dir)
+    expected = ref.train_loop(
+        list(backbone.parameters()) + [head0],
+        lambda batch: ref.reward_batch_loss(backbone, head0, batch, pad_token_id=0),
+        data, STEPS, 2, LR, 3, 0.01, 1.0)
+    np.testing.assert_allclose(losses_of(trainer), expected, atol=1e-4)
+
+
+# ---- accumulation, resume, checkpoints ---------------------------------------------------
+
+def test_gradient_accumulation_does_not_change_the_run(llama_dir, tmp_path):
+    data = pairs(8, seed=6)
+    settings = dict(COMMON, max_steps=4)
+    one = calign.DPOTrainer(llama_dir, args=calign.DPOConfig(
+        output_dir=str(tmp_path / "a"), **dict(settings, per_device_train_batch_size=4)),
+        train_dataset=data)
+    one.train()
+    two = calign.DPOTrainer(llama_dir, args=calign.DPOConfig(
+        output_dir=str(tmp_path / "b"), gradient_accumulation_steps=2, **settings),
+        train_dataset=data)
+    two.train()
+    np.testing.assert_allclose(one.model.params, two.model.params, atol=1e-6)
+
+
+def test_sft_accumulation_weights_tokens_not_micro_batches(llama_dir, tmp_path):
+    rng = np.random.default_rng(7)
+    data = [{"input_ids": random_ids(rng, 2, 12)} for _ in range(8)]
+    settings = dict(COMMON, max_steps=3)
+    one = calign.SFTTrainer(llama_dir, args=calign.SFTConfig(
+        output_dir=str(tmp_path / "a"), **dict(settings, per_device_train_batch_size=4)),
+        train_dataset=data)
+    one.train()
+    two = calign.SFTTrainer(llama_dir, args=calign.SFTConfig(
+        output_dir=str(tmp_path / "b"), gradient_accumulation_steps=2, **settings),
+        train_dataset=data)
+    two.train()
+    np.testing.assert_allclose(one.model.params, two.model.params, atol=1e-6)
+
+
+def test_resume_reproduces_the_uninterrupted_run(llama_dir, tmp_path):
+    data = pairs(10, seed=8)
+    settings = dict(COMMON, max_steps=6, save_steps=3, shuffle=True)
+    full = calign.DPOTrainer(llama_dir, args=calign.DPOConfig(output_dir=str(tmp_path / "full"),
+                                                              **settings), train_dataset=data)
+    full.train()
+    resumed = calign.DPOTrainer(llama_dir, args=calign.DPOConfig(
+        output_dir=str(tmp_path / "full"), **settings), train_dataset=data)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-3"))
+    assert losses_of(resumed)[3:] == losses_of(full)[3:]
+    np.testing.assert_array_equal(resumed.model.params, full.model.params)
+
+
+def test_checkpoints_are_complete_limited_and_load_in_transformers(llama_dir, tmp_path):
+    trainer = calign.SFTTrainer(llama_dir, args=calign.SFTConfig(
+        output_dir=str(tmp_path), **dict(COMMON, max_steps=4, save_steps=1, save_total_limit=2)),
+        train_dataset=[{"input_ids": [1, 2, 3, 4]}, {"input_ids": [5, 6, 7]}])
+    trainer.train()
+    names = sorted(os.listdir(tmp_path))
+    assert [n for n in names if n.startswith("checkpoint")] == ["checkpoint-3", "checkpoint-4"]
+    assert not [n for n in names if n.startswith(".")]  # no temporary folder left
+    ckpt = tmp_path / "checkpoint-4"
+    for name in ("model.safetensors", "config.json", "optimizer.safetensors",
+                 "trainer_state.json"):
+        assert (ckpt / name).is_file()
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    expected = trainer.model.logits(ids.numpy())
+    got = transformers.AutoModelForCausalLM.from_pretrained(ckpt)(ids).logits.detach().numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and "loss" in json.loads(lines[-1])
+
+
+def test_reward_model_loads_as_sequence_classification(llama_dir, tmp_path):
+    trainer = calign.RewardTrainer(llama_dir, args=calign.RewardConfig(
+        output_dir=str(tmp_path), **dict(COMMON, max_steps=2)), train_dataset=pairs(4, seed=9))
+    trainer.train()
+    trainer.save_model(str(tmp_path / "rm"))
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")
+    sequences = [[3, 4, 5, 6], [7, 8, 9, 10]]
+    expected = hf(torch.tensor(sequences)).logits[:, 0].detach().numpy()
+    ours = calign.RewardModel.from_pretrained(str(tmp_path / "rm")).score(sequences)
+    np.testing.assert_allclose(ours, expected, atol=1e-4)
+
+
+# ---- data ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ["<pad>", "<eos>", "<", ">", "user", "assistant", "the", "sky", "is", "blue",
+             "green", "red", "what", "color", "?", ".", "grass", "sun", "yellow"]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.add_special_tokens(["<pad>", "<eos>"])
+    path = tmp_path_factory.mktemp("tok")
+    backend.save(str(path / "tokenizer.json"))
+    template = ("{% for m in messages %}< {{ m['role'] }} > {{ m['content'] }} <eos> "
+                "{% endfor %}{% if add_generation_prompt %}< assistant > {% endif %}")
+    (path / "tokenizer_config.json").write_text(json.dumps(
+        {"eos_token": "<eos>", "pad_token": "<pad>", "chat_template": template}))
+    return str(path)
+
+
+def test_text_formats_tokenize_like_trl(tokenizer_dir, llama_dir, tmp_path):
+    tok = calign.Tokenizer.from_pretrained(tokenizer_dir)
+    explicit = {"prompt": "the sky is", "chosen": " blue .", "rejected": " green ."}
+    implicit = {"chosen": "the sky is blue .", "rejected": "the sky is green ."}
+    conversational = {"prompt": [{"role": "user", "content": "what color is the sky ?"}],
+                      "chosen": [{"role": "assistant", "content": "blue ."}],
+                      "rejected": [{"role": "assistant", "content": "red ."}]}
+    trainer = calign.DPOTrainer(llama_dir, args=calign.DPOConfig(output_dir=str(tmp_path)),
+                                train_dataset=[explicit, implicit, conversational],
+                                processing_class=tok)
+    e0, e1, e2 = trainer.train_examples
+    the, sky, is_, blue, green, dot, eos = (tok.token_to_id(w) for w in
+                                             ["the", "sky", "is", "blue", "green", ".", "<eos>"])
+    assert e0.prompt_ids == [the, sky, is_] and e0.completions == [[blue, dot, eos],
+                                                                   [green, dot, eos]]
+    assert e1.prompt_ids == e0.prompt_ids and e1.completions == e0.completions
+    rendered = tok.apply_chat_template(conversational["prompt"], add_generation_prompt=True,
+                                       tokenize=True)
+    assert e2.prompt_ids == rendered
+    assert tok.decode(e2.completions[0]).split() == ["blue", ".", "<eos>"]
+
+
+def test_truncation_skips_and_counts_instead_of_nan(llama_dir, tmp_path):
+    data = pairs(4, seed=10)
+    data.append({"prompt_input_ids": list(range(1, 20)), "chosen_input_ids": [1],
+                 "rejected_input_ids": [2]})
+    with pytest.warns(UserWarning, match="skipped 1 of 5 records.*prompt alone reaches max_length"):
+        trainer = calign.DPOTrainer(llama_dir, args=calign.DPOConfig(
+            output_dir=str(tmp_path), max_length=10, **dict(COMMON, max_steps=2)),
+            train_dataset=data)
+    assert len(trainer.train_examples) == 4
+    trainer.train()
+    assert all(np.isfinite(losses_of(trainer)))
+    assert all(len(e.prompt_ids) + max(map(len, e.completions)) <= 10
+               for e in trainer.train_examples)
+
+
+def test_jsonl_source_and_its_errors(llama_dir, tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in pairs(3)) + "\n\n")
+    trainer = calign.DPOTrainer(llama_dir, args=calign.DPOConfig(output_dir=str(tmp_path)),
+                                train_dataset=str(path))
+    assert len(trainer.train_examples) == 3
+    path.write_text(json.dumps(pairs(1)[0]) + "\n{not json\n")
+    with pytest.raises(ValueError, match=r"data.jsonl:2: not valid JSON"):
+        calign.DPOTrainer(llama_dir, args=calign.DPOConfig(output_dir=str(tmp_path)),
+                          train_dataset=str(path))
+
+
+def test_missing_field_names_record_and_field(llama_dir, tmp_path, tokenizer_dir):
+    with pytest.raises(KeyError, match="record 1 lacks the field 'rejected'"):
+        calign.DPOTrainer(llama_dir, args=calign.DPOConfig(output_dir=str(tmp_path)),
+                          train_dataset=[{"prompt": "the", "chosen": "sky", "rejected": "sun"},
+                                         {"prompt": "the", "chosen": "sky"}],
+                          processing_class=tokenizer_dir)
+
+
+# ---- configs ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(learning_rate=-1.0), "learning_rate"),
+    (dict(beta=0.0), "beta"),
+    (dict(loss_type="nope"), "loss_type"),
+    (dict(lr_scheduler_type="step"), "lr_scheduler_type"),
+    (dict(per_device_train_batch_size=0), "per_device_train_batch_size"),
+    (dict(loss_type=["sigmoid", "hinge"], loss_weights=[1.0]), "loss_weights"),
+    (dict(truncation_mode="middle"), "truncation_mode"),
+])
+def test_bad_config_values_raise_naming_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        calign.DPOConfig(**kwargs)
+
+
+def test_unknown_config_field_raises():
+    with pytest.raises(TypeError, match="betta"):
+        calign.DPOConfig(betta=0.1)
+
+
+def test_listwise_dpo_first_loss_is_log_k_factorial(llama_dir, tmp_path, tokenizer_dir):
+    """With the reference equal to the policy every implicit reward is 0, and the
+    Plackett-Luce loss of a ranking of K responses is log K!."""
+    data = [{"prompt": "the sky is", "responses": [" blue .", " green .", " red ."]},
+            {"prompt": "the grass is", "responses": [" green .", " blue .", " yellow ."]}]
+    trainer = calign.DPOTrainer(llama_dir, args=calign.DPOConfig(
+        output_dir=str(tmp_path), loss_type="listwise", **dict(COMMON, max_steps=3)),
+        train_dataset=data, processing_class=tokenizer_dir)
+    trainer.train()
+    assert losses_of(trainer)[0] == pytest.approx(math.log(6), abs=1e-6)
+    assert losses_of(trainer)[-1] < losses_of(trainer)[0]
+    with pytest.raises(KeyError, match="responses"):
+        calign.DPOTrainer(llama_dir, args=calign.DPOConfig(output_dir=str(tmp_path),
+                                                           loss_type="listwise"),
+                          train_dataset=pairs(2))
