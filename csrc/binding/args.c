@@ -1,6 +1,8 @@
 #include "binding/common.h"
 
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 
 static const char *dtype_name(PyArrayObject *arr) {
     return PyArray_DESCR(arr)->typeobj->tp_name;
@@ -132,4 +134,14 @@ int check_length(PyArrayObject *arr, const char *name, npy_intp expected,
         return -1;
     }
     return 0;
+}
+
+PyObject *raise_printf(PyObject *type, const char *format, ...) {
+    char message[512];
+    va_list args;
+    va_start(args, format);
+    vsnprintf(message, sizeof message, format, args);
+    va_end(args);
+    PyErr_SetString(type, message);
+    return NULL;
 }

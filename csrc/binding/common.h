@@ -28,6 +28,10 @@ PyArrayObject *arg_f64_vector(PyObject *obj, const char *name, int finite);
 /* The same for rank 2. */
 PyArrayObject *arg_f64_matrix(PyObject *obj, const char *name, int finite);
 
+/* Sets exception `type` with a message formatted by C's printf rules
+ * (PyErr_Format knows no %g); returns NULL. */
+PyObject *raise_printf(PyObject *type, const char *format, ...);
+
 /* Raises ValueError unless the array has `expected` elements along axis 0. */
 int check_length(PyArrayObject *arr, const char *name, npy_intp expected,
                  const char *expected_from);

@@ -49,13 +49,13 @@ static int take_vector(inputs *in, PyObject *obj, const char *name, sign_rule ru
     const double *x = (const double *)PyArray_DATA(arr);
     for (npy_intp i = 0; i < PyArray_DIM(arr, 0); i++) {
         if (rule == NOT_POSITIVE && x[i] > 0) {
-            PyErr_Format(PyExc_ValueError,
+            raise_printf(PyExc_ValueError,
                          "%s[%zd] = %g is a log-probability > 0 (log-probabilities are <= 0)",
                          name, (Py_ssize_t)i, x[i]);
             return -1;
         }
         if (rule == NOT_NEGATIVE && x[i] < 0) {
-            PyErr_Format(PyExc_ValueError, "%s[%zd] = %g must be >= 0", name, (Py_ssize_t)i,
+            raise_printf(PyExc_ValueError, "%s[%zd] = %g must be >= 0", name, (Py_ssize_t)i,
                          x[i]);
             return -1;
         }
@@ -351,7 +351,7 @@ static PyObject *py_listwise_dpo_loss(PyObject *self, PyObject *args) {
         const double *x = (const double *)PyArray_DATA(both[a]);
         for (npy_intp i = 0; i < B * K; i++) {
             if (x[i] > 0) {
-                PyErr_Format(PyExc_ValueError,
+                raise_printf(PyExc_ValueError,
                              "%s[%zd, %zd] = %g is a log-probability > 0 (log-probabilities are <= 0)",
                              names[a], (Py_ssize_t)(i / K), (Py_ssize_t)(i % K), x[i]);
                 goto done;

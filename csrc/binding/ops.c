@@ -48,7 +48,7 @@ static int parse_problem(logprob_args *a, PyObject *hidden, PyObject *weight,
         if (check_length(a->bias, "bias", V, "weight") < 0) return -1;
     }
     if (!(temperature > 0.0) || !isfinite(temperature)) {
-        PyErr_Format(PyExc_ValueError, "temperature must be a finite number > 0, got %g",
+        raise_printf(PyExc_ValueError, "temperature must be a finite number > 0, got %g",
                      temperature);
         return -1;
     }
