@@ -1,0 +1,331 @@
+"""The C engine against transformers + torch: logits, gradients, packed shared-prefix
+rows, generation, checkpoints, initialisation, optimizers and bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import safetensors.numpy
+import torch
+import transformers
+
+import calign
+
+FAMILIES = {
+    # GPT-2: Conv1D layout, learned positions, tied head, vocab not a multiple of 8
+    "gpt2": lambda: transformers.GPT2Config(
+        n_embd=48, n_layer=2, n_head=4, n_positions=32, vocab_size=1003,
+        activation_function="gelu_new", initializer_range=0.2),
+    # Llama: GQA with 3 query heads per kv head, head_dim != hidden/heads, biases,
+    # the adaptive base frequency of 500000, untied head
+    "llama": lambda: transformers.LlamaConfig(
+        hidden_size=48, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
+        head_dim=12, intermediate_size=72, vocab_size=997, attention_bias=True, mlp_bias=True,
+        rope_theta=500000.0, initializer_range=0.2, tie_word_embeddings=False),
+    # Llama with a tied head and rope_theta 10000
+    "llama_tied": lambda: transformers.LlamaConfig(
+        hidden_size=40, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+        intermediate_size=56, vocab_size=1001, rope_theta=10000.0, initializer_range=0.2,
+        tie_word_embeddings=True),
+    "qwen2": lambda: transformers.Qwen2Config(
+        hidden_size=48, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
+        intermediate_size=64, vocab_size=1003, initializer_range=0.2),
+    # Qwen3: per-head q/k norm, explicit head_dim != hidden/heads
+    "qwen3": lambda: transformers.Qwen3Config(
+        hidden_size=40, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
+        head_dim=12, intermediate_size=56, vocab_size=999, initializer_range=0.2),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family(request, tmp_path_factory):
+    torch.manual_seed(0)
+    config = FAMILIES[request.param]()
+    config._attn_implementation = "eager"
+    hf = transformers.AutoModelForCausalLM.from_config(config).eval()
+    path = tmp_path_factory.mktemp(request.param)
+    hf.save_pretrained(path)
+    return request.param, hf, str(path)
+
+
+def ids_batch(vocab, B=3, T=11, seed=0):
+    return np.random.default_rng(seed).integers(0, vocab, (B, T))
+
+
+def test_logits_match_transformers(family):
+    name, hf, path = family
+    model = calign.Model.from_pretrained(path)
+    ids = ids_batch(model.vocab_size)
+    expected = hf(torch.tensor(ids)).logits.detach().numpy()
+    np.testing.assert_allclose(model.logits(ids), expected, atol=1e-4)
+    # right padding, then left padding (positions count real tokens only)
+    mask = np.ones_like(ids)
+    mask[0, 7:] = 0
+    mask[1, :3] = 0
+    position_ids = np.clip(mask.cumsum(-1) - 1, 0, None)
+    expected = hf(torch.tensor(ids), attention_mask=torch.tensor(mask),
+                  position_ids=torch.tensor(position_ids)).logits.detach().numpy()
+    got = model.logits(ids, mask)
+    real = mask.astype(bool)
+    np.testing.assert_allclose(got[real], expected[real], atol=1e-4)
+    assert not got[~real].any()
+    np.testing.assert_allclose(model.hidden_states(ids)[0, -1],
+                               hf(torch.tensor(ids), output_hidden_states=True)
+                               .hidden_states[-1][0, -1].detach().numpy(), atol=1e-4)
+
+
+def test_gradients_match_torch(family):
+    name, hf, path = family
+    model = calign.Model.from_pretrained(path)
+    ids = ids_batch(model.vocab_size, seed=1)
+    labels = ids.copy()
+    labels[0, :4] = -100
+    mask = np.ones_like(ids)
+    mask[2, 8:] = 0
+    labels[2, 8:] = -100
+    hf.zero_grad()
+    out = hf(torch.tensor(ids), attention_mask=torch.tensor(mask), labels=torch.tensor(labels))
+    out.loss.backward()
+    loss, grads = model.loss_and_grad(ids, labels, mask)
+    assert loss == pytest.approx(out.loss.item(), abs=1e-5)
+    params = dict(hf.named_parameters())
+    assert set(grads) == set(params) - ({"lm_head.weight"} if name in ("gpt2", "llama_tied")
+                                        else set())
+    for key, grad in grads.items():
+        expected = params[key].grad.numpy()
+        # relative to the tensor's largest entry: robust where single entries are ~0
+        assert np.abs(grad - expected).max() <= 1e-3 * np.abs(expected).max() + 1e-7, key
+
+
+def test_token_logprobs_are_shifted_like_transformers(family):
+    name, hf, path = family
+    model = calign.Model.from_pretrained(path)
+    ids = ids_batch(model.vocab_size, B=2, T=9, seed=2)
+    labels = ids.copy()
+    labels[1, 5] = -100
+    got = model.token_logprobs(ids, labels)
+    logp = hf(torch.tensor(ids)).logits.log_softmax(-1)[:, :-1]
+    expected = logp.gather(2, torch.tensor(ids[:, 1:])[..., None])[..., 0].detach().numpy()
+    expected[1, 4] = 0.0
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_shared_prefix_rows_equal_separate_rows(family):
+    name, hf, path = family
+    model = calign.Model.from_pretrained(path)
+    rng = np.random.default_rng(3)
+    V = model.vocab_size
+    examples = [(rng.integers(0, V, 5).tolist(), [rng.integers(0, V, 3).tolist(),
+                                                  rng.integers(0, V, 6).tolist()]),
+                (rng.integers(0, V, 2).tolist(), [rng.integers(0, V, 4).tolist(),
+                                                  rng.integers(0, V, 1).tolist(),
+                                                  rng.integers(0, V, 2).tolist()])]
+    batch = calign.pack_shared_prefix(examples)
+    logps = model.packed_token_logprobs(batch)
+    for i, (prompt, completions) in enumerate(examples):
+        for k, completion in enumerate(completions):
+            row = torch.tensor([prompt + completion])
+            logp = hf(row).logits[0].log_softmax(-1)[len(prompt) - 1:-1]
+            expected = logp.gather(1, torch.tensor(completion)[:, None])[:, 0].detach().numpy()
+            np.testing.assert_allclose(logps[batch.completion_slices[i][k]], expected, atol=1e-4)
+
+
+def test_greedy_generation_matches_transformers(family):
+    name, hf, path = family
+    model = calign.Model.from_pretrained(path)
+    prompts = [[5, 17, 2], [9], [4, 4, 8, 30, 1]]
+    got = model.generate(prompts, max_new_tokens=6)
+    for prompt, tokens in zip(prompts, got):
+        expected = hf.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False,
+                               pad_token_id=0, eos_token_id=None)[0, len(prompt):].tolist()
+        assert tokens == expected
+    eos = got[0][2]
+    stopped = model.generate([prompts[0]], max_new_tokens=6, eos_token_id=eos)[0]
+    assert stopped == got[0][:got[0].index(eos) + 1]
+
+
+def test_sampling_is_seeded(family):
+    name, hf, path = family
+    model = calign.Model.from_pretrained(path)
+    kw = dict(max_new_tokens=8, do_sample=True, temperature=0.9, top_k=20, top_p=0.9,
+              num_return_sequences=3)
+    a = model.generate([[1, 2, 3], [4]], seed=7, **kw)
+    assert a == model.generate([[1, 2, 3], [4]], seed=7, **kw)
+    assert a != model.generate([[1, 2, 3], [4]], seed=8, **kw)
+    assert len(a) == 6 and all(len(s) == 8 for s in a)
+    assert model.generate([[1, 2, 3]], max_new_tokens=5, do_sample=True, top_k=1, seed=3) == \
+        model.generate([[1, 2, 3]], max_new_tokens=5)
+
+
+def test_save_pretrained_loads_in_transformers(family, tmp_path):
+    name, hf, path = family
+    model = calign.Model.from_pretrained(path)
+    model.params += 0.01  # something transformers has not seen
+    model.save_pretrained(tmp_path / "saved")
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "saved").eval()
+    ids = ids_batch(model.vocab_size, seed=4)
+    np.testing.assert_allclose(model.logits(ids), again(torch.tensor(ids)).logits.detach().numpy(),
+                               atol=1e-4)
+    assert not [p for p in (tmp_path).iterdir() if p.name.startswith(".")]
+
+
+def test_from_config_initialises_like_transformers():
+    config = FAMILIES["llama"]().to_dict()
+    a = calign.Model.from_config(config, seed=0)
+    b = calign.Model.from_config(config, seed=0)
+    np.testing.assert_array_equal(a.params, b.params)
+    sd = a.state_dict()
+    assert sd["model.layers.0.self_attn.q_proj.weight"].std() == pytest.approx(0.2, rel=0.05)
+    assert (sd["model.layers.1.input_layernorm.weight"] == 1).all()
+    assert (sd["model.layers.0.self_attn.q_proj.bias"] == 0).all()
+    assert not np.array_equal(calign.Model.from_config(config, seed=1).params, a.params)
+
+
+# ---- optimizers ---------------------------------------------------------------------------
+
+def test_adamw_and_sgd_match_torch(family, tmp_path):
+    name, hf, path = family
+    if name != "llama":
+        pytest.skip("one family is enough: the optimizer only sees the flat buffers")
+    rng = np.random.default_rng(5)
+    for make_ours, make_theirs in [
+        (lambda m: calign.optim.AdamW(m, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1),
+         lambda p: torch.optim.AdamW(p, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)),
+        (lambda m: calign.optim.SGD(m, lr=1e-2, momentum=0.9, weight_decay=0.01, nesterov=True),
+         lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9, weight_decay=0.01, nesterov=True)),
+    ]:
+        model = calign.Model.from_pretrained(path)
+        params = {n: torch.nn.Parameter(torch.tensor(v.copy())) for n, v in
+                  model.state_dict().items()}
+        ours, theirs = make_ours(model), make_theirs(list(params.values()))
+        for _ in range(5):
+            for n, g in model.grads().items():
+                g[...] = rng.standard_normal(g.shape)
+                params[n].grad = torch.tensor(g.copy())
+            ours.step()
+            theirs.step()
+        for n, v in model.state_dict().items():
+            np.testing.assert_allclose(v, params[n].detach().numpy(), rtol=1e-5, atol=1e-6)
+    # clipping
+    model.grad_buffer[...] = rng.standard_normal(model.grad_buffer.size)
+    flat = torch.nn.Parameter(torch.zeros(model.grad_buffer.size))
+    flat.grad = torch.tensor(model.grad_buffer.copy())
+    norm = calign.optim.clip_grad_norm(model, 1.0)
+    assert norm == pytest.approx(torch.nn.utils.clip_grad_norm_([flat], 1.0).item(), rel=1e-5)
+    np.testing.assert_allclose(model.grad_buffer, flat.grad.numpy(), rtol=1e-5)
+
+
+def test_optimizer_state_round_trips(tmp_path):
+    config = FAMILIES["llama_tied"]().to_dict()
+    a, b = calign.Model.from_config(config), calign.Model.from_config(config)
+    opt_a, opt_b = calign.optim.AdamW(a), calign.optim.AdamW(b)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        a.grad_buffer[...] = rng.standard_normal(a.grad_buffer.size)
+        opt_a.step()
+    opt_a.save(str(tmp_path / "opt.safetensors"))
+    b.params[...] = a.params
+    opt_b.load(str(tmp_path / "opt.safetensors"))
+    g = rng.standard_normal(a.grad_buffer.size).astype(np.float32)
+    a.grad_buffer[...] = g
+    b.grad_buffer[...] = g
+    opt_a.step()
+    opt_b.step()
+    np.testing.assert_array_equal(a.params, b.params)
+    with pytest.raises(ValueError, match="holds 'adamw' state, not 'sgd'"):
+        calign.optim.SGD(b, momentum=0.9).load(str(tmp_path / "opt.safetensors"))
+
+
+# ---- bad input ----------------------------------------------------------------------------
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    hf = transformers.AutoModelForCausalLM.from_config(FAMILIES["gpt2"]())
+    hf.save_pretrained(tmp_path / "ok")
+    return tmp_path / "ok"
+
+
+def edit_config(path, **changes):
+    config = json.loads((path / "config.json").read_text())
+    config.update(changes)
+    (path / "config.json").write_text(json.dumps(config))
+
+
+def test_bad_config_files(saved, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        calign.Model.from_pretrained(str(tmp_path))
+    broken = tmp_path / "broken"
+    shutil.copytree(saved, broken)
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        calign.Model.from_pretrained(str(broken))
+    for changes, match in [(dict(model_type="mamba"), "model_type 'mamba'"),
+                           (dict(model_type="llama", hidden_size=48, num_hidden_layers=1,
+                                 num_attention_heads=4, intermediate_size=8, vocab_size=10,
+                                 rope_scaling={"rope_type": "yarn", "factor": 2.0}),
+                            "rope_scaling of type 'yarn'"),
+                           (dict(model_type="qwen2", hidden_size=48, num_hidden_layers=1,
+                                 num_attention_heads=4, intermediate_size=8, vocab_size=10,
+                                 use_sliding_window=True), "use_sliding_window"),
+                           (dict(model_type="llama", hidden_size=48, num_hidden_layers=1,
+                                 num_attention_heads=4, intermediate_size=8, vocab_size=10,
+                                 num_local_experts=8), "num_local_experts")]:
+        with pytest.raises(ValueError, match=match):
+            calign.Model(dict(json.loads((saved / "config.json").read_text()), **changes))
+
+
+def test_bad_weight_files(saved, tmp_path):
+    tensors = safetensors.numpy.load_file(str(saved / "model.safetensors"))
+    cases = {
+        "missing": ({k: v for k, v in tensors.items() if k != "transformer.ln_f.bias"},
+                    "lacks tensor 'transformer.ln_f.bias'"),
+        "extra": (dict(tensors, **{"transformer.h.9.foo": np.zeros(3, np.float32)}),
+                  "unexpected tensor 'transformer.h.9.foo'"),
+        "shape": (dict(tensors, **{"transformer.wpe.weight": np.zeros((5, 48), np.float32)}),
+                  r"'transformer.wpe.weight' has shape \(5, 48\)"),
+    }
+    for name, (content, match) in cases.items():
+        folder = tmp_path / name
+        shutil.copytree(saved, folder)
+        safetensors.numpy.save_file(content, str(folder / "model.safetensors"))
+        with pytest.raises(ValueError, match=match):
+            calign.Model.from_pretrained(str(folder))
+    truncated = tmp_path / "truncated"
+    shutil.copytree(saved, truncated)
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[:len(data) // 2])
+    with pytest.raises(ValueError, match="cannot read safetensors file"):
+        calign.Model.from_pretrained(str(truncated))
+    (truncated / "model.safetensors").write_bytes(b"garbage" * 10)
+    with pytest.raises(ValueError, match="cannot read safetensors file"):
+        calign.Model.from_pretrained(str(truncated))
+    (truncated / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        calign.Model.from_pretrained(str(truncated))
+
+
+def test_bad_token_input(saved):
+    model = calign.Model.from_pretrained(str(saved))
+    with pytest.raises(ValueError, match="token id 1003, outside"):
+        model.logits([[1, 2, 1003]])
+    with pytest.raises(ValueError, match="token id -1"):
+        model.logits([[1, -1, 3]])
+    with pytest.raises(ValueError, match="longer than the model's maximum positions"):
+        model.logits([list(range(40))])
+    with pytest.raises(ValueError, match="empty"):
+        model.logits(np.zeros((0, 4), np.int64))
+    with pytest.raises(ValueError, match="different lengths; pad them and pass attention_mask"):
+        model.logits([[1, 2, 3], [4, 5]])
+    with pytest.raises(TypeError, match="integer token ids"):
+        model.logits([[1.0, 2.0]])
+    with pytest.raises(ValueError, match="attention_mask has shape"):
+        model.logits([[1, 2, 3]], attention_mask=[[1, 1]])
+    with pytest.raises(ValueError, match="exceeds the model's maximum positions"):
+        model.generate([[1, 2]], max_new_tokens=40)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        model.generate([[1, 2]], max_new_tokens=0)
+    with pytest.raises(RuntimeError, match="needs a training forward"):
+        batch = calign.pack_shared_prefix([([1, 2], [[3]])])
+        model.backward_packed(batch, np.zeros((3, 48), np.float32))
