@@ -1,0 +1,177 @@
+"""DPO training: calign's DPOTrainer versus TRL's DPOTrainer (torch CPU), same run.
+
+Workload (the performance issue's): a GPT-2 shape with random weights, 4 pairs
+a step, prompt 64 + chosen 64 + rejected 64 tokens, live reference model.
+Both sides get the same text records and the same word-level tokenizer (one
+token a word), the same thread count, and run in their own processes so peak
+RSS is honest. One warm-up step is excluded; the median of the timed steps is
+reported. Tokens per step count each pair as prompt+chosen+prompt+rejected
+(what a padded batch holds), the same number on both sides.
+
+Run: python benchmarks/bench_dpo.py [--steps 5] [--model gpt2-20M|gpt2-124M] [--native-blas]
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+MODELS = {
+    "gpt2-20M": dict(n_layer=6, n_embd=384, n_head=6),
+    "gpt2-124M": dict(n_layer=12, n_embd=768, n_head=12),
+    "gpt2-tiny": dict(n_layer=2, n_embd=64, n_head=2),
+}
+VOCAB = 50257
+PAIRS, PROMPT, COMPLETION = 4, 64, 64
+
+
+def build(folder, model_name, n_records):
+    import numpy as np
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ["<pad>", "<eos>"] + [f"w{i}" for i in range(VOCAB - 2)]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.add_special_tokens(["<pad>", "<eos>"])
+    backend.save(os.path.join(folder, "tokenizer.json"))
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump({"eos_token": "<eos>", "pad_token": "<pad>",
+                   "tokenizer_class": "PreTrainedTokenizerFast"}, f)
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=512, pad_token_id=0,
+                                     eos_token_id=1, bos_token_id=1, **MODELS[model_name])
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    rng = np.random.default_rng(0)
+
+    def text(n):
+        return " ".join(f"w{i}" for i in rng.integers(0, VOCAB - 2, n))
+
+    # completions get an EOS appended by both trainers: COMPLETION - 1 words
+    records = [{"prompt": text(PROMPT), "chosen": " " + text(COMPLETION - 1),
+                "rejected": " " + text(COMPLETION - 1)} for _ in range(n_records)]
+    with open(os.path.join(folder, "data.jsonl"), "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    return records
+
+
+def settings(steps):
+    return dict(learning_rate=1e-5, per_device_train_batch_size=PAIRS, max_steps=steps,
+                logging_steps=1, beta=0.1, max_length=PROMPT + COMPLETION, save_steps=0)
+
+
+def run_calign(folder, steps, threads):
+    import calign
+
+    calign.set_num_threads(threads)
+    stamps = []
+
+    class Timed(calign.DPOTrainer):
+        def _after_optimizer_step(self):
+            super()._after_optimizer_step()
+            stamps.append(time.perf_counter())
+
+    trainer = Timed(folder, args=calign.DPOConfig(output_dir=os.path.join(folder, "calign"),
+                                                  disable_tqdm=True, **settings(steps)),
+                    train_dataset=os.path.join(folder, "data.jsonl"))
+    stamps.append(time.perf_counter())
+    trainer.train()
+    info = calign.build_info()
+    return stamps, f"OpenBLAS {info['blas_core']}"
+
+
+def run_trl(folder, steps, threads):
+    import datasets
+    import torch
+    import transformers
+    import trl
+
+    torch.set_num_threads(threads)
+    stamps = []
+
+    class Clock(transformers.TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if not stamps:
+                stamps.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            stamps.append(time.perf_counter())
+
+    records = [json.loads(line) for line in open(os.path.join(folder, "data.jsonl"))]
+    trainer = trl.DPOTrainer(
+        model=transformers.AutoModelForCausalLM.from_pretrained(folder),
+        args=trl.DPOConfig(output_dir=os.path.join(folder, "trl"), report_to="none",
+                           use_cpu=True, save_strategy="no", disable_tqdm=True,
+                           **settings(steps)),
+        train_dataset=datasets.Dataset.from_list(records),
+        processing_class=transformers.AutoTokenizer.from_pretrained(folder),
+        callbacks=[Clock()])
+    trainer.train()
+    return stamps, f"torch MKL, {torch.backends.cpu.get_cpu_capability()}"
+
+
+def child(args):
+    run = run_calign if args.side == "calign" else run_trl
+    stamps, kernel = run(args.folder, args.steps + 1, args.threads)
+    step_seconds = [b - a for a, b in zip(stamps, stamps[1:])][1:]  # first step is warm-up
+    print(json.dumps({"seconds": statistics.median(step_seconds), "steps": len(step_seconds),
+                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "kernel": kernel}))
+
+
+def spawn(side, folder, steps, threads, native_blas):
+    env = dict(os.environ)
+    if native_blas and side == "calign":
+        env.pop("OPENBLAS_CORETYPE", None)
+        env.pop("OPENBLAS_L2_SIZE", None)
+    cmd = [sys.executable, __file__, "--child", side, "--folder", folder, "--steps", str(steps),
+           "--threads", str(threads)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{side} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--model", choices=sorted(MODELS), default="gpt2-20M")
+    parser.add_argument("--native-blas", action="store_true",
+                        help="run calign with OPENBLAS_CORETYPE/L2_SIZE unset")
+    parser.add_argument("--child", dest="side", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:
+        return child(args)
+
+    import calign
+
+    info = calign.build_info()
+    tokens = PAIRS * 2 * (PROMPT + COMPLETION)
+    with tempfile.TemporaryDirectory() as folder:
+        build(folder, args.model, PAIRS * (args.steps + 1))
+        mine = spawn("calign", folder, args.steps, args.threads, args.native_blas)
+        theirs = spawn("trl", folder, args.steps, args.threads, False)
+    print(f"CPU: {info['cpu']}, {info['cores']} cores; threads: {args.threads}; "
+          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}"
+          f"{' (unset for calign)' if args.native_blas else ''}; {args.model}; {PAIRS} pairs x "
+          f"({PROMPT} + {COMPLETION} + {COMPLETION}) tokens; live reference; median of "
+          f"{mine['steps']} steps after 1 warm-up")
+    print(f"{'side':>7} {'s/step':>8} {'tokens/s':>9} {'peak RSS MiB':>13}  kernel")
+    for side, r in (("calign", mine), ("TRL", theirs)):
+        print(f"{side:>7} {r['seconds']:8.3f} {tokens / r['seconds']:9.0f} "
+              f"{r['peak_rss_mib']:13.0f}  {r['kernel']}")
+    print(f"ratio: calign {theirs['seconds'] / mine['seconds']:.2f}x TRL's tokens/s, "
+          f"{mine['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}x its peak RSS")
+
+
+if __name__ == "__main__":
+    main()
