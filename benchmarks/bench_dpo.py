@@ -77,14 +77,17 @@ def run_calign(folder, steps, threads):
         def _after_optimizer_step(self):
             super()._after_optimizer_step()
             stamps.append(time.perf_counter())
+            if len(stamps) == 2:  # the warm-up step is over: start the per-phase clocks
+                calign._C.profile(enable=True, reset=True)
 
     trainer = Timed(folder, args=calign.DPOConfig(output_dir=os.path.join(folder, "calign"),
                                                   disable_tqdm=True, **settings(steps)),
                     train_dataset=os.path.join(folder, "data.jsonl"))
     stamps.append(time.perf_counter())
     trainer.train()
+    phases = calign._C.profile(enable=False, reset=True)
     info = calign.build_info()
-    return stamps, f"OpenBLAS {info['blas_core']}"
+    return stamps, f"OpenBLAS {info['blas_core']}", phases
 
 
 def run_trl(folder, steps, threads):
@@ -114,16 +117,19 @@ def run_trl(folder, steps, threads):
         processing_class=transformers.AutoTokenizer.from_pretrained(folder),
         callbacks=[Clock()])
     trainer.train()
-    return stamps, f"torch MKL, {torch.backends.cpu.get_cpu_capability()}"
+    return stamps, f"torch MKL, {torch.backends.cpu.get_cpu_capability()}", None
 
 
 def child(args):
     run = run_calign if args.side == "calign" else run_trl
-    stamps, kernel = run(args.folder, args.steps + 1, args.threads)
+    stamps, kernel, phases = run(args.folder, args.steps + 1, args.threads)
     step_seconds = [b - a for a, b in zip(stamps, stamps[1:])][1:]  # first step is warm-up
+    if phases is not None:  # per step, and what the clocks did not cover
+        phases = {k: v / len(step_seconds) for k, v in phases.items()}
+        phases["other"] = sum(step_seconds) / len(step_seconds) - sum(phases.values())
     print(json.dumps({"seconds": statistics.median(step_seconds), "steps": len(step_seconds),
                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "kernel": kernel}))
+                      "kernel": kernel, "phases": phases}))
 
 
 def spawn(side, folder, steps, threads, native_blas):
@@ -171,6 +177,9 @@ def main():
               f"{r['peak_rss_mib']:13.0f}  {r['kernel']}")
     print(f"ratio: calign {theirs['seconds'] / mine['seconds']:.2f}x TRL's tokens/s, "
           f"{mine['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}x its peak RSS")
+    total = sum(mine["phases"].values())
+    print("calign step by phase (mean s/step): " + ", ".join(
+        f"{k} {v:.3f} ({100 * v / total:.0f}%)" for k, v in mine["phases"].items()))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 #include "logprob.h"
+#include "core/profile.h"
 
 #include <math.h>
 #include <string.h>
@@ -187,8 +188,8 @@ static void zero_outputs(float *logprobs, const logprob_stats *stats, long N) {
     if (stats->is_top1) memset(stats->is_top1, 0, N);
 }
 
-long token_logprobs_forward(float *logprobs, const logprob_stats *stats,
-                            const logprob_problem *p, void *scratch) {
+static long logprobs_forward(float *logprobs, const logprob_stats *stats,
+                             const logprob_problem *p, void *scratch) {
     scratch_layout s = carve_scratch(p, scratch);
     zero_outputs(logprobs, stats, p->N);
     long n_active = collect_active_rows(s.active, p);
@@ -247,9 +248,9 @@ static void accumulate_bias_grad(float *grad_bias, const float *g, long n, int V
     }
 }
 
-long token_logprobs_backward(float *grad_hidden, float *grad_weight, float *grad_bias,
-                             float *logprobs, const float *grad_logprobs,
-                             const logprob_problem *p, void *scratch) {
+static long logprobs_backward(float *grad_hidden, float *grad_weight, float *grad_bias,
+                              float *logprobs, const float *grad_logprobs,
+                              const logprob_problem *p, void *scratch) {
     scratch_layout s = carve_scratch(p, scratch);
     const int d = p->d, V = p->V;
     memset(grad_hidden, 0, sizeof(float) * (size_t)p->N * d);
@@ -275,4 +276,22 @@ long token_logprobs_backward(float *grad_hidden, float *grad_weight, float *grad
         if (grad_bias) accumulate_bias_grad(grad_bias, s.logits, n, V);
     }
     return -1;
+}
+
+long token_logprobs_forward(float *logprobs, const logprob_stats *stats,
+                            const logprob_problem *p, void *scratch) {
+    profile_mark mark = profile_begin();
+    long bad = logprobs_forward(logprobs, stats, p, scratch);
+    profile_end(PHASE_LOGPROB, mark);
+    return bad;
+}
+
+long token_logprobs_backward(float *grad_hidden, float *grad_weight, float *grad_bias,
+                             float *logprobs, const float *grad_logprobs,
+                             const logprob_problem *p, void *scratch) {
+    profile_mark mark = profile_begin();
+    long bad = logprobs_backward(grad_hidden, grad_weight, grad_bias, logprobs, grad_logprobs, p,
+                                 scratch);
+    profile_end(PHASE_LOGPROB, mark);
+    return bad;
 }

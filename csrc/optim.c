@@ -2,6 +2,7 @@
 
 #include <math.h>
 
+#include "core/profile.h"
 #include "core/threads.h"
 
 void adamw_step(float *params, const float *grads, float *exp_avg, float *exp_avg_sq, long n,
@@ -10,6 +11,7 @@ void adamw_step(float *params, const float *grads, float *exp_avg, float *exp_av
     const float bias1 = 1.0f - powf(s->beta1, (float)s->step);
     const float bias2_sqrt = sqrtf(1.0f - powf(s->beta2, (float)s->step));
     const float step_size = s->lr / bias1;
+    profile_mark mark = profile_begin();
 #pragma omp parallel for num_threads(calign_num_threads()) schedule(static)
     for (long i = 0; i < n; i++) {
         float g = grads[i];
@@ -18,10 +20,12 @@ void adamw_step(float *params, const float *grads, float *exp_avg, float *exp_av
         float denom = sqrtf(v) / bias2_sqrt + s->eps;
         params[i] = params[i] * decay - step_size * m / denom;
     }
+    profile_end(PHASE_OPTIMIZER, mark);
 }
 
 void sgd_step(float *params, const float *grads, float *momentum_buffer, long n,
               const sgd_settings *s) {
+    profile_mark mark = profile_begin();
 #pragma omp parallel for num_threads(calign_num_threads()) schedule(static)
     for (long i = 0; i < n; i++) {
         float g = grads[i] + s->weight_decay * params[i];
@@ -33,11 +37,13 @@ void sgd_step(float *params, const float *grads, float *momentum_buffer, long n,
         }
         params[i] -= s->lr * g;
     }
+    profile_end(PHASE_OPTIMIZER, mark);
 }
 
 #define NORM_BLOCK 65536L
 
 double grad_global_norm(const float *grads, long n) {
+    profile_mark mark = profile_begin();
     long n_blocks = (n + NORM_BLOCK - 1) / NORM_BLOCK;
     double total = 0.0;
     /* ordered reduction: each block's sum is computed in parallel, then the
@@ -51,10 +57,13 @@ double grad_global_norm(const float *grads, long n) {
 #pragma omp ordered
         total += sum;
     }
+    profile_end(PHASE_OPTIMIZER, mark);
     return sqrt(total);
 }
 
 void scale_in_place(float *x, long n, float factor) {
+    profile_mark mark = profile_begin();
 #pragma omp parallel for num_threads(calign_num_threads()) schedule(static)
     for (long i = 0; i < n; i++) x[i] *= factor;
+    profile_end(PHASE_OPTIMIZER, mark);
 }

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include "core/gemm.h"
+#include "core/profile.h"
 #include "core/threads.h"
 
 static PyObject *py_get_num_threads(PyObject *self, PyObject *unused) {
@@ -69,7 +70,24 @@ static PyObject *py_sgemm_gflops(PyObject *self, PyObject *args) {
     return PyFloat_FromDouble(2.0 * M * N * K * repeats / seconds / 1e9);
 }
 
+/* profile(enable=None, reset=False) -> {phase: seconds}; enable switches the
+ * per-phase clocks on or off (see core/profile.h). */
+static PyObject *py_profile(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"enable", "reset", NULL};
+    PyObject *enable = Py_None;
+    int reset = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|Op", kwlist, &enable, &reset)) return NULL;
+    if (enable != Py_None) profile_enable(PyObject_IsTrue(enable));
+    double s[PHASE_COUNT];
+    profile_read(s, reset);
+    return Py_BuildValue("{s:d,s:d,s:d,s:d}", "matmul", s[PHASE_MATMUL], "attention",
+                         s[PHASE_ATTENTION], "logprob", s[PHASE_LOGPROB], "optimizer",
+                         s[PHASE_OPTIMIZER]);
+}
+
 PyMethodDef calign_threads_methods[] = {
+    {"profile", (PyCFunction)(void (*)(void))py_profile, METH_VARARGS | METH_KEYWORDS,
+     "Per-phase seconds of calign's kernels (enable=True to start counting)."},
     {"sgemm_gflops", py_sgemm_gflops, METH_VARARGS, "GFLOP/s of calign's sgemm, measured now."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Threads calign's kernels use."},
     {"set_num_threads", py_set_num_threads, METH_O,

@@ -1,4 +1,5 @@
 #include "core/gemm.h"
+#include "core/profile.h"
 
 #include <omp.h>
 
@@ -32,12 +33,14 @@ void gemm_f32(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
               const float *A, int lda, const float *B, int ldb, float beta,
               float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
+    profile_mark mark = profile_begin();
     enum CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans;
     enum CBLAS_TRANSPOSE tb = trans_b ? CblasTrans : CblasNoTrans;
     int n_threads = calign_num_threads();
     long work = (long)M * N * (K > 0 ? K : 1);
     if (n_threads <= 1 || work < GEMM_PARALLEL_MIN_WORK || omp_in_parallel()) {
         SGEMM(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        profile_end(PHASE_MATMUL, mark);
         return;
     }
     /* Split the larger side of C into one contiguous block per thread,
@@ -63,4 +66,5 @@ void gemm_f32(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
                   C + start, ldc);
         }
     }
+    profile_end(PHASE_MATMUL, mark);
 }

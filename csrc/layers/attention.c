@@ -1,4 +1,5 @@
 #include "layers/attention.h"
+#include "core/profile.h"
 
 #include <math.h>
 #include <omp.h>
@@ -44,6 +45,7 @@ void attention_forward(float *out, int ld_out, float *probs, const float *q, int
     const int hd = a->head_dim, group = a->n_head / a->n_kv_head;
     const float scale = 1.0f / sqrtf((float)hd);
     const long n_tasks = (long)a->n_seq * a->n_head;
+    profile_mark mark = profile_begin();
     /* one (sequence, head) per task; the products inside run single-threaded */
 #pragma omp parallel for num_threads(calign_num_threads()) schedule(dynamic, 1)
     for (long task = 0; task < n_tasks; task++) {
@@ -65,6 +67,7 @@ void attention_forward(float *out, int ld_out, float *probs, const float *q, int
                      0.0f, O + r0 * ld_out, ld_out);
         }
     }
+    profile_end(PHASE_ATTENTION, mark);
 }
 
 void attention_backward(float *dq, float *dk, float *dv, const float *d_out, int ld_out,
@@ -72,6 +75,7 @@ void attention_backward(float *dq, float *dk, float *dv, const float *d_out, int
                         const float *v, int ld_v, long T, const attention_shape *a) {
     const int hd = a->head_dim, group = a->n_head / a->n_kv_head;
     const float scale = 1.0f / sqrtf((float)hd);
+    profile_mark mark = profile_begin();
     for (long t = 0; t < T; t++) {
         memset(dk + t * ld_k, 0, sizeof(float) * (size_t)a->n_kv_head * hd);
         memset(dv + t * ld_v, 0, sizeof(float) * (size_t)a->n_kv_head * hd);
@@ -117,6 +121,7 @@ void attention_backward(float *dq, float *dk, float *dv, const float *d_out, int
             }
         }
     }
+    profile_end(PHASE_ATTENTION, mark);
 }
 
 void attention_cached_forward(float *out, int ld_out, const float *q, int ld_q,
