@@ -327,3 +327,98 @@ def test_listwise_dpo_first_loss_is_log_k_factorial(llama_dir, tmp_path, tokeniz
         calign.DPOTrainer(llama_dir, args=calign.DPOConfig(output_dir=str(tmp_path),
                                                            loss_type="listwise"),
                           train_dataset=pairs(2))
+
+
+# ---- reference options, DPO variants, SFT formats ------------------------------------------
+
+def test_precomputed_reference_equals_live_reference(llama_dir, tmp_path):
+    data = pairs(6, seed=12)
+    settings = dict(COMMON, max_steps=4)
+    live = calign.DPOTrainer(llama_dir, args=calign.DPOConfig(output_dir=str(tmp_path / "a"),
+                                                              **settings), train_dataset=data)
+    live.train()
+    pre = calign.DPOTrainer(llama_dir, args=calign.DPOConfig(
+        output_dir=str(tmp_path / "b"), precompute_ref_log_probs=True, **settings),
+        train_dataset=data)
+    assert all(e.ref_logps is not None for e in pre.train_examples)
+    assert list((tmp_path / "b").glob("ref_logps-train-*.npy"))  # cached for the next run
+    pre.train()
+    np.testing.assert_allclose(losses_of(pre), losses_of(live), atol=1e-6)
+    # dataset columns are used as given
+    columns = [dict(r, ref_chosen_logps=e.ref_logps[0], ref_rejected_logps=e.ref_logps[1])
+               for r, e in zip(data, pre.train_examples)]
+    given = calign.DPOTrainer(llama_dir, args=calign.DPOConfig(output_dir=str(tmp_path / "c"),
+                                                               **settings),
+                              train_dataset=columns)
+    assert given.ref_model is None
+    given.train()
+    np.testing.assert_allclose(losses_of(given), losses_of(live), atol=1e-6)
+
+
+def test_reference_free_and_variants_match_the_loss_library(llama_dir, tmp_path):
+    """One step's logged loss equals calign.losses on the logged log-probs."""
+    data = pairs(4, seed=13)
+    settings = dict(COMMON, max_steps=1, per_device_train_batch_size=4)
+    free = calign.DPOTrainer(llama_dir, args=calign.DPOConfig(
+        output_dir=str(tmp_path), reference_free=True, beta=0.2, **settings), train_dataset=data)
+    free.train()
+    row = free.state.log_history[0]
+    # with a uniform reference the rewards are beta * policy log-probs
+    assert row["rewards/chosen"] == pytest.approx(0.2 * row["logps/chosen"], rel=1e-9)
+    for extra in (dict(ld_alpha=0.5), dict(rpo_alpha=0.7), dict(use_weighting=True),
+                  dict(loss_type=["sigmoid", "ipo"], loss_weights=[1.0, 0.5]),
+                  dict(f_divergence_type="js_divergence")):
+        trainer = calign.DPOTrainer(llama_dir, args=calign.DPOConfig(
+            output_dir=str(tmp_path), **extra, **settings), train_dataset=data)
+        trainer.train()
+        assert np.isfinite(losses_of(trainer)[0]), extra
+
+
+def test_tr_dpo_moves_the_reference(llama_dir, tmp_path):
+    trainer = calign.DPOTrainer(llama_dir, args=calign.DPOConfig(
+        output_dir=str(tmp_path), sync_ref_model=True, ref_model_sync_steps=2,
+        ref_model_mixup_alpha=0.5, **dict(COMMON, max_steps=2)), train_dataset=pairs(4, seed=14))
+    initial = trainer.ref_model.params.copy()
+    trainer.train()
+    # synced once, after step 2 (TRL's callback runs once global_step counts the step)
+    np.testing.assert_allclose(trainer.ref_model.params,
+                               0.5 * trainer.model.params + 0.5 * initial, atol=1e-6)
+
+
+def test_sft_text_formats(tokenizer_dir, llama_dir, tmp_path):
+    tok = calign.Tokenizer.from_pretrained(tokenizer_dir)
+    records = [{"text": "the sky is blue ."},
+               {"prompt": "the sky is", "completion": " blue ."},
+               {"messages": [{"role": "user", "content": "what color is the sky ?"},
+                             {"role": "assistant", "content": "blue ."}]}]
+    trainer = calign.SFTTrainer(llama_dir, args=calign.SFTConfig(output_dir=str(tmp_path),
+                                                                 **dict(COMMON, max_steps=2)),
+                                train_dataset=records, processing_class=tok)
+    text, prompt_completion, chat = trainer.train_examples
+    eos = tok.eos_token_id
+    assert text.prompt_ids + text.completions[0] == tok.encode("the sky is blue .") + [eos]
+    assert prompt_completion.prompt_ids == tok.encode("the sky is")
+    assert prompt_completion.completions[0] == tok.encode("blue .") + [eos]  # loss on these only
+    assert chat.prompt_ids + chat.completions[0] == tok.apply_chat_template(
+        records[2]["messages"], tokenize=True)
+    trainer.train()
+    assert np.isfinite(losses_of(trainer)).all()
+
+
+def test_datasets_dataset_and_kto_from_pairs(llama_dir, tmp_path):
+    import datasets
+
+    data = datasets.Dataset.from_list(pairs(4, seed=15))
+    trainer = calign.DPOTrainer(llama_dir, args=calign.DPOConfig(output_dir=str(tmp_path)),
+                                train_dataset=data)
+    assert len(trainer.train_examples) == 4
+    kto = calign.KTOTrainer(llama_dir, args=calign.KTOConfig(output_dir=str(tmp_path)),
+                            train_dataset=[{"prompt_input_ids": [1, 2], "completion_input_ids": [3],
+                                            "label": True},
+                                           {"prompt_input_ids": [4], "completion_input_ids": [5, 6],
+                                            "label": False}])
+    assert [e.label for e in kto.train_examples] == [True, False]
+    with pytest.raises(TypeError, match="label must be true or false"):
+        calign.KTOTrainer(llama_dir, args=calign.KTOConfig(output_dir=str(tmp_path)),
+                          train_dataset=[{"prompt_input_ids": [1], "completion_input_ids": [3],
+                                          "label": 1}])

@@ -115,7 +115,8 @@ class BaseTrainer:
         raise NotImplementedError
 
     def _after_optimizer_step(self):
-        """Hook for trainers that update state after each step (TR-DPO)."""
+        """Hook for trainers that update state after each step (TR-DPO); runs
+        with state.global_step already counting the step."""
 
     # ---- optimizer and data order ----------------------------------------------
 
@@ -179,8 +180,8 @@ class BaseTrainer:
                          else _C.grad_norm(self.model.grad_buffer))
             lr = learning_rate(a, step, total)
             self.optimizer.step(lr=lr)
-            self._after_optimizer_step()
             self.state.global_step += 1
+            self._after_optimizer_step()
             self.state.epoch = self.state.global_step / self._windows_per_epoch()
             if progress is not None:
                 progress.update(1)
