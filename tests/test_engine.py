@@ -328,3 +328,14 @@ def test_bad_token_input(saved):
     with pytest.raises(RuntimeError, match="needs a training forward"):
         batch = calign.pack_shared_prefix([([1, 2], [[3]])])
         model.backward_packed(batch, np.zeros((3, 48), np.float32))
+
+
+def test_sharded_checkpoint_loads(tmp_path):
+    torch.manual_seed(0)
+    hf = transformers.AutoModelForCausalLM.from_config(FAMILIES["qwen2"]()).eval()
+    hf.save_pretrained(tmp_path, max_shard_size="100KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    model = calign.Model.from_pretrained(str(tmp_path))
+    ids = ids_batch(model.vocab_size, seed=6)
+    np.testing.assert_allclose(model.logits(ids), hf(torch.tensor(ids)).logits.detach().numpy(),
+                               atol=1e-4)
