@@ -1,0 +1,107 @@
+"""The `calign` command line, end to end in subprocesses."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "calign", *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    path = tmp_path_factory.mktemp("cli")
+    words = ["<pad>", "<eos>"] + [f"w{i}" for i in range(30)]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.decoder = decoders.WordPiece()
+    backend.add_special_tokens(["<pad>", "<eos>"])
+    model_dir = path / "model"
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(transformers.LlamaConfig(
+        hidden_size=24, num_hidden_layers=1, num_attention_heads=4, intermediate_size=32,
+        vocab_size=len(words), initializer_range=0.2)).save_pretrained(model_dir)
+    backend.save(str(model_dir / "tokenizer.json"))
+    (model_dir / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<eos>",
+                                                                 "pad_token": "<pad>"}))
+    rng = np.random.default_rng(0)
+
+    def text(n):
+        return " ".join(f"w{i}" for i in rng.integers(0, 30, n))
+
+    with open(path / "prefs.jsonl", "w") as f:
+        for _ in range(8):
+            f.write(json.dumps({"prompt": text(3), "chosen": " " + text(2),
+                                "rejected": " " + text(2)}) + "\n")
+    (path / "run.yaml").write_text("learning_rate: 0.01\nper_device_train_batch_size: 4\n"
+                                   "max_steps: 3\nbeta: 0.5\nsave_steps: 0\nlogging_steps: 1\n"
+                                   "disable_tqdm: true\n")
+    return path
+
+
+def test_info_prints_build_and_self_check():
+    out = run("info")
+    assert out.returncode == 0, out.stderr
+    assert "BLAS kernel" in out.stdout and "OK" in out.stdout
+
+
+def test_train_dpo_from_yaml_with_flag_override(workspace):
+    out_dir = workspace / "out"
+    out = run("train", "dpo", "--model", workspace / "model", "--dataset",
+              workspace / "prefs.jsonl", "--config", workspace / "run.yaml", "--max_steps", "2",
+              "--output_dir", out_dir)
+    assert out.returncode == 0, out.stderr
+    lines = (out_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # the flag overrode the file's max_steps
+    assert json.loads(lines[0])["loss"] == pytest.approx(np.log(2), abs=1e-6)
+    assert (out_dir / "final" / "model.safetensors").is_file()
+    transformers.AutoModelForCausalLM.from_pretrained(out_dir / "final")
+
+    evaluated = run("eval", "--model", out_dir / "final", "--ref_model", workspace / "model",
+                    "--dataset", workspace / "prefs.jsonl", "--beta", "0.5")
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads(evaluated.stdout)
+    assert result["pairs"] == 8 and result["accuracy"] > 0.5  # it learned the training pairs
+
+    generated = run("generate", "--model", out_dir / "final", "--prompt", "w1 w2",
+                    "--max_new_tokens", "3")
+    assert generated.returncode == 0, generated.stderr
+    assert 1 <= len(generated.stdout.split()) <= 3
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "dpo", "--model", "MODEL", "--dataset", "DATA", "--betta", "1"],
+     "unknown option --betta"),
+    (["train", "dpo", "--model", "MODEL", "--dataset", "DATA", "--beta", "-1"], "beta must be"),
+    (["train", "dpo", "--model", "MODEL", "--dataset", "DATA", "--beta", "abc"],
+     "--beta takes a number"),
+    (["train", "dpo", "--model", "/does/not/exist", "--dataset", "DATA"], "does not exist"),
+    (["train", "dpo", "--model", "MODEL", "--dataset", "DATA", "--config", "/nope.yaml"],
+     "config file '/nope.yaml' does not exist"),
+    (["train", "xyz", "--model", "MODEL", "--dataset", "DATA"], "invalid choice"),
+    (["generate", "--model", "MODEL"], "required"),
+])
+def test_user_errors_exit_2_with_one_line(workspace, args, message):
+    args = [str(workspace / "model") if a == "MODEL" else
+            str(workspace / "prefs.jsonl") if a == "DATA" else a for a in args]
+    out = run(*args)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_bad_record_is_a_user_error(workspace, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "w1", "chosen": "w2"}) + "\n")
+    out = run("train", "dpo", "--model", workspace / "model", "--dataset", bad, "--output_dir",
+              tmp_path / "o")
+    assert out.returncode == 2 and "record 0 lacks the field 'rejected'" in out.stderr
