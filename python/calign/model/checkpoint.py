@@ -15,38 +15,71 @@ class CheckpointError(ValueError):
     """A weights file that is missing tensors, has extra or mis-shaped ones, or is corrupt."""
 
 
-def _read_file(file):
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+class CheckpointTensors:
+    """The tensors of a checkpoint, read one at a time (a model's weights are
+    never held twice in memory): names, shape(name), dtype(name), get(name)."""
 
-    try:
-        return load_file(file)
-    except (SafetensorError, OSError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"cannot read safetensors file {file!r} (truncated or corrupt?): "
-                              f"{exc}") from None
+    def __init__(self, files):
+        from safetensors import SafetensorError, safe_open
+
+        self._handles, self._where = [], {}
+        for file in files:
+            try:
+                handle = safe_open(file, framework="np")
+                names = list(handle.keys())
+            except (SafetensorError, OSError, ValueError, TypeError) as exc:
+                raise CheckpointError(f"cannot read safetensors file {file!r} (truncated or "
+                                      f"corrupt?): {exc}") from None
+            self._handles.append((file, handle))
+            for name in names:
+                self._where[name] = len(self._handles) - 1
+
+    def __contains__(self, name):
+        return name in self._where
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def _slice(self, name):
+        return self._handles[self._where[name]][1].get_slice(name)
+
+    def shape(self, name):
+        return tuple(self._slice(name).get_shape())
+
+    def dtype(self, name):
+        return self._slice(name).get_dtype()
+
+    def get(self, name):
+        from safetensors import SafetensorError
+
+        file, handle = self._handles[self._where[name]]
+        try:
+            return handle.get_tensor(name)
+        except (SafetensorError, OSError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"cannot read tensor {name!r} from {file!r} (truncated or "
+                                  f"corrupt?): {exc}") from None
 
 
 def read_tensors(path):
-    """All tensors of the checkpoint in `path` (single file or sharded index)."""
+    """The tensors of the checkpoint in `path` (single file or sharded index)."""
     single = os.path.join(path, WEIGHTS_NAME)
     index = os.path.join(path, INDEX_NAME)
     if os.path.isfile(single):
-        return _read_file(single)
+        return CheckpointTensors([single])
     if os.path.isfile(index):
         try:
             with open(index) as f:
                 weight_map = json.load(f)["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{index!r} is not a valid safetensors index: {exc}") from None
-        tensors = {}
-        for shard in sorted(set(weight_map.values())):
-            tensors.update(_read_file(os.path.join(path, shard)))
-        return tensors
+        return CheckpointTensors([os.path.join(path, shard)
+                                  for shard in sorted(set(weight_map.values()))])
     raise FileNotFoundError(f"no {WEIGHTS_NAME} or {INDEX_NAME} in {path!r}")
 
 
 def check_tensors(tensors, expected_shapes, ignored=()):
-    """Raises CheckpointError naming the first missing, extra or mis-shaped tensor."""
+    """Raises CheckpointError naming the first missing, extra or mis-shaped
+    tensor (tensors: a CheckpointTensors)."""
     missing = sorted(set(expected_shapes) - set(tensors))
     if missing:
         raise CheckpointError(f"the checkpoint lacks tensor {missing[0]!r}"
@@ -56,13 +89,21 @@ def check_tensors(tensors, expected_shapes, ignored=()):
         raise CheckpointError(f"the checkpoint has unexpected tensor {extra[0]!r}"
                               + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
     for name, shape in expected_shapes.items():
-        if tuple(tensors[name].shape) != tuple(shape):
-            raise CheckpointError(f"tensor {name!r} has shape {tuple(tensors[name].shape)} but "
+        if tensors.shape(name) != tuple(shape):
+            raise CheckpointError(f"tensor {name!r} has shape {tensors.shape(name)} but "
                                   f"the config implies {tuple(shape)}")
-        if tensors[name].dtype.kind != "f":
-            raise CheckpointError(f"tensor {name!r} has dtype {tensors[name].dtype}, not a float")
-        if not np.all(np.isfinite(tensors[name])):
+        if tensors.dtype(name) not in ("F32", "F64", "F16"):
+            raise CheckpointError(f"tensor {name!r} has dtype {tensors.dtype(name)}; calign "
+                                  "reads float32 checkpoints (convert it with transformers)")
+
+
+def copy_into(views, tensors):
+    """Copies each tensor into its view, one at a time, refusing NaN or infinity."""
+    for name, view in views.items():
+        tensor = tensors.get(name)
+        if not np.all(np.isfinite(tensor)):
             raise CheckpointError(f"tensor {name!r} contains NaN or infinity")
+        view[...] = tensor
 
 
 def write_checkpoint(path, tensors, config):

@@ -51,8 +51,7 @@ class Model:
         # transformers may save a tied lm_head too; it is the embedding then
         ignored = ("lm_head.weight",) if model._engine["tied_embeddings"] else ()
         checkpoint.check_tensors(tensors, expected, ignored)
-        for name, view in model.state_dict().items():
-            view[...] = tensors[name]
+        checkpoint.copy_into(model.state_dict(), tensors)
         return model
 
     @classmethod

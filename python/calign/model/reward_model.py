@@ -36,9 +36,8 @@ class RewardModel(Model):
         tensors = checkpoint.read_tensors(path)
         expected = {n: v.shape for n, v in model.state_dict().items() if n != "score.weight"}
         checkpoint.check_tensors(tensors, expected, ignored=("lm_head.weight",))
-        for name, view in model.state_dict().items():
-            if name != "score.weight":
-                view[...] = tensors[name]
+        checkpoint.copy_into({n: v for n, v in model.state_dict().items() if n != "score.weight"},
+                             tensors)
         std = float(config.get("initializer_range", 0.02))
         model.state_dict()["score.weight"][...] = np.random.default_rng(seed).normal(
             0.0, std, (1, model.hidden_size))
