@@ -29,7 +29,12 @@ SHAPES = {
     "llama-20M": dict(model_type="llama", num_hidden_layers=6, hidden_size=384,
                       num_attention_heads=6, num_key_value_heads=2, intermediate_size=1024,
                       vocab_size=32000, max_position_embeddings=1024),
+    # d = 768: where the fraction of sgemm is judged
+    "gpt2-124M": dict(model_type="gpt2", n_layer=12, n_embd=768, n_head=12, vocab_size=50257,
+                      n_positions=1024),
 }
+DEFAULT_MODELS = ("gpt2-20M", "llama-20M")
+WORKLOADS = ("train", "forward", "generate-1", "generate-8")
 QUICK = {"gpt2-20M": dict(SHAPES["gpt2-20M"], n_layer=2, vocab_size=8000)}
 BATCH, SEQ = 4, 256
 
@@ -169,6 +174,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--models", nargs="+", choices=sorted(SHAPES), default=DEFAULT_MODELS)
+    parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=WORKLOADS)
     parser.add_argument("--native-blas", action="store_true",
                         help="run calign with OPENBLAS_CORETYPE/L2_SIZE unset")
     parser.add_argument("--child", dest="side", help=argparse.SUPPRESS)
@@ -190,11 +197,11 @@ def main():
               f"{'ratio':>6} {'calign RSS':>11} {'torch RSS':>10} {'calign %sgemm':>14}  kernels")
     print(header)
     print("-" * len(header))
-    shapes = QUICK if args.quick else SHAPES
+    shapes = QUICK if args.quick else {m: SHAPES[m] for m in args.models}
     for name, shape in shapes.items():
         with tempfile.TemporaryDirectory() as folder:
             build_checkpoint(shape, folder)
-            for workload in ("train", "forward", "generate-1", "generate-8"):
+            for workload in args.workloads:
                 mine = spawn("calign", folder, workload, args.threads, args.repeats,
                              args.native_blas)
                 ref = spawn("torch", folder, workload, args.threads, args.repeats)
