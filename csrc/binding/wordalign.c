@@ -1,6 +1,209 @@
-/* Bindings of the word-alignment kernels (calign.wordalign). */
+/* Bindings of the word-alignment kernels (calign.wordalign). The translation
+ * table lives in three NumPy arrays owned by Python (row_start, cols, prob);
+ * the corpus is four flat arrays (source ids, source offsets, target ids,
+ * target offsets) that calign.wordalign builds and checks. */
 #include "binding/common.h"
 
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/threads.h"
+#include "wordalign/ibm.h"
+
+typedef struct {
+    PyArrayObject *src, *src_off, *tgt, *tgt_off;
+    wa_corpus corpus;
+} corpus_args;
+
+static void release_corpus(corpus_args *a) {
+    Py_XDECREF(a->src);
+    Py_XDECREF(a->src_off);
+    Py_XDECREF(a->tgt);
+    Py_XDECREF(a->tgt_off);
+}
+
+static int check_offsets(PyArrayObject *off, PyArrayObject *ids, const char *name) {
+    const int64_t *o = PyArray_DATA(off);
+    npy_intp n = PyArray_DIM(off, 0);
+    if (n < 1 || o[0] != 0 || o[n - 1] != PyArray_DIM(ids, 0)) {
+        PyErr_Format(PyExc_ValueError, "%s must start at 0 and end at the token count", name);
+        return -1;
+    }
+    for (npy_intp k = 1; k < n; k++) {
+        if (o[k] < o[k - 1]) {
+            PyErr_Format(PyExc_ValueError, "%s must not decrease", name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int parse_corpus(corpus_args *a, PyObject *src, PyObject *src_off, PyObject *tgt,
+                        PyObject *tgt_off, int src_vocab, int tgt_vocab) {
+    if (!(a->src = arg_int32_vector(src, "source_ids")) ||
+        !(a->src_off = arg_int64_vector(src_off, "source_offsets")) ||
+        !(a->tgt = arg_int32_vector(tgt, "target_ids")) ||
+        !(a->tgt_off = arg_int64_vector(tgt_off, "target_offsets")))
+        return -1;
+    if (check_offsets(a->src_off, a->src, "source_offsets") < 0 ||
+        check_offsets(a->tgt_off, a->tgt, "target_offsets") < 0 ||
+        check_length(a->tgt_off, "target_offsets", PyArray_DIM(a->src_off, 0), "source_offsets") < 0)
+        return -1;
+    const int32_t *s = PyArray_DATA(a->src), *t = PyArray_DATA(a->tgt);
+    for (npy_intp i = 0; i < PyArray_DIM(a->src, 0); i++)
+        if (s[i] < 1 || s[i] >= src_vocab) {
+            PyErr_SetString(PyExc_ValueError, "source ids must be in [1, source vocabulary)");
+            return -1;
+        }
+    for (npy_intp i = 0; i < PyArray_DIM(a->tgt, 0); i++)
+        if (t[i] < 0 || t[i] >= tgt_vocab) {
+            PyErr_SetString(PyExc_ValueError, "target ids must be in [0, target vocabulary)");
+            return -1;
+        }
+    a->corpus = (wa_corpus){s, t, PyArray_DATA(a->src_off), PyArray_DATA(a->tgt_off),
+                            (long)PyArray_DIM(a->src_off, 0) - 1, src_vocab, tgt_vocab};
+    return 0;
+}
+
+/* The table from Python's three arrays (checked for consistent sizes). */
+static int table_view(wa_table *t, PyObject *row_start, PyObject *cols, PyObject *prob,
+                      PyArrayObject **held, int src_vocab) {
+    if (!(held[0] = arg_int64_vector(row_start, "row_start")) ||
+        !(held[1] = arg_int32_vector(cols, "cols")))
+        return -1;
+    if (!PyArray_Check(prob) || PyArray_TYPE((PyArrayObject *)prob) != NPY_FLOAT64 ||
+        PyArray_NDIM((PyArrayObject *)prob) != 1 ||
+        !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)prob) ||
+        !PyArray_ISWRITEABLE((PyArrayObject *)prob)) {
+        PyErr_SetString(PyExc_TypeError, "prob must be a writable contiguous float64 vector");
+        return -1;
+    }
+    held[2] = (PyArrayObject *)prob;
+    Py_INCREF(prob);
+    npy_intp n = PyArray_DIM(held[1], 0);
+    const int64_t *rs = PyArray_DATA(held[0]);
+    if (PyArray_DIM(held[0], 0) != src_vocab + 1 || rs[src_vocab] != n ||
+        PyArray_DIM(held[2], 0) != n) {
+        PyErr_SetString(PyExc_ValueError, "the translation table does not fit the vocabulary");
+        return -1;
+    }
+    *t = (wa_table){(int64_t *)rs, PyArray_DATA(held[1]), PyArray_DATA(held[2]), n, src_vocab};
+    return 0;
+}
+
+static PyObject *py_wa_build_table(PyObject *self, PyObject *args) {
+    PyObject *src, *src_off, *tgt, *tgt_off;
+    int src_vocab, tgt_vocab;
+    if (!PyArg_ParseTuple(args, "OOOOii", &src, &src_off, &tgt, &tgt_off, &src_vocab, &tgt_vocab))
+        return NULL;
+    corpus_args a = {0};
+    PyObject *result = NULL;
+    if (parse_corpus(&a, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab) < 0) goto done;
+    wa_table t;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = wa_table_build(&t, &a.corpus);
+    Py_END_ALLOW_THREADS
+    if (status < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    npy_intp rows = t.rows + 1, n = t.n_entries;
+    PyObject *rs = PyArray_SimpleNew(1, &rows, NPY_INT64);
+    PyObject *cols = PyArray_SimpleNew(1, &n, NPY_INT32);
+    PyObject *prob = PyArray_SimpleNew(1, &n, NPY_FLOAT64);
+    if (rs && cols && prob) {
+        memcpy(PyArray_DATA((PyArrayObject *)rs), t.row_start, sizeof(int64_t) * rows);
+        memcpy(PyArray_DATA((PyArrayObject *)cols), t.cols, sizeof(int32_t) * n);
+        memcpy(PyArray_DATA((PyArrayObject *)prob), t.prob, sizeof(double) * n);
+        result = Py_BuildValue("(OOO)", rs, cols, prob);
+    }
+    Py_XDECREF(rs);
+    Py_XDECREF(cols);
+    Py_XDECREF(prob);
+    wa_table_free(&t);
+done:
+    release_corpus(&a);
+    return result;
+}
+
+/* wa_em(row_start, cols, prob, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab,
+ *       model2, p0, tension, learn_tension, iterations) -> ([loglik], tension) */
+static PyObject *py_wa_em(PyObject *self, PyObject *args) {
+    PyObject *rs, *cols, *prob, *src, *src_off, *tgt, *tgt_off;
+    int src_vocab, tgt_vocab, iterations;
+    wa_settings s = {0};
+    if (!PyArg_ParseTuple(args, "OOOOOOOiipddpi", &rs, &cols, &prob, &src, &src_off, &tgt,
+                          &tgt_off, &src_vocab, &tgt_vocab, &s.model2, &s.p0, &s.tension,
+                          &s.learn_tension, &iterations))
+        return NULL;
+    corpus_args a = {0};
+    PyArrayObject *held[3] = {NULL, NULL, NULL};
+    PyObject *result = NULL, *logliks = NULL;
+    double *counts = NULL;
+    wa_table t;
+    if (parse_corpus(&a, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab) < 0 ||
+        table_view(&t, rs, cols, prob, held, src_vocab) < 0)
+        goto done;
+    int threads = calign_num_threads();
+    if (!(counts = malloc(sizeof(double) * (t.n_entries + 1) * threads)) ||
+        !(logliks = PyList_New(iterations))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (int it = 0; it < iterations; it++) {
+        double ll;
+        Py_BEGIN_ALLOW_THREADS
+        ll = wa_em_iteration(&t, &s, &a.corpus, counts, threads);
+        Py_END_ALLOW_THREADS
+        PyList_SET_ITEM(logliks, it, PyFloat_FromDouble(ll));
+    }
+    result = Py_BuildValue("(Od)", logliks, s.tension);
+done:
+    free(counts);
+    Py_XDECREF(logliks);
+    for (int i = 0; i < 3; i++) Py_XDECREF(held[i]);
+    release_corpus(&a);
+    return result;
+}
+
+/* wa_posteriors(table..., corpus..., vocabs, model2, p0, tension) -> list of
+ * [J, I + 1] arrays (column 0 is NULL) */
+static PyObject *py_wa_posteriors(PyObject *self, PyObject *args) {
+    PyObject *rs, *cols, *prob, *src, *src_off, *tgt, *tgt_off;
+    int src_vocab, tgt_vocab;
+    wa_settings s = {0};
+    if (!PyArg_ParseTuple(args, "OOOOOOOiipdd", &rs, &cols, &prob, &src, &src_off, &tgt,
+                          &tgt_off, &src_vocab, &tgt_vocab, &s.model2, &s.p0, &s.tension))
+        return NULL;
+    corpus_args a = {0};
+    PyArrayObject *held[3] = {NULL, NULL, NULL};
+    PyObject *result = NULL;
+    wa_table t;
+    if (parse_corpus(&a, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab) < 0 ||
+        table_view(&t, rs, cols, prob, held, src_vocab) < 0)
+        goto done;
+    result = PyList_New(a.corpus.n_pairs);
+    for (long k = 0; result && k < a.corpus.n_pairs; k++) {
+        npy_intp dims[2] = {a.corpus.tgt_off[k + 1] - a.corpus.tgt_off[k],
+                            a.corpus.src_off[k + 1] - a.corpus.src_off[k] + 1};
+        PyObject *post = PyArray_ZEROS(2, dims, NPY_FLOAT64, 0);
+        if (!post) {
+            Py_CLEAR(result);
+            break;
+        }
+        wa_posteriors(PyArray_DATA((PyArrayObject *)post), &t, &s, &a.corpus, k);
+        PyList_SET_ITEM(result, k, post);
+    }
+done:
+    for (int i = 0; i < 3; i++) Py_XDECREF(held[i]);
+    release_corpus(&a);
+    return result;
+}
+
 PyMethodDef calign_wordalign_methods[] = {
+    {"wa_build_table", py_wa_build_table, METH_VARARGS, "Sparse translation table of a corpus."},
+    {"wa_em", py_wa_em, METH_VARARGS, "EM iterations of IBM Model 1 or 2, in place."},
+    {"wa_posteriors", py_wa_posteriors, METH_VARARGS, "Link posteriors of each pair."},
     {NULL, NULL, 0, NULL},
 };

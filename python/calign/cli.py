@@ -5,6 +5,7 @@
     calign train METHOD ...     METHOD in sft, rm, dpo, kto, orpo, cpo
     calign generate ...         text from a checkpoint
     calign eval ...             preference accuracy of a policy (against a reference) or of a reward model
+    calign align ...            word alignment of a `source ||| target` corpus, Pharaoh links out
 
 A user error (missing file, unknown field, bad value) prints one line and
 exits with status 2; anything else keeps its traceback.
@@ -244,6 +245,32 @@ def command_eval(args):
     return 0
 
 
+# ---- word alignment ------------------------------------------------------------------------------
+
+SYMMETRIZATIONS = {"intersect": "intersect", "union": "union", "grow-diag": "grow-diag",
+                   "gdf": "grow-diag-final", "grow-diag-final": "grow-diag-final",
+                   "gdfa": "grow-diag-final-and", "grow-diag-final-and": "grow-diag-final-and"}
+
+
+def command_align(args):
+    from calign import wordalign
+
+    if not os.path.isfile(args.input):
+        raise UsageError(f"--input {args.input!r} does not exist")
+    model_class = {"ibm1": wordalign.IBM1, "ibm2": wordalign.IBM2}[args.method]
+    with inputs_checked():
+        pairs = wordalign.read_fast_align(args.input)
+        forward = model_class(reverse=args.reverse).fit(pairs, args.iterations)
+        links = forward.align(pairs)
+        if args.symmetrize:
+            backward = model_class(reverse=not args.reverse).fit(pairs, args.iterations)
+            links = [wordalign.symmetrize(a, b, SYMMETRIZATIONS[args.symmetrize])
+                     for a, b in zip(links, backward.align(pairs))]
+    for pair_links in links:
+        print(wordalign.format_pharaoh(pair_links))
+    return 0
+
+
 # ---- entry point -------------------------------------------------------------------------------
 
 class _Parser(argparse.ArgumentParser):
@@ -285,6 +312,12 @@ def build_parser():
     evaluate.add_argument("--beta", type=float, default=0.1)
     evaluate.add_argument("--max_length", type=int, default=1024)
     evaluate.add_argument("--batch_size", type=int, default=8)
+    align = commands.add_parser("align", help="word alignment (fast_align's habits)")
+    align.add_argument("--method", choices=["ibm1", "ibm2"], default="ibm2")
+    align.add_argument("--input", "-i", required=True, help="`source ||| target` a line")
+    align.add_argument("--reverse", "-r", action="store_true")
+    align.add_argument("--symmetrize", choices=sorted(SYMMETRIZATIONS))
+    align.add_argument("--iterations", "-I", type=int, default=5)
     return parser
 
 
@@ -303,6 +336,8 @@ def main(argv=None):
             raise UsageError(f"unexpected arguments {' '.join(rest)}")
         if args.command == "generate":
             return command_generate(args)
+        if args.command == "align":
+            return command_align(args)
         return command_eval(args)
     except UsageError as exc:
         print(f"calign: error: {exc}", file=sys.stderr)

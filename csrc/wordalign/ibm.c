@@ -1,0 +1,218 @@
+#include "wordalign/ibm.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int compare_int64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+int wa_table_build(wa_table *t, const wa_corpus *c) {
+    memset(t, 0, sizeof *t);
+    int64_t total = 0;
+    for (long k = 0; k < c->n_pairs; k++)
+        total += (c->src_off[k + 1] - c->src_off[k] + 1) * (c->tgt_off[k + 1] - c->tgt_off[k]);
+    int64_t *keys = malloc(sizeof(int64_t) * (total > 0 ? total : 1));
+    if (!keys) return -1;
+    int64_t n = 0;
+    for (long k = 0; k < c->n_pairs; k++) {
+        for (int64_t j = c->tgt_off[k]; j < c->tgt_off[k + 1]; j++) {
+            keys[n++] = (int64_t)c->tgt[j]; /* NULL (row 0) */
+            for (int64_t i = c->src_off[k]; i < c->src_off[k + 1]; i++)
+                keys[n++] = (int64_t)c->src[i] * c->tgt_vocab + c->tgt[j];
+        }
+    }
+    qsort(keys, n, sizeof(int64_t), compare_int64);
+    int64_t unique = 0;
+    for (int64_t x = 0; x < n; x++)
+        if (x == 0 || keys[x] != keys[x - 1]) keys[unique++] = keys[x];
+    t->rows = c->src_vocab;
+    t->n_entries = unique;
+    t->row_start = calloc(c->src_vocab + 1, sizeof(int64_t));
+    t->cols = malloc(sizeof(int32_t) * (unique > 0 ? unique : 1));
+    t->prob = malloc(sizeof(double) * (unique > 0 ? unique : 1));
+    if (!t->row_start || !t->cols || !t->prob) {
+        free(keys);
+        wa_table_free(t);
+        return -1;
+    }
+    for (int64_t x = 0; x < unique; x++) {
+        t->cols[x] = (int32_t)(keys[x] % c->tgt_vocab);
+        t->row_start[keys[x] / c->tgt_vocab + 1]++;
+    }
+    for (int e = 0; e < c->src_vocab; e++) t->row_start[e + 1] += t->row_start[e];
+    for (int e = 0; e < c->src_vocab; e++) {
+        int64_t len = t->row_start[e + 1] - t->row_start[e];
+        for (int64_t x = t->row_start[e]; x < t->row_start[e + 1]; x++) t->prob[x] = 1.0 / len;
+    }
+    free(keys);
+    return 0;
+}
+
+void wa_table_free(wa_table *t) {
+    free(t->row_start);
+    free(t->cols);
+    free(t->prob);
+    memset(t, 0, sizeof *t);
+}
+
+int64_t wa_table_find(const wa_table *t, int32_t e, int32_t f) {
+    if (e < 0 || e >= t->rows) return -1;
+    int64_t lo = t->row_start[e], hi = t->row_start[e + 1] - 1;
+    while (lo <= hi) {
+        int64_t mid = (lo + hi) / 2;
+        if (t->cols[mid] == f) return mid;
+        if (t->cols[mid] < f) lo = mid + 1;
+        else hi = mid - 1;
+    }
+    return -1;
+}
+
+/* fast_align's distortion feature h(i, j) = -|i/I - j/J| (1-based i, j). */
+static inline double diagonal_feature(int i, int j, int I, int J) {
+    return -fabs((double)i / I - (double)j / J);
+}
+
+/* Alignment prior p(a_j = i), i = 0..I (0 is NULL), into prior[0..I]. IBM1:
+ * uniform 1/(I+1). Model 2: p0 for NULL, else (1 - p0) exp(lambda h) / Z. */
+static void alignment_prior(double *prior, int j, int I, int J, const wa_settings *s) {
+    if (!s->model2) {
+        for (int i = 0; i <= I; i++) prior[i] = 1.0 / (I + 1);
+        return;
+    }
+    double z = 0.0;
+    for (int i = 1; i <= I; i++) {
+        prior[i] = exp(s->tension * diagonal_feature(i, j, I, J));
+        z += prior[i];
+    }
+    prior[0] = s->p0;
+    for (int i = 1; i <= I; i++) prior[i] *= (1.0 - s->p0) / z;
+}
+
+/* E[h] under the unnormalised distortion weights exp(lambda h(i, j)), i = 1..I. */
+static double expected_feature(int j, int I, int J, double tension) {
+    double z = 0.0, zh = 0.0;
+    for (int i = 1; i <= I; i++) {
+        double h = diagonal_feature(i, j, I, J), w = exp(tension * h);
+        z += w;
+        zh += w * h;
+    }
+    return zh / z;
+}
+
+/* The E-step of one pair: posteriors of each target word's link, added (times
+ * 1) into counts; returns log p(f | e) and adds the posterior-weighted
+ * distortion feature into *feature. probs: I + 1 doubles. */
+static double pair_expectations(double *counts, double *feature, double *probs,
+                                const wa_table *t, const wa_settings *s, const wa_corpus *c,
+                                long k) {
+    const int32_t *e = c->src + c->src_off[k], *f = c->tgt + c->tgt_off[k];
+    const int I = (int)(c->src_off[k + 1] - c->src_off[k]);
+    const int J = (int)(c->tgt_off[k + 1] - c->tgt_off[k]);
+    double loglik = 0.0;
+    for (int j = 1; j <= J; j++) {
+        alignment_prior(probs, j, I, J, s);
+        int64_t idx0 = wa_table_find(t, 0, f[j - 1]);
+        probs[0] *= t->prob[idx0];
+        double z = probs[0];
+        for (int i = 1; i <= I; i++) {
+            probs[i] *= t->prob[wa_table_find(t, e[i - 1], f[j - 1])];
+            z += probs[i];
+        }
+        loglik += log(z);
+        if (!counts) continue;
+        counts[idx0] += probs[0] / z;
+        for (int i = 1; i <= I; i++) {
+            double post = probs[i] / z;
+            counts[wa_table_find(t, e[i - 1], f[j - 1])] += post;
+            *feature += post * diagonal_feature(i, j, I, J);
+        }
+    }
+    return loglik;
+}
+
+static int longest_source(const wa_corpus *c) {
+    int longest = 0;
+    for (long k = 0; k < c->n_pairs; k++) {
+        int I = (int)(c->src_off[k + 1] - c->src_off[k]);
+        longest = I > longest ? I : longest;
+    }
+    return longest;
+}
+
+double wa_em_iteration(wa_table *t, wa_settings *s, const wa_corpus *c, double *counts,
+                       int n_threads) {
+    const int64_t n = t->n_entries;
+    const int width = longest_source(c) + 1;
+    double *per_thread = calloc((size_t)n_threads * (2 + width), sizeof(double));
+    memset(counts, 0, sizeof(double) * n * n_threads);
+    /* Each thread sums into its own count table over a fixed block of pairs;
+     * the tables are added in thread order: the same result at the same
+     * thread count. */
+#pragma omp parallel num_threads(n_threads)
+    {
+        int tid = omp_get_thread_num();
+        double *mine = counts + (size_t)tid * n;
+        double *acc = per_thread + (size_t)tid * (2 + width); /* loglik, feature, probs */
+#pragma omp for schedule(static)
+        for (long k = 0; k < c->n_pairs; k++)
+            acc[0] += pair_expectations(mine, &acc[1], acc + 2, t, s, c, k);
+    }
+    double loglik = 0.0, feature = 0.0;
+    for (int th = 0; th < n_threads; th++) {
+        loglik += per_thread[(size_t)th * (2 + width)];
+        feature += per_thread[(size_t)th * (2 + width) + 1];
+        if (th > 0)
+            for (int64_t x = 0; x < n; x++) counts[x] += counts[(size_t)th * n + x];
+    }
+    free(per_thread);
+    /* M-step: t(f | e) = c(e, f) / sum_f c(e, f) */
+    for (int e = 0; e < t->rows; e++) {
+        double total = 0.0;
+        for (int64_t x = t->row_start[e]; x < t->row_start[e + 1]; x++) total += counts[x];
+        if (total <= 0.0) continue;
+        for (int64_t x = t->row_start[e]; x < t->row_start[e + 1]; x++)
+            t->prob[x] = counts[x] / total;
+    }
+    if (s->model2 && s->learn_tension) {
+        /* fast_align's update of lambda: gradient steps on the expected
+         * complete-data log-likelihood, the posterior feature expectation
+         * against the prior's, 8 steps of size 20 per target token, lambda
+         * kept in [0.1, 14] */
+        double tokens = 0.0;
+        for (long k = 0; k < c->n_pairs; k++) tokens += c->tgt_off[k + 1] - c->tgt_off[k];
+        for (int step = 0; step < 8 && tokens > 0; step++) {
+            double model_feature = 0.0;
+            for (long k = 0; k < c->n_pairs; k++) {
+                int I = (int)(c->src_off[k + 1] - c->src_off[k]);
+                int J = (int)(c->tgt_off[k + 1] - c->tgt_off[k]);
+                if (I == 0) continue;
+                for (int j = 1; j <= J; j++) model_feature += expected_feature(j, I, J, s->tension);
+            }
+            s->tension += (feature - model_feature) / tokens * 20.0;
+            s->tension = s->tension < 0.1 ? 0.1 : (s->tension > 14.0 ? 14.0 : s->tension);
+        }
+    }
+    return loglik;
+}
+
+void wa_posteriors(double *out, const wa_table *t, const wa_settings *s, const wa_corpus *c,
+                   long k) {
+    const int32_t *e = c->src + c->src_off[k], *f = c->tgt + c->tgt_off[k];
+    const int I = (int)(c->src_off[k + 1] - c->src_off[k]);
+    const int J = (int)(c->tgt_off[k + 1] - c->tgt_off[k]);
+    for (int j = 1; j <= J; j++) {
+        double *p = out + (size_t)(j - 1) * (I + 1);
+        alignment_prior(p, j, I, J, s);
+        double z = 0.0;
+        for (int i = 0; i <= I; i++) {
+            int64_t idx = wa_table_find(t, i == 0 ? 0 : e[i - 1], f[j - 1]);
+            p[i] *= idx >= 0 ? t->prob[idx] : 0.0;
+            z += p[i];
+        }
+        for (int i = 0; i <= I; i++) p[i] = z > 0 ? p[i] / z : 0.0;
+    }
+}

@@ -1,0 +1,142 @@
+"""IBM Model 1 (Brown et al. 1993) and fast_align's IBM Model 2 (Dyer et al. 2013).
+
+The model explains each target word by one source word or NULL; EM runs in C
+(OpenMP over sentence pairs, deterministic at a fixed thread count).
+"""
+
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from calign import _C
+from calign.wordalign.corpus import Vocabulary, check_pairs, flatten
+
+FORMAT = "calign.wordalign/1"
+
+
+class IBM1:
+    """IBM Model 1: uniform alignment prior, EM on t(target | source)."""
+
+    model2 = False
+
+    def __init__(self, reverse=False):
+        self.reverse = bool(reverse)
+        self.p0, self.tension = 0.0, 0.0
+        self.source_vocab = self.target_vocab = None
+        self.table = None
+        self.log_likelihoods = []
+
+    def _oriented(self, pairs):
+        pairs = check_pairs(pairs)
+        return [(t, s) for s, t in pairs] if self.reverse else pairs
+
+    def _settings(self):
+        return (self.model2, float(self.p0), float(self.tension))
+
+    def fit(self, pairs, iterations=5):
+        """Runs `iterations` EM iterations from a uniform table; returns self."""
+        if not isinstance(iterations, int) or iterations < 1:
+            raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+        pairs = self._oriented(pairs)
+        self.source_vocab, self.target_vocab = Vocabulary(), Vocabulary()
+        arrays = flatten(pairs, self.source_vocab, self.target_vocab)
+        vocabs = (len(self.source_vocab), len(self.target_vocab))
+        self.table = _C.wa_build_table(*arrays, *vocabs)
+        lls, self.tension = _C.wa_em(*self.table, *arrays, *vocabs, self.model2, float(self.p0),
+                                     float(self.tension), self.model2 and self.learn_tension,
+                                     iterations)
+        self.log_likelihoods += lls
+        return self
+
+    def _require_fit(self):
+        if self.table is None:
+            raise ValueError("the model is not trained: call fit() or load() first")
+
+    def posteriors(self, pair):
+        """[target length, source length + 1] link posteriors; column 0 is NULL."""
+        return self._all_posteriors([pair])[0]
+
+    def _all_posteriors(self, pairs):
+        self._require_fit()
+        pairs = self._oriented(pairs)
+        arrays = flatten(pairs, self.source_vocab, self.target_vocab, grow=False)
+        # source words never seen in training get an extra, empty table row
+        unknown = len(self.source_vocab)
+        arrays = (np.where(arrays[0] == 0, unknown, arrays[0]).astype(np.int32),) + arrays[1:]
+        row_start = np.append(self.table[0], self.table[0][-1])
+        return _C.wa_posteriors(row_start, self.table[1], self.table[2], *arrays, unknown + 1,
+                                len(self.target_vocab), *self._settings())
+
+    def align(self, pairs, method="viterbi", threshold=0.5):
+        """Links [(i, j), ...] per pair, i indexing the source and j the target
+        of the pairs as given (also with reverse=True).
+
+        method "viterbi": each target word's most probable link (none if NULL);
+        "posterior": every link whose posterior exceeds threshold."""
+        if method not in ("viterbi", "posterior"):
+            raise ValueError(f"method must be 'viterbi' or 'posterior', got {method!r}")
+        if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+        result = []
+        for post in self._all_posteriors(pairs):
+            if method == "viterbi":
+                best = post.argmax(axis=1) if post.size else np.zeros(0, int)
+                links = [(int(i) - 1, j) for j, i in enumerate(best) if i > 0]
+            else:
+                js, is_ = np.nonzero(post[:, 1:] > threshold)
+                links = [(int(i), int(j)) for j, i in zip(js, is_)]
+            result.append(sorted((j, i) for i, j in links) if self.reverse else sorted(links))
+        return result
+
+    # ---- files -----------------------------------------------------------------
+
+    def save(self, path):
+        """An .npz with the table, vocabularies and settings, written atomically."""
+        self._require_fit()
+        meta = {"format": FORMAT, "model": type(self).__name__, "reverse": self.reverse,
+                "p0": self.p0, "tension": self.tension,
+                "source_vocab": self.source_vocab.ids, "target_vocab": self.target_vocab.ids}
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=folder)
+        os.close(fd)
+        try:
+            np.savez(tmp, row_start=self.table[0], cols=self.table[1], prob=self.table[2],
+                     meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    @classmethod
+    def load(cls, path):
+        try:
+            with np.load(path) as data:
+                meta = json.loads(data["meta"].tobytes().decode())
+                table = (data["row_start"], data["cols"], data["prob"].copy())
+        except (OSError, ValueError, KeyError) as exc:
+            raise ValueError(f"{path!r} is not a saved calign.wordalign model: {exc}") from None
+        if meta.get("format") != FORMAT or meta.get("model") != cls.__name__:
+            raise ValueError(f"{path!r} is not a saved {cls.__name__} model")
+        model = cls(reverse=meta["reverse"])
+        model.p0, model.tension = meta["p0"], meta["tension"]
+        model.source_vocab, model.target_vocab = Vocabulary(), Vocabulary()
+        model.source_vocab.ids, model.target_vocab.ids = meta["source_vocab"], meta["target_vocab"]
+        model.table = table
+        return model
+
+
+class IBM2(IBM1):
+    """fast_align's Model 2: p(NULL) = p0, else a prior favouring the diagonal,
+    exp(-lambda |i/I - j/J|) normalised over source positions, lambda learned."""
+
+    model2 = True
+
+    def __init__(self, reverse=False, p0=0.08, tension=4.0, learn_tension=True):
+        super().__init__(reverse)
+        if not 0.0 <= p0 < 1.0:
+            raise ValueError(f"p0 must be in [0, 1), got {p0!r}")
+        if not tension > 0:
+            raise ValueError(f"tension must be > 0, got {tension!r}")
+        self.p0, self.tension, self.learn_tension = float(p0), float(tension), bool(learn_tension)

@@ -1,0 +1,187 @@
+"""calign.wordalign against a plain NumPy EM, hand-worked cases and gold links."""
+
+import numpy as np
+import pytest
+
+from calign import wordalign as wa
+from reference import wordalign_numpy as ref
+
+SMALL = [("the house".split(), "das haus".split()),
+         ("the book".split(), "das buch".split()),
+         ("a book".split(), "ein buch".split()),
+         ("book".split(), "buch".split()),          # length 1
+         ([], "allein".split()),                     # empty source
+         ("nothing here".split(), []),               # empty target
+         ("the small house".split(), "das kleine haus".split())]
+
+
+def dense_table(model):
+    """The model's sparse t table as dense [source ids, target ids]."""
+    row_start, cols, prob = model.table
+    t = np.zeros((len(model.source_vocab), len(model.target_vocab)))
+    for e in range(len(row_start) - 1):
+        t[e, cols[row_start[e]:row_start[e + 1]]] = prob[row_start[e]:row_start[e + 1]]
+    return t
+
+
+def id_pairs(model, pairs):
+    return [(np.array([model.source_vocab.ids[w] for w in s], int),
+             np.array([model.target_vocab.ids[w] for w in t], int)) for s, t in pairs]
+
+
+@pytest.mark.parametrize("make", [lambda: wa.IBM1(), lambda: wa.IBM2(p0=0.1, tension=3.0)])
+@pytest.mark.parametrize("iterations", [1, 4])
+def test_em_equals_numpy(make, iterations):
+    model = make().fit(SMALL, iterations=iterations)
+    t, tension, lls = ref.em(id_pairs(model, SMALL), len(model.source_vocab),
+                             len(model.target_vocab), iterations, model2=model.model2,
+                             p0=0.1, tension=3.0)
+    np.testing.assert_allclose(dense_table(model), t, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(model.log_likelihoods, lls, rtol=1e-9)
+    if model.model2:
+        assert model.tension == pytest.approx(tension, rel=1e-9)
+
+
+def test_em_on_synthetic_corpus_equals_numpy():
+    pairs, _, _ = wa.synthetic_corpus(60, seed=3, vocab_size=80)
+    model = wa.IBM2().fit(pairs, iterations=3)
+    t, tension, _ = ref.em(id_pairs(model, pairs), len(model.source_vocab),
+                           len(model.target_vocab), 3, model2=True)
+    np.testing.assert_allclose(dense_table(model), t, rtol=1e-9, atol=1e-12)
+    assert model.tension == pytest.approx(tension, rel=1e-9)
+
+
+def test_deterministic_and_thread_independent_up_to_rounding():
+    import calign
+
+    pairs, _, _ = wa.synthetic_corpus(300, seed=4)
+    previous = calign.get_num_threads()
+    try:
+        calign.set_num_threads(2)
+        a = wa.IBM2().fit(pairs, 3)
+        b = wa.IBM2().fit(pairs, 3)
+        calign.set_num_threads(1)
+        c = wa.IBM2().fit(pairs, 3)
+    finally:
+        calign.set_num_threads(previous)
+    np.testing.assert_array_equal(a.table[2], b.table[2])
+    np.testing.assert_allclose(a.table[2], c.table[2], rtol=1e-12)
+
+
+def test_model_quality_ordering_on_synthetic_data():
+    pairs, sure, possible = wa.synthetic_corpus(3000, seed=0)
+    scores = {}
+    for name, make in (("ibm1", wa.IBM1), ("ibm2", wa.IBM2)):
+        forward = make().fit(pairs, 5)
+        reverse = make(reverse=True).fit(pairs, 5)
+        f, r = forward.align(pairs), reverse.align(pairs)
+        scores[name] = wa.aer(f, sure, possible)
+        scores[name + "+gdfa"] = wa.aer([wa.symmetrize(x, y) for x, y in zip(f, r)], sure,
+                                        possible)
+    assert scores["ibm2"] < scores["ibm1"]
+    assert scores["ibm2"] < 0.15 and scores["ibm1+gdfa"] < scores["ibm1"]
+
+
+def test_align_methods_and_reverse_orientation():
+    model = wa.IBM2().fit(SMALL, 5)
+    links = model.align([("the house".split(), "das haus".split())])[0]
+    assert links == [(0, 0), (1, 1)]
+    post = model.posteriors(("the house".split(), "das haus".split()))
+    assert post.shape == (2, 3) and np.allclose(post.sum(axis=1), 1)
+    assert model.align([("the house".split(), "das haus".split())], method="posterior",
+                       threshold=0.3)[0] == [(0, 0), (1, 1)]
+    reverse = wa.IBM2(reverse=True).fit(SMALL, 5)
+    assert reverse.align([("the house".split(), "das haus".split())])[0] == [(0, 0), (1, 1)]
+    # unseen words do not crash and get no link
+    assert model.align([("zebra".split(), "zebra".split())]) == [[]]
+
+
+def test_symmetrize_hand_worked():
+    forward = [(0, 0), (1, 1), (2, 1)]
+    reverse = [(0, 0), (1, 1), (2, 2)]
+    assert wa.symmetrize(forward, reverse, "intersect") == [(0, 0), (1, 1)]
+    assert wa.symmetrize(forward, reverse, "union") == [(0, 0), (1, 1), (2, 1), (2, 2)]
+    # grow-diag from (1, 1): (2, 1) joins (source 2 unaligned), then the diagonal
+    # (2, 2) joins too (target 2 still unaligned) -- Koehn's "either unaligned"
+    assert wa.symmetrize(forward, reverse, "grow-diag") == [(0, 0), (1, 1), (2, 1), (2, 2)]
+    # without the (1, 1) anchor nothing grows; final-and then needs both words unaligned
+    assert wa.symmetrize([(0, 0), (2, 1)], [(0, 0), (2, 2)], "grow-diag") == [(0, 0)]
+    assert wa.symmetrize([(0, 0), (2, 1)], [(0, 0), (2, 2)], "grow-diag-final-and") == \
+        [(0, 0), (2, 1)]
+    assert wa.symmetrize([(0, 0), (2, 1)], [(0, 0), (2, 2)], "grow-diag-final") == \
+        [(0, 0), (2, 1), (2, 2)]
+    assert wa.symmetrize([(0, 0), (3, 3)], [(0, 0)], "grow-diag-final") == [(0, 0), (3, 3)]
+    with pytest.raises(ValueError, match="method must be one of"):
+        wa.symmetrize([], [], "gdfa")
+
+
+def test_aer_precision_recall_closed_form():
+    predicted = [[(0, 0), (1, 1), (2, 0)]]
+    sure, possible = [[(0, 0), (1, 2)]], [[(1, 1)]]
+    # |A|=3, |S|=2, |A∩S|=1, |A∩P|=2 (P includes S)
+    assert wa.aer(predicted, sure, possible) == pytest.approx(1 - 3 / 5)
+    assert wa.precision(predicted, sure, possible) == pytest.approx(2 / 3)
+    assert wa.recall(predicted, sure, possible) == pytest.approx(1 / 2)
+    assert wa.f1(predicted, sure, possible) == pytest.approx(2 * (2 / 3) * 0.5 / (2 / 3 + 0.5))
+
+
+def test_pharaoh_and_fast_align_files(tmp_path):
+    path = tmp_path / "links.txt"
+    wa.write_pharaoh(str(path), [[(0, 1), (2, 0)], []])
+    assert wa.read_pharaoh(str(path)) == [[(0, 1), (2, 0)], []]
+    path.write_text("0-1 1-1\n\n3-x\n")
+    with pytest.raises(ValueError, match=r"links.txt:3: malformed link '3-x'"):
+        wa.read_pharaoh(str(path))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the house ||| das haus\n\nthe book ||| das buch\n")
+    assert wa.read_fast_align(str(corpus)) == [(["the", "house"], ["das", "haus"]),
+                                               (["the", "book"], ["das", "buch"])]
+    corpus.write_text("the house ||| das haus\nno separator here\n")
+    with pytest.raises(ValueError, match="corpus.txt:2: a line must read"):
+        wa.read_fast_align(str(corpus))
+
+
+def test_save_load_round_trip(tmp_path):
+    model = wa.IBM2(reverse=True).fit(SMALL, 3)
+    model.save(str(tmp_path / "m.npz"))
+    again = wa.IBM2.load(str(tmp_path / "m.npz"))
+    assert again.align(SMALL) == model.align(SMALL)
+    (tmp_path / "bad.npz").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="not a saved calign.wordalign model"):
+        wa.IBM2.load(str(tmp_path / "bad.npz"))
+    with pytest.raises(ValueError, match="not a saved IBM1 model"):
+        wa.IBM1.load(str(tmp_path / "m.npz"))
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="the corpus is empty"):
+        wa.IBM1().fit([])
+    with pytest.raises(TypeError, match="list of string tokens"):
+        wa.IBM1().fit([(["a", 3], ["b"])])
+    with pytest.raises(ValueError, match="pair 0 must be"):
+        wa.IBM1().fit([("a b".split(),)])
+    with pytest.raises(ValueError, match="threshold must be in"):
+        wa.IBM1().fit(SMALL).align(SMALL, method="posterior", threshold=1.5)
+    with pytest.raises(ValueError, match="not trained"):
+        wa.IBM1().align(SMALL)
+    with pytest.raises(ValueError, match="p0 must be"):
+        wa.IBM2(p0=1.0)
+    with pytest.raises(ValueError, match="iterations"):
+        wa.IBM1().fit(SMALL, iterations=0)
+
+
+def test_command_line_align(tmp_path):
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"{' '.join(s)} ||| {' '.join(t)}\n" for s, t in SMALL if s and t))
+    out = subprocess.run([sys.executable, "-m", "calign", "align", "--method", "ibm2", "--input",
+                          str(corpus), "--symmetrize", "gdfa"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 5 and lines[0] == "0-0 1-1"
+    corpus.write_text("no separator\n")
+    out = subprocess.run([sys.executable, "-m", "calign", "align", "--input", str(corpus)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "corpus.txt:1: a line must read" in out.stderr
