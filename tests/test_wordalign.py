@@ -185,3 +185,42 @@ def test_command_line_align(tmp_path):
     out = subprocess.run([sys.executable, "-m", "calign", "align", "--input", str(corpus)],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "corpus.txt:1: a line must read" in out.stderr
+
+
+@pytest.mark.parametrize("iterations", [1, 3])
+def test_hmm_em_equals_numpy(iterations):
+    pairs = SMALL + [("a small book here".split(), "ein kleines buch hier".split()),
+                     ("house the".split(), "haus das".split())]
+    model = wa.HMM(p0=0.3, max_jump=2, ibm1_iterations=2).fit(pairs, iterations=iterations)
+    ids = id_pairs(model, pairs)
+    t_ibm1, _, _ = ref.em(ids, len(model.source_vocab), len(model.target_vocab), 2)
+    jump0 = np.ones(5) / 5
+    t, jump, lls = ref.hmm_em(ids, len(model.source_vocab), len(model.target_vocab), t_ibm1,
+                              jump0, 0.3, iterations)
+    np.testing.assert_allclose(dense_table(model), t, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(model.jump, jump, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(model.log_likelihoods[2:], lls, rtol=1e-9)
+
+
+def test_hmm_beats_ibm2_beats_ibm1_on_synthetic_data():
+    pairs, sure, possible = wa.synthetic_corpus(3000, seed=1)
+    scores = {name: wa.aer(make().fit(pairs, 5).align(pairs), sure, possible)
+              for name, make in (("ibm1", wa.IBM1), ("ibm2", wa.IBM2), ("hmm", wa.HMM))}
+    assert scores["ibm1"] > scores["ibm2"] > scores["hmm"], scores
+    forward, reverse = wa.HMM().fit(pairs, 5), wa.HMM(reverse=True).fit(pairs, 5)
+    gdfa = [wa.symmetrize(f, r) for f, r in zip(forward.align(pairs), reverse.align(pairs))]
+    assert wa.aer(gdfa, sure, possible) < 0.12
+
+
+def test_hmm_viterbi_posteriors_and_files(tmp_path):
+    model = wa.HMM().fit(SMALL, 5)
+    post = model.posteriors(("the small house".split(), "das kleine haus".split()))
+    assert post.shape == (3, 4) and np.allclose(post.sum(axis=1), 1)
+    assert model.align([("the small house".split(), "das kleine haus".split())]) == \
+        [[(0, 0), (1, 1), (2, 2)]]
+    model.save(str(tmp_path / "hmm.npz"))
+    again = wa.HMM.load(str(tmp_path / "hmm.npz"))
+    np.testing.assert_array_equal(again.jump, model.jump)
+    assert again.align(SMALL) == model.align(SMALL)
+    with pytest.raises(ValueError, match="max_jump"):
+        wa.HMM(max_jump=0)

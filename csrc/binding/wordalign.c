@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "core/threads.h"
+#include "wordalign/hmm.h"
 #include "wordalign/ibm.h"
 
 typedef struct {
@@ -68,6 +69,7 @@ static int parse_corpus(corpus_args *a, PyObject *src, PyObject *src_off, PyObje
 /* The table from Python's three arrays (checked for consistent sizes). */
 static int table_view(wa_table *t, PyObject *row_start, PyObject *cols, PyObject *prob,
                       PyArrayObject **held, int src_vocab) {
+    /* held[0..2] own the three arrays on return (also on failure) */
     if (!(held[0] = arg_int64_vector(row_start, "row_start")) ||
         !(held[1] = arg_int32_vector(cols, "cols")))
         return -1;
@@ -201,7 +203,104 @@ done:
     return result;
 }
 
+/* The HMM's jump weights: a writable float64 vector of 2 * max_jump + 1. */
+static int jump_view(wa_hmm *h, PyObject *jump, double p0, PyArrayObject **held) {
+    if (!PyArray_Check(jump) || PyArray_TYPE((PyArrayObject *)jump) != NPY_FLOAT64 ||
+        PyArray_NDIM((PyArrayObject *)jump) != 1 || !PyArray_ISWRITEABLE((PyArrayObject *)jump) ||
+        !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)jump) ||
+        PyArray_DIM((PyArrayObject *)jump, 0) % 2 != 1) {
+        PyErr_SetString(PyExc_TypeError, "jump must be a writable float64 vector of odd length");
+        return -1;
+    }
+    *held = (PyArrayObject *)jump;
+    Py_INCREF(jump);
+    *h = (wa_hmm){p0, (int)(PyArray_DIM(*held, 0) / 2), PyArray_DATA(*held)};
+    return 0;
+}
+
+/* wa_hmm_em(table..., corpus..., vocabs, p0, jump, iterations) -> [loglik] */
+static PyObject *py_wa_hmm_em(PyObject *self, PyObject *args) {
+    PyObject *rs, *cols, *prob, *src, *src_off, *tgt, *tgt_off, *jump;
+    int src_vocab, tgt_vocab, iterations;
+    double p0;
+    if (!PyArg_ParseTuple(args, "OOOOOOOiidOi", &rs, &cols, &prob, &src, &src_off, &tgt,
+                          &tgt_off, &src_vocab, &tgt_vocab, &p0, &jump, &iterations))
+        return NULL;
+    corpus_args a = {0};
+    PyArrayObject *held[4] = {NULL, NULL, NULL, NULL};
+    PyObject *result = NULL;
+    double *counts = NULL;
+    wa_table t;
+    wa_hmm h;
+    if (parse_corpus(&a, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab) < 0 ||
+        table_view(&t, rs, cols, prob, held, src_vocab) < 0 ||
+        jump_view(&h, jump, p0, &held[3]) < 0)
+        goto done;
+    int threads = calign_num_threads();
+    if (!(counts = malloc(sizeof(double) * (t.n_entries + 1) * threads)) ||
+        !(result = PyList_New(iterations))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (int it = 0; it < iterations; it++) {
+        double ll;
+        Py_BEGIN_ALLOW_THREADS
+        ll = wa_hmm_em_iteration(&t, &h, &a.corpus, counts, threads);
+        Py_END_ALLOW_THREADS
+        PyList_SET_ITEM(result, it, PyFloat_FromDouble(ll));
+    }
+done:
+    free(counts);
+    for (int i = 0; i < 4; i++) Py_XDECREF(held[i]);
+    release_corpus(&a);
+    return result;
+}
+
+/* wa_hmm_decode(table..., corpus..., vocabs, p0, jump, viterbi) -> list of
+ * [J] int arrays (viterbi: source position 1..I or 0 for NULL) or of
+ * [J, I + 1] posteriors */
+static PyObject *py_wa_hmm_decode(PyObject *self, PyObject *args) {
+    PyObject *rs, *cols, *prob, *src, *src_off, *tgt, *tgt_off, *jump;
+    int src_vocab, tgt_vocab, viterbi;
+    double p0;
+    if (!PyArg_ParseTuple(args, "OOOOOOOiidOp", &rs, &cols, &prob, &src, &src_off, &tgt,
+                          &tgt_off, &src_vocab, &tgt_vocab, &p0, &jump, &viterbi))
+        return NULL;
+    corpus_args a = {0};
+    PyArrayObject *held[4] = {NULL, NULL, NULL, NULL};
+    PyObject *result = NULL;
+    wa_table t;
+    wa_hmm h;
+    if (parse_corpus(&a, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab) < 0 ||
+        table_view(&t, rs, cols, prob, held, src_vocab) < 0 ||
+        jump_view(&h, jump, p0, &held[3]) < 0)
+        goto done;
+    result = PyList_New(a.corpus.n_pairs);
+    for (long k = 0; result && k < a.corpus.n_pairs; k++) {
+        npy_intp n_tgt = a.corpus.tgt_off[k + 1] - a.corpus.tgt_off[k];
+        npy_intp n_src = a.corpus.src_off[k + 1] - a.corpus.src_off[k];
+        npy_intp dims[2] = {n_tgt, n_src + 1};
+        PyObject *out = viterbi ? PyArray_ZEROS(1, dims, NPY_INT32, 0)
+                                : PyArray_ZEROS(2, dims, NPY_FLOAT64, 0);
+        if (!out) {
+            Py_CLEAR(result);
+            break;
+        }
+        if (viterbi)
+            wa_hmm_viterbi(PyArray_DATA((PyArrayObject *)out), &t, &h, &a.corpus, k);
+        else
+            wa_hmm_posteriors(PyArray_DATA((PyArrayObject *)out), &t, &h, &a.corpus, k);
+        PyList_SET_ITEM(result, k, out);
+    }
+done:
+    for (int i = 0; i < 4; i++) Py_XDECREF(held[i]);
+    release_corpus(&a);
+    return result;
+}
+
 PyMethodDef calign_wordalign_methods[] = {
+    {"wa_hmm_em", py_wa_hmm_em, METH_VARARGS, "EM iterations of the HMM aligner, in place."},
+    {"wa_hmm_decode", py_wa_hmm_decode, METH_VARARGS, "Viterbi links or posteriors of the HMM."},
     {"wa_build_table", py_wa_build_table, METH_VARARGS, "Sparse translation table of a corpus."},
     {"wa_em", py_wa_em, METH_VARARGS, "EM iterations of IBM Model 1 or 2, in place."},
     {"wa_posteriors", py_wa_posteriors, METH_VARARGS, "Link posteriors of each pair."},

@@ -257,7 +257,7 @@ def command_align(args):
 
     if not os.path.isfile(args.input):
         raise UsageError(f"--input {args.input!r} does not exist")
-    model_class = {"ibm1": wordalign.IBM1, "ibm2": wordalign.IBM2}[args.method]
+    model_class = {"ibm1": wordalign.IBM1, "ibm2": wordalign.IBM2, "hmm": wordalign.HMM}[args.method]
     with inputs_checked():
         pairs = wordalign.read_fast_align(args.input)
         forward = model_class(reverse=args.reverse).fit(pairs, args.iterations)
@@ -313,7 +313,7 @@ def build_parser():
     evaluate.add_argument("--max_length", type=int, default=1024)
     evaluate.add_argument("--batch_size", type=int, default=8)
     align = commands.add_parser("align", help="word alignment (fast_align's habits)")
-    align.add_argument("--method", choices=["ibm1", "ibm2"], default="ibm2")
+    align.add_argument("--method", choices=["ibm1", "ibm2", "hmm"], default="ibm2")
     align.add_argument("--input", "-i", required=True, help="`source ||| target` a line")
     align.add_argument("--reverse", "-r", action="store_true")
     align.add_argument("--symmetrize", choices=sorted(SYMMETRIZATIONS))

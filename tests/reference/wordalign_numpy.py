@@ -55,3 +55,63 @@ def prior_of(j, I, J, model2, p0, tension):
         return np.full(I + 1, 1.0 / (I + 1))
     w = np.exp(tension * -np.abs(np.arange(1, I + 1) / I - j / J))
     return np.concatenate([[p0], (1 - p0) * w / w.sum()]) if I else np.array([p0])
+
+
+def hmm_em(pairs, n_source, n_target, t, jump, p0, iterations):
+    """HMM EM with an explicit state space: states 0..I-1 are source positions
+    1..I, states I..2I are NULL after last position 0..I; a dense transition
+    matrix and unscaled forward-backward (short sentences only)."""
+    t, jump = t.copy(), jump.copy()
+    D = (len(jump) - 1) // 2
+    lls = []
+    for _ in range(iterations):
+        counts, jump_counts, ll = np.zeros_like(t), np.zeros_like(jump), 0.0
+        for src, tgt in pairs:
+            I, J = len(src), len(tgt)
+            if J == 0:
+                continue
+            if I == 0:
+                for f in tgt:
+                    ll += np.log(t[0, f])
+                    counts[0, f] += 1
+                continue
+            last = np.concatenate([np.arange(1, I + 1), np.arange(0, I + 1)])  # last position
+            S = 2 * I + 1
+
+            def width(d):
+                return int(np.clip(d, -D, D)) + D
+
+            A = np.zeros((I + 1, S))  # from last position p to state s
+            for p in range(I + 1):
+                w = np.array([jump[width(i - p)] for i in range(1, I + 1)])
+                A[p, :I] = (1 - p0) * w / w.sum()
+                A[p, I + p] = p0
+            words = np.concatenate([src, np.zeros(I + 1, int)])
+            emit = np.array([[t[words[s], f] for s in range(S)] for f in tgt])
+            alpha = np.zeros((J, S))
+            alpha[0] = A[0] * emit[0]
+            for j in range(1, J):
+                alpha[j] = (alpha[j - 1] @ A[last]) * emit[j]
+            beta = np.ones((J, S))
+            for j in range(J - 2, -1, -1):
+                beta[j] = A[last] @ (emit[j + 1] * beta[j + 1])
+            z = alpha[-1].sum()
+            ll += np.log(z)
+            gamma = alpha * beta / z
+            for j, f in enumerate(tgt):
+                np.add.at(counts, (words, np.full(S, f)), gamma[j])
+            for j in range(J):
+                prev = np.zeros(I + 1)
+                if j == 0:
+                    prev[0] = 1.0
+                else:
+                    np.add.at(prev, last, alpha[j - 1])
+                for p in range(I + 1):
+                    for i in range(1, I + 1):
+                        xi = prev[p] * A[p, i - 1] * emit[j, i - 1] * beta[j, i - 1] / z
+                        jump_counts[width(i - p)] += xi
+        lls.append(ll)
+        totals = counts.sum(axis=1, keepdims=True)
+        t = np.where(totals > 0, counts / np.where(totals > 0, totals, 1), t)
+        jump = jump_counts / jump_counts.sum()
+    return t, jump, lls

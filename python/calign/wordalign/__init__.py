@@ -1,4 +1,5 @@
-"""Word alignment: IBM Models 1 and 2 with EM in C, symmetrisation, AER.
+"""Word alignment: IBM Models 1 and 2 and the HMM aligner with EM in C,
+symmetrisation, AER.
 
     from calign import wordalign
     forward = wordalign.IBM2().fit(pairs, iterations=5)
@@ -10,9 +11,10 @@
 from calign.wordalign.corpus import read_fast_align
 from calign.wordalign.evaluation import (aer, f1, format_pharaoh, precision, read_pharaoh, recall,
                                          write_pharaoh)
+from calign.wordalign.hmm import HMM
 from calign.wordalign.ibm import IBM1, IBM2
 from calign.wordalign.symmetrize import symmetrize
 from calign.wordalign.synthetic import synthetic_corpus
 
-__all__ = ["IBM1", "IBM2", "aer", "f1", "format_pharaoh", "precision", "read_fast_align",
+__all__ = ["HMM", "IBM1", "IBM2", "aer", "f1", "format_pharaoh", "precision", "read_fast_align",
            "read_pharaoh", "recall", "symmetrize", "synthetic_corpus", "write_pharaoh"]

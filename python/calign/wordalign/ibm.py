@@ -97,7 +97,8 @@ class IBM1:
         self._require_fit()
         meta = {"format": FORMAT, "model": type(self).__name__, "reverse": self.reverse,
                 "p0": self.p0, "tension": self.tension,
-                "source_vocab": self.source_vocab.ids, "target_vocab": self.target_vocab.ids}
+                "source_vocab": self.source_vocab.ids, "target_vocab": self.target_vocab.ids,
+                **self._extra_state()}
         folder = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(suffix=".npz", dir=folder)
         os.close(fd)
@@ -124,7 +125,15 @@ class IBM1:
         model.source_vocab, model.target_vocab = Vocabulary(), Vocabulary()
         model.source_vocab.ids, model.target_vocab.ids = meta["source_vocab"], meta["target_vocab"]
         model.table = table
+        model._load_extra_state(meta)
         return model
+
+    def _extra_state(self):
+        """More JSON-able settings a subclass saves (the HMM's jumps)."""
+        return {}
+
+    def _load_extra_state(self, meta):
+        pass
 
 
 class IBM2(IBM1):

@@ -1,0 +1,68 @@
+"""HMM alignment (Vogel et al. 1996) with Och & Ney (2003)'s NULL states,
+initialised by IBM Model 1. Forward-backward, EM and Viterbi run in C."""
+
+import numpy as np
+
+from calign import _C
+from calign.wordalign.corpus import Vocabulary, flatten
+from calign.wordalign.ibm import IBM1
+
+
+class HMM(IBM1):
+    """Jumps from the last aligned source position, widths clipped to
+    [-max_jump, max_jump]; NULL with probability p0 keeps the last position."""
+
+    def __init__(self, reverse=False, p0=0.2, max_jump=7, ibm1_iterations=5):
+        super().__init__(reverse)
+        if not 0.0 < p0 < 1.0:
+            raise ValueError(f"p0 must be in (0, 1), got {p0!r}")
+        if not isinstance(max_jump, int) or max_jump < 1:
+            raise ValueError(f"max_jump must be an integer >= 1, got {max_jump!r}")
+        self.p0, self.max_jump, self.ibm1_iterations = float(p0), max_jump, ibm1_iterations
+        self.jump = np.ones(2 * max_jump + 1) / (2 * max_jump + 1)
+
+    def fit(self, pairs, iterations=5):
+        """IBM1 for ibm1_iterations, then `iterations` HMM EM iterations."""
+        if not isinstance(iterations, int) or iterations < 1:
+            raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+        pairs = self._oriented(pairs)
+        self.source_vocab, self.target_vocab = Vocabulary(), Vocabulary()
+        arrays = flatten(pairs, self.source_vocab, self.target_vocab)
+        vocabs = (len(self.source_vocab), len(self.target_vocab))
+        self.table = _C.wa_build_table(*arrays, *vocabs)
+        if self.ibm1_iterations:
+            self.log_likelihoods += _C.wa_em(*self.table, *arrays, *vocabs, False, 0.0, 0.0,
+                                             False, self.ibm1_iterations)[0]
+        self.log_likelihoods += _C.wa_hmm_em(*self.table, *arrays, *vocabs, self.p0, self.jump,
+                                             iterations)
+        return self
+
+    def _decode(self, pairs, viterbi):
+        self._require_fit()
+        pairs = self._oriented(pairs)
+        arrays = flatten(pairs, self.source_vocab, self.target_vocab, grow=False)
+        unknown = len(self.source_vocab)
+        arrays = (np.where(arrays[0] == 0, unknown, arrays[0]).astype(np.int32),) + arrays[1:]
+        row_start = np.append(self.table[0], self.table[0][-1])
+        return _C.wa_hmm_decode(row_start, self.table[1], self.table[2], *arrays, unknown + 1,
+                                len(self.target_vocab), self.p0, self.jump, viterbi)
+
+    def _all_posteriors(self, pairs):
+        return self._decode(pairs, viterbi=False)
+
+    def align(self, pairs, method="viterbi", threshold=0.5):
+        """As IBM1.align; "viterbi" is the best HMM path here."""
+        if method != "viterbi":
+            return super().align(pairs, method, threshold)
+        result = []
+        for path in self._decode(pairs, viterbi=True):
+            links = [(int(i) - 1, j) for j, i in enumerate(path) if i > 0]
+            result.append(sorted((j, i) for i, j in links) if self.reverse else sorted(links))
+        return result
+
+    def _extra_state(self):
+        return {"max_jump": self.max_jump, "jump": self.jump.tolist()}
+
+    def _load_extra_state(self, meta):
+        self.max_jump = meta["max_jump"]
+        self.jump = np.asarray(meta["jump"], np.float64)
