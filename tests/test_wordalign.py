@@ -224,3 +224,63 @@ def test_hmm_viterbi_posteriors_and_files(tmp_path):
     assert again.align(SMALL) == model.align(SMALL)
     with pytest.raises(ValueError, match="max_jump"):
         wa.HMM(max_jump=0)
+
+
+# ---- optimal transport ---------------------------------------------------------------------
+
+def ot_problem(seed, n=6, m=8):
+    rng = np.random.default_rng(seed)
+    cost = rng.random((n, m))
+    a, b = rng.random(n) + 0.1, rng.random(m) + 0.1
+    return cost, a / a.sum(), b / b.sum()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sinkhorn_plans_equal_pot(seed):
+    import warnings
+
+    import ot
+
+    cost, a, b = ot_problem(seed)
+    tight = dict(numItermax=200000, stopThr=1e-15)
+    np.testing.assert_allclose(wa.transport_plan(cost, a, b, "balanced", reg=0.05),
+                               ot.sinkhorn(a, b, cost, 0.05, **tight), atol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # POT warns that reg_type="entropy" overrides c
+        expected = ot.unbalanced.sinkhorn_unbalanced(a, b, cost, 0.05, 0.3, reg_type="entropy",
+                                                     **tight)
+    np.testing.assert_allclose(wa.transport_plan(cost, a, b, "unbalanced", reg=0.05, reg_m=0.3),
+                               expected, atol=1e-6)
+    np.testing.assert_allclose(wa.transport_plan(cost, a, b, "partial", reg=0.05, mass=0.7),
+                               ot.partial.entropic_partial_wasserstein(a, b, cost, 0.05, m=0.7,
+                                                                       **tight), atol=1e-6)
+
+
+def test_ot_aligner_recovers_a_permutation_and_leaves_extra_words_unaligned():
+    rng = np.random.default_rng(2)
+    source = rng.standard_normal((6, 16))
+    order = [2, 0, 1, 5, 4, 3]
+    target = np.vstack([source[order] + 0.05 * rng.standard_normal((6, 16)),
+                        rng.standard_normal((2, 16))])  # two target words with no source
+    links = wa.OTAligner(kind="partial", reg=0.02, mass_fraction=0.7,
+                         threshold=0.5).align([(source, target)])[0]
+    assert sorted(links) == sorted((i, j) for j, i in enumerate(order))
+    plan = wa.OTAligner(kind="balanced", reg=0.02).plan(source, target[:6])
+    assert plan.sum() == pytest.approx(1.0)
+    assert wa.OTAligner().align([(np.zeros((0, 4)), np.ones((3, 4)))]) == [[]]
+
+
+def test_ot_bad_input():
+    with pytest.raises(ValueError, match="source_embeddings contains NaN"):
+        wa.OTAligner().plan(np.array([[np.nan, 1.0]]), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="target_embeddings must be a 2-D"):
+        wa.OTAligner().plan(np.ones((2, 2)), np.ones(2))
+    with pytest.raises(ValueError, match="differ in dimension"):
+        wa.OTAligner().plan(np.ones((2, 3)), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="threshold must be in"):
+        wa.OTAligner(threshold=2.0)
+    cost, a, b = ot_problem(3)
+    with pytest.raises(ValueError, match="mass must be in"):
+        wa.transport_plan(cost, a, b, "partial", mass=1.5)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        wa.transport_plan(cost, a, b, "sliced")

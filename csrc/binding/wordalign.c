@@ -10,6 +10,7 @@
 #include "core/threads.h"
 #include "wordalign/hmm.h"
 #include "wordalign/ibm.h"
+#include "wordalign/sinkhorn.h"
 
 typedef struct {
     PyArrayObject *src, *src_off, *tgt, *tgt_off;
@@ -298,7 +299,86 @@ done:
     return result;
 }
 
+/* ot_cost(x [n, d], y [m, d], distortion) -> cost [n, m] */
+static PyObject *py_ot_cost(PyObject *self, PyObject *args) {
+    PyObject *x_obj, *y_obj;
+    double distortion;
+    if (!PyArg_ParseTuple(args, "OOd", &x_obj, &y_obj, &distortion)) return NULL;
+    PyArrayObject *x = NULL, *y = NULL;
+    PyObject *cost = NULL;
+    if (!(x = arg_f64_matrix(x_obj, "source_embeddings", 1)) ||
+        !(y = arg_f64_matrix(y_obj, "target_embeddings", 1)))
+        goto done;
+    if (PyArray_DIM(x, 1) != PyArray_DIM(y, 1)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "source_embeddings and target_embeddings differ in dimension");
+        goto done;
+    }
+    npy_intp dims[2] = {PyArray_DIM(x, 0), PyArray_DIM(y, 0)};
+    if (!(cost = PyArray_ZEROS(2, dims, NPY_FLOAT64, 0))) goto done;
+    ot_cosine_cost(PyArray_DATA((PyArrayObject *)cost), PyArray_DATA(x), PyArray_DATA(y),
+                   (int)dims[0], (int)dims[1], (int)PyArray_DIM(x, 1), distortion);
+done:
+    Py_XDECREF(x);
+    Py_XDECREF(y);
+    return cost;
+}
+
+/* ot_transport(cost [n, m], a [n], b [m], kind, eps, tau, mass, max_iterations,
+ * tolerance) -> (plan, iterations); kind 0 balanced, 1 unbalanced, 2 partial */
+static PyObject *py_ot_transport(PyObject *self, PyObject *args) {
+    PyObject *cost_obj, *a_obj, *b_obj;
+    int kind, max_iterations;
+    double eps, tau, mass, tolerance;
+    if (!PyArg_ParseTuple(args, "OOOidddid", &cost_obj, &a_obj, &b_obj, &kind, &eps, &tau, &mass,
+                          &max_iterations, &tolerance))
+        return NULL;
+    PyArrayObject *cost = NULL, *a = NULL, *b = NULL;
+    PyObject *plan = NULL, *result = NULL;
+    double *work = NULL;
+    if (!(cost = arg_f64_matrix(cost_obj, "cost", 1)) || !(a = arg_f64_vector(a_obj, "a", 1)) ||
+        !(b = arg_f64_vector(b_obj, "b", 1)))
+        goto done;
+    int n = (int)PyArray_DIM(cost, 0), m = (int)PyArray_DIM(cost, 1);
+    if (check_length(a, "a", n, "cost's rows") < 0 || check_length(b, "b", m, "cost's columns") < 0)
+        goto done;
+    npy_intp dims[2] = {n, m};
+    if (!(plan = PyArray_ZEROS(2, dims, NPY_FLOAT64, 0))) goto done;
+    if (n == 0 || m == 0) {
+        result = Py_BuildValue("(Oi)", plan, 0);
+        goto done;
+    }
+    int iterations;
+    if (kind == 2 && !(work = malloc(sizeof(double) * 5 * (size_t)n * m))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    double *P = PyArray_DATA((PyArrayObject *)plan);
+    const double *C = PyArray_DATA(cost), *A = PyArray_DATA(a), *B = PyArray_DATA(b);
+    Py_BEGIN_ALLOW_THREADS
+    iterations = kind == 0 ? ot_sinkhorn(P, C, A, B, n, m, eps, max_iterations, tolerance)
+                 : kind == 1 ? ot_sinkhorn_unbalanced(P, C, A, B, n, m, eps, tau, max_iterations,
+                                                      tolerance)
+                             : ot_sinkhorn_partial(P, C, A, B, n, m, eps, mass, max_iterations,
+                                                   tolerance, work);
+    Py_END_ALLOW_THREADS
+    if (iterations < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    result = Py_BuildValue("(Oi)", plan, iterations);
+done:
+    free(work);
+    Py_XDECREF(plan);
+    Py_XDECREF(cost);
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    return result;
+}
+
 PyMethodDef calign_wordalign_methods[] = {
+    {"ot_cost", py_ot_cost, METH_VARARGS, "1 - cosine (+ distortion) between two embedding sets."},
+    {"ot_transport", py_ot_transport, METH_VARARGS, "Entropic OT plan in the log domain."},
     {"wa_hmm_em", py_wa_hmm_em, METH_VARARGS, "EM iterations of the HMM aligner, in place."},
     {"wa_hmm_decode", py_wa_hmm_decode, METH_VARARGS, "Viterbi links or posteriors of the HMM."},
     {"wa_build_table", py_wa_build_table, METH_VARARGS, "Sparse translation table of a corpus."},
