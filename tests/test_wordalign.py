@@ -29,13 +29,15 @@ def id_pairs(model, pairs):
              np.array([model.target_vocab.ids[w] for w in t], int)) for s, t in pairs]
 
 
-@pytest.mark.parametrize("make", [lambda: wa.IBM1(), lambda: wa.IBM2(p0=0.1, tension=3.0)])
+@pytest.mark.parametrize("make,alpha", [
+    (lambda: wa.IBM1(), 0.0), (lambda: wa.IBM2(p0=0.1, tension=3.0, alpha=0.0), 0.0),
+    (lambda: wa.IBM1(alpha=0.05), 0.05), (lambda: wa.IBM2(p0=0.1, tension=3.0, alpha=0.2), 0.2)])
 @pytest.mark.parametrize("iterations", [1, 4])
-def test_em_equals_numpy(make, iterations):
+def test_em_equals_numpy(make, alpha, iterations):
     model = make().fit(SMALL, iterations=iterations)
     t, tension, lls = ref.em(id_pairs(model, SMALL), len(model.source_vocab),
                              len(model.target_vocab), iterations, model2=model.model2,
-                             p0=0.1, tension=3.0)
+                             p0=0.1, tension=3.0, alpha=alpha)
     np.testing.assert_allclose(dense_table(model), t, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(model.log_likelihoods, lls, rtol=1e-9)
     if model.model2:
@@ -44,7 +46,7 @@ def test_em_equals_numpy(make, iterations):
 
 def test_em_on_synthetic_corpus_equals_numpy():
     pairs, _, _ = wa.synthetic_corpus(60, seed=3, vocab_size=80)
-    model = wa.IBM2().fit(pairs, iterations=3)
+    model = wa.IBM2(alpha=0.0).fit(pairs, iterations=3)
     t, tension, _ = ref.em(id_pairs(model, pairs), len(model.source_vocab),
                            len(model.target_vocab), 3, model2=True)
     np.testing.assert_allclose(dense_table(model), t, rtol=1e-9, atol=1e-12)
@@ -187,16 +189,16 @@ def test_command_line_align(tmp_path):
     assert out.returncode == 2 and "corpus.txt:1: a line must read" in out.stderr
 
 
-@pytest.mark.parametrize("iterations", [1, 3])
-def test_hmm_em_equals_numpy(iterations):
+@pytest.mark.parametrize("iterations,alpha", [(1, 0.0), (3, 0.0), (3, 0.1)])
+def test_hmm_em_equals_numpy(iterations, alpha):
     pairs = SMALL + [("a small book here".split(), "ein kleines buch hier".split()),
                      ("house the".split(), "haus das".split())]
-    model = wa.HMM(p0=0.3, max_jump=2, ibm1_iterations=2).fit(pairs, iterations=iterations)
+    model = wa.HMM(p0=0.3, max_jump=2, ibm1_iterations=2, alpha=alpha).fit(pairs, iterations)
     ids = id_pairs(model, pairs)
-    t_ibm1, _, _ = ref.em(ids, len(model.source_vocab), len(model.target_vocab), 2)
+    t_ibm1, _, _ = ref.em(ids, len(model.source_vocab), len(model.target_vocab), 2, alpha=alpha)
     jump0 = np.ones(5) / 5
     t, jump, lls = ref.hmm_em(ids, len(model.source_vocab), len(model.target_vocab), t_ibm1,
-                              jump0, 0.3, iterations)
+                              jump0, 0.3, iterations, alpha=alpha)
     np.testing.assert_allclose(dense_table(model), t, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(model.jump, jump, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(model.log_likelihoods[2:], lls, rtol=1e-9)

@@ -131,14 +131,14 @@ done:
 }
 
 /* wa_em(row_start, cols, prob, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab,
- *       model2, p0, tension, learn_tension, iterations) -> ([loglik], tension) */
+ *       model2, p0, tension, learn_tension, iterations, alpha) -> ([loglik], tension) */
 static PyObject *py_wa_em(PyObject *self, PyObject *args) {
     PyObject *rs, *cols, *prob, *src, *src_off, *tgt, *tgt_off;
     int src_vocab, tgt_vocab, iterations;
     wa_settings s = {0};
-    if (!PyArg_ParseTuple(args, "OOOOOOOiipddpi", &rs, &cols, &prob, &src, &src_off, &tgt,
+    if (!PyArg_ParseTuple(args, "OOOOOOOiipddpid", &rs, &cols, &prob, &src, &src_off, &tgt,
                           &tgt_off, &src_vocab, &tgt_vocab, &s.model2, &s.p0, &s.tension,
-                          &s.learn_tension, &iterations))
+                          &s.learn_tension, &iterations, &s.alpha))
         return NULL;
     corpus_args a = {0};
     PyArrayObject *held[3] = {NULL, NULL, NULL};
@@ -205,7 +205,7 @@ done:
 }
 
 /* The HMM's jump weights: a writable float64 vector of 2 * max_jump + 1. */
-static int jump_view(wa_hmm *h, PyObject *jump, double p0, PyArrayObject **held) {
+static int jump_view(wa_hmm *h, PyObject *jump, double p0, double alpha, PyArrayObject **held) {
     if (!PyArray_Check(jump) || PyArray_TYPE((PyArrayObject *)jump) != NPY_FLOAT64 ||
         PyArray_NDIM((PyArrayObject *)jump) != 1 || !PyArray_ISWRITEABLE((PyArrayObject *)jump) ||
         !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)jump) ||
@@ -215,17 +215,17 @@ static int jump_view(wa_hmm *h, PyObject *jump, double p0, PyArrayObject **held)
     }
     *held = (PyArrayObject *)jump;
     Py_INCREF(jump);
-    *h = (wa_hmm){p0, (int)(PyArray_DIM(*held, 0) / 2), PyArray_DATA(*held)};
+    *h = (wa_hmm){p0, (int)(PyArray_DIM(*held, 0) / 2), PyArray_DATA(*held), alpha};
     return 0;
 }
 
-/* wa_hmm_em(table..., corpus..., vocabs, p0, jump, iterations) -> [loglik] */
+/* wa_hmm_em(table..., corpus..., vocabs, p0, jump, iterations, alpha) -> [loglik] */
 static PyObject *py_wa_hmm_em(PyObject *self, PyObject *args) {
     PyObject *rs, *cols, *prob, *src, *src_off, *tgt, *tgt_off, *jump;
     int src_vocab, tgt_vocab, iterations;
-    double p0;
-    if (!PyArg_ParseTuple(args, "OOOOOOOiidOi", &rs, &cols, &prob, &src, &src_off, &tgt,
-                          &tgt_off, &src_vocab, &tgt_vocab, &p0, &jump, &iterations))
+    double p0, alpha;
+    if (!PyArg_ParseTuple(args, "OOOOOOOiidOid", &rs, &cols, &prob, &src, &src_off, &tgt,
+                          &tgt_off, &src_vocab, &tgt_vocab, &p0, &jump, &iterations, &alpha))
         return NULL;
     corpus_args a = {0};
     PyArrayObject *held[4] = {NULL, NULL, NULL, NULL};
@@ -235,7 +235,7 @@ static PyObject *py_wa_hmm_em(PyObject *self, PyObject *args) {
     wa_hmm h;
     if (parse_corpus(&a, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab) < 0 ||
         table_view(&t, rs, cols, prob, held, src_vocab) < 0 ||
-        jump_view(&h, jump, p0, &held[3]) < 0)
+        jump_view(&h, jump, p0, alpha, &held[3]) < 0)
         goto done;
     int threads = calign_num_threads();
     if (!(counts = malloc(sizeof(double) * (t.n_entries + 1) * threads)) ||
@@ -274,7 +274,7 @@ static PyObject *py_wa_hmm_decode(PyObject *self, PyObject *args) {
     wa_hmm h;
     if (parse_corpus(&a, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab) < 0 ||
         table_view(&t, rs, cols, prob, held, src_vocab) < 0 ||
-        jump_view(&h, jump, p0, &held[3]) < 0)
+        jump_view(&h, jump, p0, 0.0, &held[3]) < 0)
         goto done;
     result = PyList_New(a.corpus.n_pairs);
     for (long k = 0; result && k < a.corpus.n_pairs; k++) {

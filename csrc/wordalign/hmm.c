@@ -174,13 +174,7 @@ double wa_hmm_em_iteration(wa_table *t, wa_hmm *h, const wa_corpus *c, double *c
         if (th > 0)
             for (int64_t x = 0; x < n; x++) counts[x] += counts[(size_t)th * n + x];
     }
-    for (int e = 0; e < t->rows; e++) {
-        double total = 0.0;
-        for (int64_t x = t->row_start[e]; x < t->row_start[e + 1]; x++) total += counts[x];
-        if (total <= 0.0) continue;
-        for (int64_t x = t->row_start[e]; x < t->row_start[e + 1]; x++)
-            t->prob[x] = counts[x] / total;
-    }
+    wa_table_update(t, counts, h->alpha);
     double jump_total = 0.0;
     for (int d = 0; d < n_jumps; d++) jump_total += jump_counts[d];
     if (jump_total > 0)

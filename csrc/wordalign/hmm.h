@@ -15,6 +15,7 @@ typedef struct {
     double p0;
     int max_jump;
     double *jump; /* [2 * max_jump + 1] unnormalised jump weights c(d), index d + max_jump */
+    double alpha; /* Dirichlet prior of the translation table (see wa_table_update) */
 } wa_hmm;
 
 /* One EM iteration: forward-backward (scaled) over every pair, then

@@ -52,6 +52,34 @@ int wa_table_build(wa_table *t, const wa_corpus *c) {
     return 0;
 }
 
+/* digamma(x) for x > 0: recurrence up to x >= 6, then the asymptotic series. */
+static double digamma(double x) {
+    double result = 0.0;
+    while (x < 6.0) {
+        result -= 1.0 / x;
+        x += 1.0;
+    }
+    double f = 1.0 / (x * x);
+    return result + log(x) - 0.5 / x -
+           f * (1.0 / 12 - f * (1.0 / 120 - f * (1.0 / 252 - f * (1.0 / 240 - f / 132))));
+}
+
+void wa_table_update(wa_table *t, const double *counts, double alpha) {
+    for (int e = 0; e < t->rows; e++) {
+        int64_t first = t->row_start[e], end = t->row_start[e + 1];
+        double total = 0.0;
+        for (int64_t x = first; x < end; x++) total += counts[x];
+        if (total <= 0.0) continue;
+        if (alpha <= 0.0) {
+            for (int64_t x = first; x < end; x++) t->prob[x] = counts[x] / total;
+            continue;
+        }
+        double denominator = digamma(total + (end - first) * alpha);
+        for (int64_t x = first; x < end; x++)
+            t->prob[x] = exp(digamma(counts[x] + alpha) - denominator);
+    }
+}
+
 void wa_table_free(wa_table *t) {
     free(t->row_start);
     free(t->cols);
@@ -169,14 +197,7 @@ double wa_em_iteration(wa_table *t, wa_settings *s, const wa_corpus *c, double *
             for (int64_t x = 0; x < n; x++) counts[x] += counts[(size_t)th * n + x];
     }
     free(per_thread);
-    /* M-step: t(f | e) = c(e, f) / sum_f c(e, f) */
-    for (int e = 0; e < t->rows; e++) {
-        double total = 0.0;
-        for (int64_t x = t->row_start[e]; x < t->row_start[e + 1]; x++) total += counts[x];
-        if (total <= 0.0) continue;
-        for (int64_t x = t->row_start[e]; x < t->row_start[e + 1]; x++)
-            t->prob[x] = counts[x] / total;
-    }
+    wa_table_update(t, counts, s->alpha);
     if (s->model2 && s->learn_tension) {
         /* fast_align's update of lambda: gradient steps on the expected
          * complete-data log-likelihood, the posterior feature expectation

@@ -46,6 +46,13 @@ int64_t wa_table_find(const wa_table *t, int32_t e, int32_t f);
 double wa_em_iteration(wa_table *t, wa_settings *s, const wa_corpus *c, double *counts,
                        int n_threads);
 
+/* The M-step: t(f | e) from expected counts. alpha = 0: c(e, f) / sum_f c(e, f);
+ * alpha > 0: mean-field variational Bayes under a symmetric Dirichlet(alpha)
+ * prior on each row (Riley & Gildea 2012, as fast_align's -v):
+ * exp(digamma(c + alpha)) / exp(digamma(sum_f c + n_e alpha)), n_e the row's
+ * support. Rows without counts keep their values. */
+void wa_table_update(wa_table *t, const double *counts, double alpha);
+
 /* Posterior p(a_j = i | pair) for pair k: out[(I + 1) * j + i], i = 0 is NULL. */
 void wa_posteriors(double *out, const wa_table *t, const wa_settings *s, const wa_corpus *c,
                    long k);

@@ -3,9 +3,23 @@
 one loop per sentence pair, the same lambda update as fast_align."""
 
 import numpy as np
+from scipy.special import digamma
 
 
-def em(pairs, n_source, n_target, iterations, model2=False, p0=0.08, tension=4.0):
+def normalise(t, counts, alpha):
+    """M-step: plain (alpha = 0) or variational Bayes with a Dirichlet(alpha)
+    prior over each row's support (the entries that co-occurred)."""
+    support = t > 0
+    totals = counts.sum(axis=1, keepdims=True)
+    if alpha == 0:
+        new = counts / np.where(totals > 0, totals, 1)
+    else:
+        n = support.sum(axis=1, keepdims=True)
+        new = np.where(support, np.exp(digamma(counts + alpha) - digamma(totals + n * alpha)), 0)
+    return np.where(totals > 0, new, t)
+
+
+def em(pairs, n_source, n_target, iterations, model2=False, p0=0.08, tension=4.0, alpha=0.0):
     """pairs: (source ids >= 1, target ids); source id 0 is NULL. Returns
     (t [n_source, n_target], tension, log-likelihoods)."""
     mask = np.zeros((n_source, n_target), bool)
@@ -31,8 +45,7 @@ def em(pairs, n_source, n_target, iterations, model2=False, p0=0.08, tension=4.0
                 if I:
                     feature += (post[1:] * -np.abs(np.arange(1, I + 1) / I - j / J)).sum()
         lls.append(ll)
-        totals = counts.sum(axis=1, keepdims=True)
-        t = np.where(totals > 0, counts / np.where(totals > 0, totals, 1), t)
+        t = normalise(t, counts, alpha)
         if model2:
             tokens = sum(len(tgt) for _, tgt in pairs)
             for _ in range(8):
@@ -57,7 +70,7 @@ def prior_of(j, I, J, model2, p0, tension):
     return np.concatenate([[p0], (1 - p0) * w / w.sum()]) if I else np.array([p0])
 
 
-def hmm_em(pairs, n_source, n_target, t, jump, p0, iterations):
+def hmm_em(pairs, n_source, n_target, t, jump, p0, iterations, alpha=0.0):
     """HMM EM with an explicit state space: states 0..I-1 are source positions
     1..I, states I..2I are NULL after last position 0..I; a dense transition
     matrix and unscaled forward-backward (short sentences only)."""
@@ -88,16 +101,16 @@ def hmm_em(pairs, n_source, n_target, t, jump, p0, iterations):
                 A[p, I + p] = p0
             words = np.concatenate([src, np.zeros(I + 1, int)])
             emit = np.array([[t[words[s], f] for s in range(S)] for f in tgt])
-            alpha = np.zeros((J, S))
-            alpha[0] = A[0] * emit[0]
+            fwd = np.zeros((J, S))
+            fwd[0] = A[0] * emit[0]
             for j in range(1, J):
-                alpha[j] = (alpha[j - 1] @ A[last]) * emit[j]
+                fwd[j] = (fwd[j - 1] @ A[last]) * emit[j]
             beta = np.ones((J, S))
             for j in range(J - 2, -1, -1):
                 beta[j] = A[last] @ (emit[j + 1] * beta[j + 1])
-            z = alpha[-1].sum()
+            z = fwd[-1].sum()
             ll += np.log(z)
-            gamma = alpha * beta / z
+            gamma = fwd * beta / z
             for j, f in enumerate(tgt):
                 np.add.at(counts, (words, np.full(S, f)), gamma[j])
             for j in range(J):
@@ -105,13 +118,12 @@ def hmm_em(pairs, n_source, n_target, t, jump, p0, iterations):
                 if j == 0:
                     prev[0] = 1.0
                 else:
-                    np.add.at(prev, last, alpha[j - 1])
+                    np.add.at(prev, last, fwd[j - 1])
                 for p in range(I + 1):
                     for i in range(1, I + 1):
                         xi = prev[p] * A[p, i - 1] * emit[j, i - 1] * beta[j, i - 1] / z
                         jump_counts[width(i - p)] += xi
         lls.append(ll)
-        totals = counts.sum(axis=1, keepdims=True)
-        t = np.where(totals > 0, counts / np.where(totals > 0, totals, 1), t)
+        t = normalise(t, counts, alpha)
         jump = jump_counts / jump_counts.sum()
     return t, jump, lls

@@ -10,10 +10,12 @@ from calign.wordalign.ibm import IBM1
 
 class HMM(IBM1):
     """Jumps from the last aligned source position, widths clipped to
-    [-max_jump, max_jump]; NULL with probability p0 keeps the last position."""
+    [-max_jump, max_jump]; NULL with probability p0 keeps the last position.
+    The defaults (p0 0.1, Dirichlet alpha 0.1) were the best measured on the
+    synthetic corpus; alpha = 0 is plain EM."""
 
-    def __init__(self, reverse=False, p0=0.2, max_jump=7, ibm1_iterations=5):
-        super().__init__(reverse)
+    def __init__(self, reverse=False, p0=0.1, max_jump=7, ibm1_iterations=5, alpha=0.1):
+        super().__init__(reverse, alpha)
         if not 0.0 < p0 < 1.0:
             raise ValueError(f"p0 must be in (0, 1), got {p0!r}")
         if not isinstance(max_jump, int) or max_jump < 1:
@@ -32,9 +34,9 @@ class HMM(IBM1):
         self.table = _C.wa_build_table(*arrays, *vocabs)
         if self.ibm1_iterations:
             self.log_likelihoods += _C.wa_em(*self.table, *arrays, *vocabs, False, 0.0, 0.0,
-                                             False, self.ibm1_iterations)[0]
+                                             False, self.ibm1_iterations, self.alpha)[0]
         self.log_likelihoods += _C.wa_hmm_em(*self.table, *arrays, *vocabs, self.p0, self.jump,
-                                             iterations)
+                                             iterations, self.alpha)
         return self
 
     def _decode(self, pairs, viterbi):
