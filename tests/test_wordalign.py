@@ -286,3 +286,22 @@ def test_ot_bad_input():
         wa.transport_plan(cost, a, b, "partial", mass=1.5)
     with pytest.raises(ValueError, match="kind must be one of"):
         wa.transport_plan(cost, a, b, "sliced")
+
+
+def test_hand_made_gold_set():
+    """32 English-French pairs written for the project, trained on themselves."""
+    import os
+
+    folder = os.path.join(os.path.dirname(__file__), "data", "wordalign")
+    pairs = wa.read_fast_align(os.path.join(folder, "gold.en-fr.txt"))
+    sure = wa.read_pharaoh(os.path.join(folder, "gold.sure.txt"))
+    possible = wa.read_pharaoh(os.path.join(folder, "gold.possible.txt"))
+    assert len(pairs) == len(sure) == len(possible) == 32
+    scores = {}
+    for name, make in (("ibm1", wa.IBM1), ("ibm2", wa.IBM2), ("hmm", wa.HMM)):
+        forward = make().fit(pairs, 5).align(pairs)
+        reverse = make(reverse=True).fit(pairs, 5).align(pairs)
+        scores[name] = wa.aer([wa.symmetrize(f, r) for f, r in zip(forward, reverse)], sure,
+                              possible)
+    assert scores["hmm"] < 0.25 and scores["ibm2"] < 0.25, scores
+    assert scores["ibm1"] > max(scores["ibm2"], scores["hmm"]), scores
