@@ -257,7 +257,8 @@ def command_align(args):
 
     if not os.path.isfile(args.input):
         raise UsageError(f"--input {args.input!r} does not exist")
-    model_class = {"ibm1": wordalign.IBM1, "ibm2": wordalign.IBM2, "hmm": wordalign.HMM}[args.method]
+    model_class = {"ibm1": wordalign.IBM1, "ibm2": wordalign.IBM2,
+                   "hmm": wordalign.HMM}[args.method]
     with inputs_checked():
         pairs = wordalign.read_fast_align(args.input)
         forward = model_class(reverse=args.reverse).fit(pairs, args.iterations)
