@@ -10,10 +10,9 @@ Optional: "margin" (reward models), "ref_chosen_logps" / "ref_rejected_logps"
 (precomputed reference log-probs).
 """
 
-import warnings
 from dataclasses import dataclass
 
-from calign.data.records import load_records, require_field
+from calign.data.records import load_records, report_skipped, require_field
 from calign.data.tokenize import is_conversational, split_implicit_prompt, \
     tokenize_prompt_and_completions
 
@@ -126,10 +125,4 @@ def prepare_preference_data(source, tokenizer, config, name="train_dataset", lis
         margin = record.get("margin")
         examples.append(PreferenceExample(prompt, completions,
                                           None if margin is None else float(margin), ref, index))
-    if skipped:
-        detail = ", ".join(f"{n} ({reason})" for reason, n in skipped.items())
-        warnings.warn(f"{name}: skipped {sum(skipped.values())} of {len(records)} records: "
-                      f"{detail}", stacklevel=2)
-    if not examples:
-        raise ValueError(f"{name}: every record was skipped ({skipped})")
-    return examples
+    return report_skipped(examples, skipped, len(records), name)

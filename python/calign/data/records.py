@@ -64,3 +64,17 @@ def require_field(record, field, index, name="dataset"):
         raise KeyError(f"{name} record {index} lacks the field {field!r} "
                        f"(it has {sorted(record)})")
     return record[field]
+
+
+def report_skipped(examples, skipped, n_records, name):
+    """One warning counting the records skipped for each reason; an error when
+    none is left. Returns the examples."""
+    import warnings
+
+    if skipped:
+        detail = ", ".join(f"{n} ({reason})" for reason, n in skipped.items())
+        warnings.warn(f"{name}: skipped {sum(skipped.values())} of {n_records} records: "
+                      f"{detail}", stacklevel=3)
+    if not examples:
+        raise ValueError(f"{name}: every record was skipped ({skipped})")
+    return examples

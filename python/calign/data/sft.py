@@ -9,10 +9,9 @@ Accepted records (TRL's formats):
 An EOS token is appended to text that lacks it, as TRL does.
 """
 
-import warnings
 
 from calign.data.preference import PreferenceExample, _ids, _with_eos, truncate
-from calign.data.records import load_records, require_field
+from calign.data.records import load_records, report_skipped, require_field
 from calign.data.tokenize import is_conversational, tokenize_prompt_and_completions
 
 
@@ -65,10 +64,4 @@ def prepare_sft_data(source, tokenizer, config, name="train_dataset"):
             skipped[reason] = skipped.get(reason, 0) + 1
             continue
         examples.append(PreferenceExample(context, completions, index=index))
-    if skipped:
-        detail = ", ".join(f"{n} ({reason})" for reason, n in skipped.items())
-        warnings.warn(f"{name}: skipped {sum(skipped.values())} of {len(records)} records: "
-                      f"{detail}", stacklevel=2)
-    if not examples:
-        raise ValueError(f"{name}: every record was skipped ({skipped})")
-    return examples
+    return report_skipped(examples, skipped, len(records), name)

@@ -4,11 +4,10 @@ split as TRL's unpair_preference_dataset does (chosen -> True, rejected ->
 False); pre-tokenized {"prompt_input_ids", "completion_input_ids", "label"}
 are used verbatim."""
 
-import warnings
 from dataclasses import dataclass
 
 from calign.data.preference import _ids, _with_eos, truncate
-from calign.data.records import load_records, require_field
+from calign.data.records import load_records, report_skipped, require_field
 from calign.data.tokenize import is_conversational, split_implicit_prompt, \
     tokenize_prompt_and_completions
 
@@ -62,9 +61,4 @@ def prepare_unpaired_data(source, tokenizer, config, name="train_dataset"):
             skipped[reason] = skipped.get(reason, 0) + 1
             continue
         examples.append(UnpairedExample(prompt, completions, label, index=index))
-    if skipped:
-        detail = ", ".join(f"{n} ({reason})" for reason, n in skipped.items())
-        warnings.warn(f"{name}: skipped {sum(skipped.values())} records: {detail}", stacklevel=2)
-    if not examples:
-        raise ValueError(f"{name}: every record was skipped ({skipped})")
-    return examples
+    return report_skipped(examples, skipped, len(records), name)

@@ -8,7 +8,7 @@ from calign import _C
 from calign.model import checkpoint
 from calign.model.config import engine_config, load_config_file
 from calign.model.names import tensor_names
-from calign.model.packing import as_id_matrix, pack_rows, pack_shared_prefix  # noqa: F401
+from calign.model.packing import as_id_matrix, pack_rows
 
 
 class Model:

@@ -4,7 +4,6 @@ initialised by IBM Model 1. Forward-backward, EM and Viterbi run in C."""
 import numpy as np
 
 from calign import _C
-from calign.wordalign.corpus import Vocabulary, flatten
 from calign.wordalign.ibm import IBM1
 
 
@@ -25,13 +24,7 @@ class HMM(IBM1):
 
     def fit(self, pairs, iterations=5):
         """IBM1 for ibm1_iterations, then `iterations` HMM EM iterations."""
-        if not isinstance(iterations, int) or iterations < 1:
-            raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
-        pairs = self._oriented(pairs)
-        self.source_vocab, self.target_vocab = Vocabulary(), Vocabulary()
-        arrays = flatten(pairs, self.source_vocab, self.target_vocab)
-        vocabs = (len(self.source_vocab), len(self.target_vocab))
-        self.table = _C.wa_build_table(*arrays, *vocabs)
+        arrays, vocabs = self._start_training(pairs, iterations)
         if self.ibm1_iterations:
             self.log_likelihoods += _C.wa_em(*self.table, *arrays, *vocabs, False, 0.0, 0.0,
                                              False, self.ibm1_iterations, self.alpha)[0]
@@ -40,14 +33,8 @@ class HMM(IBM1):
         return self
 
     def _decode(self, pairs, viterbi):
-        self._require_fit()
-        pairs = self._oriented(pairs)
-        arrays = flatten(pairs, self.source_vocab, self.target_vocab, grow=False)
-        unknown = len(self.source_vocab)
-        arrays = (np.where(arrays[0] == 0, unknown, arrays[0]).astype(np.int32),) + arrays[1:]
-        row_start = np.append(self.table[0], self.table[0][-1])
-        return _C.wa_hmm_decode(row_start, self.table[1], self.table[2], *arrays, unknown + 1,
-                                len(self.target_vocab), self.p0, self.jump, viterbi)
+        table, arrays, vocabs = self._lookup(pairs)
+        return _C.wa_hmm_decode(*table, *arrays, *vocabs, self.p0, self.jump, viterbi)
 
     def _all_posteriors(self, pairs):
         return self._decode(pairs, viterbi=False)

@@ -45,8 +45,8 @@ class IBM1:
     def _settings(self):
         return (self.model2, float(self.p0), float(self.tension))
 
-    def fit(self, pairs, iterations=5):
-        """Runs `iterations` EM iterations from a uniform table; returns self."""
+    def _start_training(self, pairs, iterations):
+        """Vocabularies, flat corpus arrays and a uniform table for `pairs`."""
         if not isinstance(iterations, int) or iterations < 1:
             raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
         pairs = self._oriented(pairs)
@@ -54,6 +54,22 @@ class IBM1:
         arrays = flatten(pairs, self.source_vocab, self.target_vocab)
         vocabs = (len(self.source_vocab), len(self.target_vocab))
         self.table = _C.wa_build_table(*arrays, *vocabs)
+        return arrays, vocabs
+
+    def _lookup(self, pairs):
+        """(table with an extra empty row, corpus arrays, vocabulary sizes) to
+        score new pairs: source words never seen in training get that row."""
+        self._require_fit()
+        pairs = self._oriented(pairs)
+        arrays = flatten(pairs, self.source_vocab, self.target_vocab, grow=False)
+        unknown = len(self.source_vocab)
+        arrays = (np.where(arrays[0] == 0, unknown, arrays[0]).astype(np.int32),) + arrays[1:]
+        table = (np.append(self.table[0], self.table[0][-1]), self.table[1], self.table[2])
+        return table, arrays, (unknown + 1, len(self.target_vocab))
+
+    def fit(self, pairs, iterations=5):
+        """Runs `iterations` EM iterations from a uniform table; returns self."""
+        arrays, vocabs = self._start_training(pairs, iterations)
         lls, self.tension = _C.wa_em(*self.table, *arrays, *vocabs, self.model2, float(self.p0),
                                      float(self.tension), self.model2 and self.learn_tension,
                                      iterations, self.alpha)
@@ -69,15 +85,8 @@ class IBM1:
         return self._all_posteriors([pair])[0]
 
     def _all_posteriors(self, pairs):
-        self._require_fit()
-        pairs = self._oriented(pairs)
-        arrays = flatten(pairs, self.source_vocab, self.target_vocab, grow=False)
-        # source words never seen in training get an extra, empty table row
-        unknown = len(self.source_vocab)
-        arrays = (np.where(arrays[0] == 0, unknown, arrays[0]).astype(np.int32),) + arrays[1:]
-        row_start = np.append(self.table[0], self.table[0][-1])
-        return _C.wa_posteriors(row_start, self.table[1], self.table[2], *arrays, unknown + 1,
-                                len(self.target_vocab), *self._settings())
+        table, arrays, vocabs = self._lookup(pairs)
+        return _C.wa_posteriors(*table, *arrays, *vocabs, *self._settings())
 
     def align(self, pairs, method="viterbi", threshold=0.5):
         """Links [(i, j), ...] per pair, i indexing the source and j the target
