@@ -17,7 +17,6 @@ class UnpairedExample:
     prompt_ids: list
     completions: list  # [completion_ids]
     label: bool
-    ref_logps: list = None
     index: int = -1
 
 

@@ -76,7 +76,6 @@ class BaseTrainer:
     _window_size and _micro_step."""
 
     config_class = None
-    metrics_prefix_free = ("learning_rate", "grad_norm", "epoch", "num_tokens")
 
     def __init__(self, model, args=None, train_dataset=None, eval_dataset=None,
                  processing_class=None):

@@ -187,8 +187,6 @@ class KTOConfig(TrainingConfig):
     loss_type: str = _help(f"One of {KTO_LOSS_TYPES}.", default="kto")
     desirable_weight: float = _help("lambda_D: weight of desirable examples.", default=1.0)
     undesirable_weight: float = _help("lambda_U: weight of undesirable examples.", default=1.0)
-    precompute_ref_log_probs: bool = _help("Compute reference log-probs once before training.",
-                                           default=False)
 
     def __post_init__(self):
         super().__post_init__()
