@@ -6,7 +6,8 @@ Both sides get the same text records and the same word-level tokenizer (one
 token a word), the same thread count, and run in their own processes so peak
 RSS is honest. One warm-up step is excluded; the median of the timed steps is
 reported. Tokens per step count each pair as prompt+chosen+prompt+rejected
-(what a padded batch holds), the same number on both sides.
+(what a padded batch holds), the same number on both sides. Both sides compute
+in float32 (TRL's default bf16 autocast is switched off).
 
 Run: python benchmarks/bench_dpo.py [--steps 5] [--model gpt2-20M|gpt2-124M] [--native-blas]
 """
@@ -112,6 +113,7 @@ def run_trl(folder, steps, threads):
         model=transformers.AutoModelForCausalLM.from_pretrained(folder),
         args=trl.DPOConfig(output_dir=os.path.join(folder, "trl"), report_to="none",
                            use_cpu=True, save_strategy="no", disable_tqdm=True,
+                           bf16=False,  # TRL turns bf16 autocast on by default, even on CPU
                            **settings(steps)),
         train_dataset=datasets.Dataset.from_list(records),
         processing_class=transformers.AutoTokenizer.from_pretrained(folder),
