@@ -14,6 +14,7 @@ typedef struct {
     double *beta;       /* [J][I + 1]: by last real position */
     double *scale;      /* [J] */
     double *mass;       /* [I + 1] */
+    int64_t *entry;     /* [J][I + 1]: index of t(f_j | e_i) in the table, -1 if absent */
 } pair_work;
 
 static int jump_index(const wa_hmm *h, int d) {
@@ -21,8 +22,9 @@ static int jump_index(const wa_hmm *h, int d) {
     return d + h->max_jump;
 }
 
+/* in doubles; the int64 table indices take the last J (I + 1) slots */
 static size_t work_doubles(int I, int J) {
-    return (size_t)J * (I + 1) * 4 + (size_t)(I + 1) * I + J + (I + 1);
+    return (size_t)J * (I + 1) * 5 + (size_t)(I + 1) * I + J + (I + 1);
 }
 
 static pair_work carve(double *base, int I, int J) {
@@ -35,6 +37,7 @@ static pair_work carve(double *base, int I, int J) {
     w.trans = w.beta + grid;
     w.scale = w.trans + (size_t)(I + 1) * I;
     w.mass = w.scale + J;
+    w.entry = (int64_t *)(w.mass + I + 1);
     return w;
 }
 
@@ -42,11 +45,10 @@ static void fill_model(pair_work *w, const wa_table *t, const wa_hmm *h, const i
                        const int32_t *f, int I, int J) {
     for (int j = 0; j < J; j++) {
         double *row = w->emit + (size_t)j * (I + 1);
-        int64_t idx = wa_table_find(t, 0, f[j]);
-        row[0] = idx >= 0 ? t->prob[idx] : 0.0;
-        for (int i = 1; i <= I; i++) {
-            idx = wa_table_find(t, e[i - 1], f[j]);
-            row[i] = idx >= 0 ? t->prob[idx] : 0.0;
+        int64_t *entry = w->entry + (size_t)j * (I + 1);
+        for (int i = 0; i <= I; i++) {
+            entry[i] = wa_table_find(t, i == 0 ? 0 : e[i - 1], f[j]);
+            row[i] = entry[i] >= 0 ? t->prob[entry[i]] : 0.0;
         }
     }
     for (int p = 0; p <= I; p++) {
@@ -100,24 +102,27 @@ static double forward_backward(pair_work *w, const wa_hmm *h, int I, int J) {
 }
 
 /* Adds one pair's expected counts: translations into counts, jumps into jumps. */
-static void add_counts(double *counts, double *jumps, const pair_work *w, const wa_table *t,
-                       const wa_hmm *h, const int32_t *e, const int32_t *f, int I, int J) {
+static void add_counts(double *counts, double *jumps, pair_work *w, const wa_hmm *h, int I,
+                       int J) {
     const size_t width = I + 1;
     for (int j = 0; j < J; j++) {
         const double *ar = w->alpha_real + j * width, *an = w->alpha_null + j * width;
         const double *b = w->beta + j * width, *emit = w->emit + j * width;
         double null_post = 0.0;
         for (int p = 0; p <= I; p++) null_post += an[p] * b[p];
-        counts[wa_table_find(t, 0, f[j])] += null_post;
-        for (int i = 1; i <= I; i++) counts[wa_table_find(t, e[i - 1], f[j])] += ar[i] * b[i];
-        /* xi(p -> i) = mass_{j-1}(p) trans(p, i) emit_j(i) beta_j(i) / scale_j */
+        const int64_t *entry = w->entry + j * width;
+        counts[entry[0]] += null_post;
+        for (int i = 1; i <= I; i++) counts[entry[i]] += ar[i] * b[i];
+        /* xi(p -> i) = mass_{j-1}(p) trans(p, i) emit_j(i) beta_j(i) / scale_j;
+         * the factor of i is the same for every p (kept in mass, free by now) */
+        double *into = w->mass;
+        for (int i = 1; i <= I; i++) into[i] = emit[i] * b[i] / w->scale[j];
         for (int p = 0; p <= I; p++) {
             double from = j == 0 ? (p == 0) : w->alpha_real[(j - 1) * width + p] * (p > 0) +
                                               w->alpha_null[(j - 1) * width + p];
             if (from == 0.0) continue;
-            for (int i = 1; i <= I; i++)
-                jumps[jump_index(h, i - p)] += from * w->trans[(size_t)p * I + i - 1] * emit[i] *
-                                               b[i] / w->scale[j];
+            const double *trans = w->trans + (size_t)p * I - 1;
+            for (int i = 1; i <= I; i++) jumps[jump_index(h, i - p)] += from * trans[i] * into[i];
         }
     }
 }
@@ -163,7 +168,7 @@ double wa_hmm_em_iteration(wa_table *t, wa_hmm *h, const wa_corpus *c, double *c
             pair_work w = carve(base, I, J);
             fill_model(&w, t, h, e, f, I, J);
             *loglik += forward_backward(&w, h, I, J);
-            add_counts(mine, jumps, &w, t, h, e, f, I, J);
+            add_counts(mine, jumps, &w, h, I, J);
         }
     }
     double loglik = 0.0, *jump_counts = calloc(n_jumps, sizeof(double));

@@ -133,8 +133,9 @@ static double expected_feature(int j, int I, int J, double tension) {
 
 /* The E-step of one pair: posteriors of each target word's link, added (times
  * 1) into counts; returns log p(f | e) and adds the posterior-weighted
- * distortion feature into *feature. probs: I + 1 doubles. */
-static double pair_expectations(double *counts, double *feature, double *probs,
+ * distortion feature into *feature. probs: I + 1 doubles, entry: I + 1
+ * table indices (each looked up once per word pair). */
+static double pair_expectations(double *counts, double *feature, double *probs, int64_t *entry,
                                 const wa_table *t, const wa_settings *s, const wa_corpus *c,
                                 long k) {
     const int32_t *e = c->src + c->src_off[k], *f = c->tgt + c->tgt_off[k];
@@ -143,19 +144,17 @@ static double pair_expectations(double *counts, double *feature, double *probs,
     double loglik = 0.0;
     for (int j = 1; j <= J; j++) {
         alignment_prior(probs, j, I, J, s);
-        int64_t idx0 = wa_table_find(t, 0, f[j - 1]);
-        probs[0] *= t->prob[idx0];
-        double z = probs[0];
-        for (int i = 1; i <= I; i++) {
-            probs[i] *= t->prob[wa_table_find(t, e[i - 1], f[j - 1])];
+        double z = 0.0;
+        for (int i = 0; i <= I; i++) {
+            entry[i] = wa_table_find(t, i == 0 ? 0 : e[i - 1], f[j - 1]);
+            probs[i] *= t->prob[entry[i]];
             z += probs[i];
         }
         loglik += log(z);
-        if (!counts) continue;
-        counts[idx0] += probs[0] / z;
+        counts[entry[0]] += probs[0] / z;
         for (int i = 1; i <= I; i++) {
             double post = probs[i] / z;
-            counts[wa_table_find(t, e[i - 1], f[j - 1])] += post;
+            counts[entry[i]] += post;
             *feature += post * diagonal_feature(i, j, I, J);
         }
     }
@@ -175,7 +174,9 @@ double wa_em_iteration(wa_table *t, wa_settings *s, const wa_corpus *c, double *
                        int n_threads) {
     const int64_t n = t->n_entries;
     const int width = longest_source(c) + 1;
-    double *per_thread = calloc((size_t)n_threads * (2 + width), sizeof(double));
+    /* per thread: loglik, feature, probs [width], entry indices [width] */
+    const size_t stride = 2 + 2 * (size_t)width;
+    double *per_thread = calloc((size_t)n_threads * stride, sizeof(double));
     memset(counts, 0, sizeof(double) * n * n_threads);
     /* Each thread sums into its own count table over a fixed block of pairs;
      * the tables are added in thread order: the same result at the same
@@ -184,15 +185,16 @@ double wa_em_iteration(wa_table *t, wa_settings *s, const wa_corpus *c, double *
     {
         int tid = omp_get_thread_num();
         double *mine = counts + (size_t)tid * n;
-        double *acc = per_thread + (size_t)tid * (2 + width); /* loglik, feature, probs */
+        double *acc = per_thread + (size_t)tid * stride;
+        int64_t *entry = (int64_t *)(acc + 2 + width);
 #pragma omp for schedule(static)
         for (long k = 0; k < c->n_pairs; k++)
-            acc[0] += pair_expectations(mine, &acc[1], acc + 2, t, s, c, k);
+            acc[0] += pair_expectations(mine, &acc[1], acc + 2, entry, t, s, c, k);
     }
     double loglik = 0.0, feature = 0.0;
     for (int th = 0; th < n_threads; th++) {
-        loglik += per_thread[(size_t)th * (2 + width)];
-        feature += per_thread[(size_t)th * (2 + width) + 1];
+        loglik += per_thread[(size_t)th * stride];
+        feature += per_thread[(size_t)th * stride + 1];
         if (th > 0)
             for (int64_t x = 0; x < n; x++) counts[x] += counts[(size_t)th * n + x];
     }
