@@ -422,3 +422,41 @@ def test_datasets_dataset_and_kto_from_pairs(llama_dir, tmp_path):
         calign.KTOTrainer(llama_dir, args=calign.KTOConfig(output_dir=str(tmp_path)),
                           train_dataset=[{"prompt_input_ids": [1], "completion_input_ids": [3],
                                           "label": 1}])
+
+
+def test_evaluate_logs_eval_metrics(llama_dir, tmp_path):
+    trainer = calign.DPOTrainer(llama_dir, args=calign.DPOConfig(
+        output_dir=str(tmp_path), eval_steps=2, **dict(COMMON, max_steps=4)),
+        train_dataset=pairs(4, seed=16), eval_dataset=pairs(3, seed=17))
+    trainer.train()
+    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+    assert [h["step"] for h in evals] == [2, 4]
+    assert {"eval_rewards/accuracies", "eval_logps/chosen"} <= set(evals[0])
+    again = trainer.evaluate()
+    assert again["eval_loss"] == pytest.approx(evals[-1]["eval_loss"], abs=1e-12)
+
+
+def test_keep_end_truncation_keeps_completions_whole(llama_dir, tmp_path):
+    data = [{"prompt_input_ids": list(range(1, 11)), "chosen_input_ids": [11, 12, 13],
+             "rejected_input_ids": [14, 15]}]
+    trainer = calign.DPOTrainer(llama_dir, args=calign.DPOConfig(
+        output_dir=str(tmp_path), max_length=8, truncation_mode="keep_end"), train_dataset=data)
+    example = trainer.train_examples[0]
+    assert example.prompt_ids == [6, 7, 8, 9, 10] and example.completions == [[11, 12, 13],
+                                                                               [14, 15]]
+
+
+def test_kto_converts_paired_records_and_reward_model_scores_text(tokenizer_dir, llama_dir,
+                                                                  tmp_path):
+    paired = [{"prompt": "the sky is", "chosen": " blue .", "rejected": " green ."},
+              {"prompt": "the grass is", "chosen": " green .", "rejected": " red ."}]
+    kto = calign.KTOTrainer(llama_dir, args=calign.KTOConfig(output_dir=str(tmp_path)),
+                            train_dataset=paired, processing_class=tokenizer_dir)
+    assert [e.label for e in kto.train_examples] == [True, False, True, False]
+    tok = calign.Tokenizer.from_pretrained(tokenizer_dir)
+    reward_model = calign.RewardModel.from_causal_lm(llama_dir, pad_token_id=0)
+    by_text = reward_model.score(["the sky is blue ."], tokenizer=tok)
+    by_ids = reward_model.score([tok.encode("the sky is blue .")])
+    np.testing.assert_allclose(by_text, by_ids)
+    with pytest.raises(ValueError, match="tokenizer="):
+        reward_model.score(["the sky"])
