@@ -6,6 +6,7 @@
     calign generate ...         text from a checkpoint
     calign eval ...             preference accuracy of a policy (against a reference) or of a reward model
     calign align ...            word alignment of a `source ||| target` corpus, Pharaoh links out
+    calign demo [--method M]    SFT then DPO (or kto, orpo, simpo) on the bundled addition task
 
 A user error (missing file, unknown field, bad value) prints one line and
 exits with status 2; anything else keeps its traceback.
@@ -272,6 +273,13 @@ def command_align(args):
     return 0
 
 
+def command_demo(args):
+    from calign.demo.run import run
+
+    run(args.output_dir, method=args.method, quick=args.quick)
+    return 0
+
+
 # ---- entry point -------------------------------------------------------------------------------
 
 class _Parser(argparse.ArgumentParser):
@@ -313,6 +321,10 @@ def build_parser():
     evaluate.add_argument("--beta", type=float, default=0.1)
     evaluate.add_argument("--max_length", type=int, default=1024)
     evaluate.add_argument("--batch_size", type=int, default=8)
+    demo = commands.add_parser("demo", help="SFT then a preference method on a bundled task")
+    demo.add_argument("--method", choices=["dpo", "kto", "orpo", "simpo"], default="dpo")
+    demo.add_argument("--quick", action="store_true", help="fewer steps (for tests)")
+    demo.add_argument("--output_dir", default="calign_demo")
     align = commands.add_parser("align", help="word alignment (fast_align's habits)")
     align.add_argument("--method", choices=["ibm1", "ibm2", "hmm"], default="ibm2")
     align.add_argument("--input", "-i", required=True, help="`source ||| target` a line")
@@ -339,6 +351,8 @@ def main(argv=None):
             return command_generate(args)
         if args.command == "align":
             return command_align(args)
+        if args.command == "demo":
+            return command_demo(args)
         return command_eval(args)
     except UsageError as exc:
         print(f"calign: error: {exc}", file=sys.stderr)

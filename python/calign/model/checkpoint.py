@@ -106,6 +106,18 @@ def copy_into(views, tensors):
         view[...] = tensor
 
 
+def make_readable(folder):
+    """mkdtemp makes 0700 folders: give the finished one the permissions a
+    plain mkdir would have (and its files those of a plain open)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for name in os.listdir(folder):
+        file = os.path.join(folder, name)
+        if os.path.isfile(file):
+            os.chmod(file, 0o666 & ~umask)
+
+
 def write_checkpoint(path, tensors, config):
     """Writes model.safetensors and config.json into `path` without ever leaving
     a half-written checkpoint: a new folder is written in full under a temporary
@@ -122,6 +134,7 @@ def write_checkpoint(path, tensors, config):
                   os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt"})
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config, f, indent=2, sort_keys=True)
+        make_readable(tmp)
         if not os.path.exists(path):
             os.rename(tmp, path)
             return

@@ -8,6 +8,8 @@ import re
 import shutil
 import tempfile
 
+from calign.model.checkpoint import make_readable
+
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -42,6 +44,7 @@ def write_checkpoint(output_dir, step, model, tokenizer, optimizer, trainer_stat
             json.dump(trainer_state, f, indent=2)
         if write_extra is not None:
             write_extra(tmp)
+        make_readable(tmp)
         if os.path.exists(final):
             shutil.rmtree(final)
         os.rename(tmp, final)
