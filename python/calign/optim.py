@@ -76,10 +76,12 @@ class AdamW:
                       self.betas[1], self.eps, self.weight_decay)
 
     def save(self, path):
+        """The moments and step count, as safetensors (written atomically)."""
         _save_state(path, {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq},
                     {"optimizer": "adamw", "step": self.step_count})
 
     def load(self, path):
+        """Restores what save() wrote; refuses another optimizer's or model's state."""
         tensors, metadata = _load_state(path, "adamw", self.model.params.size)
         self.exp_avg[...] = tensors["exp_avg"]
         self.exp_avg_sq[...] = tensors["exp_avg_sq"]
@@ -103,16 +105,19 @@ class SGD:
         self.step_count = 0
 
     def step(self, lr=None):
+        """One update from the gradients in model.grads(); lr overrides self.lr once."""
         self.step_count += 1
         _C.sgd_step(self.model.params, self.model.grad_buffer, self.momentum_buffer,
                     self.lr if lr is None else float(lr), self.momentum, self.dampening,
                     self.weight_decay, self.nesterov, self.step_count == 1)
 
     def save(self, path):
+        """The momentum buffer and step count, as safetensors (written atomically)."""
         tensors = {} if self.momentum_buffer is None else {"momentum_buffer": self.momentum_buffer}
         _save_state(path, tensors, {"optimizer": "sgd", "step": self.step_count})
 
     def load(self, path):
+        """Restores what save() wrote; refuses another optimizer's or model's state."""
         tensors, metadata = _load_state(path, "sgd", self.model.params.size)
         if self.momentum_buffer is not None:
             if "momentum_buffer" not in tensors:

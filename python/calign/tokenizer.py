@@ -76,6 +76,7 @@ class Tokenizer:
         return self._backend.get_vocab_size(with_added_tokens=True)
 
     def token_to_id(self, token):
+        """The id of a token string, None if it is not in the vocabulary."""
         return None if token is None else self._backend.token_to_id(token)
 
     @property
@@ -100,6 +101,7 @@ class Tokenizer:
         return {"input_ids": self.encode(text, add_special_tokens)}
 
     def decode(self, ids, skip_special_tokens=False):
+        """Text of a list of token ids."""
         return self._backend.decode(list(map(int, ids)), skip_special_tokens=skip_special_tokens)
 
     # ---- chat ----------------------------------------------------------------

@@ -92,6 +92,7 @@ class Model:
         return self._engine["d_model"]
 
     def num_parameters(self):
+        """Number of float32 parameters (engine and extra tensors)."""
         return int(self.params.size)
 
     def _views(self, buffer):
@@ -112,6 +113,7 @@ class Model:
         return self._views(self.grad_buffer)
 
     def zero_grad(self):
+        """Sets every gradient to 0 (the backward passes add into them)."""
         self.grad_buffer[...] = 0.0
 
     # ---- running the engine -------------------------------------------------

@@ -46,6 +46,7 @@ class RewardModel(Model):
         return model
 
     def save_pretrained(self, path):
+        """Writes the family's ...ForSequenceClassification folder (num_labels 1)."""
         config = dict(self.config)
         config.update(architectures=[SEQUENCE_CLASSIFICATION[config["model_type"]]],
                       num_labels=1, id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
@@ -72,6 +73,7 @@ class RewardModel(Model):
         return np.asarray(rows, np.int64)
 
     def rewards_of(self, hidden, rows):
+        """The head applied to the given rows of final hidden states (float64)."""
         return hidden[rows].astype(np.float64) @ self.state_dict()["score.weight"][0]
 
     def score(self, inputs, prompts=None, tokenizer=None):

@@ -23,21 +23,25 @@ def aer(predicted, sure, possible):
 
 
 def precision(predicted, sure, possible):
+    """|A ∩ P| / |A| over a corpus (P includes S)."""
     a, _, _, a_and_p = _totals(predicted, sure, possible)
     return a_and_p / max(1, a)
 
 
 def recall(predicted, sure, possible):
+    """|A ∩ S| / |S| over a corpus."""
     _, s, a_and_s, _ = _totals(predicted, sure, possible)
     return a_and_s / max(1, s)
 
 
 def f1(predicted, sure, possible):
+    """The harmonic mean of precision and recall."""
     p, r = precision(predicted, sure, possible), recall(predicted, sure, possible)
     return 0.0 if p + r == 0 else 2 * p * r / (p + r)
 
 
 def format_pharaoh(links):
+    """Links as one Pharaoh line: "i-j i-j ..."."""
     return " ".join(f"{i}-{j}" for i, j in sorted(links))
 
 
@@ -61,6 +65,7 @@ def read_pharaoh(path):
 
 
 def write_pharaoh(path, alignments):
+    """One Pharaoh line per pair's links."""
     with open(path, "w", encoding="utf-8") as f:
         for links in alignments:
             f.write(format_pharaoh(links) + "\n")

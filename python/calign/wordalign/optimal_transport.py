@@ -53,6 +53,7 @@ class OTAligner:
         self.mass_fraction, self.distortion, self.threshold = mass_fraction, distortion, threshold
 
     def plan(self, source_embeddings, target_embeddings):
+        """The transport plan [n, m] between two sentences' word embeddings."""
         x = np.asarray(source_embeddings, np.float64)
         y = np.asarray(target_embeddings, np.float64)
         for name, e in (("source_embeddings", x), ("target_embeddings", y)):
