@@ -10,7 +10,6 @@ import json
 import os
 
 import calign
-from calign.demo import task
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 

@@ -2,10 +2,9 @@
 
 A prompt is "a+b=" (a, b < 100), the answer its decimal sum. A rejected answer
 is a plausible mistake: a carry dropped or added, a digit off by one, digits
-swapped. Exact match of the greedy answer on a held-out split measures quality.
+swapped. Exact match of the greedy answer on a held-out split measures quality
+(calign.demo.run.held_out_accuracy).
 """
-
-import numpy as np
 
 CHARACTERS = list("0123456789+=")
 SPECIAL = ["<pad>", "<eos>"]
@@ -47,9 +46,3 @@ def problems(n, rng, exclude=()):
 
 def prompt_of(a, b):
     return f"{a}+{b}="
-
-
-def exact_match(completions, pairs):
-    """Share of completions (decoded text, eos stripped) equal to the true sum."""
-    right = sum(c.strip() == answer(a, b) for c, (a, b) in zip(completions, pairs))
-    return right / max(1, len(pairs))
