@@ -7,7 +7,8 @@ Accepted records, as TRL names their fields:
                        used verbatim (nothing added)
   listwise             {"prompt", "responses"}: K >= 2 responses, best first
 Optional: "margin" (reward models), "ref_chosen_logps" / "ref_rejected_logps"
-(precomputed reference log-probs).
+(precomputed reference log-probs), "weight" (a per-pair factor on the DPO
+loss, as calign.selfimprove.scpo_pairs writes).
 """
 
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ class PreferenceExample:
     margin: float = None
     ref_logps: list = None  # reference log-probs of the completions, when given
     index: int = -1         # position of the record in the source
+    weight: float = None    # per-pair loss weight ("weight" field, e.g. ScPO's vote margin)
 
 
 def _ids(value, index, field):
@@ -122,7 +124,8 @@ def prepare_preference_data(source, tokenizer, config, name="train_dataset", lis
         ref = None
         if "ref_chosen_logps" in record and "ref_rejected_logps" in record:
             ref = [float(record["ref_chosen_logps"]), float(record["ref_rejected_logps"])]
-        margin = record.get("margin")
+        margin, weight = record.get("margin"), record.get("weight")
         examples.append(PreferenceExample(prompt, completions,
-                                          None if margin is None else float(margin), ref, index))
+                                          None if margin is None else float(margin), ref, index,
+                                          None if weight is None else float(weight)))
     return report_skipped(examples, skipped, len(records), name)

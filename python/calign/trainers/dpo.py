@@ -104,7 +104,7 @@ class DPOTrainer(BaseTrainer):
 
     # ---- one micro-batch -----------------------------------------------------------
 
-    def _loss(self, policy, ref, packed, stats):
+    def _loss(self, policy, ref, packed, stats, examples):
         """(per-example losses, [B, K] rewards, [B, K] d losses.sum() / d policy)."""
         a = self.args
         if self.listwise:
@@ -120,6 +120,9 @@ class DPOTrainer(BaseTrainer):
             # WPO (Zhou et al. 2024, Eq. 2): exp(mean over tokens of logp - log sum p^2), constant
             aligned = packed.sequence_means(stats["logprobs"] - stats["log_sum_sq_probs"])
             pair_weights = np.exp(aligned).prod(axis=1)
+        if any(e.weight is not None for e in examples):
+            record_weights = np.array([1.0 if e.weight is None else e.weight for e in examples])
+            pair_weights = record_weights if pair_weights is None else pair_weights * record_weights
         lengths = packed.lengths.reshape(-1, 2)
         out = losses.dpo_loss(
             policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=a.beta, loss_type=types,
@@ -139,7 +142,7 @@ class DPOTrainer(BaseTrainer):
         stats["logprobs"] = token_logps
         policy = packed.sequence_sums(token_logps)
         ref = self._reference(examples, packed)
-        per_example, rewards, grad = self._loss(policy, ref, packed, stats)
+        per_example, rewards, grad = self._loss(policy, ref, packed, stats, examples)
         if train:
             d_hidden, _ = model.score_backward(hidden, packed.batch,
                                                packed.per_token(grad / normaliser))

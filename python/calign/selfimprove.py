@@ -1,0 +1,280 @@
+"""Preference data from the model's own samples.
+
+Each builder samples N completions per prompt with `Model.generate` (one
+prefill per prompt, shared by its samples, seeded), scores or compares them,
+and returns (records in the DPO trainer's format, a summary of what was kept).
+Records hold text when a tokenizer is given, else `*_input_ids` fields.
+
+- on_policy_pairs: best vs worst sample by a scorer (Tajwar et al. 2024).
+- scpo_pairs: self-consistency votes over extracted answers, vote-weighted
+  (Prasad et al. 2024, ScPO).
+- divpo_pairs: diverse preference optimisation (Lanchantin et al. 2025).
+- self_rewarding_pairs: the policy judges its own samples with an additive
+  5-point rubric (Yuan et al. 2024).
+- select_by_reward_gap: keep the pairs whose DPO implicit reward gap is
+  smallest (Qi et al. 2025).
+"""
+
+import math
+import re
+from collections import Counter
+
+import numpy as np
+
+from calign import losses
+from calign.model import Model, RewardModel, pack_shared_prefix
+
+DEFAULT_JUDGE_TEMPLATE = (
+    "Review the user's question and the corresponding response using the additive 5-point "
+    "scoring system described below. Points are accumulated: add 1 point if the response is "
+    "relevant, a second if it addresses a substantial portion of the question, a third if it "
+    "answers the basic elements usefully, a fourth if it is clearly written from an AI "
+    "assistant's perspective, well organised and helpful, and a fifth if it is impeccably "
+    "tailored to the question without extraneous information.\n\n"
+    "User: {prompt}\n<response>{response}</response>\n\n"
+    'After examining the response, conclude with the line "Score: <total points>".')
+SCORE_PATTERN = re.compile(r"Score:\s*([0-5](?:\.\d+)?)")
+
+
+def _prompt_ids(prompts, tokenizer):
+    if not prompts:
+        raise ValueError("prompts is empty")
+    ids = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, str):
+            if tokenizer is None:
+                raise ValueError("text prompts need tokenizer=")
+            p = tokenizer.encode(p)
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty")
+        ids.append(list(p))
+    return ids
+
+
+def _check_n(n, minimum=2):
+    if not isinstance(n, int) or n < minimum:
+        raise ValueError(f"n must be an integer >= {minimum}, got {n!r}")
+
+
+def sample(model, prompts, n, tokenizer=None, max_new_tokens=32, temperature=1.0, top_p=1.0,
+           seed=0):
+    """n sampled completions per prompt: (prompt ids, [[completion ids] * n] per prompt)."""
+    prompt_ids = _prompt_ids(prompts, tokenizer)
+    eos = tokenizer.eos_token_id if tokenizer is not None else None
+    flat = model.generate(prompt_ids, max_new_tokens=max_new_tokens, do_sample=True,
+                          temperature=temperature, top_p=top_p, eos_token_id=eos,
+                          num_return_sequences=n, seed=seed)
+    return prompt_ids, [flat[i * n:(i + 1) * n] for i in range(len(prompt_ids))]
+
+
+def _text(tokenizer, ids):
+    return tokenizer.decode(ids, skip_special_tokens=True) if tokenizer is not None else None
+
+
+def _record(prompt_ids, chosen, rejected, tokenizer, **extra):
+    if tokenizer is not None:
+        record = {"prompt": tokenizer.decode(prompt_ids), "chosen": _text(tokenizer, chosen),
+                  "rejected": _text(tokenizer, rejected)}
+    else:
+        record = {"prompt_input_ids": list(prompt_ids), "chosen_input_ids": list(chosen),
+                  "rejected_input_ids": list(rejected)}
+    record.update(extra)
+    return record
+
+
+def _scores(scorer, prompt_ids, completions, tokenizer):
+    """A float per completion: a RewardModel, or a callable(prompt, completion)."""
+    if isinstance(scorer, RewardModel):
+        return [float(x) for x in scorer.score(completions, prompts=[prompt_ids] * len(completions))]
+    if not callable(scorer):
+        raise TypeError("scorer must be a calign.RewardModel or a callable(prompt, completion)")
+    prompt = tokenizer.decode(prompt_ids) if tokenizer is not None else prompt_ids
+    out = []
+    for c in completions:
+        value = scorer(prompt, _text(tokenizer, c) if tokenizer is not None else c)
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"the scorer returned {value!r}, not a number") from None
+        if not math.isfinite(value):
+            raise ValueError(f"the scorer returned {value}, not a finite number")
+        out.append(value)
+    return out
+
+
+def on_policy_pairs(model, prompts, scorer, n=4, tokenizer=None, **sampling):
+    """Best vs worst of n samples by score; prompts whose samples all score the
+    same are skipped (no preference to learn)."""
+    _check_n(n)
+    prompt_ids, samples = sample(model, prompts, n, tokenizer, **sampling)
+    records, ties = [], 0
+    for p, completions in zip(prompt_ids, samples):
+        scores = _scores(scorer, p, completions, tokenizer)
+        best, worst = int(np.argmax(scores)), int(np.argmin(scores))
+        if scores[best] == scores[worst]:
+            ties += 1
+            continue
+        records.append(_record(p, completions[best], completions[worst], tokenizer,
+                               score_chosen=scores[best], score_rejected=scores[worst]))
+    return records, {"prompts": len(prompt_ids), "pairs": len(records), "skipped_ties": ties}
+
+
+def scpo_pairs(model, prompts, extract_answer, n=8, min_margin=0.0, tokenizer=None,
+               **sampling):
+    """Self-consistency preference pairs (ScPO): votes over the final answers
+    extracted from n samples; chosen has the most-voted answer, rejected the
+    least-voted; weight = (votes_chosen - votes_rejected) / n, pairs below
+    min_margin dropped. Samples whose answer cannot be extracted (None) do not
+    vote and are never chosen."""
+    _check_n(n)
+    prompt_ids, samples = sample(model, prompts, n, tokenizer, **sampling)
+    records, dropped = [], 0
+    for p, completions in zip(prompt_ids, samples):
+        answers = [extract_answer(_text(tokenizer, c) if tokenizer is not None else c)
+                   for c in completions]
+        votes = Counter(a for a in answers if a is not None)
+        if len(votes) < 2:
+            dropped += 1
+            continue
+        ranked = votes.most_common()
+        top, bottom = ranked[0], ranked[-1]
+        weight = (top[1] - bottom[1]) / n
+        if weight <= 0 or weight < min_margin:
+            dropped += 1
+            continue
+        chosen = completions[answers.index(top[0])]
+        rejected = completions[answers.index(bottom[0])]
+        records.append(_record(p, chosen, rejected, tokenizer, weight=weight))
+    return records, {"prompts": len(prompt_ids), "pairs": len(records), "dropped": dropped}
+
+
+def _ngram_rarity(completions, order=2):
+    """Mean rarity (-log relative frequency) of each completion's n-grams
+    across the pool of completions."""
+    grams = [[tuple(c[i:i + order]) for i in range(max(1, len(c) - order + 1))]
+             for c in completions]
+    counts = Counter(g for gs in grams for g in gs)
+    total = sum(counts.values())
+    return [float(np.mean([-math.log(counts[g] / total) for g in gs])) if gs else 0.0
+            for gs in grams]
+
+
+def _sequence_logps(model, prompt_ids, completions):
+    batch = pack_shared_prefix([(prompt_ids, [c]) for c in completions])
+    logps = model.packed_token_logprobs(batch)
+    return [float(logps[s[0]].sum()) for s in batch.completion_slices]
+
+
+def divpo_pairs(model, prompts, scorer, n=16, quality_percentile=50.0, diversity="logprob",
+                tokenizer=None, **sampling):
+    """Diverse preference pairs (DivPO): among samples scoring at or above the
+    quality percentile, chosen = the most diverse (lowest model log-probability,
+    or rarest n-grams in the pool); among those below, rejected = the least
+    diverse. Prompts with an empty side are skipped."""
+    _check_n(n)
+    if diversity not in ("logprob", "ngram"):
+        raise ValueError(f"diversity must be 'logprob' or 'ngram', got {diversity!r}")
+    if not 0.0 <= quality_percentile <= 100.0:
+        raise ValueError(f"quality_percentile must be in [0, 100], got {quality_percentile!r}")
+    prompt_ids, samples = sample(model, prompts, n, tokenizer, **sampling)
+    records, skipped = [], 0
+    for p, completions in zip(prompt_ids, samples):
+        completions = [c if c else [] for c in completions]
+        scores = np.array(_scores(scorer, p, completions, tokenizer))
+        threshold = np.percentile(scores, quality_percentile)
+        good, bad = np.nonzero(scores >= threshold)[0], np.nonzero(scores < threshold)[0]
+        usable = [i for i in range(n) if completions[i]]
+        good = [i for i in good if i in usable]
+        bad = [i for i in bad if i in usable]
+        if not good or not bad:
+            skipped += 1
+            continue
+        if diversity == "logprob":  # diversity = -log p
+            logps = _sequence_logps(model, p, [completions[i] for i in usable])
+            div = dict(zip(usable, (-x for x in logps)))
+        else:
+            div = dict(zip(usable, _ngram_rarity([completions[i] for i in usable])))
+        chosen = max(good, key=lambda i: div[i])
+        rejected = min(bad, key=lambda i: div[i])
+        records.append(_record(p, completions[chosen], completions[rejected], tokenizer))
+    return records, {"prompts": len(prompt_ids), "pairs": len(records), "skipped": skipped}
+
+
+def parse_judge_score(text):
+    """The last 'Score: x' (0 to 5) in a judge's answer, or None."""
+    found = SCORE_PATTERN.findall(text)
+    return float(found[-1]) if found else None
+
+
+def self_rewarding_pairs(model, prompts, tokenizer, judge_template=DEFAULT_JUDGE_TEMPLATE, n=4,
+                         judge_samples=3, judge_max_new_tokens=64, **sampling):
+    """Self-Rewarding pairs: the policy scores each of its n samples judge_samples
+    times with the judge template (scores parsed, averaged; a sample whose
+    judgements are all unparsable is dropped and counted); highest vs lowest."""
+    _check_n(n)
+    if "{prompt}" not in judge_template or "{response}" not in judge_template:
+        raise ValueError("judge_template must contain {prompt} and {response} placeholders")
+    prompt_ids, samples = sample(model, prompts, n, tokenizer, **sampling)
+    records, unparsable, ties = [], 0, 0
+    for index, (p, completions) in enumerate(zip(prompt_ids, samples)):
+        prompt_text = tokenizer.decode(p)
+        judged = []
+        for k, c in enumerate(completions):
+            judge_prompt = judge_template.format(prompt=prompt_text,
+                                                 response=_text(tokenizer, c))
+            outputs = model.generate([tokenizer.encode(judge_prompt)],
+                                     max_new_tokens=judge_max_new_tokens, do_sample=True,
+                                     num_return_sequences=judge_samples,
+                                     eos_token_id=tokenizer.eos_token_id,
+                                     seed=sampling.get("seed", 0) + 1000 * index + k)
+            scores = [s for s in (parse_judge_score(_text(tokenizer, o)) for o in outputs)
+                      if s is not None]
+            if not scores:
+                unparsable += 1
+                continue
+            judged.append((float(np.mean(scores)), c))
+        if len(judged) < 2 or max(j[0] for j in judged) == min(j[0] for j in judged):
+            ties += 1
+            continue
+        best = max(judged, key=lambda j: j[0])
+        worst = min(judged, key=lambda j: j[0])
+        records.append(_record(p, best[1], worst[1], tokenizer, score_chosen=best[0],
+                               score_rejected=worst[0]))
+    return records, {"prompts": len(prompt_ids), "pairs": len(records),
+                     "unparsable_samples": unparsable, "skipped": ties}
+
+
+def select_by_reward_gap(policy, reference, dataset, beta, fraction=0.1, tokenizer=None,
+                         batch_size=16):
+    """Keeps the `fraction` of preference pairs with the smallest DPO implicit
+    reward gap beta[(log pi_c - log ref_c) - (log pi_r - log ref_r)] (Qi et al.
+    2025). Returns (kept records, gaps of all records)."""
+    from calign.data.preference import prepare_preference_data
+    from calign.data.records import load_records
+    from calign.trainers.config import DPOConfig
+    from calign.trainers.packed import PackedPreferences
+
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    for name, m in (("policy", policy), ("reference", reference)):
+        if not isinstance(m, Model):
+            raise TypeError(f"{name} must be a calign.Model")
+    records = load_records(dataset, "dataset")
+    examples = prepare_preference_data(records, tokenizer, DPOConfig(output_dir="unused",
+                                                                     max_length=None),
+                                       "dataset")
+    if len(examples) != len(records):
+        raise ValueError("some records were skipped; select_by_reward_gap needs all of them")
+    sums = {}
+    for name, m in (("policy", policy), ("reference", reference)):
+        parts = []
+        for i in range(0, len(examples), batch_size):
+            packed = PackedPreferences(examples[i:i + batch_size])
+            hidden = m.forward_packed(packed.batch)
+            parts.append(packed.sequence_sums(m.packed_scores(hidden, packed.batch)))
+        sums[name] = np.concatenate(parts)
+    out = losses.dpo_loss(sums["policy"][:, 0], sums["policy"][:, 1], sums["reference"][:, 0],
+                          sums["reference"][:, 1], beta=beta)
+    gaps = out.chosen_rewards - out.rejected_rewards
+    keep = np.sort(np.argsort(gaps, kind="stable")[:max(1, int(round(fraction * len(gaps))))])
+    return [records[i] for i in keep], gaps

@@ -1,0 +1,168 @@
+"""calign.selfimprove on hand-checkable cases: a tiny model's seeded samples
+and simple scorers whose right answer can be worked out from the samples."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import calign
+from calign import selfimprove as si
+
+VOCAB = 23
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("si")
+    transformers.AutoModelForCausalLM.from_config(transformers.LlamaConfig(
+        hidden_size=24, num_hidden_layers=1, num_attention_heads=4, intermediate_size=32,
+        vocab_size=VOCAB, initializer_range=0.5, max_position_embeddings=256)).save_pretrained(path)
+    return calign.Model.from_pretrained(str(path))
+
+
+PROMPTS = [[1, 2, 3], [4, 5], [6]]
+SAMPLING = dict(max_new_tokens=5, seed=3)
+
+
+def count_high(prompt, completion):
+    """A stand-in reward: how many tokens are 12 or above."""
+    return float(sum(t >= 12 for t in completion))
+
+
+def test_on_policy_pairs_best_vs_worst_and_ties(model):
+    records, summary = si.on_policy_pairs(model, PROMPTS, count_high, n=6, **SAMPLING)
+    _, samples = si.sample(model, PROMPTS, 6, **SAMPLING)
+    expected = 0
+    for prompt, completions in zip(PROMPTS, samples):
+        scores = [count_high(prompt, c) for c in completions]
+        if max(scores) == min(scores):
+            continue
+        record = next(r for r in records if r["prompt_input_ids"] == prompt)
+        assert record["chosen_input_ids"] == completions[int(np.argmax(scores))]
+        assert record["rejected_input_ids"] == completions[int(np.argmin(scores))]
+        expected += 1
+    assert summary["pairs"] == expected == len(records) >= 1
+    _, summary = si.on_policy_pairs(model, PROMPTS, lambda p, c: 1.0, n=4, **SAMPLING)
+    assert summary == {"prompts": 3, "pairs": 0, "skipped_ties": 3}
+
+
+def test_scpo_votes_and_weights(model):
+    def first_token(completion):
+        return completion[0] % 3
+
+    records, summary = si.scpo_pairs(model, PROMPTS, first_token, n=8, **SAMPLING)
+    _, samples = si.sample(model, PROMPTS, 8, **SAMPLING)
+    for prompt, completions in zip(PROMPTS, samples):
+        votes = Counter(first_token(c) for c in completions).most_common()
+        kept = [r for r in records if r["prompt_input_ids"] == prompt]
+        if len(votes) < 2 or votes[0][1] == votes[-1][1]:
+            assert not kept
+            continue
+        assert kept[0]["weight"] == pytest.approx((votes[0][1] - votes[-1][1]) / 8)
+        assert first_token(kept[0]["chosen_input_ids"]) == votes[0][0]
+        assert first_token(kept[0]["rejected_input_ids"]) == votes[-1][0]
+    assert summary["pairs"] + summary["dropped"] == 3 and records
+    everything_same, _ = si.scpo_pairs(model, PROMPTS, lambda c: "same", n=4, **SAMPLING)
+    assert everything_same == []
+    strict, _ = si.scpo_pairs(model, PROMPTS, first_token, n=8, min_margin=1.1, **SAMPLING)
+    assert strict == []
+
+
+@pytest.mark.parametrize("diversity", ["logprob", "ngram"])
+def test_divpo_picks_diverse_good_and_typical_bad(model, diversity):
+    records, summary = si.divpo_pairs(model, PROMPTS, count_high, n=8, diversity=diversity,
+                                      **SAMPLING)
+    _, samples = si.sample(model, PROMPTS, 8, **SAMPLING)
+    for prompt, completions in zip(PROMPTS, samples):
+        scores = np.array([count_high(prompt, c) for c in completions])
+        good = scores >= np.percentile(scores, 50)
+        kept = [r for r in records if r["prompt_input_ids"] == prompt]
+        if good.all():
+            assert not kept
+            continue
+        if diversity == "logprob":
+            div = [-x for x in si._sequence_logps(model, prompt, completions)]
+        else:
+            div = si._ngram_rarity(completions)
+        best = max(np.nonzero(good)[0], key=lambda i: div[i])
+        worst = min(np.nonzero(~good)[0], key=lambda i: div[i])
+        assert kept[0]["chosen_input_ids"] == completions[best]
+        assert kept[0]["rejected_input_ids"] == completions[worst]
+    assert summary["pairs"] == len(records) >= 1
+
+
+def test_judge_scores_are_parsed_and_unparsable_dropped(model, tmp_path):
+    assert si.parse_judge_score("good answer.\nScore: 4") == 4.0
+    assert si.parse_judge_score("Score: 2 ... Score: 5") == 5.0
+    assert si.parse_judge_score("no score here") is None
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    backend = Tokenizer(models.WordLevel({f"w{i}": i for i in range(VOCAB)}, unk_token="w0"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text('{"eos_token": "w1"}')
+    tok = calign.Tokenizer.from_pretrained(str(tmp_path))
+    records, summary = si.self_rewarding_pairs(model, ["w3 w4", "w5"], tok, n=2,
+                                               judge_samples=2, judge_max_new_tokens=4,
+                                               **SAMPLING)
+    # a random model's judgements never contain "Score:": every sample is dropped
+    assert records == [] and summary["unparsable_samples"] == 4
+    with pytest.raises(ValueError, match="placeholders"):
+        si.self_rewarding_pairs(model, ["w3"], tok, judge_template="rate: {prompt}")
+
+
+def test_select_by_reward_gap_equals_the_loss_library(model):
+    reference = calign.Model(model.config)
+    reference.params[...] = model.params * 0.9
+    rng = np.random.default_rng(0)
+    data = [{"prompt_input_ids": rng.integers(1, VOCAB, 3).tolist(),
+             "chosen_input_ids": rng.integers(1, VOCAB, 2).tolist(),
+             "rejected_input_ids": rng.integers(1, VOCAB, 3).tolist()} for _ in range(10)]
+    kept, gaps = si.select_by_reward_gap(model, reference, data, beta=0.3, fraction=0.3)
+
+    def logp(m, r, key):
+        batch = calign.pack_shared_prefix([(r["prompt_input_ids"], [r[key]])])
+        return float(m.packed_token_logprobs(batch).sum())
+
+    out = calign.losses.dpo_loss(
+        [logp(model, r, "chosen_input_ids") for r in data],
+        [logp(model, r, "rejected_input_ids") for r in data],
+        [logp(reference, r, "chosen_input_ids") for r in data],
+        [logp(reference, r, "rejected_input_ids") for r in data], beta=0.3)
+    np.testing.assert_allclose(gaps, out.chosen_rewards - out.rejected_rewards, atol=1e-5)
+    smallest = sorted(np.argsort(gaps)[:3])
+    assert kept == [data[i] for i in smallest]
+
+
+def test_bad_input(model):
+    with pytest.raises(ValueError, match="prompts is empty"):
+        si.on_policy_pairs(model, [], count_high)
+    with pytest.raises(ValueError, match="n must be an integer >= 2"):
+        si.on_policy_pairs(model, PROMPTS, count_high, n=1)
+    with pytest.raises(ValueError, match="not a finite number"):
+        si.on_policy_pairs(model, PROMPTS, lambda p, c: float("nan"), **SAMPLING)
+    with pytest.raises(RuntimeError, match="boom"):
+        si.on_policy_pairs(model, PROMPTS, lambda p, c: (_ for _ in ()).throw(
+            RuntimeError("boom")), **SAMPLING)
+    with pytest.raises(ValueError, match="text prompts need tokenizer"):
+        si.on_policy_pairs(model, ["hello"], count_high)
+    with pytest.raises(ValueError, match="fraction"):
+        si.select_by_reward_gap(model, model, [], beta=0.1, fraction=0)
+
+
+def test_dpo_trainer_uses_the_weight_field(model, tmp_path):
+    """A pair with weight 0 contributes nothing: training on it alone leaves the
+    parameters where they were (weight decay off)."""
+    record = {"prompt_input_ids": [1, 2], "chosen_input_ids": [3], "rejected_input_ids": [4],
+              "weight": 0.0}
+    trainer = calign.DPOTrainer(model, args=calign.DPOConfig(
+        output_dir=str(tmp_path), max_steps=2, learning_rate=1e-2, save_steps=0,
+        disable_tqdm=True), train_dataset=[record])
+    before = model.params.copy()
+    trainer.train()
+    np.testing.assert_array_equal(trainer.model.params, before)
+    assert trainer.state.log_history[-1]["loss"] == 0.0
