@@ -166,3 +166,29 @@ def test_dpo_trainer_uses_the_weight_field(model, tmp_path):
     trainer.train()
     np.testing.assert_array_equal(trainer.model.params, before)
     assert trainer.state.log_history[-1]["loss"] == 0.0
+
+
+def test_online_dpo_ranks_fresh_samples_and_trains(model, tmp_path):
+    prompts = [{"prompt_input_ids": p} for p in PROMPTS + [[7, 8], [9, 10, 11]]]
+    settings = dict(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=5,
+                    learning_rate=1e-2, beta=0.5, max_new_tokens=4, save_steps=0,
+                    logging_steps=1, disable_tqdm=True)
+    runs = []
+    for _ in range(2):
+        start = calign.Model(model.config)
+        start.params[...] = model.params
+        trainer = calign.OnlineDPOTrainer(start, reward_model=count_high,
+                                          args=calign.OnlineDPOConfig(**settings),
+                                          train_dataset=prompts)
+        trainer.train()
+        runs.append([h["loss"] for h in trainer.state.log_history if "loss" in h])
+        for pair in trainer.last_pairs:
+            chosen, rejected = pair.completions
+            assert count_high(None, chosen) >= count_high(None, rejected)
+    assert runs[0][0] == pytest.approx(np.log(2), abs=1e-9)  # policy = reference at step 1
+    assert runs[0] == runs[1]  # seeded: the same samples, the same run
+    with pytest.raises(TypeError, match="reward_model must be"):
+        calign.OnlineDPOTrainer(model, reward_model="judge", args=calign.OnlineDPOConfig(
+            output_dir=str(tmp_path)), train_dataset=prompts)
+    with pytest.raises(ValueError, match="precompute_ref_log_probs"):
+        calign.OnlineDPOConfig(precompute_ref_log_probs=True)

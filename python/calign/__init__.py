@@ -10,12 +10,13 @@ from calign._info import build_info
 from calign.model import Model, PackedBatch, RewardModel, pack_shared_prefix
 from calign.tokenizer import Tokenizer
 from calign.trainers import (CPOConfig, CPOTrainer, DPOConfig, DPOTrainer, KTOConfig, KTOTrainer,
-                             ORPOConfig, ORPOTrainer, RewardConfig, RewardTrainer, SFTConfig,
-                             SFTTrainer)
+                             OnlineDPOConfig, OnlineDPOTrainer, ORPOConfig, ORPOTrainer,
+                             RewardConfig, RewardTrainer, SFTConfig, SFTTrainer)
 
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "CPOConfig", "CPOTrainer", "DPOConfig", "DPOTrainer", "KTOConfig",
-           "KTOTrainer", "ORPOConfig", "ORPOTrainer", "RewardConfig", "RewardModel",
-           "RewardTrainer", "SFTConfig", "SFTTrainer", "Tokenizer", "Model", "PackedBatch", "build_info", "get_num_threads", "losses", "ops",
-           "optim", "pack_shared_prefix", "selfimprove", "set_num_threads"]
+           "KTOTrainer", "OnlineDPOConfig", "OnlineDPOTrainer", "ORPOConfig", "ORPOTrainer",
+           "RewardConfig", "RewardModel", "RewardTrainer", "SFTConfig", "SFTTrainer", "Tokenizer",
+           "Model", "PackedBatch", "build_info", "get_num_threads", "losses", "ops", "optim",
+           "pack_shared_prefix", "selfimprove", "set_num_threads"]

@@ -4,10 +4,11 @@ from calign.trainers.config import (CPOConfig, DPOConfig, KTOConfig, ORPOConfig,
                                     SFTConfig, TrainingConfig)
 from calign.trainers.dpo import DPOTrainer
 from calign.trainers.kto import KTOTrainer
+from calign.trainers.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 from calign.trainers.pair_nll import CPOTrainer, ORPOTrainer
 from calign.trainers.reward import RewardTrainer
 from calign.trainers.sft import SFTTrainer
 
 __all__ = ["CPOConfig", "CPOTrainer", "DPOConfig", "DPOTrainer", "KTOConfig", "KTOTrainer",
-           "ORPOConfig", "ORPOTrainer", "RewardConfig", "RewardTrainer", "SFTConfig",
-           "SFTTrainer", "TrainingConfig"]
+           "OnlineDPOConfig", "OnlineDPOTrainer", "ORPOConfig", "ORPOTrainer", "RewardConfig",
+           "RewardTrainer", "SFTConfig", "SFTTrainer", "TrainingConfig"]

@@ -1,0 +1,103 @@
+"""OnlineDPOTrainer (Guo et al. 2024, TRL's OnlineDPOTrainer): every step
+samples two completions per prompt from the current policy, ranks them with a
+reward model or a scoring function, and takes a DPO step on the pair."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from calign.data.preference import PreferenceExample
+from calign.data.records import load_records, require_field
+from calign.model import RewardModel
+from calign.trainers.config import DPOConfig, _check, _help, _is_number
+from calign.trainers.dpo import DPOTrainer
+
+
+@dataclass
+class OnlineDPOConfig(DPOConfig):
+    """DPOConfig plus the sampling settings of TRL's OnlineDPOConfig."""
+
+    max_new_tokens: int = _help("Tokens to sample per completion.", default=64)
+    temperature: float = _help("Sampling temperature.", default=0.9)
+    missing_eos_penalty: float = _help("Subtracted from the score of a completion that does "
+                                       "not end with EOS (None: off).", default=None)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
+               "max_new_tokens", self.max_new_tokens, "an integer >= 1")
+        _check(_is_number(self.temperature) and self.temperature > 0, "temperature",
+               self.temperature, "a number > 0")
+        _check(self.missing_eos_penalty is None or _is_number(self.missing_eos_penalty),
+               "missing_eos_penalty", self.missing_eos_penalty, "None or a number")
+        _check(not self.precompute_ref_log_probs, "precompute_ref_log_probs",
+               self.precompute_ref_log_probs, "False (the completions do not exist before)")
+
+
+class OnlineDPOTrainer(DPOTrainer):
+    """Online DPO. train_dataset holds prompts ({"prompt": text} records, or
+    {"prompt_input_ids": [...]}); reward_model is a calign.RewardModel or a
+    callable(prompt, completion) -> float. The pair of a step: the higher-scored
+    sample is chosen (the first on a tie, as TRL)."""
+
+    config_class = OnlineDPOConfig
+
+    def __init__(self, model, reward_model, ref_model=None, args=None, train_dataset=None,
+                 eval_dataset=None, processing_class=None):
+        if not isinstance(reward_model, RewardModel) and not callable(reward_model):
+            raise TypeError("reward_model must be a calign.RewardModel or a "
+                            "callable(prompt, completion)")
+        self.reward_model = reward_model
+        super().__init__(model, ref_model=ref_model, args=args, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=processing_class)
+        self.last_pairs = []
+
+    def _prepare_examples(self, source, name):
+        examples = []
+        for index, record in enumerate(load_records(source, name)):
+            if "prompt_input_ids" in record:
+                prompt = list(record["prompt_input_ids"])
+            else:
+                text = require_field(record, "prompt", index, name)
+                if self.processing_class is None:
+                    raise ValueError(f"{name} record {index} holds text: pass processing_class")
+                prompt = self.processing_class.encode(text)
+            if not prompt:
+                raise ValueError(f"{name} record {index} has an empty prompt")
+            examples.append(PreferenceExample(prompt, [], index=index))
+        return examples
+
+    def _score(self, prompt, completion):
+        eos = self.processing_class.eos_token_id if self.processing_class else None
+        if isinstance(self.reward_model, RewardModel):
+            score = float(self.reward_model.score([completion], prompts=[prompt])[0])
+        elif self.processing_class is not None:
+            score = float(self.reward_model(self.processing_class.decode(prompt),
+                                            self.processing_class.decode(
+                                                completion, skip_special_tokens=True)))
+        else:
+            score = float(self.reward_model(prompt, completion))
+        if not np.isfinite(score):
+            raise ValueError(f"the reward model returned {score}, not a finite number")
+        if self.args.missing_eos_penalty is not None and (eos is None or completion[-1] != eos):
+            score -= self.args.missing_eos_penalty
+        return score
+
+    def _micro_step(self, examples, normaliser, train):
+        a = self.args
+        eos = self.processing_class.eos_token_id if self.processing_class else None
+        samples = self.model.generate([e.prompt_ids for e in examples],
+                                      max_new_tokens=a.max_new_tokens, do_sample=True,
+                                      temperature=a.temperature, eos_token_id=eos,
+                                      num_return_sequences=2,
+                                      seed=a.seed * 1_000_003 + self.state.global_step)
+        pairs = []
+        for i, example in enumerate(examples):
+            first, second = samples[2 * i], samples[2 * i + 1]
+            if self._score(example.prompt_ids, first) >= self._score(example.prompt_ids,
+                                                                      second):
+                pairs.append(PreferenceExample(example.prompt_ids, [first, second]))
+            else:
+                pairs.append(PreferenceExample(example.prompt_ids, [second, first]))
+        self.last_pairs = pairs
+        return super()._micro_step(pairs, normaliser, train)
