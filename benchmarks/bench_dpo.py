@@ -88,6 +88,9 @@ def run_calign(folder, steps, threads):
     trainer.train()
     phases = calign._C.profile(enable=False, reset=True)
     info = calign.build_info()
+    # the achieved-FLOP/s reference: calign's own sgemm, measured in this process
+    phases["sgemm_gflops"] = calign._C.sgemm_gflops(1024, 1024, 1024, 5)
+    phases["params"] = trainer.model.num_parameters()
     return stamps, f"OpenBLAS {info['blas_core']}", phases
 
 
@@ -126,12 +129,14 @@ def child(args):
     run = run_calign if args.side == "calign" else run_trl
     stamps, kernel, phases = run(args.folder, args.steps + 1, args.threads)
     step_seconds = [b - a for a, b in zip(stamps, stamps[1:])][1:]  # first step is warm-up
+    extra = {}
     if phases is not None:  # per step, and what the clocks did not cover
+        extra = {k: phases.pop(k) for k in ("sgemm_gflops", "params")}
         phases = {k: v / len(step_seconds) for k, v in phases.items()}
         phases["other"] = sum(step_seconds) / len(step_seconds) - sum(phases.values())
     print(json.dumps({"seconds": statistics.median(step_seconds), "steps": len(step_seconds),
                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "kernel": kernel, "phases": phases}))
+                      "kernel": kernel, "phases": phases, **extra}))
 
 
 def spawn(side, folder, steps, threads, native_blas):
@@ -179,6 +184,15 @@ def main():
               f"{r['peak_rss_mib']:13.0f}  {r['kernel']}")
     print(f"ratio: calign {theirs['seconds'] / mine['seconds']:.2f}x TRL's tokens/s, "
           f"{mine['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}x its peak RSS")
+    # model FLOPs of a step: 6 N per packed token for the policy, 2 N for the
+    # reference, plus attention (4 L d T^2 per sequence forward, 3x for training)
+    config = MODELS[args.model]
+    packed = PAIRS * (PROMPT + 2 * COMPLETION)
+    attention = 4 * config["n_layer"] * config["n_embd"] * (PROMPT + 2 * COMPLETION) ** 2 * PAIRS
+    flops = 8 * mine["params"] * packed + 4 * attention
+    print(f"calign achieved {flops / mine['seconds'] / 1e9:.0f} GFLOP/s = "
+          f"{100 * flops / mine['seconds'] / 1e9 / mine['sgemm_gflops']:.0f}% of its in-run "
+          f"sgemm ({mine['sgemm_gflops']:.0f} GFLOP/s)")
     total = sum(mine["phases"].values())
     print("calign step by phase (mean s/step): " + ", ".join(
         f"{k} {v:.3f} ({100 * v / total:.0f}%)" for k, v in mine["phases"].items()))
