@@ -460,3 +460,22 @@ def test_kto_converts_paired_records_and_reward_model_scores_text(tokenizer_dir,
     np.testing.assert_allclose(by_text, by_ids)
     with pytest.raises(ValueError, match="tokenizer="):
         reward_model.score(["the sky"])
+
+
+def test_training_is_independent_of_thread_count(llama_dir, tmp_path):
+    data = pairs(6, seed=18)
+    losses_by_threads, params = [], []
+    previous = calign.get_num_threads()
+    try:
+        for threads in (1, 2):
+            calign.set_num_threads(threads)
+            trainer = calign.DPOTrainer(llama_dir, args=calign.DPOConfig(
+                output_dir=str(tmp_path / str(threads)), **dict(COMMON, max_steps=4)),
+                train_dataset=data)
+            trainer.train()
+            losses_by_threads.append(losses_of(trainer))
+            params.append(trainer.model.params.copy())
+    finally:
+        calign.set_num_threads(previous)
+    np.testing.assert_allclose(losses_by_threads[0], losses_by_threads[1], atol=1e-6)
+    np.testing.assert_allclose(params[0], params[1], atol=1e-5)
