@@ -177,6 +177,9 @@ class BaseTrainer:
                 _accumulate(sums, counts, metrics)
             grad_norm = (clip_grad_norm(self.model, a.max_grad_norm) if a.max_grad_norm > 0
                          else _C.grad_norm(self.model.grad_buffer))
+            if not math.isfinite(grad_norm):  # clip_grad_norm raises too; this covers no clipping
+                raise FloatingPointError(f"step {step}: the gradient norm is {grad_norm}; "
+                                         "stopping before the parameters become NaN")
             lr = learning_rate(a, step, total)
             self.optimizer.step(lr=lr)
             self.state.global_step += 1
