@@ -99,6 +99,62 @@ print({k: round(v, 3) for k, v in kto.state.log_history[-1].items() if "/" in k 
 ]
 
 
+SELF_IMPROVING = [
+    ("markdown", "# Self-improving preference data\n\nAfter SFT, the model answers each "
+                 "training prompt 4 times; a program checks the sums; a right and a wrong "
+                 "answer make a pair (calign.selfimprove.on_policy_pairs); DPO trains on them; "
+                 "repeat. Compared with DPO on the bundled off-policy pairs."),
+    ("code", SETUP + '''
+ROUNDS, ROUND_STEPS = (1, 20) if QUICK else (2, 200)
+prompts = [r["prompt"] for r in demo.read_jsonl(f"{assets}/preferences.jsonl")]
+if QUICK:
+    prompts = prompts[:200]'''),
+    ("code", '''from calign import selfimprove
+
+def correct(prompt, completion):
+    a, b = prompt[:-1].split("+")
+    return float(completion.strip() == str(int(a) + int(b)))
+
+def dpo_config(name, steps):
+    return calign.DPOConfig(output_dir=f"notebook_out/{name}", learning_rate=3e-4, beta=2.0,
+                            max_steps=steps, per_device_train_batch_size=32,
+                            lr_scheduler_type="cosine", warmup_steps=10, save_steps=0,
+                            disable_tqdm=True)
+
+sft = calign.SFTTrainer(f"{assets}/base", args=calign.SFTConfig(
+    output_dir="notebook_out/sft", max_steps=SFT_STEPS, save_steps=0, disable_tqdm=True,
+    **demo.SFT_SETTINGS), train_dataset=f"{assets}/sft.jsonl", processing_class=tokenizer)
+sft.train()
+accuracy = {"SFT": demo.held_out_accuracy(sft.model, tokenizer, heldout)}
+sft_params = sft.model.params.copy()'''),
+    ("code", '''model = sft.model
+for r in range(ROUNDS):
+    records, summary = selfimprove.on_policy_pairs(model, prompts, correct, n=4,
+                                                   tokenizer=tokenizer, max_new_tokens=4, seed=r)
+    print(f"round {r + 1}:", summary)
+    trainer = calign.DPOTrainer(model, args=dpo_config(f"round{r + 1}", ROUND_STEPS),
+                                train_dataset=records, processing_class=tokenizer)
+    trainer.train()
+    model = trainer.model
+    accuracy[f"on-policy round {r + 1}"] = demo.held_out_accuracy(model, tokenizer, heldout)'''),
+    ("code", '''baseline = calign.Model(sft.model.config)
+baseline.params[...] = sft_params
+off_policy = calign.DPOTrainer(baseline, args=dpo_config("off_policy", ROUNDS * ROUND_STEPS),
+                               train_dataset=f"{assets}/preferences.jsonl",
+                               processing_class=tokenizer)
+off_policy.train()
+accuracy["off-policy DPO"] = demo.held_out_accuracy(off_policy.model, tokenizer, heldout)
+for name, value in accuracy.items():
+    print(f"{name:>20}: {value:.1%} held-out exact match")'''),
+    ("code", '''import matplotlib.pyplot as plt
+
+fig, ax = plt.subplots(figsize=(7, 3))
+ax.bar(list(accuracy), list(accuracy.values()))
+ax.set(ylabel="held-out exact match", ylim=(0, 1))
+fig.tight_layout()'''),
+]
+
+
 def write(path, cells):
     notebook = nbformat.v4.new_notebook()
     for kind, source in cells:
@@ -113,3 +169,4 @@ if __name__ == "__main__":
     here = os.path.dirname(os.path.abspath(__file__))
     write(os.path.join(here, "01_quickstart_dpo.ipynb"), QUICKSTART)
     write(os.path.join(here, "02_kto_and_reward_model.ipynb"), KTO_AND_RM)
+    write(os.path.join(here, "03_self_improving.ipynb"), SELF_IMPROVING)

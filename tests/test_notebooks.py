@@ -9,7 +9,8 @@ from nbclient import NotebookClient
 FOLDER = os.path.join(os.path.dirname(__file__), "..", "notebooks")
 
 
-@pytest.mark.parametrize("name", ["01_quickstart_dpo.ipynb", "02_kto_and_reward_model.ipynb"])
+@pytest.mark.parametrize("name", ["01_quickstart_dpo.ipynb", "02_kto_and_reward_model.ipynb",
+                                  "03_self_improving.ipynb"])
 def test_notebook_executes(name, tmp_path, monkeypatch):
     monkeypatch.setenv("CALIGN_NOTEBOOK_QUICK", "1")
     notebook = nbformat.read(os.path.join(FOLDER, name), as_version=4)
