@@ -342,8 +342,11 @@ def test_precomputed_reference_equals_live_reference(llama_dir, tmp_path):
         train_dataset=data)
     assert all(e.ref_logps is not None for e in pre.train_examples)
     assert list((tmp_path / "b").glob("ref_logps-train-*.npy"))  # cached for the next run
+    assert pre.ref_model is None  # the policy scored the data itself: no copy of the weights
     pre.train()
     np.testing.assert_allclose(losses_of(pre), losses_of(live), atol=1e-6)
+    with pytest.raises(ValueError, match="give eval_dataset to the trainer"):
+        pre.evaluate(pairs(2, seed=99))  # the policy has moved: it is no reference any more
     # dataset columns are used as given
     columns = [dict(r, ref_chosen_logps=e.ref_logps[0], ref_rejected_logps=e.ref_logps[1])
                for r, e in zip(data, pre.train_examples)]
@@ -353,6 +356,26 @@ def test_precomputed_reference_equals_live_reference(llama_dir, tmp_path):
     assert given.ref_model is None
     given.train()
     np.testing.assert_allclose(losses_of(given), losses_of(live), atol=1e-6)
+
+
+def test_a_separate_reference_model_live_and_precomputed(llama_dir, tmp_path):
+    """An explicit ref_model (here: perturbed weights) is what the rewards are measured
+    against, live or precomputed."""
+    data = pairs(4, seed=15)
+    settings = dict(COMMON, max_steps=2)
+    reference = calign.Model.from_pretrained(llama_dir)
+    reference.params += np.random.default_rng(0).normal(0, 0.02, reference.params.size)
+    live = calign.DPOTrainer(llama_dir, ref_model=reference, args=calign.DPOConfig(
+        output_dir=str(tmp_path / "a"), **settings), train_dataset=data)
+    live.train()
+    pre = calign.DPOTrainer(llama_dir, ref_model=reference, args=calign.DPOConfig(
+        output_dir=str(tmp_path / "b"), precompute_ref_log_probs=True, **settings),
+        train_dataset=data)
+    assert pre.ref_model is None
+    pre.train()
+    np.testing.assert_allclose(losses_of(pre), losses_of(live), atol=1e-6)
+    # the first step of a self-referenced run starts at ln 2; this one does not
+    assert abs(losses_of(live)[0] - np.log(2)) > 1e-3
 
 
 def test_reference_free_and_variants_match_the_loss_library(llama_dir, tmp_path):

@@ -45,6 +45,14 @@ class DPOTrainer(BaseTrainer):
         every_example_has_ref = all(e.ref_logps is not None for e in self.train_examples)
         if a.reference_free or (every_example_has_ref and ref_model is None):
             self.ref_model = None
+        elif a.precompute_ref_log_probs:
+            # Before the first update the policy is the reference, so it scores the
+            # data itself: no copy of the weights is ever made (as TRL does).
+            self.ref_model = self.model if ref_model is None else _load_model(ref_model)
+            self._precompute_reference(self.train_examples, "train")
+            if self.eval_examples:
+                self._precompute_reference(self.eval_examples, "eval")
+            self.ref_model = None
         elif ref_model is None:
             self.ref_model = Model(self.model.config)
             self.ref_model.params[...] = self.model.params
@@ -52,10 +60,6 @@ class DPOTrainer(BaseTrainer):
             self.ref_model = _load_model(ref_model)
             if self.ref_model.params.size != self.model.params.size and a.sync_ref_model:
                 raise ValueError("sync_ref_model needs a reference of the policy's shape")
-        if a.precompute_ref_log_probs and self.ref_model is not None:
-            self._precompute_reference(self.train_examples, "train")
-            if self.eval_examples:
-                self._precompute_reference(self.eval_examples, "eval")
 
     def _prepare_examples(self, source, name):
         listwise = self.args.loss_types == ["listwise"]
@@ -72,7 +76,7 @@ class DPOTrainer(BaseTrainer):
         """Reference log-probs of every example, once, cached in output_dir keyed by
         the reference parameters and the tokenized data."""
         digest = hashlib.sha256()
-        digest.update(self.ref_model.params.tobytes())
+        digest.update(memoryview(self.ref_model.params))  # no copy of the weights
         digest.update(repr(self.args.ld_alpha).encode())
         for e in examples:
             digest.update(np.asarray(e.prompt_ids + [-1] + [t for c in e.completions
@@ -98,8 +102,11 @@ class DPOTrainer(BaseTrainer):
         if all(e.ref_logps is not None for e in examples):
             return np.array([e.ref_logps for e in examples], np.float64)
         if self.ref_model is None:
+            hint = (" (with precompute_ref_log_probs, give eval_dataset to the trainer so its "
+                    "reference log-probs are computed before training)"
+                    if self.args.precompute_ref_log_probs else "")
             raise ValueError("some examples lack ref_chosen_logps/ref_rejected_logps and there "
-                             "is no reference model")
+                             "is no reference model" + hint)
         return self._reference_sums(packed)
 
     # ---- one micro-batch -----------------------------------------------------------
