@@ -6,40 +6,77 @@
 #include <string.h>
 
 #include "core/gemm.h"
+#include "core/simd.h"
 #include "core/threads.h"
 
-static inline int visible(const int32_t *branch, long i, long j) {
-    return branch[j] == 0 || branch[j] == branch[i];
-}
+/* Query block [r0, r1) only looks at keys [0, r1), so the causal upper
+ * triangle is mostly skipped while the products stay large enough for sgemm.
+ * A block's scores S are [r1 - r0, r1] with row stride r1. */
 
-/* Queries are processed in blocks of ATTENTION_BLOCK rows; block [r0, r1)
- * only looks at keys [0, r1), so the causal upper triangle is mostly skipped
- * while the products stay large enough for sgemm. */
-#define ATTENTION_BLOCK 64
-
-/* Masked softmax in place on rows r0..r1 of the scores block S (stride L,
- * columns 0..r1): probabilities for visible keys j <= i, exact zeros else. */
-static void masked_softmax_rows(float *S, long L, long r0, long r1, long start,
+/* Softmax in place over the keys each query row sees (j <= i, branch rule),
+ * exact zeros elsewhere; lse[i] = log sum_j exp(S_ij) over those keys.
+ * Branch-free inner loops with `omp simd` reductions, so they vectorise. */
+CALIGN_SIMD_CLONES
+static void masked_softmax_rows(float *S, float *lse, long r0, long r1, long start,
                                 const int32_t *branch) {
+    const int32_t *key_branch = branch + start;
     for (long i = r0; i < r1; i++) {
-        float *row = S + i * L;
+        float *row = S + (i - r0) * r1;
+        const int32_t own = key_branch[i];
         float m = -INFINITY;
+#pragma omp simd reduction(max : m)
         for (long j = 0; j <= i; j++) {
-            if (!visible(branch, start + i, start + j)) row[j] = -INFINITY;
-            m = row[j] > m ? row[j] : m;
+            float x = (key_branch[j] == 0) | (key_branch[j] == own) ? row[j] : -INFINITY;
+            row[j] = x;
+            m = x > m ? x : m;
         }
         float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
         for (long j = 0; j <= i; j++) {
-            row[j] = row[j] == -INFINITY ? 0.0f : expf(row[j] - m);
-            sum += row[j];
+            float e = exp_nonpositive(row[j] - m); /* exp(-inf) = 0 */
+            row[j] = e;
+            sum += e;
         }
         float inv = 1.0f / sum;
         for (long j = 0; j <= i; j++) row[j] *= inv;
         for (long j = i + 1; j < r1; j++) row[j] = 0.0f;
+        lse[i] = m + logf(sum);
     }
 }
 
-void attention_forward(float *out, int ld_out, float *probs, const float *q, int ld_q,
+/* The forward's probabilities again from the scores and lse:
+ * P_ij = exp(S_ij - lse_i) on the keys query i sees, 0 elsewhere. */
+CALIGN_SIMD_CLONES
+static void recompute_probs(float *S, const float *lse, long r0, long r1, long start,
+                            const int32_t *branch) {
+    const int32_t *key_branch = branch + start;
+    for (long i = r0; i < r1; i++) {
+        float *row = S + (i - r0) * r1;
+        const int32_t own = key_branch[i];
+        const float row_lse = lse[i];
+        for (long j = 0; j <= i; j++) {
+            float e = exp_nonpositive(row[j] - row_lse);
+            row[j] = (key_branch[j] == 0) | (key_branch[j] == own) ? e : 0.0f;
+        }
+        for (long j = i + 1; j < r1; j++) row[j] = 0.0f;
+    }
+}
+
+/* dS = P * (dP - sum_j P dP) / sqrt(head_dim), row by row (softmax backward);
+ * dS holds dP on entry. */
+CALIGN_SIMD_CLONES
+static void softmax_backward_rows(float *dS, const float *P, long n, long width, float scale) {
+    for (long i = 0; i < n; i++) {
+        const float *p_row = P + i * width;
+        float *row = dS + i * width;
+        float weighted = 0.0f;
+#pragma omp simd reduction(+ : weighted)
+        for (long j = 0; j < width; j++) weighted += p_row[j] * row[j];
+        for (long j = 0; j < width; j++) row[j] = p_row[j] * (row[j] - weighted) * scale;
+    }
+}
+
+void attention_forward(float *out, int ld_out, float *lse, const float *q, int ld_q,
                        const float *k, int ld_k, const float *v, int ld_v,
                        const attention_shape *a) {
     const int hd = a->head_dim, group = a->n_head / a->n_kv_head;
@@ -51,7 +88,8 @@ void attention_forward(float *out, int ld_out, float *probs, const float *q, int
     for (long task = 0; task < n_tasks; task++) {
         int s = (int)(task / a->n_head), h = (int)(task % a->n_head), kvh = h / group;
         long start = a->seq_start[s], L = a->seq_start[s + 1] - start;
-        float *P = probs + h * a->probs_per_head + a->probs_offset[s];
+        float *P = a->scratch + (long)omp_get_thread_num() * a->scratch_per_thread;
+        float *row_lse = lse + h * a->T + start;
         const float *Q = q + start * ld_q + (long)h * hd;
         const float *K = k + start * ld_k + (long)kvh * hd;
         const float *V = v + start * ld_v + (long)kvh * hd;
@@ -60,25 +98,26 @@ void attention_forward(float *out, int ld_out, float *probs, const float *q, int
             long r1 = r0 + ATTENTION_BLOCK < L ? r0 + ATTENTION_BLOCK : L;
             /* S = Q K^T / sqrt(head_dim), then softmax over visible keys */
             gemm_f32(false, true, (int)(r1 - r0), (int)r1, hd, scale, Q + r0 * ld_q, ld_q, K, ld_k,
-                     0.0f, P + r0 * L, (int)L);
-            masked_softmax_rows(P, L, r0, r1, start, a->branch);
+                     0.0f, P, (int)r1);
+            masked_softmax_rows(P, row_lse, r0, r1, start, a->branch);
             /* O = P V */
-            gemm_f32(false, false, (int)(r1 - r0), hd, (int)r1, 1.0f, P + r0 * L, (int)L, V, ld_v,
-                     0.0f, O + r0 * ld_out, ld_out);
+            gemm_f32(false, false, (int)(r1 - r0), hd, (int)r1, 1.0f, P, (int)r1, V, ld_v, 0.0f,
+                     O + r0 * ld_out, ld_out);
         }
     }
     profile_end(PHASE_ATTENTION, mark);
 }
 
-void attention_backward(float *dq, float *dk, float *dv, const float *d_out, int ld_out,
-                        const float *probs, const float *q, int ld_q, const float *k, int ld_k,
-                        const float *v, int ld_v, long T, const attention_shape *a) {
+void attention_backward(float *dq, int ld_dq, float *dk, int ld_dk, float *dv, int ld_dv,
+                        const float *d_out, int ld_out, const float *lse, const float *q,
+                        int ld_q, const float *k, int ld_k, const float *v, int ld_v,
+                        const attention_shape *a) {
     const int hd = a->head_dim, group = a->n_head / a->n_kv_head;
     const float scale = 1.0f / sqrtf((float)hd);
     profile_mark mark = profile_begin();
-    for (long t = 0; t < T; t++) {
-        memset(dk + t * ld_k, 0, sizeof(float) * (size_t)a->n_kv_head * hd);
-        memset(dv + t * ld_v, 0, sizeof(float) * (size_t)a->n_kv_head * hd);
+    for (long t = 0; t < a->T; t++) {
+        memset(dk + t * ld_dk, 0, sizeof(float) * (size_t)a->n_kv_head * hd);
+        memset(dv + t * ld_dv, 0, sizeof(float) * (size_t)a->n_kv_head * hd);
     }
     /* One task per (sequence, kv head): the query heads of a group share the
      * same dk, dv rows, so they are handled by the same thread. */
@@ -87,37 +126,34 @@ void attention_backward(float *dq, float *dk, float *dv, const float *d_out, int
     for (long task = 0; task < n_tasks; task++) {
         int s = (int)(task / a->n_kv_head), kvh = (int)(task % a->n_kv_head);
         long start = a->seq_start[s], L = a->seq_start[s + 1] - start;
-        float *dS = a->scratch + (long)omp_get_thread_num() * a->scratch_per_thread;
+        float *P = a->scratch + (long)omp_get_thread_num() * a->scratch_per_thread;
+        float *dS = P + ATTENTION_BLOCK * L;
         const float *K = k + start * ld_k + (long)kvh * hd;
         const float *V = v + start * ld_v + (long)kvh * hd;
-        float *dK = dk + start * ld_k + (long)kvh * hd;
-        float *dV = dv + start * ld_v + (long)kvh * hd;
+        float *dK = dk + start * ld_dk + (long)kvh * hd;
+        float *dV = dv + start * ld_dv + (long)kvh * hd;
         for (int h = kvh * group; h < (kvh + 1) * group; h++) {
-            const float *P = probs + h * a->probs_per_head + a->probs_offset[s];
+            const float *row_lse = lse + h * a->T + start;
             const float *Q = q + start * ld_q + (long)h * hd;
             const float *dO = d_out + start * ld_out + (long)h * hd;
-            float *dQ = dq + start * ld_q + (long)h * hd;
+            float *dQ = dq + start * ld_dq + (long)h * hd;
             for (long r0 = 0; r0 < L; r0 += ATTENTION_BLOCK) {
                 long r1 = r0 + ATTENTION_BLOCK < L ? r0 + ATTENTION_BLOCK : L, n = r1 - r0;
-                const float *Pb = P + r0 * L;
+                /* P = softmax(Q K^T / sqrt(head_dim)) of this block, from lse */
+                gemm_f32(false, true, (int)n, (int)r1, hd, scale, Q + r0 * ld_q, ld_q, K, ld_k,
+                         0.0f, P, (int)r1);
+                recompute_probs(P, row_lse, r0, r1, start, a->branch);
                 /* dV[0:r1] += P^T dO;  dP = dO V^T */
-                gemm_f32(true, false, (int)r1, hd, (int)n, 1.0f, Pb, (int)L, dO + r0 * ld_out,
-                         ld_out, 1.0f, dV, ld_v);
+                gemm_f32(true, false, (int)r1, hd, (int)n, 1.0f, P, (int)r1, dO + r0 * ld_out,
+                         ld_out, 1.0f, dV, ld_dv);
                 gemm_f32(false, true, (int)n, (int)r1, hd, 1.0f, dO + r0 * ld_out, ld_out, V, ld_v,
                          0.0f, dS, (int)r1);
-                /* dS = P * (dP - sum_j P dP) / sqrt(head_dim) (softmax backward) */
-                for (long i = 0; i < n; i++) {
-                    const float *p_row = Pb + i * L;
-                    float *row = dS + i * r1;
-                    float weighted = 0.0f;
-                    for (long j = 0; j < r1; j++) weighted += p_row[j] * row[j];
-                    for (long j = 0; j < r1; j++) row[j] = p_row[j] * (row[j] - weighted) * scale;
-                }
+                softmax_backward_rows(dS, P, n, r1, scale);
                 /* dQ = dS K;  dK[0:r1] += dS^T Q */
                 gemm_f32(false, false, (int)n, hd, (int)r1, 1.0f, dS, (int)r1, K, ld_k, 0.0f,
-                         dQ + r0 * ld_q, ld_q);
+                         dQ + r0 * ld_dq, ld_dq);
                 gemm_f32(true, false, (int)r1, hd, (int)n, 1.0f, dS, (int)r1, Q + r0 * ld_q, ld_q,
-                         1.0f, dK, ld_k);
+                         1.0f, dK, ld_dk);
             }
         }
     }

@@ -8,9 +8,13 @@
  * prompt is computed once.
  *
  * q, k, v are [T, heads * head_dim] views with row strides ld_q, ld_k, ld_v;
- * query head h uses kv head h / (n_head / n_kv_head). The attention
- * probabilities are kept in `probs` for the backward: for head h and
- * sequence s a [L_s, L_s] block at h * attention_probs_per_head + offset[s]. */
+ * query head h uses kv head h / (n_head / n_kv_head).
+ *
+ * Memory: queries go in blocks of ATTENTION_BLOCK rows and a block's scores
+ * (ATTENTION_BLOCK x L) live in per-thread scratch, never an L x L matrix.
+ * The forward keeps only the log-sum-exp of each query row; the backward
+ * recomputes a block's probabilities from it (as FlashAttention-2's backward,
+ * Dao 2023, Alg. 2), at the cost of one more Q K^T product per block. */
 #ifndef CALIGN_ATTENTION_H
 #define CALIGN_ATTENTION_H
 
@@ -18,26 +22,29 @@
 
 typedef struct {
     const int32_t *seq_start; /* [n_seq + 1] */
-    const long *probs_offset; /* [n_seq]: sum of L^2 of the sequences before */
-    long probs_per_head;      /* sum of L^2 over all sequences */
     const int32_t *branch;    /* [T] */
     int n_seq;
+    long T;
     int n_head, n_kv_head, head_dim;
-    float *scratch;            /* backward: scratch_per_thread floats per thread */
+    float *scratch;            /* scratch_per_thread floats per thread */
     long scratch_per_thread;   /* ATTENTION_SCRATCH_PER_THREAD(longest sequence) */
 } attention_shape;
 
-#define ATTENTION_SCRATCH_PER_THREAD(longest) (64L * (longest))
+#define ATTENTION_BLOCK 64
+#define ATTENTION_SCRATCH_PER_THREAD(longest) (2L * ATTENTION_BLOCK * (longest))
 
-void attention_forward(float *out, int ld_out, float *probs, const float *q, int ld_q,
+/* out [T, n_head * head_dim] (stride ld_out); lse [n_head][T]: log sum_j
+ * exp(q_i . k_j / sqrt(head_dim)) over the keys query i sees. */
+void attention_forward(float *out, int ld_out, float *lse, const float *q, int ld_q,
                        const float *k, int ld_k, const float *v, int ld_v,
                        const attention_shape *a);
 
-/* dq is written; dk and dv are written (zeroed first), all with the strides
- * of q, k, v. */
-void attention_backward(float *dq, float *dk, float *dv, const float *d_out, int ld_out,
-                        const float *probs, const float *q, int ld_q, const float *k, int ld_k,
-                        const float *v, int ld_v, long T, const attention_shape *a);
+/* dq, dk, dv (row strides ld_dq, ld_dk, ld_dv) are written; lse from the
+ * forward of the same q, k. */
+void attention_backward(float *dq, int ld_dq, float *dk, int ld_dk, float *dv, int ld_dv,
+                        const float *d_out, int ld_out, const float *lse, const float *q,
+                        int ld_q, const float *k, int ld_k, const float *v, int ld_v,
+                        const attention_shape *a);
 
 /* Attention of new tokens against a KV cache (generation). Run s of the
  * batch (tokens [seq_start[s], seq_start[s+1])) belongs to cache slot

@@ -18,6 +18,13 @@ void linear_backward(float *d_in, float *d_weight, float *d_bias, const float *d
                      int ld_d_out, const float *in, const float *weight, int T, int n_in,
                      int n_out, weight_layout layout, bool accumulate_d_in);
 
+/* The two halves of linear_backward, for a caller that needs something
+ * between them: d_in alone, and d_weight (and d_bias) alone. */
+void linear_backward_input(float *d_in, const float *d_out, int ld_d_out, const float *weight,
+                           int T, int n_in, int n_out, weight_layout layout, bool accumulate_d_in);
+void linear_backward_weight(float *d_weight, float *d_bias, const float *d_out, int ld_d_out,
+                            const float *in, int T, int n_in, int n_out, weight_layout layout);
+
 /* sums[j] += sum_t x[t * ld + j] for j < n (a column sum, parallel over columns). */
 void column_sums_add(float *sums, const float *x, int ld, int T, int n);
 

@@ -6,22 +6,39 @@
 
 #include "core/threads.h"
 
+/* One row of the output from its statistics: the forward and the backward's
+ * recomputation share it, so both give the same floats. */
+static inline void layernorm_row(float *y, const float *x, const float *weight,
+                                 const float *bias, float m, float s, int dim) {
+    for (int i = 0; i < dim; i++) y[i] = (x[i] - m) * s * weight[i] + bias[i];
+}
+
+static inline void rmsnorm_row(float *y, const float *x, const float *weight, float s, int dim) {
+    for (int i = 0; i < dim; i++) y[i] = weight[i] * (x[i] * s);
+}
+
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                        const float *weight, const float *bias, long n_rows, int dim, float eps) {
 #pragma omp parallel for num_threads(calign_num_threads()) schedule(static)
     for (long r = 0; r < n_rows; r++) {
         const float *x = inp + r * dim;
-        float *y = out + r * dim;
         double sum = 0.0;
         for (int i = 0; i < dim; i++) sum += x[i];
         float m = (float)(sum / dim);
         double var = 0.0;
         for (int i = 0; i < dim; i++) var += (double)(x[i] - m) * (x[i] - m);
         float s = 1.0f / sqrtf((float)(var / dim) + eps);
-        for (int i = 0; i < dim; i++) y[i] = (x[i] - m) * s * weight[i] + bias[i];
+        layernorm_row(out + r * dim, x, weight, bias, m, s, dim);
         mean[r] = m;
         rstd[r] = s;
     }
+}
+
+void layernorm_recompute(float *out, const float *inp, const float *weight, const float *bias,
+                         const float *mean, const float *rstd, long n_rows, int dim) {
+#pragma omp parallel for num_threads(calign_num_threads()) schedule(static)
+    for (long r = 0; r < n_rows; r++)
+        layernorm_row(out + r * dim, inp + r * dim, weight, bias, mean[r], rstd[r], dim);
 }
 
 /* Parameter gradients are sums over rows: each thread sums its rows into a
@@ -81,13 +98,18 @@ void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *wei
 #pragma omp parallel for num_threads(calign_num_threads()) schedule(static)
     for (long r = 0; r < n_rows; r++) {
         const float *x = inp + r * dim;
-        float *y = out + r * dim;
         double ss = 0.0;
         for (int i = 0; i < dim; i++) ss += (double)x[i] * x[i];
         float s = 1.0f / sqrtf((float)(ss / dim) + eps);
-        for (int i = 0; i < dim; i++) y[i] = weight[i] * (x[i] * s);
+        rmsnorm_row(out + r * dim, x, weight, s, dim);
         rstd[r] = s;
     }
+}
+
+void rmsnorm_recompute(float *out, const float *inp, const float *weight, const float *rstd,
+                       long n_rows, int dim) {
+#pragma omp parallel for num_threads(calign_num_threads()) schedule(static)
+    for (long r = 0; r < n_rows; r++) rmsnorm_row(out + r * dim, inp + r * dim, weight, rstd[r], dim);
 }
 
 void rmsnorm_backward(float *d_inp, float *d_weight, const float *d_out, const float *inp,

@@ -7,6 +7,10 @@
 /* out = (x - mean) * rstd * weight + bias;  rstd = 1/sqrt(var + eps) */
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                        const float *weight, const float *bias, long n_rows, int dim, float eps);
+/* The forward's out again from inp and the kept statistics (bit for bit),
+ * so the backward need not keep the normalised activations. */
+void layernorm_recompute(float *out, const float *inp, const float *weight, const float *bias,
+                         const float *mean, const float *rstd, long n_rows, int dim);
 /* d_inp is ADDED to (residual streams accumulate); d_weight, d_bias += */
 void layernorm_backward(float *d_inp, float *d_weight, float *d_bias, const float *d_out,
                         const float *inp, const float *weight, const float *mean,
@@ -16,6 +20,8 @@ void layernorm_backward(float *d_inp, float *d_weight, float *d_bias, const floa
  * LlamaRMSNorm: statistics in float, then times weight) */
 void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight,
                      long n_rows, int dim, float eps);
+void rmsnorm_recompute(float *out, const float *inp, const float *weight, const float *rstd,
+                       long n_rows, int dim);
 /* d_inp is written when overwrite_d_inp, else added to. d_weight += */
 void rmsnorm_backward(float *d_inp, float *d_weight, const float *d_out, const float *inp,
                       const float *weight, const float *rstd, long n_rows, int dim,

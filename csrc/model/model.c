@@ -12,25 +12,34 @@
 #include "layers/norms.h"
 #include "layers/rope.h"
 
-/* Activations of one layer, kept for the backward. */
+/* Activations of one layer, kept for the backward. What is cheap to redo is
+ * not kept: the norms' outputs (recomputed from their input and statistics)
+ * and the MLP activation (recomputed inside its own backward). */
 typedef struct {
-    float *n1, *n1_mean, *n1_rstd;  /* attention norm: out, stats */
-    float *qkv;                      /* [T, qkv_dim] projections (+ bias) */
-    float *q_pre, *k_pre;            /* [T, nq*hd], [T, nkv*hd] q, k before q/k norm */
+    float *n1_mean, *n1_rstd;       /* attention norm statistics */
+    float *qkv;                      /* [T, qkv_dim]: q and k after q/k norm and RoPE, v */
+    float *q_pre, *k_pre;            /* [T, nq*hd], [T, nkv*hd] q, k before q/k norm (Qwen3) */
     float *q_norm_rstd, *k_norm_rstd;
-    float *q, *k;                    /* [T, nq*hd], [T, nkv*hd] after norm and RoPE */
-    float *probs;                    /* attention probabilities */
+    float *lse;                      /* [nq][T] attention log-sum-exp per query row */
     float *att;                      /* [T, nq*hd] attention output */
     float *mid;                      /* [T, d] residual after attention */
-    float *n2, *n2_mean, *n2_rstd;  /* MLP norm */
+    float *n2_mean, *n2_rstd;       /* MLP norm statistics */
     float *up;                       /* [T, up_dim] MLP input projection */
-    float *act;                      /* [T, ff] after the activation */
 } layer_acts;
+
+/* Scratch the forward passes through, shared by all layers (in the backward
+ * `normed` takes the recomputed norm outputs). */
+typedef struct {
+    float *normed;              /* [T, d] a norm's output */
+    float *act;                 /* [T, ff] the MLP activation */
+    float *qk_normed;           /* [T, nq*hd + nkv*hd] q, k after q/k norm (Qwen3) */
+    float *attention_scratch;   /* per thread, ATTENTION_SCRATCH_PER_THREAD(longest) */
+} forward_scratch;
 
 /* Gradient scratch shared by all layers in the backward. */
 typedef struct {
     float *d_resid, *d_norm, *d_up, *d_act, *d_att, *d_qkv, *d_q, *d_k, *d_q_pre, *d_k_pre;
-    float *norm_scratch, *attention_scratch;
+    float *norm_scratch;
 } grad_scratch;
 
 struct model {
@@ -41,13 +50,12 @@ struct model {
     /* arena */
     float *arena;
     size_t arena_floats;
-    long arena_T, arena_sum_sq, arena_longest;
+    long arena_T, arena_longest;
     int arena_train, arena_threads;
     float **resid;      /* n_layer + 1 residual streams (2 when not training) */
     layer_acts *acts;   /* n_layer (1 when not training) */
     float *final_mean, *final_rstd;
-    long *probs_offset; /* [n_seq] */
-    long n_seq_capacity;
+    forward_scratch f;
     grad_scratch g;
     long forward_T;     /* tokens of the last training forward, -1 if none */
     float *scratch;     /* model_scratch */
@@ -137,7 +145,6 @@ void model_free(model *m) {
     free(m->arena);
     free(m->resid);
     free(m->acts);
-    free(m->probs_offset);
     free(m->scratch);
     free(m);
 }
@@ -211,14 +218,13 @@ static float *take(bump *b, size_t n) {
     return p;
 }
 
-static void plan_arena(model *m, bump *b, long T, long sum_sq, long longest, int train) {
+static void plan_arena(model *m, bump *b, long T, long longest, int train) {
     const model_config *c = &m->cfg;
     const long d = c->d_model, hd = c->head_dim, nq = c->n_head, nkv = c->n_kv_head;
     int n_resid = train ? c->n_layer + 1 : 2, n_acts = train ? c->n_layer : 1;
     for (int r = 0; r < n_resid; r++) m->resid[r] = take(b, T * d);
     for (int l = 0; l < n_acts; l++) {
         layer_acts *a = &m->acts[l];
-        a->n1 = take(b, T * d);
         a->n1_mean = take(b, T);
         a->n1_rstd = take(b, T);
         a->qkv = take(b, T * m->qkv_dim);
@@ -226,19 +232,20 @@ static void plan_arena(model *m, bump *b, long T, long sum_sq, long longest, int
         a->k_pre = c->qk_norm ? take(b, T * nkv * hd) : NULL;
         a->q_norm_rstd = c->qk_norm ? take(b, T * nq) : NULL;
         a->k_norm_rstd = c->qk_norm ? take(b, T * nkv) : NULL;
-        a->q = take(b, T * nq * hd);
-        a->k = take(b, T * nkv * hd);
-        a->probs = take(b, (size_t)nq * sum_sq);
+        a->lse = take(b, T * nq);
         a->att = take(b, T * nq * hd);
         a->mid = take(b, T * d);
-        a->n2 = take(b, T * d);
         a->n2_mean = take(b, T);
         a->n2_rstd = take(b, T);
         a->up = take(b, T * m->up_dim);
-        a->act = take(b, T * c->d_ff);
     }
     m->final_mean = take(b, T);
     m->final_rstd = take(b, T);
+    forward_scratch *f = &m->f;
+    f->normed = take(b, T * d);
+    f->act = take(b, T * c->d_ff);
+    f->qk_normed = c->qk_norm ? take(b, T * (nq + nkv) * hd) : NULL;
+    f->attention_scratch = take(b, m->arena_threads * ATTENTION_SCRATCH_PER_THREAD(longest));
     grad_scratch *g = &m->g;
     memset(g, 0, sizeof *g);
     if (!train) return;
@@ -249,62 +256,48 @@ static void plan_arena(model *m, bump *b, long T, long sum_sq, long longest, int
     g->d_act = take(b, T * c->d_ff);
     g->d_att = take(b, T * nq * hd);
     g->d_qkv = take(b, T * m->qkv_dim);
-    g->d_q = take(b, T * nq * hd);
-    g->d_k = take(b, T * nkv * hd);
+    /* without q/k norm the attention backward writes straight into d_qkv */
+    g->d_q = c->qk_norm ? take(b, T * nq * hd) : NULL;
+    g->d_k = c->qk_norm ? take(b, T * nkv * hd) : NULL;
     g->d_q_pre = c->qk_norm ? take(b, T * nq * hd) : NULL;
     g->d_k_pre = c->qk_norm ? take(b, T * nkv * hd) : NULL;
     g->norm_scratch = take(b, NORM_SCRATCH_FLOATS(m->arena_threads, widest));
-    g->attention_scratch = take(b, m->arena_threads * ATTENTION_SCRATCH_PER_THREAD(longest));
 }
 
 int model_prepare(model *m, const packed_batch *b, int train) {
     const model_config *c = &m->cfg;
-    long sum_sq = 0, longest = 0;
+    long longest = 0;
     for (int s = 0; s < b->n_seq; s++) {
         long L = b->seq_start[s + 1] - b->seq_start[s];
-        sum_sq += L * L;
         longest = L > longest ? L : longest;
     }
     int threads = calign_num_threads();
-    int fits = m->arena && b->T <= m->arena_T && sum_sq <= m->arena_sum_sq &&
-               longest <= m->arena_longest &&
-               (m->arena_train || !train) && threads <= m->arena_threads &&
-               b->n_seq <= m->n_seq_capacity;
+    int fits = m->arena && b->T <= m->arena_T && longest <= m->arena_longest &&
+               (m->arena_train || !train) && threads <= m->arena_threads;
     m->forward_T = -1;
     if (!fits) {
         free(m->arena);
         free(m->resid);
         free(m->acts);
-        free(m->probs_offset);
         m->arena = NULL;
         int keep_train = train || m->arena_train;
         long T = b->T > m->arena_T ? b->T : m->arena_T;
-        long sq = sum_sq > m->arena_sum_sq ? sum_sq : m->arena_sum_sq;
         long lmax = longest > m->arena_longest ? longest : m->arena_longest;
         m->arena_threads = threads > m->arena_threads ? threads : m->arena_threads;
-        m->n_seq_capacity = b->n_seq > m->n_seq_capacity ? b->n_seq : m->n_seq_capacity;
         m->resid = calloc(c->n_layer + 1, sizeof(float *));
         m->acts = calloc(c->n_layer, sizeof(layer_acts));
-        m->probs_offset = calloc(m->n_seq_capacity + 1, sizeof(long));
-        if (!m->resid || !m->acts || !m->probs_offset) return -1;
+        if (!m->resid || !m->acts) return -1;
         bump counter = {NULL, 0};
-        plan_arena(m, &counter, T, sq, lmax, keep_train);
+        plan_arena(m, &counter, T, lmax, keep_train);
         m->arena = aligned_alloc(64, (counter.used + 16) * sizeof(float));
         if (!m->arena) return -1;
         m->arena_floats = counter.used;
         m->arena_T = T;
-        m->arena_sum_sq = sq;
         m->arena_longest = lmax;
         m->arena_train = keep_train;
     }
     bump carve = {m->arena, 0};
-    plan_arena(m, &carve, b->T, sum_sq, longest, train);
-    long off = 0;
-    for (int s = 0; s < b->n_seq; s++) {
-        m->probs_offset[s] = off;
-        long L = b->seq_start[s + 1] - b->seq_start[s];
-        off += L * L;
-    }
+    plan_arena(m, &carve, b->T, longest, train);
     return 0;
 }
 
@@ -336,30 +329,26 @@ static const float *param_or_null(const float *params, long offset) {
 
 static attention_shape attention_shape_of(const model *m, const packed_batch *b) {
     const model_config *c = &m->cfg;
-    long sum_sq = 0;
-    for (int s = 0; s < b->n_seq; s++) {
-        long L = b->seq_start[s + 1] - b->seq_start[s];
-        sum_sq += L * L;
-    }
     long longest = 0;
     for (int s = 0; s < b->n_seq; s++) {
         long L = b->seq_start[s + 1] - b->seq_start[s];
         longest = L > longest ? L : longest;
     }
-    return (attention_shape){b->seq_start, m->probs_offset, sum_sq, b->branch, b->n_seq,
-                             c->n_head, c->n_kv_head, c->head_dim, m->g.attention_scratch,
+    return (attention_shape){b->seq_start, b->branch, b->n_seq, b->T, c->n_head, c->n_kv_head,
+                             c->head_dim, m->f.attention_scratch,
                              ATTENTION_SCRATCH_PER_THREAD(longest)};
 }
 
-/* Writes k and v of the batch's tokens into the cache at their positions. */
+/* Writes k and v of the batch's tokens (rows of stride ld) into the cache at
+ * their positions. */
 static void cache_store(kv_cache *cache, long layer_floats, const float *k, const float *v,
-                        int ld_v, const packed_batch *b, int kv_dim) {
+                        int ld, const packed_batch *b, int kv_dim) {
     for (int s = 0; s < b->n_seq; s++) {
         long slot_base = (long)cache->run_slot[s] * cache->capacity * kv_dim;
         for (long t = b->seq_start[s]; t < b->seq_start[s + 1]; t++) {
             long at = slot_base + (long)b->positions[t] * kv_dim;
-            memcpy(cache->k + layer_floats + at, k + t * kv_dim, sizeof(float) * kv_dim);
-            memcpy(cache->v + layer_floats + at, v + t * ld_v, sizeof(float) * kv_dim);
+            memcpy(cache->k + layer_floats + at, k + t * ld, sizeof(float) * kv_dim);
+            memcpy(cache->v + layer_floats + at, v + t * ld, sizeof(float) * kv_dim);
         }
     }
 }
@@ -368,62 +357,72 @@ long kv_cache_layer_floats(const model *m, int n_slots, int capacity) {
     return (long)n_slots * capacity * m->cfg.n_kv_head * m->cfg.head_dim;
 }
 
-/* One transformer block. With a cache (generation), k and v go into it and
- * attention reads it; otherwise attention runs over the packed batch. */
+/* Qwen3's q/k norm: RMSNorm over each head's head_dim, before RoPE. The raw
+ * q, k are kept (q_pre, k_pre) for the backward; the normed ones replace
+ * them in qkv. */
+static void qk_norm_forward(model *m, layer_acts *a, const float *params, const layer_offsets *L,
+                            long T) {
+    const model_config *c = &m->cfg;
+    const int hd = c->head_dim, nq = c->n_head, nkv = c->n_kv_head;
+    const int q_dim = nq * hd, kv_dim = nkv * hd;
+    float *q_normed = m->f.qk_normed, *k_normed = q_normed + T * q_dim;
+    copy_columns(a->q_pre, q_dim, a->qkv, m->qkv_dim, T, q_dim);
+    copy_columns(a->k_pre, kv_dim, a->qkv + q_dim, m->qkv_dim, T, kv_dim);
+    rmsnorm_forward(q_normed, a->q_norm_rstd, a->q_pre, params + L->q_norm_w, T * nq, hd,
+                    c->norm_eps);
+    rmsnorm_forward(k_normed, a->k_norm_rstd, a->k_pre, params + L->k_norm_w, T * nkv, hd,
+                    c->norm_eps);
+    copy_columns(a->qkv, m->qkv_dim, q_normed, q_dim, T, q_dim);
+    copy_columns(a->qkv + q_dim, m->qkv_dim, k_normed, kv_dim, T, kv_dim);
+}
+
+/* One transformer block. q and k are turned in place inside qkv, so
+ * attention reads q, k, v from it with the row stride qkv_dim. With a cache
+ * (generation), k and v go into it and attention reads it; otherwise
+ * attention runs over the packed batch. */
 static void layer_forward(model *m, layer_acts *a, float *x_out, const float *x,
                           const float *params, const layer_offsets *L, const packed_batch *b,
                           kv_cache *cache, int layer) {
     const model_config *c = &m->cfg;
     const long T = b->T;
     const int d = c->d_model, hd = c->head_dim, nq = c->n_head, nkv = c->n_kv_head;
-    const int q_dim = nq * hd, kv_dim = nkv * hd;
+    const int q_dim = nq * hd, kv_dim = nkv * hd, ld = m->qkv_dim;
+    float *normed = m->f.normed, *act = m->f.act;
 
-    norm_forward(m, a->n1, a->n1_mean, a->n1_rstd, x, params, L->attn_norm_w, L->attn_norm_b, T);
-    linear_forward(a->qkv, m->qkv_dim, a->n1, params + L->qkv_w, param_or_null(params, L->qkv_b),
-                   (int)T, d, m->qkv_dim, c->layout);
-    if (c->qk_norm) {
-        /* Qwen3: RMSNorm over each head's head_dim, before RoPE */
-        copy_columns(a->q_pre, q_dim, a->qkv, m->qkv_dim, T, q_dim);
-        copy_columns(a->k_pre, kv_dim, a->qkv + q_dim, m->qkv_dim, T, kv_dim);
-        rmsnorm_forward(a->q, a->q_norm_rstd, a->q_pre, params + L->q_norm_w, T * nq, hd,
-                        c->norm_eps);
-        rmsnorm_forward(a->k, a->k_norm_rstd, a->k_pre, params + L->k_norm_w, T * nkv, hd,
-                        c->norm_eps);
-    } else {
-        copy_columns(a->q, q_dim, a->qkv, m->qkv_dim, T, q_dim);
-        copy_columns(a->k, kv_dim, a->qkv + q_dim, m->qkv_dim, T, kv_dim);
-    }
+    norm_forward(m, normed, a->n1_mean, a->n1_rstd, x, params, L->attn_norm_w, L->attn_norm_b, T);
+    linear_forward(a->qkv, ld, normed, params + L->qkv_w, param_or_null(params, L->qkv_b),
+                   (int)T, d, ld, c->layout);
+    if (c->qk_norm) qk_norm_forward(m, a, params, L, T);
+    float *q = a->qkv, *k = a->qkv + q_dim, *v = a->qkv + q_dim + kv_dim;
     if (c->rope_theta > 0) {
-        rope_apply(a->q, q_dim, b->positions, T, nq, hd, m->inv_freq, +1);
-        rope_apply(a->k, kv_dim, b->positions, T, nkv, hd, m->inv_freq, +1);
+        rope_apply(q, ld, b->positions, T, nq, hd, m->inv_freq, +1);
+        rope_apply(k, ld, b->positions, T, nkv, hd, m->inv_freq, +1);
     }
-    const float *v = a->qkv + q_dim + kv_dim;
     if (cache) {
         long layer_floats = (long)layer * kv_cache_layer_floats(m, cache->n_slots, cache->capacity);
-        cache_store(cache, layer_floats, a->k, v, m->qkv_dim, b, kv_dim);
-        attention_cached_forward(a->att, q_dim, a->q, q_dim, cache->k + layer_floats,
+        cache_store(cache, layer_floats, k, v, ld, b, kv_dim);
+        attention_cached_forward(a->att, q_dim, q, ld, cache->k + layer_floats,
                                  cache->v + layer_floats, cache->capacity, cache->run_slot,
                                  b->seq_start, b->positions, b->n_seq, nq, nkv, hd,
                                  cache->scores);
     } else {
         attention_shape shape = attention_shape_of(m, b);
-        attention_forward(a->att, q_dim, a->probs, a->q, q_dim, a->k, kv_dim, v, m->qkv_dim,
-                          &shape);
+        attention_forward(a->att, q_dim, a->lse, q, ld, k, ld, v, ld, &shape);
     }
     linear_forward(a->mid, d, a->att, params + L->o_w, param_or_null(params, L->o_b), (int)T,
                    q_dim, d, c->layout);
     add_into(a->mid, x, T * d);
 
-    norm_forward(m, a->n2, a->n2_mean, a->n2_rstd, a->mid, params, L->mlp_norm_w, L->mlp_norm_b,
-                 T);
-    linear_forward(a->up, m->up_dim, a->n2, params + L->up_w, param_or_null(params, L->up_b),
+    norm_forward(m, normed, a->n2_mean, a->n2_rstd, a->mid, params, L->mlp_norm_w,
+                 L->mlp_norm_b, T);
+    linear_forward(a->up, m->up_dim, normed, params + L->up_w, param_or_null(params, L->up_b),
                    (int)T, d, m->up_dim, c->layout);
     if (c->mlp == MLP_SWIGLU)
-        swiglu_forward(a->act, a->up, T, c->d_ff);
+        swiglu_forward(act, a->up, T, c->d_ff);
     else
-        gelu_tanh_forward(a->act, a->up, T * c->d_ff);
-    linear_forward(x_out, d, a->act, params + L->down_w, param_or_null(params, L->down_b),
-                   (int)T, c->d_ff, d, c->layout);
+        gelu_tanh_forward(act, a->up, T * c->d_ff);
+    linear_forward(x_out, d, act, params + L->down_w, param_or_null(params, L->down_b), (int)T,
+                   c->d_ff, d, c->layout);
     add_into(x_out, a->mid, T * d);
 }
 
@@ -471,8 +470,34 @@ static void norm_backward(model *m, float *d_inp, float *grads, const float *d_o
                          m->g.norm_scratch);
 }
 
+/* The norm's forward output again, from its input and kept statistics. */
+static void norm_recompute(const model *m, float *out, const float *inp, const float *params,
+                           long w, long bias, const float *mean, const float *rstd, long T) {
+    const model_config *c = &m->cfg;
+    if (c->norm == NORM_LAYERNORM)
+        layernorm_recompute(out, inp, params + w, params + bias, mean, rstd, T, c->d_model);
+    else
+        rmsnorm_recompute(out, inp, params + w, rstd, T, c->d_model);
+}
+
 static float *grad_or_null(float *grads, long offset) {
     return offset >= 0 ? grads + offset : NULL;
+}
+
+/* Backward of Qwen3's q/k norm: d_q, d_k (after the norm) -> their columns
+ * of d_qkv. */
+static void qk_norm_backward(model *m, float *grads, const float *params, const layer_acts *a,
+                             const layer_offsets *L, long T) {
+    const model_config *c = &m->cfg;
+    const grad_scratch *g = &m->g;
+    const int hd = c->head_dim, nq = c->n_head, nkv = c->n_kv_head;
+    const int q_dim = nq * hd, kv_dim = nkv * hd;
+    rmsnorm_backward(g->d_q_pre, grads + L->q_norm_w, g->d_q, a->q_pre, params + L->q_norm_w,
+                     a->q_norm_rstd, T * nq, hd, 1, g->norm_scratch);
+    rmsnorm_backward(g->d_k_pre, grads + L->k_norm_w, g->d_k, a->k_pre, params + L->k_norm_w,
+                     a->k_norm_rstd, T * nkv, hd, 1, g->norm_scratch);
+    copy_columns(g->d_qkv, m->qkv_dim, g->d_q_pre, q_dim, T, q_dim);
+    copy_columns(g->d_qkv + q_dim, m->qkv_dim, g->d_k_pre, kv_dim, T, kv_dim);
 }
 
 /* On entry g->d_resid holds dL/d(layer output); on exit dL/d(layer input). */
@@ -482,17 +507,23 @@ static void layer_backward(model *m, float *grads, const float *params, const la
     const grad_scratch *g = &m->g;
     const long T = b->T;
     const int d = c->d_model, hd = c->head_dim, nq = c->n_head, nkv = c->n_kv_head;
-    const int q_dim = nq * hd, kv_dim = nkv * hd;
+    const int q_dim = nq * hd, kv_dim = nkv * hd, ld = m->qkv_dim;
+    float *normed = m->f.normed;
 
-    /* x_out = mid + down(act(up(norm2(mid)))): d_resid flows to mid as is */
-    linear_backward(g->d_act, grads + L->down_w, grad_or_null(grads, L->down_b), g->d_resid, d,
-                    a->act, params + L->down_w, (int)T, c->d_ff, d, c->layout, false);
+    /* x_out = mid + down(act(up(norm2(mid)))): d_resid flows to mid as is.
+     * The activation's backward leaves act(up) in d_act for down's weights. */
+    linear_backward_input(g->d_act, g->d_resid, d, params + L->down_w, (int)T, c->d_ff, d,
+                          c->layout, false);
     if (c->mlp == MLP_SWIGLU)
         swiglu_backward(g->d_up, g->d_act, a->up, T, c->d_ff);
     else
         gelu_tanh_backward(g->d_up, g->d_act, a->up, T * c->d_ff);
+    linear_backward_weight(grads + L->down_w, grad_or_null(grads, L->down_b), g->d_resid, d,
+                           g->d_act, (int)T, c->d_ff, d, c->layout);
+    norm_recompute(m, normed, a->mid, params, L->mlp_norm_w, L->mlp_norm_b, a->n2_mean,
+                   a->n2_rstd, T);
     linear_backward(g->d_norm, grads + L->up_w, grad_or_null(grads, L->up_b), g->d_up, m->up_dim,
-                    a->n2, params + L->up_w, (int)T, d, m->up_dim, c->layout, false);
+                    normed, params + L->up_w, (int)T, d, m->up_dim, c->layout, false);
     norm_backward(m, g->d_resid, grads, g->d_norm, a->mid, params, L->mlp_norm_w, L->mlp_norm_b,
                   a->n2_mean, a->n2_rstd, T);
 
@@ -500,26 +531,21 @@ static void layer_backward(model *m, float *grads, const float *params, const la
     linear_backward(g->d_att, grads + L->o_w, grad_or_null(grads, L->o_b), g->d_resid, d, a->att,
                     params + L->o_w, (int)T, q_dim, d, c->layout, false);
     attention_shape shape = attention_shape_of(m, b);
-    float *d_v = g->d_qkv + q_dim + kv_dim;
-    attention_backward(g->d_q, g->d_k, d_v, g->d_att, q_dim, a->probs, a->q, q_dim, a->k, kv_dim,
-                       a->qkv + q_dim + kv_dim, m->qkv_dim, T, &shape);
+    const float *q = a->qkv, *k = a->qkv + q_dim, *v = a->qkv + q_dim + kv_dim;
+    /* with q/k norm, d_q and d_k go through its backward first */
+    float *d_q = c->qk_norm ? g->d_q : g->d_qkv, *d_k = c->qk_norm ? g->d_k : g->d_qkv + q_dim;
+    int ld_dq = c->qk_norm ? q_dim : ld, ld_dk = c->qk_norm ? kv_dim : ld;
+    attention_backward(d_q, ld_dq, d_k, ld_dk, g->d_qkv + q_dim + kv_dim, ld, g->d_att, q_dim,
+                       a->lse, q, ld, k, ld, v, ld, &shape);
     if (c->rope_theta > 0) {
-        rope_apply(g->d_q, q_dim, b->positions, T, nq, hd, m->inv_freq, -1);
-        rope_apply(g->d_k, kv_dim, b->positions, T, nkv, hd, m->inv_freq, -1);
+        rope_apply(d_q, ld_dq, b->positions, T, nq, hd, m->inv_freq, -1);
+        rope_apply(d_k, ld_dk, b->positions, T, nkv, hd, m->inv_freq, -1);
     }
-    const float *d_q = g->d_q, *d_k = g->d_k;
-    if (c->qk_norm) {
-        rmsnorm_backward(g->d_q_pre, grads + L->q_norm_w, g->d_q, a->q_pre, params + L->q_norm_w,
-                         a->q_norm_rstd, T * nq, hd, 1, g->norm_scratch);
-        rmsnorm_backward(g->d_k_pre, grads + L->k_norm_w, g->d_k, a->k_pre, params + L->k_norm_w,
-                         a->k_norm_rstd, T * nkv, hd, 1, g->norm_scratch);
-        d_q = g->d_q_pre;
-        d_k = g->d_k_pre;
-    }
-    copy_columns(g->d_qkv, m->qkv_dim, d_q, q_dim, T, q_dim);
-    copy_columns(g->d_qkv + q_dim, m->qkv_dim, d_k, kv_dim, T, kv_dim);
-    linear_backward(g->d_norm, grads + L->qkv_w, grad_or_null(grads, L->qkv_b), g->d_qkv,
-                    m->qkv_dim, a->n1, params + L->qkv_w, (int)T, d, m->qkv_dim, c->layout, false);
+    if (c->qk_norm) qk_norm_backward(m, grads, params, a, L, T);
+    norm_recompute(m, normed, x, params, L->attn_norm_w, L->attn_norm_b, a->n1_mean, a->n1_rstd,
+                   T);
+    linear_backward(g->d_norm, grads + L->qkv_w, grad_or_null(grads, L->qkv_b), g->d_qkv, ld,
+                    normed, params + L->qkv_w, (int)T, d, ld, c->layout, false);
     norm_backward(m, g->d_resid, grads, g->d_norm, x, params, L->attn_norm_w, L->attn_norm_b,
                   a->n1_mean, a->n1_rstd, T);
 }
