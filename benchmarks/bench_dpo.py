@@ -1,15 +1,19 @@
 """DPO training: calign's DPOTrainer versus TRL's DPOTrainer (torch CPU), same run.
 
 Workload (the performance issue's): a GPT-2 shape with random weights, 4 pairs
-a step, prompt 64 + chosen 64 + rejected 64 tokens, live reference model.
-Both sides get the same text records and the same word-level tokenizer (one
-token a word), the same thread count, and run in their own processes so peak
-RSS is honest. One warm-up step is excluded; the median of the timed steps is
-reported. Tokens per step count each pair as prompt+chosen+prompt+rejected
-(what a padded batch holds), the same number on both sides. Both sides compute
-in float32 (TRL's default bf16 autocast is switched off).
+a step, prompt 64 + chosen 64 + rejected 64 tokens (--prompt/--completion
+change them), live reference model (--precompute: reference log-probs computed
+before training, on both sides). Both sides get the same text records and the
+same word-level tokenizer (one token a word), the same thread count, the same
+gradient checkpointing setting (off unless --gradient-checkpointing; TRL 1.16
+turns it on by default), and run in their own processes so peak RSS is honest.
+One warm-up step is excluded; the median of the timed steps is reported.
+Tokens per step count each pair as prompt+chosen+prompt+rejected (what a
+padded batch holds), the same number on both sides. Both sides compute in
+float32 (TRL's default bf16 autocast is switched off).
 
 Run: python benchmarks/bench_dpo.py [--steps 5] [--model gpt2-20M|gpt2-124M] [--native-blas]
+         [--prompt 64] [--completion 64] [--gradient-checkpointing] [--precompute]
 """
 
 import argparse
@@ -28,10 +32,10 @@ MODELS = {
     "gpt2-tiny": dict(n_layer=2, n_embd=64, n_head=2),
 }
 VOCAB = 50257
-PAIRS, PROMPT, COMPLETION = 4, 64, 64
+PAIRS = 4
 
 
-def build(folder, model_name, n_records):
+def build(folder, model_name, n_records, prompt, completion):
     import numpy as np
     import torch
     import transformers
@@ -54,21 +58,23 @@ def build(folder, model_name, n_records):
     def text(n):
         return " ".join(f"w{i}" for i in rng.integers(0, VOCAB - 2, n))
 
-    # completions get an EOS appended by both trainers: COMPLETION - 1 words
-    records = [{"prompt": text(PROMPT), "chosen": " " + text(COMPLETION - 1),
-                "rejected": " " + text(COMPLETION - 1)} for _ in range(n_records)]
+    # completions get an EOS appended by both trainers: completion - 1 words
+    records = [{"prompt": text(prompt), "chosen": " " + text(completion - 1),
+                "rejected": " " + text(completion - 1)} for _ in range(n_records)]
     with open(os.path.join(folder, "data.jsonl"), "w") as f:
         for r in records:
             f.write(json.dumps(r) + "\n")
     return records
 
 
-def settings(steps):
+def settings(args, steps):
     return dict(learning_rate=1e-5, per_device_train_batch_size=PAIRS, max_steps=steps,
-                logging_steps=1, beta=0.1, max_length=PROMPT + COMPLETION, save_steps=0)
+                logging_steps=1, beta=0.1, max_length=args.prompt + args.completion,
+                save_steps=0, gradient_checkpointing=args.gradient_checkpointing,
+                precompute_ref_log_probs=args.precompute)
 
 
-def run_calign(folder, steps, threads):
+def run_calign(args, folder, steps, threads):
     import calign
 
     calign.set_num_threads(threads)
@@ -82,7 +88,7 @@ def run_calign(folder, steps, threads):
                 calign._C.profile(enable=True, reset=True)
 
     trainer = Timed(folder, args=calign.DPOConfig(output_dir=os.path.join(folder, "calign"),
-                                                  disable_tqdm=True, **settings(steps)),
+                                                  disable_tqdm=True, **settings(args, steps)),
                     train_dataset=os.path.join(folder, "data.jsonl"))
     stamps.append(time.perf_counter())
     trainer.train()
@@ -94,7 +100,7 @@ def run_calign(folder, steps, threads):
     return stamps, f"OpenBLAS {info['blas_core']}", phases
 
 
-def run_trl(folder, steps, threads):
+def run_trl(args, folder, steps, threads):
     import datasets
     import torch
     import transformers
@@ -117,7 +123,7 @@ def run_trl(folder, steps, threads):
         args=trl.DPOConfig(output_dir=os.path.join(folder, "trl"), report_to="none",
                            use_cpu=True, save_strategy="no", disable_tqdm=True,
                            bf16=False,  # TRL turns bf16 autocast on by default, even on CPU
-                           **settings(steps)),
+                           **settings(args, steps)),
         train_dataset=datasets.Dataset.from_list(records),
         processing_class=transformers.AutoTokenizer.from_pretrained(folder),
         callbacks=[Clock()])
@@ -127,7 +133,7 @@ def run_trl(folder, steps, threads):
 
 def child(args):
     run = run_calign if args.side == "calign" else run_trl
-    stamps, kernel, phases = run(args.folder, args.steps + 1, args.threads)
+    stamps, kernel, phases = run(args, args.folder, args.steps + 1, args.threads)
     step_seconds = [b - a for a, b in zip(stamps, stamps[1:])][1:]  # first step is warm-up
     extra = {}
     if phases is not None:  # per step, and what the clocks did not cover
@@ -139,13 +145,16 @@ def child(args):
                       "kernel": kernel, "phases": phases, **extra}))
 
 
-def spawn(side, folder, steps, threads, native_blas):
+def spawn(side, folder, args):
     env = dict(os.environ)
-    if native_blas and side == "calign":
+    if args.native_blas and side == "calign":
         env.pop("OPENBLAS_CORETYPE", None)
         env.pop("OPENBLAS_L2_SIZE", None)
-    cmd = [sys.executable, __file__, "--child", side, "--folder", folder, "--steps", str(steps),
-           "--threads", str(threads)]
+    cmd = [sys.executable, __file__, "--child", side, "--folder", folder, "--steps",
+           str(args.steps), "--threads", str(args.threads), "--prompt", str(args.prompt),
+           "--completion", str(args.completion)]
+    cmd += ["--gradient-checkpointing"] * args.gradient_checkpointing
+    cmd += ["--precompute"] * args.precompute
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"{side} failed:\n{out.stderr[-3000:]}")
@@ -159,6 +168,12 @@ def main():
     parser.add_argument("--model", choices=sorted(MODELS), default="gpt2-20M")
     parser.add_argument("--native-blas", action="store_true",
                         help="run calign with OPENBLAS_CORETYPE/L2_SIZE unset")
+    parser.add_argument("--prompt", type=int, default=64, help="prompt tokens")
+    parser.add_argument("--completion", type=int, default=64, help="tokens of each completion")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="gradient checkpointing on both sides (TRL's default)")
+    parser.add_argument("--precompute", action="store_true",
+                        help="precompute_ref_log_probs on both sides")
     parser.add_argument("--child", dest="side", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -168,15 +183,17 @@ def main():
     import calign
 
     info = calign.build_info()
-    tokens = PAIRS * 2 * (PROMPT + COMPLETION)
+    P, C = args.prompt, args.completion
+    tokens = PAIRS * 2 * (P + C)
     with tempfile.TemporaryDirectory() as folder:
-        build(folder, args.model, PAIRS * (args.steps + 1))
-        mine = spawn("calign", folder, args.steps, args.threads, args.native_blas)
-        theirs = spawn("trl", folder, args.steps, args.threads, False)
+        build(folder, args.model, PAIRS * (args.steps + 1), P, C)
+        mine = spawn("calign", folder, args)
+        theirs = spawn("trl", folder, args)
     print(f"CPU: {info['cpu']}, {info['cores']} cores; threads: {args.threads}; "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}"
           f"{' (unset for calign)' if args.native_blas else ''}; {args.model}; {PAIRS} pairs x "
-          f"({PROMPT} + {COMPLETION} + {COMPLETION}) tokens; live reference; median of "
+          f"({P} + {C} + {C}) tokens; {'precomputed' if args.precompute else 'live'} reference; "
+          f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}; median of "
           f"{mine['steps']} steps after 1 warm-up")
     print(f"{'side':>7} {'s/step':>8} {'tokens/s':>9} {'peak RSS MiB':>13}  kernel")
     for side, r in (("calign", mine), ("TRL", theirs)):
@@ -184,18 +201,27 @@ def main():
               f"{r['peak_rss_mib']:13.0f}  {r['kernel']}")
     print(f"ratio: calign {theirs['seconds'] / mine['seconds']:.2f}x TRL's tokens/s, "
           f"{mine['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}x its peak RSS")
-    # model FLOPs of a step: 6 N per packed token for the policy, 2 N for the
-    # reference, plus attention (4 L d T^2 per sequence forward, 3x for training)
+    # model FLOPs of a step: 6 N per packed token for the policy, 2 N for a live
+    # reference, plus attention (4 L d T^2 per sequence forward, 3x for training);
+    # what checkpointing recomputes is not counted
     config = MODELS[args.model]
-    packed = PAIRS * (PROMPT + 2 * COMPLETION)
-    attention = 4 * config["n_layer"] * config["n_embd"] * (PROMPT + 2 * COMPLETION) ** 2 * PAIRS
-    flops = 8 * mine["params"] * packed + 4 * attention
-    print(f"calign achieved {flops / mine['seconds'] / 1e9:.0f} GFLOP/s = "
-          f"{100 * flops / mine['seconds'] / 1e9 / mine['sgemm_gflops']:.0f}% of its in-run "
-          f"sgemm ({mine['sgemm_gflops']:.0f} GFLOP/s)")
+    packed = PAIRS * (P + 2 * C)
+    passes = 3 if args.precompute else 4
+    attention = 4 * config["n_layer"] * config["n_embd"] * (P + 2 * C) ** 2 * PAIRS
+    flops = 2 * passes * mine["params"] * packed + passes * attention
+    sgemm_share = 100 * flops / mine["seconds"] / 1e9 / mine["sgemm_gflops"]
+    print(f"calign achieved {flops / mine['seconds'] / 1e9:.0f} GFLOP/s = {sgemm_share:.0f}% of "
+          f"its in-run sgemm ({mine['sgemm_gflops']:.0f} GFLOP/s)")
     total = sum(mine["phases"].values())
     print("calign step by phase (mean s/step): " + ", ".join(
         f"{k} {v:.3f} ({100 * v / total:.0f}%)" for k, v in mine["phases"].items()))
+    label = ", ".join([args.model, f"{P}+{C}+{C}"] + ["precomputed ref"] * args.precompute +
+                      ["checkpointing"] * args.gradient_checkpointing +
+                      ["native" if args.native_blas else "Haswell kernel"])
+    print(f"README row: | {label} | {tokens / mine['seconds']:.0f} | "
+          f"{tokens / theirs['seconds']:.0f} | {theirs['seconds'] / mine['seconds']:.2f}x | "
+          f"{mine['peak_rss_mib']:.0f} / {theirs['peak_rss_mib']:.0f} MiB "
+          f"({mine['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}x) | {sgemm_share:.0f}% |")
 
 
 if __name__ == "__main__":

@@ -378,6 +378,22 @@ def test_a_separate_reference_model_live_and_precomputed(llama_dir, tmp_path):
     assert abs(losses_of(live)[0] - np.log(2)) > 1e-3
 
 
+def test_gradient_checkpointing_trains_the_same(llama_dir, tmp_path):
+    data = pairs(4, seed=16)
+    runs = []
+    for checkpointing in (False, True):
+        trainer = calign.DPOTrainer(llama_dir, args=calign.DPOConfig(
+            output_dir=str(tmp_path / str(checkpointing)), gradient_checkpointing=checkpointing,
+            **dict(COMMON, max_steps=3)), train_dataset=data)
+        assert trainer.model.gradient_checkpointing is checkpointing
+        trainer.train()
+        runs.append((losses_of(trainer), trainer.model.params.copy()))
+    assert runs[1][0] == runs[0][0]
+    np.testing.assert_array_equal(runs[1][1], runs[0][1])
+    with pytest.raises(ValueError, match="gradient_checkpointing"):
+        calign.DPOConfig(gradient_checkpointing="yes")
+
+
 def test_reference_free_and_variants_match_the_loss_library(llama_dir, tmp_path):
     """One step's logged loss equals calign.losses on the logged log-probs."""
     data = pairs(4, seed=13)

@@ -106,6 +106,12 @@ static PyObject *py_model_create(PyObject *self, PyObject *arg) {
     return capsule;
 }
 
+static PyObject *py_model_arena_bytes(PyObject *self, PyObject *capsule) {
+    model_handle *h = get_handle(capsule);
+    if (!h) return NULL;
+    return PyLong_FromSize_t(model_arena_bytes(h->m));
+}
+
 static PyObject *py_model_layout(PyObject *self, PyObject *capsule) {
     model_handle *h = get_handle(capsule);
     if (!h) return NULL;
@@ -227,10 +233,15 @@ static PyObject *new_f32_2d(npy_intp rows, npy_intp cols) {
 
 static PyObject *py_model_forward(PyObject *self, PyObject *args) {
     PyObject *capsule, *params_obj, *tokens, *positions, *seq_start, *branch;
-    int train;
-    if (!PyArg_ParseTuple(args, "OOOOOOp", &capsule, &params_obj, &tokens, &positions,
-                          &seq_start, &branch, &train))
+    int mode;
+    if (!PyArg_ParseTuple(args, "OOOOOOi", &capsule, &params_obj, &tokens, &positions,
+                          &seq_start, &branch, &mode))
         return NULL;
+    if (mode != FORWARD_INFERENCE && mode != FORWARD_TRAIN && mode != FORWARD_TRAIN_CHECKPOINTED) {
+        PyErr_Format(PyExc_ValueError, "mode must be 0 (inference), 1 (train) or 2 (train, "
+                     "checkpointed), got %d", mode);
+        return NULL;
+    }
     model_handle *h = get_handle(capsule);
     if (!h) return NULL;
     PyArrayObject *params = param_vector(params_obj, "params", h->m, 0);
@@ -238,14 +249,14 @@ static PyObject *py_model_forward(PyObject *self, PyObject *args) {
     batch_args a = {0};
     PyObject *hidden = NULL;
     if (parse_batch(&a, h->m, tokens, positions, seq_start, branch) < 0) goto done;
-    if (model_prepare(h->m, &a.b, train) < 0) {
+    if (model_prepare(h->m, &a.b, mode) < 0) {
         PyErr_NoMemory();
         goto done;
     }
     if (!(hidden = new_f32_2d(a.b.T, model_get_config(h->m)->d_model))) goto done;
     h->busy = 1;
     Py_BEGIN_ALLOW_THREADS
-    model_forward(h->m, PyArray_DATA((PyArrayObject *)hidden), PyArray_DATA(params), &a.b, train);
+    model_forward(h->m, PyArray_DATA((PyArrayObject *)hidden), PyArray_DATA(params), &a.b, mode);
     Py_END_ALLOW_THREADS
     h->busy = 0;
 done:
@@ -575,6 +586,7 @@ PyMethodDef calign_model_methods[] = {
     {"model_create", py_model_create, METH_O, "Engine model from an engine config dict."},
     {"model_layout", py_model_layout, METH_O, "(n_params, [(role, layer, offset, shape)])."},
     {"model_forward", py_model_forward, METH_VARARGS, "Final hidden states of a packed batch."},
+    {"model_arena_bytes", py_model_arena_bytes, METH_O, "Bytes of the activation arena."},
     {"model_backward", py_model_backward, METH_VARARGS, "Adds parameter gradients."},
     {"model_logits", py_model_logits, METH_VARARGS, "lm_head logits of hidden states."},
     {"model_score", py_model_score, METH_VARARGS, "Log-probs of targets at hidden rows."},

@@ -129,7 +129,7 @@ int model_generate(model *m, const float *params, const int32_t *prompt_tokens,
     }
     starts[n_prompts] = (int32_t)T_prefill;
     packed_batch batch = {tokens, positions, branch, starts, T_prefill, n_prompts};
-    if (model_prepare(m, &batch, 0) < 0) {
+    if (model_prepare(m, &batch, FORWARD_INFERENCE) < 0) {
         snprintf(err, 256, "out of memory for the activations");
         status = -1;
         goto done;
@@ -176,7 +176,7 @@ int model_generate(model *m, const float *params, const int32_t *prompt_tokens,
         if (n_active == 0) break;
         starts[n_active] = n_active;
         batch = (packed_batch){tokens, positions, branch, starts, n_active, n_active};
-        if (model_prepare(m, &batch, 0) < 0) {
+        if (model_prepare(m, &batch, FORWARD_INFERENCE) < 0) {
             snprintf(err, 256, "out of memory for the activations");
             status = -1;
             goto done;

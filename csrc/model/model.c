@@ -51,13 +51,14 @@ struct model {
     float *arena;
     size_t arena_floats;
     long arena_T, arena_longest;
-    int arena_train, arena_threads;
+    int arena_layers_kept, arena_train, arena_threads; /* what the arena has room for */
     float **resid;      /* n_layer + 1 residual streams (2 when not training) */
     layer_acts *acts;   /* n_layer (1 when not training) */
     float *final_mean, *final_rstd;
     forward_scratch f;
     grad_scratch g;
     long forward_T;     /* tokens of the last training forward, -1 if none */
+    int forward_checkpointed; /* that forward kept only the residual streams */
     float *scratch;     /* model_scratch */
     long scratch_floats;
 };
@@ -218,10 +219,16 @@ static float *take(bump *b, size_t n) {
     return p;
 }
 
-static void plan_arena(model *m, bump *b, long T, long longest, int train) {
+/* Training keeps every residual stream, and every layer's activations
+ * unless checkpointed; inference reuses two streams and one layer's buffers. */
+static int layers_kept(const model *m, forward_mode mode) {
+    return mode == FORWARD_TRAIN ? m->cfg.n_layer : 1;
+}
+
+static void plan_arena(model *m, bump *b, long T, long longest, int n_acts, int train) {
     const model_config *c = &m->cfg;
     const long d = c->d_model, hd = c->head_dim, nq = c->n_head, nkv = c->n_kv_head;
-    int n_resid = train ? c->n_layer + 1 : 2, n_acts = train ? c->n_layer : 1;
+    int n_resid = train ? c->n_layer + 1 : 2;
     for (int r = 0; r < n_resid; r++) m->resid[r] = take(b, T * d);
     for (int l = 0; l < n_acts; l++) {
         layer_acts *a = &m->acts[l];
@@ -264,16 +271,18 @@ static void plan_arena(model *m, bump *b, long T, long longest, int train) {
     g->norm_scratch = take(b, NORM_SCRATCH_FLOATS(m->arena_threads, widest));
 }
 
-int model_prepare(model *m, const packed_batch *b, int train) {
+int model_prepare(model *m, const packed_batch *b, forward_mode mode) {
     const model_config *c = &m->cfg;
     long longest = 0;
     for (int s = 0; s < b->n_seq; s++) {
         long L = b->seq_start[s + 1] - b->seq_start[s];
         longest = L > longest ? L : longest;
     }
-    int threads = calign_num_threads();
+    int threads = calign_num_threads(), train = mode != FORWARD_INFERENCE;
+    int n_acts = layers_kept(m, mode);
     int fits = m->arena && b->T <= m->arena_T && longest <= m->arena_longest &&
-               (m->arena_train || !train) && threads <= m->arena_threads;
+               n_acts <= m->arena_layers_kept && (m->arena_train || !train) &&
+               threads <= m->arena_threads;
     m->forward_T = -1;
     if (!fits) {
         free(m->arena);
@@ -281,6 +290,7 @@ int model_prepare(model *m, const packed_batch *b, int train) {
         free(m->acts);
         m->arena = NULL;
         int keep_train = train || m->arena_train;
+        int keep_acts = n_acts > m->arena_layers_kept ? n_acts : m->arena_layers_kept;
         long T = b->T > m->arena_T ? b->T : m->arena_T;
         long lmax = longest > m->arena_longest ? longest : m->arena_longest;
         m->arena_threads = threads > m->arena_threads ? threads : m->arena_threads;
@@ -288,18 +298,21 @@ int model_prepare(model *m, const packed_batch *b, int train) {
         m->acts = calloc(c->n_layer, sizeof(layer_acts));
         if (!m->resid || !m->acts) return -1;
         bump counter = {NULL, 0};
-        plan_arena(m, &counter, T, lmax, keep_train);
+        plan_arena(m, &counter, T, lmax, keep_acts, keep_train);
         m->arena = aligned_alloc(64, (counter.used + 16) * sizeof(float));
         if (!m->arena) return -1;
         m->arena_floats = counter.used;
         m->arena_T = T;
         m->arena_longest = lmax;
+        m->arena_layers_kept = keep_acts;
         m->arena_train = keep_train;
     }
     bump carve = {m->arena, 0};
-    plan_arena(m, &carve, b->T, longest, train);
+    plan_arena(m, &carve, b->T, longest, n_acts, train);
     return 0;
 }
+
+size_t model_arena_bytes(const model *m) { return m->arena ? m->arena_floats * sizeof(float) : 0; }
 
 /* ---- forward ----------------------------------------------------------- */
 
@@ -379,7 +392,9 @@ static void qk_norm_forward(model *m, layer_acts *a, const float *params, const 
 /* One transformer block. q and k are turned in place inside qkv, so
  * attention reads q, k, v from it with the row stride qkv_dim. With a cache
  * (generation), k and v go into it and attention reads it; otherwise
- * attention runs over the packed batch. */
+ * attention runs over the packed batch. With x_out NULL (the backward of a
+ * checkpointed forward) it stops once the activations the backward reads
+ * are in `a`. */
 static void layer_forward(model *m, layer_acts *a, float *x_out, const float *x,
                           const float *params, const layer_offsets *L, const packed_batch *b,
                           kv_cache *cache, int layer) {
@@ -417,6 +432,7 @@ static void layer_forward(model *m, layer_acts *a, float *x_out, const float *x,
                  L->mlp_norm_b, T);
     linear_forward(a->up, m->up_dim, normed, params + L->up_w, param_or_null(params, L->up_b),
                    (int)T, d, m->up_dim, c->layout);
+    if (!x_out) return;
     if (c->mlp == MLP_SWIGLU)
         swiglu_forward(act, a->up, T, c->d_ff);
     else
@@ -427,14 +443,14 @@ static void layer_forward(model *m, layer_acts *a, float *x_out, const float *x,
 }
 
 static void forward(model *m, float *hidden_out, const float *params, const packed_batch *b,
-                    int train, kv_cache *cache) {
+                    forward_mode mode, kv_cache *cache) {
     const model_config *c = &m->cfg;
     const param_offsets *o = &m->off;
+    const int train = mode != FORWARD_INFERENCE, every_layer = mode == FORWARD_TRAIN;
     embedding_forward(m->resid[0], b->tokens, b->positions, params + o->wte,
                       param_or_null(params, o->wpe), b->T, c->d_model);
     for (int l = 0; l < c->n_layer; l++) {
-        /* training keeps every layer; inference reuses one set and two streams */
-        layer_acts *a = &m->acts[train ? l : 0];
+        layer_acts *a = &m->acts[every_layer ? l : 0];
         float *x = m->resid[train ? l : l % 2];
         float *x_out = m->resid[train ? l + 1 : (l + 1) % 2];
         layer_forward(m, a, x_out, x, params, &o->layers[l], b, cache, l);
@@ -443,16 +459,17 @@ static void forward(model *m, float *hidden_out, const float *params, const pack
     norm_forward(m, hidden_out, m->final_mean, m->final_rstd, last, params, o->final_norm_w,
                  o->final_norm_b, b->T);
     m->forward_T = train ? b->T : -1;
+    m->forward_checkpointed = mode == FORWARD_TRAIN_CHECKPOINTED;
 }
 
 void model_forward(model *m, float *hidden_out, const float *params, const packed_batch *b,
-                   int train) {
-    forward(m, hidden_out, params, b, train, NULL);
+                   forward_mode mode) {
+    forward(m, hidden_out, params, b, mode, NULL);
 }
 
 void model_forward_cached(model *m, float *hidden_out, const float *params,
                           const packed_batch *b, kv_cache *cache) {
-    forward(m, hidden_out, params, b, 0, cache);
+    forward(m, hidden_out, params, b, FORWARD_INFERENCE, cache);
 }
 
 /* ---- backward ---------------------------------------------------------- */
@@ -558,8 +575,12 @@ void model_backward(model *m, float *grads, const float *params, float *d_hidden
     memset(m->g.d_resid, 0, sizeof(float) * T * c->d_model);
     norm_backward(m, m->g.d_resid, grads, d_hidden, m->resid[c->n_layer], params,
                   o->final_norm_w, o->final_norm_b, m->final_mean, m->final_rstd, T);
-    for (int l = c->n_layer - 1; l >= 0; l--)
-        layer_backward(m, grads, params, &m->acts[l], m->resid[l], &o->layers[l], b);
+    for (int l = c->n_layer - 1; l >= 0; l--) {
+        layer_acts *a = &m->acts[m->forward_checkpointed ? 0 : l];
+        if (m->forward_checkpointed) /* this layer's activations again, from its input */
+            layer_forward(m, a, NULL, m->resid[l], params, &o->layers[l], b, NULL, l);
+        layer_backward(m, grads, params, a, m->resid[l], &o->layers[l], b);
+    }
     embedding_backward(grads + o->wte, grad_or_null(grads, o->wpe), m->g.d_resid, b->tokens,
                        b->positions, T, c->d_model);
     m->forward_T = -1;

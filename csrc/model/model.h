@@ -69,18 +69,31 @@ typedef struct {
     int n_seq;
 } packed_batch;
 
-/* Sizes the arena for this batch (train keeps every layer's activations).
- * Returns 0, or -1 when memory could not be had. Call before forward. */
-int model_prepare(model *m, const packed_batch *b, int train);
+/* What a forward pass keeps for model_backward. */
+typedef enum {
+    FORWARD_INFERENCE = 0,          /* nothing: one layer's buffers, reused */
+    FORWARD_TRAIN = 1,              /* every layer's activations */
+    FORWARD_TRAIN_CHECKPOINTED = 2, /* only the residual stream entering each layer;
+                                       the backward runs each layer's forward again
+                                       (activation checkpointing) */
+} forward_mode;
 
-/* Writes the final normed hidden states [T, d] into hidden_out. With train
- * the activations stay in the arena for model_backward. */
+/* Sizes the arena for this batch and mode. Returns 0, or -1 when memory
+ * could not be had. Call before forward. */
+int model_prepare(model *m, const packed_batch *b, forward_mode mode);
+
+/* Writes the final normed hidden states [T, d] into hidden_out. A training
+ * mode keeps in the arena what model_backward needs. */
 void model_forward(model *m, float *hidden_out, const float *params, const packed_batch *b,
-                   int train);
+                   forward_mode mode);
+
+/* Bytes of the activation arena as now sized. */
+size_t model_arena_bytes(const model *m);
 
 /* Given d_hidden [T, d] (gradient of the loss at the final normed hidden
  * states), ADDS the parameter gradients into grads. Needs the previous
- * model_forward with train on the same batch. d_hidden is used as scratch. */
+ * model_forward in a training mode on the same batch with the same params.
+ * d_hidden is used as scratch. */
 void model_backward(model *m, float *grads, const float *params, float *d_hidden,
                     const packed_batch *b);
 
@@ -95,7 +108,7 @@ typedef struct {
 
 /* Forward of new tokens appended to the cache: run s of the batch continues
  * slot run_slot[s], each token at cache index = its position. Writes the
- * final hidden states; needs model_prepare(train = 0) first. */
+ * final hidden states; needs model_prepare(FORWARD_INFERENCE) first. */
 void model_forward_cached(model *m, float *hidden_out, const float *params,
                           const packed_batch *b, kv_cache *cache);
 

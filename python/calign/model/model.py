@@ -17,6 +17,10 @@ class Model:
     Parameters live in one contiguous float32 vector (`self.params`) and their
     gradients in a second one (`self.grad_buffer`); `state_dict()` and
     `grads()` are NumPy views into them named as in transformers.
+
+    `gradient_checkpointing = True` makes a training forward keep only the
+    residual stream entering each layer; the backward runs each layer's
+    forward again (one more forward's worth of compute, the same gradients).
     """
 
     def __init__(self, config, extra_tensors=None, engine_overrides=None):
@@ -27,6 +31,7 @@ class Model:
         # tensors the engine does not use (a reward head) follow the engine's
         self._extra = dict(extra_tensors or {})
         n_extra = sum(int(np.prod(shape)) for shape in self._extra.values())
+        self.gradient_checkpointing = False
         self.params = np.zeros(n_engine + n_extra, np.float32)
         self.grad_buffer = np.zeros(n_engine + n_extra, np.float32)
         self._engine_params = self.params[:n_engine]
@@ -119,10 +124,17 @@ class Model:
     # ---- running the engine -------------------------------------------------
 
     def forward_packed(self, batch, train=False):
-        """Final normed hidden states [T, d] of a PackedBatch. With train, the
-        activations are kept for backward_packed (the next call on this model)."""
+        """Final normed hidden states [T, d] of a PackedBatch. With train, what
+        backward_packed (the next call on this model) needs is kept: every
+        layer's activations, or with gradient_checkpointing each layer's input."""
+        mode = (2 if self.gradient_checkpointing else 1) if train else 0
         return _C.model_forward(self._handle, self._engine_params, batch.input_ids, batch.position_ids,
-                                batch.sequence_starts, batch.branch_ids, train)
+                                batch.sequence_starts, batch.branch_ids, mode)
+
+    def activation_arena_bytes(self):
+        """Bytes the engine holds for activations and their gradients, as sized
+        by the largest batch so far (it grows, never shrinks)."""
+        return _C.model_arena_bytes(self._handle)
 
     def packed_scores(self, hidden, batch, temperature=1.0, return_stats=False):
         """Log-probs float32 [M] of the batch's scores read from `hidden`, plus

@@ -89,6 +89,7 @@ class BaseTrainer:
         self.args = args
         self.processing_class = _load_tokenizer(processing_class, model)
         self.model = self._load_model(model)
+        self.model.gradient_checkpointing = args.gradient_checkpointing
         self.train_examples = self._prepare_examples(train_dataset, "train_dataset")
         self.eval_examples = (self._prepare_examples(eval_dataset, "eval_dataset")
                               if eval_dataset is not None else None)

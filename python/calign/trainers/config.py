@@ -62,6 +62,11 @@ class TrainingConfig:
                                        default=None)
     truncation_mode: str = _help(f"One of {TRUNCATION_MODES}: which end of a too-long sequence "
                                  "is kept.", default="keep_start")
+    gradient_checkpointing: bool = _help(
+        "Keep only each layer's input in the forward and recompute its activations in the "
+        "backward: less memory, about one more forward pass of compute, the same numbers. "
+        "TRL defaults to True; calign to False, as its activations are already small.",
+        default=False)
     shuffle: bool = _help("Shuffle the training data every epoch (seeded).", default=True)
     disable_tqdm: bool = _help("No progress bar.", default=False)
 
@@ -105,6 +110,9 @@ class TrainingConfig:
             value = getattr(self, name)
             _check(value is None or (isinstance(value, int) and value >= 2), name, value,
                    "None or an integer >= 2")
+        for name in ("gradient_checkpointing", "shuffle", "disable_tqdm"):
+            value = getattr(self, name)
+            _check(isinstance(value, bool), name, value, "True or False")
         _check(self.truncation_mode in TRUNCATION_MODES, "truncation_mode",
                self.truncation_mode, f"one of {list(TRUNCATION_MODES)}")
 
