@@ -125,28 +125,58 @@ static void exp_sums(const float *z, int V, float m, int with_moments, double *s
     *s_ee = see;
 }
 
-/* In place: z_v <- e_v = exp(z_v - m); returns sum_v e_v (blocks of
+/* In place: z_v <- e_v = exp(z_v - m), with the sums of exp_sums (blocks of
  * SUM_BLOCK summed in float, then in double). */
 CALIGN_SIMD_CLONES
-static double exp_in_place(float *z, int V, float m) {
-    double total = 0.0;
+static void exp_in_place(float *z, int V, float m, int with_moments, double *s_e, double *s_ez,
+                         double *s_ee) {
+    double se = 0.0, sez = 0.0, see = 0.0;
     for (int v0 = 0; v0 < V; v0 += SUM_BLOCK) {
         int v1 = v0 + SUM_BLOCK < V ? v0 + SUM_BLOCK : V;
-        float block = 0.0f;
-#pragma omp simd reduction(+ : block)
-        for (int v = v0; v < v1; v++) {
-            z[v] = exp_nonpositive(z[v] - m);
-            block += z[v];
+        float be = 0.0f, bez = 0.0f, bee = 0.0f;
+        if (with_moments) {
+#pragma omp simd reduction(+ : be, bez, bee)
+            for (int v = v0; v < v1; v++) {
+                float e = exp_nonpositive(z[v] - m);
+                bez += e * (z[v] - m);
+                bee += e * e;
+                be += e;
+                z[v] = e;
+            }
+        } else {
+#pragma omp simd reduction(+ : be)
+            for (int v = v0; v < v1; v++) {
+                z[v] = exp_nonpositive(z[v] - m);
+                be += z[v];
+            }
         }
-        total += block;
+        se += be;
+        sez += bez;
+        see += bee;
     }
-    return total;
+    *s_e = se;
+    *s_ez = sez;
+    *s_ee = see;
 }
 
 /* In place: e_v <- factor * e_v. */
 CALIGN_SIMD_CLONES
 static void scale_in_place_row(float *e, int V, float factor) {
     for (int v = 0; v < V; v++) e[v] *= factor;
+}
+
+/* The statistics of one row from its sums (see exp_sums). */
+static void write_stats(const logprob_stats *stats, long row, float lse, float m, float z_target,
+                        double sum_z, double s_e, double s_ez, double s_ee, int V) {
+    if (stats->logsumexp) stats->logsumexp[row] = lse;
+    if (stats->entropy) stats->entropy[row] = (float)(log(s_e) - s_ez / s_e);
+    if (stats->mean_logit) stats->mean_logit[row] = (float)(sum_z / V);
+    if (stats->log_sum_sq_probs) stats->log_sum_sq_probs[row] = (float)(log(s_ee) - 2.0 * log(s_e));
+    if (stats->is_top1) stats->is_top1[row] = z_target >= m;
+}
+
+static int wants_moments(const logprob_stats *stats) {
+    return stats && (stats->entropy || stats->log_sum_sq_probs);
 }
 
 /* Per-row forward on a chunk of logits; returns the first non-finite global
@@ -156,7 +186,7 @@ static long forward_chunk_rows(float *logprobs, const logprob_stats *stats,
                                const logprob_problem *p) {
     const int V = p->V;
     const float inv_t = 1.0f / p->temperature;
-    const int with_moments = stats && (stats->entropy || stats->log_sum_sq_probs);
+    const int with_moments = wants_moments(stats);
     long first_bad = p->N;
 #pragma omp parallel for num_threads(calign_num_threads()) schedule(static) reduction(min : first_bad)
     for (long r = 0; r < n; r++) {
@@ -172,20 +202,13 @@ static long forward_chunk_rows(float *logprobs, const logprob_stats *stats,
         }
         float z_target = z[p->targets[row]];
         logprobs[row] = z_target - lse;
-        if (stats) {
-            if (stats->logsumexp) stats->logsumexp[row] = lse;
-            if (stats->entropy) stats->entropy[row] = (float)(log(s_e) - s_ez / s_e);
-            if (stats->mean_logit) stats->mean_logit[row] = (float)(sum_z / V);
-            if (stats->log_sum_sq_probs)
-                stats->log_sum_sq_probs[row] = (float)(log(s_ee) - 2.0 * log(s_e));
-            if (stats->is_top1) stats->is_top1[row] = z_target >= m;
-        }
+        if (stats) write_stats(stats, row, lse, m, z_target, sum_z, s_e, s_ez, s_ee, V);
     }
     return first_bad == p->N ? -1 : first_bad;
 }
 
 static void zero_outputs(float *logprobs, const logprob_stats *stats, long N) {
-    memset(logprobs, 0, sizeof(float) * N);
+    if (logprobs) memset(logprobs, 0, sizeof(float) * N);
     if (!stats) return;
     if (stats->logsumexp) memset(stats->logsumexp, 0, sizeof(float) * N);
     if (stats->entropy) memset(stats->entropy, 0, sizeof(float) * N);
@@ -212,28 +235,31 @@ static long logprobs_forward(float *logprobs, const logprob_stats *stats,
 }
 
 /* Turns a chunk of logits into dL/dlogits in place:
- *   dL/dz_v = g (1[v = t] - softmax(z)_v),  dL/dlogits = dL/dz / tau. */
-static long backward_chunk_rows(float *logprobs, float *logits, const int32_t *active_chunk,
-                                long n, const float *grad_logprobs,
+ *   dL/dz_v = g (1[v = t] - softmax(z)_v),  dL/dlogits = dL/dz / tau,
+ * writing the forward's log-probs and statistics on the way. */
+static long backward_chunk_rows(float *logprobs, const logprob_stats *stats, float *logits,
+                                const int32_t *active_chunk, long n, const float *grad_logprobs,
                                 const logprob_problem *p) {
     const int V = p->V;
     const float inv_t = 1.0f / p->temperature;
+    const int with_moments = wants_moments(stats);
     long first_bad = p->N;
 #pragma omp parallel for num_threads(calign_num_threads()) schedule(static) reduction(min : first_bad)
     for (long r = 0; r < n; r++) {
         float *z = logits + (size_t)r * V;
         long row = active_chunk[r];
         int64_t t = p->targets[row];
-        double sum_z;
+        double sum_z, s_e, s_ez, s_ee;
         float m = scale_row(z, p->bias, V, inv_t, &sum_z);
         float z_target = z[t];
-        double s_e = exp_in_place(z, V, m);
+        exp_in_place(z, V, m, with_moments, &s_e, &s_ez, &s_ee);
         float lse = (float)(m + log(s_e));
         if (!isfinite(lse)) {
             if (row < first_bad) first_bad = row;
             continue;
         }
         if (logprobs) logprobs[row] = z_target - lse;
+        if (stats) write_stats(stats, row, lse, m, z_target, sum_z, s_e, s_ez, s_ee, V);
         /* softmax_v = e_v / s_e */
         float coef = grad_logprobs[row] * inv_t;
         scale_in_place_row(z, V, (float)(-coef / s_e));
@@ -255,19 +281,20 @@ static void accumulate_bias_grad(float *grad_bias, const float *g, long n, int V
 }
 
 static long logprobs_backward(float *grad_hidden, float *grad_weight, float *grad_bias,
-                              float *logprobs, const float *grad_logprobs,
-                              const logprob_problem *p, void *scratch) {
+                              float *logprobs, const logprob_stats *stats,
+                              const float *grad_logprobs, const logprob_problem *p,
+                              void *scratch) {
     scratch_layout s = carve_scratch(p, scratch);
     const int d = p->d, V = p->V;
     memset(grad_hidden, 0, sizeof(float) * (size_t)p->N * d);
-    if (logprobs) memset(logprobs, 0, sizeof(float) * p->N);
+    zero_outputs(logprobs, stats, p->N);
     long n_active = collect_active_rows(s.active, p);
     for (long c0 = 0; c0 < n_active; c0 += p->chunk_rows) {
         long n = n_active - c0 < p->chunk_rows ? n_active - c0 : p->chunk_rows;
         const int32_t *rows = s.active + c0;
         const float *h = gather_rows(s.hidden_rows, rows, n, p->hidden, d);
         gemm_f32(false, true, (int)n, V, d, 1.0f, h, d, p->weight, d, 0.0f, s.logits, V);
-        long bad = backward_chunk_rows(logprobs, s.logits, rows, n, grad_logprobs, p);
+        long bad = backward_chunk_rows(logprobs, stats, s.logits, rows, n, grad_logprobs, p);
         if (bad >= 0) return bad;
         /* grad_h [n, d] = G [n, V] @ W [V, d], straight into grad_hidden when
          * the rows are consecutive */
@@ -293,11 +320,12 @@ long token_logprobs_forward(float *logprobs, const logprob_stats *stats,
 }
 
 long token_logprobs_backward(float *grad_hidden, float *grad_weight, float *grad_bias,
-                             float *logprobs, const float *grad_logprobs,
-                             const logprob_problem *p, void *scratch) {
+                             float *logprobs, const logprob_stats *stats,
+                             const float *grad_logprobs, const logprob_problem *p,
+                             void *scratch) {
     profile_mark mark = profile_begin();
-    long bad = logprobs_backward(grad_hidden, grad_weight, grad_bias, logprobs, grad_logprobs, p,
-                                 scratch);
+    long bad = logprobs_backward(grad_hidden, grad_weight, grad_bias, logprobs, stats,
+                                 grad_logprobs, p, scratch);
     profile_end(PHASE_LOGPROB, mark);
     return bad;
 }

@@ -51,10 +51,12 @@ long token_logprobs_forward(float *logprobs, const logprob_stats *stats,
  *   grad_hidden[N, d]  is written (zero on ignored rows),
  *   grad_weight[V, d]  is ACCUMULATED into (+=),
  *   grad_bias[V]       is accumulated into when not NULL,
- *   logprobs[N]        is written when not NULL (forward values for free).
+ *   logprobs[N], stats are written when not NULL (the forward's values, for
+ *                      free when the upstream gradient is known beforehand).
  * Returns -1 or the first non-finite row, as the forward. */
 long token_logprobs_backward(float *grad_hidden, float *grad_weight, float *grad_bias,
-                             float *logprobs, const float *grad_logprobs,
-                             const logprob_problem *p, void *scratch);
+                             float *logprobs, const logprob_stats *stats,
+                             const float *grad_logprobs, const logprob_problem *p,
+                             void *scratch);
 
 #endif

@@ -131,6 +131,26 @@ def test_shared_prefix_rows_equal_separate_rows(family):
             np.testing.assert_allclose(logps[batch.completion_slices[i][k]], expected, atol=1e-4)
 
 
+def test_score_backward_gives_the_forward_statistics(family):
+    """SFT's one-pass scoring: the backward's log-probs and statistics are the forward's."""
+    name, hf, path = family
+    model = calign.Model.from_pretrained(path)
+    rng = np.random.default_rng(6)
+    batch = calign.pack_shared_prefix([(rng.integers(0, model.vocab_size, 4).tolist(),
+                                        [rng.integers(0, model.vocab_size, 5).tolist()])
+                                       for _ in range(3)])
+    hidden = model.forward_packed(batch, train=True)
+    logps, stats = model.packed_scores(hidden, batch, return_stats=True)
+    grad = np.full(logps.size, -0.25)
+    d_hidden, logps_b, stats_b = model.score_backward(hidden, batch, grad, return_stats=True)
+    np.testing.assert_allclose(logps_b, logps, atol=1e-6)
+    for key in ("entropy", "mean_logit", "log_sum_sq_probs"):
+        np.testing.assert_allclose(stats_b[key], stats[key], atol=1e-5, err_msg=key)
+    np.testing.assert_array_equal(stats_b["is_top1"], stats["is_top1"])
+    d_plain, _ = model.score_backward(hidden, batch, grad)
+    np.testing.assert_array_equal(d_hidden, d_plain)
+
+
 def long_examples(V, seed):
     """Rows longer than one attention block (64 query rows): a prompt of 70
     tokens shared by completions of 80 and 45, and a second, shorter example."""

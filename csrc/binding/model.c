@@ -361,6 +361,39 @@ static int parse_scores(PyArrayObject **rows, PyArrayObject **targets, PyObject 
     return 0;
 }
 
+/* The per-score statistics TRL logs, as NumPy arrays and the C view of them. */
+typedef struct {
+    PyObject *entropy, *mean_logit, *log_sum_sq_probs, *is_top1;
+    logprob_stats view;
+} stats_arrays;
+
+static int new_stats(stats_arrays *s, npy_intp M) {
+    npy_intp dims[1] = {M};
+    if (!(s->entropy = PyArray_ZEROS(1, dims, NPY_FLOAT32, 0)) ||
+        !(s->mean_logit = PyArray_ZEROS(1, dims, NPY_FLOAT32, 0)) ||
+        !(s->log_sum_sq_probs = PyArray_ZEROS(1, dims, NPY_FLOAT32, 0)) ||
+        !(s->is_top1 = PyArray_ZEROS(1, dims, NPY_BOOL, 0)))
+        return -1;
+    s->view.entropy = PyArray_DATA((PyArrayObject *)s->entropy);
+    s->view.mean_logit = PyArray_DATA((PyArrayObject *)s->mean_logit);
+    s->view.log_sum_sq_probs = PyArray_DATA((PyArrayObject *)s->log_sum_sq_probs);
+    s->view.is_top1 = PyArray_DATA((PyArrayObject *)s->is_top1);
+    return 0;
+}
+
+static PyObject *stats_dict(const stats_arrays *s) {
+    return Py_BuildValue("{s:O,s:O,s:O,s:O}", "entropy", s->entropy, "mean_logit",
+                         s->mean_logit, "log_sum_sq_probs", s->log_sum_sq_probs, "is_top1",
+                         s->is_top1);
+}
+
+static void release_stats(stats_arrays *s) {
+    Py_XDECREF(s->entropy);
+    Py_XDECREF(s->mean_logit);
+    Py_XDECREF(s->log_sum_sq_probs);
+    Py_XDECREF(s->is_top1);
+}
+
 /* model_score(capsule, params, hidden, rows, targets, temperature, return_stats)
  * -> logprobs [M], or (logprobs, {"entropy", "mean_logit", "log_sum_sq_probs",
  * "is_top1"}) with return_stats. */
@@ -375,8 +408,8 @@ static PyObject *py_model_score(PyObject *self, PyObject *args) {
     if (!h) return NULL;
     const model_config *c = model_get_config(h->m);
     PyArrayObject *params = NULL, *hidden = NULL, *rows = NULL, *targets = NULL;
-    PyObject *logprobs = NULL, *result = NULL, *entropy = NULL, *mean_logit = NULL,
-             *lssp = NULL, *top1 = NULL;
+    PyObject *logprobs = NULL, *result = NULL, *stats_out = NULL;
+    stats_arrays stats = {0};
     float *scratch;
     if (!(params = param_vector(params_obj, "params", h->m, 0)) ||
         !(hidden = arg_f32_array(hidden_obj, "hidden", 2)))
@@ -391,18 +424,7 @@ static PyObject *py_model_score(PyObject *self, PyObject *args) {
                        (float)temperature};
     npy_intp dims[1] = {r.M};
     if (!(logprobs = PyArray_ZEROS(1, dims, NPY_FLOAT32, 0))) goto done;
-    logprob_stats stats = {0};
-    if (return_stats) {
-        if (!(entropy = PyArray_ZEROS(1, dims, NPY_FLOAT32, 0)) ||
-            !(mean_logit = PyArray_ZEROS(1, dims, NPY_FLOAT32, 0)) ||
-            !(lssp = PyArray_ZEROS(1, dims, NPY_FLOAT32, 0)) ||
-            !(top1 = PyArray_ZEROS(1, dims, NPY_BOOL, 0)))
-            goto done;
-        stats.entropy = PyArray_DATA((PyArrayObject *)entropy);
-        stats.mean_logit = PyArray_DATA((PyArrayObject *)mean_logit);
-        stats.log_sum_sq_probs = PyArray_DATA((PyArrayObject *)lssp);
-        stats.is_top1 = PyArray_DATA((PyArrayObject *)top1);
-    }
+    if (return_stats && new_stats(&stats, r.M) < 0) goto done;
     if (!(scratch = model_scratch(h->m, scoring_scratch_floats(h->m, &r)))) {
         PyErr_NoMemory();
         goto done;
@@ -411,7 +433,7 @@ static PyObject *py_model_score(PyObject *self, PyObject *args) {
     h->busy = 1;
     Py_BEGIN_ALLOW_THREADS
     bad = model_score_forward(PyArray_DATA((PyArrayObject *)logprobs),
-                              return_stats ? &stats : NULL, h->m, PyArray_DATA(params),
+                              return_stats ? &stats.view : NULL, h->m, PyArray_DATA(params),
                               PyArray_DATA(hidden), &r, scratch);
     Py_END_ALLOW_THREADS
     h->busy = 0;
@@ -420,16 +442,12 @@ static PyObject *py_model_score(PyObject *self, PyObject *args) {
                         "the model produced non-finite logits (NaN or infinity in the parameters?)");
         goto done;
     }
-    if (return_stats)
-        result = Py_BuildValue("O{s:O,s:O,s:O,s:O}", logprobs, "entropy", entropy, "mean_logit",
-                               mean_logit, "log_sum_sq_probs", lssp, "is_top1", top1);
-    else
+    if (!return_stats)
         result = Py_NewRef(logprobs);
+    else if ((stats_out = stats_dict(&stats)))
+        result = Py_BuildValue("(ON)", logprobs, stats_out);
 done:
-    Py_XDECREF(entropy);
-    Py_XDECREF(mean_logit);
-    Py_XDECREF(lssp);
-    Py_XDECREF(top1);
+    release_stats(&stats);
     Py_XDECREF(logprobs);
     Py_XDECREF(params);
     Py_XDECREF(hidden);
@@ -438,19 +456,22 @@ done:
     return result;
 }
 
-/* Returns (d_hidden [T, d], logprobs [M]); the lm_head gradient goes into grads. */
+/* Returns (d_hidden [T, d], logprobs [M]) or with return_stats (d_hidden,
+ * logprobs, stats as model_score's); the lm_head gradient goes into grads. */
 static PyObject *py_model_score_backward(PyObject *self, PyObject *args) {
     PyObject *capsule, *params_obj, *grads_obj, *hidden_obj, *rows_obj, *targets_obj, *grad_obj;
     double temperature;
-    if (!PyArg_ParseTuple(args, "OOOOOOOd", &capsule, &params_obj, &grads_obj, &hidden_obj,
-                          &rows_obj, &targets_obj, &grad_obj, &temperature))
+    int return_stats = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOOOd|p", &capsule, &params_obj, &grads_obj, &hidden_obj,
+                          &rows_obj, &targets_obj, &grad_obj, &temperature, &return_stats))
         return NULL;
     model_handle *h = get_handle(capsule);
     if (!h) return NULL;
     const model_config *c = model_get_config(h->m);
     PyArrayObject *params = NULL, *grads = NULL, *hidden = NULL, *rows = NULL, *targets = NULL,
                   *grad64 = NULL;
-    PyObject *logprobs = NULL, *d_hidden = NULL, *result = NULL;
+    PyObject *logprobs = NULL, *d_hidden = NULL, *result = NULL, *stats_out = NULL;
+    stats_arrays stats = {0};
     float *scratch, *grad32 = NULL;
     if (!(params = param_vector(params_obj, "params", h->m, 0)) ||
         !(grads = param_vector(grads_obj, "grads", h->m, 1)) ||
@@ -471,6 +492,7 @@ static PyObject *py_model_score_backward(PyObject *self, PyObject *args) {
     if (!(logprobs = PyArray_ZEROS(1, dims, NPY_FLOAT32, 0)) ||
         !(d_hidden = new_f32_2d(T, c->d_model)))
         goto done;
+    if (return_stats && new_stats(&stats, r.M) < 0) goto done;
     scratch = model_scratch(h->m, scoring_scratch_floats(h->m, &r));
     grad32 = malloc(sizeof(float) * (r.M + 1));
     if (!scratch || !grad32) {
@@ -482,7 +504,8 @@ static PyObject *py_model_score_backward(PyObject *self, PyObject *args) {
     h->busy = 1;
     Py_BEGIN_ALLOW_THREADS
     bad = model_score_backward(PyArray_DATA((PyArrayObject *)d_hidden), PyArray_DATA(grads),
-                               PyArray_DATA((PyArrayObject *)logprobs), h->m, PyArray_DATA(params),
+                               PyArray_DATA((PyArrayObject *)logprobs),
+                               return_stats ? &stats.view : NULL, h->m, PyArray_DATA(params),
                                PyArray_DATA(hidden), grad32, &r, scratch);
     Py_END_ALLOW_THREADS
     h->busy = 0;
@@ -491,8 +514,12 @@ static PyObject *py_model_score_backward(PyObject *self, PyObject *args) {
                         "the model produced non-finite logits (NaN or infinity in the parameters?)");
         goto done;
     }
-    result = Py_BuildValue("(OO)", d_hidden, logprobs);
+    if (!return_stats)
+        result = Py_BuildValue("(OO)", d_hidden, logprobs);
+    else if ((stats_out = stats_dict(&stats)))
+        result = Py_BuildValue("(OON)", d_hidden, logprobs, stats_out);
 done:
+    release_stats(&stats);
     free(grad32);
     Py_XDECREF(logprobs);
     Py_XDECREF(d_hidden);

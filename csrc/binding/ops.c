@@ -199,7 +199,7 @@ static PyObject *py_token_logprobs_backward(PyObject *self, PyObject *args, PyOb
     Py_BEGIN_ALLOW_THREADS
     bad = token_logprobs_backward(f32_data(grad_hidden), f32_data(grad_weight),
                                   grad_bias ? f32_data(grad_bias) : NULL,
-                                  logprobs ? f32_data(logprobs) : NULL, f32_data(grad32),
+                                  logprobs ? f32_data(logprobs) : NULL, NULL, f32_data(grad32),
                                   &a.problem, scratch);
     Py_END_ALLOW_THREADS
     if (bad >= 0) {

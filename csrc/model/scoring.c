@@ -43,15 +43,16 @@ long model_score_forward(float *logprobs, const logprob_stats *stats, const mode
     return token_logprobs_forward(logprobs, stats, &p, kernel_scratch);
 }
 
-long model_score_backward(float *d_hidden, float *grads, float *logprobs, const model *m,
-                          const float *params, const float *hidden,
-                          const float *grad_logprobs, const score_request *r, float *scratch) {
+long model_score_backward(float *d_hidden, float *grads, float *logprobs,
+                          const logprob_stats *stats, const model *m, const float *params,
+                          const float *hidden, const float *grad_logprobs,
+                          const score_request *r, float *scratch) {
     const int d = model_get_config(m)->d_model;
     float *rows = scratch, *d_rows = scratch + r->M * d, *kernel_scratch = scratch + 2 * r->M * d;
     gather_rows(rows, hidden, r->rows, r->M, d);
     logprob_problem p = problem_of(m, params, rows, r);
     long bad = token_logprobs_backward(d_rows, grads + model_lm_head_offset(m), NULL, logprobs,
-                                       grad_logprobs, &p, kernel_scratch);
+                                       stats, grad_logprobs, &p, kernel_scratch);
     if (bad >= 0) return bad;
     /* scatter-add, in score order (deterministic) */
     for (long i = 0; i < r->M; i++) {

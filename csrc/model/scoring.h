@@ -27,9 +27,10 @@ long model_score_forward(float *logprobs, const logprob_stats *stats, const mode
 
 /* For upstream gradients grad_logprobs[M]: d_hidden[T, d] is ADDED to (the
  * scatter of each score's hidden gradient), the lm_head gradient is added
- * into grads, logprobs[M] written when not NULL. */
-long model_score_backward(float *d_hidden, float *grads, float *logprobs, const model *m,
-                          const float *params, const float *hidden,
-                          const float *grad_logprobs, const score_request *r, float *scratch);
+ * into grads, logprobs[M] and the statistics written when not NULL. */
+long model_score_backward(float *d_hidden, float *grads, float *logprobs,
+                          const logprob_stats *stats, const model *m, const float *params,
+                          const float *hidden, const float *grad_logprobs,
+                          const score_request *r, float *scratch);
 
 #endif

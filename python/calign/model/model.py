@@ -143,12 +143,15 @@ class Model:
         return _C.model_score(self._handle, self._engine_params, hidden, batch.score_rows,
                               batch.score_targets, temperature, return_stats)
 
-    def score_backward(self, hidden, batch, grad_logprobs, temperature=1.0):
+    def score_backward(self, hidden, batch, grad_logprobs, temperature=1.0, return_stats=False):
         """Adds the lm_head gradient of sum(grad_logprobs * logprobs) to the
-        gradient buffer; returns (d_hidden [T, d], logprobs [M])."""
+        gradient buffer; returns (d_hidden [T, d], logprobs [M]), plus the
+        statistics of packed_scores with return_stats: when the gradient is known
+        before the log-probs (SFT), one pass gives both."""
         return _C.model_score_backward(self._handle, self._engine_params, self._engine_grads, hidden,
                                        batch.score_rows, batch.score_targets,
-                                       np.asarray(grad_logprobs, np.float64), temperature)
+                                       np.asarray(grad_logprobs, np.float64), temperature,
+                                       return_stats)
 
     def backward_packed(self, batch, d_hidden):
         """Adds the parameter gradients for d_hidden (the loss gradient at the

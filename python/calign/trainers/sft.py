@@ -26,11 +26,13 @@ class SFTTrainer(BaseTrainer):
     def _micro_step(self, examples, normaliser, train):
         packed = PackedPreferences(examples)
         hidden = self.model.forward_packed(packed.batch, train=train)
-        token_logps, stats = self.model.packed_scores(hidden, packed.batch, return_stats=True)
-        if train:
-            grad = np.full(token_logps.size, -1.0 / normaliser)
-            d_hidden, _ = self.model.score_backward(hidden, packed.batch, grad)
+        if train:  # the gradient of each token's log-prob is known: one pass scores and backprops
+            grad = np.full(packed.batch.score_rows.size, -1.0 / normaliser)
+            d_hidden, token_logps, stats = self.model.score_backward(hidden, packed.batch, grad,
+                                                                     return_stats=True)
             self.model.backward_packed(packed.batch, d_hidden)
+        else:
+            token_logps, stats = self.model.packed_scores(hidden, packed.batch, return_stats=True)
         metrics = {
             "loss": float(-np.mean(token_logps, dtype=np.float64)),
             "entropy": float(stats["entropy"].mean()),
