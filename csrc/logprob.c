@@ -329,3 +329,100 @@ long token_logprobs_backward(float *grad_hidden, float *grad_weight, float *grad
     profile_end(PHASE_LOGPROB, mark);
     return bad;
 }
+
+/* ---- grouped: forward, loss gradient and backward per chunk of whole groups */
+
+static long group_rows(const logprob_groups *g, int g0, int g1) {
+    return g->seq_first_row[g->group_first_seq[g1]] - g->seq_first_row[g->group_first_seq[g0]];
+}
+
+int logprob_grouped_chunk_rows(const logprob_problem *p, const logprob_groups *g) {
+    long rows = logprob_default_chunk_rows(p->V, p->d);
+    for (int k = 0; k < g->n_groups; k++) {
+        long n = group_rows(g, k, k + 1);
+        rows = n > rows ? n : rows;
+    }
+    return (int)rows;
+}
+
+/* Scratch: logits chunk [C, V] | per row: exp sum, then coefficient [C] doubles. */
+size_t logprob_grouped_scratch_bytes(const logprob_problem *p) {
+    long C = p->chunk_rows;
+    return sizeof(float) * (size_t)C * p->V + 2 * sizeof(double) * (size_t)C + 64;
+}
+
+/* Forward on rows [r0, r0 + n) of a chunk: logits -> exp in place, with each
+ * row's exp sum kept in row_sum; returns the first non-finite row or -1. */
+static long grouped_forward_rows(float *logprobs, const logprob_stats *stats, double *row_sum,
+                                 float *logits, long r0, long n, const logprob_problem *p) {
+    const int V = p->V;
+    const float inv_t = 1.0f / p->temperature;
+    const int with_moments = wants_moments(stats);
+    long first_bad = p->N;
+#pragma omp parallel for num_threads(calign_num_threads()) schedule(static) reduction(min : first_bad)
+    for (long r = 0; r < n; r++) {
+        float *z = logits + (size_t)r * V;
+        long row = r0 + r;
+        double sum_z, s_e, s_ez, s_ee;
+        float m = scale_row(z, p->bias, V, inv_t, &sum_z);
+        float z_target = z[p->targets[row]];
+        exp_in_place(z, V, m, with_moments, &s_e, &s_ez, &s_ee);
+        float lse = (float)(m + log(s_e));
+        if (!isfinite(lse)) {
+            if (row < first_bad) first_bad = row;
+            continue;
+        }
+        logprobs[row] = z_target - lse;
+        row_sum[r] = s_e;
+        if (stats) write_stats(stats, row, lse, m, z_target, sum_z, s_e, s_ez, s_ee, V);
+    }
+    return first_bad == p->N ? -1 : first_bad;
+}
+
+long token_logprobs_grouped(float *grad_hidden, float *grad_weight, float *logprobs,
+                            const logprob_stats *stats, double *seq_sums, double *seq_grads,
+                            const logprob_problem *p, const logprob_groups *g, void *scratch) {
+    profile_mark mark = profile_begin();
+    const int d = p->d, V = p->V;
+    const float inv_t = 1.0f / p->temperature;
+    float *logits = (float *)scratch;
+    double *row_sum = (double *)(logits + (size_t)p->chunk_rows * V);
+    double *row_coef = row_sum + p->chunk_rows;
+    long bad = -1;
+    for (int g0 = 0, g1; g0 < g->n_groups && bad < 0; g0 = g1) {
+        /* as many whole groups as the chunk holds, at least one */
+        for (g1 = g0 + 1; g1 < g->n_groups && group_rows(g, g0, g1 + 1) <= p->chunk_rows; g1++) {
+        }
+        const int s0 = g->group_first_seq[g0], s1 = g->group_first_seq[g1];
+        const long r0 = g->seq_first_row[s0], n = g->seq_first_row[s1] - r0;
+        const float *h = p->hidden + (size_t)r0 * d;
+        gemm_f32(false, true, (int)n, V, d, 1.0f, h, d, p->weight, d, 0.0f, logits, V);
+        if ((bad = grouped_forward_rows(logprobs, stats, row_sum, logits, r0, n, p)) >= 0) break;
+        /* sequence sums (in row order, double), the loss's gradients, and each
+         * row's dL/dlogp = seq_grad * weight */
+        for (int s = s0; s < s1; s++) {
+            double sum = 0.0;
+            for (long row = g->seq_first_row[s]; row < g->seq_first_row[s + 1]; row++)
+                sum += logprobs[row] * (g->row_weight ? g->row_weight[row] : 1.0);
+            seq_sums[s] = sum;
+        }
+        g->sequence_grads(g->ctx, g0, g1, seq_sums, seq_grads);
+        for (int s = s0; s < s1; s++)
+            for (long row = g->seq_first_row[s]; row < g->seq_first_row[s + 1]; row++)
+                row_coef[row - r0] = seq_grads[s] * (g->row_weight ? g->row_weight[row] : 1.0);
+        /* dL/dlogits = coef (1[v = t] - e_v / sum e) / tau, in place */
+#pragma omp parallel for num_threads(calign_num_threads()) schedule(static)
+        for (long r = 0; r < n; r++) {
+            float *z = logits + (size_t)r * V;
+            float coef = (float)row_coef[r] * inv_t;
+            scale_in_place_row(z, V, (float)(-coef / row_sum[r]));
+            z[p->targets[r0 + r]] += coef;
+        }
+        /* grad_h [n, d] = G W;  grad_W [V, d] += G^T h */
+        gemm_f32(false, false, (int)n, d, V, 1.0f, logits, V, p->weight, d, 0.0f,
+                 grad_hidden + (size_t)r0 * d, d);
+        gemm_f32(true, false, V, d, (int)n, 1.0f, logits, V, h, d, 1.0f, grad_weight, d);
+    }
+    profile_end(PHASE_LOGPROB, mark);
+    return bad;
+}

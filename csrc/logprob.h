@@ -59,4 +59,42 @@ long token_logprobs_backward(float *grad_hidden, float *grad_weight, float *grad
                              const float *grad_logprobs, const logprob_problem *p,
                              void *scratch);
 
+/* ---- scores in groups whose loss couples them --------------------------
+ *
+ * A preference pair's loss depends on the summed log-probs of both its
+ * completions, so d loss / d logp of a token is known once the whole pair is
+ * scored. Here each chunk holds whole groups (an example's completions): its
+ * logits are computed once, the group sums go to a loss callback, and the
+ * backward of the chunk runs while its logits are still in memory. One
+ * lm_head product fewer than forward + backward, and one call.
+ *
+ * Rows are the problem's N rows in order; sequence s holds rows
+ * [seq_first_row[s], seq_first_row[s+1]), group g sequences
+ * [group_first_seq[g], group_first_seq[g+1]). Every row is scored
+ * (no ignore_index). */
+typedef struct {
+    int n_groups;
+    const int *group_first_seq; /* [n_groups + 1] */
+    const long *seq_first_row;  /* [n_seq + 1] */
+    const double *row_weight;   /* [N] factor of each log-prob in its sequence's sum, or NULL */
+    /* Writes seq_grads[s] = d loss / d seq_sums[s] for the sequences of
+     * groups [g0, g1), given their seq_sums (both indexed by sequence). */
+    void (*sequence_grads)(void *ctx, int g0, int g1, const double *seq_sums,
+                           double *seq_grads);
+    void *ctx;
+} logprob_groups;
+
+/* Rows a chunk needs: the default, or the largest group if that is larger. */
+int logprob_grouped_chunk_rows(const logprob_problem *p, const logprob_groups *g);
+/* Scratch bytes for token_logprobs_grouped with p->chunk_rows as above. */
+size_t logprob_grouped_scratch_bytes(const logprob_problem *p);
+
+/* Forward, loss gradient and backward in one pass: writes logprobs[N],
+ * the stats (when not NULL), seq_sums[n_seq] (weighted log-prob sums) and
+ * seq_grads[n_seq], writes grad_hidden[N, d] and ADDS into grad_weight[V, d].
+ * Returns -1 or the first row whose logits were not finite. */
+long token_logprobs_grouped(float *grad_hidden, float *grad_weight, float *logprobs,
+                            const logprob_stats *stats, double *seq_sums, double *seq_grads,
+                            const logprob_problem *p, const logprob_groups *g, void *scratch);
+
 #endif

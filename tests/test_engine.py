@@ -151,6 +151,78 @@ def test_score_backward_gives_the_forward_statistics(family):
     np.testing.assert_array_equal(d_hidden, d_plain)
 
 
+@pytest.mark.parametrize("loss_type,extra", [
+    ("sigmoid", {}), ("ipo", {}), ("robust", dict(label_smoothing=0.2)),
+    (["sigmoid", "bco_pair"], dict(loss_weights=[0.7, 0.3])),
+    ("sigmoid", dict(f_divergence_type="js_divergence"))])
+def test_score_dpo_pairs_equals_scores_then_loss_then_backward(loss_type, extra):
+    """The fused pass (chunks of whole pairs, loss inside) gives the numbers of the
+    three-call path: scores, calign.losses.dpo_loss, score backward. The vocabulary
+    is large enough that a chunk holds one pair at most, so pairs cross chunks."""
+    model = calign.Model.from_config(dict(
+        model_type="llama", hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, intermediate_size=24, vocab_size=40000,
+        max_position_embeddings=512), seed=0)
+    rng = np.random.default_rng(7)
+    examples = [(rng.integers(0, 40000, P).tolist(), [rng.integers(0, 40000, c).tolist(),
+                                                      rng.integers(0, 40000, r).tolist()])
+                for P, c, r in ((5, 150, 90), (30, 2, 7), (1, 120, 1), (8, 60, 61))]
+    batch = calign.pack_shared_prefix(examples)
+    lengths = np.array([len(c) for _, cs in examples for c in cs])
+    ref = -np.abs(rng.normal(0, 50, (4, 2))) - lengths.reshape(4, 2) * 10.5
+    token_weights = np.where(rng.random(lengths.sum()) < 0.3, 0.5, 1.0)
+    weights = np.array([1.0, 0.5, 2.0, 1.5])
+    settings = calign.losses.dpo_settings(beta=0.3, loss_type=loss_type, **extra)
+    hidden = model.forward_packed(batch)
+
+    model.zero_grad()
+    fused = model.score_dpo_pairs(hidden, batch, lengths, ref, settings, token_weights, weights,
+                                  grad_scale=0.25)
+    fused_grads = model.grad_buffer.copy()
+
+    model.zero_grad()
+    logps, stats = model.packed_scores(hidden, batch, return_stats=True)
+    ends = np.cumsum(lengths)
+    policy = np.add.reduceat(logps * token_weights, ends - lengths).reshape(4, 2)
+    out = calign.losses.dpo_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=0.3,
+                                 loss_type=loss_type, chosen_lengths=lengths[0::2],
+                                 rejected_lengths=lengths[1::2], weights=weights,
+                                 return_grad=True, **extra)
+    grad = np.stack([out.grad_chosen, out.grad_rejected], axis=1).ravel()
+    d_hidden, _ = model.score_backward(hidden, batch,
+                                       0.25 * np.repeat(grad, lengths) * token_weights)
+
+    np.testing.assert_allclose(fused.logprobs, logps, atol=1e-6)
+    np.testing.assert_allclose(fused.policy, policy, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(fused.losses, out.losses, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(fused.chosen_rewards, out.chosen_rewards, rtol=1e-9)
+    for key in ("entropy", "mean_logit"):
+        np.testing.assert_allclose(fused.stats[key], stats[key], atol=1e-5)
+    np.testing.assert_allclose(fused.d_hidden, d_hidden, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fused_grads, model.grad_buffer, rtol=1e-5, atol=1e-6)
+    assert np.abs(fused_grads).max() > 1e-5  # the comparison is not between zeros
+
+
+def test_score_dpo_pairs_bad_input():
+    model = calign.Model.from_config(dict(
+        model_type="llama", hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, intermediate_size=24, vocab_size=50, max_position_embeddings=64))
+    batch = calign.pack_shared_prefix([([1, 2], [[3, 4], [5]])])
+    hidden = model.forward_packed(batch)
+    settings = calign.losses.dpo_settings()
+    ref = np.array([[-3.0, -2.0]])
+    with pytest.raises(ValueError, match="completion_lengths add up to 4 but there are 3"):
+        model.score_dpo_pairs(hidden, batch, [2, 2], ref, settings)
+    with pytest.raises(ValueError, match="chosen and a rejected"):
+        model.score_dpo_pairs(hidden, batch, [3], ref, settings)
+    with pytest.raises(ValueError, match="ref_chosen_logps"):
+        model.score_dpo_pairs(hidden, batch, [2, 1], np.array([[np.nan, -2.0]]), settings)
+    with pytest.raises(ValueError, match="weights"):
+        model.score_dpo_pairs(hidden, batch, [2, 1], ref, settings, weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match="loss_type"):
+        calign.losses.dpo_settings(loss_type="nope")
+
+
 def long_examples(V, seed):
     """Rows longer than one attention block (64 query rows): a prompt of 70
     tokens shared by completions of 80 and 45, and a second, shorter example."""

@@ -394,6 +394,35 @@ def test_gradient_checkpointing_trains_the_same(llama_dir, tmp_path):
         calign.DPOConfig(gradient_checkpointing="yes")
 
 
+@pytest.mark.parametrize("options", [dict(), dict(ld_alpha=0.5, loss_type="ipo"),
+                                     dict(reference_free=True, loss_type="hinge"),
+                                     dict(gradient_accumulation_steps=2)])
+def test_fused_pair_scoring_trains_as_the_three_call_path(llama_dir, tmp_path, options):
+    data = [dict(r, weight=w) for r, w in zip(pairs(8, seed=17), [1.0, 0.5] * 4)]
+    runs = []
+    for fused in (True, False):
+        trainer = calign.DPOTrainer(llama_dir, args=calign.DPOConfig(
+            output_dir=str(tmp_path / str(fused)), **dict(COMMON, max_steps=3, **options)),
+            train_dataset=data)
+        assert trainer.fused_pairs
+        trainer.fused_pairs = fused
+        trainer.train()
+        runs.append(([h for h in trainer.state.log_history if "loss" in h],
+                     trainer.model.params.copy()))
+    for fused_log, plain_log in zip(*(r[0] for r in runs)):
+        for key, value in plain_log.items():
+            assert fused_log[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    np.testing.assert_allclose(runs[0][1], runs[1][1], rtol=1e-5, atol=1e-6)
+
+
+def test_fused_pair_scoring_is_off_where_pairs_are_coupled(llama_dir, tmp_path):
+    for options in (dict(loss_type="aot"), dict(rpo_alpha=0.5), dict(use_weighting=True),
+                    dict(loss_type=["sigmoid", "sft"])):
+        trainer = calign.DPOTrainer(llama_dir, args=calign.DPOConfig(
+            output_dir=str(tmp_path), **dict(COMMON, **options)), train_dataset=pairs(2))
+        assert not trainer.fused_pairs, options
+
+
 def test_reference_free_and_variants_match_the_loss_library(llama_dir, tmp_path):
     """One step's logged loss equals calign.losses on the logged log-probs."""
     data = pairs(4, seed=13)

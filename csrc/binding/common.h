@@ -13,6 +13,8 @@
 #endif
 #include <numpy/arrayobject.h>
 
+#include "losses/losses.h"
+
 /* Each returns a NEW reference, or NULL with an exception that names `name`. */
 
 /* A float32, C-contiguous array of rank ndim, used in place (never copied:
@@ -35,6 +37,11 @@ PyObject *raise_printf(PyObject *type, const char *format, ...);
 /* Raises ValueError unless the array has `expected` elements along axis 0. */
 int check_length(PyArrayObject *arr, const char *name, npy_intp expected,
                  const char *expected_from);
+
+/* calign.losses' DPO settings tuple (see losses.py, _dpo_settings) into p;
+ * types and loss_weights hold DPO_MAX_LOSS_TYPES entries. -1 with an exception. */
+#define DPO_MAX_LOSS_TYPES (4 * DPO_N_LOSS_TYPES)
+int parse_dpo_settings(PyObject *settings, dpo_params *p, int *types, double *loss_weights);
 
 /* The method tables of the binding files, joined in module.c. */
 extern PyMethodDef calign_threads_methods[];

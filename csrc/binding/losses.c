@@ -121,30 +121,40 @@ static int double_list(PyObject *seq, double *out, int n, const char *name) {
     return 0;
 }
 
-static PyObject *py_dpo_loss(PyObject *self, PyObject *args) {
-    PyObject *pc, *pr, *rc, *rr, *chosen_len, *rejected_len, *weights_obj, *types_obj, *lw_obj;
-    dpo_params p = {0};
-    int divergence, return_grad;
-    if (!PyArg_ParseTuple(args, "OOOOOOOdddddiOOp", &pc, &pr, &rc, &rr, &chosen_len,
-                          &rejected_len, &weights_obj, &p.beta, &p.label_smoothing,
-                          &p.f_alpha_divergence_coef, &p.discopop_tau, &p.bco_reward_shift,
-                          &divergence, &types_obj, &lw_obj, &return_grad))
-        return NULL;
-    int types[DPO_N_LOSS_TYPES * 4];
-    double loss_weights[DPO_N_LOSS_TYPES * 4];
-    int n_types = int_list(types_obj, types, DPO_N_LOSS_TYPES * 4, "loss_type");
-    if (n_types < 0 || double_list(lw_obj, loss_weights, n_types, "loss_weights") < 0)
-        return NULL;
+int parse_dpo_settings(PyObject *settings, dpo_params *p, int *types, double *loss_weights) {
+    PyObject *types_obj, *lw_obj;
+    int divergence;
+    if (!PyArg_ParseTuple(settings, "dddddiOO;DPO settings: (beta, label_smoothing, "
+                          "f_alpha_divergence_coef, discopop_tau, bco_reward_shift, divergence, "
+                          "loss type codes, loss weights)", &p->beta, &p->label_smoothing,
+                          &p->f_alpha_divergence_coef, &p->discopop_tau, &p->bco_reward_shift,
+                          &divergence, &types_obj, &lw_obj))
+        return -1;
+    int n_types = int_list(types_obj, types, DPO_MAX_LOSS_TYPES, "loss_type");
+    if (n_types < 0 || double_list(lw_obj, loss_weights, n_types, "loss_weights") < 0) return -1;
     for (int t = 0; t < n_types; t++) {
         if (types[t] < 0 || types[t] >= DPO_N_LOSS_TYPES) {
             PyErr_SetString(PyExc_ValueError, "loss_type code out of range");
-            return NULL;
+            return -1;
         }
     }
-    p.divergence = (f_divergence)divergence;
-    p.n_loss_types = n_types;
-    p.loss_types = types;
-    p.loss_weights = loss_weights;
+    p->divergence = (f_divergence)divergence;
+    p->n_loss_types = n_types;
+    p->loss_types = types;
+    p->loss_weights = loss_weights;
+    return 0;
+}
+
+static PyObject *py_dpo_loss(PyObject *self, PyObject *args) {
+    PyObject *pc, *pr, *rc, *rr, *chosen_len, *rejected_len, *weights_obj, *settings;
+    dpo_params p = {0};
+    int return_grad;
+    if (!PyArg_ParseTuple(args, "OOOOOOOO!p", &pc, &pr, &rc, &rr, &chosen_len, &rejected_len,
+                          &weights_obj, &PyTuple_Type, &settings, &return_grad))
+        return NULL;
+    int types[DPO_MAX_LOSS_TYPES];
+    double loss_weights[DPO_MAX_LOSS_TYPES];
+    if (parse_dpo_settings(settings, &p, types, loss_weights) < 0) return NULL;
 
     inputs in = {0};
     const double *x_pc, *x_pr, *x_rc, *x_rr, *x_cl, *x_rl, *x_w;

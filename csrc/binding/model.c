@@ -12,6 +12,7 @@
 #include "model/generate.h"
 #include "model/model.h"
 #include "model/scoring.h"
+#include "losses/dpo_pairs.h"
 
 #define CAPSULE_NAME "calign.model"
 
@@ -608,6 +609,175 @@ done:
     return result;
 }
 
+/* model_score_dpo(capsule, params, grads, hidden, rows, targets, completion_lengths,
+ *                 row_weights, ref_chosen, ref_rejected, weights, grad_scale, settings)
+ * Scores the 2B completions of B preference pairs (completion_lengths [2B]:
+ * chosen, rejected, chosen, ... rows in that order) in chunks of whole pairs,
+ * with the DPO loss (settings: calign.losses' tuple) applied inside each chunk:
+ * adds the lm_head gradient of grad_scale * sum of the losses into grads and
+ * returns (d_hidden [T, d], logprobs [M], stats, policy sums [B, 2], losses [B],
+ * chosen_rewards [B], rejected_rewards [B]). */
+static PyObject *py_model_score_dpo(PyObject *self, PyObject *args) {
+    PyObject *capsule, *params_obj, *grads_obj, *hidden_obj, *rows_obj, *targets_obj,
+        *lengths_obj, *row_weights_obj, *ref_c_obj, *ref_r_obj, *weights_obj, *settings;
+    double grad_scale;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOdO!", &capsule, &params_obj, &grads_obj,
+                          &hidden_obj, &rows_obj, &targets_obj, &lengths_obj, &row_weights_obj,
+                          &ref_c_obj, &ref_r_obj, &weights_obj, &grad_scale, &PyTuple_Type,
+                          &settings))
+        return NULL;
+    model_handle *h = get_handle(capsule);
+    if (!h) return NULL;
+    const model_config *c = model_get_config(h->m);
+    dpo_params dp = {0};
+    int types[DPO_MAX_LOSS_TYPES];
+    double loss_weights[DPO_MAX_LOSS_TYPES];
+    if (parse_dpo_settings(settings, &dp, types, loss_weights) < 0) return NULL;
+    PyArrayObject *params = NULL, *grads = NULL, *hidden = NULL, *rows = NULL, *targets = NULL,
+                  *lengths = NULL, *row_weights = NULL, *ref_c = NULL, *ref_r = NULL,
+                  *weights = NULL;
+    PyObject *d_hidden = NULL, *logprobs = NULL, *policy = NULL, *losses = NULL,
+             *chosen_rewards = NULL, *rejected_rewards = NULL, *stats_out = NULL, *result = NULL;
+    stats_arrays stats = {0};
+    int *group_first_seq = NULL, *iwork = NULL;
+    long *seq_first_row = NULL;
+    double *work = NULL;
+    if (!(params = param_vector(params_obj, "params", h->m, 0)) ||
+        !(grads = param_vector(grads_obj, "grads", h->m, 1)) ||
+        !(hidden = arg_f32_array(hidden_obj, "hidden", 2)))
+        goto done;
+    npy_intp T = PyArray_DIM(hidden, 0);
+    if (PyArray_DIM(hidden, 1) != c->d_model) {
+        PyErr_SetString(PyExc_ValueError, "hidden must have hidden_size columns");
+        goto done;
+    }
+    if (parse_scores(&rows, &targets, rows_obj, targets_obj, T, c->vocab) < 0 ||
+        !(lengths = arg_int64_vector(lengths_obj, "completion_lengths")) ||
+        !(ref_c = arg_f64_vector(ref_c_obj, "ref_chosen_logps", 1)) ||
+        !(ref_r = arg_f64_vector(ref_r_obj, "ref_rejected_logps", 1)))
+        goto done;
+    npy_intp M = PyArray_DIM(rows, 0), n_seq = PyArray_DIM(lengths, 0), B = n_seq / 2;
+    if (n_seq == 0 || n_seq % 2) {
+        PyErr_SetString(PyExc_ValueError, "completion_lengths must hold a chosen and a rejected "
+                        "length per pair");
+        goto done;
+    }
+    if (check_length(ref_c, "ref_chosen_logps", B, "pairs") < 0 ||
+        check_length(ref_r, "ref_rejected_logps", B, "pairs") < 0)
+        goto done;
+    if (row_weights_obj != Py_None &&
+        (!(row_weights = arg_f64_vector(row_weights_obj, "row_weights", 1)) ||
+         check_length(row_weights, "row_weights", M, "score_rows") < 0))
+        goto done;
+    if (weights_obj != Py_None &&
+        (!(weights = arg_f64_vector(weights_obj, "weights", 1)) ||
+         check_length(weights, "weights", B, "pairs") < 0))
+        goto done;
+    const int64_t *len = PyArray_DATA(lengths), *tgt = PyArray_DATA(targets);
+    for (npy_intp i = 0; i < M; i++) {
+        if (tgt[i] == -100) {
+            PyErr_SetString(PyExc_ValueError, "every completion token must be scored (no -100)");
+            goto done;
+        }
+    }
+    group_first_seq = malloc(sizeof(int) * (B + 1));
+    seq_first_row = malloc(sizeof(long) * (n_seq + 1));
+    work = malloc(sizeof(double) * (15 * B + 1));
+    iwork = malloc(sizeof(int) * (2 * B + 1));
+    if (!group_first_seq || !seq_first_row || !work || !iwork) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    seq_first_row[0] = 0;
+    for (npy_intp s = 0; s < n_seq; s++) {
+        if (len[s] < 1) {
+            PyErr_Format(PyExc_ValueError, "completion_lengths[%zd] = %lld: every completion "
+                         "needs a token", (Py_ssize_t)s, (long long)len[s]);
+            goto done;
+        }
+        seq_first_row[s + 1] = seq_first_row[s] + len[s];
+    }
+    if (seq_first_row[n_seq] != M) {
+        PyErr_Format(PyExc_ValueError, "completion_lengths add up to %ld but there are %zd "
+                     "score_rows", seq_first_row[n_seq], (Py_ssize_t)M);
+        goto done;
+    }
+    for (npy_intp g = 0; g <= B; g++) group_first_seq[g] = (int)(2 * g);
+    /* work: seq sums [2B] | seq grads [2B] | lengths chosen, rejected [B each] |
+     * dpo_pairs scratch [4B] | dpo_loss scratch [5B] */
+    double *seq_sums = work, *seq_grads = seq_sums + n_seq, *chosen_len = seq_grads + n_seq;
+    double *rejected_len = chosen_len + B, *pair_work = rejected_len + B;
+    double *loss_work = pair_work + 4 * B;
+    for (npy_intp i = 0; i < B; i++) {
+        chosen_len[i] = (double)len[2 * i];
+        rejected_len[i] = (double)len[2 * i + 1];
+    }
+    npy_intp dims[1] = {M}, pair_dims[2] = {B, 2};
+    if (!(d_hidden = new_f32_2d(T, c->d_model)) ||
+        !(logprobs = PyArray_ZEROS(1, dims, NPY_FLOAT32, 0)) ||
+        !(policy = PyArray_ZEROS(2, pair_dims, NPY_FLOAT64, 0)) ||
+        !(losses = PyArray_ZEROS(1, pair_dims, NPY_FLOAT64, 0)) ||
+        !(chosen_rewards = PyArray_ZEROS(1, pair_dims, NPY_FLOAT64, 0)) ||
+        !(rejected_rewards = PyArray_ZEROS(1, pair_dims, NPY_FLOAT64, 0)) ||
+        new_stats(&stats, M) < 0)
+        goto done;
+    dpo_pairs ctx = {&dp, PyArray_DATA(ref_c), PyArray_DATA(ref_r), chosen_len, rejected_len,
+                     weights ? PyArray_DATA(weights) : NULL, grad_scale,
+                     PyArray_DATA((PyArrayObject *)losses),
+                     PyArray_DATA((PyArrayObject *)chosen_rewards),
+                     PyArray_DATA((PyArrayObject *)rejected_rewards), pair_work, loss_work, iwork};
+    logprob_groups groups = {(int)B, group_first_seq, seq_first_row,
+                             row_weights ? PyArray_DATA(row_weights) : NULL,
+                             dpo_pairs_sequence_grads, &ctx};
+    score_request r = {PyArray_DATA(rows), tgt, M, 1.0f};
+    float *scratch = model_scratch(h->m, scoring_grouped_scratch_floats(h->m, &r, &groups));
+    if (!scratch) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    long bad;
+    h->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    bad = model_score_grouped(PyArray_DATA((PyArrayObject *)d_hidden), PyArray_DATA(grads),
+                              PyArray_DATA((PyArrayObject *)logprobs), &stats.view, seq_sums,
+                              seq_grads, h->m, PyArray_DATA(params), PyArray_DATA(hidden), &r,
+                              &groups, scratch);
+    Py_END_ALLOW_THREADS
+    h->busy = 0;
+    if (bad >= 0) {
+        PyErr_SetString(PyExc_FloatingPointError,
+                        "the model produced non-finite logits (NaN or infinity in the parameters?)");
+        goto done;
+    }
+    memcpy(PyArray_DATA((PyArrayObject *)policy), seq_sums, sizeof(double) * n_seq);
+    if ((stats_out = stats_dict(&stats)))
+        result = Py_BuildValue("(OONOOOO)", d_hidden, logprobs, stats_out, policy, losses,
+                               chosen_rewards, rejected_rewards);
+done:
+    free(group_first_seq);
+    free(seq_first_row);
+    free(work);
+    free(iwork);
+    release_stats(&stats);
+    Py_XDECREF(d_hidden);
+    Py_XDECREF(logprobs);
+    Py_XDECREF(policy);
+    Py_XDECREF(losses);
+    Py_XDECREF(chosen_rewards);
+    Py_XDECREF(rejected_rewards);
+    Py_XDECREF(params);
+    Py_XDECREF(grads);
+    Py_XDECREF(hidden);
+    Py_XDECREF(rows);
+    Py_XDECREF(targets);
+    Py_XDECREF(lengths);
+    Py_XDECREF(row_weights);
+    Py_XDECREF(ref_c);
+    Py_XDECREF(ref_r);
+    Py_XDECREF(weights);
+    return result;
+}
+
 PyMethodDef calign_model_methods[] = {
     {"model_generate", py_model_generate, METH_VARARGS, "Generation with a KV cache."},
     {"model_create", py_model_create, METH_O, "Engine model from an engine config dict."},
@@ -617,6 +787,8 @@ PyMethodDef calign_model_methods[] = {
     {"model_backward", py_model_backward, METH_VARARGS, "Adds parameter gradients."},
     {"model_logits", py_model_logits, METH_VARARGS, "lm_head logits of hidden states."},
     {"model_score", py_model_score, METH_VARARGS, "Log-probs of targets at hidden rows."},
+    {"model_score_dpo", py_model_score_dpo, METH_VARARGS,
+     "Scores of preference pairs with the DPO loss fused in, and its backward."},
     {"model_score_backward", py_model_score_backward, METH_VARARGS,
      "Backward of model_score: (d_hidden, logprobs); lm_head gradient added to grads."},
     {NULL, NULL, 0, NULL},

@@ -116,6 +116,38 @@ def _logps_vector(values, name):
     return arr.astype(np.float64)
 
 
+def dpo_settings(*, beta=0.1, loss_type="sigmoid", loss_weights=None, label_smoothing=0.0,
+                 f_divergence_type="reverse_kl", f_alpha_divergence_coef=1.0, discopop_tau=0.05,
+                 bco_reward_shift=0.0):
+    """The checked settings of dpo_loss as the C library takes them (a tuple),
+    for the trainer's fused scoring, which applies the same loss inside the
+    log-prob kernel. Arguments as dpo_loss's."""
+    types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
+    if not types:
+        raise ValueError(f"loss_type must name at least one of {list(DPO_LOSS_TYPES)}")
+    codes = [_choice(t, DPO_LOSS_TYPES, "loss_type") for t in types]
+    if loss_weights is None:
+        loss_weights = [1.0] * len(types)
+    if len(loss_weights) != len(types):
+        raise ValueError(f"loss_weights has {len(loss_weights)} entries but loss_type has "
+                         f"{len(types)}")
+    loss_weights = [_finite(w, "loss_weights") for w in loss_weights]
+    beta = _positive(beta, "beta")
+    label_smoothing = _finite(label_smoothing, "label_smoothing")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    if "exo_pair" in types and not 0.0 < label_smoothing < 1.0:
+        raise ValueError("label_smoothing must be in (0, 1) for the 'exo_pair' loss "
+                         f"(it takes log(label_smoothing)), got {label_smoothing}")
+    if "robust" in types and not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5) for the 'robust' loss, got "
+                         f"{label_smoothing}")
+    divergence = _choice(f_divergence_type, F_DIVERGENCE_TYPES, "f_divergence_type")
+    return (beta, label_smoothing, _finite(f_alpha_divergence_coef, "f_alpha_divergence_coef"),
+            _positive(discopop_tau, "discopop_tau"), _finite(bco_reward_shift, "bco_reward_shift"),
+            divergence, codes, loss_weights)
+
+
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
              *, beta=0.1, loss_type="sigmoid", loss_weights=None, label_smoothing=0.0,
              f_divergence_type="reverse_kl", f_alpha_divergence_coef=1.0, discopop_tau=0.05,
@@ -147,29 +179,10 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
         DPOLossOutput(losses, chosen_rewards, rejected_rewards[, grad_chosen, grad_rejected]).
     """
     types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
-    if not types:
-        raise ValueError(f"loss_type must name at least one of {list(DPO_LOSS_TYPES)}")
-    codes = [_choice(t, DPO_LOSS_TYPES, "loss_type") for t in types]
-    if loss_weights is None:
-        loss_weights = [1.0] * len(types)
-    if len(loss_weights) != len(types):
-        raise ValueError(f"loss_weights has {len(loss_weights)} entries but loss_type has "
-                         f"{len(types)}")
-    loss_weights = [_finite(w, "loss_weights") for w in loss_weights]
-    beta = _positive(beta, "beta")
-    label_smoothing = _finite(label_smoothing, "label_smoothing")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-    if "exo_pair" in types and not 0.0 < label_smoothing < 1.0:
-        raise ValueError("label_smoothing must be in (0, 1) for the 'exo_pair' loss "
-                         f"(it takes log(label_smoothing)), got {label_smoothing}")
-    if "robust" in types and not 0.0 <= label_smoothing < 0.5:
-        raise ValueError(f"label_smoothing must be in [0, 0.5) for the 'robust' loss, got "
-                         f"{label_smoothing}")
-    divergence = _choice(f_divergence_type, F_DIVERGENCE_TYPES, "f_divergence_type")
-    f_alpha_divergence_coef = _finite(f_alpha_divergence_coef, "f_alpha_divergence_coef")
-    discopop_tau = _positive(discopop_tau, "discopop_tau")
-    bco_reward_shift = _finite(bco_reward_shift, "bco_reward_shift")
+    settings = dpo_settings(beta=beta, loss_type=types, loss_weights=loss_weights,
+                            label_smoothing=label_smoothing, f_divergence_type=f_divergence_type,
+                            f_alpha_divergence_coef=f_alpha_divergence_coef,
+                            discopop_tau=discopop_tau, bco_reward_shift=bco_reward_shift)
     needs_lengths = [t for t in types if t in LENGTH_NORMALISED_DPO_LOSS_TYPES]
     if needs_lengths and chosen_lengths is None:
         raise ValueError(f"chosen_lengths is required by loss_type {needs_lengths[0]!r} "
@@ -178,9 +191,8 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
         raise ValueError(f"rejected_lengths is required by loss_type {needs_lengths[0]!r}")
     result = _C.dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                          ref_rejected_logps, _counts(chosen_lengths, "chosen_lengths"),
-                         _counts(rejected_lengths, "rejected_lengths"), weights, beta,
-                         label_smoothing, f_alpha_divergence_coef, discopop_tau,
-                         bco_reward_shift, divergence, codes, loss_weights, bool(return_grad))
+                         _counts(rejected_lengths, "rejected_lengths"), weights, settings,
+                         bool(return_grad))
     return DPOLossOutput(*result)
 
 

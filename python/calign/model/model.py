@@ -1,6 +1,7 @@
 """calign.Model: a Hugging Face causal LM whose forward and backward run in C."""
 
 import copy
+from typing import NamedTuple
 
 import numpy as np
 
@@ -9,6 +10,17 @@ from calign.model import checkpoint
 from calign.model.config import engine_config, load_config_file
 from calign.model.names import tensor_names
 from calign.model.packing import as_id_matrix, pack_rows
+
+
+class PairScores(NamedTuple):
+    """What Model.score_dpo_pairs returns; per-pair arrays are [B] (policy [B, 2])."""
+    d_hidden: np.ndarray
+    logprobs: np.ndarray
+    stats: dict
+    policy: np.ndarray
+    losses: np.ndarray
+    chosen_rewards: np.ndarray
+    rejected_rewards: np.ndarray
 
 
 class Model:
@@ -152,6 +164,27 @@ class Model:
                                        batch.score_rows, batch.score_targets,
                                        np.asarray(grad_logprobs, np.float64), temperature,
                                        return_stats)
+
+    def score_dpo_pairs(self, hidden, batch, completion_lengths, ref_logps, settings,
+                        token_weights=None, weights=None, grad_scale=1.0):
+        """Scores B preference pairs and applies the DPO loss in one pass.
+
+        The batch's scores are the pairs' completions, chosen then rejected
+        (pack_shared_prefix of (prompt, [chosen, rejected]) examples), with
+        completion_lengths [2B] tokens. The kernel takes chunks of whole pairs:
+        a chunk's logits give the log-probs, the pair sums go through the loss
+        (calign.losses.dpo_loss's C function, `settings` from
+        calign.losses.dpo_settings, with ref_logps [B, 2], per-pair `weights`
+        and per-token `token_weights`), and the chunk is backpropagated at once.
+        Adds the lm_head gradient of grad_scale * sum(losses) to the gradient
+        buffer. Only for losses where each pair's loss is its own (not aot,
+        aot_unpaired or sft). Returns a PairScores.
+        """
+        ref_logps = np.asarray(ref_logps, np.float64)
+        return PairScores(*_C.model_score_dpo(
+            self._handle, self._engine_params, self._engine_grads, hidden, batch.score_rows,
+            batch.score_targets, completion_lengths, token_weights, ref_logps[:, 0],
+            ref_logps[:, 1], weights, float(grad_scale), tuple(settings)))
 
     def backward_packed(self, batch, d_hidden):
         """Adds the parameter gradients for d_hidden (the loss gradient at the

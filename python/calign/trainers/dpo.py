@@ -1,11 +1,15 @@
 """DPOTrainer: DPO and every TRL 1.16 variant, plus listwise (Plackett-Luce) DPO.
 
 One micro-batch is one packed row per example, `prompt | chosen | rejected`
-(or K ranked responses), with the prompt computed once. The policy's token
-log-probs come from the fused kernel, the per-sequence loss and its gradient
-from calign.losses (C), and the gradient flows back through the kernel and the
-engine. The reference is a frozen copy of the initial policy, precomputed
-log-probs, dataset columns, or nothing (reference_free).
+(or K ranked responses), with the prompt computed once. When each pair's loss
+is its own, training scores the pairs in chunks of whole pairs with the loss
+(calign.losses' C function) applied inside the log-prob kernel, so each chunk
+is backpropagated while its logits are in memory (Model.score_dpo_pairs).
+Otherwise (aot, sft/RPO, WPO weights, listwise, evaluation) the token
+log-probs come from the kernel, the loss and its gradient from calign.losses,
+and the gradient goes back through the kernel. The reference is a frozen copy
+of the initial policy, precomputed log-probs, dataset columns, or nothing
+(reference_free).
 """
 
 import hashlib
@@ -19,6 +23,10 @@ from calign.model import Model
 from calign.trainers.base import BaseTrainer, _load_model
 from calign.trainers.config import DPOConfig
 from calign.trainers.packed import PackedPreferences
+
+
+# loss types whose value for a pair depends on the rest of the batch
+BATCH_COUPLED_LOSS_TYPES = ("aot", "aot_unpaired", "sft")
 
 
 class DPOTrainer(BaseTrainer):
@@ -42,6 +50,14 @@ class DPOTrainer(BaseTrainer):
         super().__init__(model, args, train_dataset, eval_dataset, processing_class)
         a = self.args
         self.listwise = a.loss_types == ["listwise"]
+        if not self.listwise:
+            self._loss_settings = losses.dpo_settings(
+                beta=a.beta, loss_type=a.loss_types, loss_weights=a.loss_weights,
+                label_smoothing=a.label_smoothing, f_divergence_type=a.f_divergence_type,
+                f_alpha_divergence_coef=a.f_alpha_divergence_coef, discopop_tau=a.discopop_tau)
+        # pairs scored with their loss inside the kernel (see the module docstring)
+        self.fused_pairs = not (self.listwise or a.rpo_alpha is not None or a.use_weighting or
+                                set(a.loss_types) & set(BATCH_COUPLED_LOSS_TYPES))
         every_example_has_ref = all(e.ref_logps is not None for e in self.train_examples)
         if a.reference_free or (every_example_has_ref and ref_model is None):
             self.ref_model = None
@@ -127,8 +143,8 @@ class DPOTrainer(BaseTrainer):
             # WPO (Zhou et al. 2024, Eq. 2): exp(mean over tokens of logp - log sum p^2), constant
             aligned = packed.sequence_means(stats["logprobs"] - stats["log_sum_sq_probs"])
             pair_weights = np.exp(aligned).prod(axis=1)
-        if any(e.weight is not None for e in examples):
-            record_weights = np.array([1.0 if e.weight is None else e.weight for e in examples])
+        record_weights = self._record_weights(examples)
+        if record_weights is not None:
             pair_weights = record_weights if pair_weights is None else pair_weights * record_weights
         lengths = packed.lengths.reshape(-1, 2)
         out = losses.dpo_loss(
@@ -141,8 +157,27 @@ class DPOTrainer(BaseTrainer):
         rewards = np.stack([out.chosen_rewards, out.rejected_rewards], axis=1)
         return out.losses, rewards, np.stack([out.grad_chosen, out.grad_rejected], axis=1)
 
+    def _record_weights(self, examples):
+        if all(e.weight is None for e in examples):
+            return None
+        return np.array([1.0 if e.weight is None else e.weight for e in examples])
+
+    def _fused_train_step(self, examples, packed, normaliser):
+        ref = self._reference(examples, packed)
+        hidden = self.model.forward_packed(packed.batch, train=True)
+        out = self.model.score_dpo_pairs(
+            hidden, packed.batch, packed.lengths, ref, self._loss_settings,
+            token_weights=packed.token_weights if self.args.ld_alpha is not None else None,
+            weights=self._record_weights(examples), grad_scale=1.0 / normaliser)
+        self.model.backward_packed(packed.batch, out.d_hidden)
+        rewards = np.stack([out.chosen_rewards, out.rejected_rewards], axis=1)
+        return self._metrics(out.losses, rewards, out.policy, packed, out.stats), \
+            packed.batch.num_tokens
+
     def _micro_step(self, examples, normaliser, train):
         packed = PackedPreferences(examples, self.args.ld_alpha)
+        if train and self.fused_pairs:
+            return self._fused_train_step(examples, packed, normaliser)
         model = self.model
         hidden = model.forward_packed(packed.batch, train=train)
         token_logps, stats = model.packed_scores(hidden, packed.batch, return_stats=True)
