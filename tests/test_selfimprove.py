@@ -192,3 +192,38 @@ def test_online_dpo_ranks_fresh_samples_and_trains(model, tmp_path):
             output_dir=str(tmp_path)), train_dataset=prompts)
     with pytest.raises(ValueError, match="precompute_ref_log_probs"):
         calign.OnlineDPOConfig(precompute_ref_log_probs=True)
+
+
+def test_dpo_trainer_scpo_step_equals_the_loss_library(model, tmp_path):
+    """loss_type="scpo" in the trainer: the first step's loss and rewards are
+    calign.losses on the same log-probs, with the records' vote weights."""
+    rng = np.random.default_rng(4)
+    data = [{"prompt_input_ids": rng.integers(1, VOCAB, 3).tolist(),
+             "chosen_input_ids": rng.integers(1, VOCAB, int(rng.integers(1, 5))).tolist(),
+             "rejected_input_ids": rng.integers(1, VOCAB, 3).tolist(),
+             "weight": float(rng.integers(1, 8)) / 8} for _ in range(6)]
+    reference = calign.Model(model.config)
+    reference.params[...] = model.params * 0.9
+
+    def logp(m, r, key):
+        batch = calign.pack_shared_prefix([(r["prompt_input_ids"], [r[key]])])
+        return float(m.packed_token_logprobs(batch).sum())
+
+    expected = calign.losses.dpo_loss(
+        [logp(model, r, "chosen_input_ids") for r in data],
+        [logp(model, r, "rejected_input_ids") for r in data],
+        [logp(reference, r, "chosen_input_ids") for r in data],
+        [logp(reference, r, "rejected_input_ids") for r in data], beta=0.3, loss_type="scpo",
+        scpo_alpha=0.7, chosen_lengths=[len(r["chosen_input_ids"]) for r in data],
+        weights=[r["weight"] for r in data])
+    start = calign.Model(model.config)
+    start.params[...] = model.params
+    trainer = calign.DPOTrainer(start, ref_model=reference, args=calign.DPOConfig(
+        output_dir=str(tmp_path), loss_type="scpo", scpo_alpha=0.7, beta=0.3, max_steps=1,
+        per_device_train_batch_size=6, learning_rate=1e-2, save_steps=0, logging_steps=1,
+        disable_tqdm=True), train_dataset=data)
+    trainer.train()
+    row = trainer.state.log_history[0]
+    assert row["loss"] == pytest.approx(expected.losses.mean(), rel=1e-5)
+    assert row["rewards/chosen"] == pytest.approx(expected.chosen_rewards.mean(), rel=1e-5)
+    assert not np.array_equal(trainer.model.params, model.params)

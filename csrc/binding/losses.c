@@ -125,10 +125,10 @@ static PyObject *py_dpo_loss(PyObject *self, PyObject *args) {
     PyObject *pc, *pr, *rc, *rr, *chosen_len, *rejected_len, *weights_obj, *types_obj, *lw_obj;
     dpo_params p = {0};
     int divergence, return_grad;
-    if (!PyArg_ParseTuple(args, "OOOOOOOdddddiOOp", &pc, &pr, &rc, &rr, &chosen_len,
+    if (!PyArg_ParseTuple(args, "OOOOOOOddddddiOOp", &pc, &pr, &rc, &rr, &chosen_len,
                           &rejected_len, &weights_obj, &p.beta, &p.label_smoothing,
                           &p.f_alpha_divergence_coef, &p.discopop_tau, &p.bco_reward_shift,
-                          &divergence, &types_obj, &lw_obj, &return_grad))
+                          &p.scpo_alpha, &divergence, &types_obj, &lw_obj, &return_grad))
         return NULL;
     int types[DPO_N_LOSS_TYPES * 4];
     double loss_weights[DPO_N_LOSS_TYPES * 4];

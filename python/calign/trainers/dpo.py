@@ -130,7 +130,7 @@ class DPOTrainer(BaseTrainer):
             f_divergence_type=a.f_divergence_type,
             f_alpha_divergence_coef=a.f_alpha_divergence_coef, discopop_tau=a.discopop_tau,
             chosen_lengths=lengths[:, 0], rejected_lengths=lengths[:, 1], weights=pair_weights,
-            return_grad=True)
+            scpo_alpha=a.scpo_alpha, return_grad=True)
         rewards = np.stack([out.chosen_rewards, out.rejected_rewards], axis=1)
         return out.losses, rewards, np.stack([out.grad_chosen, out.grad_rejected], axis=1)
 
