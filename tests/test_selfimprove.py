@@ -227,3 +227,87 @@ def test_dpo_trainer_scpo_step_equals_the_loss_library(model, tmp_path):
     assert row["loss"] == pytest.approx(expected.losses.mean(), rel=1e-5)
     assert row["rewards/chosen"] == pytest.approx(expected.chosen_rewards.mean(), rel=1e-5)
     assert not np.array_equal(trainer.model.params, model.params)
+
+
+@pytest.fixture(scope="module")
+def judge_tokenizer(tmp_path_factory):
+    """Words w0..w16, then "Score:" and the digits 1 to 5: the tiny model's
+    random judgements sometimes read "... Score: 4 ...", so some parse."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = [f"w{i}" for i in range(17)] + ["Score:", "1", "2", "3", "4", "5"]
+    assert len(words) == VOCAB
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="w0"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    path = tmp_path_factory.mktemp("judge_tok")
+    backend.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text('{"eos_token": "w1"}')
+    return calign.Tokenizer.from_pretrained(str(path))
+
+
+JUDGE = dict(judge_template="w2 {prompt} w3 {response} w4 Score:", n=4, judge_samples=3,
+             judge_max_new_tokens=10, max_new_tokens=4)
+ITERATION_PROMPTS = ["w5 w6", "w7", "w8 w9 w10", "w11 w12", "w13", "w14 w15"]
+
+
+def test_iterate_self_rewarding_rounds(model, judge_tokenizer, tmp_path):
+    """M1 -> M2 -> M3: each iteration's pairs are what self_rewarding_pairs gives
+    for the model of that iteration, DPO starts from it with it as reference
+    (first step's loss ln 2), and the model changes."""
+    args = calign.DPOConfig(output_dir=str(tmp_path), max_steps=1, learning_rate=5e-2,
+                            beta=0.5, per_device_train_batch_size=8, logging_steps=1,
+                            save_steps=0, disable_tqdm=True)
+    start = model.params.copy()
+    models, summaries = si.iterate(model, ITERATION_PROMPTS, args, iterations=2,
+                                   tokenizer=judge_tokenizer, seed=3, **JUDGE)
+    np.testing.assert_array_equal(model.params, start)  # the starting model is left alone
+    assert len(models) == 3 and [s["iteration"] for s in summaries] == [1, 2]
+    for t, summary in enumerate(summaries, start=1):
+        records, expected = si.self_rewarding_pairs(models[t - 1], ITERATION_PROMPTS,
+                                                    judge_tokenizer, seed=3 + t - 1, **JUDGE)
+        assert {k: summary[k] for k in expected} == expected
+        assert summary["pairs"] == len(records) >= 1
+        assert summary["unparsable_samples"] >= 1  # some judgements did not parse
+        assert summary["steps"] == 1
+        assert summary["loss"] == pytest.approx(np.log(2), abs=1e-6)
+        assert not np.array_equal(models[t].params, models[t - 1].params)
+
+
+def test_iterate_with_other_builders_and_evaluate(model, tmp_path):
+    """ScPO rounds: scpo_pairs with the ScPO loss; evaluate() lands in the summary;
+    an iteration without pairs keeps the model."""
+    args = calign.DPOConfig(output_dir=str(tmp_path), max_steps=2, learning_rate=1e-2,
+                            loss_type="scpo", save_steps=0, disable_tqdm=True)
+    models, summaries = si.iterate(
+        model, PROMPTS, args, iterations=2, pairs=si.scpo_pairs,
+        extract_answer=lambda c: c[0] % 3, n=8, max_new_tokens=5,
+        evaluate=lambda m: {"norm": float(np.linalg.norm(m.params))})
+    for t, summary in enumerate(summaries, start=1):
+        assert summary["pairs"] >= 1 and summary["steps"] == 2
+        assert summary["norm"] == pytest.approx(float(np.linalg.norm(models[t].params)))
+    models, summaries = si.iterate(model, PROMPTS, args, iterations=1, pairs=si.on_policy_pairs,
+                                   scorer=lambda p, c: 1.0, max_new_tokens=3)
+    assert summaries[0]["pairs"] == 0 and summaries[0]["steps"] == 0
+    np.testing.assert_array_equal(models[1].params, model.params)
+
+
+def test_iterate_bad_input(model, judge_tokenizer, tmp_path):
+    args = calign.DPOConfig(output_dir=str(tmp_path), max_steps=1)
+    for iterations in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="iterations must be an integer >= 1"):
+            si.iterate(model, ITERATION_PROMPTS, args, iterations=iterations,
+                       tokenizer=judge_tokenizer)
+    with pytest.raises(TypeError, match="args must be a calign.DPOConfig"):
+        si.iterate(model, ITERATION_PROMPTS, {"beta": 0.1}, tokenizer=judge_tokenizer)
+    with pytest.raises(TypeError, match="model must be a calign.Model"):
+        si.iterate("folder", ITERATION_PROMPTS, args, tokenizer=judge_tokenizer)
+    with pytest.raises(TypeError, match="pairs must be a pair builder"):
+        si.iterate(model, ITERATION_PROMPTS, args, pairs="self_rewarding",
+                   tokenizer=judge_tokenizer)
+    with pytest.raises(ValueError, match="prompts is empty"):
+        si.iterate(model, [], args, tokenizer=judge_tokenizer)
+    with pytest.raises(ValueError, match="n must be an integer >= 2"):
+        si.iterate(model, ITERATION_PROMPTS, args, tokenizer=judge_tokenizer, n=1)
+    with pytest.raises(ValueError, match="placeholders"):
+        si.iterate(model, ITERATION_PROMPTS, args, tokenizer=judge_tokenizer,
+                   judge_template="no placeholder here")
