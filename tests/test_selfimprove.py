@@ -154,6 +154,36 @@ def test_bad_input(model):
         si.select_by_reward_gap(model, model, [], beta=0.1, fraction=0)
 
 
+@pytest.mark.parametrize("builder,options", [
+    (si.scpo_pairs, dict(extract_answer=lambda c: c[0])),
+    (si.divpo_pairs, dict(scorer=count_high)),
+    (si.on_policy_pairs, dict(scorer=count_high)),
+])
+def test_every_builder_rejects_empty_prompts_and_small_n(model, builder, options):
+    with pytest.raises(ValueError, match="prompts is empty"):
+        builder(model, [], **options, **SAMPLING)
+    with pytest.raises(ValueError, match="n must be an integer >= 2"):
+        builder(model, PROMPTS, n=1, **options, **SAMPLING)
+
+
+def test_bad_scorers_and_extractors(model, judge_tokenizer):
+    def boom(*args):
+        raise RuntimeError("boom")
+
+    with pytest.raises(ValueError, match="not a finite number"):
+        si.divpo_pairs(model, PROMPTS, lambda p, c: float("nan"), n=4, **SAMPLING)
+    with pytest.raises(ValueError, match="the scorer returned 'high', not a number"):
+        si.divpo_pairs(model, PROMPTS, lambda p, c: "high", n=4, **SAMPLING)
+    with pytest.raises(RuntimeError, match="boom"):
+        si.divpo_pairs(model, PROMPTS, boom, n=4, **SAMPLING)
+    with pytest.raises(RuntimeError, match="boom"):
+        si.scpo_pairs(model, PROMPTS, boom, n=4, **SAMPLING)
+    with pytest.raises(ValueError, match="n must be an integer >= 2"):
+        si.self_rewarding_pairs(model, ["w3"], judge_tokenizer, n=1)
+    with pytest.raises(ValueError, match="placeholders"):
+        si.self_rewarding_pairs(model, ["w3"], judge_tokenizer, judge_template="{response} only")
+
+
 def test_dpo_trainer_uses_the_weight_field(model, tmp_path):
     """A pair with weight 0 contributes nothing: training on it alone leaves the
     parameters where they were (weight decay off)."""
@@ -311,3 +341,18 @@ def test_iterate_bad_input(model, judge_tokenizer, tmp_path):
     with pytest.raises(ValueError, match="placeholders"):
         si.iterate(model, ITERATION_PROMPTS, args, tokenizer=judge_tokenizer,
                    judge_template="no placeholder here")
+
+
+def test_online_dpo_bad_reward(model, tmp_path):
+    args = calign.OnlineDPOConfig(output_dir=str(tmp_path), max_steps=1, max_new_tokens=3,
+                                  save_steps=0, disable_tqdm=True)
+    prompts = [{"prompt_input_ids": p} for p in PROMPTS]
+    for reward, error, match in [(lambda p, c: float("nan"), ValueError, "not a finite number"),
+                                 (lambda p, c: 1 / 0, ZeroDivisionError, "division")]:
+        trainer = calign.OnlineDPOTrainer(model, reward_model=reward, args=args,
+                                          train_dataset=prompts)
+        with pytest.raises(error, match=match):
+            trainer.train()
+    with pytest.raises(ValueError, match="empty prompt"):
+        calign.OnlineDPOTrainer(model, reward_model=count_high, args=args,
+                                train_dataset=[{"prompt_input_ids": []}])
