@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/simd.h"
 #include "core/threads.h"
 
 /* splitmix64 (Steele et al. 2014): a small, seedable generator; each returned
@@ -83,6 +84,12 @@ static float kth_largest(const float *x, int n, int k, float *scratch) {
     return scratch[target];
 }
 
+/* weight[v] = exp(scaled[v] - top) <= 1, vectorised (about 2 ulp). */
+CALIGN_SIMD_CLONES
+static void unnormalised_probabilities(float *weight, const float *scaled, float top, int V) {
+    for (int v = 0; v < V; v++) weight[v] = exp_nonpositive(scaled[v] - top);
+}
+
 /* transformers' sampling pipeline: logits / temperature, keep the top_k
  * largest (ties with the k-th kept), keep the smallest top set whose
  * probability reaches top_p, then draw from the renormalised rest.
@@ -94,20 +101,18 @@ static float kth_largest(const float *x, int n, int k, float *scratch) {
  * V p_i <= 1 - top_p never do (the test below keeps a margin: extra
  * candidates change nothing). With no filter nothing is sorted and the draw
  * walks the tokens in index order.
- * Scratch of the calling thread: work, 2V scored_tokens; scaled, 2V floats;
- * weight, V doubles. */
+ * Scratch of the calling thread: work, 2V scored_tokens; buffer, 3V floats. */
 static int sample_token(const float *logits, int V, const generate_settings *s, uint64_t *rng,
-                        scored_token *work, float *scaled, double *weight) {
+                        scored_token *work, float *buffer) {
     if (!s->do_sample) return argmax(logits, V);
     const int top_k = s->top_k > 0 && s->top_k < V ? s->top_k : 0;
     const int nucleus = s->top_p < 1.0f;
+    float *scaled = buffer, *weight = buffer + V, *select = buffer + 2 * V;
     for (int v = 0; v < V; v++) scaled[v] = logits[v] / s->temperature;
     const float top = scaled[argmax(scaled, V)];
+    unnormalised_probabilities(weight, scaled, top, V);
     double total = 0.0;
-    for (int v = 0; v < V; v++) {
-        weight[v] = exp(scaled[v] - top);
-        total += weight[v];
-    }
+    for (int v = 0; v < V; v++) total += weight[v];
     if (!top_k && !nucleus) {
         double u = uniform01(rng) * total, cum = 0.0;
         for (int v = 0; v < V; v++) {
@@ -118,7 +123,7 @@ static int sample_token(const float *logits, int V, const generate_settings *s, 
     }
     int n = 0;
     if (top_k) {
-        float kth = kth_largest(scaled, V, top_k, scaled + V);
+        float kth = kth_largest(scaled, V, top_k, select);
         total = 0.0;
         for (int v = 0; v < V; v++) {
             if (scaled[v] < kth) continue;
@@ -176,8 +181,7 @@ int model_generate(model *m, const float *params, const int32_t *prompt_tokens,
     float *last_hidden = malloc(sizeof(float) * (size_t)n_slots * d);
     float *logits = malloc(sizeof(float) * (size_t)n_slots * V);
     scored_token *work = malloc(sizeof(scored_token) * 2 * (size_t)V * threads);
-    float *sample_scaled = malloc(sizeof(float) * 2 * (size_t)V * threads);
-    double *sample_weight = malloc(sizeof(double) * (size_t)V * threads);
+    float *sample_buffer = malloc(sizeof(float) * 3 * (size_t)V * threads);
     int32_t *next_token = malloc(sizeof(int32_t) * n_slots);
     int32_t *tokens = malloc(sizeof(int32_t) * T_max), *positions = malloc(sizeof(int32_t) * T_max);
     int32_t *branch = calloc(T_max, sizeof(int32_t)), *starts = malloc(sizeof(int32_t) * (T_max + 1));
@@ -185,8 +189,7 @@ int model_generate(model *m, const float *params, const int32_t *prompt_tokens,
     int32_t *next_position = malloc(sizeof(int32_t) * n_slots);
     uint64_t *rng = malloc(sizeof(uint64_t) * n_slots);
     int status = 0;
-    if (!k || !v || !scores || !hidden || !last_hidden || !logits || !work || !sample_scaled ||
-        !sample_weight ||
+    if (!k || !v || !scores || !hidden || !last_hidden || !logits || !work || !sample_buffer ||
         !next_token || !tokens ||
         !positions || !branch || !starts || !run_slot || !active || !next_position || !rng) {
         snprintf(err, 256, "out of memory for the KV cache (%d sequences x %d positions)", n_slots,
@@ -249,8 +252,7 @@ int model_generate(model *m, const float *params, const int32_t *prompt_tokens,
             int me = omp_get_thread_num();
             next_token[a] = sample_token(logits + (long)a * V, V, s, &rng[active[a]],
                                          work + (size_t)me * 2 * V,
-                                         sample_scaled + (size_t)me * 2 * V,
-                                         sample_weight + (size_t)me * V);
+                                         sample_buffer + (size_t)me * 3 * V);
         }
         int still = 0;
         for (int a = 0; a < n_active; a++) {
@@ -283,8 +285,7 @@ done:
     free(last_hidden);
     free(logits);
     free(work);
-    free(sample_scaled);
-    free(sample_weight);
+    free(sample_buffer);
     free(next_token);
     free(tokens);
     free(positions);
