@@ -13,7 +13,8 @@ exactly max_new_tokens tokens per sequence (no EOS) with the same sampling
 settings: temperature 1 and no filter, or nucleus top_p = 0.9 (top_k off on
 both sides: transformers' default top_k=50 is turned off).
 
-Run: python benchmarks/bench_sampling.py [--repeats 5] [--rounds 2] [--models llama-20M gpt2-20M]
+Run: python benchmarks/bench_sampling.py [--repeats 5] [--rounds 2] [--threads T]
+     [--native-blas] [--models llama-20M gpt2-20M]
 """
 
 import argparse
@@ -114,11 +115,15 @@ def run_child(args):
     print(json.dumps({"seconds": seconds, "peak_rss_mib": peak, "kernel": kernel}))
 
 
-def spawn(side, folder, n, top_p, threads, repeats):
+def spawn(side, folder, n, top_p, threads, repeats, native_blas=False):
+    env = dict(os.environ)
+    if native_blas:  # OpenBLAS picks its kernel for the CPU (torch always does)
+        env.pop("OPENBLAS_CORETYPE", None)
+        env.pop("OPENBLAS_L2_SIZE", None)
     cmd = [sys.executable, os.path.abspath(__file__), "--child", side, "--folder", folder,
            "--n", str(n), "--top-p", str(top_p), "--threads", str(threads),
            "--repeats", str(repeats)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{side} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -129,6 +134,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--native-blas", action="store_true",
+                        help="run calign with OPENBLAS_CORETYPE/L2_SIZE unset")
     parser.add_argument("--models", nargs="+", choices=sorted(SHAPES), default=["llama-20M"])
     parser.add_argument("--child", dest="side", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -146,7 +153,8 @@ def main():
 
     info = calign.build_info()
     print(f"CPU: {info['cpu']}, {info['cores']} cores; threads: {args.threads} on both sides; "
-          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; prompt "
+          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}"
+          f"{' (unset for calign: --native-blas)' if args.native_blas else ''}; prompt "
           f"{PROMPT_TOKENS} tokens, {NEW_TOKENS} new tokens per completion, temperature 1, "
           f"top_k off; median of {args.repeats} after a warm-up, {args.rounds} alternating "
           "rounds")
@@ -162,7 +170,8 @@ def main():
             for n, top_p in CASES:
                 rounds = []
                 for _ in range(args.rounds):
-                    mine = spawn("calign", folder, n, top_p, args.threads, args.repeats)
+                    mine = spawn("calign", folder, n, top_p, args.threads, args.repeats,
+                                 args.native_blas)
                     theirs = spawn("transformers", folder, n, top_p, args.threads, args.repeats)
                     kernels.update([mine["kernel"], theirs["kernel"]])
                     rounds.append((mine, theirs))

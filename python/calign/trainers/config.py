@@ -134,7 +134,8 @@ class DPOConfig(TrainingConfig):
     rpo_alpha: float = _help("RPO: weight of the chosen NLL term added to the loss (None: off).",
                              default=None)
     scpo_alpha: float = _help("ScPO (loss_type='scpo'): weight alpha of the chosen NLL term "
-                              "divided by the chosen length (Prasad et al. 2024).", default=1.0)
+                              "divided by the chosen length (Prasad et al. 2024); 1 as in "
+                              "IRPO (Pang et al. 2024), whose loss ScPO weights.", default=1.0)
     reference_free: bool = _help("Use a uniform reference (reference log-probs 0).",
                                  default=False)
     precompute_ref_log_probs: bool = _help(
