@@ -100,57 +100,108 @@ print({k: round(v, 3) for k, v in kto.state.log_history[-1].items() if "/" in k 
 
 
 SELF_IMPROVING = [
-    ("markdown", "# Self-improving preference data\n\nAfter SFT, the model answers each "
-                 "training prompt 4 times; a program checks the sums; a right and a wrong "
-                 "answer make a pair (calign.selfimprove.on_policy_pairs); DPO trains on them; "
-                 "repeat. Compared with DPO on the bundled off-policy pairs."),
+    ("markdown", "# Self-improving preference data\n\nAfter SFT, each method trains DPO for "
+                 "the same rounds and steps, and differs only in where its pairs come from:\n\n"
+                 "- **off-policy DPO**: the bundled pairs (the right sum against a typical "
+                 "mistake), the baseline;\n"
+                 "- **on-policy DPO**: 4 answers per prompt from the current model, a program "
+                 "checks them, best against worst (`selfimprove.on_policy_pairs`);\n"
+                 "- **ScPO**: 8 answers, no checker: the most voted answer against the least "
+                 "voted, weighted by the vote margin, with the ScPO loss "
+                 "(`selfimprove.scpo_pairs`, `DPOConfig(loss_type=\"scpo\")`);\n"
+                 "- **DivPO**: 8 answers, among the right ones the least likely under the "
+                 "model against the most likely wrong one (`selfimprove.divpo_pairs`; with a "
+                 "0/1 checker, `quality_percentile=100` makes \"good\" mean \"right\");\n"
+                 "- **online DPO**: `OnlineDPOTrainer` samples two answers per prompt at every "
+                 "step and the checker ranks them.\n\n"
+                 "Every round starts from the previous round's model, which is also its "
+                 "reference (`selfimprove.iterate`)."),
     ("code", SETUP + '''
-ROUNDS, ROUND_STEPS = (1, 20) if QUICK else (2, 200)
+ROUNDS, ROUND_STEPS = (2, 10) if QUICK else (2, 200)
 prompts = [r["prompt"] for r in demo.read_jsonl(f"{assets}/preferences.jsonl")]
 if QUICK:
     prompts = prompts[:200]'''),
-    ("code", '''from calign import selfimprove
+    ("code", '''import re
+from calign import selfimprove
 
 def correct(prompt, completion):
+    """The checking program: 1.0 for the right sum, else 0.0."""
     a, b = prompt[:-1].split("+")
     return float(completion.strip() == str(int(a) + int(b)))
 
-def dpo_config(name, steps):
+def final_number(completion):
+    """ScPO's answer extractor: the number in the completion (None: no vote)."""
+    found = re.search(r"\\d+", completion)
+    return int(found.group()) if found else None
+
+def accuracy(model):
+    return {"accuracy": demo.held_out_accuracy(model, tokenizer, heldout)}
+
+def dpo_config(name, loss_type="sigmoid"):
     return calign.DPOConfig(output_dir=f"notebook_out/{name}", learning_rate=3e-4, beta=2.0,
-                            max_steps=steps, per_device_train_batch_size=32,
-                            lr_scheduler_type="cosine", warmup_steps=10, save_steps=0,
-                            disable_tqdm=True)
+                            loss_type=loss_type, max_steps=ROUND_STEPS,
+                            per_device_train_batch_size=32, lr_scheduler_type="cosine",
+                            warmup_steps=10, save_steps=0, disable_tqdm=True)
 
 sft = calign.SFTTrainer(f"{assets}/base", args=calign.SFTConfig(
     output_dir="notebook_out/sft", max_steps=SFT_STEPS, save_steps=0, disable_tqdm=True,
     **demo.SFT_SETTINGS), train_dataset=f"{assets}/sft.jsonl", processing_class=tokenizer)
 sft.train()
-accuracy = {"SFT": demo.held_out_accuracy(sft.model, tokenizer, heldout)}
-sft_params = sft.model.params.copy()'''),
-    ("code", '''model = sft.model
-for r in range(ROUNDS):
-    records, summary = selfimprove.on_policy_pairs(model, prompts, correct, n=4,
-                                                   tokenizer=tokenizer, max_new_tokens=4, seed=r)
-    print(f"round {r + 1}:", summary)
-    trainer = calign.DPOTrainer(model, args=dpo_config(f"round{r + 1}", ROUND_STEPS),
-                                train_dataset=records, processing_class=tokenizer)
-    trainer.train()
-    model = trainer.model
-    accuracy[f"on-policy round {r + 1}"] = demo.held_out_accuracy(model, tokenizer, heldout)'''),
-    ("code", '''baseline = calign.Model(sft.model.config)
-baseline.params[...] = sft_params
-off_policy = calign.DPOTrainer(baseline, args=dpo_config("off_policy", ROUNDS * ROUND_STEPS),
-                               train_dataset=f"{assets}/preferences.jsonl",
-                               processing_class=tokenizer)
-off_policy.train()
-accuracy["off-policy DPO"] = demo.held_out_accuracy(off_policy.model, tokenizer, heldout)
-for name, value in accuracy.items():
-    print(f"{name:>20}: {value:.1%} held-out exact match")'''),
+curves = {}   # method -> held-out exact match after round 0 (SFT), 1, 2, ...
+sft_accuracy = accuracy(sft.model)["accuracy"]
+print(f"after SFT: {sft_accuracy:.1%} held-out exact match")'''),
+    ("code", '''offline_records = demo.read_jsonl(f"{assets}/preferences.jsonl")
+
+def bundled_pairs(model, prompts, tokenizer=None, seed=0):
+    return offline_records, {"pairs": len(offline_records)}
+
+def scpo_pairs_checked(model, prompts, **options):
+    """ScPO's pairs, plus how often the most voted answer is right (the checker
+    only reports; ScPO never sees it)."""
+    records, summary = selfimprove.scpo_pairs(model, prompts, **options)
+    right = [correct(r["prompt"], r["chosen"]) for r in records]
+    return records, dict(summary, chosen_right=sum(right) / max(1, len(right)))
+
+sampling = dict(max_new_tokens=4, temperature=1.0)
+methods = {
+    "off-policy DPO": (bundled_pairs, {}, "sigmoid"),
+    "on-policy DPO": (selfimprove.on_policy_pairs, dict(scorer=correct, n=4, **sampling),
+                      "sigmoid"),
+    "ScPO": (scpo_pairs_checked, dict(extract_answer=final_number, n=8, **sampling), "scpo"),
+    "DivPO": (selfimprove.divpo_pairs, dict(scorer=correct, n=8, quality_percentile=100,
+                                            **sampling), "sigmoid"),
+}
+for name, (builder, options, loss_type) in methods.items():
+    models, summaries = selfimprove.iterate(
+        sft.model, prompts, dpo_config(name.replace(" ", "_"), loss_type), iterations=ROUNDS,
+        pairs=builder, tokenizer=tokenizer, evaluate=accuracy, **options)
+    curves[name] = [sft_accuracy] + [s["accuracy"] for s in summaries]
+    for s in summaries:
+        print(f"{name}, round {s['iteration']}: {s['pairs']} pairs, "
+              f"{s['accuracy']:.1%} held-out exact match"
+              + (f" (most voted answer right in {s['chosen_right']:.0%} of the pairs)"
+                 if "chosen_right" in s else ""))'''),
+    ("code", '''model = calign.Model(sft.model.config)
+model.params[...] = sft.model.params
+curves["online DPO"] = [sft_accuracy]
+for r in range(ROUNDS):   # rounds of ROUND_STEPS steps, the reference reset at each
+    online = calign.OnlineDPOTrainer(model, reward_model=correct, args=calign.OnlineDPOConfig(
+        output_dir=f"notebook_out/online{r + 1}", learning_rate=3e-4, beta=2.0,
+        max_steps=ROUND_STEPS, per_device_train_batch_size=32, lr_scheduler_type="cosine",
+        warmup_steps=10, max_new_tokens=4, temperature=1.0, seed=r, save_steps=0,
+        disable_tqdm=True), train_dataset=[{"prompt": p} for p in prompts],
+        processing_class=tokenizer)
+    online.train()
+    curves["online DPO"].append(accuracy(model)["accuracy"])
+    print(f"online DPO, round {r + 1}: {curves['online DPO'][-1]:.1%} held-out exact match")'''),
     ("code", '''import matplotlib.pyplot as plt
 
-fig, ax = plt.subplots(figsize=(7, 3))
-ax.bar(list(accuracy), list(accuracy.values()))
-ax.set(ylabel="held-out exact match", ylim=(0, 1))
+fig, ax = plt.subplots(figsize=(7, 3.5))
+for name, values in curves.items():
+    ax.plot(range(len(values)), values, marker="o", label=name)
+ax.set(xlabel=f"round ({ROUND_STEPS} DPO steps each; 0 = after SFT)",
+       ylabel="held-out exact match", xticks=range(ROUNDS + 1))
+ax.legend()
 fig.tight_layout()'''),
 ]
 

@@ -154,7 +154,7 @@ def test_score_backward_gives_the_forward_statistics(family):
 @pytest.mark.parametrize("loss_type,extra", [
     ("sigmoid", {}), ("ipo", {}), ("robust", dict(label_smoothing=0.2)),
     (["sigmoid", "bco_pair"], dict(loss_weights=[0.7, 0.3])),
-    ("sigmoid", dict(f_divergence_type="js_divergence"))])
+    ("sigmoid", dict(f_divergence_type="js_divergence")), ("scpo", dict(scpo_alpha=0.5))])
 def test_score_dpo_pairs_equals_scores_then_loss_then_backward(loss_type, extra):
     """The fused pass (chunks of whole pairs, loss inside) gives the numbers of the
     three-call path: scores, calign.losses.dpo_loss, score backward. The vocabulary
@@ -304,6 +304,46 @@ def test_sampling_is_seeded(family):
     assert len(a) == 6 and all(len(s) == 8 for s in a)
     assert model.generate([[1, 2, 3]], max_new_tokens=5, do_sample=True, top_k=1, seed=3) == \
         model.generate([[1, 2, 3]], max_new_tokens=5)
+
+
+@pytest.fixture(scope="module")
+def sampling_model(tmp_path_factory):
+    """A GPT-2 with peaked next-token distributions (large initial weights)."""
+    torch.manual_seed(1)
+    config = FAMILIES["gpt2"]()
+    config.initializer_range = 0.5
+    hf = transformers.AutoModelForCausalLM.from_config(config).eval()
+    path = tmp_path_factory.mktemp("sampling")
+    hf.save_pretrained(path)
+    return hf, calign.Model.from_pretrained(str(path))
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [
+    (1.0, 0, 1.0), (0.6, 0, 1.0), (0.8, 40, 1.0), (1.0, 0, 0.7), (0.7, 100, 0.9), (1.3, 3, 1.0),
+    (4.0, 0, 0.95)])  # the last: a flat distribution whose nucleus holds many small tokens
+def test_sampling_follows_transformers_warpers(sampling_model, temperature, top_k, top_p):
+    """20000 one-token samples of one prompt against the distribution that
+    transformers' temperature, top-k and top-p warpers leave: no token outside
+    it, every token of mass >= 0.002 drawn, frequencies within 4.5 sigma."""
+    from transformers.generation.logits_process import (TemperatureLogitsWarper,
+                                                        TopKLogitsWarper, TopPLogitsWarper)
+
+    hf, model = sampling_model
+    prompt, N = [5, 17, 2], 20000
+    scores = hf(torch.tensor([prompt])).logits[:, -1].detach().double()
+    scores = TemperatureLogitsWarper(temperature)(None, scores)
+    if top_k:
+        scores = TopKLogitsWarper(top_k)(None, scores)
+    if top_p < 1.0:
+        scores = TopPLogitsWarper(top_p)(None, scores)
+    q = torch.softmax(scores, -1)[0].numpy()
+    samples = model.generate([prompt], max_new_tokens=1, do_sample=True, temperature=temperature,
+                             top_k=top_k, top_p=top_p, num_return_sequences=N, seed=11)
+    counts = np.bincount([s[0] for s in samples], minlength=q.size)
+    assert counts[q == 0].sum() == 0
+    assert (counts[q >= 0.002] > 0).all()
+    frequency = counts / N
+    assert (np.abs(frequency - q) <= 4.5 * np.sqrt(q * (1 - q) / N) + 2 / N).all()
 
 
 def test_save_pretrained_loads_in_transformers(family, tmp_path):

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from calign import losses
 from reference import losses_autograd as ref
+from reference import scpo_paper
 
 B = 7
 TOL = dict(rtol=1e-9, atol=1e-10)
@@ -92,6 +93,43 @@ def test_dpo_list_of_types_with_weights_and_wpo_weights():
     weights = np.random.default_rng(3).uniform(0.1, 1.0, B)
     assert_same(calign_dpo(inputs, types, loss_weights=lw, weights=weights, beta=0.2),
                 torch_dpo(inputs, types, loss_weights=lw, weights=weights, beta=0.2))
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0, 3.0])
+def test_scpo_against_the_papers_formula(alpha):
+    """loss_type="scpo" with weights w = vote margin / k is Prasad et al.'s l_ScPO."""
+    pc, pr, rc, rr, _, _ = batch(seed=21)
+    rng = np.random.default_rng(21)
+    k = 8
+    votes_rejected = rng.integers(0, 4, B)
+    votes_chosen = votes_rejected + rng.integers(1, 5, B)
+    tokens = rng.integers(1, 30, B).astype(float)
+    w = (votes_chosen - votes_rejected) / k
+    out = losses.dpo_loss(pc, pr, rc, rr, beta=0.4, loss_type="scpo", scpo_alpha=alpha,
+                          chosen_lengths=tokens, weights=w, return_grad=True)
+    tpc, tpr = torch.tensor(pc, requires_grad=True), torch.tensor(pr, requires_grad=True)
+    expected = scpo_paper.scpo_loss(tpc, tpr, torch.tensor(rc), torch.tensor(rr),
+                                    torch.tensor(votes_chosen), torch.tensor(votes_rejected), k,
+                                    torch.tensor(tokens), beta=0.4, alpha=alpha)
+    expected.sum().backward()
+    np.testing.assert_allclose(out.losses, expected.detach().numpy(), **TOL)
+    np.testing.assert_allclose(out.grad_chosen, tpc.grad.numpy(), **TOL)
+    np.testing.assert_allclose(out.grad_rejected, tpr.grad.numpy(), **TOL)
+    np.testing.assert_allclose(out.chosen_rewards, 0.4 * (pc - rc), **TOL)
+
+
+def test_scpo_by_hand():
+    """Policy = reference, w = 5/8 - 1/8 = 0.5, log pi(y+) = -6 over 3 tokens, alpha = 1:
+    0.5 * (ln 2 + 6 / 3); d/d log pi(y+) = 0.5 * (-beta / 2 - 1 / 3), d/d log pi(y-) = 0.5 * beta / 2."""
+    out = losses.dpo_loss([-6.0], [-4.0], [-6.0], [-4.0], beta=0.2, loss_type="scpo",
+                          chosen_lengths=[3], weights=[0.5], return_grad=True)
+    assert out.losses[0] == pytest.approx(0.5 * (math.log(2) + 2.0), rel=1e-14)
+    assert out.grad_chosen[0] == pytest.approx(0.5 * (-0.1 - 1 / 3), rel=1e-14)
+    assert out.grad_rejected[0] == pytest.approx(0.05, rel=1e-14)
+    with_zero_alpha = losses.dpo_loss([-6.0], [-4.0], [-5.0], [-4.5], beta=0.2,
+                                      loss_type="scpo", scpo_alpha=0.0, chosen_lengths=[3])
+    plain = losses.dpo_loss([-6.0], [-4.0], [-5.0], [-4.5], beta=0.2)
+    assert with_zero_alpha.losses[0] == pytest.approx(plain.losses[0], rel=1e-14)
 
 
 def test_dpo_loss_is_ln2_when_policy_equals_reference():
@@ -246,6 +284,13 @@ def call_dpo(**changes):
     (dict(beta=0.0), ValueError, "beta must be a finite number > 0"),
     (dict(beta=-1.0), ValueError, "beta"),
     (dict(loss_type="ipo"), ValueError, "chosen_lengths is required"),
+    (dict(loss_type="scpo"), ValueError, "chosen_lengths is required by loss_type 'scpo'"),
+    (dict(loss_type=["sft", "ipo"], chosen_lengths=[1, 2]), ValueError,
+     "rejected_lengths is required by loss_type 'ipo'"),
+    (dict(loss_type="scpo", chosen_lengths=[1, 2], scpo_alpha=-0.5), ValueError,
+     "scpo_alpha must be >= 0"),
+    (dict(loss_type="scpo", chosen_lengths=[1, 2], scpo_alpha=float("nan")), ValueError,
+     "scpo_alpha must be a finite number"),
     (dict(loss_type="exo_pair"), ValueError, "label_smoothing must be in \\(0, 1\\)"),
     (dict(loss_type="robust", label_smoothing=0.5), ValueError, "label_smoothing"),
     (dict(loss_type=["sigmoid", "hinge"], loss_weights=[1.0]), ValueError, "loss_weights"),

@@ -154,6 +154,36 @@ def test_bad_input(model):
         si.select_by_reward_gap(model, model, [], beta=0.1, fraction=0)
 
 
+@pytest.mark.parametrize("builder,options", [
+    (si.scpo_pairs, dict(extract_answer=lambda c: c[0])),
+    (si.divpo_pairs, dict(scorer=count_high)),
+    (si.on_policy_pairs, dict(scorer=count_high)),
+])
+def test_every_builder_rejects_empty_prompts_and_small_n(model, builder, options):
+    with pytest.raises(ValueError, match="prompts is empty"):
+        builder(model, [], **options, **SAMPLING)
+    with pytest.raises(ValueError, match="n must be an integer >= 2"):
+        builder(model, PROMPTS, n=1, **options, **SAMPLING)
+
+
+def test_bad_scorers_and_extractors(model, judge_tokenizer):
+    def boom(*args):
+        raise RuntimeError("boom")
+
+    with pytest.raises(ValueError, match="not a finite number"):
+        si.divpo_pairs(model, PROMPTS, lambda p, c: float("nan"), n=4, **SAMPLING)
+    with pytest.raises(ValueError, match="the scorer returned 'high', not a number"):
+        si.divpo_pairs(model, PROMPTS, lambda p, c: "high", n=4, **SAMPLING)
+    with pytest.raises(RuntimeError, match="boom"):
+        si.divpo_pairs(model, PROMPTS, boom, n=4, **SAMPLING)
+    with pytest.raises(RuntimeError, match="boom"):
+        si.scpo_pairs(model, PROMPTS, boom, n=4, **SAMPLING)
+    with pytest.raises(ValueError, match="n must be an integer >= 2"):
+        si.self_rewarding_pairs(model, ["w3"], judge_tokenizer, n=1)
+    with pytest.raises(ValueError, match="placeholders"):
+        si.self_rewarding_pairs(model, ["w3"], judge_tokenizer, judge_template="{response} only")
+
+
 def test_dpo_trainer_uses_the_weight_field(model, tmp_path):
     """A pair with weight 0 contributes nothing: training on it alone leaves the
     parameters where they were (weight decay off)."""
@@ -192,3 +222,137 @@ def test_online_dpo_ranks_fresh_samples_and_trains(model, tmp_path):
             output_dir=str(tmp_path)), train_dataset=prompts)
     with pytest.raises(ValueError, match="precompute_ref_log_probs"):
         calign.OnlineDPOConfig(precompute_ref_log_probs=True)
+
+
+def test_dpo_trainer_scpo_step_equals_the_loss_library(model, tmp_path):
+    """loss_type="scpo" in the trainer: the first step's loss and rewards are
+    calign.losses on the same log-probs, with the records' vote weights."""
+    rng = np.random.default_rng(4)
+    data = [{"prompt_input_ids": rng.integers(1, VOCAB, 3).tolist(),
+             "chosen_input_ids": rng.integers(1, VOCAB, int(rng.integers(1, 5))).tolist(),
+             "rejected_input_ids": rng.integers(1, VOCAB, 3).tolist(),
+             "weight": float(rng.integers(1, 8)) / 8} for _ in range(6)]
+    reference = calign.Model(model.config)
+    reference.params[...] = model.params * 0.9
+
+    def logp(m, r, key):
+        batch = calign.pack_shared_prefix([(r["prompt_input_ids"], [r[key]])])
+        return float(m.packed_token_logprobs(batch).sum())
+
+    expected = calign.losses.dpo_loss(
+        [logp(model, r, "chosen_input_ids") for r in data],
+        [logp(model, r, "rejected_input_ids") for r in data],
+        [logp(reference, r, "chosen_input_ids") for r in data],
+        [logp(reference, r, "rejected_input_ids") for r in data], beta=0.3, loss_type="scpo",
+        scpo_alpha=0.7, chosen_lengths=[len(r["chosen_input_ids"]) for r in data],
+        weights=[r["weight"] for r in data])
+    start = calign.Model(model.config)
+    start.params[...] = model.params
+    trainer = calign.DPOTrainer(start, ref_model=reference, args=calign.DPOConfig(
+        output_dir=str(tmp_path), loss_type="scpo", scpo_alpha=0.7, beta=0.3, max_steps=1,
+        per_device_train_batch_size=6, learning_rate=1e-2, save_steps=0, logging_steps=1,
+        disable_tqdm=True), train_dataset=data)
+    trainer.train()
+    row = trainer.state.log_history[0]
+    assert row["loss"] == pytest.approx(expected.losses.mean(), rel=1e-5)
+    assert row["rewards/chosen"] == pytest.approx(expected.chosen_rewards.mean(), rel=1e-5)
+    assert not np.array_equal(trainer.model.params, model.params)
+
+
+@pytest.fixture(scope="module")
+def judge_tokenizer(tmp_path_factory):
+    """Words w0..w16, then "Score:" and the digits 1 to 5: the tiny model's
+    random judgements sometimes read "... Score: 4 ...", so some parse."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = [f"w{i}" for i in range(17)] + ["Score:", "1", "2", "3", "4", "5"]
+    assert len(words) == VOCAB
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="w0"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    path = tmp_path_factory.mktemp("judge_tok")
+    backend.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text('{"eos_token": "w1"}')
+    return calign.Tokenizer.from_pretrained(str(path))
+
+
+JUDGE = dict(judge_template="w2 {prompt} w3 {response} w4 Score:", n=4, judge_samples=3,
+             judge_max_new_tokens=10, max_new_tokens=4)
+ITERATION_PROMPTS = ["w5 w6", "w7", "w8 w9 w10", "w11 w12", "w13", "w14 w15"]
+
+
+def test_iterate_self_rewarding_rounds(model, judge_tokenizer, tmp_path):
+    """M1 -> M2 -> M3: each iteration's pairs are what self_rewarding_pairs gives
+    for the model of that iteration, DPO starts from it with it as reference
+    (first step's loss ln 2), and the model changes."""
+    args = calign.DPOConfig(output_dir=str(tmp_path), max_steps=1, learning_rate=5e-2,
+                            beta=0.5, per_device_train_batch_size=8, logging_steps=1,
+                            save_steps=0, disable_tqdm=True)
+    start = model.params.copy()
+    models, summaries = si.iterate(model, ITERATION_PROMPTS, args, iterations=2,
+                                   tokenizer=judge_tokenizer, seed=3, **JUDGE)
+    np.testing.assert_array_equal(model.params, start)  # the starting model is left alone
+    assert len(models) == 3 and [s["iteration"] for s in summaries] == [1, 2]
+    for t, summary in enumerate(summaries, start=1):
+        records, expected = si.self_rewarding_pairs(models[t - 1], ITERATION_PROMPTS,
+                                                    judge_tokenizer, seed=3 + t - 1, **JUDGE)
+        assert {k: summary[k] for k in expected} == expected
+        assert summary["pairs"] == len(records) >= 1
+        assert summary["unparsable_samples"] >= 1  # some judgements did not parse
+        assert summary["steps"] == 1
+        assert summary["loss"] == pytest.approx(np.log(2), abs=1e-6)
+        assert not np.array_equal(models[t].params, models[t - 1].params)
+
+
+def test_iterate_with_other_builders_and_evaluate(model, tmp_path):
+    """ScPO rounds: scpo_pairs with the ScPO loss; evaluate() lands in the summary;
+    an iteration without pairs keeps the model."""
+    args = calign.DPOConfig(output_dir=str(tmp_path), max_steps=2, learning_rate=1e-2,
+                            loss_type="scpo", save_steps=0, disable_tqdm=True)
+    models, summaries = si.iterate(
+        model, PROMPTS, args, iterations=2, pairs=si.scpo_pairs,
+        extract_answer=lambda c: c[0] % 3, n=8, max_new_tokens=5,
+        evaluate=lambda m: {"norm": float(np.linalg.norm(m.params))})
+    for t, summary in enumerate(summaries, start=1):
+        assert summary["pairs"] >= 1 and summary["steps"] == 2
+        assert summary["norm"] == pytest.approx(float(np.linalg.norm(models[t].params)))
+    models, summaries = si.iterate(model, PROMPTS, args, iterations=1, pairs=si.on_policy_pairs,
+                                   scorer=lambda p, c: 1.0, max_new_tokens=3)
+    assert summaries[0]["pairs"] == 0 and summaries[0]["steps"] == 0
+    np.testing.assert_array_equal(models[1].params, model.params)
+
+
+def test_iterate_bad_input(model, judge_tokenizer, tmp_path):
+    args = calign.DPOConfig(output_dir=str(tmp_path), max_steps=1)
+    for iterations in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="iterations must be an integer >= 1"):
+            si.iterate(model, ITERATION_PROMPTS, args, iterations=iterations,
+                       tokenizer=judge_tokenizer)
+    with pytest.raises(TypeError, match="args must be a calign.DPOConfig"):
+        si.iterate(model, ITERATION_PROMPTS, {"beta": 0.1}, tokenizer=judge_tokenizer)
+    with pytest.raises(TypeError, match="model must be a calign.Model"):
+        si.iterate("folder", ITERATION_PROMPTS, args, tokenizer=judge_tokenizer)
+    with pytest.raises(TypeError, match="pairs must be a pair builder"):
+        si.iterate(model, ITERATION_PROMPTS, args, pairs="self_rewarding",
+                   tokenizer=judge_tokenizer)
+    with pytest.raises(ValueError, match="prompts is empty"):
+        si.iterate(model, [], args, tokenizer=judge_tokenizer)
+    with pytest.raises(ValueError, match="n must be an integer >= 2"):
+        si.iterate(model, ITERATION_PROMPTS, args, tokenizer=judge_tokenizer, n=1)
+    with pytest.raises(ValueError, match="placeholders"):
+        si.iterate(model, ITERATION_PROMPTS, args, tokenizer=judge_tokenizer,
+                   judge_template="no placeholder here")
+
+
+def test_online_dpo_bad_reward(model, tmp_path):
+    args = calign.OnlineDPOConfig(output_dir=str(tmp_path), max_steps=1, max_new_tokens=3,
+                                  save_steps=0, disable_tqdm=True)
+    prompts = [{"prompt_input_ids": p} for p in PROMPTS]
+    for reward, error, match in [(lambda p, c: float("nan"), ValueError, "not a finite number"),
+                                 (lambda p, c: 1 / 0, ZeroDivisionError, "division")]:
+        trainer = calign.OnlineDPOTrainer(model, reward_model=reward, args=args,
+                                          train_dataset=prompts)
+        with pytest.raises(error, match=match):
+            trainer.train()
+    with pytest.raises(ValueError, match="empty prompt"):
+        calign.OnlineDPOTrainer(model, reward_model=count_high, args=args,
+                                train_dataset=[{"prompt_input_ids": []}])

@@ -301,6 +301,8 @@ def test_missing_field_names_record_and_field(llama_dir, tmp_path, tokenizer_dir
     (dict(per_device_train_batch_size=0), "per_device_train_batch_size"),
     (dict(loss_type=["sigmoid", "hinge"], loss_weights=[1.0]), "loss_weights"),
     (dict(truncation_mode="middle"), "truncation_mode"),
+    (dict(loss_type="scpo", scpo_alpha=-1.0), "scpo_alpha must be a number >= 0"),
+    (dict(scpo_alpha="1"), "scpo_alpha"),
 ])
 def test_bad_config_values_raise_naming_the_field(kwargs, match):
     with pytest.raises(ValueError, match=match):

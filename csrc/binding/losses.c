@@ -124,11 +124,11 @@ static int double_list(PyObject *seq, double *out, int n, const char *name) {
 int parse_dpo_settings(PyObject *settings, dpo_params *p, int *types, double *loss_weights) {
     PyObject *types_obj, *lw_obj;
     int divergence;
-    if (!PyArg_ParseTuple(settings, "dddddiOO;DPO settings: (beta, label_smoothing, "
-                          "f_alpha_divergence_coef, discopop_tau, bco_reward_shift, divergence, "
-                          "loss type codes, loss weights)", &p->beta, &p->label_smoothing,
-                          &p->f_alpha_divergence_coef, &p->discopop_tau, &p->bco_reward_shift,
-                          &divergence, &types_obj, &lw_obj))
+    if (!PyArg_ParseTuple(settings, "ddddddiOO;DPO settings: (beta, label_smoothing, "
+                          "f_alpha_divergence_coef, discopop_tau, bco_reward_shift, scpo_alpha, "
+                          "divergence, loss type codes, loss weights)", &p->beta,
+                          &p->label_smoothing, &p->f_alpha_divergence_coef, &p->discopop_tau,
+                          &p->bco_reward_shift, &p->scpo_alpha, &divergence, &types_obj, &lw_obj))
         return -1;
     int n_types = int_list(types_obj, types, DPO_MAX_LOSS_TYPES, "loss_type");
     if (n_types < 0 || double_list(lw_obj, loss_weights, n_types, "loss_weights") < 0) return -1;

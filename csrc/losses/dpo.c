@@ -42,6 +42,7 @@ static void divergence_score(double lr, const dpo_params *p, double *score, doub
 
 /* One example's view of the inputs. */
 typedef struct {
+    double chosen_logps;                         /* log pi(y+|x), summed over tokens */
     double chosen_logratio, rejected_logratio;   /* log pi - log pi_ref */
     double chosen_score, rejected_score;         /* f'(t) of each */
     double chosen_slope, rejected_slope;         /* d score / d logratio */
@@ -77,6 +78,16 @@ static loss_term pair_loss(dpo_loss_type type, const pair_view *v, const dpo_par
     switch (type) {
     case DPO_SIGMOID: /* DPO, Rafailov et al. 2023, Eq. 7 */
         return of_score_delta(-log_sigmoid(u), -beta * sigmoid(-u), v);
+    case DPO_SCPO: {
+        /* ScPO, Prasad et al. 2024 (arXiv 2411.04109, Sec. 2, the loss l_ScPO)
+         * without its vote weight w(x), which multiplies the whole loss through
+         * `weights`: -log sigma(u) - alpha log pi(y+|x) / |y+|. With w = 1 it
+         * is IRPO's loss (Pang et al. 2024). */
+        r = of_score_delta(-log_sigmoid(u), -beta * sigmoid(-u), v);
+        r.loss -= p->scpo_alpha * v->chosen_logps / v->chosen_length;
+        r.d_chosen -= p->scpo_alpha / v->chosen_length;
+        return r;
+    }
     case DPO_HINGE: /* SLiC, Zhao et al. 2023 */
         return of_score_delta(1.0 - u > 0 ? 1.0 - u : 0.0, 1.0 - u > 0 ? -beta : 0.0, v);
     case DPO_IPO:          /* IPO, Azar et al. 2023, Eq. 17, per-token averaged scores */
@@ -255,6 +266,7 @@ void dpo_loss(double *losses, double *chosen_rewards, double *rejected_rewards,
         }
         for (int i = 0; i < B; i++) {
             pair_view v;
+            v.chosen_logps = policy_chosen[i];
             v.chosen_logratio = policy_chosen[i] - ref_chosen[i];
             v.rejected_logratio = policy_rejected[i] - ref_rejected[i];
             divergence_score(v.chosen_logratio, p, &v.chosen_score, &v.chosen_slope);

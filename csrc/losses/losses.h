@@ -14,13 +14,14 @@
 typedef enum {
     DPO_SIGMOID, DPO_HINGE, DPO_IPO, DPO_EXO_PAIR, DPO_NCA_PAIR, DPO_ROBUST, DPO_BCO_PAIR,
     DPO_SPPO_HARD, DPO_AOT, DPO_AOT_UNPAIRED, DPO_APO_ZERO, DPO_APO_DOWN, DPO_DISCOPOP,
-    DPO_SIGMOID_NORM, DPO_SFT, DPO_N_LOSS_TYPES
+    DPO_SIGMOID_NORM, DPO_SFT, DPO_SCPO, DPO_N_LOSS_TYPES
 } dpo_loss_type;
 
 typedef enum { F_REVERSE_KL, F_FORWARD_KL, F_JS_DIVERGENCE, F_ALPHA_DIVERGENCE } f_divergence;
 
 typedef struct {
     double beta, label_smoothing, f_alpha_divergence_coef, discopop_tau, bco_reward_shift;
+    double scpo_alpha; /* weight of ScPO's length-normalised chosen NLL term */
     f_divergence divergence;
     int n_loss_types;
     const int *loss_types;      /* dpo_loss_type values */
@@ -28,7 +29,7 @@ typedef struct {
 } dpo_params;
 
 /* chosen_lengths/rejected_lengths (completion token counts) are needed by
- * ipo, sigmoid_norm and sft; weights (per-example factors) may be NULL.
+ * ipo, sigmoid_norm and sft (scpo: chosen_lengths only); weights (per-example factors) may be NULL.
  * work: 5 * B doubles and 2 * B ints of scratch. */
 void dpo_loss(double *losses, double *chosen_rewards, double *rejected_rewards,
               double *grad_chosen, double *grad_rejected, const double *policy_chosen,

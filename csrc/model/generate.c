@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/simd.h"
 #include "core/threads.h"
 
 /* splitmix64 (Steele et al. 2014): a small, seedable generator; each returned
@@ -24,11 +25,33 @@ typedef struct {
     int index;
 } scored_token;
 
-static int by_value_descending(const void *a, const void *b) {
-    float x = ((const scored_token *)a)->value, y = ((const scored_token *)b)->value;
-    if (x > y) return -1;
-    if (x < y) return 1;
-    return ((const scored_token *)a)->index - ((const scored_token *)b)->index;
+/* A float's bits as an unsigned key whose order is the float order (IEEE 754:
+ * flip all bits of negatives, the sign bit of the rest); -0 counts as +0. */
+static uint32_t ordered_key(float x) {
+    union { float f; uint32_t u; } bits = {x + 0.0f};
+    return bits.u & 0x80000000u ? ~bits.u : bits.u | 0x80000000u;
+}
+
+/* Sorts work[0..n) by value descending, ties by index ascending (the input is
+ * in index order and the sort is stable): three passes of an 11-bit LSD radix
+ * sort of the complemented keys. buffer: n scored_tokens. */
+static void sort_descending(scored_token *work, int n, scored_token *buffer) {
+    int count[2048];
+    scored_token *from = work, *to = buffer;
+    for (int shift = 0; shift < 33; shift += 11) {
+        memset(count, 0, sizeof(count));
+        for (int i = 0; i < n; i++) count[(~ordered_key(from[i].value) >> shift) & 2047]++;
+        for (int b = 0, sum = 0; b < 2048; b++) {
+            int c = count[b];
+            count[b] = sum;
+            sum += c;
+        }
+        for (int i = 0; i < n; i++) to[count[(~ordered_key(from[i].value) >> shift) & 2047]++] = from[i];
+        scored_token *t = from;
+        from = to;
+        to = t;
+    }
+    if (from != work) memcpy(work, from, sizeof(scored_token) * n);
 }
 
 static int argmax(const float *x, int n) {
@@ -38,38 +61,98 @@ static int argmax(const float *x, int n) {
     return best;
 }
 
+/* The k-th largest of x[0..n) (1 <= k <= n), by quickselect on scratch (n floats). */
+static float kth_largest(const float *x, int n, int k, float *scratch) {
+    memcpy(scratch, x, sizeof(float) * n);
+    int lo = 0, hi = n - 1, target = k - 1; /* position in descending order */
+    while (lo < hi) {
+        float pivot = scratch[lo + (hi - lo) / 2];
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (scratch[i] > pivot) i++;
+            while (scratch[j] < pivot) j--;
+            if (i <= j) {
+                float t = scratch[i];
+                scratch[i++] = scratch[j];
+                scratch[j--] = t;
+            }
+        }
+        if (target <= j) hi = j;
+        else if (target >= i) lo = i;
+        else break; /* scratch[j+1 .. i-1] all equal the pivot */
+    }
+    return scratch[target];
+}
+
+/* weight[v] = exp(scaled[v] - top) <= 1, vectorised (about 2 ulp). */
+CALIGN_SIMD_CLONES
+static void unnormalised_probabilities(float *weight, const float *scaled, float top, int V) {
+    for (int v = 0; v < V; v++) weight[v] = exp_nonpositive(scaled[v] - top);
+}
+
 /* transformers' sampling pipeline: logits / temperature, keep the top_k
  * largest (ties with the k-th kept), keep the smallest top set whose
  * probability reaches top_p, then draw from the renormalised rest.
- * work: V scored_tokens. */
+ *
+ * Only tokens that can survive the filters are sorted: with top_k, those at
+ * or above the k-th largest value; with top_p alone, a token of probability
+ * p_i ranked below the first stays only if the mass of it and everything
+ * ranked below it, at most V p_i, exceeds 1 - top_p, so tokens with
+ * V p_i <= 1 - top_p never do (the test below keeps a margin: extra
+ * candidates change nothing). With no filter nothing is sorted and the draw
+ * walks the tokens in index order.
+ * Scratch of the calling thread: work, 2V scored_tokens; buffer, 3V floats. */
 static int sample_token(const float *logits, int V, const generate_settings *s, uint64_t *rng,
-                        scored_token *work) {
+                        scored_token *work, float *buffer) {
     if (!s->do_sample) return argmax(logits, V);
-    for (int v = 0; v < V; v++) work[v] = (scored_token){logits[v] / s->temperature, v};
-    qsort(work, V, sizeof(scored_token), by_value_descending);
-    int kept = V;
-    if (s->top_k > 0 && s->top_k < V) {
-        float kth = work[s->top_k - 1].value;
-        kept = s->top_k;
-        while (kept < V && work[kept].value >= kth) kept++;
+    const int top_k = s->top_k > 0 && s->top_k < V ? s->top_k : 0;
+    const int nucleus = s->top_p < 1.0f;
+    float *scaled = buffer, *weight = buffer + V, *select = buffer + 2 * V;
+    for (int v = 0; v < V; v++) scaled[v] = logits[v] / s->temperature;
+    const float top = scaled[argmax(scaled, V)];
+    unnormalised_probabilities(weight, scaled, top, V);
+    double total = 0.0;
+    for (int v = 0; v < V; v++) total += weight[v];
+    if (!top_k && !nucleus) {
+        double u = uniform01(rng) * total, cum = 0.0;
+        for (int v = 0; v < V; v++) {
+            cum += weight[v];
+            if (u < cum) return v;
+        }
+        return argmax(scaled, V);
     }
-    double top = work[0].value, total = 0.0;
-    for (int r = 0; r < kept; r++) total += exp(work[r].value - top);
-    if (s->top_p < 1.0f) {
+    int n = 0;
+    if (top_k) {
+        float kth = kth_largest(scaled, V, top_k, select);
+        total = 0.0;
+        for (int v = 0; v < V; v++) {
+            if (scaled[v] < kth) continue;
+            work[n++] = (scored_token){scaled[v], v};
+            total += weight[v];
+        }
+    } else {
+        const double floor_mass = 0.999 * (1.0 - s->top_p) / V * total;
+        for (int v = 0; v < V; v++)
+            if (scaled[v] == top || weight[v] > floor_mass)
+                work[n++] = (scored_token){scaled[v], v};
+    }
+    sort_descending(work, n, work + V);
+    int kept = n;
+    if (nucleus) {
         /* a token stays while the mass of it and everything below it exceeds 1 - top_p */
         double tail = 1.0;
         int r = 0;
-        for (; r < kept; r++) {
+        for (; r < n; r++) {
             if (tail <= 1.0 - s->top_p && r > 0) break;
-            tail -= exp(work[r].value - top) / total;
+            tail -= weight[work[r].index] / total;
         }
         kept = r;
         total = 0.0;
-        for (r = 0; r < kept; r++) total += exp(work[r].value - top);
+        for (r = 0; r < kept; r++) total += weight[work[r].index];
     }
     double u = uniform01(rng) * total, cum = 0.0;
     for (int r = 0; r < kept; r++) {
-        cum += exp(work[r].value - top);
+        cum += weight[work[r].index];
         if (u < cum) return work[r].index;
     }
     return work[kept - 1].index;
@@ -97,14 +180,17 @@ int model_generate(model *m, const float *params, const int32_t *prompt_tokens,
     float *hidden = malloc(sizeof(float) * T_max * d);
     float *last_hidden = malloc(sizeof(float) * (size_t)n_slots * d);
     float *logits = malloc(sizeof(float) * (size_t)n_slots * V);
-    scored_token *work = malloc(sizeof(scored_token) * V);
+    scored_token *work = malloc(sizeof(scored_token) * 2 * (size_t)V * threads);
+    float *sample_buffer = malloc(sizeof(float) * 3 * (size_t)V * threads);
+    int32_t *next_token = malloc(sizeof(int32_t) * n_slots);
     int32_t *tokens = malloc(sizeof(int32_t) * T_max), *positions = malloc(sizeof(int32_t) * T_max);
     int32_t *branch = calloc(T_max, sizeof(int32_t)), *starts = malloc(sizeof(int32_t) * (T_max + 1));
     int32_t *run_slot = malloc(sizeof(int32_t) * T_max), *active = malloc(sizeof(int32_t) * n_slots);
     int32_t *next_position = malloc(sizeof(int32_t) * n_slots);
     uint64_t *rng = malloc(sizeof(uint64_t) * n_slots);
     int status = 0;
-    if (!k || !v || !scores || !hidden || !last_hidden || !logits || !work || !tokens ||
+    if (!k || !v || !scores || !hidden || !last_hidden || !logits || !work || !sample_buffer ||
+        !next_token || !tokens ||
         !positions || !branch || !starts || !run_slot || !active || !next_position || !rng) {
         snprintf(err, 256, "out of memory for the KV cache (%d sequences x %d positions)", n_slots,
                  capacity);
@@ -160,10 +246,18 @@ int model_generate(model *m, const float *params, const int32_t *prompt_tokens,
     for (int step = 0; step < s->max_new_tokens && n_active > 0; step++) {
         /* logits of each active slot's last hidden state, then its next token */
         linear_forward(logits, V, last_hidden, head, NULL, n_active, d, V, WEIGHT_OUT_IN);
+        /* each sequence draws from its own generator: independent of the thread count */
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+        for (int a = 0; a < n_active; a++) {
+            int me = omp_get_thread_num();
+            next_token[a] = sample_token(logits + (long)a * V, V, s, &rng[active[a]],
+                                         work + (size_t)me * 2 * V,
+                                         sample_buffer + (size_t)me * 3 * V);
+        }
         int still = 0;
         for (int a = 0; a < n_active; a++) {
             int slot = active[a];
-            int token = sample_token(logits + (long)a * V, V, s, &rng[slot], work);
+            int token = next_token[a];
             out_tokens[(long)slot * s->max_new_tokens + out_lengths[slot]++] = token;
             if (token == s->eos_token_id || step + 1 == s->max_new_tokens) continue;
             tokens[still] = token;
@@ -191,6 +285,8 @@ done:
     free(last_hidden);
     free(logits);
     free(work);
+    free(sample_buffer);
+    free(next_token);
     free(tokens);
     free(positions);
     free(branch);

@@ -20,13 +20,15 @@ from calign import _C
 
 DPO_LOSS_TYPES = (
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard",
-    "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm", "sft",
+    "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm", "sft", "scpo",
 )
 F_DIVERGENCE_TYPES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
 KTO_LOSS_TYPES = ("kto", "apo_zero_unpaired")
 CPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "simpo")
 # DPO loss types that normalise by completion length (need chosen/rejected_lengths).
-LENGTH_NORMALISED_DPO_LOSS_TYPES = ("ipo", "sigmoid_norm", "sft")
+LENGTH_NORMALISED_DPO_LOSS_TYPES = ("ipo", "sigmoid_norm", "sft", "scpo")
+# ... of which these normalise the chosen completion only (need chosen_lengths only).
+CHOSEN_LENGTH_DPO_LOSS_TYPES = ("sft", "scpo")
 
 
 class DPOLossOutput(NamedTuple):
@@ -118,7 +120,7 @@ def _logps_vector(values, name):
 
 def dpo_settings(*, beta=0.1, loss_type="sigmoid", loss_weights=None, label_smoothing=0.0,
                  f_divergence_type="reverse_kl", f_alpha_divergence_coef=1.0, discopop_tau=0.05,
-                 bco_reward_shift=0.0):
+                 bco_reward_shift=0.0, scpo_alpha=1.0):
     """The checked settings of dpo_loss as the C library takes them (a tuple),
     for the trainer's fused scoring, which applies the same loss inside the
     log-prob kernel. Arguments as dpo_loss's."""
@@ -143,16 +145,19 @@ def dpo_settings(*, beta=0.1, loss_type="sigmoid", loss_weights=None, label_smoo
         raise ValueError(f"label_smoothing must be in [0, 0.5) for the 'robust' loss, got "
                          f"{label_smoothing}")
     divergence = _choice(f_divergence_type, F_DIVERGENCE_TYPES, "f_divergence_type")
+    scpo_alpha = _finite(scpo_alpha, "scpo_alpha")
+    if scpo_alpha < 0:
+        raise ValueError(f"scpo_alpha must be >= 0, got {scpo_alpha}")
     return (beta, label_smoothing, _finite(f_alpha_divergence_coef, "f_alpha_divergence_coef"),
             _positive(discopop_tau, "discopop_tau"), _finite(bco_reward_shift, "bco_reward_shift"),
-            divergence, codes, loss_weights)
+            scpo_alpha, divergence, codes, loss_weights)
 
 
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
              *, beta=0.1, loss_type="sigmoid", loss_weights=None, label_smoothing=0.0,
              f_divergence_type="reverse_kl", f_alpha_divergence_coef=1.0, discopop_tau=0.05,
              chosen_lengths=None, rejected_lengths=None, weights=None, bco_reward_shift=0.0,
-             return_grad=False):
+             scpo_alpha=1.0, return_grad=False):
     """DPO and its variants, per example, as TRL 1.16's DPOTrainer.
 
     Args:
@@ -170,9 +175,13 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
         chosen_lengths, rejected_lengths: [B] completion token counts, required
             by ipo, sigmoid_norm and sft (clamped at 1 as TRL does).
         weights: [B] constant per-example factors (TRL's use_weighting: the
-            product of the chosen and rejected WPO weights).
+            product of the chosen and rejected WPO weights; ScPO's vote margin
+            w(x) = (votes_chosen - votes_rejected) / n), multiplying every term.
         bco_reward_shift: the reward shift delta of BCO (0 as in TRL 1.16,
             which keeps no running mean).
+        scpo_alpha: alpha of the "scpo" loss (Prasad et al. 2024, ScPO),
+            -log sigma(beta * margin) - alpha * log pi(y+|x) / |y+|, each
+            example multiplied by its weight w(x); >= 0, default 1 (IRPO's).
         return_grad: also return grad_chosen and grad_rejected.
 
     Returns:
@@ -182,13 +191,15 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     settings = dpo_settings(beta=beta, loss_type=types, loss_weights=loss_weights,
                             label_smoothing=label_smoothing, f_divergence_type=f_divergence_type,
                             f_alpha_divergence_coef=f_alpha_divergence_coef,
-                            discopop_tau=discopop_tau, bco_reward_shift=bco_reward_shift)
+                            discopop_tau=discopop_tau, bco_reward_shift=bco_reward_shift,
+                            scpo_alpha=scpo_alpha)
     needs_lengths = [t for t in types if t in LENGTH_NORMALISED_DPO_LOSS_TYPES]
     if needs_lengths and chosen_lengths is None:
         raise ValueError(f"chosen_lengths is required by loss_type {needs_lengths[0]!r} "
                          "(it normalises by completion token counts)")
-    if needs_lengths and needs_lengths != ["sft"] and rejected_lengths is None:
-        raise ValueError(f"rejected_lengths is required by loss_type {needs_lengths[0]!r}")
+    needs_rejected = [t for t in needs_lengths if t not in CHOSEN_LENGTH_DPO_LOSS_TYPES]
+    if needs_rejected and rejected_lengths is None:
+        raise ValueError(f"rejected_lengths is required by loss_type {needs_rejected[0]!r}")
     result = _C.dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                          ref_rejected_logps, _counts(chosen_lengths, "chosen_lengths"),
                          _counts(rejected_lengths, "rejected_lengths"), weights, settings,

@@ -3,7 +3,8 @@
 Each builder samples N completions per prompt with `Model.generate` (one
 prefill per prompt, shared by its samples, seeded), scores or compares them,
 and returns (records in the DPO trainer's format, a summary of what was kept).
-Records hold text when a tokenizer is given, else `*_input_ids` fields.
+Records hold the sampled `*_input_ids` (what DPO trains on) and, when a
+tokenizer is given, the decoded text too.
 
 - on_policy_pairs: best vs worst sample by a scorer (Tajwar et al. 2024).
 - scpo_pairs: self-consistency votes over extracted answers, vote-weighted
@@ -13,9 +14,14 @@ Records hold text when a tokenizer is given, else `*_input_ids` fields.
   5-point rubric (Yuan et al. 2024).
 - select_by_reward_gap: keep the pairs whose DPO implicit reward gap is
   smallest (Qi et al. 2025).
+- iterate: rounds of "build pairs with the current model, DPO from it" (the
+  Self-Rewarding loop M1 -> M2 -> M3 of Yuan et al. 2024 by default; any
+  builder above, e.g. ScPO's rounds with DPOConfig(loss_type="scpo")).
 """
 
+import dataclasses
 import math
+import os
 import re
 from collections import Counter
 
@@ -72,12 +78,14 @@ def _text(tokenizer, ids):
 
 
 def _record(prompt_ids, chosen, rejected, tokenizer, **extra):
+    """A DPO record of the sampled token ids, which the trainer uses verbatim
+    (decoding and re-encoding the text could give other tokens), plus the
+    text for reading when there is a tokenizer."""
+    record = {"prompt_input_ids": list(prompt_ids), "chosen_input_ids": list(chosen),
+              "rejected_input_ids": list(rejected)}
     if tokenizer is not None:
-        record = {"prompt": tokenizer.decode(prompt_ids), "chosen": _text(tokenizer, chosen),
-                  "rejected": _text(tokenizer, rejected)}
-    else:
-        record = {"prompt_input_ids": list(prompt_ids), "chosen_input_ids": list(chosen),
-                  "rejected_input_ids": list(rejected)}
+        record.update(prompt=tokenizer.decode(prompt_ids), chosen=_text(tokenizer, chosen),
+                      rejected=_text(tokenizer, rejected))
     record.update(extra)
     return record
 
@@ -278,3 +286,65 @@ def select_by_reward_gap(policy, reference, dataset, beta, fraction=0.1, tokeniz
     gaps = out.chosen_rewards - out.rejected_rewards
     keep = np.sort(np.argsort(gaps, kind="stable")[:max(1, int(round(fraction * len(gaps))))])
     return [records[i] for i in keep], gaps
+
+
+def iterate(model, prompts, args, iterations=2, pairs=self_rewarding_pairs, tokenizer=None,
+            seed=0, evaluate=None, **pairs_kwargs):
+    """Iterated preference training on the model's own pairs.
+
+    Iteration t (1-based) starts from M_t: `pairs(M_t, prompts, tokenizer=...,
+    seed=seed + t - 1, **pairs_kwargs)` builds the records, then DPO with args
+    trains a copy of M_t on them with M_t as the frozen reference; the result
+    is M_{t+1} (Yuan et al. 2024, Sec. 2.3: M1 -> M2 -> M3 for two
+    iterations). An iteration that yields no pair leaves the model unchanged.
+
+    Args:
+        model: the starting calign.Model (M1); it is not modified.
+        prompts: the prompts every iteration samples from (text or token ids).
+        args: a DPOConfig; iteration t writes to output_dir/iteration<t>.
+        iterations: how many (>= 1).
+        pairs: a builder with the signature of self_rewarding_pairs,
+            on_policy_pairs, scpo_pairs or divpo_pairs.
+        evaluate: optional callable(model) -> dict of numbers, added to the
+            iteration's summary after training.
+        pairs_kwargs: passed to the builder (n, judge_samples, scorer, ...).
+
+    Returns:
+        (models, summaries): models[0] is the starting model and models[t]
+        the model after iteration t; summaries[t - 1] holds the builder's
+        summary of iteration t, the DPO steps taken and the last logged
+        training loss.
+    """
+    from calign.trainers.config import DPOConfig
+    from calign.trainers.dpo import DPOTrainer
+
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be a calign.Model, not {type(model).__name__}")
+    if not isinstance(args, DPOConfig):
+        raise TypeError(f"args must be a calign.DPOConfig, not {type(args).__name__}")
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
+    if not callable(pairs):
+        raise TypeError("pairs must be a pair builder such as selfimprove.self_rewarding_pairs")
+    if evaluate is not None and not callable(evaluate):
+        raise TypeError("evaluate must be None or a callable(model) -> dict")
+    models, summaries = [model], []
+    for t in range(1, iterations + 1):
+        current = models[-1]
+        records, summary = pairs(current, prompts, tokenizer=tokenizer, seed=seed + t - 1,
+                                 **pairs_kwargs)
+        following = Model(current.config)
+        following.params[...] = current.params
+        summary = dict(summary, iteration=t, steps=0, loss=None)
+        if records:
+            trainer = DPOTrainer(following, args=dataclasses.replace(
+                args, output_dir=os.path.join(args.output_dir, f"iteration{t}")),
+                train_dataset=records, processing_class=tokenizer)
+            trainer.train()
+            logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+            summary.update(steps=trainer.state.global_step, loss=logged[-1] if logged else None)
+        if evaluate is not None:
+            summary.update(evaluate(following))
+        models.append(following)
+        summaries.append(summary)
+    return models, summaries

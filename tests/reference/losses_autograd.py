@@ -26,7 +26,8 @@ def f_scores(logratios, f_divergence_type, alpha_coef):
 
 
 def dpo(pc, pr, rc, rr, loss_type, beta=0.1, label_smoothing=0.0, f_divergence_type="reverse_kl",
-        alpha_coef=1.0, discopop_tau=0.05, chosen_lengths=None, rejected_lengths=None):
+        alpha_coef=1.0, discopop_tau=0.05, chosen_lengths=None, rejected_lengths=None,
+        scpo_alpha=1.0):
     chosen_logratios, rejected_logratios = pc - rc, pr - rr
     chosen_scores = f_scores(chosen_logratios, f_divergence_type, alpha_coef)
     rejected_scores = f_scores(rejected_logratios, f_divergence_type, alpha_coef)
@@ -72,6 +73,8 @@ def dpo(pc, pr, rc, rr, loss_type, beta=0.1, label_smoothing=0.0, f_divergence_t
         loss = -F.logsigmoid(logits) * (1 - m) + torch.exp(-logits) * m
     elif loss_type == "sft":
         loss = (-pc.sum() / chosen_lengths.sum()).expand(pc.shape[0])
+    elif loss_type == "scpo":  # not in TRL: sigmoid on the f-divergence scores + NLL / |y+|
+        loss = -F.logsigmoid(beta * delta) - scpo_alpha * pc / chosen_lengths.clamp(min=1.0)
     else:
         raise ValueError(loss_type)
     return loss, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()

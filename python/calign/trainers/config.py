@@ -141,6 +141,9 @@ class DPOConfig(TrainingConfig):
                             "(None: plain sums).", default=None)
     rpo_alpha: float = _help("RPO: weight of the chosen NLL term added to the loss (None: off).",
                              default=None)
+    scpo_alpha: float = _help("ScPO (loss_type='scpo'): weight alpha of the chosen NLL term "
+                              "divided by the chosen length (Prasad et al. 2024); 1 as in "
+                              "IRPO (Pang et al. 2024), whose loss ScPO weights.", default=1.0)
     reference_free: bool = _help("Use a uniform reference (reference log-probs 0).",
                                  default=False)
     precompute_ref_log_probs: bool = _help(
@@ -173,6 +176,8 @@ class DPOConfig(TrainingConfig):
                "ld_alpha", self.ld_alpha, "None or in [0, 1]")
         _check(self.rpo_alpha is None or (_is_number(self.rpo_alpha) and self.rpo_alpha >= 0),
                "rpo_alpha", self.rpo_alpha, "None or a number >= 0")
+        _check(_is_number(self.scpo_alpha) and self.scpo_alpha >= 0, "scpo_alpha",
+               self.scpo_alpha, "a number >= 0")
         _check(_is_number(self.ref_model_mixup_alpha) and 0 <= self.ref_model_mixup_alpha <= 1,
                "ref_model_mixup_alpha", self.ref_model_mixup_alpha, "in [0, 1]")
         _check(isinstance(self.ref_model_sync_steps, int) and self.ref_model_sync_steps >= 1,

@@ -54,7 +54,8 @@ class DPOTrainer(BaseTrainer):
             self._loss_settings = losses.dpo_settings(
                 beta=a.beta, loss_type=a.loss_types, loss_weights=a.loss_weights,
                 label_smoothing=a.label_smoothing, f_divergence_type=a.f_divergence_type,
-                f_alpha_divergence_coef=a.f_alpha_divergence_coef, discopop_tau=a.discopop_tau)
+                f_alpha_divergence_coef=a.f_alpha_divergence_coef, discopop_tau=a.discopop_tau,
+                scpo_alpha=a.scpo_alpha)
         # pairs scored with their loss inside the kernel (see the module docstring)
         self.fused_pairs = not (self.listwise or a.rpo_alpha is not None or a.use_weighting or
                                 set(a.loss_types) & set(BATCH_COUPLED_LOSS_TYPES))
@@ -153,7 +154,7 @@ class DPOTrainer(BaseTrainer):
             f_divergence_type=a.f_divergence_type,
             f_alpha_divergence_coef=a.f_alpha_divergence_coef, discopop_tau=a.discopop_tau,
             chosen_lengths=lengths[:, 0], rejected_lengths=lengths[:, 1], weights=pair_weights,
-            return_grad=True)
+            scpo_alpha=a.scpo_alpha, return_grad=True)
         rewards = np.stack([out.chosen_rewards, out.rejected_rewards], axis=1)
         return out.losses, rewards, np.stack([out.grad_chosen, out.grad_rejected], axis=1)
 
