@@ -75,6 +75,17 @@ def test_logits_match_transformers(family):
                                .hidden_states[-1][0, -1].detach().numpy(), atol=1e-4)
 
 
+def test_few_token_products_match_transformers(family):
+    """1, 2 and 5 tokens: the products with few rows (decoding's) take calign's own
+    loops instead of OpenBLAS (core/gemm.c); their logits are transformers'."""
+    name, hf, path = family
+    model = calign.Model.from_pretrained(path)
+    for T in (1, 2, 5):
+        ids = ids_batch(model.vocab_size, B=1, T=T, seed=10 + T)
+        expected = hf(torch.tensor(ids)).logits.detach().numpy()
+        np.testing.assert_allclose(model.logits(ids), expected, atol=1e-4)
+
+
 def test_gradients_match_torch(family):
     name, hf, path = family
     model = calign.Model.from_pretrained(path)

@@ -37,12 +37,12 @@ static PyObject *py_build_info(PyObject *self, PyObject *unused) {
                          omp_get_num_procs());
 }
 
-/* sgemm_gflops(M, N, K, repeats): the rate of calign's matrix product on this
+/* sgemm_gflops(M, N, K, repeats, trans_b=True): the rate of calign's matrix product on this
  * machine with the current threads, for benchmarks to quote achieved FLOP/s
  * against. */
 static PyObject *py_sgemm_gflops(PyObject *self, PyObject *args) {
-    int M, N, K, repeats;
-    if (!PyArg_ParseTuple(args, "iiii", &M, &N, &K, &repeats)) return NULL;
+    int M, N, K, repeats, trans_b = 1;
+    if (!PyArg_ParseTuple(args, "iiii|p", &M, &N, &K, &repeats, &trans_b)) return NULL;
     if (M < 1 || N < 1 || K < 1 || repeats < 1) {
         PyErr_SetString(PyExc_ValueError, "sizes and repeats must be >= 1");
         return NULL;
@@ -59,9 +59,11 @@ static PyObject *py_sgemm_gflops(PyObject *self, PyObject *args) {
     for (long i = 0; i < (long)K * N; i++) b[i] = (float)(i % 5) * 0.1f;
     double seconds;
     Py_BEGIN_ALLOW_THREADS
-    gemm_f32(false, true, M, N, K, 1.0f, a, K, b, K, 0.0f, c, N); /* warm-up */
+    int ldb = trans_b ? K : N; /* B is [N, K] or [K, N] */
+    gemm_f32(false, trans_b, M, N, K, 1.0f, a, K, b, ldb, 0.0f, c, N); /* warm-up */
     double start = omp_get_wtime();
-    for (int r = 0; r < repeats; r++) gemm_f32(false, true, M, N, K, 1.0f, a, K, b, K, 0.0f, c, N);
+    for (int r = 0; r < repeats; r++)
+        gemm_f32(false, trans_b, M, N, K, 1.0f, a, K, b, ldb, 0.0f, c, N);
     seconds = omp_get_wtime() - start;
     Py_END_ALLOW_THREADS
     free(a);
