@@ -336,28 +336,26 @@ static long group_rows(const logprob_groups *g, int g0, int g1) {
     return g->seq_first_row[g->group_first_seq[g1]] - g->seq_first_row[g->group_first_seq[g0]];
 }
 
-int logprob_grouped_chunk_rows(const logprob_problem *p, const logprob_groups *g) {
-    long rows = logprob_default_chunk_rows(p->V, p->d);
-    for (int k = 0; k < g->n_groups; k++) {
-        long n = group_rows(g, k, k + 1);
-        rows = n > rows ? n : rows;
-    }
-    return (int)rows;
+static double row_weight(const logprob_groups *g, long row) {
+    return g->row_weight ? g->row_weight[row] : 1.0;
 }
 
-/* Scratch: logits chunk [C, V] | per row: exp sum, then coefficient [C] doubles. */
+/* Scratch: logits chunk [C, V] | per row: exp sum, loss coefficient [C] doubles. */
 size_t logprob_grouped_scratch_bytes(const logprob_problem *p) {
-    long C = p->chunk_rows;
+    long C = chunk_capacity(p);
     return sizeof(float) * (size_t)C * p->V + 2 * sizeof(double) * (size_t)C + 64;
 }
 
-/* Forward on rows [r0, r0 + n) of a chunk: logits -> exp in place, with each
- * row's exp sum kept in row_sum; returns the first non-finite row or -1. */
-static long grouped_forward_rows(float *logprobs, const logprob_stats *stats, double *row_sum,
-                                 float *logits, long r0, long n, const logprob_problem *p) {
+/* Logits of rows [r0, r0 + n), turned into exps in place (each row's exp sum
+ * in row_sum) with the log-probs and stats written; returns the first
+ * non-finite row or -1. */
+static long chunk_forward(float *logprobs, const logprob_stats *stats, double *row_sum,
+                          float *logits, long r0, long n, const logprob_problem *p) {
     const int V = p->V;
     const float inv_t = 1.0f / p->temperature;
     const int with_moments = wants_moments(stats);
+    gemm_f32(false, true, (int)n, V, p->d, 1.0f, p->hidden + (size_t)r0 * p->d, p->d, p->weight,
+             p->d, 0.0f, logits, V);
     long first_bad = p->N;
 #pragma omp parallel for num_threads(calign_num_threads()) schedule(static) reduction(min : first_bad)
     for (long r = 0; r < n; r++) {
@@ -379,49 +377,91 @@ static long grouped_forward_rows(float *logprobs, const logprob_stats *stats, do
     return first_bad == p->N ? -1 : first_bad;
 }
 
+/* The chunk's exps -> dL/dlogits = coef (1[v = t] - e_v / sum e) / tau in
+ * place, then grad_hidden rows = G W and grad_weight += G^T h. row_coef[r] is
+ * dL/dlogp of row r0 + r. */
+static void chunk_backward(float *grad_hidden, float *grad_weight, float *logits,
+                           const double *row_sum, const double *row_coef, long r0, long n,
+                           const logprob_problem *p) {
+    const int d = p->d, V = p->V;
+    const float inv_t = 1.0f / p->temperature;
+#pragma omp parallel for num_threads(calign_num_threads()) schedule(static)
+    for (long r = 0; r < n; r++) {
+        float *z = logits + (size_t)r * V;
+        float coef = (float)row_coef[r] * inv_t;
+        scale_in_place_row(z, V, (float)(-coef / row_sum[r]));
+        z[p->targets[r0 + r]] += coef;
+    }
+    gemm_f32(false, false, (int)n, d, V, 1.0f, logits, V, p->weight, d, 0.0f,
+             grad_hidden + (size_t)r0 * d, d);
+    gemm_f32(true, false, V, d, (int)n, 1.0f, logits, V, p->hidden + (size_t)r0 * d, d, 1.0f,
+             grad_weight, d);
+}
+
+/* seq_sums[s] = sum of weight * logp over the rows of sequences [s0, s1). */
+static void sequence_sums(double *seq_sums, int s0, int s1, const float *logprobs,
+                          const logprob_groups *g) {
+    for (int s = s0; s < s1; s++) {
+        double sum = 0.0;
+        for (long row = g->seq_first_row[s]; row < g->seq_first_row[s + 1]; row++)
+            sum += logprobs[row] * row_weight(g, row);
+        seq_sums[s] = sum;
+    }
+}
+
+/* row_coef[row - r0] = seq_grad * weight for the rows in [r0, r1) of
+ * sequences [s0, s1). */
+static void row_coefficients(double *row_coef, long r0, long r1, int s0, int s1,
+                             const double *seq_grads, const logprob_groups *g) {
+    for (int s = s0; s < s1; s++) {
+        long a = g->seq_first_row[s] > r0 ? g->seq_first_row[s] : r0;
+        long b = g->seq_first_row[s + 1] < r1 ? g->seq_first_row[s + 1] : r1;
+        for (long row = a; row < b; row++) row_coef[row - r0] = seq_grads[s] * row_weight(g, row);
+    }
+}
+
 long token_logprobs_grouped(float *grad_hidden, float *grad_weight, float *logprobs,
                             const logprob_stats *stats, double *seq_sums, double *seq_grads,
                             const logprob_problem *p, const logprob_groups *g, void *scratch) {
     profile_mark mark = profile_begin();
-    const int d = p->d, V = p->V;
-    const float inv_t = 1.0f / p->temperature;
+    const long C = chunk_capacity(p);
     float *logits = (float *)scratch;
-    double *row_sum = (double *)(logits + (size_t)p->chunk_rows * V);
-    double *row_coef = row_sum + p->chunk_rows;
+    double *row_sum = (double *)(logits + (size_t)C * p->V), *row_coef = row_sum + C;
     long bad = -1;
     for (int g0 = 0, g1; g0 < g->n_groups && bad < 0; g0 = g1) {
-        /* as many whole groups as the chunk holds, at least one */
-        for (g1 = g0 + 1; g1 < g->n_groups && group_rows(g, g0, g1 + 1) <= p->chunk_rows; g1++) {
+        const int s0 = g->group_first_seq[g0];
+        const long r0 = g->seq_first_row[s0];
+        if (group_rows(g, g0, g0 + 1) <= C) {
+            /* as many whole groups as the chunk holds: one pass */
+            for (g1 = g0 + 1; g1 < g->n_groups && group_rows(g, g0, g1 + 1) <= C; g1++) {
+            }
+            const int s1 = g->group_first_seq[g1];
+            const long n = g->seq_first_row[s1] - r0;
+            if ((bad = chunk_forward(logprobs, stats, row_sum, logits, r0, n, p)) >= 0) break;
+            sequence_sums(seq_sums, s0, s1, logprobs, g);
+            g->sequence_grads(g->ctx, g0, g1, seq_sums, seq_grads);
+            row_coefficients(row_coef, r0, r0 + n, s0, s1, seq_grads, g);
+            chunk_backward(grad_hidden, grad_weight, logits, row_sum, row_coef, r0, n, p);
+        } else {
+            /* a group larger than a chunk: score it in chunks, take the loss's
+             * gradient, then compute its logits again for the backward (the
+             * memory stays bounded; one product more for this group) */
+            g1 = g0 + 1;
+            const int s1 = g->group_first_seq[g1];
+            const long r_end = g->seq_first_row[s1];
+            for (long c0 = r0; c0 < r_end && bad < 0; c0 += C)
+                bad = chunk_forward(logprobs, stats, row_sum, logits, c0,
+                                    r_end - c0 < C ? r_end - c0 : C, p);
+            if (bad >= 0) break;
+            sequence_sums(seq_sums, s0, s1, logprobs, g);
+            g->sequence_grads(g->ctx, g0, g1, seq_sums, seq_grads);
+            for (long c0 = r0; c0 < r_end; c0 += C) {
+                long n = r_end - c0 < C ? r_end - c0 : C;
+                chunk_forward(logprobs, stats, row_sum, logits, c0, n, p);
+                row_coefficients(row_coef, c0, c0 + n, s0, s1, seq_grads, g);
+                chunk_backward(grad_hidden, grad_weight, logits, row_sum, row_coef, c0, n, p);
+            }
         }
-        const int s0 = g->group_first_seq[g0], s1 = g->group_first_seq[g1];
-        const long r0 = g->seq_first_row[s0], n = g->seq_first_row[s1] - r0;
-        const float *h = p->hidden + (size_t)r0 * d;
-        gemm_f32(false, true, (int)n, V, d, 1.0f, h, d, p->weight, d, 0.0f, logits, V);
-        if ((bad = grouped_forward_rows(logprobs, stats, row_sum, logits, r0, n, p)) >= 0) break;
-        /* sequence sums (in row order, double), the loss's gradients, and each
-         * row's dL/dlogp = seq_grad * weight */
-        for (int s = s0; s < s1; s++) {
-            double sum = 0.0;
-            for (long row = g->seq_first_row[s]; row < g->seq_first_row[s + 1]; row++)
-                sum += logprobs[row] * (g->row_weight ? g->row_weight[row] : 1.0);
-            seq_sums[s] = sum;
-        }
-        g->sequence_grads(g->ctx, g0, g1, seq_sums, seq_grads);
-        for (int s = s0; s < s1; s++)
-            for (long row = g->seq_first_row[s]; row < g->seq_first_row[s + 1]; row++)
-                row_coef[row - r0] = seq_grads[s] * (g->row_weight ? g->row_weight[row] : 1.0);
-        /* dL/dlogits = coef (1[v = t] - e_v / sum e) / tau, in place */
-#pragma omp parallel for num_threads(calign_num_threads()) schedule(static)
-        for (long r = 0; r < n; r++) {
-            float *z = logits + (size_t)r * V;
-            float coef = (float)row_coef[r] * inv_t;
-            scale_in_place_row(z, V, (float)(-coef / row_sum[r]));
-            z[p->targets[r0 + r]] += coef;
-        }
-        /* grad_h [n, d] = G W;  grad_W [V, d] += G^T h */
-        gemm_f32(false, false, (int)n, d, V, 1.0f, logits, V, p->weight, d, 0.0f,
-                 grad_hidden + (size_t)r0 * d, d);
-        gemm_f32(true, false, V, d, (int)n, 1.0f, logits, V, h, d, 1.0f, grad_weight, d);
     }
     profile_end(PHASE_LOGPROB, mark);
     return bad;

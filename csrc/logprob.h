@@ -66,7 +66,9 @@ long token_logprobs_backward(float *grad_hidden, float *grad_weight, float *grad
  * scored. Here each chunk holds whole groups (an example's completions): its
  * logits are computed once, the group sums go to a loss callback, and the
  * backward of the chunk runs while its logits are still in memory. One
- * lm_head product fewer than forward + backward, and one call.
+ * lm_head product fewer than forward + backward, and one call. A group with
+ * more rows than a chunk is scored in chunks, then computed again for its
+ * backward, so memory stays bounded by the chunk whatever the lengths.
  *
  * Rows are the problem's N rows in order; sequence s holds rows
  * [seq_first_row[s], seq_first_row[s+1]), group g sequences
@@ -84,9 +86,7 @@ typedef struct {
     void *ctx;
 } logprob_groups;
 
-/* Rows a chunk needs: the default, or the largest group if that is larger. */
-int logprob_grouped_chunk_rows(const logprob_problem *p, const logprob_groups *g);
-/* Scratch bytes for token_logprobs_grouped with p->chunk_rows as above. */
+/* Scratch bytes for token_logprobs_grouped (chunks of p->chunk_rows rows). */
 size_t logprob_grouped_scratch_bytes(const logprob_problem *p);
 
 /* Forward, loss gradient and backward in one pass: writes logprobs[N],

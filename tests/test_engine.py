@@ -168,8 +168,9 @@ def test_score_backward_gives_the_forward_statistics(family):
     ("sigmoid", dict(f_divergence_type="js_divergence")), ("scpo", dict(scpo_alpha=0.5))])
 def test_score_dpo_pairs_equals_scores_then_loss_then_backward(loss_type, extra):
     """The fused pass (chunks of whole pairs, loss inside) gives the numbers of the
-    three-call path: scores, calign.losses.dpo_loss, score backward. The vocabulary
-    is large enough that a chunk holds one pair at most, so pairs cross chunks."""
+    three-call path: scores, calign.losses.dpo_loss, score backward. With vocab 40000
+    a chunk holds 208 rows: the first pair (240 rows) takes the two-pass route, the
+    next two share a chunk, the last has one of its own."""
     model = calign.Model.from_config(dict(
         model_type="llama", hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
         num_key_value_heads=1, intermediate_size=24, vocab_size=40000,

@@ -730,7 +730,7 @@ static PyObject *py_model_score_dpo(PyObject *self, PyObject *args) {
                              row_weights ? PyArray_DATA(row_weights) : NULL,
                              dpo_pairs_sequence_grads, &ctx};
     score_request r = {PyArray_DATA(rows), tgt, M, 1.0f};
-    float *scratch = model_scratch(h->m, scoring_grouped_scratch_floats(h->m, &r, &groups));
+    float *scratch = model_scratch(h->m, scoring_grouped_scratch_floats(h->m, &r));
     if (!scratch) {
         PyErr_NoMemory();
         goto done;

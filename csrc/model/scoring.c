@@ -68,11 +68,9 @@ long model_score_backward(float *d_hidden, float *grads, float *logprobs,
     return -1;
 }
 
-long scoring_grouped_scratch_floats(const model *m, const score_request *r,
-                                    const logprob_groups *g) {
+long scoring_grouped_scratch_floats(const model *m, const score_request *r) {
     const model_config *c = model_get_config(m);
     logprob_problem p = problem_of(m, NULL, NULL, r);
-    p.chunk_rows = logprob_grouped_chunk_rows(&p, g);
     return 2 * r->M * (long)c->d_model + (long)(logprob_grouped_scratch_bytes(&p) / sizeof(float)) +
            16;
 }
@@ -85,7 +83,6 @@ long model_score_grouped(float *d_hidden, float *grads, float *logprobs,
     float *rows = scratch, *d_rows = scratch + r->M * d, *kernel_scratch = scratch + 2 * r->M * d;
     gather_rows(rows, hidden, r->rows, r->M, d);
     logprob_problem p = problem_of(m, params, rows, r);
-    p.chunk_rows = logprob_grouped_chunk_rows(&p, g);
     long bad = token_logprobs_grouped(d_rows, grads + model_lm_head_offset(m), logprobs, stats,
                                       seq_sums, seq_grads, &p, g, kernel_scratch);
     if (bad >= 0) return bad;

@@ -36,8 +36,7 @@ long model_score_backward(float *d_hidden, float *grads, float *logprobs,
 /* Scores in groups (see token_logprobs_grouped): forward, the loss's
  * gradient through g->sequence_grads, and backward in one pass; d_hidden is
  * ADDED to, the lm_head gradient added into grads. */
-long scoring_grouped_scratch_floats(const model *m, const score_request *r,
-                                    const logprob_groups *g);
+long scoring_grouped_scratch_floats(const model *m, const score_request *r);
 long model_score_grouped(float *d_hidden, float *grads, float *logprobs,
                          const logprob_stats *stats, double *seq_sums, double *seq_grads,
                          const model *m, const float *params, const float *hidden,
