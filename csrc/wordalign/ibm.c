@@ -5,51 +5,76 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int compare_int64(const void *a, const void *b) {
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+static int compare_int32(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
     return (x > y) - (x < y);
+}
+
+/* Row e's distinct target ids, over the pairs that hold e (all pairs for the
+ * NULL row 0): written to cols when not NULL, counted either way. stamp[f] ==
+ * e marks f as already seen in this row. */
+static int64_t row_support(int32_t *cols, int32_t *stamp, int e, const int64_t *pairs,
+                           int64_t n_pairs, const wa_corpus *c) {
+    int64_t n = 0;
+    for (int64_t x = 0; x < n_pairs; x++) {
+        long k = pairs ? pairs[x] : (long)x;
+        for (int64_t j = c->tgt_off[k]; j < c->tgt_off[k + 1]; j++) {
+            int32_t f = c->tgt[j];
+            if (stamp[f] == e) continue;
+            stamp[f] = e;
+            if (cols) cols[n] = f;
+            n++;
+        }
+    }
+    return n;
 }
 
 int wa_table_build(wa_table *t, const wa_corpus *c) {
     memset(t, 0, sizeof *t);
-    int64_t total = 0;
+    /* an inverted index, source id -> the pairs it occurs in (once per
+     * occurrence), so each row's support is gathered in one sweep over its
+     * pairs: O(sum over pairs of (I + 1) J) with no sort of all the links */
+    int64_t *occ_start = calloc((size_t)c->src_vocab + 1, sizeof(int64_t));
+    int64_t *occ = malloc(sizeof(int64_t) * (c->src_off[c->n_pairs] + 1));
+    int32_t *stamp = malloc(sizeof(int32_t) * ((size_t)c->tgt_vocab + 1));
+    t->row_start = calloc((size_t)c->src_vocab + 1, sizeof(int64_t));
+    if (!occ_start || !occ || !stamp || !t->row_start) goto fail;
+    for (int64_t i = 0; i < c->src_off[c->n_pairs]; i++) occ_start[c->src[i] + 1]++;
+    for (int e = 0; e < c->src_vocab; e++) occ_start[e + 1] += occ_start[e];
     for (long k = 0; k < c->n_pairs; k++)
-        total += (c->src_off[k + 1] - c->src_off[k] + 1) * (c->tgt_off[k + 1] - c->tgt_off[k]);
-    int64_t *keys = malloc(sizeof(int64_t) * (total > 0 ? total : 1));
-    if (!keys) return -1;
-    int64_t n = 0;
-    for (long k = 0; k < c->n_pairs; k++) {
-        for (int64_t j = c->tgt_off[k]; j < c->tgt_off[k + 1]; j++) {
-            keys[n++] = (int64_t)c->tgt[j]; /* NULL (row 0) */
-            for (int64_t i = c->src_off[k]; i < c->src_off[k + 1]; i++)
-                keys[n++] = (int64_t)c->src[i] * c->tgt_vocab + c->tgt[j];
-        }
-    }
-    qsort(keys, n, sizeof(int64_t), compare_int64);
-    int64_t unique = 0;
-    for (int64_t x = 0; x < n; x++)
-        if (x == 0 || keys[x] != keys[x - 1]) keys[unique++] = keys[x];
-    t->rows = c->src_vocab;
-    t->n_entries = unique;
-    t->row_start = calloc(c->src_vocab + 1, sizeof(int64_t));
-    t->cols = malloc(sizeof(int32_t) * (unique > 0 ? unique : 1));
-    t->prob = malloc(sizeof(double) * (unique > 0 ? unique : 1));
-    if (!t->row_start || !t->cols || !t->prob) {
-        free(keys);
-        wa_table_free(t);
-        return -1;
-    }
-    for (int64_t x = 0; x < unique; x++) {
-        t->cols[x] = (int32_t)(keys[x] % c->tgt_vocab);
-        t->row_start[keys[x] / c->tgt_vocab + 1]++;
-    }
-    for (int e = 0; e < c->src_vocab; e++) t->row_start[e + 1] += t->row_start[e];
+        for (int64_t i = c->src_off[k]; i < c->src_off[k + 1]; i++) occ[occ_start[c->src[i]]++] = k;
+    for (int e = c->src_vocab; e > 0; e--) occ_start[e] = occ_start[e - 1]; /* undo the fill's shift */
+    occ_start[0] = 0;
+    for (int32_t f = 0; f < c->tgt_vocab; f++) stamp[f] = -1;
     for (int e = 0; e < c->src_vocab; e++) {
-        int64_t len = t->row_start[e + 1] - t->row_start[e];
-        for (int64_t x = t->row_start[e]; x < t->row_start[e + 1]; x++) t->prob[x] = 1.0 / len;
+        const int64_t *pairs = e == 0 ? NULL : occ + occ_start[e];
+        int64_t n_pairs = e == 0 ? c->n_pairs : occ_start[e + 1] - occ_start[e];
+        t->row_start[e + 1] = t->row_start[e] + row_support(NULL, stamp, e, pairs, n_pairs, c);
     }
-    free(keys);
+    t->rows = c->src_vocab;
+    t->n_entries = t->row_start[c->src_vocab];
+    t->cols = malloc(sizeof(int32_t) * (t->n_entries > 0 ? t->n_entries : 1));
+    t->prob = malloc(sizeof(double) * (t->n_entries > 0 ? t->n_entries : 1));
+    if (!t->cols || !t->prob) goto fail;
+    for (int32_t f = 0; f < c->tgt_vocab; f++) stamp[f] = -1;
+    for (int e = 0; e < c->src_vocab; e++) {
+        const int64_t *pairs = e == 0 ? NULL : occ + occ_start[e];
+        int64_t n_pairs = e == 0 ? c->n_pairs : occ_start[e + 1] - occ_start[e];
+        int32_t *cols = t->cols + t->row_start[e];
+        int64_t len = row_support(cols, stamp, e, pairs, n_pairs, c);
+        qsort(cols, len, sizeof(int32_t), compare_int32);
+        for (int64_t x = 0; x < len; x++) t->prob[t->row_start[e] + x] = 1.0 / len;
+    }
+    free(occ_start);
+    free(occ);
+    free(stamp);
     return 0;
+fail:
+    free(occ_start);
+    free(occ);
+    free(stamp);
+    wa_table_free(t);
+    return -1;
 }
 
 /* digamma(x) for x > 0: recurrence up to x >= 6, then the asymptotic series. */
