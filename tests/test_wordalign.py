@@ -305,3 +305,50 @@ def test_hand_made_gold_set():
                               possible)
     assert scores["hmm"] < 0.25 and scores["ibm2"] < 0.25, scores
     assert scores["ibm1"] > max(scores["ibm2"], scores["hmm"]), scores
+
+
+def test_hmm_em_equals_numpy_with_long_jumps():
+    """Sentences of 6-10 words with max_jump 2: most transitions fall in the
+    clipped classes, which the C recursion sums from prefix and suffix sums."""
+    pairs, _, _ = wa.synthetic_corpus(10, seed=7, vocab_size=40, min_length=6, max_length=10)
+    model = wa.HMM(p0=0.2, max_jump=2, ibm1_iterations=1, alpha=0.0).fit(pairs, 2)
+    ids = id_pairs(model, pairs)
+    t_ibm1, _, _ = ref.em(ids, len(model.source_vocab), len(model.target_vocab), 1)
+    t, jump, lls = ref.hmm_em(ids, len(model.source_vocab), len(model.target_vocab), t_ibm1,
+                              np.ones(5) / 5, 0.2, 2)
+    np.testing.assert_allclose(dense_table(model), t, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(model.jump, jump, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(model.log_likelihoods[1:], lls, rtol=1e-9)
+
+
+def test_training_without_the_link_cache_is_identical(monkeypatch):
+    from calign.wordalign import ibm
+
+    pairs, _, _ = wa.synthetic_corpus(200, seed=2)
+    cached = wa.HMM().fit(pairs, 2)
+    monkeypatch.setattr(ibm, "LINK_CACHE_BYTES", 0)
+    looked_up = wa.HMM().fit(pairs, 2)
+    np.testing.assert_array_equal(cached.table[2], looked_up.table[2])
+    np.testing.assert_array_equal(cached.jump, looked_up.jump)
+
+
+@pytest.mark.parametrize("max_jump", [1, 2, 7])
+def test_hmm_viterbi_and_posteriors_equal_enumeration(max_jump):
+    """Every alignment of small pairs enumerated: the C Viterbi path is a most
+    probable one (max_jump 1 makes ties) and the C posteriors are the exact
+    link marginals."""
+    pairs, _, _ = wa.synthetic_corpus(40, seed=11, vocab_size=12, min_length=1, max_length=4)
+    model = wa.HMM(p0=0.15, max_jump=max_jump, alpha=0.0).fit(pairs, 2)
+    t = dense_table(model)
+    paths = model.align(pairs)
+    for (s, g), (src, tgt), links in zip(pairs, id_pairs(model, pairs), paths):
+        probs = ref.hmm_paths(src, tgt, t, model.jump, model.p0)
+        path = [0] * len(tgt)
+        for i, j in links:
+            path[j] = i + 1
+        assert probs[tuple(path)] == pytest.approx(max(probs.values()), rel=1e-12)
+        z = sum(probs.values())
+        expected = np.zeros((len(tgt), len(src) + 1))
+        for a, p in probs.items():
+            expected[np.arange(len(tgt)), list(a)] += p / z
+        np.testing.assert_allclose(model.posteriors((s, g)), expected, rtol=1e-10, atol=1e-13)

@@ -4,6 +4,7 @@
  * target offsets) that calign.wordalign builds and checks. */
 #include "binding/common.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -107,6 +108,11 @@ static PyObject *py_wa_build_table(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     status = wa_table_build(&t, &a.corpus);
     Py_END_ALLOW_THREADS
+    if (status == -2) {
+        PyErr_SetString(PyExc_ValueError, "the corpus has more than 2**31 - 1 distinct "
+                                          "(source word, target word) pairs");
+        goto done;
+    }
     if (status < 0) {
         PyErr_NoMemory();
         goto done;
@@ -130,26 +136,128 @@ done:
     return result;
 }
 
-/* wa_em(row_start, cols, prob, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab,
- *       model2, p0, tension, learn_tension, iterations, alpha) -> ([loglik], tension) */
-static PyObject *py_wa_em(PyObject *self, PyObject *args) {
+/* A corpus, its table and (optionally) its cached link indices: what every
+ * EM and decoding call takes. */
+typedef struct {
+    corpus_args corpus;
+    PyArrayObject *held[4]; /* row_start, cols, prob, links */
+    wa_table table;
+    int64_t *link_off;      /* [n_pairs + 1] */
+    wa_links links;
+} model_args;
+
+static void release_model(model_args *m) {
+    release_corpus(&m->corpus);
+    for (int i = 0; i < 4; i++) Py_XDECREF(m->held[i]);
+    free(m->link_off);
+}
+
+/* links: None, or the int32 vector wa_links returned for this corpus and table
+ * (used in place; every index checked to be in [-1, n_entries)). */
+static int parse_model(model_args *m, PyObject *rs, PyObject *cols, PyObject *prob, PyObject *src,
+                       PyObject *src_off, PyObject *tgt, PyObject *tgt_off, int src_vocab,
+                       int tgt_vocab, PyObject *links) {
+    if (parse_corpus(&m->corpus, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab) < 0 ||
+        table_view(&m->table, rs, cols, prob, m->held, src_vocab) < 0)
+        return -1;
+    if (m->table.n_entries > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "the translation table has more than 2**31 - 1 entries");
+        return -1;
+    }
+    const wa_corpus *c = &m->corpus.corpus;
+    if (!(m->link_off = malloc(sizeof(int64_t) * (c->n_pairs + 1)))) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    wa_link_offsets(m->link_off, c);
+    m->links = (wa_links){m->link_off, NULL};
+    if (!links || links == Py_None) return 0;
+    PyArrayObject *l = (PyArrayObject *)links;
+    if (!PyArray_Check(links) || PyArray_TYPE(l) != NPY_INT32 || PyArray_NDIM(l) != 1 ||
+        !PyArray_IS_C_CONTIGUOUS(l)) {
+        PyErr_SetString(PyExc_TypeError, "links must be a contiguous int32 vector (or None)");
+        return -1;
+    }
+    m->held[3] = l;
+    Py_INCREF(links);
+    if (PyArray_DIM(l, 0) != m->link_off[c->n_pairs]) {
+        PyErr_SetString(PyExc_ValueError, "links does not fit the corpus");
+        return -1;
+    }
+    const int32_t *x = PyArray_DATA(l);
+    for (npy_intp i = 0; i < PyArray_DIM(l, 0); i++)
+        if (x[i] < -1 || x[i] >= m->table.n_entries) {
+            PyErr_SetString(PyExc_ValueError, "links does not fit the translation table");
+            return -1;
+        }
+    m->links.index = x;
+    return 0;
+}
+
+/* For training: every link of the corpus must be in the table (the table was
+ * built from this corpus). */
+static int check_training_links(model_args *m) {
+    const wa_corpus *c = &m->corpus.corpus;
+    if (m->links.index) {
+        for (int64_t x = 0; x < m->link_off[c->n_pairs]; x++)
+            if (m->links.index[x] < 0) goto missing;
+        return 0;
+    }
+    for (long k = 0; k < c->n_pairs; k++)
+        for (int64_t j = c->tgt_off[k]; j < c->tgt_off[k + 1]; j++) {
+            if (wa_table_find(&m->table, 0, c->tgt[j]) < 0) goto missing;
+            for (int64_t i = c->src_off[k]; i < c->src_off[k + 1]; i++)
+                if (wa_table_find(&m->table, c->src[i], c->tgt[j]) < 0) goto missing;
+        }
+    return 0;
+missing:
+    PyErr_SetString(PyExc_ValueError, "the translation table lacks a word pair of the corpus");
+    return -1;
+}
+
+/* wa_links(table..., corpus..., vocabs) -> int32 [sum over pairs (I + 1) J]:
+ * the table index of every link, to cache across EM iterations */
+static PyObject *py_wa_links(PyObject *self, PyObject *args) {
     PyObject *rs, *cols, *prob, *src, *src_off, *tgt, *tgt_off;
+    int src_vocab, tgt_vocab;
+    if (!PyArg_ParseTuple(args, "OOOOOOOii", &rs, &cols, &prob, &src, &src_off, &tgt, &tgt_off,
+                          &src_vocab, &tgt_vocab))
+        return NULL;
+    model_args m = {0};
+    PyObject *result = NULL;
+    if (parse_model(&m, rs, cols, prob, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab, NULL) < 0)
+        goto done;
+    npy_intp n = m.link_off[m.corpus.corpus.n_pairs];
+    if (!(result = PyArray_SimpleNew(1, &n, NPY_INT32))) goto done;
+    int32_t *index = PyArray_DATA((PyArrayObject *)result);
+    int threads = calign_num_threads();
+    Py_BEGIN_ALLOW_THREADS
+    wa_links_fill(index, m.link_off, &m.table, &m.corpus.corpus, threads);
+    Py_END_ALLOW_THREADS
+done:
+    release_model(&m);
+    return result;
+}
+
+/* wa_em(table..., corpus..., vocabs, model2, p0, tension, learn_tension,
+ *       iterations, alpha, links) -> ([loglik], tension) */
+static PyObject *py_wa_em(PyObject *self, PyObject *args) {
+    PyObject *rs, *cols, *prob, *src, *src_off, *tgt, *tgt_off, *links;
     int src_vocab, tgt_vocab, iterations;
     wa_settings s = {0};
-    if (!PyArg_ParseTuple(args, "OOOOOOOiipddpid", &rs, &cols, &prob, &src, &src_off, &tgt,
+    if (!PyArg_ParseTuple(args, "OOOOOOOiipddpidO", &rs, &cols, &prob, &src, &src_off, &tgt,
                           &tgt_off, &src_vocab, &tgt_vocab, &s.model2, &s.p0, &s.tension,
-                          &s.learn_tension, &iterations, &s.alpha))
+                          &s.learn_tension, &iterations, &s.alpha, &links))
         return NULL;
-    corpus_args a = {0};
-    PyArrayObject *held[3] = {NULL, NULL, NULL};
+    model_args m = {0};
     PyObject *result = NULL, *logliks = NULL;
     double *counts = NULL;
-    wa_table t;
-    if (parse_corpus(&a, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab) < 0 ||
-        table_view(&t, rs, cols, prob, held, src_vocab) < 0)
+    if (parse_model(&m, rs, cols, prob, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab,
+                    links) < 0 ||
+        check_training_links(&m) < 0)
         goto done;
     int threads = calign_num_threads();
-    if (!(counts = malloc(sizeof(double) * (t.n_entries + 1) * threads)) ||
+    if (!(counts = malloc(sizeof(double) * (m.table.n_entries + 1) * threads)) ||
         !(logliks = PyList_New(iterations))) {
         PyErr_NoMemory();
         goto done;
@@ -157,21 +265,25 @@ static PyObject *py_wa_em(PyObject *self, PyObject *args) {
     for (int it = 0; it < iterations; it++) {
         double ll;
         Py_BEGIN_ALLOW_THREADS
-        ll = wa_em_iteration(&t, &s, &a.corpus, counts, threads);
+        ll = wa_em_iteration(&m.table, &s, &m.corpus.corpus, &m.links, counts, threads);
         Py_END_ALLOW_THREADS
+        if (isnan(ll)) {
+            PyErr_NoMemory();
+            goto done;
+        }
         PyList_SET_ITEM(logliks, it, PyFloat_FromDouble(ll));
     }
     result = Py_BuildValue("(Od)", logliks, s.tension);
 done:
     free(counts);
     Py_XDECREF(logliks);
-    for (int i = 0; i < 3; i++) Py_XDECREF(held[i]);
-    release_corpus(&a);
+    release_model(&m);
     return result;
 }
 
-/* wa_posteriors(table..., corpus..., vocabs, model2, p0, tension) -> list of
- * [J, I + 1] arrays (column 0 is NULL) */
+/* wa_posteriors(table..., corpus..., vocabs, model2, p0, tension) -> float64
+ * [sum over pairs J (I + 1)]: pair k's [J, I + 1] block (column 0 NULL) after
+ * the blocks of the pairs before it */
 static PyObject *py_wa_posteriors(PyObject *self, PyObject *args) {
     PyObject *rs, *cols, *prob, *src, *src_off, *tgt, *tgt_off;
     int src_vocab, tgt_vocab;
@@ -179,28 +291,19 @@ static PyObject *py_wa_posteriors(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOOOOOiipdd", &rs, &cols, &prob, &src, &src_off, &tgt,
                           &tgt_off, &src_vocab, &tgt_vocab, &s.model2, &s.p0, &s.tension))
         return NULL;
-    corpus_args a = {0};
-    PyArrayObject *held[3] = {NULL, NULL, NULL};
+    model_args m = {0};
     PyObject *result = NULL;
-    wa_table t;
-    if (parse_corpus(&a, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab) < 0 ||
-        table_view(&t, rs, cols, prob, held, src_vocab) < 0)
+    if (parse_model(&m, rs, cols, prob, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab, NULL) < 0)
         goto done;
-    result = PyList_New(a.corpus.n_pairs);
-    for (long k = 0; result && k < a.corpus.n_pairs; k++) {
-        npy_intp dims[2] = {a.corpus.tgt_off[k + 1] - a.corpus.tgt_off[k],
-                            a.corpus.src_off[k + 1] - a.corpus.src_off[k] + 1};
-        PyObject *post = PyArray_ZEROS(2, dims, NPY_FLOAT64, 0);
-        if (!post) {
-            Py_CLEAR(result);
-            break;
-        }
-        wa_posteriors(PyArray_DATA((PyArrayObject *)post), &t, &s, &a.corpus, k);
-        PyList_SET_ITEM(result, k, post);
-    }
+    npy_intp n = m.link_off[m.corpus.corpus.n_pairs];
+    if (!(result = PyArray_SimpleNew(1, &n, NPY_FLOAT64))) goto done;
+    double *out = PyArray_DATA((PyArrayObject *)result);
+    int threads = calign_num_threads();
+    Py_BEGIN_ALLOW_THREADS
+    wa_posteriors(out, m.link_off, &m.table, &s, &m.corpus.corpus, threads);
+    Py_END_ALLOW_THREADS
 done:
-    for (int i = 0; i < 3; i++) Py_XDECREF(held[i]);
-    release_corpus(&a);
+    release_model(&m);
     return result;
 }
 
@@ -209,8 +312,11 @@ static int jump_view(wa_hmm *h, PyObject *jump, double p0, double alpha, PyArray
     if (!PyArray_Check(jump) || PyArray_TYPE((PyArrayObject *)jump) != NPY_FLOAT64 ||
         PyArray_NDIM((PyArrayObject *)jump) != 1 || !PyArray_ISWRITEABLE((PyArrayObject *)jump) ||
         !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)jump) ||
-        PyArray_DIM((PyArrayObject *)jump, 0) % 2 != 1) {
-        PyErr_SetString(PyExc_TypeError, "jump must be a writable float64 vector of odd length");
+        PyArray_DIM((PyArrayObject *)jump, 0) % 2 != 1 ||
+        PyArray_DIM((PyArrayObject *)jump, 0) < 3 ||
+        PyArray_DIM((PyArrayObject *)jump, 0) > 2 * WA_MAX_JUMP + 1) {
+        PyErr_Format(PyExc_TypeError, "jump must be a writable float64 vector of odd length "
+                                      "3 to %d", 2 * WA_MAX_JUMP + 1);
         return -1;
     }
     *held = (PyArrayObject *)jump;
@@ -219,26 +325,26 @@ static int jump_view(wa_hmm *h, PyObject *jump, double p0, double alpha, PyArray
     return 0;
 }
 
-/* wa_hmm_em(table..., corpus..., vocabs, p0, jump, iterations, alpha) -> [loglik] */
+/* wa_hmm_em(table..., corpus..., vocabs, p0, jump, iterations, alpha, links) -> [loglik] */
 static PyObject *py_wa_hmm_em(PyObject *self, PyObject *args) {
-    PyObject *rs, *cols, *prob, *src, *src_off, *tgt, *tgt_off, *jump;
+    PyObject *rs, *cols, *prob, *src, *src_off, *tgt, *tgt_off, *jump, *links;
     int src_vocab, tgt_vocab, iterations;
     double p0, alpha;
-    if (!PyArg_ParseTuple(args, "OOOOOOOiidOid", &rs, &cols, &prob, &src, &src_off, &tgt,
-                          &tgt_off, &src_vocab, &tgt_vocab, &p0, &jump, &iterations, &alpha))
+    if (!PyArg_ParseTuple(args, "OOOOOOOiidOidO", &rs, &cols, &prob, &src, &src_off, &tgt,
+                          &tgt_off, &src_vocab, &tgt_vocab, &p0, &jump, &iterations, &alpha,
+                          &links))
         return NULL;
-    corpus_args a = {0};
-    PyArrayObject *held[4] = {NULL, NULL, NULL, NULL};
+    model_args m = {0};
+    PyArrayObject *held_jump = NULL;
     PyObject *result = NULL;
     double *counts = NULL;
-    wa_table t;
     wa_hmm h;
-    if (parse_corpus(&a, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab) < 0 ||
-        table_view(&t, rs, cols, prob, held, src_vocab) < 0 ||
-        jump_view(&h, jump, p0, alpha, &held[3]) < 0)
+    if (parse_model(&m, rs, cols, prob, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab,
+                    links) < 0 ||
+        check_training_links(&m) < 0 || jump_view(&h, jump, p0, alpha, &held_jump) < 0)
         goto done;
     int threads = calign_num_threads();
-    if (!(counts = malloc(sizeof(double) * (t.n_entries + 1) * threads)) ||
+    if (!(counts = malloc(sizeof(double) * (m.table.n_entries + 1) * threads)) ||
         !(result = PyList_New(iterations))) {
         PyErr_NoMemory();
         goto done;
@@ -246,20 +352,25 @@ static PyObject *py_wa_hmm_em(PyObject *self, PyObject *args) {
     for (int it = 0; it < iterations; it++) {
         double ll;
         Py_BEGIN_ALLOW_THREADS
-        ll = wa_hmm_em_iteration(&t, &h, &a.corpus, counts, threads);
+        ll = wa_hmm_em_iteration(&m.table, &h, &m.corpus.corpus, &m.links, counts, threads);
         Py_END_ALLOW_THREADS
+        if (isnan(ll)) {
+            Py_CLEAR(result);
+            PyErr_NoMemory();
+            goto done;
+        }
         PyList_SET_ITEM(result, it, PyFloat_FromDouble(ll));
     }
 done:
     free(counts);
-    for (int i = 0; i < 4; i++) Py_XDECREF(held[i]);
-    release_corpus(&a);
+    Py_XDECREF(held_jump);
+    release_model(&m);
     return result;
 }
 
-/* wa_hmm_decode(table..., corpus..., vocabs, p0, jump, viterbi) -> list of
- * [J] int arrays (viterbi: source position 1..I or 0 for NULL) or of
- * [J, I + 1] posteriors */
+/* wa_hmm_decode(table..., corpus..., vocabs, p0, jump, viterbi) -> int32 [all
+ * target words] (viterbi: source position 1..I, or 0 for NULL) or float64
+ * posteriors laid out as wa_posteriors' */
 static PyObject *py_wa_hmm_decode(PyObject *self, PyObject *args) {
     PyObject *rs, *cols, *prob, *src, *src_off, *tgt, *tgt_off, *jump;
     int src_vocab, tgt_vocab, viterbi;
@@ -267,35 +378,29 @@ static PyObject *py_wa_hmm_decode(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOOOOOiidOp", &rs, &cols, &prob, &src, &src_off, &tgt,
                           &tgt_off, &src_vocab, &tgt_vocab, &p0, &jump, &viterbi))
         return NULL;
-    corpus_args a = {0};
-    PyArrayObject *held[4] = {NULL, NULL, NULL, NULL};
+    model_args m = {0};
+    PyArrayObject *held_jump = NULL;
     PyObject *result = NULL;
-    wa_table t;
     wa_hmm h;
-    if (parse_corpus(&a, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab) < 0 ||
-        table_view(&t, rs, cols, prob, held, src_vocab) < 0 ||
-        jump_view(&h, jump, p0, 0.0, &held[3]) < 0)
+    if (parse_model(&m, rs, cols, prob, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab, NULL) < 0 ||
+        jump_view(&h, jump, p0, 0.0, &held_jump) < 0)
         goto done;
-    result = PyList_New(a.corpus.n_pairs);
-    for (long k = 0; result && k < a.corpus.n_pairs; k++) {
-        npy_intp n_tgt = a.corpus.tgt_off[k + 1] - a.corpus.tgt_off[k];
-        npy_intp n_src = a.corpus.src_off[k + 1] - a.corpus.src_off[k];
-        npy_intp dims[2] = {n_tgt, n_src + 1};
-        PyObject *out = viterbi ? PyArray_ZEROS(1, dims, NPY_INT32, 0)
-                                : PyArray_ZEROS(2, dims, NPY_FLOAT64, 0);
-        if (!out) {
-            Py_CLEAR(result);
-            break;
-        }
-        if (viterbi)
-            wa_hmm_viterbi(PyArray_DATA((PyArrayObject *)out), &t, &h, &a.corpus, k);
-        else
-            wa_hmm_posteriors(PyArray_DATA((PyArrayObject *)out), &t, &h, &a.corpus, k);
-        PyList_SET_ITEM(result, k, out);
+    const wa_corpus *c = &m.corpus.corpus;
+    npy_intp n = viterbi ? c->tgt_off[c->n_pairs] : m.link_off[c->n_pairs];
+    if (!(result = PyArray_SimpleNew(1, &n, viterbi ? NPY_INT32 : NPY_FLOAT64))) goto done;
+    void *out = PyArray_DATA((PyArrayObject *)result);
+    int threads = calign_num_threads(), status;
+    Py_BEGIN_ALLOW_THREADS
+    status = viterbi ? wa_hmm_viterbi(out, &m.table, &h, c, threads)
+                     : wa_hmm_posteriors(out, m.link_off, &m.table, &h, c, threads);
+    Py_END_ALLOW_THREADS
+    if (status < 0) {
+        Py_CLEAR(result);
+        PyErr_NoMemory();
     }
 done:
-    for (int i = 0; i < 4; i++) Py_XDECREF(held[i]);
-    release_corpus(&a);
+    Py_XDECREF(held_jump);
+    release_model(&m);
     return result;
 }
 
@@ -380,6 +485,7 @@ PyMethodDef calign_wordalign_methods[] = {
     {"ot_cost", py_ot_cost, METH_VARARGS, "1 - cosine (+ distortion) between two embedding sets."},
     {"ot_transport", py_ot_transport, METH_VARARGS, "Entropic OT plan in the log domain."},
     {"wa_hmm_em", py_wa_hmm_em, METH_VARARGS, "EM iterations of the HMM aligner, in place."},
+    {"wa_links", py_wa_links, METH_VARARGS, "Table index of every link of a corpus."},
     {"wa_hmm_decode", py_wa_hmm_decode, METH_VARARGS, "Viterbi links or posteriors of the HMM."},
     {"wa_build_table", py_wa_build_table, METH_VARARGS, "Sparse translation table of a corpus."},
     {"wa_em", py_wa_em, METH_VARARGS, "EM iterations of IBM Model 1 or 2, in place."},

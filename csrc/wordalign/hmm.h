@@ -5,9 +5,16 @@
  * last real position). Transitions: to source position i with probability
  * (1 - p0) c(i - i') / sum_i'' c(i'' - i'), jump widths clipped to
  * [-max_jump, max_jump]; to NULL with p0 (keeping i'). The first word jumps
- * from position 0. Emissions come from the IBM translation table. */
+ * from position 0. Emissions come from the IBM translation table.
+ *
+ * Because c is constant beyond +-max_jump, every sum over the previous
+ * position splits into a band of 2 max_jump - 1 widths and two constant
+ * tails (prefix and suffix sums): forward-backward, the expected counts and
+ * Viterbi cost O(J I max_jump) per pair, not O(J I^2). */
 #ifndef CALIGN_WA_HMM_H
 #define CALIGN_WA_HMM_H
+
+#include <stddef.h>
 
 #include "wordalign/ibm.h"
 
@@ -18,17 +25,29 @@ typedef struct {
     double alpha; /* Dirichlet prior of the translation table (see wa_table_update) */
 } wa_hmm;
 
+/* Widest jump class the kernels take (jump: 2 * WA_MAX_JUMP + 1 weights). */
+#define WA_MAX_JUMP 64
+
+/* Doubles of scratch one thread needs for pairs up to I_max x J_max. */
+size_t wa_hmm_scratch_doubles(int I_max, int J_max);
+
 /* One EM iteration: forward-backward (scaled) over every pair, then
  * t(f | e) and the jump weights from the posteriors. counts: n_entries
- * doubles per thread. Returns the log-likelihood before the update. */
-double wa_hmm_em_iteration(wa_table *t, wa_hmm *h, const wa_corpus *c, double *counts,
-                           int n_threads);
+ * doubles per thread. Returns the log-likelihood before the update, NAN when
+ * out of memory. */
+double wa_hmm_em_iteration(wa_table *t, wa_hmm *h, const wa_corpus *c, const wa_links *links,
+                           double *counts, int n_threads);
 
-/* Link posteriors of pair k: out[(I + 1) * j + i], i = 0 the NULL mass. */
-void wa_hmm_posteriors(double *out, const wa_table *t, const wa_hmm *h, const wa_corpus *c,
-                       long k);
+/* Link posteriors of every pair, in parallel: pair k's [J][I + 1] block (i = 0
+ * the NULL mass) at out + off[k], off as wa_link_offsets. Returns 0, -1 when
+ * out of memory. */
+int wa_hmm_posteriors(double *out, const int64_t *off, const wa_table *t, const wa_hmm *h,
+                      const wa_corpus *c, int n_threads);
 
-/* Viterbi path of pair k: best[j] = source position (1..I) or 0 for NULL. */
-void wa_hmm_viterbi(int *best, const wa_table *t, const wa_hmm *h, const wa_corpus *c, long k);
+/* Viterbi path of every pair, in parallel: best[tgt_off[k] + j] = source
+ * position (1..I) of target word j of pair k, or 0 for NULL. Returns 0, -1
+ * when out of memory. */
+int wa_hmm_viterbi(int32_t *best, const wa_table *t, const wa_hmm *h, const wa_corpus *c,
+                   int n_threads);
 
 #endif

@@ -1,6 +1,7 @@
 #include "wordalign/ibm.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +54,13 @@ int wa_table_build(wa_table *t, const wa_corpus *c) {
     }
     t->rows = c->src_vocab;
     t->n_entries = t->row_start[c->src_vocab];
+    if (t->n_entries > INT32_MAX) {
+        free(occ_start);
+        free(occ);
+        free(stamp);
+        wa_table_free(t);
+        return -2;
+    }
     t->cols = malloc(sizeof(int32_t) * (t->n_entries > 0 ? t->n_entries : 1));
     t->prob = malloc(sizeof(double) * (t->n_entries > 0 ? t->n_entries : 1));
     if (!t->cols || !t->prob) goto fail;
@@ -124,6 +132,43 @@ int64_t wa_table_find(const wa_table *t, int32_t e, int32_t f) {
     return -1;
 }
 
+void wa_link_offsets(int64_t *off, const wa_corpus *c) {
+    off[0] = 0;
+    for (long k = 0; k < c->n_pairs; k++)
+        off[k + 1] = off[k] + (c->src_off[k + 1] - c->src_off[k] + 1) * (c->tgt_off[k + 1] - c->tgt_off[k]);
+}
+
+void wa_pair_links(int32_t *out, const wa_table *t, const wa_corpus *c, long k) {
+    const int32_t *e = c->src + c->src_off[k], *f = c->tgt + c->tgt_off[k];
+    const int I = (int)(c->src_off[k + 1] - c->src_off[k]);
+    const int J = (int)(c->tgt_off[k + 1] - c->tgt_off[k]);
+    for (int j = 0; j < J; j++)
+        for (int i = 0; i <= I; i++)
+            out[(size_t)j * (I + 1) + i] = (int32_t)wa_table_find(t, i == 0 ? 0 : e[i - 1], f[j]);
+}
+
+void wa_links_fill(int32_t *index, const int64_t *off, const wa_table *t, const wa_corpus *c,
+                   int n_threads) {
+#pragma omp parallel for schedule(static) num_threads(n_threads)
+    for (long k = 0; k < c->n_pairs; k++) wa_pair_links(index + off[k], t, c, k);
+}
+
+const int32_t *wa_links_of_pair(int32_t *scratch, const wa_links *links, const wa_table *t,
+                                const wa_corpus *c, long k) {
+    if (links && links->index) return links->index + links->off[k];
+    wa_pair_links(scratch, t, c, k);
+    return scratch;
+}
+
+void wa_longest(int *I_max, int *J_max, const wa_corpus *c) {
+    *I_max = *J_max = 0;
+    for (long k = 0; k < c->n_pairs; k++) {
+        int I = (int)(c->src_off[k + 1] - c->src_off[k]), J = (int)(c->tgt_off[k + 1] - c->tgt_off[k]);
+        *I_max = I > *I_max ? I : *I_max;
+        *J_max = J > *J_max ? J : *J_max;
+    }
+}
+
 /* fast_align's distortion feature h(i, j) = -|i/I - j/J| (1-based i, j). */
 static inline double diagonal_feature(int i, int j, int I, int J) {
     return -fabs((double)i / I - (double)j / J);
@@ -158,20 +203,16 @@ static double expected_feature(int j, int I, int J, double tension) {
 
 /* The E-step of one pair: posteriors of each target word's link, added (times
  * 1) into counts; returns log p(f | e) and adds the posterior-weighted
- * distortion feature into *feature. probs: I + 1 doubles, entry: I + 1
- * table indices (each looked up once per word pair). */
-static double pair_expectations(double *counts, double *feature, double *probs, int64_t *entry,
-                                const wa_table *t, const wa_settings *s, const wa_corpus *c,
-                                long k) {
-    const int32_t *e = c->src + c->src_off[k], *f = c->tgt + c->tgt_off[k];
-    const int I = (int)(c->src_off[k + 1] - c->src_off[k]);
-    const int J = (int)(c->tgt_off[k + 1] - c->tgt_off[k]);
+ * distortion feature into *feature. probs: I + 1 doubles; entry: the pair's
+ * link indices. */
+static double pair_expectations(double *counts, double *feature, double *probs,
+                                const int32_t *entry, const wa_table *t, const wa_settings *s,
+                                int I, int J) {
     double loglik = 0.0;
-    for (int j = 1; j <= J; j++) {
+    for (int j = 1; j <= J; j++, entry += I + 1) {
         alignment_prior(probs, j, I, J, s);
         double z = 0.0;
         for (int i = 0; i <= I; i++) {
-            entry[i] = wa_table_find(t, i == 0 ? 0 : e[i - 1], f[j - 1]);
             probs[i] *= t->prob[entry[i]];
             z += probs[i];
         }
@@ -180,28 +221,22 @@ static double pair_expectations(double *counts, double *feature, double *probs, 
         for (int i = 1; i <= I; i++) {
             double post = probs[i] / z;
             counts[entry[i]] += post;
-            *feature += post * diagonal_feature(i, j, I, J);
+            if (s->model2) *feature += post * diagonal_feature(i, j, I, J);
         }
     }
     return loglik;
 }
 
-static int longest_source(const wa_corpus *c) {
-    int longest = 0;
-    for (long k = 0; k < c->n_pairs; k++) {
-        int I = (int)(c->src_off[k + 1] - c->src_off[k]);
-        longest = I > longest ? I : longest;
-    }
-    return longest;
-}
-
-double wa_em_iteration(wa_table *t, wa_settings *s, const wa_corpus *c, double *counts,
-                       int n_threads) {
+double wa_em_iteration(wa_table *t, wa_settings *s, const wa_corpus *c, const wa_links *links,
+                       double *counts, int n_threads) {
     const int64_t n = t->n_entries;
-    const int width = longest_source(c) + 1;
-    /* per thread: loglik, feature, probs [width], entry indices [width] */
-    const size_t stride = 2 + 2 * (size_t)width;
+    int I_max, J_max;
+    wa_longest(&I_max, &J_max, c);
+    const size_t width = (size_t)I_max + 1;
+    /* per thread: loglik, feature, probs [width], link indices [width J_max] */
+    const size_t stride = 2 + width + (width * J_max + 1) / 2;
     double *per_thread = calloc((size_t)n_threads * stride, sizeof(double));
+    if (!per_thread) return NAN;
     memset(counts, 0, sizeof(double) * n * n_threads);
     /* Each thread sums into its own count table over a fixed block of pairs;
      * the tables are added in thread order: the same result at the same
@@ -211,10 +246,14 @@ double wa_em_iteration(wa_table *t, wa_settings *s, const wa_corpus *c, double *
         int tid = omp_get_thread_num();
         double *mine = counts + (size_t)tid * n;
         double *acc = per_thread + (size_t)tid * stride;
-        int64_t *entry = (int64_t *)(acc + 2 + width);
+        int32_t *scratch = (int32_t *)(acc + 2 + width);
 #pragma omp for schedule(static)
-        for (long k = 0; k < c->n_pairs; k++)
-            acc[0] += pair_expectations(mine, &acc[1], acc + 2, entry, t, s, c, k);
+        for (long k = 0; k < c->n_pairs; k++) {
+            const int I = (int)(c->src_off[k + 1] - c->src_off[k]);
+            const int J = (int)(c->tgt_off[k + 1] - c->tgt_off[k]);
+            const int32_t *entry = wa_links_of_pair(scratch, links, t, c, k);
+            acc[0] += pair_expectations(mine, &acc[1], acc + 2, entry, t, s, I, J);
+        }
     }
     double loglik = 0.0, feature = 0.0;
     for (int th = 0; th < n_threads; th++) {
@@ -247,20 +286,23 @@ double wa_em_iteration(wa_table *t, wa_settings *s, const wa_corpus *c, double *
     return loglik;
 }
 
-void wa_posteriors(double *out, const wa_table *t, const wa_settings *s, const wa_corpus *c,
-                   long k) {
-    const int32_t *e = c->src + c->src_off[k], *f = c->tgt + c->tgt_off[k];
-    const int I = (int)(c->src_off[k + 1] - c->src_off[k]);
-    const int J = (int)(c->tgt_off[k + 1] - c->tgt_off[k]);
-    for (int j = 1; j <= J; j++) {
-        double *p = out + (size_t)(j - 1) * (I + 1);
-        alignment_prior(p, j, I, J, s);
-        double z = 0.0;
-        for (int i = 0; i <= I; i++) {
-            int64_t idx = wa_table_find(t, i == 0 ? 0 : e[i - 1], f[j - 1]);
-            p[i] *= idx >= 0 ? t->prob[idx] : 0.0;
-            z += p[i];
+void wa_posteriors(double *out, const int64_t *off, const wa_table *t, const wa_settings *s,
+                   const wa_corpus *c, int n_threads) {
+#pragma omp parallel for schedule(dynamic, 256) num_threads(n_threads)
+    for (long k = 0; k < c->n_pairs; k++) {
+        const int32_t *e = c->src + c->src_off[k], *f = c->tgt + c->tgt_off[k];
+        const int I = (int)(c->src_off[k + 1] - c->src_off[k]);
+        const int J = (int)(c->tgt_off[k + 1] - c->tgt_off[k]);
+        for (int j = 1; j <= J; j++) {
+            double *p = out + off[k] + (size_t)(j - 1) * (I + 1);
+            alignment_prior(p, j, I, J, s);
+            double z = 0.0;
+            for (int i = 0; i <= I; i++) {
+                int64_t idx = wa_table_find(t, i == 0 ? 0 : e[i - 1], f[j - 1]);
+                p[i] *= idx >= 0 ? t->prob[idx] : 0.0;
+                z += p[i];
+            }
+            for (int i = 0; i <= I; i++) p[i] = z > 0 ? p[i] / z : 0.0;
         }
-        for (int i = 0; i <= I; i++) p[i] = z > 0 ? p[i] / z : 0.0;
     }
 }

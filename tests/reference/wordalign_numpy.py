@@ -127,3 +127,29 @@ def hmm_em(pairs, n_source, n_target, t, jump, p0, iterations, alpha=0.0):
         t = normalise(t, counts, alpha)
         jump = jump_counts / jump_counts.sum()
     return t, jump, lls
+
+
+def hmm_paths(src, tgt, t, jump, p0):
+    """Every alignment a (a_j in 0..I, 0 = NULL) of one pair with its joint
+    probability p(a, f | e) under the HMM, by enumeration (tiny pairs only):
+    a dict {a: probability}. The first word jumps from position 0; NULL keeps
+    the last real position."""
+    import itertools
+
+    I, D = len(src), (len(jump) - 1) // 2
+    words = np.concatenate([[0], src]).astype(int)
+
+    def to(p, i):
+        if i == 0:
+            return p0
+        w = np.array([jump[int(np.clip(k - p, -D, D)) + D] for k in range(1, I + 1)])
+        return (1 - p0) * w[i - 1] / w.sum()
+
+    result = {}
+    for a in itertools.product(range(I + 1), repeat=len(tgt)):
+        prob, last = 1.0, 0
+        for f, i in zip(tgt, a):
+            prob *= to(last, i) * t[words[i], f]
+            last = i if i else last
+        result[a] = prob
+    return result

@@ -4,6 +4,7 @@ The model explains each target word by one source word or NULL; EM runs in C
 (OpenMP over sentence pairs, deterministic at a fixed thread count).
 """
 
+import gc
 import json
 import os
 import tempfile
@@ -14,6 +15,11 @@ from calign import _C
 from calign.wordalign.corpus import Vocabulary, check_pairs, flatten
 
 FORMAT = "calign.wordalign/1"
+
+# Training keeps the table index of every link, (I + 1) J int32 per pair, so
+# that EM does not look the words up again at each iteration; above this many
+# bytes it looks them up as it goes instead (slower, no corpus-sized array).
+LINK_CACHE_BYTES = 1 << 30
 
 
 def _check_alpha(alpha):
@@ -46,15 +52,18 @@ class IBM1:
         return (self.model2, float(self.p0), float(self.tension))
 
     def _start_training(self, pairs, iterations):
-        """Vocabularies, flat corpus arrays and a uniform table for `pairs`."""
-        if not isinstance(iterations, int) or iterations < 1:
-            raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+        """Vocabularies, flat corpus arrays, a uniform table for `pairs` and the
+        cached link indices (None above LINK_CACHE_BYTES)."""
+        _check_iterations(iterations)
         pairs = self._oriented(pairs)
         self.source_vocab, self.target_vocab = Vocabulary(), Vocabulary()
         arrays = flatten(pairs, self.source_vocab, self.target_vocab)
         vocabs = (len(self.source_vocab), len(self.target_vocab))
         self.table = _C.wa_build_table(*arrays, *vocabs)
-        return arrays, vocabs
+        n_links = int(((np.diff(arrays[1]) + 1) * np.diff(arrays[3])).sum())
+        links = _C.wa_links(*self.table, *arrays, *vocabs) if 4 * n_links <= LINK_CACHE_BYTES \
+            else None
+        return arrays, vocabs, links
 
     def _lookup(self, pairs):
         """(table with an extra empty row, corpus arrays, vocabulary sizes) to
@@ -69,10 +78,10 @@ class IBM1:
 
     def fit(self, pairs, iterations=5):
         """Runs `iterations` EM iterations from a uniform table; returns self."""
-        arrays, vocabs = self._start_training(pairs, iterations)
+        arrays, vocabs, links = self._start_training(pairs, iterations)
         lls, self.tension = _C.wa_em(*self.table, *arrays, *vocabs, self.model2, float(self.p0),
                                      float(self.tension), self.model2 and self.learn_tension,
-                                     iterations, self.alpha)
+                                     iterations, self.alpha, links)
         self.log_likelihoods += lls
         return self
 
@@ -82,11 +91,12 @@ class IBM1:
 
     def posteriors(self, pair):
         """[target length, source length + 1] link posteriors; column 0 is NULL."""
-        return self._all_posteriors([pair])[0]
+        arrays, flat = self._all_posteriors([pair])
+        return flat.reshape(int(arrays[3][1]), int(arrays[1][1]) + 1)
 
     def _all_posteriors(self, pairs):
         table, arrays, vocabs = self._lookup(pairs)
-        return _C.wa_posteriors(*table, *arrays, *vocabs, *self._settings())
+        return arrays, _C.wa_posteriors(*table, *arrays, *vocabs, *self._settings())
 
     def align(self, pairs, method="viterbi", threshold=0.5):
         """Links [(i, j), ...] per pair, i indexing the source and j the target
@@ -98,16 +108,18 @@ class IBM1:
             raise ValueError(f"method must be 'viterbi' or 'posterior', got {method!r}")
         if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
-        result = []
-        for post in self._all_posteriors(pairs):
-            if method == "viterbi":
-                best = post.argmax(axis=1) if post.size else np.zeros(0, int)
-                links = [(int(i) - 1, j) for j, i in enumerate(best) if i > 0]
-            else:
-                js, is_ = np.nonzero(post[:, 1:] > threshold)
-                links = [(int(i), int(j)) for j, i in zip(js, is_)]
-            result.append(sorted((j, i) for i, j in links) if self.reverse else sorted(links))
-        return result
+        arrays, flat = self._all_posteriors(pairs)
+        if method == "viterbi":
+            return self._links(arrays, *_best_of_blocks(arrays, flat))
+        return self._links(arrays, *_above_threshold(arrays, flat, threshold))
+
+    def _links(self, arrays, pair, source, target):
+        """Flat links (pair index, source position, target position), both
+        positions from 0 in this model's orientation, as sorted lists per pair
+        in the orientation of the pairs as given."""
+        if self.reverse:
+            source, target = target, source
+        return links_per_pair(pair, source, target, len(arrays[1]) - 1)
 
     # ---- files -----------------------------------------------------------------
 
@@ -171,3 +183,66 @@ class IBM2(IBM1):
         if not tension > 0:
             raise ValueError(f"tension must be > 0, got {tension!r}")
         self.p0, self.tension, self.learn_tension = float(p0), float(tension), bool(learn_tension)
+
+
+def _check_iterations(iterations):
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+
+
+def block_geometry(arrays):
+    """For the flat [J, I + 1] posterior blocks of a corpus: (block offsets,
+    row widths I + 1, target lengths J)."""
+    widths = np.diff(arrays[1]) + 1
+    lengths = np.diff(arrays[3])
+    offsets = np.zeros(len(widths) + 1, np.int64)
+    np.cumsum(widths * lengths, out=offsets[1:])
+    return offsets, widths, lengths
+
+
+def _best_of_blocks(arrays, flat):
+    """Each target word's most probable link (none when NULL wins), as flat
+    (pair, source position, target position) from the posterior blocks."""
+    offsets, widths, lengths = block_geometry(arrays)
+    pair = np.repeat(np.arange(len(widths)), lengths)
+    row_start = offsets[pair] + (np.arange(len(pair)) - arrays[3][pair]) * widths[pair]
+    best = np.zeros(len(pair), np.int64)
+    # argmax over each row of varying width: scan the widest row's columns
+    top = flat[row_start] if len(pair) else np.zeros(0)
+    for col in range(1, int(widths.max()) if len(widths) else 0):
+        inside = col < widths[pair]
+        value = np.where(inside, flat[np.minimum(row_start + col, len(flat) - 1)], -1.0)
+        better = value > top
+        best[better], top[better] = col, value[better]
+    keep = best > 0
+    return pair[keep], best[keep] - 1, (np.arange(len(pair)) - arrays[3][pair])[keep]
+
+
+def _above_threshold(arrays, flat, threshold):
+    """Every link whose posterior exceeds threshold, as flat (pair, source
+    position, target position)."""
+    offsets, widths, _ = block_geometry(arrays)
+    at = np.flatnonzero(flat > threshold)
+    pair = np.searchsorted(offsets, at, side="right") - 1
+    local = at - offsets[pair]
+    target, column = local // widths[pair], local % widths[pair]
+    keep = column > 0
+    return pair[keep], column[keep] - 1, target[keep]
+
+
+def links_per_pair(pair, source, target, n_pairs):
+    """Sorted [(source, target), ...] lists, one per pair, from flat arrays."""
+    order = np.lexsort((target, source, pair))
+    bounds = np.searchsorted(pair[order], np.arange(n_pairs + 1)).tolist()
+    source, target = source[order].tolist(), target[order].tolist()
+    # A million small tuples would trigger collections that walk the whole
+    # heap (the corpus included) many times over; tuples of ints hold no
+    # cycles, so the collector is paused while they are made (3x faster on
+    # 100k pairs).
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return [list(zip(source[a:b], target[a:b])) for a, b in zip(bounds[:-1], bounds[1:])]
+    finally:
+        if was_enabled:
+            gc.enable()
