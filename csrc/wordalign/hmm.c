@@ -106,6 +106,10 @@ static inline __attribute__((always_inline)) void fill_model(pair_work *w, const
     const int I = w->I;
     const size_t grid = (size_t)w->J * (I + 1);
     for (size_t x = 0; x < grid; x++) w->emit[x] = entry[x] >= 0 ? t->prob[entry[x]] : 0.0;
+    /* a target word unseen in training (no entry, not even NULL's) can only
+     * come from NULL: emission 1 there, the same factor on every path */
+    for (int j = 0; j < w->J; j++)
+        if (entry[(size_t)j * (I + 1)] < 0) w->emit[(size_t)j * (I + 1)] = 1.0;
     /* Z(p) = sum_{i=1..I} c(i - p) = sum_i 1[i >= 1] back(p - i) */
     for (int i = 0; i <= I; i++) w->u[i] = i > 0;
     clamped_convolution(w->weight, w->u, k->back, k->D, I, 0);
@@ -268,6 +272,7 @@ static void update_jumps(wa_hmm *h, const double *raw) {
 
 double wa_hmm_em_iteration(wa_table *t, wa_hmm *h, const wa_corpus *c, const wa_links *links,
                            double *counts, int n_threads) {
+    n_threads = wa_team(n_threads, c);
     const int64_t n = t->n_entries;
     const int n_jumps = 2 * h->max_jump + 1;
     int I_max, J_max;
@@ -302,8 +307,83 @@ double wa_hmm_em_iteration(wa_table *t, wa_hmm *h, const wa_corpus *c, const wa_
     return loglik;
 }
 
-int wa_hmm_posteriors(double *out, const int64_t *off, const wa_table *t, const wa_hmm *h,
-                      const wa_corpus *c, int n_threads) {
+double wa_hmm_agreement_iteration(wa_table *t_f, wa_hmm *h_f, const wa_corpus *c_f,
+                                  const wa_links *links_f, double *counts_f, wa_table *t_r,
+                                  wa_hmm *h_r, const wa_corpus *c_r, const wa_links *links_r,
+                                  double *counts_r, int n_threads) {
+    n_threads = wa_team(n_threads, c_f);
+    const int64_t n_f = t_f->n_entries, n_r = t_r->n_entries;
+    const int jumps_f = 2 * h_f->max_jump + 1, jumps_r = 2 * h_r->max_jump + 1;
+    int I_max, J_max;
+    wa_longest(&I_max, &J_max, c_f);
+    const size_t per_f = wa_hmm_scratch_doubles(I_max, J_max);
+    const size_t per_r = wa_hmm_scratch_doubles(J_max, I_max);
+    /* forward work, reverse work, raw jump counts of each, loglik */
+    const size_t stride = per_f + per_r + jumps_f + jumps_r + 1;
+    double *scratch = calloc(stride * n_threads, sizeof(double));
+    if (!scratch) return NAN;
+    jump_kernel kernel_f, kernel_r;
+    kernel_of(&kernel_f, h_f);
+    kernel_of(&kernel_r, h_r);
+    memset(counts_f, 0, sizeof(double) * n_f * n_threads);
+    memset(counts_r, 0, sizeof(double) * n_r * n_threads);
+#pragma omp parallel num_threads(n_threads)
+    {
+        int tid = omp_get_thread_num();
+        double *mine_f = counts_f + (size_t)tid * n_f, *mine_r = counts_r + (size_t)tid * n_r;
+        double *base = scratch + (size_t)tid * stride;
+        double *raw_f = base + per_f + per_r, *raw_r = raw_f + jumps_f;
+        double *loglik = raw_r + jumps_r;
+#pragma omp for schedule(static)
+        for (long k = 0; k < c_f->n_pairs; k++) {
+            pair_work f = pair_of(base, c_f, k), r = pair_of(base + per_f, c_r, k);
+            const int I = f.I, J = f.J;
+            const int32_t *entry_f = wa_links_of_pair(f.entry, links_f, t_f, c_f, k);
+            const int32_t *entry_r = wa_links_of_pair(r.entry, links_r, t_r, c_r, k);
+            *loglik += pair_posteriors(&f, raw_f, &kernel_f, t_f, entry_f);
+            *loglik += pair_posteriors(&r, raw_r, &kernel_r, t_r, entry_r);
+            /* Liang et al. (2006), section 3: q(i, j) = p_f(a_j = i) p_r(b_i = j)
+             * counts for both tables; NULL counts as in the Berkeley Aligner's
+             * merge: the direction's NULL posterior times the probability that
+             * no word of the other side picked this one */
+            for (int j = 0; j < J; j++) {
+                const double *pf = f.post + (size_t)j * (I + 1);
+                double none = 1.0;
+                for (int i = 1; i <= I; i++) {
+                    double pr = r.post[(size_t)(i - 1) * (J + 1) + j + 1];
+                    double q = pf[i] * pr;
+                    mine_f[entry_f[(size_t)j * (I + 1) + i]] += q;
+                    mine_r[entry_r[(size_t)(i - 1) * (J + 1) + j + 1]] += q;
+                    none *= pr < 1.0 ? 1.0 - pr : 0.0;
+                }
+                mine_f[entry_f[(size_t)j * (I + 1)]] += pf[0] * none;
+            }
+            for (int i = 1; i <= I; i++) {
+                double none = 1.0;
+                for (int j = 0; j < J; j++) {
+                    double pf = f.post[(size_t)j * (I + 1) + i];
+                    none *= pf < 1.0 ? 1.0 - pf : 0.0;
+                }
+                mine_r[entry_r[(size_t)(i - 1) * (J + 1)]] += r.post[(size_t)(i - 1) * (J + 1)] * none;
+            }
+        }
+    }
+    reduce_blocks(scratch + per_f + per_r, stride, jumps_f + jumps_r + 1, n_threads);
+    reduce_blocks(counts_f, n_f, n_f, n_threads);
+    reduce_blocks(counts_r, n_r, n_r, n_threads);
+    const double *raw = scratch + per_f + per_r;
+    double loglik = raw[jumps_f + jumps_r];
+    wa_table_update(t_f, counts_f, h_f->alpha);
+    wa_table_update(t_r, counts_r, h_r->alpha);
+    update_jumps(h_f, raw);
+    update_jumps(h_r, raw + jumps_f);
+    free(scratch);
+    return loglik;
+}
+
+int wa_hmm_posteriors(double *out, const wa_table *t, const wa_hmm *h, const wa_corpus *c,
+                      const wa_links *links, int n_threads) {
+    n_threads = wa_team(n_threads, c);
     int I_max, J_max;
     wa_longest(&I_max, &J_max, c);
     const size_t per_work = wa_hmm_scratch_doubles(I_max, J_max);
@@ -317,9 +397,9 @@ int wa_hmm_posteriors(double *out, const int64_t *off, const wa_table *t, const 
 #pragma omp for schedule(dynamic, 256)
         for (long k = 0; k < c->n_pairs; k++) {
             pair_work w = pair_of(base, c, k);
-            wa_pair_links(w.entry, t, c, k);
-            pair_posteriors(&w, NULL, &kernel, t, w.entry);
-            memcpy(out + off[k], w.post, sizeof(double) * w.J * (w.I + 1));
+            const int32_t *entry = wa_links_of_pair(w.entry, links, t, c, k);
+            pair_posteriors(&w, NULL, &kernel, t, entry);
+            memcpy(out + links->off[k], w.post, sizeof(double) * w.J * (w.I + 1));
         }
     }
     free(scratch);
@@ -404,7 +484,8 @@ CALIGN_SIMD_CLONES static void viterbi_pair(int32_t *best, pair_work *w, const j
 }
 
 int wa_hmm_viterbi(int32_t *best, const wa_table *t, const wa_hmm *h, const wa_corpus *c,
-                   int n_threads) {
+                   const wa_links *links, int n_threads) {
+    n_threads = wa_team(n_threads, c);
     int I_max, J_max;
     wa_longest(&I_max, &J_max, c);
     const size_t per_work = wa_hmm_scratch_doubles(I_max, J_max);
@@ -424,8 +505,7 @@ int wa_hmm_viterbi(int32_t *best, const wa_table *t, const wa_hmm *h, const wa_c
                 memset(out, 0, sizeof(int32_t) * w.J);
                 continue;
             }
-            wa_pair_links(w.entry, t, c, k);
-            fill_model(&w, &kernel, t, w.entry);
+            fill_model(&w, &kernel, t, wa_links_of_pair(w.entry, links, t, c, k));
             viterbi_pair(out, &w, &kernel);
         }
     }

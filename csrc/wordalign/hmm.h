@@ -38,16 +38,31 @@ size_t wa_hmm_scratch_doubles(int I_max, int J_max);
 double wa_hmm_em_iteration(wa_table *t, wa_hmm *h, const wa_corpus *c, const wa_links *links,
                            double *counts, int n_threads);
 
+/* One EM iteration of alignment by agreement (Liang, Taskar & Klein 2006),
+ * training a forward model (f: t(target | source), corpus c_f) and a reverse
+ * one (r: t(source | target), corpus c_r, the same pairs with the sides
+ * swapped) together: the E-step runs both HMMs on each pair and counts link
+ * (i, j) in BOTH translation tables with the product of the two directions'
+ * posteriors, NULL of target word j with p_f(a_j = NULL) prod_i (1 -
+ * p_r(b_i = j)) (and the same for the reverse), as the Berkeley Aligner
+ * does; each model's jump weights come from its own posteriors.
+ * counts_f, counts_r: n_entries doubles per thread of each table. Returns
+ * the sum of the two log-likelihoods before the update, NAN when out of
+ * memory. */
+double wa_hmm_agreement_iteration(wa_table *t_f, wa_hmm *h_f, const wa_corpus *c_f,
+                                  const wa_links *links_f, double *counts_f, wa_table *t_r,
+                                  wa_hmm *h_r, const wa_corpus *c_r, const wa_links *links_r,
+                                  double *counts_r, int n_threads);
+
 /* Link posteriors of every pair, in parallel: pair k's [J][I + 1] block (i = 0
- * the NULL mass) at out + off[k], off as wa_link_offsets. Returns 0, -1 when
- * out of memory. */
-int wa_hmm_posteriors(double *out, const int64_t *off, const wa_table *t, const wa_hmm *h,
-                      const wa_corpus *c, int n_threads);
+ * the NULL mass) at out + links->off[k]. Returns 0, -1 when out of memory. */
+int wa_hmm_posteriors(double *out, const wa_table *t, const wa_hmm *h, const wa_corpus *c,
+                      const wa_links *links, int n_threads);
 
 /* Viterbi path of every pair, in parallel: best[tgt_off[k] + j] = source
  * position (1..I) of target word j of pair k, or 0 for NULL. Returns 0, -1
  * when out of memory. */
 int wa_hmm_viterbi(int32_t *best, const wa_table *t, const wa_hmm *h, const wa_corpus *c,
-                   int n_threads);
+                   const wa_links *links, int n_threads);
 
 #endif

@@ -122,14 +122,17 @@ void wa_table_free(wa_table *t) {
 
 int64_t wa_table_find(const wa_table *t, int32_t e, int32_t f) {
     if (e < 0 || e >= t->rows) return -1;
-    int64_t lo = t->row_start[e], hi = t->row_start[e + 1] - 1;
-    while (lo <= hi) {
-        int64_t mid = (lo + hi) / 2;
-        if (t->cols[mid] == f) return mid;
-        if (t->cols[mid] < f) lo = mid + 1;
-        else hi = mid - 1;
+    const int32_t *base = t->cols + t->row_start[e];
+    int64_t n = t->row_start[e + 1] - t->row_start[e];
+    if (n == 0) return -1;
+    /* branch-free lower bound: the halving step compiles to a conditional
+     * move, so a lookup costs log2(n) dependent loads and no mispredictions */
+    while (n > 1) {
+        int64_t half = n / 2;
+        base = base[half] <= f ? base + half : base;
+        n -= half;
     }
-    return -1;
+    return *base == f ? base - t->cols : -1;
 }
 
 void wa_link_offsets(int64_t *off, const wa_corpus *c) {
@@ -147,10 +150,60 @@ void wa_pair_links(int32_t *out, const wa_table *t, const wa_corpus *c, long k) 
             out[(size_t)j * (I + 1) + i] = (int32_t)wa_table_find(t, i == 0 ? 0 : e[i - 1], f[j]);
 }
 
-void wa_links_fill(int32_t *index, const int64_t *off, const wa_table *t, const wa_corpus *c,
-                   int n_threads) {
-#pragma omp parallel for schedule(static) num_threads(n_threads)
-    for (long k = 0; k < c->n_pairs; k++) wa_pair_links(index + off[k], t, c, k);
+int wa_links_fill(int32_t *index, const int64_t *off, const wa_table *t, const wa_corpus *c,
+                  int n_threads) {
+    n_threads = wa_team(n_threads, c);
+    /* Row by row instead of a binary search per link: the occurrences (pair,
+     * position) of each source id, then, for each id, its row's target ids
+     * scattered into pos[] (pos[f] = column of f in the row, -1 if absent),
+     * read once per link. O(links + table entries), rows in parallel. */
+    const int V = c->src_vocab;
+    const int64_t n_tokens = c->src_off[c->n_pairs];
+    int64_t *occ_start = calloc((size_t)V + 1, sizeof(int64_t));
+    int64_t *occ_pair = malloc(sizeof(int64_t) * (n_tokens + 1));
+    int32_t *occ_pos = malloc(sizeof(int32_t) * (n_tokens + 1));
+    int32_t *pos = malloc(sizeof(int32_t) * (size_t)c->tgt_vocab * n_threads);
+    int status = -1;
+    if (!occ_start || !occ_pair || !occ_pos || !pos) goto done;
+    for (int64_t x = 0; x < n_tokens; x++) occ_start[c->src[x] + 1]++;
+    for (int e = 0; e < V; e++) occ_start[e + 1] += occ_start[e];
+    for (long k = 0; k < c->n_pairs; k++)
+        for (int64_t x = c->src_off[k]; x < c->src_off[k + 1]; x++) {
+            int64_t at = occ_start[c->src[x]]++;
+            occ_pair[at] = k;
+            occ_pos[at] = (int32_t)(x - c->src_off[k]) + 1;
+        }
+    for (int e = V; e > 0; e--) occ_start[e] = occ_start[e - 1]; /* undo the fill's shift */
+    occ_start[0] = 0;
+    for (size_t x = 0; x < (size_t)c->tgt_vocab * n_threads; x++) pos[x] = -1;
+#pragma omp parallel num_threads(n_threads)
+    {
+        int32_t *mine = pos + (size_t)omp_get_thread_num() * c->tgt_vocab;
+#pragma omp for schedule(dynamic, 16)
+        for (int e = 0; e < V; e++) {
+            const int64_t first = t->row_start[e], end = t->row_start[e + 1];
+            const int64_t n_occ = e == 0 ? c->n_pairs : occ_start[e + 1] - occ_start[e];
+            if (n_occ == 0) continue;
+            for (int64_t x = first; x < end; x++) mine[t->cols[x]] = (int32_t)(x - first);
+            for (int64_t o = 0; o < n_occ; o++) {
+                const long k = e == 0 ? (long)o : (long)occ_pair[occ_start[e] + o];
+                const int i = e == 0 ? 0 : occ_pos[occ_start[e] + o];
+                const int I = (int)(c->src_off[k + 1] - c->src_off[k]);
+                const int32_t *f = c->tgt + c->tgt_off[k];
+                int32_t *out = index + off[k] + i;
+                for (int64_t j = 0; j < c->tgt_off[k + 1] - c->tgt_off[k]; j++)
+                    out[j * (I + 1)] = mine[f[j]] >= 0 ? (int32_t)(first + mine[f[j]]) : -1;
+            }
+            for (int64_t x = first; x < end; x++) mine[t->cols[x]] = -1;
+        }
+    }
+    status = 0;
+done:
+    free(occ_start);
+    free(occ_pair);
+    free(occ_pos);
+    free(pos);
+    return status;
 }
 
 const int32_t *wa_links_of_pair(int32_t *scratch, const wa_links *links, const wa_table *t,
@@ -158,6 +211,10 @@ const int32_t *wa_links_of_pair(int32_t *scratch, const wa_links *links, const w
     if (links && links->index) return links->index + links->off[k];
     wa_pair_links(scratch, t, c, k);
     return scratch;
+}
+
+int wa_team(int n_threads, const wa_corpus *c) {
+    return c->tgt_off[c->n_pairs] < 4096 ? 1 : n_threads;
 }
 
 void wa_longest(int *I_max, int *J_max, const wa_corpus *c) {
@@ -229,6 +286,7 @@ static double pair_expectations(double *counts, double *feature, double *probs,
 
 double wa_em_iteration(wa_table *t, wa_settings *s, const wa_corpus *c, const wa_links *links,
                        double *counts, int n_threads) {
+    n_threads = wa_team(n_threads, c);
     const int64_t n = t->n_entries;
     int I_max, J_max;
     wa_longest(&I_max, &J_max, c);
@@ -288,6 +346,7 @@ double wa_em_iteration(wa_table *t, wa_settings *s, const wa_corpus *c, const wa
 
 void wa_posteriors(double *out, const int64_t *off, const wa_table *t, const wa_settings *s,
                    const wa_corpus *c, int n_threads) {
+    n_threads = wa_team(n_threads, c);
 #pragma omp parallel for schedule(dynamic, 256) num_threads(n_threads)
     for (long k = 0; k < c->n_pairs; k++) {
         const int32_t *e = c->src + c->src_off[k], *f = c->tgt + c->tgt_off[k];

@@ -53,11 +53,18 @@ typedef struct {
 void wa_link_offsets(int64_t *off, const wa_corpus *c);
 /* Pair k's (I + 1) J link indices into out. */
 void wa_pair_links(int32_t *out, const wa_table *t, const wa_corpus *c, long k);
-void wa_links_fill(int32_t *index, const int64_t *off, const wa_table *t, const wa_corpus *c,
-                   int n_threads);
+/* Every link index of the corpus; the table's cols must be target ids of the
+ * corpus's vocabulary (< tgt_vocab). Returns 0, -1 when out of memory. */
+int wa_links_fill(int32_t *index, const int64_t *off, const wa_table *t, const wa_corpus *c,
+                  int n_threads);
 /* Pair k's link indices: a view of links->index, or looked up into scratch. */
 const int32_t *wa_links_of_pair(int32_t *scratch, const wa_links *links, const wa_table *t,
                                 const wa_corpus *c, long k);
+/* The threads worth waking for a corpus: one below 4096 target words, where
+ * starting a team (on a busy machine, waiting for a core) costs more than the
+ * work. Every parallel loop of calign.wordalign asks this first. */
+int wa_team(int n_threads, const wa_corpus *c);
+
 /* The longest source and target sentence of the corpus. */
 void wa_longest(int *I_max, int *J_max, const wa_corpus *c);
 

@@ -40,7 +40,8 @@ class HMM(IBM1):
 
     def _decode(self, pairs, viterbi):
         table, arrays, vocabs = self._lookup(pairs)
-        return arrays, _C.wa_hmm_decode(*table, *arrays, *vocabs, self.p0, self.jump, viterbi)
+        return arrays, _C.wa_hmm_decode(*table, *arrays, *vocabs, self.p0, self.jump, viterbi,
+                                         None)
 
     def _all_posteriors(self, pairs):
         return self._decode(pairs, viterbi=False)
@@ -59,6 +60,6 @@ class HMM(IBM1):
     def _extra_state(self):
         return {"max_jump": self.max_jump, "jump": self.jump.tolist()}
 
-    def _load_extra_state(self, meta):
+    def _load_extra_state(self, meta, arrays):
         self.max_jump = meta["max_jump"]
         self.jump = np.asarray(meta["jump"], np.float64)

@@ -111,7 +111,7 @@ class IBM1:
         arrays, flat = self._all_posteriors(pairs)
         if method == "viterbi":
             return self._links(arrays, *_best_of_blocks(arrays, flat))
-        return self._links(arrays, *_above_threshold(arrays, flat, threshold))
+        return self._links(arrays, *above_threshold(arrays, flat, threshold))
 
     def _links(self, arrays, pair, source, target):
         """Flat links (pair index, source position, target position), both
@@ -125,48 +125,70 @@ class IBM1:
 
     def save(self, path):
         """An .npz with the table, vocabularies and settings, written atomically."""
-        self._require_fit()
-        meta = {"format": FORMAT, "model": type(self).__name__, "reverse": self.reverse,
-                "alpha": self.alpha,
-                "p0": self.p0, "tension": self.tension,
-                "source_vocab": self.source_vocab.ids, "target_vocab": self.target_vocab.ids,
-                **self._extra_state()}
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=folder)
-        os.close(fd)
-        try:
-            np.savez(tmp, row_start=self.table[0], cols=self.table[1], prob=self.table[2],
-                     meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        write_npz(path, *self._state())
 
     @classmethod
     def load(cls, path):
-        try:
-            with np.load(path) as data:
-                meta = json.loads(data["meta"].tobytes().decode())
-                table = (data["row_start"], data["cols"], data["prob"].copy())
-        except (OSError, ValueError, KeyError) as exc:
-            raise ValueError(f"{path!r} is not a saved calign.wordalign model: {exc}") from None
-        if meta.get("format") != FORMAT or meta.get("model") != cls.__name__:
+        arrays, meta = read_npz(path)
+        if meta.get("model") != cls.__name__:
             raise ValueError(f"{path!r} is not a saved {cls.__name__} model")
+        return cls._from_state(arrays, meta)
+
+    def _state(self):
+        """(arrays, JSON-able settings): what save() writes."""
+        self._require_fit()
+        meta = {"model": type(self).__name__, "reverse": self.reverse, "alpha": self.alpha,
+                "p0": self.p0, "tension": self.tension,
+                "source_vocab": self.source_vocab.ids, "target_vocab": self.target_vocab.ids,
+                **self._extra_state()}
+        return {"row_start": self.table[0], "cols": self.table[1], "prob": self.table[2]}, meta
+
+    @classmethod
+    def _from_state(cls, arrays, meta):
         model = cls(reverse=meta["reverse"])
         model.alpha = meta.get("alpha", 0.0)
         model.p0, model.tension = meta["p0"], meta["tension"]
         model.source_vocab, model.target_vocab = Vocabulary(), Vocabulary()
         model.source_vocab.ids, model.target_vocab.ids = meta["source_vocab"], meta["target_vocab"]
-        model.table = table
-        model._load_extra_state(meta)
+        model.table = (arrays["row_start"], arrays["cols"], arrays["prob"].copy())
+        model._load_extra_state(meta, arrays)
         return model
 
     def _extra_state(self):
         """More JSON-able settings a subclass saves (the HMM's jumps)."""
         return {}
 
-    def _load_extra_state(self, meta):
+    def _load_extra_state(self, meta, arrays):
         pass
+
+
+def write_npz(path, arrays, meta):
+    """arrays and the JSON of meta (tagged with FORMAT) in one .npz, written
+    atomically (a temporary file in the same folder, then renamed)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=folder)
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays, meta=np.frombuffer(json.dumps({"format": FORMAT, **meta}).encode(),
+                                                   np.uint8))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_npz(path):
+    """(arrays, meta) of a file write_npz wrote; ValueError naming the path
+    for anything else."""
+    try:
+        with np.load(path) as data:
+            meta = json.loads(data["meta"].tobytes().decode())
+            arrays = {name: data[name] for name in data.files if name != "meta"}
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"{path!r} is not a saved calign.wordalign model: {exc}") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path!r} is not a saved calign.wordalign model")
+    return arrays, meta
 
 
 class IBM2(IBM1):
@@ -218,7 +240,7 @@ def _best_of_blocks(arrays, flat):
     return pair[keep], best[keep] - 1, (np.arange(len(pair)) - arrays[3][pair])[keep]
 
 
-def _above_threshold(arrays, flat, threshold):
+def above_threshold(arrays, flat, threshold):
     """Every link whose posterior exceeds threshold, as flat (pair, source
     position, target position)."""
     offsets, widths, _ = block_geometry(arrays)
