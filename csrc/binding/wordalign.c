@@ -96,7 +96,8 @@ static int table_view(wa_table *t, PyObject *row_start, PyObject *cols, PyObject
     const int32_t *cols_data = PyArray_DATA(held[1]);
     for (npy_intp x = 0; x < n; x++)
         if (cols_data[x] < 0 || cols_data[x] >= tgt_vocab) {
-            PyErr_SetString(PyExc_ValueError, "cols must hold target ids in [0, target vocabulary)");
+            PyErr_SetString(PyExc_ValueError,
+                            "cols must hold target ids in [0, target vocabulary)");
             return -1;
         }
     for (int e = 0; e < src_vocab; e++)
@@ -545,7 +546,8 @@ static PyObject *py_wa_soft_union(PyObject *self, PyObject *args) {
     for (npy_intp k = 0; k + 1 < n; k++) {
         int64_t n_src = so[k + 1] - so[k], n_tgt = to[k + 1] - to[k];
         if (n_src < 0 || n_tgt < 0) {
-            PyErr_SetString(PyExc_ValueError, "source_offsets and target_offsets must not decrease");
+            PyErr_SetString(PyExc_ValueError,
+                            "source_offsets and target_offsets must not decrease");
             goto done;
         }
         n_f += (n_src + 1) * n_tgt;

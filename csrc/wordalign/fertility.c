@@ -53,7 +53,8 @@ static void fertility_ratios(double *ratio, const int64_t *N, int src_vocab, int
     for (int e = 0; e < src_vocab; e++) {
         const int64_t *n = N + (size_t)e * (F + 1);
         for (int phi = 0; phi < F; phi++)
-            ratio[(size_t)e * F + phi] = ((double)n[phi + 1] + g[phi + 1]) / ((double)n[phi] + g[phi]);
+            ratio[(size_t)e * F + phi] =
+                ((double)n[phi + 1] + g[phi + 1]) / ((double)n[phi] + g[phi]);
     }
 }
 
@@ -187,8 +188,9 @@ int wa_fertility_sample(double *post, int32_t *align, const wa_table *t, const w
                     sweep_pair(a, cum, phi, T, emit, e, I, J, ratio, F, &rng);
                 }
                 count_fertilities(mine, phi, a, e, I, J, F);
+                double *counted = post + links->off[k];
                 if (sweep >= fs->burn_in)
-                    for (int j = 0; j < J; j++) post[links->off[k] + (size_t)j * (I + 1) + a[j]] += 1.0;
+                    for (int j = 0; j < J; j++) counted[(size_t)j * (I + 1) + a[j]] += 1.0;
             }
         }
         for (int th = 1; th < n_threads; th++)

@@ -7,6 +7,9 @@
 
 #include "core/simd.h"
 
+/* the per-pair helpers, inlined into each SIMD clone of pair_posteriors */
+#define HELPER static inline __attribute__((always_inline))
+
 /* The jump weights of one model: c(d) at ahead[d] and c(-d) at back[d] for d
  * in [-D, D] (the backward pass sums over the next position, so it needs the
  * kernel mirrored). */
@@ -79,7 +82,7 @@ static void kernel_of(jump_kernel *k, const wa_hmm *h) {
  * k[clamp(d, -D, D)]: the band |x - y| < D term by term (as axpys over x),
  * the two tails, where k is constant, from running sums of in (y <= x - D
  * and y >= x + D). O(I D) instead of O(I^2). */
-static inline __attribute__((always_inline)) void clamped_convolution(double *restrict out, const double *restrict in,
+HELPER void clamped_convolution(double *restrict out, const double *restrict in,
                                 const double *restrict k, int D, int I, int first) {
     for (int x = first; x <= I; x++) out[x] = 0.0;
     double run = 0.0;
@@ -101,7 +104,7 @@ static inline __attribute__((always_inline)) void clamped_convolution(double *re
 }
 
 /* Emissions from the table and the per-position factor (1 - p0) / Z(p). */
-static inline __attribute__((always_inline)) void fill_model(pair_work *w, const jump_kernel *k, const wa_table *t,
+HELPER void fill_model(pair_work *w, const jump_kernel *k, const wa_table *t,
                        const int32_t *entry) {
     const int I = w->I;
     const size_t grid = (size_t)w->J * (I + 1);
@@ -118,7 +121,7 @@ static inline __attribute__((always_inline)) void fill_model(pair_work *w, const
 
 /* mass(p) = forward mass of the states whose last real position is p, before
  * target word j (position 0 before the first word), into out. */
-static inline __attribute__((always_inline)) void mass_before(double *out, const pair_work *w, int j) {
+HELPER void mass_before(double *out, const pair_work *w, int j) {
     const size_t width = w->I + 1;
     for (int p = 0; p <= w->I; p++)
         out[p] = j == 0 ? (p == 0) : w->real[(j - 1) * width + p] + w->null[(j - 1) * width + p];
@@ -126,7 +129,7 @@ static inline __attribute__((always_inline)) void mass_before(double *out, const
 
 /* Scaled forward-backward (Rabiner 1989, section V.A, with the transition
  * sums done by clamped_convolution); returns log p(f | e). */
-static inline __attribute__((always_inline)) double forward_backward(pair_work *w, const jump_kernel *k) {
+HELPER double forward_backward(pair_work *w, const jump_kernel *k) {
     const int I = w->I, J = w->J;
     const size_t width = I + 1;
     double mantissa = 1.0; /* log p(f | e) = log prod_j scale_j, kept as mantissa 2^exponent */
@@ -177,7 +180,7 @@ static inline __attribute__((always_inline)) double forward_backward(pair_work *
 }
 
 /* post[j][i] = p(a_j = i | f, e), column 0 = NULL (summed over its last position). */
-static inline __attribute__((always_inline)) void link_posteriors(pair_work *w) {
+HELPER void link_posteriors(pair_work *w) {
     const size_t width = w->I + 1;
     for (int j = 0; j < w->J; j++) {
         const double *real = w->real + j * width, *null = w->null + j * width;
@@ -194,7 +197,7 @@ static inline __attribute__((always_inline)) void link_posteriors(pair_work *w) 
  * scale_j summed over j, p and i with clamp(i - p) = d, is c(d) times
  * raw[d + D]. The band d in (-D, D) term by term, the two clipped classes
  * from running sums: O(J I D). */
-static inline __attribute__((always_inline)) void add_jump_counts(double *raw, pair_work *w, const jump_kernel *k) {
+HELPER void add_jump_counts(double *raw, pair_work *w, const jump_kernel *k) {
     const int I = w->I, D = k->D;
     const size_t width = I + 1;
     double *from = w->u, *into = w->v;
@@ -364,7 +367,8 @@ double wa_hmm_agreement_iteration(wa_table *t_f, wa_hmm *h_f, const wa_corpus *c
                     double pf = f.post[(size_t)j * (I + 1) + i];
                     none *= pf < 1.0 ? 1.0 - pf : 0.0;
                 }
-                mine_r[entry_r[(size_t)(i - 1) * (J + 1)]] += r.post[(size_t)(i - 1) * (J + 1)] * none;
+                const size_t row = (size_t)(i - 1) * (J + 1);
+                mine_r[entry_r[row]] += r.post[row] * none;
             }
         }
     }

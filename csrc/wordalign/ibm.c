@@ -44,7 +44,8 @@ int wa_table_build(wa_table *t, const wa_corpus *c) {
     for (int e = 0; e < c->src_vocab; e++) occ_start[e + 1] += occ_start[e];
     for (long k = 0; k < c->n_pairs; k++)
         for (int64_t i = c->src_off[k]; i < c->src_off[k + 1]; i++) occ[occ_start[c->src[i]]++] = k;
-    for (int e = c->src_vocab; e > 0; e--) occ_start[e] = occ_start[e - 1]; /* undo the fill's shift */
+    /* the fill moved each start to the next id's: shift back */
+    for (int e = c->src_vocab; e > 0; e--) occ_start[e] = occ_start[e - 1];
     occ_start[0] = 0;
     for (int32_t f = 0; f < c->tgt_vocab; f++) stamp[f] = -1;
     for (int e = 0; e < c->src_vocab; e++) {
@@ -138,7 +139,8 @@ int64_t wa_table_find(const wa_table *t, int32_t e, int32_t f) {
 void wa_link_offsets(int64_t *off, const wa_corpus *c) {
     off[0] = 0;
     for (long k = 0; k < c->n_pairs; k++)
-        off[k + 1] = off[k] + (c->src_off[k + 1] - c->src_off[k] + 1) * (c->tgt_off[k + 1] - c->tgt_off[k]);
+        off[k + 1] = off[k] + (c->src_off[k + 1] - c->src_off[k] + 1) *
+                                  (c->tgt_off[k + 1] - c->tgt_off[k]);
 }
 
 void wa_pair_links(int32_t *out, const wa_table *t, const wa_corpus *c, long k) {
@@ -220,7 +222,8 @@ int wa_team(int n_threads, const wa_corpus *c) {
 void wa_longest(int *I_max, int *J_max, const wa_corpus *c) {
     *I_max = *J_max = 0;
     for (long k = 0; k < c->n_pairs; k++) {
-        int I = (int)(c->src_off[k + 1] - c->src_off[k]), J = (int)(c->tgt_off[k + 1] - c->tgt_off[k]);
+        int I = (int)(c->src_off[k + 1] - c->src_off[k]);
+        int J = (int)(c->tgt_off[k + 1] - c->tgt_off[k]);
         *I_max = I > *I_max ? I : *I_max;
         *J_max = J > *J_max ? J : *J_max;
     }

@@ -80,7 +80,8 @@ class JointHMM:
             raise ValueError(f"max_fertility must be at most 64, got {max_fertility!r}")
         if isinstance(fertility_prior, bool) or not isinstance(fertility_prior, (int, float)) or \
                 not np.isfinite(fertility_prior) or fertility_prior <= 0:
-            raise ValueError(f"fertility_prior must be a finite number > 0, got {fertility_prior!r}")
+            raise ValueError(f"fertility_prior must be a finite number > 0, "
+                             f"got {fertility_prior!r}")
         self.fertility_prior = float(fertility_prior)
         self.seed = _check_int("seed", seed, 0)
         self.threshold = _check_threshold(threshold)
