@@ -120,6 +120,7 @@ def main():
     print(f"CPU: {info['cpu']}, {info['cores']} cores; calign threads: {args.threads}; eflomal: "
           f"its defaults; {args.pairs} synthetic pairs (seed 0); median of {args.repeats} runs, "
           "each in its own process")
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:
         data = os.path.join(folder, "corpus.pickle")
         with open(data, "wb") as f:
@@ -131,8 +132,10 @@ def main():
                                       "--threads", str(args.threads)],
                                      capture_output=True, text=True, check=True)
                 runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"load average (1 min) before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f} "
+          "(other processes share the cores; compare the ratios)")
     rows = {}
-    print(f"| aligner | seconds | pairs/s | AER forward | AER symmetrised |")
+    print("| aligner | seconds | pairs/s | AER forward | AER symmetrised |")
     print("|---|---|---|---|---|")
     for name in aligners:
         seconds = statistics.median(r["seconds"] for r in runs[name])

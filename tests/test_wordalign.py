@@ -544,3 +544,5 @@ def test_sampler_and_soft_union_bad_arrays():
         _C.wa_links(hmm.table[0], cols, hmm.table[2], *arrays, *vocabs)
     with pytest.raises(ValueError, match="forward has 3 posteriors but the offsets need"):
         _C.wa_soft_union(arrays[1], arrays[3], np.zeros(3), np.zeros(3), 0.5)
+    with pytest.raises(TypeError, match="reverse must be a contiguous float64 vector"):
+        _C.wa_soft_union(arrays[1], arrays[3], np.zeros(3), np.zeros(3, np.float32), 0.5)

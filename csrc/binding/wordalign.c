@@ -518,6 +518,18 @@ done:
     return post;
 }
 
+/* A contiguous float64 vector, used in place (posteriors are corpus-sized). */
+static PyArrayObject *f64_in_place(PyObject *obj, const char *name) {
+    PyArrayObject *a = (PyArrayObject *)obj;
+    if (!PyArray_Check(obj) || PyArray_TYPE(a) != NPY_FLOAT64 || PyArray_NDIM(a) != 1 ||
+        !PyArray_IS_C_CONTIGUOUS(a)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a contiguous float64 vector", name);
+        return NULL;
+    }
+    Py_INCREF(obj);
+    return a;
+}
+
 /* wa_soft_union(source_offsets, target_offsets, forward, reverse, threshold) ->
  * uint8 [sum over pairs I J]: pair k's [I, J] links after the pairs before
  * it; forward and reverse are the posteriors of the two directions laid out
@@ -532,8 +544,7 @@ static PyObject *py_wa_soft_union(PyObject *self, PyObject *args) {
     PyObject *keep = NULL;
     if (!(src_off = arg_int64_vector(src_off_obj, "source_offsets")) ||
         !(tgt_off = arg_int64_vector(tgt_off_obj, "target_offsets")) ||
-        !(fwd = arg_f64_vector(fwd_obj, "forward", 1)) ||
-        !(rev = arg_f64_vector(rev_obj, "reverse", 1)))
+        !(fwd = f64_in_place(fwd_obj, "forward")) || !(rev = f64_in_place(rev_obj, "reverse")))
         goto done;
     npy_intp n = PyArray_DIM(src_off, 0);
     const int64_t *so = PyArray_DATA(src_off), *to = PyArray_DATA(tgt_off);

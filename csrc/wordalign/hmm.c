@@ -79,9 +79,10 @@ static void kernel_of(jump_kernel *k, const wa_hmm *h) {
 }
 
 /* out[x] = sum_{y=0..I} in[y] k(x - y) for x = first..I, with k(d) =
- * k[clamp(d, -D, D)]: the band |x - y| < D term by term (as axpys over x),
- * the two tails, where k is constant, from running sums of in (y <= x - D
- * and y >= x + D). O(I D) instead of O(I^2). */
+ * k[clamp(d, -D, D)]: the band |x - y| < D term by term, the two tails,
+ * where k is constant, from running sums of in (y <= x - D and y >= x + D).
+ * O(I D) instead of O(I^2). (Summing each band in a register measured a
+ * little faster than scattering each in[y] over its band.) */
 HELPER void clamped_convolution(double *restrict out, const double *restrict in,
                                 const double *restrict k, int D, int I, int first) {
     for (int x = first; x <= I; x++) out[x] = 0.0;
@@ -95,11 +96,11 @@ HELPER void clamped_convolution(double *restrict out, const double *restrict in,
         run += in[x + D];
         out[x] += k[-D] * run;
     }
-    for (int y = 0; y <= I; y++) {
-        const double a = in[y];
-        if (a == 0.0) continue;
-        const int lo = y - D + 1 > first ? y - D + 1 : first, hi = y + D - 1 < I ? y + D - 1 : I;
-        for (int x = lo; x <= hi; x++) out[x] += a * k[x - y];
+    for (int x = first; x <= I; x++) {
+        const int lo = x - D + 1 > 0 ? x - D + 1 : 0, hi = x + D - 1 < I ? x + D - 1 : I;
+        double band = 0.0;
+        for (int y = lo; y <= hi; y++) band += in[y] * k[x - y];
+        out[x] += band;
     }
 }
 

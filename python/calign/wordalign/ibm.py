@@ -252,11 +252,14 @@ def above_threshold(arrays, flat, threshold):
     return pair[keep], column[keep] - 1, target[keep]
 
 
-def links_per_pair(pair, source, target, n_pairs):
-    """Sorted [(source, target), ...] lists, one per pair, from flat arrays."""
-    order = np.lexsort((target, source, pair))
-    bounds = np.searchsorted(pair[order], np.arange(n_pairs + 1)).tolist()
-    source, target = source[order].tolist(), target[order].tolist()
+def links_per_pair(pair, source, target, n_pairs, presorted=False):
+    """Sorted [(source, target), ...] lists, one per pair, from flat arrays
+    (already in that order when presorted)."""
+    if not presorted:
+        order = np.lexsort((target, source, pair))
+        pair, source, target = pair[order], source[order], target[order]
+    bounds = np.searchsorted(pair, np.arange(n_pairs + 1)).tolist()
+    source, target = source.tolist(), target.tolist()
     # A million small tuples would trigger collections that walk the whole
     # heap (the corpus included) many times over; tuples of ints hold no
     # cycles, so the collector is paused while they are made (3x faster on

@@ -170,7 +170,9 @@ class JointHMM:
         n_pairs = len(arrays[1]) - 1
         if method == "soft-union":
             keep = _C.wa_soft_union(arrays[1], arrays[3], forward, reverse, threshold)
-            return links_per_pair(*_grid_links(arrays, np.flatnonzero(keep)), n_pairs)
+            # the [I, J] grids laid pair after pair: already in (pair, i, j) order
+            return links_per_pair(*_grid_links(arrays, np.flatnonzero(keep)), n_pairs,
+                                  presorted=True)
         f = links_per_pair(*above_threshold(arrays, forward, 0.5), n_pairs) \
             if method != "reverse" else None
         if method == "forward":
