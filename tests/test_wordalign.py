@@ -56,7 +56,7 @@ def test_em_on_synthetic_corpus_equals_numpy():
 def test_deterministic_and_thread_independent_up_to_rounding():
     import calign
 
-    pairs, _, _ = wa.synthetic_corpus(1000, seed=4)  # above 4096 target words: 2 threads run
+    pairs, _, _ = wa.synthetic_corpus(3500, seed=4)  # above 32768 target words: 2 threads run
     previous = calign.get_num_threads()
     try:
         calign.set_num_threads(2)
@@ -432,7 +432,7 @@ def test_fertility_sampler_does_not_depend_on_threads():
     import calign
     from calign import _C
 
-    _, hmm, arrays, vocabs, start = sampler_inputs(1200)  # above 4096 target words
+    _, hmm, arrays, vocabs, start = sampler_inputs(4500)  # above 32768 target words
     previous = calign.get_num_threads()
     results = []
     try:

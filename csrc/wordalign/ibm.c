@@ -216,7 +216,7 @@ const int32_t *wa_links_of_pair(int32_t *scratch, const wa_links *links, const w
 }
 
 int wa_team(int n_threads, const wa_corpus *c) {
-    return c->tgt_off[c->n_pairs] < 4096 ? 1 : n_threads;
+    return c->tgt_off[c->n_pairs] < 32768 ? 1 : n_threads;
 }
 
 void wa_longest(int *I_max, int *J_max, const wa_corpus *c) {
