@@ -4,7 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-uint64_t wa_splitmix64(uint64_t *state) {
+/* splitmix64 (Steele, Lea & Flood 2014): the generator of the random streams. */
+static uint64_t splitmix64(uint64_t *state) {
     uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
@@ -14,13 +15,13 @@ uint64_t wa_splitmix64(uint64_t *state) {
 /* The stream of pair k in sweep s: splitmix64 started from a hash of both. */
 static uint64_t stream_of(uint64_t seed, long k, int sweep) {
     uint64_t state = seed ^ (uint64_t)k;
-    state = wa_splitmix64(&state) ^ (uint64_t)sweep;
-    return wa_splitmix64(&state);
+    state = splitmix64(&state) ^ (uint64_t)sweep;
+    return splitmix64(&state);
 }
 
 /* Uniform in [0, 1) with 53 random bits. */
 static double uniform(uint64_t *state) {
-    return (double)(wa_splitmix64(state) >> 11) * 0x1.0p-53;
+    return (double)(splitmix64(state) >> 11) * 0x1.0p-53;
 }
 
 /* c(clamp(d)) of the HMM's jump weights. */

@@ -1,8 +1,8 @@
 /* Fertility refinement of HMM alignments by Gibbs sampling.
  *
- * The HMM lets a source word take any number of target words, including the
- * zero its translation never gets and the two a repeated word's neighbour
- * takes. The fertility HMM of Zhao & Gildea (2010) (eflomal's model 3,
+ * The HMM puts no price on how many target words a source word takes: an
+ * untranslated source word takes the inserted words next to it, one
+ * occurrence of a repeated word takes both translations. The fertility HMM of Zhao & Gildea (2010) (eflomal's model 3,
  * Ostling & Tiedemann 2016) multiplies the HMM's p(a, f | e) by prod_i
  * n(phi_i | e_i), phi_i the number of target words linked to source word i.
  * Here the HMM's t and jump weights stay fixed and n is re-estimated after
@@ -10,7 +10,8 @@
  * (stochastic EM, as eflomal learns on the corpus it aligns):
  *     n(phi | e) = (N(e, phi) + prior g(phi)) / (N(e) + prior),
  * N the current counts of source words of type e with phi links (phi >=
- * max_fertility pooled), g the corpus-wide fertility distribution. The link
+ * max_fertility pooled), g the corpus-wide fertility distribution (add-one
+ * smoothed, so that no class has zero mass). The link
  * posteriors are the link frequencies over the sweeps after burn-in.
  *
  * Each pair draws from its own random stream (splitmix64 of the seed, the
@@ -40,8 +41,5 @@ typedef struct {
 int wa_fertility_sample(double *post, int32_t *align, const wa_table *t, const wa_hmm *h,
                         const wa_corpus *c, const wa_links *links, const wa_fertility *fs,
                         int n_threads);
-
-/* splitmix64 (Steele, Lea & Flood 2014): the generator of the random streams. */
-uint64_t wa_splitmix64(uint64_t *state);
 
 #endif

@@ -151,7 +151,8 @@ class JointHMM:
 
     def posteriors(self, pair):
         """[source length, target length] average of the two directions' link
-        posteriors (the soft union's matrix)."""
+        posteriors (the soft union's matrix). With fertility, n is learned on
+        this pair alone: for a corpus, align() it whole."""
         arrays, forward, reverse = self._directional_posteriors([pair])
         I, J = int(arrays[1][1]), int(arrays[3][1])
         return (forward.reshape(J, I + 1)[:, 1:].T + reverse.reshape(I, J + 1)[:, 1:]) / 2
