@@ -7,12 +7,14 @@ table gives the median seconds of the repeats, pairs aligned per second
 symmetrised links against the generator's gold links, and the ratios of
 calign's recommended aligner to eflomal's.
 
-- calign JointHMM (recommended): 5 IBM1 + 5 HMM iterations trained by
-  agreement, fertility sampling (10 burn-in + 10 counted sweeps), soft union;
+- calign JointHMM (recommended, its defaults): 5 IBM1 + 5 HMM iterations
+  trained by agreement, fertility sampling (5 burn-in + 10 counted sweeps),
+  soft union;
 - calign HMM: the two directions trained independently (5 IBM1 + 5 HMM),
   Viterbi links, grow-diag-final-and (calign's previous configuration);
 - eflomal (a collapsed Gibbs sampler, Ostling & Tiedemann 2016) with its
-  default schedule: model 2 (HMM) and model 3 (HMM + fertility, its default),
+  default schedule and settings (3 samplers), its OpenMP threads as many as
+  calign's: model 2 (HMM) and model 3 (HMM + fertility, its default),
   symmetrised with calign's grow-diag-final-and.
 The JointHMM's time includes its symmetrisation (the soft union, in C); the
 others' grow-diag-final-and (calign's Python symmetrize) and the reading of
@@ -117,20 +119,21 @@ def main():
         print("eflomal is not installed (pip install eflomal): calign only")
         aligners = tuple(a for a in aligners if a.startswith("calign"))
     info = build_info()
-    print(f"CPU: {info['cpu']}, {info['cores']} cores; calign threads: {args.threads}; eflomal: "
-          f"its defaults; {args.pairs} synthetic pairs (seed 0); median of {args.repeats} runs, "
-          "each in its own process")
+    print(f"CPU: {info['cpu']}, {info['cores']} cores; threads: {args.threads} (calign's setting "
+          f"and OMP_NUM_THREADS, which eflomal's OpenMP follows); {args.pairs} synthetic pairs "
+          f"(seed 0); median of {args.repeats} runs, each in its own process")
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:
         data = os.path.join(folder, "corpus.pickle")
         with open(data, "wb") as f:
             pickle.dump(wordalign.synthetic_corpus(args.pairs, seed=0), f)
         runs = {name: [] for name in aligners}
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         for _ in range(args.repeats):  # interleaved, so that load from elsewhere hits all sides
             for name in aligners:
                 out = subprocess.run([sys.executable, __file__, "--worker", name, "--data", data,
                                       "--threads", str(args.threads)],
-                                     capture_output=True, text=True, check=True)
+                                     capture_output=True, text=True, check=True, env=env)
                 runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"load average (1 min) before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f} "
           "(other processes share the cores; compare the ratios)")
