@@ -37,7 +37,8 @@ typedef struct {
     int32_t *from, *head_at, *tail_at; /* [I + 2]: Viterbi's argmaxes */
 } pair_work;
 
-size_t wa_hmm_scratch_doubles(int I_max, int J_max) {
+/* Doubles of scratch one thread needs for pairs up to I_max x J_max. */
+static size_t scratch_doubles(int I_max, int J_max) {
     size_t grid = (size_t)J_max * (I_max + 1), line = (size_t)I_max + 2;
     size_t ints = grid * 3 + line * 3;
     return grid * 5 + J_max + line * 5 + (ints + 1) / 2;
@@ -281,7 +282,7 @@ double wa_hmm_em_iteration(wa_table *t, wa_hmm *h, const wa_corpus *c, const wa_
     const int n_jumps = 2 * h->max_jump + 1;
     int I_max, J_max;
     wa_longest(&I_max, &J_max, c);
-    const size_t per_work = wa_hmm_scratch_doubles(I_max, J_max);
+    const size_t per_work = scratch_doubles(I_max, J_max);
     const size_t stride = per_work + n_jumps + 1; /* work, raw jump counts, loglik */
     double *scratch = calloc(stride * n_threads, sizeof(double));
     if (!scratch) return NAN;
@@ -320,8 +321,8 @@ double wa_hmm_agreement_iteration(wa_table *t_f, wa_hmm *h_f, const wa_corpus *c
     const int jumps_f = 2 * h_f->max_jump + 1, jumps_r = 2 * h_r->max_jump + 1;
     int I_max, J_max;
     wa_longest(&I_max, &J_max, c_f);
-    const size_t per_f = wa_hmm_scratch_doubles(I_max, J_max);
-    const size_t per_r = wa_hmm_scratch_doubles(J_max, I_max);
+    const size_t per_f = scratch_doubles(I_max, J_max);
+    const size_t per_r = scratch_doubles(J_max, I_max);
     /* forward work, reverse work, raw jump counts of each, loglik */
     const size_t stride = per_f + per_r + jumps_f + jumps_r + 1;
     double *scratch = calloc(stride * n_threads, sizeof(double));
@@ -391,7 +392,7 @@ int wa_hmm_posteriors(double *out, const wa_table *t, const wa_hmm *h, const wa_
     n_threads = wa_team(n_threads, c);
     int I_max, J_max;
     wa_longest(&I_max, &J_max, c);
-    const size_t per_work = wa_hmm_scratch_doubles(I_max, J_max);
+    const size_t per_work = scratch_doubles(I_max, J_max);
     double *scratch = malloc(sizeof(double) * per_work * n_threads);
     if (!scratch) return -1;
     jump_kernel kernel;
@@ -493,7 +494,7 @@ int wa_hmm_viterbi(int32_t *best, const wa_table *t, const wa_hmm *h, const wa_c
     n_threads = wa_team(n_threads, c);
     int I_max, J_max;
     wa_longest(&I_max, &J_max, c);
-    const size_t per_work = wa_hmm_scratch_doubles(I_max, J_max);
+    const size_t per_work = scratch_doubles(I_max, J_max);
     double *scratch = malloc(sizeof(double) * per_work * n_threads);
     if (!scratch) return -1;
     jump_kernel kernel;

@@ -9,12 +9,11 @@
  *
  * Because c is constant beyond +-max_jump, every sum over the previous
  * position splits into a band of 2 max_jump - 1 widths and two constant
- * tails (prefix and suffix sums): forward-backward, the expected counts and
- * Viterbi cost O(J I max_jump) per pair, not O(J I^2). */
+ * tails (running sums; prefix and suffix maxima for Viterbi): forward-
+ * backward, the expected counts and Viterbi cost O(J I max_jump) per pair,
+ * not O(J I^2). */
 #ifndef CALIGN_WA_HMM_H
 #define CALIGN_WA_HMM_H
-
-#include <stddef.h>
 
 #include "wordalign/ibm.h"
 
@@ -27,9 +26,6 @@ typedef struct {
 
 /* Widest jump class the kernels take (jump: 2 * WA_MAX_JUMP + 1 weights). */
 #define WA_MAX_JUMP 64
-
-/* Doubles of scratch one thread needs for pairs up to I_max x J_max. */
-size_t wa_hmm_scratch_doubles(int I_max, int J_max);
 
 /* One EM iteration: forward-backward (scaled) over every pair, then
  * t(f | e) and the jump weights from the posteriors. counts: n_entries
