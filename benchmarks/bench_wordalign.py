@@ -1,22 +1,40 @@
-"""Word alignment: calign's HMM against eflomal on the synthetic corpus, same run.
+"""Word alignment: calign against eflomal on the synthetic corpus, same run.
 
-Both sides align the same seeded synthetic corpus in both directions and the
-links are symmetrised with calign's grow-diag-final-and, so the aligners (not
-the symmetrisers) are compared; AER is against the generator's gold links.
-calign runs 5 IBM1 + 5 HMM EM iterations per direction; eflomal (a collapsed
-Gibbs sampler, Östling & Tiedemann 2016) runs its HMM model (model 2) and its
-fertility model (model 3) with its default iteration schedule. eflomal is a
-benchmark-only reference: pip install eflomal.
+Every aligner aligns the same seeded synthetic corpus in both directions, in
+its own process (one per repeat, imports and corpus loading untimed); the
+table gives the median seconds of the repeats, pairs aligned per second
+(both directions), the AER of the forward (source->target) links and of the
+symmetrised links against the generator's gold links, and the ratios of
+calign's recommended aligner to eflomal's.
 
-Run: python benchmarks/bench_wordalign.py [--pairs 100000] [--threads N]
+- calign JointHMM (recommended, its defaults): 5 IBM1 + 5 HMM iterations
+  trained by agreement, fertility sampling (5 burn-in + 10 counted sweeps),
+  soft union;
+- calign HMM: the two directions trained independently (5 IBM1 + 5 HMM),
+  Viterbi links, grow-diag-final-and (calign's previous configuration);
+- eflomal (a collapsed Gibbs sampler, Ostling & Tiedemann 2016) with its
+  default schedule and settings (3 samplers), its OpenMP threads as many as
+  calign's: model 2 (HMM) and model 3 (HMM + fertility, its default),
+  symmetrised with calign's grow-diag-final-and.
+The JointHMM's time includes its symmetrisation (the soft union, in C); the
+others' grow-diag-final-and (calign's Python symmetrize) and the reading of
+eflomal's link files are not timed.
+eflomal is a benchmark-only reference: pip install eflomal.
+
+Run: python benchmarks/bench_wordalign.py [--pairs 100000] [--threads N] [--repeats 3]
 """
 
 import argparse
+import json
 import os
+import pickle
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
-from calign import build_info, set_num_threads, wordalign
+ALIGNERS = ("calign JointHMM", "calign HMM", "eflomal model 2", "eflomal model 3")
 
 
 def pharaoh_lines(path):
@@ -24,15 +42,30 @@ def pharaoh_lines(path):
         return [[tuple(map(int, link.split("-"))) for link in line.split()] for line in f]
 
 
-def run_calign(pairs, iterations):
+def run_calign_joint(pairs):
+    from calign import wordalign
+
     start = time.perf_counter()
-    forward = wordalign.HMM().fit(pairs, iterations).align(pairs)
-    reverse = wordalign.HMM(reverse=True).fit(pairs, iterations).align(pairs)
-    return forward, reverse, time.perf_counter() - start
+    model = wordalign.JointHMM().fit(pairs, 5)
+    links = model.align(pairs)
+    seconds = time.perf_counter() - start
+    return model.align(pairs, "forward"), links, seconds  # the sampler is seeded: same run
+
+
+def run_calign_hmm(pairs):
+    from calign import wordalign
+
+    start = time.perf_counter()
+    forward = wordalign.HMM().fit(pairs, 5).align(pairs)
+    reverse = wordalign.HMM(reverse=True).fit(pairs, 5).align(pairs)
+    seconds = time.perf_counter() - start
+    return forward, [wordalign.symmetrize(f, r) for f, r in zip(forward, reverse)], seconds
 
 
 def run_eflomal(pairs, model):
     import eflomal
+
+    from calign import wordalign
 
     with tempfile.TemporaryDirectory() as folder:
         fwd, rev = os.path.join(folder, "fwd"), os.path.join(folder, "rev")
@@ -41,37 +74,84 @@ def run_eflomal(pairs, model):
                                            [" ".join(t) + "\n" for _, t in pairs],
                                            links_filename_fwd=fwd, links_filename_rev=rev)
         seconds = time.perf_counter() - start
-        forward = pharaoh_lines(fwd)
-        reverse = pharaoh_lines(rev)
-    return forward, reverse, seconds  # both files list source-target links
+        forward, reverse = pharaoh_lines(fwd), pharaoh_lines(rev)  # both source-target links
+    return forward, [wordalign.symmetrize(f, r) for f, r in zip(forward, reverse)], seconds
+
+
+def worker(name, data, threads):
+    """One timed alignment in this process; prints a JSON line."""
+    from calign import set_num_threads, wordalign
+
+    set_num_threads(threads)
+    with open(data, "rb") as f:
+        pairs, sure, possible = pickle.load(f)
+    if name == "calign JointHMM":
+        forward, links, seconds = run_calign_joint(pairs)
+    elif name == "calign HMM":
+        forward, links, seconds = run_calign_hmm(pairs)
+    else:
+        forward, links, seconds = run_eflomal(pairs, int(name[-1]))
+    print(json.dumps({"seconds": seconds, "aer_forward": wordalign.aer(forward, sure, possible),
+                      "aer_symmetrised": wordalign.aer(links, sure, possible)}))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=100000)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", help="comma-separated aligners to run (default: all)")
+    parser.add_argument("--worker", choices=ALIGNERS, help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    set_num_threads(args.threads)
-    pairs, sure, possible = wordalign.synthetic_corpus(args.pairs, seed=0)
+    if args.worker:
+        return worker(args.worker, args.data, args.threads)
+
+    from calign import build_info, wordalign
+
+    aligners = ALIGNERS if not args.only else tuple(a.strip() for a in args.only.split(","))
+    unknown = set(aligners) - set(ALIGNERS)
+    if unknown:
+        parser.error(f"--only: unknown aligners {sorted(unknown)}; choose from {list(ALIGNERS)}")
+    try:
+        import eflomal  # noqa: F401
+    except ImportError:
+        print("eflomal is not installed (pip install eflomal): calign only")
+        aligners = tuple(a for a in aligners if a.startswith("calign"))
     info = build_info()
-    print(f"CPU: {info['cpu']}, {info['cores']} cores; threads: {args.threads}; "
-          f"{args.pairs} synthetic pairs (seed 0); both directions + grow-diag-final-and")
-    rows = [("calign HMM", *run_calign(pairs, args.iterations))]
-    for model in (2, 3):
-        try:
-            rows.append((f"eflomal model {model}", *run_eflomal(pairs, model)))
-        except ImportError:
-            print("eflomal is not installed: pip install eflomal")
-            break
-    print(f"{'aligner':>16} {'seconds':>8} {'pairs/s':>9} {'AER fwd':>8} {'AER gdfa':>9}")
-    for name, forward, reverse, seconds in rows:
-        gdfa = [wordalign.symmetrize(f, r) for f, r in zip(forward, reverse)]
-        print(f"{name:>16} {seconds:8.1f} {2 * args.pairs / seconds:9.0f} "
-              f"{wordalign.aer(forward, sure, possible):8.4f} "
-              f"{wordalign.aer(gdfa, sure, possible):9.4f}")
-    if len(rows) > 1:
-        print(f"speed: calign {rows[1][3] / rows[0][3]:.2f}x eflomal model 2's pairs/s")
+    print(f"CPU: {info['cpu']}, {info['cores']} cores; threads: {args.threads} (calign's setting "
+          f"and OMP_NUM_THREADS, which eflomal's OpenMP follows); {args.pairs} synthetic pairs "
+          f"(seed 0); median of {args.repeats} runs, each in its own process")
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as folder:
+        data = os.path.join(folder, "corpus.pickle")
+        with open(data, "wb") as f:
+            pickle.dump(wordalign.synthetic_corpus(args.pairs, seed=0), f)
+        runs = {name: [] for name in aligners}
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        for _ in range(args.repeats):  # interleaved, so that load from elsewhere hits all sides
+            for name in aligners:
+                out = subprocess.run([sys.executable, __file__, "--worker", name, "--data", data,
+                                      "--threads", str(args.threads)],
+                                     capture_output=True, text=True, check=True, env=env)
+                runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"load average (1 min) before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f} "
+          "(other processes share the cores; compare the ratios)")
+    rows = {}
+    print("| aligner | seconds | pairs/s | AER forward | AER symmetrised |")
+    print("|---|---|---|---|---|")
+    for name in aligners:
+        seconds = statistics.median(r["seconds"] for r in runs[name])
+        forward, symmetrised = runs[name][0]["aer_forward"], runs[name][0]["aer_symmetrised"]
+        rows[name] = (seconds, forward, symmetrised)
+        sym = "soft union" if name == "calign JointHMM" else "gdfa"
+        print(f"| {name} | {seconds:.1f} | {args.pairs / seconds:.0f} | {forward:.4f} | "
+              f"{symmetrised:.4f} ({sym}) |")
+    ours = rows.get("calign JointHMM")
+    for name in (a for a in aligners if ours and a.startswith("eflomal")):
+        theirs = rows[name]
+        print(f"calign JointHMM / {name}: time {ours[0] / theirs[0]:.2f}x, "
+              f"AER symmetrised {ours[2] / theirs[2]:.2f}x, AER forward {ours[1] / theirs[1]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def test_em_on_synthetic_corpus_equals_numpy():
 def test_deterministic_and_thread_independent_up_to_rounding():
     import calign
 
-    pairs, _, _ = wa.synthetic_corpus(300, seed=4)
+    pairs, _, _ = wa.synthetic_corpus(3500, seed=4)  # above 32768 target words: 2 threads run
     previous = calign.get_num_threads()
     try:
         calign.set_num_threads(2)
@@ -183,6 +183,10 @@ def test_command_line_align(tmp_path):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert len(lines) == 5 and lines[0] == "0-0 1-1"
+    out = subprocess.run([sys.executable, "-m", "calign", "align", "--method", "joint", "--input",
+                          str(corpus)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.splitlines()) == 5
     corpus.write_text("no separator\n")
     out = subprocess.run([sys.executable, "-m", "calign", "align", "--input", str(corpus)],
                          capture_output=True, text=True)
@@ -224,6 +228,10 @@ def test_hmm_viterbi_posteriors_and_files(tmp_path):
     again = wa.HMM.load(str(tmp_path / "hmm.npz"))
     np.testing.assert_array_equal(again.jump, model.jump)
     assert again.align(SMALL) == model.align(SMALL)
+    # a target word never seen in training can only come from NULL (was NaN)
+    post = model.posteriors(("the zebra".split(), "das gnu".split()))
+    assert np.isfinite(post).all() and post[1, 0] == 1.0
+    assert model.align([("the zebra".split(), "das gnu".split())]) == [[(0, 0)]]
     with pytest.raises(ValueError, match="max_jump"):
         wa.HMM(max_jump=0)
 
@@ -303,5 +311,238 @@ def test_hand_made_gold_set():
         reverse = make(reverse=True).fit(pairs, 5).align(pairs)
         scores[name] = wa.aer([wa.symmetrize(f, r) for f, r in zip(forward, reverse)], sure,
                               possible)
+    scores["joint"] = wa.aer(wa.JointHMM().fit(pairs, 5).align(pairs), sure, possible)
+    # measured: ibm1 0.413, ibm2 0.193, hmm 0.178, joint 0.120 (eflomal 2.0, one run: model 3 0.139)
     assert scores["hmm"] < 0.25 and scores["ibm2"] < 0.25, scores
     assert scores["ibm1"] > max(scores["ibm2"], scores["hmm"]), scores
+    assert scores["joint"] < 0.13 and scores["joint"] < scores["hmm"], scores
+
+
+def test_hmm_em_equals_numpy_with_long_jumps():
+    """Sentences of 6-10 words with max_jump 2: most transitions fall in the
+    clipped classes, which the C recursion sums from prefix and suffix sums."""
+    pairs, _, _ = wa.synthetic_corpus(10, seed=7, vocab_size=40, min_length=6, max_length=10)
+    model = wa.HMM(p0=0.2, max_jump=2, ibm1_iterations=1, alpha=0.0).fit(pairs, 2)
+    ids = id_pairs(model, pairs)
+    t_ibm1, _, _ = ref.em(ids, len(model.source_vocab), len(model.target_vocab), 1)
+    t, jump, lls = ref.hmm_em(ids, len(model.source_vocab), len(model.target_vocab), t_ibm1,
+                              np.ones(5) / 5, 0.2, 2)
+    np.testing.assert_allclose(dense_table(model), t, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(model.jump, jump, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(model.log_likelihoods[1:], lls, rtol=1e-9)
+
+
+def test_training_without_the_link_cache_is_identical(monkeypatch):
+    from calign.wordalign import ibm
+
+    pairs, _, _ = wa.synthetic_corpus(200, seed=2)
+    cached = wa.HMM().fit(pairs, 2)
+    monkeypatch.setattr(ibm, "LINK_CACHE_BYTES", 0)
+    looked_up = wa.HMM().fit(pairs, 2)
+    np.testing.assert_array_equal(cached.table[2], looked_up.table[2])
+    np.testing.assert_array_equal(cached.jump, looked_up.jump)
+
+
+@pytest.mark.parametrize("max_jump", [1, 2, 7])
+def test_hmm_viterbi_and_posteriors_equal_enumeration(max_jump):
+    """Every alignment of small pairs enumerated: the C Viterbi path is a most
+    probable one (max_jump 1 makes ties) and the C posteriors are the exact
+    link marginals."""
+    pairs, _, _ = wa.synthetic_corpus(40, seed=11, vocab_size=12, min_length=1, max_length=4)
+    model = wa.HMM(p0=0.15, max_jump=max_jump, alpha=0.0).fit(pairs, 2)
+    t = dense_table(model)
+    paths = model.align(pairs)
+    for (s, g), (src, tgt), links in zip(pairs, id_pairs(model, pairs), paths):
+        probs = ref.hmm_paths(src, tgt, t, model.jump, model.p0)
+        path = [0] * len(tgt)
+        for i, j in links:
+            path[j] = i + 1
+        assert probs[tuple(path)] == pytest.approx(max(probs.values()), rel=1e-12)
+        z = sum(probs.values())
+        expected = np.zeros((len(tgt), len(src) + 1))
+        for a, p in probs.items():
+            expected[np.arange(len(tgt)), list(a)] += p / z
+        np.testing.assert_allclose(model.posteriors((s, g)), expected, rtol=1e-10, atol=1e-13)
+
+
+# ---- JointHMM: agreement, fertility sampling, soft union ------------------------------------
+
+def joint_tables(model):
+    """(dense forward table [source id, target id], dense reverse table
+    [target id, source id]) of a JointHMM (the two share vocabularies)."""
+    return dense_table(model.forward), dense_table(model.reverse)
+
+
+@pytest.mark.parametrize("iterations,alpha", [(1, 0.0), (3, 0.1)])
+def test_agreement_em_equals_numpy(iterations, alpha):
+    pairs = SMALL + [("a small book here".split(), "ein kleines buch hier".split()),
+                     ("house the".split(), "haus das".split())]
+    model = wa.JointHMM(p0=0.3, max_jump=2, ibm1_iterations=2, alpha=alpha).fit(pairs,
+                                                                              iterations)
+    ids = id_pairs(model.forward, pairs)
+    n_src, n_tgt = len(model.forward.source_vocab), len(model.forward.target_vocab)
+    t_f, _, _ = ref.em(ids, n_src, n_tgt, 2, alpha=alpha)
+    t_r, _, _ = ref.em([(t, s) for s, t in ids], n_tgt, n_src, 2, alpha=alpha)
+    jump0 = np.ones(5) / 5
+    t_f, jump_f, t_r, jump_r, lls = ref.hmm_agreement_em(ids, t_f, jump0, t_r, jump0, 0.3,
+                                                         iterations, alpha=alpha)
+    forward, reverse = joint_tables(model)
+    np.testing.assert_allclose(forward, t_f, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(reverse, t_r, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(model.forward.jump, jump_f, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(model.reverse.jump, jump_r, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(model.log_likelihoods, lls, rtol=1e-9)
+
+
+def sampler_inputs(n_pairs=30):
+    """A JointHMM trained on a small synthetic corpus, its forward direction's
+    corpus arrays and Viterbi links: what the fertility sampler starts from."""
+    from calign import _C
+    from calign.wordalign.corpus import flatten
+
+    pairs, _, _ = wa.synthetic_corpus(n_pairs, seed=5, vocab_size=25, min_length=2, max_length=7)
+    model = wa.JointHMM(fertility=False).fit(pairs, 2)
+    hmm = model.forward
+    arrays = flatten(pairs, hmm.source_vocab, hmm.target_vocab, grow=False)
+    vocabs = (len(hmm.source_vocab), len(hmm.target_vocab))
+    start = _C.wa_hmm_decode(*hmm.table, *arrays, *vocabs, hmm.p0, hmm.jump, True, None)
+    return pairs, hmm, arrays, vocabs, start
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_fertility_sampler_equals_numpy(cached):
+    """Same random streams, same links: every sample of the C sampler is the
+    NumPy sampler's, written from the fertility HMM's conditionals."""
+    from calign import _C
+
+    pairs, hmm, arrays, vocabs, start = sampler_inputs()
+    links = _C.wa_links(*hmm.table, *arrays, *vocabs) if cached else None
+    align = start.copy()
+    post = _C.wa_fertility_sample(*hmm.table, *arrays, *vocabs, hmm.p0, hmm.jump, links, align,
+                                  2, 0.7, 5, 2, 12345)
+    ids = id_pairs(hmm, pairs)
+    starts = np.split(start.astype(int), arrays[3][1:-1])
+    expected = ref.fertility_sample(ids, dense_table(hmm), hmm.jump, hmm.p0, starts, vocabs[0],
+                                    2, 0.7, 5, 2, 12345)
+    np.testing.assert_array_equal(align, np.concatenate(starts))
+    np.testing.assert_array_equal(post, np.concatenate([p.ravel() for p in expected]))
+
+
+def test_fertility_sampler_does_not_depend_on_threads():
+    import calign
+    from calign import _C
+
+    _, hmm, arrays, vocabs, start = sampler_inputs(4500)  # above 32768 target words
+    previous = calign.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            calign.set_num_threads(threads)
+            results.append(_C.wa_fertility_sample(*hmm.table, *arrays, *vocabs, hmm.p0, hmm.jump,
+                                                  None, start.copy(), 3, 1.0, 4, 1, 7))
+    finally:
+        calign.set_num_threads(previous)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_soft_union_equals_numpy():
+    from calign import _C
+
+    rng = np.random.default_rng(3)
+    lengths = [(3, 4), (0, 2), (2, 0), (1, 1), (5, 2)]
+    src_off = np.cumsum([0] + [i for i, _ in lengths])
+    tgt_off = np.cumsum([0] + [j for _, j in lengths])
+    forward = [rng.random((j, i + 1)) for i, j in lengths]
+    reverse = [rng.random((i, j + 1)) for i, j in lengths]
+    keep = _C.wa_soft_union(src_off, tgt_off, np.concatenate([f.ravel() for f in forward]),
+                            np.concatenate([r.ravel() for r in reverse]), 0.45)
+    expected = [((f[:, 1:].T + r[:, 1:]) / 2 > 0.45).ravel() for f, r in zip(forward, reverse)]
+    np.testing.assert_array_equal(keep.astype(bool), np.concatenate(expected))
+
+
+def test_joint_hmm_beats_independent_hmms_on_synthetic_data():
+    pairs, sure, possible = wa.synthetic_corpus(2000, seed=1)
+    scores = {}
+    for name, model in (("independent", wa.JointHMM(agreement=False, fertility=False)),
+                        ("agreement", wa.JointHMM(fertility=False)),
+                        ("fertility", wa.JointHMM())):
+        model.fit(pairs, 5)
+        scores[name] = wa.aer(model.align(pairs), sure, possible)
+    assert scores["fertility"] < scores["agreement"] < scores["independent"], scores
+    assert scores["fertility"] < 0.04, scores
+
+
+def test_joint_hmm_align_methods_save_load_and_unknown_words(tmp_path):
+    pairs, _, _ = wa.synthetic_corpus(300, seed=2)
+    model = wa.JointHMM(samples=4, burn_in=2).fit(pairs, 3)
+    links = model.align(pairs[:20])
+    forward, reverse = model.align(pairs[:20], "forward"), model.align(pairs[:20], "reverse")
+    assert model.align(pairs[:20], "intersect") == [wa.symmetrize(f, r, "intersect")
+                                                    for f, r in zip(forward, reverse)]
+    post = model.posteriors(pairs[0])  # fertility learned on this pair alone, as align([pair])
+    assert post.shape == (len(pairs[0][0]), len(pairs[0][1]))
+    assert [tuple(map(int, x)) for x in zip(*np.nonzero(post > model.threshold))] == \
+        model.align(pairs[:1])[0]
+    model.save(str(tmp_path / "joint.npz"))
+    again = wa.JointHMM.load(str(tmp_path / "joint.npz"))
+    assert again.align(pairs[:20]) == links
+    assert again.threshold == model.threshold and again.samples == 4
+    assert model.align([("zebra s0".split(), "zebra t0 gnu".split())]) == [[(1, 1)]]
+    with pytest.raises(ValueError, match="not a saved JointHMM model"):
+        wa.HMM().fit(SMALL, 1).save(str(tmp_path / "hmm.npz")) or \
+            wa.JointHMM.load(str(tmp_path / "hmm.npz"))
+
+
+def test_joint_hmm_bad_input():
+    for kwargs, message in (({"threshold": 1.0}, "threshold must be in"),
+                            ({"burn_in": -1}, "burn_in must be an integer"),
+                            ({"samples": 0}, "samples must be an integer"),
+                            ({"max_fertility": 0}, "max_fertility must be an integer"),
+                            ({"max_fertility": 65}, "max_fertility must be at most 64"),
+                            ({"fertility_prior": float("nan")}, "fertility_prior must be"),
+                            ({"seed": -1}, "seed must be an integer"),
+                            ({"p0": 1.5}, "p0 must be in"),
+                            ({"max_jump": 65}, "max_jump must be an integer in")):
+        with pytest.raises(ValueError, match=message):
+            wa.JointHMM(**kwargs)
+    with pytest.raises(ValueError, match="not trained"):
+        wa.JointHMM().align(SMALL)
+    with pytest.raises(ValueError, match="iterations must be a positive integer"):
+        wa.JointHMM().fit(SMALL, 0)
+    model = wa.JointHMM().fit(SMALL, 1)
+    with pytest.raises(ValueError, match="method must be one of"):
+        model.align(SMALL, "gdfa")
+    with pytest.raises(ValueError, match="threshold must be in"):
+        model.align(SMALL, threshold=-0.1)
+    with pytest.raises(TypeError, match="list of string tokens"):
+        model.align([(["a", 1], ["b"])])
+
+
+def test_sampler_and_soft_union_bad_arrays():
+    from calign import _C
+
+    _, hmm, arrays, vocabs, start = sampler_inputs(5)
+    args = (*hmm.table, *arrays, *vocabs, hmm.p0, hmm.jump, None)
+    bad = start.copy()
+    bad[0] = 99
+    with pytest.raises(ValueError, match="align: pair 0 links a target word to source position 99"):
+        _C.wa_fertility_sample(*args, bad, 3, 1.0, 2, 1, 0)
+    with pytest.raises(TypeError, match="align must be a writable contiguous int32 vector"):
+        _C.wa_fertility_sample(*args, start.astype(np.int64), 3, 1.0, 2, 1, 0)
+    with pytest.raises(ValueError, match="align must hold one link per target word"):
+        _C.wa_fertility_sample(*args, start[1:].copy(), 3, 1.0, 2, 1, 0)
+    with pytest.raises(ValueError, match="max_fertility must be in"):
+        _C.wa_fertility_sample(*args, start.copy(), 0, 1.0, 2, 1, 0)
+    with pytest.raises(TypeError, match="links must be a contiguous int32 vector"):
+        _C.wa_hmm_decode(*hmm.table, *arrays, *vocabs, hmm.p0, hmm.jump, True, [1, 2])
+    with pytest.raises(ValueError, match="links does not fit the corpus"):
+        _C.wa_hmm_decode(*hmm.table, *arrays, *vocabs, hmm.p0, hmm.jump, True,
+                         np.zeros(3, np.int32))
+    cols = hmm.table[1].copy()
+    cols[0] = vocabs[1]
+    with pytest.raises(ValueError, match="cols must hold target ids"):
+        _C.wa_links(hmm.table[0], cols, hmm.table[2], *arrays, *vocabs)
+    with pytest.raises(ValueError, match="forward has 3 posteriors but the offsets need"):
+        _C.wa_soft_union(arrays[1], arrays[3], np.zeros(3), np.zeros(3), 0.5)
+    with pytest.raises(TypeError, match="reverse must be a contiguous float64 vector"):
+        _C.wa_soft_union(arrays[1], arrays[3], np.zeros(3), np.zeros(3, np.float32), 0.5)

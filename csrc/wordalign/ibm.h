@@ -33,18 +33,48 @@ typedef struct {
 } wa_settings;
 
 /* Every (source word or NULL, target word) pair that co-occurs, t uniform over
- * each row. Returns 0, -1 when out of memory. */
+ * each row. Returns 0, -1 when out of memory, -2 when the table would have
+ * more than INT32_MAX entries (link indices are int32). */
 int wa_table_build(wa_table *t, const wa_corpus *c);
 void wa_table_free(wa_table *t);
 
 /* Index of t(f | e) in the table, -1 if the pair never co-occurred. */
 int64_t wa_table_find(const wa_table *t, int32_t e, int32_t f);
 
+/* The links of a corpus: pair k's (I + 1) J table indices start at off[k]
+ * (off: n_pairs + 1 entries), t(f_j | e_i) at off[k] + (I + 1) j + i with
+ * i = 0 for NULL, -1 where the words never co-occurred. index == NULL: the
+ * E-steps look each pair's links up as they go (no corpus-sized array). */
+typedef struct {
+    const int64_t *off;
+    const int32_t *index;
+} wa_links;
+
+void wa_link_offsets(int64_t *off, const wa_corpus *c);
+/* Pair k's (I + 1) J link indices into out. */
+void wa_pair_links(int32_t *out, const wa_table *t, const wa_corpus *c, long k);
+/* Every link index of the corpus; the table's cols must be target ids of the
+ * corpus's vocabulary (< tgt_vocab). Returns 0, -1 when out of memory. */
+int wa_links_fill(int32_t *index, const int64_t *off, const wa_table *t, const wa_corpus *c,
+                  int n_threads);
+/* Pair k's link indices: a view of links->index, or looked up into scratch. */
+const int32_t *wa_links_of_pair(int32_t *scratch, const wa_links *links, const wa_table *t,
+                                const wa_corpus *c, long k);
+/* The threads worth waking for a corpus: one below 32768 target words (about
+ * 3000 sentence pairs), where starting a team costs more than it saves (on a
+ * busy machine each team start waits for a core: 2 threads took 1.1 s to
+ * align 1000 pairs that one thread aligns in 0.1 s). Every parallel loop of
+ * calign.wordalign asks this first. */
+int wa_team(int n_threads, const wa_corpus *c);
+
+/* The longest source and target sentence of the corpus. */
+void wa_longest(int *I_max, int *J_max, const wa_corpus *c);
+
 /* One EM iteration; updates t (and the tension). counts: n_entries doubles per
  * thread of scratch. Returns the corpus log-likelihood under the parameters
- * before the update. */
-double wa_em_iteration(wa_table *t, wa_settings *s, const wa_corpus *c, double *counts,
-                       int n_threads);
+ * before the update, NAN when out of memory. */
+double wa_em_iteration(wa_table *t, wa_settings *s, const wa_corpus *c, const wa_links *links,
+                       double *counts, int n_threads);
 
 /* The M-step: t(f | e) from expected counts. alpha = 0: c(e, f) / sum_f c(e, f);
  * alpha > 0: mean-field variational Bayes under a symmetric Dirichlet(alpha)
@@ -53,8 +83,9 @@ double wa_em_iteration(wa_table *t, wa_settings *s, const wa_corpus *c, double *
  * support. Rows without counts keep their values. */
 void wa_table_update(wa_table *t, const double *counts, double alpha);
 
-/* Posterior p(a_j = i | pair) for pair k: out[(I + 1) * j + i], i = 0 is NULL. */
-void wa_posteriors(double *out, const wa_table *t, const wa_settings *s, const wa_corpus *c,
-                   long k);
+/* Link posteriors p(a_j = i | pair) of every pair, in parallel: pair k's
+ * [J][I + 1] block (i = 0 NULL) at out + off[k], off as wa_link_offsets. */
+void wa_posteriors(double *out, const int64_t *off, const wa_table *t, const wa_settings *s,
+                   const wa_corpus *c, int n_threads);
 
 #endif

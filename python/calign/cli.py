@@ -258,16 +258,24 @@ def command_align(args):
 
     if not os.path.isfile(args.input):
         raise UsageError(f"--input {args.input!r} does not exist")
-    model_class = {"ibm1": wordalign.IBM1, "ibm2": wordalign.IBM2,
-                   "hmm": wordalign.HMM}[args.method]
     with inputs_checked():
         pairs = wordalign.read_fast_align(args.input)
-        forward = model_class(reverse=args.reverse).fit(pairs, args.iterations)
-        links = forward.align(pairs)
-        if args.symmetrize:
-            backward = model_class(reverse=not args.reverse).fit(pairs, args.iterations)
-            links = [wordalign.symmetrize(a, b, SYMMETRIZATIONS[args.symmetrize])
-                     for a, b in zip(links, backward.align(pairs))]
+        if args.method == "joint":
+            # both directions at once: --symmetrize picks a heuristic over
+            # the two directions' links instead of the soft union
+            model = wordalign.JointHMM().fit(pairs, args.iterations)
+            method = SYMMETRIZATIONS[args.symmetrize] if args.symmetrize else \
+                ("reverse" if args.reverse else "soft-union")
+            links = model.align(pairs, method)
+        else:
+            model_class = {"ibm1": wordalign.IBM1, "ibm2": wordalign.IBM2,
+                           "hmm": wordalign.HMM}[args.method]
+            forward = model_class(reverse=args.reverse).fit(pairs, args.iterations)
+            links = forward.align(pairs)
+            if args.symmetrize:
+                backward = model_class(reverse=not args.reverse).fit(pairs, args.iterations)
+                links = [wordalign.symmetrize(a, b, SYMMETRIZATIONS[args.symmetrize])
+                         for a, b in zip(links, backward.align(pairs))]
     for pair_links in links:
         print(wordalign.format_pharaoh(pair_links))
     return 0
@@ -326,7 +334,9 @@ def build_parser():
     demo.add_argument("--quick", action="store_true", help="fewer steps (for tests)")
     demo.add_argument("--output_dir", default="calign_demo")
     align = commands.add_parser("align", help="word alignment (fast_align's habits)")
-    align.add_argument("--method", choices=["ibm1", "ibm2", "hmm"], default="ibm2")
+    align.add_argument("--method", choices=["ibm1", "ibm2", "hmm", "joint"], default="ibm2",
+                       help="joint: both HMMs by agreement, fertility sampling, soft union "
+                            "(the most accurate)")
     align.add_argument("--input", "-i", required=True, help="`source ||| target` a line")
     align.add_argument("--reverse", "-r", action="store_true")
     align.add_argument("--symmetrize", choices=sorted(SYMMETRIZATIONS))

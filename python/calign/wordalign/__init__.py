@@ -13,9 +13,11 @@ from calign.wordalign.evaluation import (aer, f1, format_pharaoh, precision, rea
                                          write_pharaoh)
 from calign.wordalign.hmm import HMM
 from calign.wordalign.ibm import IBM1, IBM2
+from calign.wordalign.joint import JointHMM
 from calign.wordalign.optimal_transport import OTAligner, transport_plan
 from calign.wordalign.symmetrize import symmetrize
 from calign.wordalign.synthetic import synthetic_corpus
 
-__all__ = ["HMM", "IBM1", "IBM2", "OTAligner", "transport_plan", "aer", "f1", "format_pharaoh", "precision", "read_fast_align",
+__all__ = ["HMM", "IBM1", "IBM2", "JointHMM", "OTAligner", "transport_plan", "aer", "f1",
+           "format_pharaoh", "precision", "read_fast_align",
            "read_pharaoh", "recall", "symmetrize", "synthetic_corpus", "write_pharaoh"]

@@ -1,5 +1,7 @@
 """Parallel corpora as flat id arrays for the C kernels."""
 
+from itertools import chain, repeat
+
 import numpy as np
 
 
@@ -25,6 +27,13 @@ def check_pairs(pairs):
     pairs = list(pairs)
     if not pairs:
         raise ValueError("the corpus is empty")
+    if set(map(type, pairs)) <= {tuple, list} and set(map(len, pairs)) == {2}:
+        sides = list(chain.from_iterable(pairs))
+        # the common case in one pass of C loops; the slow loop below only
+        # runs to find and name the bad pair
+        if set(map(type, sides)) <= {tuple, list} and \
+                set(map(type, chain.from_iterable(sides))) <= {str}:
+            return pairs
     for k, pair in enumerate(pairs):
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise ValueError(f"pair {k} must be (source tokens, target tokens)")
@@ -53,14 +62,16 @@ class Vocabulary:
 
 def flatten(pairs, source_vocab, target_vocab, grow=True):
     """(source ids, source offsets, target ids, target offsets); unknown tokens
-    get new ids when grow, else 0 on the target side (never co-occurred)."""
-    src, tgt, src_off, tgt_off = [], [], [0], [0]
-    for source, target in pairs:
-        for token in source:
-            src.append(source_vocab.add(token) if grow else source_vocab.ids.get(token, 0))
-        for token in target:
-            tgt.append(target_vocab.add(token) if grow else target_vocab.ids.get(token, 0))
-        src_off.append(len(src))
-        tgt_off.append(len(tgt))
-    return (np.asarray(src, np.int32), np.asarray(src_off, np.int64),
-            np.asarray(tgt, np.int32), np.asarray(tgt_off, np.int64))
+    get new ids (in order of first appearance) when grow, else 0."""
+    arrays = []
+    for side, vocab in ((0, source_vocab), (1, target_vocab)):
+        tokens = list(chain.from_iterable(pair[side] for pair in pairs))
+        if grow:
+            for token in dict.fromkeys(tokens):
+                vocab.add(token)
+        ids = np.fromiter(map(vocab.ids.get, tokens, repeat(0)), np.int32, len(tokens))
+        offsets = np.zeros(len(pairs) + 1, np.int64)
+        np.cumsum(np.fromiter((len(pair[side]) for pair in pairs), np.int64, len(pairs)),
+                  out=offsets[1:])
+        arrays += [ids, offsets]
+    return tuple(arrays)

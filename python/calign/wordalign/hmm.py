@@ -6,6 +6,8 @@ import numpy as np
 from calign import _C
 from calign.wordalign.ibm import IBM1
 
+MAX_JUMP = 64  # the widest jump class the C kernels take
+
 
 class HMM(IBM1):
     """Jumps from the last aligned source position, widths clipped to
@@ -17,24 +19,29 @@ class HMM(IBM1):
         super().__init__(reverse, alpha)
         if not 0.0 < p0 < 1.0:
             raise ValueError(f"p0 must be in (0, 1), got {p0!r}")
-        if not isinstance(max_jump, int) or max_jump < 1:
-            raise ValueError(f"max_jump must be an integer >= 1, got {max_jump!r}")
+        if isinstance(max_jump, bool) or not isinstance(max_jump, int) or \
+                not 1 <= max_jump <= MAX_JUMP:
+            raise ValueError(f"max_jump must be an integer in [1, {MAX_JUMP}], got {max_jump!r}")
         self.p0, self.max_jump, self.ibm1_iterations = float(p0), max_jump, ibm1_iterations
         self.jump = np.ones(2 * max_jump + 1) / (2 * max_jump + 1)
 
     def fit(self, pairs, iterations=5):
         """IBM1 for ibm1_iterations, then `iterations` HMM EM iterations."""
-        arrays, vocabs = self._start_training(pairs, iterations)
+        arrays, vocabs, links = self._start_training(pairs, iterations)
+        self._ibm1(arrays, vocabs, links)
+        self.log_likelihoods += _C.wa_hmm_em(*self.table, *arrays, *vocabs, self.p0, self.jump,
+                                             iterations, self.alpha, links)
+        return self
+
+    def _ibm1(self, arrays, vocabs, links):
         if self.ibm1_iterations:
             self.log_likelihoods += _C.wa_em(*self.table, *arrays, *vocabs, False, 0.0, 0.0,
-                                             False, self.ibm1_iterations, self.alpha)[0]
-        self.log_likelihoods += _C.wa_hmm_em(*self.table, *arrays, *vocabs, self.p0, self.jump,
-                                             iterations, self.alpha)
-        return self
+                                             False, self.ibm1_iterations, self.alpha, links)[0]
 
     def _decode(self, pairs, viterbi):
         table, arrays, vocabs = self._lookup(pairs)
-        return _C.wa_hmm_decode(*table, *arrays, *vocabs, self.p0, self.jump, viterbi)
+        return arrays, _C.wa_hmm_decode(*table, *arrays, *vocabs, self.p0, self.jump, viterbi,
+                                         None)
 
     def _all_posteriors(self, pairs):
         return self._decode(pairs, viterbi=False)
@@ -43,15 +50,16 @@ class HMM(IBM1):
         """As IBM1.align; "viterbi" is the best HMM path here."""
         if method != "viterbi":
             return super().align(pairs, method, threshold)
-        result = []
-        for path in self._decode(pairs, viterbi=True):
-            links = [(int(i) - 1, j) for j, i in enumerate(path) if i > 0]
-            result.append(sorted((j, i) for i, j in links) if self.reverse else sorted(links))
-        return result
+        arrays, best = self._decode(pairs, viterbi=True)
+        lengths = np.diff(arrays[3])
+        pair = np.repeat(np.arange(len(lengths)), lengths)
+        target = np.arange(len(best)) - arrays[3][pair]
+        keep = best > 0
+        return self._links(arrays, pair[keep], best[keep] - 1, target[keep])
 
     def _extra_state(self):
         return {"max_jump": self.max_jump, "jump": self.jump.tolist()}
 
-    def _load_extra_state(self, meta):
+    def _load_extra_state(self, meta, arrays):
         self.max_jump = meta["max_jump"]
         self.jump = np.asarray(meta["jump"], np.float64)
