@@ -310,6 +310,16 @@ done:
     return result;
 }
 
+/* Final hidden states: float32 [T, hidden_size]. */
+static PyArrayObject *hidden_states(PyObject *obj, const model *m) {
+    PyArrayObject *hidden = arg_f32_array(obj, "hidden", 2);
+    if (hidden && PyArray_DIM(hidden, 1) != model_get_config(m)->d_model) {
+        PyErr_SetString(PyExc_ValueError, "hidden must have hidden_size columns");
+        Py_CLEAR(hidden);
+    }
+    return hidden;
+}
+
 static PyObject *py_model_logits(PyObject *self, PyObject *args) {
     PyObject *capsule, *params_obj, *hidden_obj;
     if (!PyArg_ParseTuple(args, "OOO", &capsule, &params_obj, &hidden_obj)) return NULL;
@@ -319,12 +329,8 @@ static PyObject *py_model_logits(PyObject *self, PyObject *args) {
     PyArrayObject *params = NULL, *hidden = NULL;
     PyObject *logits = NULL;
     if (!(params = param_vector(params_obj, "params", h->m, 0)) ||
-        !(hidden = arg_f32_array(hidden_obj, "hidden", 2)))
+        !(hidden = hidden_states(hidden_obj, h->m)))
         goto done;
-    if (PyArray_DIM(hidden, 1) != c->d_model) {
-        PyErr_SetString(PyExc_ValueError, "hidden must have hidden_size columns");
-        goto done;
-    }
     npy_intp T = PyArray_DIM(hidden, 0);
     if (!(logits = new_f32_2d(T, c->vocab))) goto done;
     const float *W = (const float *)PyArray_DATA(params) + model_lm_head_offset(h->m);
@@ -413,12 +419,8 @@ static PyObject *py_model_score(PyObject *self, PyObject *args) {
     stats_arrays stats = {0};
     float *scratch;
     if (!(params = param_vector(params_obj, "params", h->m, 0)) ||
-        !(hidden = arg_f32_array(hidden_obj, "hidden", 2)))
+        !(hidden = hidden_states(hidden_obj, h->m)))
         goto done;
-    if (PyArray_DIM(hidden, 1) != c->d_model) {
-        PyErr_SetString(PyExc_ValueError, "hidden must have hidden_size columns");
-        goto done;
-    }
     if (parse_scores(&rows, &targets, rows_obj, targets_obj, PyArray_DIM(hidden, 0), c->vocab) < 0)
         goto done;
     score_request r = {PyArray_DATA(rows), PyArray_DATA(targets), PyArray_DIM(rows, 0),
@@ -476,13 +478,9 @@ static PyObject *py_model_score_backward(PyObject *self, PyObject *args) {
     float *scratch, *grad32 = NULL;
     if (!(params = param_vector(params_obj, "params", h->m, 0)) ||
         !(grads = param_vector(grads_obj, "grads", h->m, 1)) ||
-        !(hidden = arg_f32_array(hidden_obj, "hidden", 2)))
+        !(hidden = hidden_states(hidden_obj, h->m)))
         goto done;
     npy_intp T = PyArray_DIM(hidden, 0);
-    if (PyArray_DIM(hidden, 1) != c->d_model) {
-        PyErr_SetString(PyExc_ValueError, "hidden must have hidden_size columns");
-        goto done;
-    }
     if (parse_scores(&rows, &targets, rows_obj, targets_obj, T, c->vocab) < 0) goto done;
     score_request r = {PyArray_DATA(rows), PyArray_DATA(targets), PyArray_DIM(rows, 0),
                        (float)temperature};
@@ -644,13 +642,9 @@ static PyObject *py_model_score_dpo(PyObject *self, PyObject *args) {
     double *work = NULL;
     if (!(params = param_vector(params_obj, "params", h->m, 0)) ||
         !(grads = param_vector(grads_obj, "grads", h->m, 1)) ||
-        !(hidden = arg_f32_array(hidden_obj, "hidden", 2)))
+        !(hidden = hidden_states(hidden_obj, h->m)))
         goto done;
     npy_intp T = PyArray_DIM(hidden, 0);
-    if (PyArray_DIM(hidden, 1) != c->d_model) {
-        PyErr_SetString(PyExc_ValueError, "hidden must have hidden_size columns");
-        goto done;
-    }
     if (parse_scores(&rows, &targets, rows_obj, targets_obj, T, c->vocab) < 0 ||
         !(lengths = arg_int64_vector(lengths_obj, "completion_lengths")) ||
         !(ref_c = arg_f64_vector(ref_c_obj, "ref_chosen_logps", 1)) ||
