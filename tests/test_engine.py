@@ -233,6 +233,12 @@ def test_score_dpo_pairs_bad_input():
         model.score_dpo_pairs(hidden, batch, [2, 1], ref, settings, weights=[1.0, 2.0])
     with pytest.raises(ValueError, match="loss_type"):
         calign.losses.dpo_settings(loss_type="nope")
+    with pytest.raises(ValueError, match="hidden must have hidden_size columns"):
+        model.score_dpo_pairs(hidden[:, :8].copy(), batch, [2, 1], ref, settings)
+    with pytest.raises(ValueError, match="hidden must have hidden_size columns"):
+        model.packed_scores(hidden[:, :8].copy(), batch)
+    with pytest.raises(TypeError, match="hidden"):
+        model.score_backward(hidden.astype(np.float64), batch, np.ones(3))
 
 
 def long_examples(V, seed):
