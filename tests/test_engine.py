@@ -15,7 +15,7 @@ import calign
 FAMILIES = {
     # GPT-2: Conv1D layout, learned positions, tied head, vocab not a multiple of 8
     "gpt2": lambda: transformers.GPT2Config(
-        n_embd=48, n_layer=2, n_head=4, n_positions=32, vocab_size=1003,
+        n_embd=48, n_layer=2, n_head=4, n_positions=160, vocab_size=1003,
         activation_function="gelu_new", initializer_range=0.2),
     # Llama: GQA with 3 query heads per kv head, head_dim != hidden/heads, biases,
     # the adaptive base frequency of 500000, untied head
@@ -257,8 +257,6 @@ def test_long_branched_rows_gradients_match_torch(family, checkpointing):
     blocks equals torch's on each prompt + completion row separately, with and
     without activation checkpointing."""
     name, hf, path = family
-    if name == "gpt2":
-        pytest.skip("the gpt2 fixture has n_positions = 32")
     model = calign.Model.from_pretrained(path)
     model.gradient_checkpointing = checkpointing
     examples = long_examples(model.vocab_size, seed=4)
@@ -518,7 +516,7 @@ def test_bad_token_input(saved):
     with pytest.raises(ValueError, match="token id -1"):
         model.logits([[1, -1, 3]])
     with pytest.raises(ValueError, match="longer than the model's maximum positions"):
-        model.logits([list(range(40))])
+        model.logits([list(range(161))])
     with pytest.raises(ValueError, match="empty"):
         model.logits(np.zeros((0, 4), np.int64))
     with pytest.raises(ValueError, match="different lengths; pad them and pass attention_mask"):
@@ -528,7 +526,7 @@ def test_bad_token_input(saved):
     with pytest.raises(ValueError, match="attention_mask has shape"):
         model.logits([[1, 2, 3]], attention_mask=[[1, 1]])
     with pytest.raises(ValueError, match="exceeds the model's maximum positions"):
-        model.generate([[1, 2]], max_new_tokens=40)
+        model.generate([[1, 2]], max_new_tokens=159)
     with pytest.raises(ValueError, match="max_new_tokens"):
         model.generate([[1, 2]], max_new_tokens=0)
     with pytest.raises(RuntimeError, match="needs a training forward"):
