@@ -50,7 +50,7 @@ def build(folder, model_name, n_records, prompt, completion):
         json.dump({"eos_token": "<eos>", "pad_token": "<pad>",
                    "tokenizer_class": "PreTrainedTokenizerFast"}, f)
     torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=512, pad_token_id=0,
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=max(512, prompt + completion), pad_token_id=0,
                                      eos_token_id=1, bos_token_id=1, **MODELS[model_name])
     transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     rng = np.random.default_rng(0)
