@@ -44,6 +44,13 @@ static size_t scratch_doubles(int I_max, int J_max) {
     return grid * 5 + J_max + line * 5 + (ints + 1) / 2;
 }
 
+/* Doubles of scratch one thread needs for the longest pair of c. */
+static size_t scratch_for(const wa_corpus *c) {
+    int I_max, J_max;
+    wa_longest(&I_max, &J_max, c);
+    return scratch_doubles(I_max, J_max);
+}
+
 static pair_work carve(double *base, int I, int J) {
     pair_work w;
     size_t grid = (size_t)J * (I + 1);
@@ -280,9 +287,7 @@ double wa_hmm_em_iteration(wa_table *t, wa_hmm *h, const wa_corpus *c, const wa_
     n_threads = wa_team(n_threads, c);
     const int64_t n = t->n_entries;
     const int n_jumps = 2 * h->max_jump + 1;
-    int I_max, J_max;
-    wa_longest(&I_max, &J_max, c);
-    const size_t per_work = scratch_doubles(I_max, J_max);
+    const size_t per_work = scratch_for(c);
     const size_t stride = per_work + n_jumps + 1; /* work, raw jump counts, loglik */
     double *scratch = calloc(stride * n_threads, sizeof(double));
     if (!scratch) return NAN;
@@ -390,9 +395,7 @@ double wa_hmm_agreement_iteration(wa_table *t_f, wa_hmm *h_f, const wa_corpus *c
 int wa_hmm_posteriors(double *out, const wa_table *t, const wa_hmm *h, const wa_corpus *c,
                       const wa_links *links, int n_threads) {
     n_threads = wa_team(n_threads, c);
-    int I_max, J_max;
-    wa_longest(&I_max, &J_max, c);
-    const size_t per_work = scratch_doubles(I_max, J_max);
+    const size_t per_work = scratch_for(c);
     double *scratch = malloc(sizeof(double) * per_work * n_threads);
     if (!scratch) return -1;
     jump_kernel kernel;
@@ -492,9 +495,7 @@ CALIGN_SIMD_CLONES static void viterbi_pair(int32_t *best, pair_work *w, const j
 int wa_hmm_viterbi(int32_t *best, const wa_table *t, const wa_hmm *h, const wa_corpus *c,
                    const wa_links *links, int n_threads) {
     n_threads = wa_team(n_threads, c);
-    int I_max, J_max;
-    wa_longest(&I_max, &J_max, c);
-    const size_t per_work = scratch_doubles(I_max, J_max);
+    const size_t per_work = scratch_for(c);
     double *scratch = malloc(sizeof(double) * per_work * n_threads);
     if (!scratch) return -1;
     jump_kernel kernel;
