@@ -204,8 +204,8 @@ HELPER void link_posteriors(pair_work *w) {
 /* Adds the expected jump counts of one pair, divided by their weight c(d):
  * xi_j(p -> i) = mass_{j-1}(p) (1 - p0) c(i - p) / Z(p) emit_j(i) beta_j(i) /
  * scale_j summed over j, p and i with clamp(i - p) = d, is c(d) times
- * raw[d + D]. The band d in (-D, D) term by term, the two clipped classes
- * from running sums: O(J I D). */
+ * raw[d + D]. The band d in (-D, D) one width at a time (a sum kept in a
+ * register), the two clipped classes from running sums: O(J I D). */
 HELPER void add_jump_counts(double *raw, pair_work *w, const jump_kernel *k) {
     const int I = w->I, D = k->D;
     const size_t width = I + 1;
@@ -217,10 +217,11 @@ HELPER void add_jump_counts(double *raw, pair_work *w, const jump_kernel *k) {
         const double inv = 1.0 / w->scale[j];
         into[0] = 0.0;
         for (int i = 1; i <= I; i++) into[i] = emit[i] * b[i] * inv;
-        for (int p = 0; p <= I; p++) {
-            if (from[p] == 0.0) continue;
-            int lo = 1 - p > 1 - D ? 1 - p : 1 - D, hi = I - p < D - 1 ? I - p : D - 1;
-            for (int d = lo; d <= hi; d++) raw[d + D] += from[p] * into[p + d];
+        for (int d = 1 - D; d <= D - 1; d++) { /* p and p + d in [0, I], p + d >= 1 */
+            const int lo = d < 1 ? 1 - d : 0, hi = d > 0 ? I - d : I;
+            double band = 0.0;
+            for (int p = lo; p <= hi; p++) band += from[p] * into[p + d];
+            raw[d + D] += band;
         }
         /* the clipped classes: d = D from p <= i - D, d = -D from p >= i + D */
         double run = 0.0;
