@@ -21,7 +21,14 @@ others' grow-diag-final-and (calign's Python symmetrize) and the reading of
 eflomal's link files are not timed.
 eflomal is a benchmark-only reference: pip install eflomal.
 
+--per-iteration prices one HMM iteration instead: the time of 11 HMM
+iterations minus that of 1 (after 5 IBM1 ones), over 10, both directions; for
+calign an EM iteration (forward-backward over every pair, then the M-step),
+for eflomal model 2 a Gibbs sweep of each of its samplers (1, and its default
+3).
+
 Run: python benchmarks/bench_wordalign.py [--pairs 100000] [--threads N] [--repeats 3]
+         [--per-iteration]
 """
 
 import argparse
@@ -78,6 +85,27 @@ def run_eflomal(pairs, model):
     return forward, [wordalign.symmetrize(f, r) for f, r in zip(forward, reverse)], seconds
 
 
+def hmm_seconds(pairs, side, hmm_iterations, samplers):
+    """Seconds to train both directions' HMMs: 5 IBM1 iterations, then
+    hmm_iterations (calign's EM, or eflomal model 2's Gibbs sweeps)."""
+    from calign import wordalign
+
+    if side == "calign":
+        start = time.perf_counter()
+        wordalign.HMM(ibm1_iterations=5).fit(pairs, hmm_iterations)
+        wordalign.HMM(ibm1_iterations=5, reverse=True).fit(pairs, hmm_iterations)
+        return time.perf_counter() - start
+    import eflomal
+
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        eflomal.Aligner(model=2, n_iterations=(5, hmm_iterations, 0), n_samplers=samplers).align(
+            [" ".join(s) + "\n" for s, _ in pairs], [" ".join(t) + "\n" for _, t in pairs],
+            links_filename_fwd=os.path.join(folder, "fwd"),
+            links_filename_rev=os.path.join(folder, "rev"))
+        return time.perf_counter() - start
+
+
 def worker(name, data, threads):
     """One timed alignment in this process; prints a JSON line."""
     from calign import set_num_threads, wordalign
@@ -85,6 +113,10 @@ def worker(name, data, threads):
     set_num_threads(threads)
     with open(data, "rb") as f:
         pairs, sure, possible = pickle.load(f)
+    if name.startswith("iterations"):  # iterations <side> <hmm iterations> <samplers>
+        _, side, hmm_iterations, samplers = name.split()
+        print(json.dumps({"seconds": hmm_seconds(pairs, side, int(hmm_iterations), int(samplers))}))
+        return
     if name == "calign JointHMM":
         forward, links, seconds = run_calign_joint(pairs)
     elif name == "calign HMM":
@@ -95,13 +127,49 @@ def worker(name, data, threads):
                       "aer_symmetrised": wordalign.aer(links, sure, possible)}))
 
 
+def spawn(name, data, threads):
+    """Runs worker `name` in a new process; its JSON line as a dict."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    out = subprocess.run([sys.executable, __file__, "--worker", name, "--data", data,
+                          "--threads", str(threads)],
+                         capture_output=True, text=True, check=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def per_iteration(args, data, with_eflomal):
+    """Seconds per HMM iteration, both directions: (t(11) - t(1)) / 10."""
+    sides = [("calign", 1)] + ([("eflomal", 1), ("eflomal", 3)] if with_eflomal else [])
+    runs = {}
+    for _ in range(args.repeats):
+        for side, samplers in sides:
+            for k in (1, 11):
+                name = f"iterations {side} {k} {samplers}"
+                runs.setdefault((side, samplers, k), []).append(spawn(name, data, args.threads))
+    each = {}
+    print("| HMM trainer | seconds for 1 / 11 iterations | seconds per iteration |")
+    print("|---|---|---|")
+    for side, samplers in sides:
+        one, eleven = (statistics.median(r["seconds"] for r in runs[(side, samplers, k)])
+                       for k in (1, 11))
+        each[(side, samplers)] = (eleven - one) / 10
+        label = "calign HMM (EM)" if side == "calign" else \
+            f"eflomal model 2 ({samplers} sampler{'s' if samplers > 1 else ''})"
+        print(f"| {label} | {one:.2f} / {eleven:.2f} | {each[(side, samplers)]:.3f} |")
+    for samplers in (1, 3):
+        if ("eflomal", samplers) in each:
+            print(f"calign EM iteration / eflomal sweep with {samplers} sampler(s): "
+                  f"{each[('calign', 1)] / each[('eflomal', samplers)]:.2f}x the time")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=100000)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", help="comma-separated aligners to run (default: all)")
-    parser.add_argument("--worker", choices=ALIGNERS, help=argparse.SUPPRESS)
+    parser.add_argument("--per-iteration", action="store_true",
+                        help="price one HMM iteration (calign EM against eflomal sweeps)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -127,14 +195,12 @@ def main():
         data = os.path.join(folder, "corpus.pickle")
         with open(data, "wb") as f:
             pickle.dump(wordalign.synthetic_corpus(args.pairs, seed=0), f)
+        if args.per_iteration:
+            return per_iteration(args, data, "eflomal model 2" in aligners)
         runs = {name: [] for name in aligners}
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         for _ in range(args.repeats):  # interleaved, so that load from elsewhere hits all sides
             for name in aligners:
-                out = subprocess.run([sys.executable, __file__, "--worker", name, "--data", data,
-                                      "--threads", str(args.threads)],
-                                     capture_output=True, text=True, check=True, env=env)
-                runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                runs[name].append(spawn(name, data, args.threads))
     print(f"load average (1 min) before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f} "
           "(other processes share the cores; compare the ratios)")
     rows = {}
