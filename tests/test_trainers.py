@@ -549,3 +549,24 @@ def test_training_is_independent_of_thread_count(llama_dir, tmp_path):
         calign.set_num_threads(previous)
     np.testing.assert_allclose(losses_by_threads[0], losses_by_threads[1], atol=1e-6)
     np.testing.assert_allclose(params[0], params[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_steps_allocate_no_workspace_once_sized(llama_dir, tmp_path, checkpointing):
+    """The engine's arena and logits scratch grow to the largest batch seen; the
+    second epoch over the same batches (shuffle off) allocates neither, for the
+    policy or the reference."""
+    seen = []
+
+    class Counting(calign.DPOTrainer):
+        def _after_optimizer_step(self):
+            super()._after_optimizer_step()
+            seen.append((self.model.workspace_allocations(),
+                         self.ref_model.workspace_allocations()))
+
+    trainer = Counting(llama_dir, args=calign.DPOConfig(
+        output_dir=str(tmp_path), gradient_checkpointing=checkpointing,
+        **dict(COMMON, max_steps=6)), train_dataset=pairs(6, seed=19))
+    trainer.train()
+    assert len(seen) == 6 and min(seen[0]) >= 1
+    assert seen[3:] == [seen[2]] * 3, seen

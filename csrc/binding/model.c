@@ -113,6 +113,12 @@ static PyObject *py_model_arena_bytes(PyObject *self, PyObject *capsule) {
     return PyLong_FromSize_t(model_arena_bytes(h->m));
 }
 
+static PyObject *py_model_workspace_allocations(PyObject *self, PyObject *capsule) {
+    model_handle *h = get_handle(capsule);
+    if (!h) return NULL;
+    return PyLong_FromLong(model_workspace_allocations(h->m));
+}
+
 static PyObject *py_model_layout(PyObject *self, PyObject *capsule) {
     model_handle *h = get_handle(capsule);
     if (!h) return NULL;
@@ -778,6 +784,8 @@ PyMethodDef calign_model_methods[] = {
     {"model_layout", py_model_layout, METH_O, "(n_params, [(role, layer, offset, shape)])."},
     {"model_forward", py_model_forward, METH_VARARGS, "Final hidden states of a packed batch."},
     {"model_arena_bytes", py_model_arena_bytes, METH_O, "Bytes of the activation arena."},
+    {"model_workspace_allocations", py_model_workspace_allocations, METH_O,
+     "Times the activation arena or the logits scratch was (re)allocated."},
     {"model_backward", py_model_backward, METH_VARARGS, "Adds parameter gradients."},
     {"model_logits", py_model_logits, METH_VARARGS, "lm_head logits of hidden states."},
     {"model_score", py_model_score, METH_VARARGS, "Log-probs of targets at hidden rows."},

@@ -52,6 +52,7 @@ struct model {
     size_t arena_floats;
     long arena_T, arena_longest;
     int arena_layers_kept, arena_train, arena_threads; /* what the arena has room for */
+    long workspace_allocations; /* times the arena or the scratch was (re)allocated */
     float **resid;      /* n_layer + 1 residual streams (2 when not training) */
     layer_acts *acts;   /* n_layer (1 when not training) */
     float *final_mean, *final_rstd;
@@ -155,6 +156,7 @@ float *model_scratch(model *m, long n) {
         free(m->scratch);
         m->scratch = aligned_alloc(64, (size_t)(n + 15) / 16 * 16 * sizeof(float));
         m->scratch_floats = m->scratch ? n : 0;
+        m->workspace_allocations++;
     }
     return m->scratch;
 }
@@ -301,6 +303,7 @@ int model_prepare(model *m, const packed_batch *b, forward_mode mode) {
         plan_arena(m, &counter, T, lmax, keep_acts, keep_train);
         m->arena = aligned_alloc(64, (counter.used + 16) * sizeof(float));
         if (!m->arena) return -1;
+        m->workspace_allocations++;
         m->arena_floats = counter.used;
         m->arena_T = T;
         m->arena_longest = lmax;
@@ -313,6 +316,7 @@ int model_prepare(model *m, const packed_batch *b, forward_mode mode) {
 }
 
 size_t model_arena_bytes(const model *m) { return m->arena ? m->arena_floats * sizeof(float) : 0; }
+long model_workspace_allocations(const model *m) { return m->workspace_allocations; }
 
 /* ---- forward ----------------------------------------------------------- */
 

@@ -90,6 +90,10 @@ void model_forward(model *m, float *hidden_out, const float *params, const packe
 /* Bytes of the activation arena as now sized. */
 size_t model_arena_bytes(const model *m);
 
+/* How many times the arena or the logits scratch has been (re)allocated:
+ * both grow to the largest batch seen, then a step allocates neither. */
+long model_workspace_allocations(const model *m);
+
 /* Given d_hidden [T, d] (gradient of the loss at the final normed hidden
  * states), ADDS the parameter gradients into grads. Needs the previous
  * model_forward in a training mode on the same batch with the same params.

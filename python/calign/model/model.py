@@ -148,6 +148,12 @@ class Model:
         by the largest batch so far (it grows, never shrinks)."""
         return _C.model_arena_bytes(self._handle)
 
+    def workspace_allocations(self):
+        """How many times the engine has (re)allocated its activation arena or
+        its logits scratch. Both grow to the largest batch seen; a step on a
+        batch no larger than an earlier one allocates neither."""
+        return _C.model_workspace_allocations(self._handle)
+
     def packed_scores(self, hidden, batch, temperature=1.0, return_stats=False):
         """Log-probs float32 [M] of the batch's scores read from `hidden`, plus
         per-score entropy, mean_logit, log_sum_sq_probs and is_top1 with
