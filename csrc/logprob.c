@@ -340,10 +340,15 @@ static double row_weight(const logprob_groups *g, long row) {
     return g->row_weight ? g->row_weight[row] : 1.0;
 }
 
-/* Scratch: logits chunk [C, V] | per row: exp sum, loss coefficient [C] doubles. */
+/* Scratch: logits chunk [C, V], padded to 64 bytes so the doubles after it
+ * are aligned | per row: exp sum, loss coefficient [C] doubles. */
+static size_t grouped_logits_floats(const logprob_problem *p) {
+    return ((size_t)chunk_capacity(p) * p->V + 15) / 16 * 16;
+}
+
 size_t logprob_grouped_scratch_bytes(const logprob_problem *p) {
     long C = chunk_capacity(p);
-    return sizeof(float) * (size_t)C * p->V + 2 * sizeof(double) * (size_t)C + 64;
+    return sizeof(float) * grouped_logits_floats(p) + 2 * sizeof(double) * (size_t)C + 64;
 }
 
 /* Logits of rows [r0, r0 + n), turned into exps in place (each row's exp sum
@@ -426,7 +431,7 @@ long token_logprobs_grouped(float *grad_hidden, float *grad_weight, float *logpr
     profile_mark mark = profile_begin();
     const long C = chunk_capacity(p);
     float *logits = (float *)scratch;
-    double *row_sum = (double *)(logits + (size_t)C * p->V), *row_coef = row_sum + C;
+    double *row_sum = (double *)(logits + grouped_logits_floats(p)), *row_coef = row_sum + C;
     long bad = -1;
     for (int g0 = 0, g1; g0 < g->n_groups && bad < 0; g0 = g1) {
         const int s0 = g->group_first_seq[g0];

@@ -227,12 +227,18 @@ def test_score_dpo_pairs_bad_input():
         model.score_dpo_pairs(hidden, batch, [2, 2], ref, settings)
     with pytest.raises(ValueError, match="chosen and a rejected"):
         model.score_dpo_pairs(hidden, batch, [3], ref, settings)
+    with pytest.raises(ValueError, match=r"completion_lengths\[0\] = 4611686018427387904: more"):
+        model.score_dpo_pairs(hidden, batch, [1 << 62, (1 << 62) + 3], ref, settings)  # sum wraps
     with pytest.raises(ValueError, match="ref_chosen_logps"):
         model.score_dpo_pairs(hidden, batch, [2, 1], np.array([[np.nan, -2.0]]), settings)
     with pytest.raises(ValueError, match="weights"):
         model.score_dpo_pairs(hidden, batch, [2, 1], ref, settings, weights=[1.0, 2.0])
     with pytest.raises(ValueError, match="loss_type"):
         calign.losses.dpo_settings(loss_type="nope")
+    for coupled in ("aot", "aot_unpaired", "sft"):
+        with pytest.raises(ValueError, match="couple a batch's pairs"):
+            model.score_dpo_pairs(hidden, batch, [2, 1], ref,
+                                  calign.losses.dpo_settings(loss_type=coupled))
     with pytest.raises(ValueError, match="hidden must have hidden_size columns"):
         model.score_dpo_pairs(hidden[:, :8].copy(), batch, [2, 1], ref, settings)
     with pytest.raises(ValueError, match="hidden must have hidden_size columns"):
@@ -532,6 +538,53 @@ def test_bad_token_input(saved):
     with pytest.raises(RuntimeError, match="needs a training forward"):
         batch = calign.pack_shared_prefix([([1, 2], [[3]])])
         model.backward_packed(batch, np.zeros((3, 48), np.float32))
+
+
+def test_backward_refuses_another_batch_of_the_same_length():
+    """The arena is carved for the forward's batch: a backward on a batch with
+    as many tokens but longer rows must be refused, not overrun it."""
+    model = calign.Model.from_config(dict(
+        model_type="llama", hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, intermediate_size=24, vocab_size=50, max_position_embeddings=512))
+    short_rows = calign.pack_shared_prefix([([t], [[1]]) for t in range(1, 41)])  # 40 rows of 2
+    one_row = calign.pack_shared_prefix([(list(range(1, 41)), [list(range(1, 41))])])
+    assert one_row.num_tokens == short_rows.num_tokens
+    hidden = model.forward_packed(short_rows, train=True)
+    with pytest.raises(RuntimeError, match="same batch"):
+        model.backward_packed(one_row, np.ones_like(hidden))
+    model.backward_packed(short_rows, np.ones_like(hidden))  # the batch it saw is fine
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_more_threads_for_the_backward_than_the_forward(checkpointing):
+    """Raising the thread count between a training forward and its backward
+    (the per-thread scratch was sized for the forward's) gives the same
+    gradients as one thread throughout."""
+    config = dict(model_type="llama", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, intermediate_size=48, vocab_size=101,
+                  max_position_embeddings=512)
+    rng = np.random.default_rng(0)
+    batch = calign.pack_shared_prefix([(rng.integers(0, 101, 150).tolist(),
+                                        [rng.integers(0, 101, 100).tolist(),
+                                         rng.integers(0, 101, 30).tolist()])])
+
+    def grads(forward_threads, backward_threads):
+        model = calign.Model.from_config(config, seed=0)
+        model.gradient_checkpointing = checkpointing
+        calign.set_num_threads(forward_threads)
+        hidden = model.forward_packed(batch, train=True)
+        d_hidden, _ = model.score_backward(hidden, batch, np.ones(batch.score_rows.size))
+        calign.set_num_threads(backward_threads)
+        model.backward_packed(batch, d_hidden)
+        return model.grad_buffer.copy()
+
+    previous = calign.get_num_threads()
+    try:
+        single, raised = grads(1, 1), grads(1, 4)
+    finally:
+        calign.set_num_threads(previous)
+    assert np.isfinite(raised).all()
+    np.testing.assert_allclose(raised, single, atol=1e-5)
 
 
 def test_sharded_checkpoint_loads(tmp_path):

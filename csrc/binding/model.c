@@ -293,7 +293,7 @@ static PyObject *py_model_backward(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "d_hidden must have shape [tokens, hidden_size]");
         goto done;
     }
-    if (!model_ready_for_backward(h->m, a.b.T)) {
+    if (!model_ready_for_backward(h->m, &a.b)) {
         PyErr_SetString(PyExc_RuntimeError,
                         "backward needs a training forward of the same batch just before it");
         goto done;
@@ -637,6 +637,14 @@ static PyObject *py_model_score_dpo(PyObject *self, PyObject *args) {
     int types[DPO_MAX_LOSS_TYPES];
     double loss_weights[DPO_MAX_LOSS_TYPES];
     if (parse_dpo_settings(settings, &dp, types, loss_weights) < 0) return NULL;
+    for (int t = 0; t < dp.n_loss_types; t++)
+        if (types[t] == DPO_AOT || types[t] == DPO_AOT_UNPAIRED || types[t] == DPO_SFT) {
+            /* each chunk of pairs gets its own loss: these need the whole batch */
+            PyErr_SetString(PyExc_ValueError, "score_dpo_pairs cannot fuse the loss types that "
+                            "couple a batch's pairs (aot, aot_unpaired, sft): score the pairs, "
+                            "then call calign.losses.dpo_loss on the whole batch");
+            return NULL;
+        }
     PyArrayObject *params = NULL, *grads = NULL, *hidden = NULL, *rows = NULL, *targets = NULL,
                   *lengths = NULL, *row_weights = NULL, *ref_c = NULL, *ref_r = NULL,
                   *weights = NULL;
@@ -693,6 +701,11 @@ static PyObject *py_model_score_dpo(PyObject *self, PyObject *args) {
         if (len[s] < 1) {
             PyErr_Format(PyExc_ValueError, "completion_lengths[%zd] = %lld: every completion "
                          "needs a token", (Py_ssize_t)s, (long long)len[s]);
+            goto done;
+        }
+        if (len[s] > M) { /* so that their sum cannot wrap */
+            PyErr_Format(PyExc_ValueError, "completion_lengths[%zd] = %lld: more than the %zd "
+                         "score_rows", (Py_ssize_t)s, (long long)len[s], (Py_ssize_t)M);
             goto done;
         }
         seq_first_row[s + 1] = seq_first_row[s] + len[s];

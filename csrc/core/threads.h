@@ -17,4 +17,13 @@ int calign_num_threads(void);
 /* n >= 1; returns the previous value. */
 int calign_set_num_threads(int n);
 
+/* The team for a loop whose per-thread scratch has room for scratch_threads
+ * threads: the setting, never more than the scratch holds (the setting may
+ * have been raised since the scratch was sized, even by another Python
+ * thread while a kernel runs). */
+static inline int calign_team(int scratch_threads) {
+    int n = calign_num_threads();
+    return n < scratch_threads ? n : scratch_threads;
+}
+
 #endif

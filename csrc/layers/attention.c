@@ -54,9 +54,9 @@ static void recompute_probs(float *S, const float *lse, long r0, long r1, long s
         float *row = S + (i - r0) * r1;
         const int32_t own = key_branch[i];
         const float row_lse = lse[i];
-        for (long j = 0; j <= i; j++) {
-            float e = exp_nonpositive(row[j] - row_lse);
-            row[j] = (key_branch[j] == 0) | (key_branch[j] == own) ? e : 0.0f;
+        for (long j = 0; j <= i; j++) { /* masked first: exp_nonpositive wants x <= 0 */
+            float x = (key_branch[j] == 0) | (key_branch[j] == own) ? row[j] - row_lse : -INFINITY;
+            row[j] = exp_nonpositive(x);
         }
         for (long j = i + 1; j < r1; j++) row[j] = 0.0f;
     }
@@ -84,7 +84,7 @@ void attention_forward(float *out, int ld_out, float *lse, const float *q, int l
     const long n_tasks = (long)a->n_seq * a->n_head;
     profile_mark mark = profile_begin();
     /* one (sequence, head) per task; the products inside run single-threaded */
-#pragma omp parallel for num_threads(calign_num_threads()) schedule(dynamic, 1)
+#pragma omp parallel for num_threads(calign_team(a->scratch_threads)) schedule(dynamic, 1)
     for (long task = 0; task < n_tasks; task++) {
         int s = (int)(task / a->n_head), h = (int)(task % a->n_head), kvh = h / group;
         long start = a->seq_start[s], L = a->seq_start[s + 1] - start;
@@ -122,7 +122,7 @@ void attention_backward(float *dq, int ld_dq, float *dk, int ld_dk, float *dv, i
     /* One task per (sequence, kv head): the query heads of a group share the
      * same dk, dv rows, so they are handled by the same thread. */
     const long n_tasks = (long)a->n_seq * a->n_kv_head;
-#pragma omp parallel for num_threads(calign_num_threads()) schedule(dynamic, 1)
+#pragma omp parallel for num_threads(calign_team(a->scratch_threads)) schedule(dynamic, 1)
     for (long task = 0; task < n_tasks; task++) {
         int s = (int)(task / a->n_kv_head), kvh = (int)(task % a->n_kv_head);
         long start = a->seq_start[s], L = a->seq_start[s + 1] - start;
@@ -164,11 +164,11 @@ void attention_cached_forward(float *out, int ld_out, const float *q, int ld_q,
                               const float *k_cache, const float *v_cache, int capacity,
                               const int32_t *run_slot, const int32_t *seq_start,
                               const int32_t *positions, int n_seq, int n_head, int n_kv_head,
-                              int head_dim, float *scores) {
+                              int head_dim, float *scores, int scratch_threads) {
     const int hd = head_dim, group = n_head / n_kv_head, kv_dim = n_kv_head * hd;
     const float scale = 1.0f / sqrtf((float)hd);
     const long n_tasks = (long)n_seq * n_head;
-#pragma omp parallel for num_threads(calign_num_threads()) schedule(dynamic, 1)
+#pragma omp parallel for num_threads(calign_team(scratch_threads)) schedule(dynamic, 1)
     for (long task = 0; task < n_tasks; task++) {
         int s = (int)(task / n_head), h = (int)(task % n_head), kvh = h / group;
         float *row = scores + (long)omp_get_thread_num() * capacity;

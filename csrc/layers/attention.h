@@ -28,6 +28,7 @@ typedef struct {
     int n_head, n_kv_head, head_dim;
     float *scratch;            /* scratch_per_thread floats per thread */
     long scratch_per_thread;   /* ATTENTION_SCRATCH_PER_THREAD(longest sequence) */
+    int scratch_threads;       /* threads the scratch has room for */
 } attention_shape;
 
 #define ATTENTION_BLOCK 64
@@ -50,12 +51,12 @@ void attention_backward(float *dq, int ld_dq, float *dk, int ld_dk, float *dv, i
  * batch (tokens [seq_start[s], seq_start[s+1])) belongs to cache slot
  * run_slot[s]; a token at position p attends to cache entries 0..p of its
  * slot (its own k, v already written there). k_cache, v_cache hold
- * [n_slots][capacity][n_kv_head * head_dim]. scores: capacity floats per
- * thread. */
+ * [n_slots][capacity][n_kv_head * head_dim]. scores: capacity floats for
+ * each of scratch_threads threads. */
 void attention_cached_forward(float *out, int ld_out, const float *q, int ld_q,
                               const float *k_cache, const float *v_cache, int capacity,
                               const int32_t *run_slot, const int32_t *seq_start,
                               const int32_t *positions, int n_seq, int n_head, int n_kv_head,
-                              int head_dim, float *scores);
+                              int head_dim, float *scores, int scratch_threads);
 
 #endif

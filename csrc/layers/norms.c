@@ -62,8 +62,9 @@ static void add_partials(float *d_weight, float *d_bias, const float *partial, i
 
 void layernorm_backward(float *d_inp, float *d_weight, float *d_bias, const float *d_out,
                         const float *inp, const float *weight, const float *mean,
-                        const float *rstd, long n_rows, int dim, float *scratch) {
-    int n_threads = calign_num_threads();
+                        const float *rstd, long n_rows, int dim, float *scratch,
+                        int scratch_threads) {
+    int n_threads = calign_team(scratch_threads);
     float *partial = thread_partials(scratch, n_threads, dim);
 #pragma omp parallel num_threads(n_threads)
     {
@@ -114,8 +115,8 @@ void rmsnorm_recompute(float *out, const float *inp, const float *weight, const 
 
 void rmsnorm_backward(float *d_inp, float *d_weight, const float *d_out, const float *inp,
                       const float *weight, const float *rstd, long n_rows, int dim,
-                      int overwrite_d_inp, float *scratch) {
-    int n_threads = calign_num_threads();
+                      int overwrite_d_inp, float *scratch, int scratch_threads) {
+    int n_threads = calign_team(scratch_threads);
     float *partial = thread_partials(scratch, n_threads, dim);
 #pragma omp parallel num_threads(n_threads)
     {

@@ -202,7 +202,7 @@ int model_generate(model *m, const float *params, const int32_t *prompt_tokens,
         rng[i] = splitmix64(&seed_state);
         out_lengths[i] = 0;
     }
-    kv_cache cache = {k, v, n_slots, capacity, run_slot, scores};
+    kv_cache cache = {k, v, n_slots, capacity, run_slot, scores, threads};
 
     /* Prefill: every prompt once, into the first slot of its group. */
     for (int i = 0; i < n_prompts; i++) {

@@ -59,6 +59,7 @@ struct model {
     forward_scratch f;
     grad_scratch g;
     long forward_T;     /* tokens of the last training forward, -1 if none */
+    uint64_t forward_batch; /* batch_fingerprint of that forward's batch */
     int forward_checkpointed; /* that forward kept only the residual streams */
     float *scratch;     /* model_scratch */
     long scratch_floats;
@@ -162,7 +163,21 @@ float *model_scratch(model *m, long n) {
 }
 
 const model_config *model_get_config(const model *m) { return &m->cfg; }
-int model_ready_for_backward(const model *m, long T) { return m->forward_T == T && T >= 0; }
+/* FNV-1a over a batch's tokens, positions, branches and sequence starts: the
+ * backward must get the batch its forward saw, since the arena was carved
+ * for that batch's shape. */
+static uint64_t batch_fingerprint(const packed_batch *b) {
+    uint64_t h = 14695981039346656037ULL;
+    const int32_t *fields[3] = {b->tokens, b->positions, b->branch};
+    for (int f = 0; f < 3; f++)
+        for (long t = 0; t < b->T; t++) h = (h ^ (uint32_t)fields[f][t]) * 1099511628211ULL;
+    for (int s = 0; s <= b->n_seq; s++) h = (h ^ (uint32_t)b->seq_start[s]) * 1099511628211ULL;
+    return h;
+}
+
+int model_ready_for_backward(const model *m, const packed_batch *b) {
+    return m->forward_T >= 0 && m->forward_T == b->T && m->forward_batch == batch_fingerprint(b);
+}
 long model_param_count(const model *m) { return m->off.n_params; }
 long model_lm_head_offset(const model *m) { return m->off.lm_head; }
 
@@ -353,7 +368,7 @@ static attention_shape attention_shape_of(const model *m, const packed_batch *b)
     }
     return (attention_shape){b->seq_start, b->branch, b->n_seq, b->T, c->n_head, c->n_kv_head,
                              c->head_dim, m->f.attention_scratch,
-                             ATTENTION_SCRATCH_PER_THREAD(longest)};
+                             ATTENTION_SCRATCH_PER_THREAD(longest), m->arena_threads};
 }
 
 /* Writes k and v of the batch's tokens (rows of stride ld) into the cache at
@@ -423,7 +438,7 @@ static void layer_forward(model *m, layer_acts *a, float *x_out, const float *x,
         attention_cached_forward(a->att, q_dim, q, ld, cache->k + layer_floats,
                                  cache->v + layer_floats, cache->capacity, cache->run_slot,
                                  b->seq_start, b->positions, b->n_seq, nq, nkv, hd,
-                                 cache->scores);
+                                 cache->scores, cache->scores_threads);
     } else {
         attention_shape shape = attention_shape_of(m, b);
         attention_forward(a->att, q_dim, a->lse, q, ld, k, ld, v, ld, &shape);
@@ -463,6 +478,7 @@ static void forward(model *m, float *hidden_out, const float *params, const pack
     norm_forward(m, hidden_out, m->final_mean, m->final_rstd, last, params, o->final_norm_w,
                  o->final_norm_b, b->T);
     m->forward_T = train ? b->T : -1;
+    m->forward_batch = train ? batch_fingerprint(b) : 0;
     m->forward_checkpointed = mode == FORWARD_TRAIN_CHECKPOINTED;
 }
 
@@ -485,10 +501,10 @@ static void norm_backward(model *m, float *d_inp, float *grads, const float *d_o
     const model_config *c = &m->cfg;
     if (c->norm == NORM_LAYERNORM)
         layernorm_backward(d_inp, grads + w, grads + bias, d_out, inp, params + w, mean, rstd, T,
-                           c->d_model, m->g.norm_scratch);
+                           c->d_model, m->g.norm_scratch, m->arena_threads);
     else
         rmsnorm_backward(d_inp, grads + w, d_out, inp, params + w, rstd, T, c->d_model, 0,
-                         m->g.norm_scratch);
+                         m->g.norm_scratch, m->arena_threads);
 }
 
 /* The norm's forward output again, from its input and kept statistics. */
@@ -514,9 +530,9 @@ static void qk_norm_backward(model *m, float *grads, const float *params, const 
     const int hd = c->head_dim, nq = c->n_head, nkv = c->n_kv_head;
     const int q_dim = nq * hd, kv_dim = nkv * hd;
     rmsnorm_backward(g->d_q_pre, grads + L->q_norm_w, g->d_q, a->q_pre, params + L->q_norm_w,
-                     a->q_norm_rstd, T * nq, hd, 1, g->norm_scratch);
+                     a->q_norm_rstd, T * nq, hd, 1, g->norm_scratch, m->arena_threads);
     rmsnorm_backward(g->d_k_pre, grads + L->k_norm_w, g->d_k, a->k_pre, params + L->k_norm_w,
-                     a->k_norm_rstd, T * nkv, hd, 1, g->norm_scratch);
+                     a->k_norm_rstd, T * nkv, hd, 1, g->norm_scratch, m->arena_threads);
     copy_columns(g->d_qkv, m->qkv_dim, g->d_q_pre, q_dim, T, q_dim);
     copy_columns(g->d_qkv + q_dim, m->qkv_dim, g->d_k_pre, kv_dim, T, kv_dim);
 }

@@ -108,6 +108,7 @@ typedef struct {
     int n_slots, capacity;
     const int32_t *run_slot; /* [n_seq] cache slot of each run of the batch */
     float *scores;           /* scratch: capacity floats per thread */
+    int scores_threads;      /* threads scores has room for */
 } kv_cache;
 
 /* Forward of new tokens appended to the cache: run s of the batch continues
@@ -123,8 +124,8 @@ long kv_cache_layer_floats(const model *m, int n_slots, int capacity);
  * calls, grown when needed); NULL when memory could not be had. */
 float *model_scratch(model *m, long n);
 
-/* Whether model_backward may run for a batch of T tokens (a training forward
- * of that batch came last). */
-int model_ready_for_backward(const model *m, long T);
+/* Whether model_backward may run for batch b (a training forward of the
+ * same batch came last). */
+int model_ready_for_backward(const model *m, const packed_batch *b);
 
 #endif
