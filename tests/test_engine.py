@@ -235,6 +235,15 @@ def test_score_dpo_pairs_bad_input():
         model.score_dpo_pairs(hidden, batch, [2, 1], ref, settings, weights=[1.0, 2.0])
     with pytest.raises(ValueError, match="loss_type"):
         calign.losses.dpo_settings(loss_type="nope")
+    with pytest.raises(ValueError, match="loss_type must be a name or a list of names"):
+        calign.losses.dpo_settings(loss_type=None)
+    with pytest.raises(ValueError, match="loss_weights must be a list of numbers"):
+        calign.losses.dpo_settings(loss_weights=5)
+    assert calign.losses.dpo_settings(scpo_alpha=np.float32(0.5))[5] == 0.5  # NumPy numbers pass
+    with pytest.raises(ValueError, match="grad_scale must be finite"):
+        model.score_dpo_pairs(hidden, batch, [2, 1], ref, settings, grad_scale=float("nan"))
+    with pytest.raises(ValueError, match=r"ref_logps must have shape \[pairs, 2\]"):
+        model.score_dpo_pairs(hidden, batch, [2, 1], ref[0], settings)
     for coupled in ("aot", "aot_unpaired", "sft"):
         with pytest.raises(ValueError, match="couple a batch's pairs"):
             model.score_dpo_pairs(hidden, batch, [2, 1], ref,
@@ -535,6 +544,27 @@ def test_bad_token_input(saved):
         model.generate([[1, 2]], max_new_tokens=159)
     with pytest.raises(ValueError, match="max_new_tokens"):
         model.generate([[1, 2]], max_new_tokens=0)
+    with pytest.raises(ValueError, match=r"max_new_tokens must be an integer in \[1, 160\]"):
+        model.generate([[1, 2]], max_new_tokens=10**12)  # beyond a C int too
+    with pytest.raises(ValueError, match="num_return_sequences must be an integer in"):
+        model.generate([[1, 2]], max_new_tokens=2, do_sample=True, num_return_sequences=2**40)
+    with pytest.raises(ValueError, match="num_return_sequences"):
+        model.generate([[1, 2]], max_new_tokens=2, do_sample=True, num_return_sequences=True)
+    for temperature in (float("inf"), float("nan"), 0.0):
+        with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+            model.generate([[1, 2]], max_new_tokens=2, do_sample=True, temperature=temperature)
+    with pytest.raises(ValueError, match="logits at new token 1 are not finite .* temperature"):
+        model.generate([[1, 2]], max_new_tokens=2, do_sample=True, temperature=1e-45)
+    # NumPy scalars are numbers like any other
+    out = model.generate([[1, 2]], max_new_tokens=np.int64(3), do_sample=True,
+                         temperature=np.float32(0.5), top_p=np.float64(0.9),
+                         num_return_sequences=np.int32(2), seed=0)
+    assert [len(s) for s in out] == [3, 3]
+    for temperature in (0.0, -1.0):
+        with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+            model.token_logprobs([[1, 2, 3]], [[1, 2, 3]], temperature=temperature)
+    with pytest.raises(TypeError, match="gradient_checkpointing must be True or False"):
+        model.gradient_checkpointing = "yes"
     with pytest.raises(RuntimeError, match="needs a training forward"):
         batch = calign.pack_shared_prefix([([1, 2], [[3]])])
         model.backward_packed(batch, np.zeros((3, 48), np.float32))

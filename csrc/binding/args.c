@@ -145,3 +145,9 @@ PyObject *raise_printf(PyObject *type, const char *format, ...) {
     PyErr_SetString(type, message);
     return NULL;
 }
+
+int check_temperature(double temperature) {
+    if (temperature > 0.0 && isfinite(temperature)) return 0;
+    raise_printf(PyExc_ValueError, "temperature must be a finite number > 0, got %g", temperature);
+    return -1;
+}

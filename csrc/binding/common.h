@@ -34,6 +34,9 @@ PyArrayObject *arg_f64_matrix(PyObject *obj, const char *name, int finite);
  * (PyErr_Format knows no %g); returns NULL. */
 PyObject *raise_printf(PyObject *type, const char *format, ...);
 
+/* Raises ValueError (returns -1) unless temperature is finite and > 0. */
+int check_temperature(double temperature);
+
 /* Raises ValueError unless the array has `expected` elements along axis 0. */
 int check_length(PyArrayObject *arr, const char *name, npy_intp expected,
                  const char *expected_from);

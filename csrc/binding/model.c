@@ -415,7 +415,8 @@ static PyObject *py_model_score(PyObject *self, PyObject *args) {
     double temperature;
     int return_stats = 0;
     if (!PyArg_ParseTuple(args, "OOOOOd|p", &capsule, &params_obj, &hidden_obj, &rows_obj,
-                          &targets_obj, &temperature, &return_stats))
+                          &targets_obj, &temperature, &return_stats) ||
+        check_temperature(temperature) < 0)
         return NULL;
     model_handle *h = get_handle(capsule);
     if (!h) return NULL;
@@ -472,7 +473,8 @@ static PyObject *py_model_score_backward(PyObject *self, PyObject *args) {
     double temperature;
     int return_stats = 0;
     if (!PyArg_ParseTuple(args, "OOOOOOOd|p", &capsule, &params_obj, &grads_obj, &hidden_obj,
-                          &rows_obj, &targets_obj, &grad_obj, &temperature, &return_stats))
+                          &rows_obj, &targets_obj, &grad_obj, &temperature, &return_stats) ||
+        check_temperature(temperature) < 0)
         return NULL;
     model_handle *h = get_handle(capsule);
     if (!h) return NULL;
@@ -600,7 +602,7 @@ static PyObject *py_model_generate(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
     h->busy = 0;
     if (status < 0) {
-        PyErr_SetString(PyExc_MemoryError, err);
+        PyErr_SetString(status == -2 ? PyExc_ValueError : PyExc_MemoryError, err);
         goto done;
     }
     result = Py_BuildValue("(OO)", out, lengths);
@@ -630,6 +632,10 @@ static PyObject *py_model_score_dpo(PyObject *self, PyObject *args) {
                           &ref_c_obj, &ref_r_obj, &weights_obj, &grad_scale, &PyTuple_Type,
                           &settings))
         return NULL;
+    if (!isfinite(grad_scale)) {
+        raise_printf(PyExc_ValueError, "grad_scale must be finite, got %g", grad_scale);
+        return NULL;
+    }
     model_handle *h = get_handle(capsule);
     if (!h) return NULL;
     const model_config *c = model_get_config(h->m);

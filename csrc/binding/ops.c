@@ -47,11 +47,7 @@ static int parse_problem(logprob_args *a, PyObject *hidden, PyObject *weight,
         if (!(a->bias = arg_f32_array(bias, "bias", 1))) return -1;
         if (check_length(a->bias, "bias", V, "weight") < 0) return -1;
     }
-    if (!(temperature > 0.0) || !isfinite(temperature)) {
-        raise_printf(PyExc_ValueError, "temperature must be a finite number > 0, got %g",
-                     temperature);
-        return -1;
-    }
+    if (check_temperature(temperature) < 0) return -1;
     long chunk_rows = logprob_default_chunk_rows((int)V, (int)d);
     if (chunk_size != Py_None) {
         chunk_rows = PyLong_AsLong(chunk_size);

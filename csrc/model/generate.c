@@ -101,15 +101,20 @@ static void unnormalised_probabilities(float *weight, const float *scaled, float
  * V p_i <= 1 - top_p never do (the test below keeps a margin: extra
  * candidates change nothing). With no filter nothing is sorted and the draw
  * walks the tokens in index order.
- * Scratch of the calling thread: work, 2V scored_tokens; buffer, 3V floats. */
+ * Scratch of the calling thread: work, 2V scored_tokens; buffer, 3V floats.
+ * Returns -1 when the largest (scaled) logit is not finite. */
 static int sample_token(const float *logits, int V, const generate_settings *s, uint64_t *rng,
                         scored_token *work, float *buffer) {
-    if (!s->do_sample) return argmax(logits, V);
+    if (!s->do_sample) {
+        int best = argmax(logits, V);
+        return isfinite(logits[best]) ? best : -1;
+    }
     const int top_k = s->top_k > 0 && s->top_k < V ? s->top_k : 0;
     const int nucleus = s->top_p < 1.0f;
     float *scaled = buffer, *weight = buffer + V, *select = buffer + 2 * V;
     for (int v = 0; v < V; v++) scaled[v] = logits[v] / s->temperature;
     const float top = scaled[argmax(scaled, V)];
+    if (!isfinite(top)) return -1; /* NaN logits, or a temperature so small they overflow */
     unnormalised_probabilities(weight, scaled, top, V);
     double total = 0.0;
     for (int v = 0; v < V; v++) total += weight[v];
@@ -254,6 +259,14 @@ int model_generate(model *m, const float *params, const int32_t *prompt_tokens,
                                          work + (size_t)me * 2 * V,
                                          sample_buffer + (size_t)me * 3 * V);
         }
+        for (int a = 0; a < n_active; a++)
+            if (next_token[a] < 0) {
+                snprintf(err, 256, "the logits at new token %d are not finite (NaN or infinity "
+                         "in the parameters, or a temperature of %g too small for float32)",
+                         step + 1, (double)s->temperature);
+                status = -2;
+                goto done;
+            }
         int still = 0;
         for (int a = 0; a < n_active; a++) {
             int slot = active[a];

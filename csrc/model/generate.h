@@ -18,7 +18,8 @@ typedef struct {
 /* Prompt i is prompt_tokens[prompt_start[i] .. prompt_start[i+1]); sample r
  * of prompt i is written to out_tokens[(i * R + r) * max_new_tokens ...] with
  * its length in out_lengths[i * R + r] (it stops after eos, eos included).
- * Returns 0, or -1 with a message in err (256 bytes). */
+ * Returns 0, or with a message in err (256 bytes) -1 when out of memory, -2
+ * when the logits are not finite. */
 int model_generate(model *m, const float *params, const int32_t *prompt_tokens,
                    const int32_t *prompt_start, int n_prompts, const generate_settings *s,
                    int32_t *out_tokens, int32_t *out_lengths, char *err);

@@ -12,6 +12,7 @@ for each policy input x (for losses that couple examples, such as ``aot`` and
 specification of every formula; the C files cite the papers.
 """
 
+import numbers
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -82,16 +83,30 @@ def _choice(value, valid, name):
     return valid.index(value)
 
 
+def _is_real(value):
+    """A real number, Python's or NumPy's, not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def _positive(value, name):
-    if not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
+    if not _is_real(value) or not np.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
 
 def _finite(value, name):
-    if not isinstance(value, (int, float)) or not np.isfinite(value):
+    if not _is_real(value) or not np.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     return float(value)
+
+
+def _names(value, name):
+    """One name or a list of names, as a list."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name} must be a name or a list of names, got {value!r}")
+    return list(value)
 
 
 def _counts(lengths, name):
@@ -124,12 +139,15 @@ def dpo_settings(*, beta=0.1, loss_type="sigmoid", loss_weights=None, label_smoo
     """The checked settings of dpo_loss as the C library takes them (a tuple),
     for the trainer's fused scoring, which applies the same loss inside the
     log-prob kernel. Arguments as dpo_loss's."""
-    types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
+    types = _names(loss_type, "loss_type")
     if not types:
         raise ValueError(f"loss_type must name at least one of {list(DPO_LOSS_TYPES)}")
     codes = [_choice(t, DPO_LOSS_TYPES, "loss_type") for t in types]
     if loss_weights is None:
         loss_weights = [1.0] * len(types)
+    if not isinstance(loss_weights, (list, tuple, np.ndarray)):
+        raise ValueError(f"loss_weights must be a list of numbers, one per loss_type, got "
+                         f"{loss_weights!r}")
     if len(loss_weights) != len(types):
         raise ValueError(f"loss_weights has {len(loss_weights)} entries but loss_type has "
                          f"{len(types)}")

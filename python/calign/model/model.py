@@ -1,6 +1,8 @@
 """calign.Model: a Hugging Face causal LM whose forward and backward run in C."""
 
 import copy
+import math
+import numbers
 from typing import NamedTuple
 
 import numpy as np
@@ -43,7 +45,7 @@ class Model:
         # tensors the engine does not use (a reward head) follow the engine's
         self._extra = dict(extra_tensors or {})
         n_extra = sum(int(np.prod(shape)) for shape in self._extra.values())
-        self.gradient_checkpointing = False
+        self._gradient_checkpointing = False
         self.params = np.zeros(n_engine + n_extra, np.float32)
         self.grad_buffer = np.zeros(n_engine + n_extra, np.float32)
         self._engine_params = self.params[:n_engine]
@@ -143,6 +145,16 @@ class Model:
         return _C.model_forward(self._handle, self._engine_params, batch.input_ids, batch.position_ids,
                                 batch.sequence_starts, batch.branch_ids, mode)
 
+    @property
+    def gradient_checkpointing(self):
+        return self._gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, value):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"gradient_checkpointing must be True or False, got {value!r}")
+        self._gradient_checkpointing = bool(value)
+
     def activation_arena_bytes(self):
         """Bytes the engine holds for activations and their gradients, as sized
         by the largest batch so far (it grows, never shrinks)."""
@@ -187,6 +199,9 @@ class Model:
         aot_unpaired or sft). Returns a PairScores.
         """
         ref_logps = np.asarray(ref_logps, np.float64)
+        if ref_logps.ndim != 2 or ref_logps.shape[1] != 2:
+            raise ValueError(f"ref_logps must have shape [pairs, 2] (chosen, rejected), got "
+                             f"{ref_logps.shape}")
         return PairScores(*_C.model_score_dpo(
             self._handle, self._engine_params, self._engine_grads, hidden, batch.score_rows,
             batch.score_targets, completion_lengths, token_weights, ref_logps[:, 0],
@@ -302,16 +317,21 @@ class Model:
             if row.dtype.kind not in "iu":
                 raise TypeError(f"prompt {i} must hold integer token ids, not {row.dtype}")
             rows.append(row)
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-        if not (isinstance(temperature, (int, float)) and temperature > 0):
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        if not isinstance(top_k, int) or top_k < 0:
+        max_positions = self._engine["max_positions"]
+        if not _is_int(max_new_tokens) or not 1 <= max_new_tokens <= max_positions:
+            raise ValueError(f"max_new_tokens must be an integer in [1, {max_positions}] (the "
+                             f"model's maximum positions), got {max_new_tokens!r}")
+        if not (_is_real(temperature) and 0 < temperature < math.inf):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        if not _is_int(top_k) or top_k < 0:
             raise ValueError(f"top_k must be an integer >= 0, got {top_k!r}")
-        if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        if not (_is_real(top_p) and 0 < top_p <= 1):
             raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-        if not isinstance(num_return_sequences, int) or num_return_sequences < 1:
-            raise ValueError("num_return_sequences must be a positive integer")
+        if not _is_int(num_return_sequences) or \
+                not 1 <= num_return_sequences <= _MAX_SEQUENCES // len(rows):
+            raise ValueError(f"num_return_sequences must be an integer in [1, "
+                             f"{_MAX_SEQUENCES // len(rows)}] for {len(rows)} prompt(s), got "
+                             f"{num_return_sequences!r}")
         if num_return_sequences > 1 and not do_sample:
             raise ValueError("num_return_sequences > 1 needs do_sample=True (greedy samples "
                              "would all be equal)")
@@ -319,10 +339,24 @@ class Model:
         seed = np.random.SeedSequence().entropy % 2**64 if seed is None else int(seed) % 2**64
         starts = np.concatenate([[0], np.cumsum([r.size for r in rows])])
         tokens, lengths = _C.model_generate(
-            self._handle, self._engine_params, np.concatenate(rows), starts, max_new_tokens,
-            bool(do_sample), float(temperature), top_k, float(top_p), eos,
-            num_return_sequences, seed)
+            self._handle, self._engine_params, np.concatenate(rows), starts, int(max_new_tokens),
+            bool(do_sample), float(temperature), int(top_k), float(top_p), eos,
+            int(num_return_sequences), seed)
         return [tokens[i, :lengths[i]].tolist() for i in range(tokens.shape[0])]
+
+
+# sequences one generate call may hold (prompts x samples): a C int
+_MAX_SEQUENCES = 2**31 - 1
+
+
+def _is_int(x):
+    """An integer (Python or NumPy), not a bool."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
+
+
+def _is_real(x):
+    """A real number (Python or NumPy), not a bool."""
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
 
 
 def _embedding_name(config):
