@@ -283,6 +283,41 @@ def test_jsonl_source_and_its_errors(llama_dir, tmp_path):
                           train_dataset=str(path))
 
 
+@pytest.mark.parametrize("field,value,error,match", [
+    ("weight", -1.0, ValueError, r"record 1: 'weight' must be a finite number in \[0.0, inf\]"),
+    ("weight", float("nan"), ValueError, "record 1: 'weight' must be a finite number"),
+    ("weight", "high", TypeError, "record 1: 'weight' must be a number, got 'high'"),
+    ("margin", float("inf"), ValueError, "record 1: 'margin' must be a finite number"),
+    ("ref_chosen_logps", 0.5, ValueError, r"record 1: 'ref_chosen_logps' .* \[-inf, 0.0\]"),
+])
+def test_bad_optional_numbers_name_record_and_field(llama_dir, tmp_path, field, value, error,
+                                                    match):
+    """A negative weight would flip a pair's preference; NaN would poison a batch."""
+    data = pairs(2, seed=20)
+    data[1] = dict(data[1], **{field: value})
+    if field == "ref_chosen_logps":
+        data[1]["ref_rejected_logps"] = -3.0
+    with pytest.raises(error, match=match):
+        calign.DPOTrainer(llama_dir, args=calign.DPOConfig(output_dir=str(tmp_path)),
+                          train_dataset=data)
+
+
+def test_damaged_reference_cache_is_computed_again(llama_dir, tmp_path):
+    data = pairs(4, seed=21)
+    config = calign.DPOConfig(output_dir=str(tmp_path), precompute_ref_log_probs=True,
+                              **dict(COMMON, max_steps=1))
+    first = calign.DPOTrainer(llama_dir, args=config, train_dataset=data)
+    expected = [e.ref_logps for e in first.train_examples]
+    [cache] = tmp_path.glob("ref_logps-train-*.npy")
+    for damage in (lambda: np.save(cache, np.zeros((2, 5))),  # another shape
+                   lambda: cache.write_bytes(cache.read_bytes()[:40])):  # truncated
+        damage()
+        with pytest.warns(UserWarning, match="reference log-prob cache .* computing it again"):
+            again = calign.DPOTrainer(llama_dir, args=config, train_dataset=data)
+        assert [e.ref_logps for e in again.train_examples] == expected
+        assert np.load(cache).shape == (4, 2)  # rewritten
+
+
 def test_missing_field_names_record_and_field(llama_dir, tmp_path, tokenizer_dir):
     with pytest.raises(KeyError, match="record 1 lacks the field 'rejected'"):
         calign.DPOTrainer(llama_dir, args=calign.DPOConfig(output_dir=str(tmp_path)),
@@ -303,6 +338,8 @@ def test_missing_field_names_record_and_field(llama_dir, tmp_path, tokenizer_dir
     (dict(truncation_mode="middle"), "truncation_mode"),
     (dict(loss_type="scpo", scpo_alpha=-1.0), "scpo_alpha must be a number >= 0"),
     (dict(scpo_alpha="1"), "scpo_alpha"),
+    (dict(reference_free="False"), "reference_free must be True or False"),
+    (dict(precompute_ref_log_probs=1), "precompute_ref_log_probs must be True or False"),
 ])
 def test_bad_config_values_raise_naming_the_field(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -11,6 +11,7 @@ Optional: "margin" (reward models), "ref_chosen_logps" / "ref_rejected_logps"
 loss, as calign.selfimprove.scpo_pairs writes).
 """
 
+import math
 from dataclasses import dataclass
 
 from calign.data.records import load_records, report_skipped, require_field
@@ -104,6 +105,22 @@ def truncate(prompt, completions, config):
     return prompt, completions, None
 
 
+def _number(record, field, index, name, at_least=-math.inf, at_most=math.inf):
+    """record[field] as a finite float in [at_least, at_most], or None when absent."""
+    value = record.get(field)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} record {index}: {field!r} must be a number, got "
+                        f"{value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(number) or not at_least <= number <= at_most:
+        raise ValueError(f"{name} record {index}: {field!r} must be a finite number in "
+                         f"[{at_least}, {at_most}], got {value!r}")
+    return number
+
+
 def prepare_preference_data(source, tokenizer, config, name="train_dataset", listwise=False):
     """Loads, tokenizes and truncates preference records.
 
@@ -123,9 +140,9 @@ def prepare_preference_data(source, tokenizer, config, name="train_dataset", lis
             continue
         ref = None
         if "ref_chosen_logps" in record and "ref_rejected_logps" in record:
-            ref = [float(record["ref_chosen_logps"]), float(record["ref_rejected_logps"])]
-        margin, weight = record.get("margin"), record.get("weight")
-        examples.append(PreferenceExample(prompt, completions,
-                                          None if margin is None else float(margin), ref, index,
-                                          None if weight is None else float(weight)))
+            ref = [_number(record, field, index, name, at_most=0.0)
+                   for field in ("ref_chosen_logps", "ref_rejected_logps")]
+        margin = _number(record, "margin", index, name)
+        weight = _number(record, "weight", index, name, at_least=0.0)
+        examples.append(PreferenceExample(prompt, completions, margin, ref, index, weight))
     return report_skipped(examples, skipped, len(records), name)

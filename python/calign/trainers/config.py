@@ -110,9 +110,10 @@ class TrainingConfig:
             value = getattr(self, name)
             _check(value is None or (isinstance(value, int) and value >= 2), name, value,
                    "None or an integer >= 2")
-        for name in ("gradient_checkpointing", "shuffle", "disable_tqdm"):
-            value = getattr(self, name)
-            _check(isinstance(value, bool), name, value, "True or False")
+        for f in fields(self):  # every flag, the subclasses' too (a string "False" is truthy)
+            if f.type in (bool, "bool"):
+                value = getattr(self, f.name)
+                _check(isinstance(value, bool), f.name, value, "True or False")
         _check(self.truncation_mode in TRUNCATION_MODES, "truncation_mode",
                self.truncation_mode, f"one of {list(TRUNCATION_MODES)}")
 
@@ -166,7 +167,8 @@ class DPOConfig(TrainingConfig):
         _check("listwise" not in types or len(types) == 1, "loss_type", self.loss_type,
                "'listwise' alone (it does not combine with pairwise losses)")
         if self.loss_weights is not None:
-            _check(len(self.loss_weights) == len(types), "loss_weights", self.loss_weights,
+            _check(isinstance(self.loss_weights, (list, tuple)) and
+                   len(self.loss_weights) == len(types), "loss_weights", self.loss_weights,
                    f"a list of {len(types)} numbers (one per loss_type)")
         _check(_is_number(self.label_smoothing) and 0 <= self.label_smoothing <= 1,
                "label_smoothing", self.label_smoothing, "in [0, 1]")

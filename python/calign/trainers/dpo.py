@@ -14,6 +14,7 @@ of the initial policy, precomputed log-probs, dataset columns, or nothing
 
 import hashlib
 import os
+import warnings
 
 import numpy as np
 
@@ -27,6 +28,23 @@ from calign.trainers.packed import PackedPreferences
 
 # loss types whose value for a pair depends on the rest of the batch
 BATCH_COUPLED_LOSS_TYPES = ("aot", "aot_unpaired", "sft")
+
+
+def _load_cached_reference(path, shape):
+    """The cached reference log-probs at path, or None when there is no cache
+    or it is damaged (then it is computed again, with a warning)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        values = np.load(path)
+    except (OSError, ValueError, EOFError) as error:
+        problem = f"cannot be read ({error})"
+    else:
+        if values.shape == shape and np.isfinite(values).all() and (values <= 0).all():
+            return values
+        problem = f"holds {values.shape} values, not {shape} finite log-probs"
+    warnings.warn(f"reference log-prob cache {path} {problem}: computing it again")
+    return None
 
 
 class DPOTrainer(BaseTrainer):
@@ -99,9 +117,8 @@ class DPOTrainer(BaseTrainer):
             digest.update(np.asarray(e.prompt_ids + [-1] + [t for c in e.completions
                                                            for t in c + [-2]]).tobytes())
         path = os.path.join(self.args.output_dir, f"ref_logps-{split}-{digest.hexdigest()[:16]}.npy")
-        if os.path.isfile(path):
-            values = np.load(path)
-        else:
+        values = _load_cached_reference(path, (len(examples), len(examples[0].completions)))
+        if values is None:
             bs = self.args.per_device_eval_batch_size
             values = np.concatenate([
                 self._reference_sums(PackedPreferences(examples[i:i + bs], self.args.ld_alpha))
