@@ -498,7 +498,8 @@ def test_joint_hmm_bad_input():
                             ({"burn_in": -1}, "burn_in must be an integer"),
                             ({"samples": 0}, "samples must be an integer"),
                             ({"max_fertility": 0}, "max_fertility must be an integer"),
-                            ({"max_fertility": 65}, "max_fertility must be at most 64"),
+                            ({"max_fertility": 65},
+                             r"max_fertility must be an integer in \[1, 64\]"),
                             ({"fertility_prior": float("nan")}, "fertility_prior must be"),
                             ({"seed": -1}, "seed must be an integer"),
                             ({"p0": 1.5}, "p0 must be in"),
@@ -546,3 +547,163 @@ def test_sampler_and_soft_union_bad_arrays():
         _C.wa_soft_union(arrays[1], arrays[3], np.zeros(3), np.zeros(3), 0.5)
     with pytest.raises(TypeError, match="reverse must be a contiguous float64 vector"):
         _C.wa_soft_union(arrays[1], arrays[3], np.zeros(3), np.zeros(3, np.float32), 0.5)
+
+
+# ---- bad input: clear errors before any long computation ------------------------------------
+
+TINY = [(["a", "b"], ["x", "y"]), (["b", "c"], ["y", "z"]), (["a"], ["x"])]
+
+
+def test_constructor_counts_and_probabilities_are_checked():
+    for make, message in ((lambda: wa.HMM(ibm1_iterations=-1), r"ibm1_iterations must be an "
+                                                              r"integer in \[0, 2147483647\]"),
+                          (lambda: wa.JointHMM(ibm1_iterations=-1), "ibm1_iterations must be"),
+                          (lambda: wa.HMM(ibm1_iterations=2.5), "ibm1_iterations must be an"),
+                          (lambda: wa.HMM(ibm1_iterations=True), "ibm1_iterations must be an"),
+                          (lambda: wa.HMM(max_jump=np.float64(3)), "max_jump must be an integer"),
+                          (lambda: wa.HMM(p0="a"), r"p0 must be in \(0, 1\), got 'a'"),
+                          (lambda: wa.HMM(p0=True), r"p0 must be in \(0, 1\)"),
+                          (lambda: wa.IBM2(p0=float("nan")), r"p0 must be in \[0, 1\)"),
+                          (lambda: wa.IBM2(tension="a"), "tension must be a finite number > 0"),
+                          (lambda: wa.JointHMM(fertility_prior="1"), "fertility_prior must be")):
+        with pytest.raises(ValueError, match=message):
+            make()
+    # NumPy scalars are numbers like any other (kept as Python numbers)
+    model = wa.HMM(p0=np.float32(0.25), max_jump=np.int64(3), ibm1_iterations=np.int32(2),
+                   alpha=np.float32(0.1)).fit(SMALL, np.int64(2))
+    assert type(model.p0) is float and type(model.max_jump) is int and \
+        type(model.ibm1_iterations) is int and len(model.log_likelihoods) == 4
+    joint = wa.JointHMM(burn_in=np.int64(1), samples=np.uint8(2), seed=np.uint64(3),
+                        fertility_prior=np.float32(0.5))
+    assert (joint.burn_in, joint.samples, joint.seed, joint.fertility_prior) == (1, 2, 3, 0.5)
+
+
+@pytest.mark.parametrize("make", [wa.IBM1, wa.IBM2, wa.HMM, wa.JointHMM])
+def test_alpha_that_would_overflow_the_dirichlet_update_is_rejected(make):
+    from calign.wordalign.ibm import ALPHA_MAX
+
+    for alpha in (1e308, float("inf"), -0.1, True, "0.1"):
+        with pytest.raises(ValueError, match=r"alpha must be in \[0, 4\.18\d*e\+298\]"):
+            make(alpha=alpha)
+    model = make(alpha=ALPHA_MAX).fit(TINY, 2)  # the largest allowed: rows uniform, no NaN
+    assert np.isfinite(model.log_likelihoods).all()
+
+
+def test_em_breakdown_is_a_floating_point_error_not_out_of_memory():
+    from calign import _C
+    from calign.wordalign.corpus import flatten
+
+    model = wa.HMM(alpha=0.0).fit(SMALL, 1)
+    arrays = flatten(SMALL, model.source_vocab, model.target_vocab, grow=False)
+    vocabs = (len(model.source_vocab), len(model.target_vocab))
+    table = (model.table[0], model.table[1], np.full_like(model.table[2], np.nan))
+    with pytest.raises(FloatingPointError, match="EM iteration 1 of 2: the log-likelihood is NaN"):
+        _C.wa_em(*table, *arrays, *vocabs, False, 0.0, 0.0, False, 2, 0.0, None)
+    with pytest.raises(FloatingPointError, match="EM iteration 1 of 3: the log-likelihood is NaN"):
+        _C.wa_hmm_em(*table, *arrays, *vocabs, 0.1, model.jump.copy(), 3, 0.0, None)
+    with pytest.raises(ValueError, match="iterations must be >= 0, got -1"):
+        _C.wa_em(*model.table, *arrays, *vocabs, False, 0.0, 0.0, False, -1, 0.0, None)
+    with pytest.raises(ValueError, match="alpha must be a finite number >= 0"):
+        _C.wa_hmm_em(*model.table, *arrays, *vocabs, 0.1, model.jump, 1, float("nan"), None)
+    # a tiny alpha rounds rarely counted links to probability 0: said so, not MemoryError
+    pairs, _, _ = wa.synthetic_corpus(300, seed=2)
+    with pytest.raises(FloatingPointError, match="an alpha below about 0.0015 rounds"):
+        wa.JointHMM(alpha=1e-5).fit(pairs, 3)
+
+
+@pytest.mark.parametrize("make", [wa.HMM, wa.JointHMM])
+def test_hmm_em_runs_on_after_jump_weights_reach_zero(make):
+    # on three tiny pairs EM drives every jump weight reachable from the last
+    # source position to 0; (1 - p0) / 0 there made the pair NaN (MemoryError)
+    model = make(alpha=0.0).fit(TINY, 40)
+    jump = model.jump if make is wa.HMM else model.forward.jump
+    assert np.isfinite(model.log_likelihoods).all() and (jump == 0).any()
+    assert model.align(TINY)[2] == [(0, 0)]
+
+
+def test_counts_beyond_a_c_int_are_rejected():
+    for fit, message in ((lambda: wa.IBM1().fit(SMALL, iterations=10**12),
+                          r"iterations must be a positive integer \(at most 2147483647\)"),
+                         (lambda: wa.JointHMM().fit(SMALL, iterations=10**12),
+                          r"iterations must be a positive integer \(at most 2147483647\)"),
+                         (lambda: wa.HMM().fit(SMALL, iterations=2.0),
+                          "iterations must be a positive integer"),
+                         (lambda: wa.JointHMM(samples=2**31),
+                          r"samples must be an integer in \[1, 2147483647\], got 2147483648"),
+                         (lambda: wa.JointHMM(burn_in=10**12),
+                          r"burn_in must be an integer in \[0, 2147483647\]"),
+                         (lambda: wa.JointHMM(burn_in=2**31 - 5, samples=10),
+                          r"burn_in \+ samples must be at most 2147483647"),
+                         (lambda: wa.JointHMM(seed=2**64), "seed must be an integer in")):
+        with pytest.raises(ValueError, match=message):
+            fit()
+
+
+def _rewrite_npz(source, target, drop_arrays=(), drop_meta=(), drop_direction=None):
+    """A copy of a saved model without some arrays, meta keys or (drop_direction
+    = (direction, key)) a key of one JointHMM direction's meta."""
+    import json
+
+    with np.load(source) as data:
+        arrays = {name: data[name] for name in data.files}
+    meta = json.loads(arrays.pop("meta").tobytes())
+    for key in drop_meta:
+        del meta[key]
+    if drop_direction:
+        del meta[drop_direction[0]][drop_direction[1]]
+    arrays = {name: value for name, value in arrays.items() if name not in drop_arrays}
+    np.savez(target, **arrays, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    return str(target)
+
+
+def test_damaged_files_are_not_saved_models(tmp_path):
+    import re
+
+    joint = str(tmp_path / "joint.npz")
+    wa.JointHMM(samples=2, burn_in=1).fit(TINY, 1).save(joint)
+    ibm2 = str(tmp_path / "ibm2.npz")
+    wa.IBM2().fit(TINY, 1).save(ibm2)
+    hmm = str(tmp_path / "hmm.npz")
+    wa.HMM().fit(TINY, 1).save(hmm)
+    damaged = tmp_path / "damaged.npz"
+    with open(joint, "rb") as f:
+        damaged.write_bytes(f.read()[:-100])  # truncated: was zipfile.BadZipFile
+    with pytest.raises(ValueError, match=re.escape(repr(str(damaged))) +
+                       " is not a saved calign.wordalign model"):
+        wa.JointHMM.load(str(damaged))
+    cases = ((wa.JointHMM.load, joint, {"drop_arrays": ["reverse_prob"]},  # was KeyError
+              "not a saved JointHMM model: it lacks the array 'reverse_prob'"),
+             (wa.JointHMM.load, joint, {"drop_meta": ["reverse"]},
+              "not a saved JointHMM model: its metadata lack 'reverse'"),
+             (wa.JointHMM.load, joint, {"drop_meta": ["settings"]},
+              "not a saved JointHMM model: its metadata lack 'settings'"),
+             (wa.JointHMM.load, joint, {"drop_direction": ("forward", "jump")},
+              "not a saved JointHMM model: its 'forward' metadata lack 'jump'"),
+             (wa.IBM2.load, ibm2, {"drop_arrays": ["prob"]},
+              "not a saved IBM2 model: it lacks the array 'prob'"),
+             (wa.IBM2.load, ibm2, {"drop_meta": ["source_vocab"]},
+              "not a saved IBM2 model: its metadata lack 'source_vocab'"),
+             (wa.HMM.load, hmm, {"drop_meta": ["max_jump"]},
+              "not a saved HMM model: its metadata lack 'max_jump'"),
+             (wa.IBM2.load, ibm2, {"drop_meta": ["format"]},
+              "not a saved calign.wordalign model"))
+    for k, (load, source, damage, message) in enumerate(cases):
+        path = _rewrite_npz(source, tmp_path / f"damaged{k}.npz", **damage)
+        with pytest.raises(ValueError, match=re.escape(repr(path)) + " is " + message):
+            load(path)
+
+
+def test_numpy_scalar_thresholds_are_accepted_and_bad_ones_named():
+    model = wa.JointHMM(samples=2, burn_in=1, threshold=np.float64(0.45)).fit(SMALL, 1)
+    assert model.align(SMALL, threshold=np.float32(0.5)) == model.align(SMALL, threshold=0.5)
+    ibm2 = wa.IBM2().fit(SMALL, 2)
+    assert ibm2.align(SMALL, "posterior", np.float32(0.25)) == ibm2.align(SMALL, "posterior", 0.25)
+    assert wa.OTAligner(threshold=np.float32(0.5), mass_fraction=np.float32(0.5)).threshold == 0.5
+    for bad in (True, float("nan"), "0.5", np.float32(1.0)):
+        with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\), got"):
+            model.align(SMALL, threshold=bad)
+    for bad in (np.bool_(False), float("nan"), "0.5"):
+        with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\], got"):
+            ibm2.align(SMALL, "posterior", bad)
+        with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\], got"):
+            wa.OTAligner(threshold=bad)

@@ -5,6 +5,7 @@
 #include "binding/common.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -229,6 +230,47 @@ missing:
     return -1;
 }
 
+/* The iteration count and Dirichlet alpha of an EM call: ValueError unless
+ * iterations >= 0 and alpha is finite and >= 0. */
+static int check_em_args(int iterations, double alpha) {
+    if (iterations < 0) {
+        PyErr_Format(PyExc_ValueError, "iterations must be >= 0, got %d", iterations);
+        return -1;
+    }
+    if (!isfinite(alpha) || alpha < 0) {
+        PyErr_SetString(PyExc_ValueError, "alpha must be a finite number >= 0");
+        return -1;
+    }
+    return 0;
+}
+
+/* After EM iteration `it` (from 0): MemoryError when the kernel could not
+ * allocate (status < 0), FloatingPointError when the log-likelihood is not
+ * finite (the probabilities broke down: the table is then unusable). */
+static int check_em_step(int status, double loglik, int it, int iterations, double alpha) {
+    if (status < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (isfinite(loglik)) return 0;
+    /* alpha > 0's update is exp(digamma(count + alpha) - ...), and
+     * exp(digamma(x)) ~ exp(-1 / x) underflows to 0 below x ~ 1 / 745: with a
+     * tiny alpha, every rarely counted link of a word can get probability 0 */
+    char message[640];
+    snprintf(message, sizeof message,
+             "EM iteration %d of %d: the log-likelihood is %s: the model's probabilities broke "
+             "down (some sentence pair got probability 0, or a value overflowed), and its "
+             "parameters are no longer usable%s",
+             it + 1, iterations, isnan(loglik) ? "NaN" : "-inf",
+             alpha > 0 && alpha < 0.002
+                 ? "; an alpha below about 0.0015 rounds the translation probabilities of "
+                   "rarely counted links to 0 (exp(digamma(alpha)) underflows): use alpha=0 "
+                   "(plain EM) or alpha >= 0.002"
+                 : "");
+    PyErr_SetString(PyExc_FloatingPointError, message);
+    return -1;
+}
+
 /* wa_links(table..., corpus..., vocabs) -> int32 [sum over pairs (I + 1) J]:
  * the table index of every link, to cache across EM iterations */
 static PyObject *py_wa_links(PyObject *self, PyObject *args) {
@@ -270,7 +312,8 @@ static PyObject *py_wa_em(PyObject *self, PyObject *args) {
     model_args m = {0};
     PyObject *result = NULL, *logliks = NULL;
     double *counts = NULL;
-    if (parse_model(&m, rs, cols, prob, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab,
+    if (check_em_args(iterations, s.alpha) < 0 ||
+        parse_model(&m, rs, cols, prob, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab,
                     links) < 0 ||
         check_training_links(&m) < 0)
         goto done;
@@ -281,14 +324,12 @@ static PyObject *py_wa_em(PyObject *self, PyObject *args) {
         goto done;
     }
     for (int it = 0; it < iterations; it++) {
-        double ll;
+        double ll = NAN;
+        int status;
         Py_BEGIN_ALLOW_THREADS
-        ll = wa_em_iteration(&m.table, &s, &m.corpus.corpus, &m.links, counts, threads);
+        status = wa_em_iteration(&m.table, &s, &m.corpus.corpus, &m.links, counts, threads, &ll);
         Py_END_ALLOW_THREADS
-        if (isnan(ll)) {
-            PyErr_NoMemory();
-            goto done;
-        }
+        if (check_em_step(status, ll, it, iterations, s.alpha) < 0) goto done;
         PyList_SET_ITEM(logliks, it, PyFloat_FromDouble(ll));
     }
     result = Py_BuildValue("(Od)", logliks, s.tension);
@@ -357,7 +398,8 @@ static PyObject *py_wa_hmm_em(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     double *counts = NULL;
     wa_hmm h;
-    if (parse_model(&m, rs, cols, prob, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab,
+    if (check_em_args(iterations, alpha) < 0 ||
+        parse_model(&m, rs, cols, prob, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab,
                     links) < 0 ||
         check_training_links(&m) < 0 || jump_view(&h, jump, p0, alpha, &held_jump) < 0)
         goto done;
@@ -368,13 +410,14 @@ static PyObject *py_wa_hmm_em(PyObject *self, PyObject *args) {
         goto done;
     }
     for (int it = 0; it < iterations; it++) {
-        double ll;
+        double ll = NAN;
+        int status;
         Py_BEGIN_ALLOW_THREADS
-        ll = wa_hmm_em_iteration(&m.table, &h, &m.corpus.corpus, &m.links, counts, threads);
+        status = wa_hmm_em_iteration(&m.table, &h, &m.corpus.corpus, &m.links, counts, threads,
+                                     &ll);
         Py_END_ALLOW_THREADS
-        if (isnan(ll)) {
+        if (check_em_step(status, ll, it, iterations, alpha) < 0) {
             Py_CLEAR(result);
-            PyErr_NoMemory();
             goto done;
         }
         PyList_SET_ITEM(result, it, PyFloat_FromDouble(ll));
@@ -404,6 +447,8 @@ static PyObject *py_wa_hmm_agreement(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     double *counts[2] = {NULL, NULL};
     wa_hmm h[2];
+    if (check_em_args(iterations, alpha[0]) < 0 || check_em_args(iterations, alpha[1]) < 0)
+        goto done;
     for (int d = 0; d < 2; d++)
         if (parse_model(&m[d], o[d][0], o[d][1], o[d][2], o[d][3], o[d][4], o[d][5], o[d][6],
                         vocab[d][0], vocab[d][1], o[d][8]) < 0 ||
@@ -430,14 +475,16 @@ static PyObject *py_wa_hmm_agreement(PyObject *self, PyObject *args) {
         goto done;
     }
     for (int it = 0; it < iterations; it++) {
-        double ll;
+        double ll = NAN;
+        int status;
         Py_BEGIN_ALLOW_THREADS
-        ll = wa_hmm_agreement_iteration(&m[0].table, &h[0], cf, &m[0].links, counts[0],
-                                        &m[1].table, &h[1], cr, &m[1].links, counts[1], threads);
+        status = wa_hmm_agreement_iteration(&m[0].table, &h[0], cf, &m[0].links, counts[0],
+                                            &m[1].table, &h[1], cr, &m[1].links, counts[1],
+                                            threads, &ll);
         Py_END_ALLOW_THREADS
-        if (isnan(ll)) {
+        if (check_em_step(status, ll, it, iterations, alpha[0] < alpha[1] ? alpha[0] : alpha[1])
+            < 0) {
             Py_CLEAR(result);
-            PyErr_NoMemory();
             goto done;
         }
         PyList_SET_ITEM(result, it, PyFloat_FromDouble(ll));

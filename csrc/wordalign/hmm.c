@@ -125,7 +125,14 @@ HELPER void fill_model(pair_work *w, const jump_kernel *k, const wa_table *t,
     /* Z(p) = sum_{i=1..I} c(i - p) = sum_i 1[i >= 1] back(p - i) */
     for (int i = 0; i <= I; i++) w->u[i] = i > 0;
     clamped_convolution(w->weight, w->u, k->back, k->D, I, 0);
-    for (int p = 0; p <= I; p++) w->weight[p] = (1.0 - k->p0) / w->weight[p];
+    /* Z(p) = 0 (or so small that the factor overflows): EM has driven the
+     * weight of every jump from p to 0, so no real position follows p. Its
+     * factor is 0, not (1 - p0) / 0 = inf, whose product with a forward mass
+     * of 0 was NaN and spoilt the whole pair. */
+    for (int p = 0; p <= I; p++) {
+        const double factor = (1.0 - k->p0) / w->weight[p];
+        w->weight[p] = isfinite(factor) ? factor : 0.0;
+    }
 }
 
 /* mass(p) = forward mass of the states whose last real position is p, before
@@ -283,15 +290,15 @@ static void update_jumps(wa_hmm *h, const double *raw) {
         for (int d = 0; d < n; d++) h->jump[d] = counts[d] / total;
 }
 
-double wa_hmm_em_iteration(wa_table *t, wa_hmm *h, const wa_corpus *c, const wa_links *links,
-                           double *counts, int n_threads) {
+int wa_hmm_em_iteration(wa_table *t, wa_hmm *h, const wa_corpus *c, const wa_links *links,
+                        double *counts, int n_threads, double *loglik_out) {
     n_threads = wa_team(n_threads, c);
     const int64_t n = t->n_entries;
     const int n_jumps = 2 * h->max_jump + 1;
     const size_t per_work = scratch_for(c);
     const size_t stride = per_work + n_jumps + 1; /* work, raw jump counts, loglik */
     double *scratch = calloc(stride * n_threads, sizeof(double));
-    if (!scratch) return NAN;
+    if (!scratch) return -1;
     jump_kernel kernel;
     kernel_of(&kernel, h);
     memset(counts, 0, sizeof(double) * n * n_threads);
@@ -315,13 +322,14 @@ double wa_hmm_em_iteration(wa_table *t, wa_hmm *h, const wa_corpus *c, const wa_
     wa_table_update(t, counts, h->alpha);
     update_jumps(h, scratch + per_work);
     free(scratch);
-    return loglik;
+    *loglik_out = loglik;
+    return 0;
 }
 
-double wa_hmm_agreement_iteration(wa_table *t_f, wa_hmm *h_f, const wa_corpus *c_f,
-                                  const wa_links *links_f, double *counts_f, wa_table *t_r,
-                                  wa_hmm *h_r, const wa_corpus *c_r, const wa_links *links_r,
-                                  double *counts_r, int n_threads) {
+int wa_hmm_agreement_iteration(wa_table *t_f, wa_hmm *h_f, const wa_corpus *c_f,
+                               const wa_links *links_f, double *counts_f, wa_table *t_r,
+                               wa_hmm *h_r, const wa_corpus *c_r, const wa_links *links_r,
+                               double *counts_r, int n_threads, double *loglik_out) {
     n_threads = wa_team(n_threads, c_f);
     const int64_t n_f = t_f->n_entries, n_r = t_r->n_entries;
     const int jumps_f = 2 * h_f->max_jump + 1, jumps_r = 2 * h_r->max_jump + 1;
@@ -332,7 +340,7 @@ double wa_hmm_agreement_iteration(wa_table *t_f, wa_hmm *h_f, const wa_corpus *c
     /* forward work, reverse work, raw jump counts of each, loglik */
     const size_t stride = per_f + per_r + jumps_f + jumps_r + 1;
     double *scratch = calloc(stride * n_threads, sizeof(double));
-    if (!scratch) return NAN;
+    if (!scratch) return -1;
     jump_kernel kernel_f, kernel_r;
     kernel_of(&kernel_f, h_f);
     kernel_of(&kernel_r, h_r);
@@ -390,7 +398,8 @@ double wa_hmm_agreement_iteration(wa_table *t_f, wa_hmm *h_f, const wa_corpus *c
     update_jumps(h_f, raw);
     update_jumps(h_r, raw + jumps_f);
     free(scratch);
-    return loglik;
+    *loglik_out = loglik;
+    return 0;
 }
 
 int wa_hmm_posteriors(double *out, const wa_table *t, const wa_hmm *h, const wa_corpus *c,

@@ -287,8 +287,8 @@ static double pair_expectations(double *counts, double *feature, double *probs,
     return loglik;
 }
 
-double wa_em_iteration(wa_table *t, wa_settings *s, const wa_corpus *c, const wa_links *links,
-                       double *counts, int n_threads) {
+int wa_em_iteration(wa_table *t, wa_settings *s, const wa_corpus *c, const wa_links *links,
+                    double *counts, int n_threads, double *loglik_out) {
     n_threads = wa_team(n_threads, c);
     const int64_t n = t->n_entries;
     int I_max, J_max;
@@ -297,7 +297,7 @@ double wa_em_iteration(wa_table *t, wa_settings *s, const wa_corpus *c, const wa
     /* per thread: loglik, feature, probs [width], link indices [width J_max] */
     const size_t stride = 2 + width + (width * J_max + 1) / 2;
     double *per_thread = calloc((size_t)n_threads * stride, sizeof(double));
-    if (!per_thread) return NAN;
+    if (!per_thread) return -1;
     memset(counts, 0, sizeof(double) * n * n_threads);
     /* Each thread sums into its own count table over a fixed block of pairs;
      * the tables are added in thread order: the same result at the same
@@ -344,7 +344,8 @@ double wa_em_iteration(wa_table *t, wa_settings *s, const wa_corpus *c, const wa
             s->tension = s->tension < 0.1 ? 0.1 : (s->tension > 14.0 ? 14.0 : s->tension);
         }
     }
-    return loglik;
+    *loglik_out = loglik;
+    return 0;
 }
 
 void wa_posteriors(double *out, const int64_t *off, const wa_table *t, const wa_settings *s,

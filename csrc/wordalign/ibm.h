@@ -71,10 +71,12 @@ int wa_team(int n_threads, const wa_corpus *c);
 void wa_longest(int *I_max, int *J_max, const wa_corpus *c);
 
 /* One EM iteration; updates t (and the tension). counts: n_entries doubles per
- * thread of scratch. Returns the corpus log-likelihood under the parameters
- * before the update, NAN when out of memory. */
-double wa_em_iteration(wa_table *t, wa_settings *s, const wa_corpus *c, const wa_links *links,
-                       double *counts, int n_threads);
+ * thread of scratch. Sets *loglik to the corpus log-likelihood under the
+ * parameters before the update (NaN or -inf when the arithmetic broke down,
+ * e.g. every link of a word got probability 0). Returns 0, -1 when out of
+ * memory (nothing updated). */
+int wa_em_iteration(wa_table *t, wa_settings *s, const wa_corpus *c, const wa_links *links,
+                    double *counts, int n_threads, double *loglik);
 
 /* The M-step: t(f | e) from expected counts. alpha = 0: c(e, f) / sum_f c(e, f);
  * alpha > 0: mean-field variational Bayes under a symmetric Dirichlet(alpha)

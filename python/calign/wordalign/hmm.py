@@ -4,7 +4,7 @@ initialised by IBM Model 1. Forward-backward, EM and Viterbi run in C."""
 import numpy as np
 
 from calign import _C
-from calign.wordalign.ibm import IBM1
+from calign.wordalign.ibm import IBM1, _check_iterations, check_integer, check_real
 
 MAX_JUMP = 64  # the widest jump class the C kernels take
 
@@ -17,16 +17,16 @@ class HMM(IBM1):
 
     def __init__(self, reverse=False, p0=0.1, max_jump=7, ibm1_iterations=5, alpha=0.1):
         super().__init__(reverse, alpha)
-        if not 0.0 < p0 < 1.0:
-            raise ValueError(f"p0 must be in (0, 1), got {p0!r}")
-        if isinstance(max_jump, bool) or not isinstance(max_jump, int) or \
-                not 1 <= max_jump <= MAX_JUMP:
-            raise ValueError(f"max_jump must be an integer in [1, {MAX_JUMP}], got {max_jump!r}")
-        self.p0, self.max_jump, self.ibm1_iterations = float(p0), max_jump, ibm1_iterations
-        self.jump = np.ones(2 * max_jump + 1) / (2 * max_jump + 1)
+        self.p0 = check_real("p0", p0, 0.0, 1.0, open_low=True, open_high=True)
+        self.max_jump = check_integer("max_jump", max_jump, 1, MAX_JUMP)
+        self.ibm1_iterations = check_integer("ibm1_iterations", ibm1_iterations, 0)
+        self.jump = np.ones(2 * self.max_jump + 1) / (2 * self.max_jump + 1)
+
+    STATE_KEYS = IBM1.STATE_KEYS + ("max_jump", "jump")
 
     def fit(self, pairs, iterations=5):
         """IBM1 for ibm1_iterations, then `iterations` HMM EM iterations."""
+        iterations = _check_iterations(iterations)
         arrays, vocabs, links = self._start_training(pairs, iterations)
         self._ibm1(arrays, vocabs, links)
         self.log_likelihoods += _C.wa_hmm_em(*self.table, *arrays, *vocabs, self.p0, self.jump,
@@ -61,5 +61,10 @@ class HMM(IBM1):
         return {"max_jump": self.max_jump, "jump": self.jump.tolist()}
 
     def _load_extra_state(self, meta, arrays):
-        self.max_jump = meta["max_jump"]
-        self.jump = np.asarray(meta["jump"], np.float64)
+        self.p0 = check_real("p0", self.p0, 0.0, 1.0, open_low=True, open_high=True)
+        self.max_jump = check_integer("max_jump", meta["max_jump"], 1, MAX_JUMP)
+        jump = meta["jump"]
+        if not isinstance(jump, list) or len(jump) != 2 * self.max_jump + 1 or \
+                not all(isinstance(x, (int, float)) and np.isfinite(x) and x >= 0 for x in jump):
+            raise ValueError(f"jump must be {2 * self.max_jump + 1} finite weights >= 0")
+        self.jump = np.asarray(jump, np.float64)

@@ -6,8 +6,11 @@ The model explains each target word by one source word or NULL; EM runs in C
 
 import gc
 import json
+import numbers
 import os
 import tempfile
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -22,10 +25,56 @@ FORMAT = "calign.wordalign/1"
 LINK_CACHE_BYTES = 1 << 30
 
 
+# Iteration, sweep and jump counts reach the C kernels as C ints.
+INT_MAX = 2**31 - 1
+
+# alpha > 0's update (wa_table_update) takes digamma(total + n_e alpha), n_e a
+# table row's support: at most 2**31 - 1 (link indices are int32), and the
+# total count at most the corpus's target words. Up to this alpha, n_e alpha
+# stays below half the largest double, so the sum cannot overflow to inf
+# (alpha = 1e308 did, and EM then produced NaN). An alpha far above the counts
+# makes every row nearly uniform anyway.
+ALPHA_MAX = float(np.finfo(np.float64).max / 2**32)
+
+
+def check_integer(name, value, low, high=INT_MAX, what=None):
+    """int(value) for a Python or NumPy integer (not a bool) in [low, high];
+    else a ValueError naming `name` and the allowed values."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or \
+            not low <= value <= high:
+        raise ValueError(f"{name} must be {what or f'an integer in [{low}, {high}]'}, "
+                         f"got {value!r}")
+    return int(value)
+
+
+def check_real(name, value, low=None, high=None, open_low=False, open_high=False, note=""):
+    """float(value) for a finite Python or NumPy real (not a bool) within the
+    bounds (None: unbounded); else a ValueError naming `name` and the range."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    if ok:
+        try:
+            number = float(value)
+        except (OverflowError, ValueError):
+            number = float("nan")
+        ok = bool(np.isfinite(number)) and \
+            (low is None or (number > low if open_low else number >= low)) and \
+            (high is None or (number < high if open_high else number <= high))
+    if not ok:
+        if high is None:
+            allowed = f"a finite number {'>' if open_low else '>='} {low:g}"
+        else:
+            allowed = f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+        raise ValueError(f"{name} must be {allowed}{note}, got {value!r}")
+    return number
+
+
 def _check_alpha(alpha):
-    if not isinstance(alpha, (int, float)) or not np.isfinite(alpha) or alpha < 0:
-        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
-    return float(alpha)
+    return check_real("alpha", alpha, 0.0, ALPHA_MAX,
+                      note=" (larger values overflow the variational-Bayes update)")
+
+
+def check_threshold(threshold, open_high=False):
+    return check_real("threshold", threshold, 0.0, 1.0, open_high=open_high)
 
 
 class IBM1:
@@ -54,7 +103,6 @@ class IBM1:
     def _start_training(self, pairs, iterations):
         """Vocabularies, flat corpus arrays, a uniform table for `pairs` and the
         cached link indices (None above LINK_CACHE_BYTES)."""
-        _check_iterations(iterations)
         pairs = self._oriented(pairs)
         self.source_vocab, self.target_vocab = Vocabulary(), Vocabulary()
         arrays = flatten(pairs, self.source_vocab, self.target_vocab)
@@ -78,6 +126,7 @@ class IBM1:
 
     def fit(self, pairs, iterations=5):
         """Runs `iterations` EM iterations from a uniform table; returns self."""
+        iterations = _check_iterations(iterations)
         arrays, vocabs, links = self._start_training(pairs, iterations)
         lls, self.tension = _C.wa_em(*self.table, *arrays, *vocabs, self.model2, float(self.p0),
                                      float(self.tension), self.model2 and self.learn_tension,
@@ -106,8 +155,7 @@ class IBM1:
         "posterior": every link whose posterior exceeds threshold."""
         if method not in ("viterbi", "posterior"):
             raise ValueError(f"method must be 'viterbi' or 'posterior', got {method!r}")
-        if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+        threshold = check_threshold(threshold)
         arrays, flat = self._all_posteriors(pairs)
         if method == "viterbi":
             return self._links(arrays, *_best_of_blocks(arrays, flat))
@@ -132,7 +180,7 @@ class IBM1:
         arrays, meta = read_npz(path)
         if meta.get("model") != cls.__name__:
             raise ValueError(f"{path!r} is not a saved {cls.__name__} model")
-        return cls._from_state(arrays, meta)
+        return cls._from_state(arrays, meta, path)
 
     def _state(self):
         """(arrays, JSON-able settings): what save() writes."""
@@ -143,15 +191,27 @@ class IBM1:
                 **self._extra_state()}
         return {"row_start": self.table[0], "cols": self.table[1], "prob": self.table[2]}, meta
 
+    STATE_KEYS = ("reverse", "p0", "tension", "source_vocab", "target_vocab")
+
     @classmethod
-    def _from_state(cls, arrays, meta):
-        model = cls(reverse=meta["reverse"])
-        model.alpha = meta.get("alpha", 0.0)
-        model.p0, model.tension = meta["p0"], meta["tension"]
+    def _from_state(cls, arrays, meta, path, prefix=""):
+        """The model saved as (arrays, meta); a ValueError naming path (and,
+        in a JointHMM file, the direction `prefix`) for anything missing or
+        out of shape."""
+        name = cls.__name__ if not prefix else "JointHMM"
+        check_state(path, name, arrays, meta, prefix, cls.STATE_KEYS)
+        try:
+            model = cls(reverse=meta["reverse"])
+            model.alpha = _check_alpha(meta.get("alpha", 0.0))
+            model.p0 = check_real("p0", meta["p0"], 0.0, 1.0, open_high=True)
+            model.tension = check_real("tension", meta["tension"], 0.0)
+            model._load_extra_state(meta, arrays)
+        except ValueError as exc:
+            where = f"its {prefix[:-1]!r} metadata: " if prefix else ""
+            raise ValueError(f"{path!r} is not a saved {name} model: {where}{exc}") from None
         model.source_vocab, model.target_vocab = Vocabulary(), Vocabulary()
         model.source_vocab.ids, model.target_vocab.ids = meta["source_vocab"], meta["target_vocab"]
         model.table = (arrays["row_start"], arrays["cols"], arrays["prob"].copy())
-        model._load_extra_state(meta, arrays)
         return model
 
     def _extra_state(self):
@@ -159,7 +219,38 @@ class IBM1:
         return {}
 
     def _load_extra_state(self, meta, arrays):
-        pass
+        """Reads what _extra_state saved; ValueError if it does not fit."""
+
+
+def check_state(path, model, arrays, meta, prefix, keys):
+    """That a saved model's meta has `keys` and its table arrays fit its
+    vocabularies; else ValueError "<path> is not a saved <model> model: ..."."""
+    def fail(why):
+        raise ValueError(f"{path!r} is not a saved {model} model: {why}")
+
+    where = f"{prefix[:-1]!r} " if prefix else ""
+    if not isinstance(meta, dict):
+        fail(f"its {where}metadata are not a JSON object")
+    missing = [key for key in keys if key not in meta]
+    if missing:
+        fail(f"its {where}metadata lack {', '.join(map(repr, missing))}")
+    missing = [prefix + name for name in ("row_start", "cols", "prob") if name not in arrays]
+    if missing:
+        fail(f"it lacks the array{'s' * (len(missing) > 1)} {', '.join(map(repr, missing))}")
+    for key in ("source_vocab", "target_vocab"):
+        ids = meta[key]
+        if not isinstance(ids, dict) or not all(type(i) is int for i in ids.values()) or \
+                sorted(ids.values()) != list(range(1, len(ids) + 1)):
+            fail(f"its {where}{key} is not a map of tokens to the ids 1, 2, ...")
+    row_start, cols, prob = arrays["row_start"], arrays["cols"], arrays["prob"]
+    for name, array, dtype in (("row_start", row_start, np.int64), ("cols", cols, np.int32),
+                               ("prob", prob, np.float64)):
+        if array.dtype != dtype or array.ndim != 1:
+            fail(f"the array {prefix + name!r} is not a {np.dtype(dtype).name} vector")
+    if len(row_start) != len(meta["source_vocab"]) + 2 or len(prob) != len(cols) or \
+            row_start[0] != 0 or row_start[-1] != len(cols):
+        fail(f"the arrays {prefix}row_start, {prefix}cols and {prefix}prob do not fit its "
+             f"vocabularies")
 
 
 def write_npz(path, arrays, meta):
@@ -181,12 +272,18 @@ def read_npz(path):
     """(arrays, meta) of a file write_npz wrote; ValueError naming the path
     for anything else."""
     try:
-        with np.load(path) as data:
+        data = np.load(path)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("not an .npz archive")
+        with data:
+            if "meta" not in data.files:
+                raise ValueError("the archive has no 'meta' entry")
             meta = json.loads(data["meta"].tobytes().decode())
             arrays = {name: data[name] for name in data.files if name != "meta"}
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        # a truncated or damaged archive raises BadZipFile, zlib.error or EOFError
         raise ValueError(f"{path!r} is not a saved calign.wordalign model: {exc}") from None
-    if meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{path!r} is not a saved calign.wordalign model")
     return arrays, meta
 
@@ -200,16 +297,14 @@ class IBM2(IBM1):
 
     def __init__(self, reverse=False, p0=0.08, tension=4.0, learn_tension=True, alpha=0.1):
         super().__init__(reverse, alpha)
-        if not 0.0 <= p0 < 1.0:
-            raise ValueError(f"p0 must be in [0, 1), got {p0!r}")
-        if not tension > 0:
-            raise ValueError(f"tension must be > 0, got {tension!r}")
-        self.p0, self.tension, self.learn_tension = float(p0), float(tension), bool(learn_tension)
+        self.p0 = check_real("p0", p0, 0.0, 1.0, open_high=True)
+        self.tension = check_real("tension", tension, 0.0, open_low=True)
+        self.learn_tension = bool(learn_tension)
 
 
 def _check_iterations(iterations):
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+    return check_integer("iterations", iterations, 1,
+                         what=f"a positive integer (at most {INT_MAX})")
 
 
 def block_geometry(arrays):

@@ -26,24 +26,14 @@ import numpy as np
 from calign import _C
 from calign.wordalign.corpus import Vocabulary, check_pairs, flatten
 from calign.wordalign.hmm import HMM
-from calign.wordalign.ibm import (LINK_CACHE_BYTES, _check_iterations, above_threshold,
-                                  links_per_pair, read_npz, write_npz)
+from calign.wordalign.ibm import (INT_MAX, LINK_CACHE_BYTES, _check_iterations, above_threshold,
+                                  check_integer, check_real, check_threshold, links_per_pair,
+                                  read_npz, write_npz)
 from calign.wordalign.symmetrize import METHODS, symmetrize
 
 ALIGN_METHODS = ("soft-union", "forward", "reverse") + METHODS
-
-
-def _check_int(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
-def _check_threshold(threshold):
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or \
-            not 0.0 <= threshold < 1.0:
-        raise ValueError(f"threshold must be in [0, 1), got {threshold!r}")
-    return float(threshold)
+MAX_FERTILITY = 64  # the widest fertility class the sampler takes
+SEED_MAX = 2**64 - 2  # the reverse direction samples with seed + 1, a 64-bit seed
 
 
 class JointHMM:
@@ -73,18 +63,16 @@ class JointHMM:
         self.reverse = HMM(True, p0, max_jump, ibm1_iterations, alpha)
         self.agreement = bool(agreement)
         self.fertility = bool(fertility)
-        self.burn_in = _check_int("burn_in", burn_in, 0)
-        self.samples = _check_int("samples", samples, 1)
-        self.max_fertility = _check_int("max_fertility", max_fertility, 1)
-        if self.max_fertility > 64:
-            raise ValueError(f"max_fertility must be at most 64, got {max_fertility!r}")
-        if isinstance(fertility_prior, bool) or not isinstance(fertility_prior, (int, float)) or \
-                not np.isfinite(fertility_prior) or fertility_prior <= 0:
-            raise ValueError(f"fertility_prior must be a finite number > 0, "
-                             f"got {fertility_prior!r}")
-        self.fertility_prior = float(fertility_prior)
-        self.seed = _check_int("seed", seed, 0)
-        self.threshold = _check_threshold(threshold)
+        self.burn_in = check_integer("burn_in", burn_in, 0)
+        self.samples = check_integer("samples", samples, 1)
+        if self.burn_in + self.samples > INT_MAX:
+            # the sampler counts its sweeps in a C int
+            raise ValueError(f"burn_in + samples must be at most {INT_MAX}, got "
+                             f"{self.burn_in} + {self.samples}")
+        self.max_fertility = check_integer("max_fertility", max_fertility, 1, MAX_FERTILITY)
+        self.fertility_prior = check_real("fertility_prior", fertility_prior, 0.0, open_low=True)
+        self.seed = check_integer("seed", seed, 0, SEED_MAX)
+        self.threshold = check_threshold(threshold, open_high=True)
         self.log_likelihoods = []  # per HMM iteration, both directions' summed
 
     # ---- training ----------------------------------------------------------------------------
@@ -92,7 +80,7 @@ class JointHMM:
     def fit(self, pairs, iterations=5):
         """IBM1 (each direction), then `iterations` HMM EM iterations (by
         agreement unless agreement=False)."""
-        _check_iterations(iterations)
+        iterations = _check_iterations(iterations)
         pairs = check_pairs(pairs)
         source_vocab, target_vocab = Vocabulary(), Vocabulary()
         arrays = flatten(pairs, source_vocab, target_vocab)
@@ -166,7 +154,8 @@ class JointHMM:
         symmetrize's methods applied to those two."""
         if method not in ALIGN_METHODS:
             raise ValueError(f"method must be one of {list(ALIGN_METHODS)}, got {method!r}")
-        threshold = self.threshold if threshold is None else _check_threshold(threshold)
+        threshold = self.threshold if threshold is None else \
+            check_threshold(threshold, open_high=True)
         arrays, forward, reverse = self._directional_posteriors(pairs)
         n_pairs = len(arrays[1]) - 1
         if method == "soft-union":
@@ -200,11 +189,22 @@ class JointHMM:
         arrays, meta = read_npz(path)
         if meta.get("model") != "JointHMM":
             raise ValueError(f"{path!r} is not a saved JointHMM model")
-        model = cls(**meta["settings"])
+        missing = [key for key in ("settings", "forward", "reverse") if key not in meta]
+        if missing:
+            raise ValueError(f"{path!r} is not a saved JointHMM model: its metadata lack "
+                             f"{', '.join(map(repr, missing))}")
+        if not isinstance(meta["settings"], dict):
+            raise ValueError(f"{path!r} is not a saved JointHMM model: its 'settings' are not "
+                             f"a JSON object")
+        try:
+            model = cls(**meta["settings"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path!r} is not a saved JointHMM model: its 'settings': "
+                             f"{exc}") from None
         for name in ("forward", "reverse"):
             state = {key[len(name) + 1:]: value for key, value in arrays.items()
                      if key.startswith(name + "_")}
-            setattr(model, name, HMM._from_state(state, meta[name]))
+            setattr(model, name, HMM._from_state(state, meta[name], path, prefix=name + "_"))
         return model
 
     def _settings(self):

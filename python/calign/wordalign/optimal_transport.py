@@ -7,6 +7,7 @@ partial and unbalanced variants leave words unaligned (NULL alignment)."""
 import numpy as np
 
 from calign import _C
+from calign.wordalign.ibm import check_real, check_threshold
 
 KINDS = {"balanced": 0, "unbalanced": 1, "partial": 2}
 
@@ -19,9 +20,8 @@ def transport_plan(cost, a, b, kind="balanced", reg=0.1, reg_m=1.0, mass=None,
     reg_m KL) or "partial" (P 1 <= a, P^T 1 <= b, total mass `mass`)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
-    for name, value in (("reg", reg), ("reg_m", reg_m)):
-        if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    reg = check_real("reg", reg, 0.0, open_low=True)
+    reg_m = check_real("reg_m", reg_m, 0.0, open_low=True)
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if (a <= 0).any() or (b <= 0).any():
         raise ValueError("the masses a and b must be positive")
@@ -45,10 +45,8 @@ class OTAligner:
                  threshold=0.5):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
-        if not 0.0 < mass_fraction <= 1.0:
-            raise ValueError(f"mass_fraction must be in (0, 1], got {mass_fraction!r}")
+        threshold = check_threshold(threshold)
+        mass_fraction = check_real("mass_fraction", mass_fraction, 0.0, 1.0, open_low=True)
         self.kind, self.reg, self.reg_m = kind, reg, reg_m
         self.mass_fraction, self.distortion, self.threshold = mass_fraction, distortion, threshold
 
