@@ -68,7 +68,7 @@ def test_scpo_votes_and_weights(model):
     assert summary["pairs"] + summary["dropped"] == 3 and records
     everything_same, _ = si.scpo_pairs(model, PROMPTS, lambda c: "same", n=4, **SAMPLING)
     assert everything_same == []
-    strict, _ = si.scpo_pairs(model, PROMPTS, first_token, n=8, min_margin=1.1, **SAMPLING)
+    strict, _ = si.scpo_pairs(model, PROMPTS, first_token, n=8, min_margin=1.0, **SAMPLING)
     assert strict == []
 
 
@@ -356,3 +356,215 @@ def test_online_dpo_bad_reward(model, tmp_path):
     with pytest.raises(ValueError, match="empty prompt"):
         calign.OnlineDPOTrainer(model, reward_model=count_high, args=args,
                                 train_dataset=[{"prompt_input_ids": []}])
+
+
+@pytest.fixture
+def no_sampling(model, monkeypatch):
+    """The model refuses to sample: an error raised under it came up front."""
+    def generate(*args, **kwargs):
+        raise AssertionError("sampled before the bad argument was reported")
+
+    monkeypatch.setattr(model, "generate", generate)
+    return model
+
+
+def test_self_rewarding_checks_its_arguments_before_sampling(no_sampling, judge_tokenizer):
+    model, tok = no_sampling, judge_tokenizer
+    for template, match in [("{prompt} {response} {score}", r"placeholder \{score\}"),
+                            ("{prompt} {response} {0}", r"positional placeholder \{0\}"),
+                            ("{prompt} {response} {}", r"positional placeholder \{\}"),
+                            ("{prompt} {response} {", "not a valid format string"),
+                            ("{prompt!x} {response}", "cannot be filled in"),
+                            ("{{prompt}} {response}", "must contain {prompt} and {response}")]:
+        with pytest.raises(ValueError, match=match):
+            si.self_rewarding_pairs(model, ["w3"], tok, judge_template=template)
+    with pytest.raises(TypeError, match="judge_template must be a string"):
+        si.self_rewarding_pairs(model, ["w3"], tok, judge_template=None)
+    for value in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="judge_samples must be an integer >= 1"):
+            si.self_rewarding_pairs(model, ["w3"], tok, judge_samples=value)
+    with pytest.raises(ValueError, match="judge_max_new_tokens must be an integer >= 1"):
+        si.self_rewarding_pairs(model, ["w3"], tok, judge_max_new_tokens=0)
+    with pytest.raises(ValueError, match="needs tokenizer=: the judge prompt is text"):
+        si.self_rewarding_pairs(model, [[3, 4]], None)
+    with pytest.raises(ValueError, match="seed must be an integer or None"):
+        si.self_rewarding_pairs(model, ["w3"], tok, seed="3")
+    # 252 tokens with prompt 1 and no response, + 4 new: over the 256 positions
+    with pytest.raises(ValueError, match=r"judge prompt for prompt 1 \(judge_template filled in "
+                                         r"with the prompt and an empty response\) already has "
+                                         r"\d+ tokens.*shorter judge_template"):
+        si.self_rewarding_pairs(model, ["w3", "w4 w5 w6 w7"], tok, n=2, judge_max_new_tokens=4,
+                                judge_template="{prompt} {response}" + " w2" * 250)
+
+
+def test_self_rewarding_judge_prompt_too_long_after_sampling(model, judge_tokenizer):
+    """The template fits with an empty response but not with the sampled one:
+    the error names the judge prompt of prompt i, candidate k, not the user's."""
+    template = "w2 " * 249 + "{prompt} {response}"   # 250 tokens + 4 new: fits 256 positions
+    with pytest.raises(ValueError, match=r"judge prompt for prompt 0, candidate \d \(judge_"
+                                         r"template filled in with the prompt and the sampled "
+                                         r"response\) has \d+ tokens.*max_new_tokens"):
+        si.self_rewarding_pairs(model, ["w3"], judge_tokenizer, judge_template=template, n=2,
+                                judge_samples=1, judge_max_new_tokens=4, **SAMPLING)
+
+
+def test_self_rewarding_and_iterate_accept_seed_none(model, judge_tokenizer, tmp_path):
+    """seed=None: unseeded sampling (as Model.generate), judgements too."""
+    options = dict(JUDGE, judge_samples=1, judge_max_new_tokens=3)
+    _, summary = si.self_rewarding_pairs(model, ITERATION_PROMPTS[:2], judge_tokenizer,
+                                         seed=None, **options)
+    assert summary["prompts"] == 2
+    args = calign.DPOConfig(output_dir=str(tmp_path), max_steps=1, save_steps=0,
+                            disable_tqdm=True)
+    _, summaries = si.iterate(model, PROMPTS, args, iterations=1, pairs=si.on_policy_pairs,
+                              scorer=count_high, max_new_tokens=3, seed=None)
+    assert summaries[0]["prompts"] == 3
+
+
+def test_prompts_tokenizer_and_numbers_are_checked_before_sampling(no_sampling, tmp_path):
+    model = no_sampling
+    with pytest.raises(TypeError, match=r"prompts must be a list of prompts \(strings, or "
+                                        r"lists of token ids\): prompt 0 is the integer 1"
+                                        r".*\[\[1, 2, 3\]\]"):
+        si.on_policy_pairs(model, [1, 2, 3], count_high)
+    for prompts in ("w3 w4", None, 7):
+        with pytest.raises(TypeError, match="prompts must be a list of prompts"):
+            si.on_policy_pairs(model, prompts, count_high)
+    with pytest.raises(TypeError, match=r"prompt 1 is \[1.5\]"):
+        si.on_policy_pairs(model, [[1], [1.5]], count_high)
+    with pytest.raises(ValueError, match=r"prompt 0 holds token id 99, outside the model's "
+                                         r"vocabulary \[0, 23\)"):
+        si.on_policy_pairs(model, [[1, 99]], count_high)
+    with pytest.raises(ValueError, match="tokenizer 'x' is not a folder holding tokenizer.json"):
+        si.on_policy_pairs(model, PROMPTS, count_high, tokenizer="x")
+    with pytest.raises(TypeError, match="tokenizer must be a calign.Tokenizer"):
+        si.on_policy_pairs(model, PROMPTS, count_high, tokenizer=5)
+    with pytest.raises(TypeError, match="scorer must be"):
+        si.on_policy_pairs(model, PROMPTS, "judge")
+    with pytest.raises(TypeError, match="extract_answer must be a callable"):
+        si.scpo_pairs(model, PROMPTS, "first token")
+    for value in (float("nan"), "a", -1, 1.5, True, None):
+        with pytest.raises(ValueError, match=r"min_margin must be a number in \[0, 1\]"):
+            si.scpo_pairs(model, PROMPTS, lambda c: c[0], min_margin=value)
+    for value in (float("nan"), "50", -1, 101, True):
+        with pytest.raises(ValueError, match=r"quality_percentile must be a number in \[0, 100\]"):
+            si.divpo_pairs(model, PROMPTS, count_high, quality_percentile=value)
+    for name, value in [("max_new_tokens", 0), ("temperature", 0), ("temperature", "1"),
+                        ("top_p", 1.5), ("seed", 1.5)]:
+        with pytest.raises(ValueError, match=f"{name} must be"):
+            si.on_policy_pairs(model, PROMPTS, count_high, **{name: value})
+    data = [{"prompt_input_ids": [1, 2], "chosen_input_ids": [3], "rejected_input_ids": [4]}]
+    for value in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+            si.select_by_reward_gap(model, model, data, beta=0.1, batch_size=value)
+    with pytest.raises(ValueError, match=r"fraction must be a number in \(0, 1\]"):
+        si.select_by_reward_gap(model, model, data, beta=0.1, fraction="0.5")
+    with pytest.raises(ValueError, match="dataset record 0 holds text: pass tokenizer="):
+        si.select_by_reward_gap(model, model, [{"prompt": "w1", "chosen": "w2",
+                                                "rejected": "w3"}], beta=0.1)
+
+
+def test_scpo_unhashable_answer_names_extract_answer(model):
+    with pytest.raises(TypeError, match=r"extract_answer returned \[\d+\], a list, which cannot "
+                                        r"be counted as a vote"):
+        si.scpo_pairs(model, PROMPTS, lambda c: [c[0]], n=4, **SAMPLING)
+
+
+def test_numpy_scalars_are_accepted(model, tmp_path):
+    """NumPy integers and reals work wherever Python's do, with the same samples."""
+    python = si.on_policy_pairs(model, PROMPTS, count_high, n=4, max_new_tokens=5,
+                                temperature=0.5, top_p=0.9, seed=3)
+    numpy = si.on_policy_pairs(model, PROMPTS, count_high, n=np.int64(4),
+                               max_new_tokens=np.int32(5), temperature=np.float32(0.5),
+                               top_p=np.float64(0.9), seed=np.int64(3))
+    assert numpy == python
+    first_token = lambda c: c[0] % 3  # noqa: E731
+    assert si.scpo_pairs(model, PROMPTS, first_token, n=np.int64(8), min_margin=np.float32(0.1),
+                         **SAMPLING) == si.scpo_pairs(model, PROMPTS, first_token, n=8,
+                                                      min_margin=float(np.float32(0.1)),
+                                                      **SAMPLING)
+    assert si.divpo_pairs(model, PROMPTS, count_high, n=4, quality_percentile=np.float64(50),
+                          **SAMPLING) == si.divpo_pairs(model, PROMPTS, count_high, n=4,
+                                                        **SAMPLING)
+    data = [{"prompt_input_ids": [1, 2], "chosen_input_ids": [3], "rejected_input_ids": [4]}] * 3
+    kept, _ = si.select_by_reward_gap(model, model, data, beta=0.1, fraction=np.float64(0.5),
+                                      batch_size=np.int64(2))
+    assert len(kept) == 2
+    args = calign.DPOConfig(output_dir=str(tmp_path), max_steps=1, save_steps=0,
+                            disable_tqdm=True)
+    models, _ = si.iterate(model, PROMPTS, args, iterations=np.int64(1), pairs=si.on_policy_pairs,
+                           scorer=count_high, max_new_tokens=3, seed=np.int64(1))
+    assert len(models) == 2
+    with pytest.raises(ValueError, match="n must be an integer >= 2, got True"):
+        si.on_policy_pairs(model, PROMPTS, count_high, n=True)
+
+
+def test_iterate_checks_what_pairs_and_evaluate_return(model, tmp_path):
+    args = calign.DPOConfig(output_dir=str(tmp_path), max_steps=1, save_steps=0,
+                            disable_tqdm=True)
+    with pytest.raises(TypeError, match=r"pairs must return \(records, summary dict\)"):
+        si.iterate(model, PROMPTS, args, pairs=lambda *a, **k: [])
+    with pytest.raises(TypeError, match="evaluate must return a dict"):
+        si.iterate(model, PROMPTS, args, iterations=1, pairs=lambda *a, **k: ([], {}),
+                   evaluate=lambda m: 0.5)
+
+
+def test_online_dpo_reports_bad_rewards_and_records(model, tmp_path):
+    def config(**options):
+        return calign.OnlineDPOConfig(output_dir=str(tmp_path), max_steps=1, max_new_tokens=3,
+                                      save_steps=0, disable_tqdm=True, **options)
+
+    prompts = [{"prompt_input_ids": p} for p in PROMPTS]
+
+    def judge(prompt, completion):
+        return "high"
+
+    for reward, match in [(judge, "the reward function .*judge .*returned 'high', not a number"),
+                          (lambda p, c: None, "<lambda> .*returned None, not a number"),
+                          (lambda p, c: [1.0, 2.0], r"returned \[1.0, 2.0\], not a number")]:
+        trainer = calign.OnlineDPOTrainer(model, reward_model=reward, args=config(),
+                                          train_dataset=prompts)
+        with pytest.raises(ValueError, match=match):
+            trainer.train()
+    for value, match in [(5, "got int"), ("w1 w2", "got str"), ([1.5], "got list"),
+                         (None, "got NoneType")]:
+        with pytest.raises(TypeError, match="train_dataset record 1: prompt_input_ids must be "
+                                            "a list of integer token ids, " + match):
+            calign.OnlineDPOTrainer(model, reward_model=count_high, args=config(),
+                                    train_dataset=[prompts[0], {"prompt_input_ids": value}])
+    with pytest.raises(TypeError, match="train_dataset record 0: prompt must be a string"):
+        calign.OnlineDPOTrainer(model, reward_model=count_high, args=config(),
+                                train_dataset=[{"prompt": 5}])
+    with pytest.raises(ValueError, match=r"eval_dataset record 0: the prompt holds token id 99, "
+                                         r"outside the model's vocabulary \[0, 23\)"):
+        calign.OnlineDPOTrainer(model, reward_model=count_high, args=config(),
+                                train_dataset=prompts, eval_dataset=[{"prompt_input_ids": [99]}])
+
+
+def test_online_dpo_checks_prompt_lengths_when_built(model, tmp_path):
+    """Every prompt is checked against max_length and the model's 256 positions
+    when the trainer is built (not partway through training); max_prompt_length
+    keeps a prompt's end, as DPOTrainer, and so does keep_end for max_length."""
+    def build(data, **options):
+        options = dict(dict(max_new_tokens=3, max_length=None), **options)
+        return calign.OnlineDPOTrainer(model, reward_model=count_high, args=calign.OnlineDPOConfig(
+            output_dir=str(tmp_path), max_steps=1, save_steps=0, disable_tqdm=True, **options),
+            train_dataset=[{"prompt_input_ids": p} for p in data])
+
+    long = list(range(1, 23)) * 12  # 264 tokens
+    with pytest.raises(ValueError, match=r"train_dataset record 2: the prompt \(264 tokens\) plus "
+                                         r"max_new_tokens \(3\) exceeds the model's maximum "
+                                         r"positions \(256\): set max_prompt_length"):
+        build([[1, 2], [3], long])
+    with pytest.raises(ValueError, match=r"train_dataset record 0: the prompt \(5 tokens\) plus "
+                                         r"max_new_tokens \(3\) exceeds max_length \(6\)"):
+        build([[1, 2, 3, 4, 5]], max_length=6)
+    with pytest.raises(ValueError, match=r"the prompt \(254 tokens after truncation\) plus "
+                                         r"max_new_tokens \(3\)"):
+        build([long], max_prompt_length=254)
+    assert build([[1, 2, 3, 4, 5]], max_prompt_length=2).train_examples[0].prompt_ids == [4, 5]
+    trainer = build([long, [1, 2]], max_length=8, truncation_mode="keep_end")
+    assert [e.prompt_ids for e in trainer.train_examples] == [long[-5:], [1, 2]]
+    trainer.train()  # the truncated prompts sample and train
+    with pytest.raises(ValueError, match=r"max_new_tokens must be below max_length \(8\)"):
+        calign.OnlineDPOConfig(max_length=8, max_new_tokens=8)

@@ -21,14 +21,18 @@ tokenizer is given, the decoded text too.
 
 import dataclasses
 import math
+import numbers
 import os
 import re
+import reprlib
+import string
 from collections import Counter
 
 import numpy as np
 
 from calign import losses
 from calign.model import Model, RewardModel, pack_shared_prefix
+from calign.tokenizer import Tokenizer
 
 DEFAULT_JUDGE_TEMPLATE = (
     "Review the user's question and the corresponding response using the additive 5-point "
@@ -42,30 +46,122 @@ DEFAULT_JUDGE_TEMPLATE = (
 SCORE_PATTERN = re.compile(r"Score:\s*([0-5](?:\.\d+)?)")
 
 
-def _prompt_ids(prompts, tokenizer):
+# ---- argument checks (before any sampling) -------------------------------------
+
+def _is_int(value):
+    """An integer, Python's or NumPy's, not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value):
+    """A real number, Python's or NumPy's, not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_int(value, name, minimum):
+    if not _is_int(value) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_n(n, minimum=2):
+    return _check_int(n, "n", minimum)
+
+
+def _check_real(value, name, low, high, requirement):
+    """value as a float when it is a finite real number in [low, high]."""
+    if not _is_real(value) or not math.isfinite(value) or not low <= value <= high:
+        raise ValueError(f"{name} must be {requirement}, got {value!r}")
+    return float(value)
+
+
+def _check_seed(seed):
+    """None (unseeded: fresh randomness each call, as Model.generate) or an integer."""
+    if seed is not None and not _is_int(seed):
+        raise ValueError(f"seed must be an integer or None (unseeded), got {seed!r}")
+    return None if seed is None else int(seed)
+
+
+def _check_model(model, name="model"):
+    if not isinstance(model, Model):
+        raise TypeError(f"{name} must be a calign.Model, not {type(model).__name__}")
+
+
+def _tokenizer(tokenizer):
+    """None, a calign.Tokenizer, or a folder holding tokenizer.json (loaded)."""
+    if tokenizer is None or isinstance(tokenizer, Tokenizer):
+        return tokenizer
+    if isinstance(tokenizer, (str, os.PathLike)):
+        if not os.path.isfile(os.path.join(tokenizer, "tokenizer.json")):
+            raise ValueError(f"tokenizer {os.fspath(tokenizer)!r} is not a folder holding "
+                             "tokenizer.json")
+        return Tokenizer.from_pretrained(os.fspath(tokenizer))
+    raise TypeError("tokenizer must be a calign.Tokenizer, a folder with tokenizer.json, or "
+                    f"None, not {type(tokenizer).__name__}")
+
+
+def _check_callable(value, name, signature):
+    if not callable(value):
+        raise TypeError(f"{name} must be a {signature}, not {type(value).__name__}")
+
+
+def _check_scorer(scorer):
+    if not isinstance(scorer, RewardModel) and not callable(scorer):
+        raise TypeError("scorer must be a calign.RewardModel or a callable(prompt, completion)")
+
+
+def _prompt_ids(prompts, tokenizer, model=None):
+    """Token ids of each prompt (text is encoded with tokenizer); checks the
+    ids against the model's vocabulary when a model is given."""
+    hint = "prompts must be a list of prompts (strings, or lists of token ids)"
+    if prompts is None or isinstance(prompts, (str, bytes, dict)):
+        raise TypeError(f"{hint}, not {type(prompts).__name__}")
+    try:
+        prompts = list(prompts)
+    except TypeError:
+        raise TypeError(f"{hint}, not {type(prompts).__name__}") from None
     if not prompts:
         raise ValueError("prompts is empty")
+    vocab = model.vocab_size if model is not None else None
     ids = []
     for i, p in enumerate(prompts):
         if isinstance(p, str):
             if tokenizer is None:
                 raise ValueError("text prompts need tokenizer=")
             p = tokenizer.encode(p)
+        elif _is_int(p):
+            raise TypeError(f"{hint}: prompt {i} is the integer {p!r}; one prompt of token ids "
+                            "is written [[1, 2, 3]], not [1, 2, 3]")
+        elif not (isinstance(p, (list, tuple)) or (isinstance(p, np.ndarray) and p.ndim == 1)) \
+                or not all(_is_int(t) for t in p):
+            raise TypeError(f"{hint}: prompt {i} is {reprlib.repr(p)}")
+        p = [int(t) for t in p]
         if len(p) == 0:
             raise ValueError(f"prompt {i} is empty")
-        ids.append(list(p))
+        if vocab is not None and not all(0 <= t < vocab for t in p):
+            bad = next(t for t in p if not 0 <= t < vocab)
+            raise ValueError(f"prompt {i} holds token id {bad}, outside the model's vocabulary "
+                             f"[0, {vocab})")
+        ids.append(p)
     return ids
-
-
-def _check_n(n, minimum=2):
-    if not isinstance(n, int) or n < minimum:
-        raise ValueError(f"n must be an integer >= {minimum}, got {n!r}")
 
 
 def sample(model, prompts, n, tokenizer=None, max_new_tokens=32, temperature=1.0, top_p=1.0,
            seed=0):
-    """n sampled completions per prompt: (prompt ids, [[completion ids] * n] per prompt)."""
-    prompt_ids = _prompt_ids(prompts, tokenizer)
+    """n sampled completions per prompt: (prompt ids, [[completion ids] * n] per prompt).
+    seed=None samples unseeded (fresh randomness each call), as Model.generate."""
+    _check_model(model)
+    n = _check_n(n, minimum=1)
+    tokenizer = _tokenizer(tokenizer)
+    max_new_tokens = _check_int(max_new_tokens, "max_new_tokens", 1)
+    temperature = _check_real(temperature, "temperature", 0.0, math.inf, "a finite number > 0")
+    if temperature == 0.0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    top_p = _check_real(top_p, "top_p", 0.0, 1.0, "a number in (0, 1]")
+    if top_p == 0.0:
+        raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
+    seed = _check_seed(seed)
+    prompt_ids = _prompt_ids(prompts, tokenizer, model)
     eos = tokenizer.eos_token_id if tokenizer is not None else None
     flat = model.generate(prompt_ids, max_new_tokens=max_new_tokens, do_sample=True,
                           temperature=temperature, top_p=top_p, eos_token_id=eos,
@@ -113,7 +209,9 @@ def _scores(scorer, prompt_ids, completions, tokenizer):
 def on_policy_pairs(model, prompts, scorer, n=4, tokenizer=None, **sampling):
     """Best vs worst of n samples by score; prompts whose samples all score the
     same are skipped (no preference to learn)."""
-    _check_n(n)
+    n = _check_n(n)
+    _check_scorer(scorer)
+    tokenizer = _tokenizer(tokenizer)
     prompt_ids, samples = sample(model, prompts, n, tokenizer, **sampling)
     records, ties = [], 0
     for p, completions in zip(prompt_ids, samples):
@@ -133,13 +231,24 @@ def scpo_pairs(model, prompts, extract_answer, n=8, min_margin=0.0, tokenizer=No
     extracted from n samples; chosen has the most-voted answer, rejected the
     least-voted; weight = (votes_chosen - votes_rejected) / n, pairs below
     min_margin dropped. Samples whose answer cannot be extracted (None) do not
-    vote and are never chosen."""
-    _check_n(n)
+    vote and are never chosen. min_margin is a fraction of the n votes, in [0, 1]."""
+    n = _check_n(n)
+    _check_callable(extract_answer, "extract_answer", "callable(completion) -> answer")
+    min_margin = _check_real(min_margin, "min_margin", 0.0, 1.0, "a number in [0, 1] (a "
+                             "fraction of the n votes)")
+    tokenizer = _tokenizer(tokenizer)
     prompt_ids, samples = sample(model, prompts, n, tokenizer, **sampling)
     records, dropped = [], 0
     for p, completions in zip(prompt_ids, samples):
         answers = [extract_answer(_text(tokenizer, c) if tokenizer is not None else c)
                    for c in completions]
+        for a in answers:
+            try:
+                hash(a)
+            except TypeError:
+                raise TypeError(f"extract_answer returned {a!r}, a {type(a).__name__}, which "
+                                "cannot be counted as a vote: return a hashable answer (a "
+                                "string, number or tuple), or None for no vote") from None
         votes = Counter(a for a in answers if a is not None)
         if len(votes) < 2:
             dropped += 1
@@ -179,11 +288,13 @@ def divpo_pairs(model, prompts, scorer, n=16, quality_percentile=50.0, diversity
     quality percentile, chosen = the most diverse (lowest model log-probability,
     or rarest n-grams in the pool); among those below, rejected = the least
     diverse. Prompts with an empty side are skipped."""
-    _check_n(n)
+    n = _check_n(n)
+    _check_scorer(scorer)
     if diversity not in ("logprob", "ngram"):
         raise ValueError(f"diversity must be 'logprob' or 'ngram', got {diversity!r}")
-    if not 0.0 <= quality_percentile <= 100.0:
-        raise ValueError(f"quality_percentile must be in [0, 100], got {quality_percentile!r}")
+    quality_percentile = _check_real(quality_percentile, "quality_percentile", 0.0, 100.0,
+                                     "a number in [0, 100]")
+    tokenizer = _tokenizer(tokenizer)
     prompt_ids, samples = sample(model, prompts, n, tokenizer, **sampling)
     records, skipped = [], 0
     for p, completions in zip(prompt_ids, samples):
@@ -214,27 +325,96 @@ def parse_judge_score(text):
     return float(found[-1]) if found else None
 
 
+_JUDGE_FIELDS = ("prompt", "response")
+
+
+def _check_judge_template(template):
+    """A str.format template whose only placeholders are {prompt} and {response}
+    (both present; literal braces doubled)."""
+    if not isinstance(template, str):
+        raise TypeError("judge_template must be a string with {prompt} and {response} "
+                        f"placeholders, not {type(template).__name__}")
+    braces = "write a literal brace as {{ or }}"
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"judge_template is not a valid format string ({exc}): "
+                         f"{braces}") from None
+    found = set()
+    for _, field, spec, _ in parsed:
+        if field is None:
+            continue
+        if field not in _JUDGE_FIELDS:
+            kind = "positional placeholder" if field == "" or field.isdigit() else "placeholder"
+            raise ValueError(f"judge_template has the {kind} {{{field}}}: only {{prompt}} and "
+                             f"{{response}} are filled in; {braces}")
+        if "{" in (spec or ""):
+            raise ValueError(f"judge_template: {{{field}:{spec}}} has a nested placeholder; "
+                             f"only {{prompt}} and {{response}} are filled in")
+        found.add(field)
+    if found != set(_JUDGE_FIELDS):
+        raise ValueError("judge_template must contain {prompt} and {response} placeholders")
+    try:
+        template.format(prompt="", response="")
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"judge_template cannot be filled in: {exc}") from None
+
+
+def _judge_prompt_ids(model, tokenizer, template, prompt_text, response_text,
+                      judge_max_new_tokens, index, k=None):
+    """Token ids of the judge prompt for prompt `index`, candidate `k` (None:
+    the up-front check with an empty response), or a ValueError saying it does
+    not fit the model with judge_max_new_tokens."""
+    ids = tokenizer.encode(template.format(prompt=prompt_text, response=response_text))
+    limit = model._engine["max_positions"]
+    if len(ids) + judge_max_new_tokens > limit:
+        which = (f"the judge prompt for prompt {index} (judge_template filled in with the "
+                 f"prompt and an empty response) already has {len(ids)} tokens"
+                 if k is None else
+                 f"the judge prompt for prompt {index}, candidate {k} (judge_template filled "
+                 f"in with the prompt and the sampled response) has {len(ids)} tokens")
+        raise ValueError(f"{which}; with judge_max_new_tokens ({judge_max_new_tokens}) that "
+                         f"exceeds the model's maximum positions ({limit}): use a shorter "
+                         "judge_template, shorter prompts, a smaller max_new_tokens (shorter "
+                         "responses) or a smaller judge_max_new_tokens")
+    return ids
+
+
 def self_rewarding_pairs(model, prompts, tokenizer, judge_template=DEFAULT_JUDGE_TEMPLATE, n=4,
                          judge_samples=3, judge_max_new_tokens=64, **sampling):
     """Self-Rewarding pairs: the policy scores each of its n samples judge_samples
     times with the judge template (scores parsed, averaged; a sample whose
-    judgements are all unparsable is dropped and counted); highest vs lowest."""
-    _check_n(n)
-    if "{prompt}" not in judge_template or "{response}" not in judge_template:
-        raise ValueError("judge_template must contain {prompt} and {response} placeholders")
-    prompt_ids, samples = sample(model, prompts, n, tokenizer, **sampling)
+    judgements are all unparsable is dropped and counted); highest vs lowest.
+    The judge prompt is text, so a tokenizer is required (token-id prompts are
+    decoded with it). The judgements are seeded from sampling's seed (None:
+    unseeded)."""
+    n = _check_n(n)
+    judge_samples = _check_int(judge_samples, "judge_samples", 1)
+    judge_max_new_tokens = _check_int(judge_max_new_tokens, "judge_max_new_tokens", 1)
+    _check_judge_template(judge_template)
+    if tokenizer is None:
+        raise ValueError("self_rewarding_pairs needs tokenizer=: the judge prompt is text built "
+                         "from judge_template, and the judgements are parsed as text")
+    tokenizer = _tokenizer(tokenizer)
+    _check_model(model)
+    seed = _check_seed(sampling.get("seed", 0))
+    prompt_ids = _prompt_ids(prompts, tokenizer, model)
+    for index, p in enumerate(prompt_ids):  # before sampling: would the judge prompt fit?
+        _judge_prompt_ids(model, tokenizer, judge_template, tokenizer.decode(p), "",
+                          judge_max_new_tokens, index)
+    prompt_ids, samples = sample(model, prompt_ids, n, tokenizer, **sampling)
     records, unparsable, ties = [], 0, 0
     for index, (p, completions) in enumerate(zip(prompt_ids, samples)):
         prompt_text = tokenizer.decode(p)
         judged = []
         for k, c in enumerate(completions):
-            judge_prompt = judge_template.format(prompt=prompt_text,
-                                                 response=_text(tokenizer, c))
-            outputs = model.generate([tokenizer.encode(judge_prompt)],
+            judge_ids = _judge_prompt_ids(model, tokenizer, judge_template, prompt_text,
+                                          _text(tokenizer, c), judge_max_new_tokens, index, k)
+            outputs = model.generate([judge_ids],
                                      max_new_tokens=judge_max_new_tokens, do_sample=True,
                                      num_return_sequences=judge_samples,
                                      eos_token_id=tokenizer.eos_token_id,
-                                     seed=sampling.get("seed", 0) + 1000 * index + k)
+                                     seed=None if seed is None else seed + 1000 * index + k)
             scores = [s for s in (parse_judge_score(_text(tokenizer, o)) for o in outputs)
                       if s is not None]
             if not scores:
@@ -262,12 +442,20 @@ def select_by_reward_gap(policy, reference, dataset, beta, fraction=0.1, tokeniz
     from calign.trainers.config import DPOConfig
     from calign.trainers.packed import PackedPreferences
 
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    fraction = _check_real(fraction, "fraction", 0.0, 1.0, "a number in (0, 1]")
+    if fraction == 0.0:
+        raise ValueError(f"fraction must be a number in (0, 1], got {fraction!r}")
+    batch_size = _check_int(batch_size, "batch_size", 1)
     for name, m in (("policy", policy), ("reference", reference)):
         if not isinstance(m, Model):
             raise TypeError(f"{name} must be a calign.Model")
+    tokenizer = _tokenizer(tokenizer)
     records = load_records(dataset, "dataset")
+    if tokenizer is None:
+        for index, record in enumerate(records):
+            if "chosen_input_ids" not in record and "prompt_input_ids" not in record:
+                raise ValueError(f"dataset record {index} holds text: pass tokenizer= (a "
+                                 "calign.Tokenizer), or pre-tokenized fields")
     examples = prepare_preference_data(records, tokenizer, DPOConfig(output_dir="unused",
                                                                      max_length=None),
                                        "dataset")
@@ -293,7 +481,8 @@ def iterate(model, prompts, args, iterations=2, pairs=self_rewarding_pairs, toke
     """Iterated preference training on the model's own pairs.
 
     Iteration t (1-based) starts from M_t: `pairs(M_t, prompts, tokenizer=...,
-    seed=seed + t - 1, **pairs_kwargs)` builds the records, then DPO with args
+    seed=seed + t - 1, **pairs_kwargs)` (seed=None: unseeded sampling in every
+    iteration, as Model.generate) builds the records, then DPO with args
     trains a copy of M_t on them with M_t as the frozen reference; the result
     is M_{t+1} (Yuan et al. 2024, Sec. 2.3: M1 -> M2 -> M3 for two
     iterations). An iteration that yields no pair leaves the model unchanged.
@@ -322,8 +511,9 @@ def iterate(model, prompts, args, iterations=2, pairs=self_rewarding_pairs, toke
         raise TypeError(f"model must be a calign.Model, not {type(model).__name__}")
     if not isinstance(args, DPOConfig):
         raise TypeError(f"args must be a calign.DPOConfig, not {type(args).__name__}")
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
+    iterations = _check_int(iterations, "iterations", 1)
+    seed = _check_seed(seed)
+    tokenizer = _tokenizer(tokenizer)
     if not callable(pairs):
         raise TypeError("pairs must be a pair builder such as selfimprove.self_rewarding_pairs")
     if evaluate is not None and not callable(evaluate):
@@ -331,8 +521,12 @@ def iterate(model, prompts, args, iterations=2, pairs=self_rewarding_pairs, toke
     models, summaries = [model], []
     for t in range(1, iterations + 1):
         current = models[-1]
-        records, summary = pairs(current, prompts, tokenizer=tokenizer, seed=seed + t - 1,
-                                 **pairs_kwargs)
+        built = pairs(current, prompts, tokenizer=tokenizer,
+                      seed=None if seed is None else seed + t - 1, **pairs_kwargs)
+        if not (isinstance(built, tuple) and len(built) == 2 and isinstance(built[1], dict)):
+            raise TypeError(f"pairs must return (records, summary dict), got "
+                            f"{reprlib.repr(built)}")
+        records, summary = built
         following = Model(current.config)
         following.params[...] = current.params
         summary = dict(summary, iteration=t, steps=0, loss=None)
@@ -344,7 +538,11 @@ def iterate(model, prompts, args, iterations=2, pairs=self_rewarding_pairs, toke
             logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
             summary.update(steps=trainer.state.global_step, loss=logged[-1] if logged else None)
         if evaluate is not None:
-            summary.update(evaluate(following))
+            measured = evaluate(following)
+            if not isinstance(measured, dict):
+                raise TypeError(f"evaluate must return a dict of numbers, got "
+                                f"{reprlib.repr(measured)}")
+            summary.update(measured)
         models.append(following)
         summaries.append(summary)
     return models, summaries

@@ -2,6 +2,7 @@
 samples two completions per prompt from the current policy, ranks them with a
 reward model or a scoring function, and takes a DPO step on the pair."""
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,13 +33,29 @@ class OnlineDPOConfig(DPOConfig):
                "missing_eos_penalty", self.missing_eos_penalty, "None or a number")
         _check(not self.precompute_ref_log_probs, "precompute_ref_log_probs",
                self.precompute_ref_log_probs, "False (the completions do not exist before)")
+        _check(self.max_length is None or self.max_new_tokens < self.max_length,
+               "max_new_tokens", self.max_new_tokens,
+               f"below max_length ({self.max_length}), which bounds prompt + completion")
+
+
+def _reward_name(reward_model):
+    if isinstance(reward_model, RewardModel):
+        return "the reward model"
+    name = getattr(reward_model, "__qualname__", None) or type(reward_model).__name__
+    return f"the reward function {name}"
 
 
 class OnlineDPOTrainer(DPOTrainer):
     """Online DPO. train_dataset holds prompts ({"prompt": text} records, or
     {"prompt_input_ids": [...]}); reward_model is a calign.RewardModel or a
     callable(prompt, completion) -> float. The pair of a step: the higher-scored
-    sample is chosen (the first on a tie, as TRL)."""
+    sample is chosen (the first on a tie, as TRL).
+
+    Prompts longer than max_prompt_length keep their end (as DPOTrainer); with
+    truncation_mode="keep_end", so do prompts that would not leave
+    max_new_tokens within max_length (as TRL). Each prompt plus max_new_tokens
+    must then fit max_length and the model's positions, which is checked for
+    every record when the trainer is built."""
 
     config_class = OnlineDPOConfig
 
@@ -53,32 +70,70 @@ class OnlineDPOTrainer(DPOTrainer):
         self.last_pairs = []
 
     def _prepare_examples(self, source, name):
+        a = self.args
+        vocab = self.model.vocab_size
+        positions = self.model._engine["max_positions"]
         examples = []
         for index, record in enumerate(load_records(source, name)):
             if "prompt_input_ids" in record:
-                prompt = list(record["prompt_input_ids"])
+                prompt = record["prompt_input_ids"]
+                if not (isinstance(prompt, (list, tuple)) or
+                        (isinstance(prompt, np.ndarray) and prompt.ndim == 1)) or \
+                        not all(isinstance(t, numbers.Integral) and
+                                not isinstance(t, (bool, np.bool_)) for t in prompt):
+                    raise TypeError(f"{name} record {index}: prompt_input_ids must be a list of "
+                                    f"integer token ids, got {type(prompt).__name__}")
+                prompt = [int(t) for t in prompt]
             else:
                 text = require_field(record, "prompt", index, name)
+                if not isinstance(text, str):
+                    raise TypeError(f"{name} record {index}: prompt must be a string (or give "
+                                    f"prompt_input_ids), got {type(text).__name__}")
                 if self.processing_class is None:
                     raise ValueError(f"{name} record {index} holds text: pass processing_class")
                 prompt = self.processing_class.encode(text)
             if not prompt:
                 raise ValueError(f"{name} record {index} has an empty prompt")
+            original = len(prompt)
+            bad = [t for t in prompt if not 0 <= t < vocab]
+            if bad:
+                raise ValueError(f"{name} record {index}: the prompt holds token id {bad[0]}, "
+                                 f"outside the model's vocabulary [0, {vocab})")
+            if a.max_prompt_length is not None:  # keep the end, as DPOTrainer
+                prompt = prompt[-a.max_prompt_length:]
+            if a.max_length is not None and a.truncation_mode == "keep_end":
+                prompt = prompt[-(a.max_length - a.max_new_tokens):]  # as DPOTrainer, TRL
+            for limit, what in ((a.max_length, "max_length"),
+                                (positions, "the model's maximum positions")):
+                if limit is not None and len(prompt) + a.max_new_tokens > limit:
+                    raise ValueError(
+                        f"{name} record {index}: the prompt ({len(prompt)} tokens"
+                        + (" after truncation" if len(prompt) < original else "")
+                        + f") plus max_new_tokens ({a.max_new_tokens}) exceeds {what} "
+                        f"({limit}): set max_prompt_length (longer prompts keep their end), "
+                        "truncation_mode='keep_end' with max_length, or a smaller "
+                        "max_new_tokens")
             examples.append(PreferenceExample(prompt, [], index=index))
         return examples
 
     def _score(self, prompt, completion):
         eos = self.processing_class.eos_token_id if self.processing_class else None
         if isinstance(self.reward_model, RewardModel):
-            score = float(self.reward_model.score([completion], prompts=[prompt])[0])
+            value = self.reward_model.score([completion], prompts=[prompt])[0]
         elif self.processing_class is not None:
-            score = float(self.reward_model(self.processing_class.decode(prompt),
-                                            self.processing_class.decode(
-                                                completion, skip_special_tokens=True)))
+            value = self.reward_model(self.processing_class.decode(prompt),
+                                      self.processing_class.decode(
+                                          completion, skip_special_tokens=True))
         else:
-            score = float(self.reward_model(prompt, completion))
+            value = self.reward_model(prompt, completion)
+        try:
+            score = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{_reward_name(self.reward_model)} (reward_model) returned "
+                             f"{value!r}, not a number") from None
         if not np.isfinite(score):
-            raise ValueError(f"the reward model returned {score}, not a finite number")
+            raise ValueError(f"{_reward_name(self.reward_model)} (reward_model) returned "
+                             f"{score}, not a finite number")
         if self.args.missing_eos_penalty is not None and (eos is None or completion[-1] != eos):
             score -= self.args.missing_eos_penalty
         return score
