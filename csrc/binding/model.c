@@ -407,6 +407,15 @@ static void release_stats(stats_arrays *s) {
     Py_XDECREF(s->is_top1);
 }
 
+/* 1 with FloatingPointError when a scoring kernel met a non-finite logit
+ * (it returns the first such row, or -1). */
+static int non_finite_logits(long bad) {
+    if (bad < 0) return 0;
+    PyErr_SetString(PyExc_FloatingPointError,
+                    "the model produced non-finite logits (NaN or infinity in the parameters?)");
+    return 1;
+}
+
 /* model_score(capsule, params, hidden, rows, targets, temperature, return_stats)
  * -> logprobs [M], or (logprobs, {"entropy", "mean_logit", "log_sum_sq_probs",
  * "is_top1"}) with return_stats. */
@@ -447,11 +456,7 @@ static PyObject *py_model_score(PyObject *self, PyObject *args) {
                               PyArray_DATA(hidden), &r, scratch);
     Py_END_ALLOW_THREADS
     h->busy = 0;
-    if (bad >= 0) {
-        PyErr_SetString(PyExc_FloatingPointError,
-                        "the model produced non-finite logits (NaN or infinity in the parameters?)");
-        goto done;
-    }
+    if (non_finite_logits(bad)) goto done;
     if (!return_stats)
         result = Py_NewRef(logprobs);
     else if ((stats_out = stats_dict(&stats)))
@@ -516,11 +521,7 @@ static PyObject *py_model_score_backward(PyObject *self, PyObject *args) {
                                PyArray_DATA(hidden), grad32, &r, scratch);
     Py_END_ALLOW_THREADS
     h->busy = 0;
-    if (bad >= 0) {
-        PyErr_SetString(PyExc_FloatingPointError,
-                        "the model produced non-finite logits (NaN or infinity in the parameters?)");
-        goto done;
-    }
+    if (non_finite_logits(bad)) goto done;
     if (!return_stats)
         result = Py_BuildValue("(OO)", d_hidden, logprobs);
     else if ((stats_out = stats_dict(&stats)))
@@ -763,11 +764,7 @@ static PyObject *py_model_score_dpo(PyObject *self, PyObject *args) {
                               &groups, scratch);
     Py_END_ALLOW_THREADS
     h->busy = 0;
-    if (bad >= 0) {
-        PyErr_SetString(PyExc_FloatingPointError,
-                        "the model produced non-finite logits (NaN or infinity in the parameters?)");
-        goto done;
-    }
+    if (non_finite_logits(bad)) goto done;
     memcpy(PyArray_DATA((PyArrayObject *)policy), seq_sums, sizeof(double) * n_seq);
     if ((stats_out = stats_dict(&stats)))
         result = Py_BuildValue("(OONOOOO)", d_hidden, logprobs, stats_out, policy, losses,
