@@ -10,6 +10,7 @@ import transformers
 
 import calign
 from calign import selfimprove as si
+from calign.selfimprove.builders import _ngram_rarity, _sequence_logps
 
 VOCAB = 23
 
@@ -85,9 +86,9 @@ def test_divpo_picks_diverse_good_and_typical_bad(model, diversity):
             assert not kept
             continue
         if diversity == "logprob":
-            div = [-x for x in si._sequence_logps(model, prompt, completions)]
+            div = [-x for x in _sequence_logps(model, prompt, completions)]
         else:
-            div = si._ngram_rarity(completions)
+            div = _ngram_rarity(completions)
         best = max(np.nonzero(good)[0], key=lambda i: div[i])
         worst = min(np.nonzero(~good)[0], key=lambda i: div[i])
         assert kept[0]["chosen_input_ids"] == completions[best]
