@@ -580,7 +580,7 @@ def test_constructor_counts_and_probabilities_are_checked():
 
 @pytest.mark.parametrize("make", [wa.IBM1, wa.IBM2, wa.HMM, wa.JointHMM])
 def test_alpha_that_would_overflow_the_dirichlet_update_is_rejected(make):
-    from calign.wordalign.ibm import ALPHA_MAX
+    from calign.wordalign.checks import ALPHA_MAX
 
     for alpha in (1e308, float("inf"), -0.1, True, "0.1"):
         with pytest.raises(ValueError, match=r"alpha must be in \[0, 4\.18\d*e\+298\]"):

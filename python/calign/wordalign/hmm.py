@@ -4,7 +4,8 @@ initialised by IBM Model 1. Forward-backward, EM and Viterbi run in C."""
 import numpy as np
 
 from calign import _C
-from calign.wordalign.ibm import IBM1, _check_iterations, check_integer, check_real
+from calign.wordalign.checks import check_integer, check_iterations, check_real
+from calign.wordalign.ibm import IBM1
 
 MAX_JUMP = 64  # the widest jump class the C kernels take
 
@@ -26,7 +27,7 @@ class HMM(IBM1):
 
     def fit(self, pairs, iterations=5):
         """IBM1 for ibm1_iterations, then `iterations` HMM EM iterations."""
-        iterations = _check_iterations(iterations)
+        iterations = check_iterations(iterations)
         arrays, vocabs, links = self._start_training(pairs, iterations)
         self._ibm1(arrays, vocabs, links)
         self.log_likelihoods += _C.wa_hmm_em(*self.table, *arrays, *vocabs, self.p0, self.jump,

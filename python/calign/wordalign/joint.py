@@ -26,9 +26,11 @@ import numpy as np
 from calign import _C
 from calign.wordalign.corpus import Vocabulary, check_pairs, flatten
 from calign.wordalign.hmm import HMM
-from calign.wordalign.ibm import (INT_MAX, LINK_CACHE_BYTES, _check_iterations, above_threshold,
-                                  check_integer, check_real, check_threshold, links_per_pair,
-                                  read_npz, write_npz)
+from calign.wordalign.checks import (INT_MAX, check_integer, check_iterations, check_real,
+                                     check_threshold)
+from calign.wordalign.ibm import LINK_CACHE_BYTES
+from calign.wordalign.links import above_threshold, links_per_pair
+from calign.wordalign.saved import read_npz, write_npz
 from calign.wordalign.symmetrize import METHODS, symmetrize
 
 ALIGN_METHODS = ("soft-union", "forward", "reverse") + METHODS
@@ -80,7 +82,7 @@ class JointHMM:
     def fit(self, pairs, iterations=5):
         """IBM1 (each direction), then `iterations` HMM EM iterations (by
         agreement unless agreement=False)."""
-        iterations = _check_iterations(iterations)
+        iterations = check_iterations(iterations)
         pairs = check_pairs(pairs)
         source_vocab, target_vocab = Vocabulary(), Vocabulary()
         arrays = flatten(pairs, source_vocab, target_vocab)

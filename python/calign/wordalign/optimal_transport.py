@@ -7,7 +7,7 @@ partial and unbalanced variants leave words unaligned (NULL alignment)."""
 import numpy as np
 
 from calign import _C
-from calign.wordalign.ibm import check_real, check_threshold
+from calign.wordalign.checks import check_real, check_threshold
 
 KINDS = {"balanced": 0, "unbalanced": 1, "partial": 2}
 
