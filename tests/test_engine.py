@@ -544,7 +544,7 @@ def test_bad_token_input(saved):
         model.generate([[1, 2]], max_new_tokens=159)
     with pytest.raises(ValueError, match="max_new_tokens"):
         model.generate([[1, 2]], max_new_tokens=0)
-    with pytest.raises(ValueError, match=r"max_new_tokens must be an integer in \[1, 160\]"):
+    with pytest.raises(ValueError, match=r"max_new_tokens must be an integer in \[1, 159\]"):
         model.generate([[1, 2]], max_new_tokens=10**12)  # beyond a C int too
     with pytest.raises(ValueError, match="num_return_sequences must be an integer in"):
         model.generate([[1, 2]], max_new_tokens=2, do_sample=True, num_return_sequences=2**40)
@@ -553,8 +553,13 @@ def test_bad_token_input(saved):
     for temperature in (float("inf"), float("nan"), 0.0):
         with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
             model.generate([[1, 2]], max_new_tokens=2, do_sample=True, temperature=temperature)
-    with pytest.raises(ValueError, match="logits at new token 1 are not finite .* temperature"):
+    with pytest.raises(ValueError, match="divided by the temperature .* overflow float32"):
         model.generate([[1, 2]], max_new_tokens=2, do_sample=True, temperature=1e-45)
+    broken = calign.Model.from_pretrained(str(saved))
+    broken.state_dict()["transformer.wte.weight"][5, :] = np.nan  # one token's logit NaN
+    for do_sample in (False, True):
+        with pytest.raises(ValueError, match="logits at new token 1 are not finite"):
+            broken.generate([[1, 2]], max_new_tokens=2, do_sample=do_sample)
     # NumPy scalars are numbers like any other
     out = model.generate([[1, 2]], max_new_tokens=np.int64(3), do_sample=True,
                          temperature=np.float32(0.5), top_p=np.float64(0.9),

@@ -545,7 +545,7 @@ def test_online_dpo_reports_bad_rewards_and_records(model, tmp_path):
 def test_online_dpo_checks_prompt_lengths_when_built(model, tmp_path):
     """Every prompt is checked against max_length and the model's 256 positions
     when the trainer is built (not partway through training); max_prompt_length
-    keeps a prompt's end, as DPOTrainer, and so does keep_end for max_length."""
+    and max_length (less max_new_tokens) keep a prompt's end, as TRL."""
     def build(data, **options):
         options = dict(dict(max_new_tokens=3, max_length=None), **options)
         return calign.OnlineDPOTrainer(model, reward_model=count_high, args=calign.OnlineDPOConfig(
@@ -557,15 +557,35 @@ def test_online_dpo_checks_prompt_lengths_when_built(model, tmp_path):
                                          r"max_new_tokens \(3\) exceeds the model's maximum "
                                          r"positions \(256\): set max_prompt_length"):
         build([[1, 2], [3], long])
-    with pytest.raises(ValueError, match=r"train_dataset record 0: the prompt \(5 tokens\) plus "
-                                         r"max_new_tokens \(3\) exceeds max_length \(6\)"):
-        build([[1, 2, 3, 4, 5]], max_length=6)
+    assert build([[1, 2, 3, 4, 5]], max_length=6).train_examples[0].prompt_ids == [3, 4, 5]
     with pytest.raises(ValueError, match=r"the prompt \(254 tokens after truncation\) plus "
                                          r"max_new_tokens \(3\)"):
         build([long], max_prompt_length=254)
     assert build([[1, 2, 3, 4, 5]], max_prompt_length=2).train_examples[0].prompt_ids == [4, 5]
-    trainer = build([long, [1, 2]], max_length=8, truncation_mode="keep_end")
-    assert [e.prompt_ids for e in trainer.train_examples] == [long[-5:], [1, 2]]
+    for mode in ("keep_start", "keep_end"):  # TRL cuts prompts from the left either way
+        trainer = build([long, [1, 2]], max_length=8, truncation_mode=mode)
+        assert [e.prompt_ids for e in trainer.train_examples] == [long[-5:], [1, 2]]
     trainer.train()  # the truncated prompts sample and train
     with pytest.raises(ValueError, match=r"max_new_tokens must be below max_length \(8\)"):
         calign.OnlineDPOConfig(max_length=8, max_new_tokens=8)
+
+
+def test_a_transformers_tokenizer_works_like_calign_s(model, tmp_path):
+    """Any object with encode, decode and eos_token_id is a tokenizer here (a
+    transformers tokenizer over the same tokenizer.json gives the same records)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    backend = Tokenizer(models.WordLevel({f"w{i}": i for i in range(VOCAB)}, unk_token="w0"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text('{"eos_token": "w1"}')
+    ours = calign.Tokenizer.from_pretrained(str(tmp_path))
+    theirs = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"),
+                                                  eos_token="w1")
+
+    def score(prompt, completion):
+        return float(completion.count("w5"))
+
+    built = [si.on_policy_pairs(model, ["w5 w6", "w7"], score, n=3, tokenizer=tok, **SAMPLING)
+             for tok in (ours, theirs)]
+    assert built[0] == built[1] and built[0][0]  # the same pairs, and some

@@ -346,6 +346,20 @@ def test_bad_config_values_raise_naming_the_field(kwargs, match):
         calign.DPOConfig(**kwargs)
 
 
+def test_configs_take_numpy_values_and_trl_defaults():
+    config = calign.DPOConfig(loss_type=np.array(["sigmoid", "hinge"]),
+                              loss_weights=np.array([1.0, 0.5]), use_weighting=np.True_,
+                              beta=np.float32(0.25))
+    assert config.loss_weights == [1.0, 0.5] and config.use_weighting is True
+    assert config.loss_types == ["sigmoid", "hinge"] and config.beta == 0.25
+    # TRL's default None means "completion only for prompt/completion data": True here
+    assert calign.SFTConfig(completion_only_loss=None).completion_only_loss is True
+    with pytest.raises(ValueError, match="completion_only_loss must be True, False or None"):
+        calign.SFTConfig(completion_only_loss="no")
+    with pytest.raises(ValueError, match="learning_rate must be a number >= 0"):
+        calign.DPOConfig(learning_rate=10**400)  # beyond a double: named, not OverflowError
+
+
 def test_unknown_config_field_raises():
     with pytest.raises(TypeError, match="betta"):
         calign.DPOConfig(betta=0.1)

@@ -84,6 +84,18 @@ static float kth_largest(const float *x, int n, int k, float *scratch) {
     return scratch[target];
 }
 
+enum { NON_FINITE_LOGITS = -1, TEMPERATURE_OVERFLOW = -2 };
+
+/* Whether x[0..n) holds no NaN or infinity: x * 0 is NaN exactly for those,
+ * and the sum vectorises. */
+CALIGN_SIMD_CLONES
+static int all_finite(const float *x, int n) {
+    float zero = 0.0f;
+#pragma omp simd reduction(+ : zero)
+    for (int i = 0; i < n; i++) zero += x[i] * 0.0f;
+    return zero == 0.0f;
+}
+
 /* weight[v] = exp(scaled[v] - top) <= 1, vectorised (about 2 ulp). */
 CALIGN_SIMD_CLONES
 static void unnormalised_probabilities(float *weight, const float *scaled, float top, int V) {
@@ -102,19 +114,18 @@ static void unnormalised_probabilities(float *weight, const float *scaled, float
  * candidates change nothing). With no filter nothing is sorted and the draw
  * walks the tokens in index order.
  * Scratch of the calling thread: work, 2V scored_tokens; buffer, 3V floats.
- * Returns -1 when the largest (scaled) logit is not finite. */
+ * Returns NON_FINITE_LOGITS when a logit is NaN or infinite, TEMPERATURE_OVERFLOW
+ * when logits / temperature overflow float. */
 static int sample_token(const float *logits, int V, const generate_settings *s, uint64_t *rng,
                         scored_token *work, float *buffer) {
-    if (!s->do_sample) {
-        int best = argmax(logits, V);
-        return isfinite(logits[best]) ? best : -1;
-    }
+    if (!all_finite(logits, V)) return NON_FINITE_LOGITS;
+    if (!s->do_sample) return argmax(logits, V);
     const int top_k = s->top_k > 0 && s->top_k < V ? s->top_k : 0;
     const int nucleus = s->top_p < 1.0f;
     float *scaled = buffer, *weight = buffer + V, *select = buffer + 2 * V;
     for (int v = 0; v < V; v++) scaled[v] = logits[v] / s->temperature;
     const float top = scaled[argmax(scaled, V)];
-    if (!isfinite(top)) return -1; /* NaN logits, or a temperature so small they overflow */
+    if (!isfinite(top)) return TEMPERATURE_OVERFLOW;
     unnormalised_probabilities(weight, scaled, top, V);
     double total = 0.0;
     for (int v = 0; v < V; v++) total += weight[v];
@@ -261,9 +272,13 @@ int model_generate(model *m, const float *params, const int32_t *prompt_tokens,
         }
         for (int a = 0; a < n_active; a++)
             if (next_token[a] < 0) {
-                snprintf(err, 256, "the logits at new token %d are not finite (NaN or infinity "
-                         "in the parameters, or a temperature of %g too small for float32)",
-                         step + 1, (double)s->temperature);
+                if (next_token[a] == NON_FINITE_LOGITS)
+                    snprintf(err, 256, "the logits at new token %d are not finite (NaN or "
+                             "infinity in the parameters?)", step + 1);
+                else
+                    snprintf(err, 256, "the logits at new token %d divided by the temperature "
+                             "%g overflow float32: use a larger temperature, or greedy "
+                             "decoding (do_sample=False)", step + 1, (double)s->temperature);
                 status = -2;
                 goto done;
             }

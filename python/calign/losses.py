@@ -104,9 +104,9 @@ def _names(value, name):
     """One name or a list of names, as a list."""
     if isinstance(value, str):
         return [value]
-    if not isinstance(value, (list, tuple)):
+    if not isinstance(value, (list, tuple, np.ndarray)):
         raise ValueError(f"{name} must be a name or a list of names, got {value!r}")
-    return list(value)
+    return [str(v) if isinstance(v, np.str_) else v for v in value]
 
 
 def _counts(lengths, name):

@@ -318,9 +318,10 @@ class Model:
                 raise TypeError(f"prompt {i} must hold integer token ids, not {row.dtype}")
             rows.append(row)
         max_positions = self._engine["max_positions"]
-        if not _is_int(max_new_tokens) or not 1 <= max_new_tokens <= max_positions:
-            raise ValueError(f"max_new_tokens must be an integer in [1, {max_positions}] (the "
-                             f"model's maximum positions), got {max_new_tokens!r}")
+        if not _is_int(max_new_tokens) or not 1 <= max_new_tokens < max_positions:
+            raise ValueError(f"max_new_tokens must be an integer in [1, {max_positions - 1}] "
+                             f"(the model's maximum positions less a prompt token), got "
+                             f"{max_new_tokens!r}")
         if not (_is_real(temperature) and 0 < temperature < math.inf):
             raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
         if not _is_int(top_k) or top_k < 0:

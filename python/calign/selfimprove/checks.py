@@ -33,7 +33,11 @@ def _check_n(n, minimum=2):
 
 def _check_real(value, name, low, high, requirement):
     """value as a float when it is a finite real number in [low, high]."""
-    if not _is_real(value) or not math.isfinite(value) or not low <= value <= high:
+    try:
+        ok = _is_real(value) and math.isfinite(value) and low <= value <= high
+    except OverflowError:  # an int beyond a double
+        ok = False
+    if not ok:
         raise ValueError(f"{name} must be {requirement}, got {value!r}")
     return float(value)
 
@@ -51,16 +55,20 @@ def _check_model(model, name="model"):
 
 
 def _tokenizer(tokenizer):
-    """None, a calign.Tokenizer, or a folder holding tokenizer.json (loaded)."""
-    if tokenizer is None or isinstance(tokenizer, Tokenizer):
+    """None, a tokenizer object (calign.Tokenizer, or anything with encode,
+    decode and eos_token_id, such as a transformers tokenizer), or a folder
+    holding tokenizer.json (loaded)."""
+    if tokenizer is None or isinstance(tokenizer, Tokenizer) or \
+            all(hasattr(tokenizer, name) for name in ("encode", "decode", "eos_token_id")):
         return tokenizer
     if isinstance(tokenizer, (str, os.PathLike)):
         if not os.path.isfile(os.path.join(tokenizer, "tokenizer.json")):
             raise ValueError(f"tokenizer {os.fspath(tokenizer)!r} is not a folder holding "
                              "tokenizer.json")
         return Tokenizer.from_pretrained(os.fspath(tokenizer))
-    raise TypeError("tokenizer must be a calign.Tokenizer, a folder with tokenizer.json, or "
-                    f"None, not {type(tokenizer).__name__}")
+    raise TypeError("tokenizer must be a calign.Tokenizer (or an object with encode, decode "
+                    f"and eos_token_id), a folder with tokenizer.json, or None, not "
+                    f"{type(tokenizer).__name__}")
 
 
 def _check_callable(value, name, signature):

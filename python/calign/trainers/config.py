@@ -3,7 +3,10 @@ transformers' TrainingArguments, so a TRL user's settings carry over; every
 field is checked when the config is built, and the message names it."""
 
 import math
+import numbers
 from dataclasses import dataclass, field, fields
+
+import numpy as np
 
 from calign.losses import CPO_LOSS_TYPES, DPO_LOSS_TYPES, F_DIVERGENCE_TYPES, KTO_LOSS_TYPES
 
@@ -22,7 +25,13 @@ def _check(condition, name, value, requirement):
 
 
 def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite real number, Python's or NumPy's, not a bool."""
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond a double
+        return False
 
 
 @dataclass
@@ -113,7 +122,8 @@ class TrainingConfig:
         for f in fields(self):  # every flag, the subclasses' too (a string "False" is truthy)
             if f.type in (bool, "bool"):
                 value = getattr(self, f.name)
-                _check(isinstance(value, bool), f.name, value, "True or False")
+                _check(isinstance(value, (bool, np.bool_)), f.name, value, "True or False")
+                setattr(self, f.name, bool(value))
         _check(self.truncation_mode in TRUNCATION_MODES, "truncation_mode",
                self.truncation_mode, f"one of {list(TRUNCATION_MODES)}")
 
@@ -158,6 +168,8 @@ class DPOConfig(TrainingConfig):
     def __post_init__(self):
         super().__post_init__()
         _check(_is_number(self.beta) and self.beta > 0, "beta", self.beta, "a number > 0")
+        if isinstance(self.loss_type, np.ndarray):
+            self.loss_type = [str(t) for t in self.loss_type]
         types = [self.loss_type] if isinstance(self.loss_type, str) else self.loss_type
         _check(isinstance(types, (list, tuple)) and len(types) > 0, "loss_type", self.loss_type,
                "a loss name or a non-empty list of them")
@@ -167,9 +179,13 @@ class DPOConfig(TrainingConfig):
         _check("listwise" not in types or len(types) == 1, "loss_type", self.loss_type,
                "'listwise' alone (it does not combine with pairwise losses)")
         if self.loss_weights is not None:
-            _check(isinstance(self.loss_weights, (list, tuple)) and
+            _check(isinstance(self.loss_weights, (list, tuple, np.ndarray)) and
                    len(self.loss_weights) == len(types), "loss_weights", self.loss_weights,
                    f"a list of {len(types)} numbers (one per loss_type)")
+            for w in self.loss_weights:
+                _check(_is_number(w), "loss_weights", self.loss_weights,
+                       f"a list of {len(types)} finite numbers")
+            self.loss_weights = [float(w) for w in self.loss_weights]
         _check(_is_number(self.label_smoothing) and 0 <= self.label_smoothing <= 1,
                "label_smoothing", self.label_smoothing, "in [0, 1]")
         _check(self.f_divergence_type in F_DIVERGENCE_TYPES, "f_divergence_type",
@@ -253,8 +269,17 @@ class SFTConfig(TrainingConfig):
     """Supervised fine-tuning (TRL's SFTConfig)."""
 
     learning_rate: float = _help("Peak learning rate (TRL's SFT default).", default=2e-5)
-    completion_only_loss: bool = _help("For prompt/completion records, train on the completion "
-                                       "only.", default=True)
+    completion_only_loss: object = _help(
+        "For prompt/completion records, train on the completion only. None (TRL's default, "
+        "'only for prompt/completion data') is the same as True here.", default=True)
+
+    def __post_init__(self):
+        if self.completion_only_loss is None:
+            self.completion_only_loss = True
+        _check(isinstance(self.completion_only_loss, (bool, np.bool_)), "completion_only_loss",
+               self.completion_only_loss, "True, False or None")
+        self.completion_only_loss = bool(self.completion_only_loss)
+        super().__post_init__()
 
 
 @dataclass

@@ -51,11 +51,10 @@ class OnlineDPOTrainer(DPOTrainer):
     callable(prompt, completion) -> float. The pair of a step: the higher-scored
     sample is chosen (the first on a tie, as TRL).
 
-    Prompts longer than max_prompt_length keep their end (as DPOTrainer); with
-    truncation_mode="keep_end", so do prompts that would not leave
-    max_new_tokens within max_length (as TRL). Each prompt plus max_new_tokens
-    must then fit max_length and the model's positions, which is checked for
-    every record when the trainer is built."""
+    Prompts keep their end when they are longer than max_prompt_length, or than
+    max_length less max_new_tokens (the room a completion needs), as TRL cuts
+    them. Each prompt plus max_new_tokens must then fit the model's positions,
+    which is checked for every record when the trainer is built."""
 
     config_class = OnlineDPOConfig
 
@@ -101,18 +100,15 @@ class OnlineDPOTrainer(DPOTrainer):
                                  f"outside the model's vocabulary [0, {vocab})")
             if a.max_prompt_length is not None:  # keep the end, as DPOTrainer
                 prompt = prompt[-a.max_prompt_length:]
-            if a.max_length is not None and a.truncation_mode == "keep_end":
-                prompt = prompt[-(a.max_length - a.max_new_tokens):]  # as DPOTrainer, TRL
-            for limit, what in ((a.max_length, "max_length"),
-                                (positions, "the model's maximum positions")):
-                if limit is not None and len(prompt) + a.max_new_tokens > limit:
-                    raise ValueError(
-                        f"{name} record {index}: the prompt ({len(prompt)} tokens"
-                        + (" after truncation" if len(prompt) < original else "")
-                        + f") plus max_new_tokens ({a.max_new_tokens}) exceeds {what} "
-                        f"({limit}): set max_prompt_length (longer prompts keep their end), "
-                        "truncation_mode='keep_end' with max_length, or a smaller "
-                        "max_new_tokens")
+            if a.max_length is not None:  # room for the completion: the end kept, as TRL
+                prompt = prompt[-(a.max_length - a.max_new_tokens):]
+            if len(prompt) + a.max_new_tokens > positions:
+                raise ValueError(
+                    f"{name} record {index}: the prompt ({len(prompt)} tokens"
+                    + (" after truncation" if len(prompt) < original else "")
+                    + f") plus max_new_tokens ({a.max_new_tokens}) exceeds the model's maximum "
+                    f"positions ({positions}): set max_prompt_length or max_length (longer "
+                    "prompts keep their end), or a smaller max_new_tokens")
             examples.append(PreferenceExample(prompt, [], index=index))
         return examples
 

@@ -27,9 +27,10 @@ def check_integer(name, value, low, high=INT_MAX, what=None):
     return int(value)
 
 
-def check_real(name, value, low=None, high=None, open_low=False, open_high=False, note=""):
-    """float(value) for a finite Python or NumPy real (not a bool) within the
-    bounds (None: unbounded); else a ValueError naming `name` and the range."""
+def check_real(name, value, low, high=None, open_low=False, open_high=False, note=""):
+    """float(value) for a finite Python or NumPy real (not a bool) above low
+    and below high (None: unbounded); else a ValueError naming `name` and the
+    range."""
     ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
     if ok:
         try:
@@ -37,7 +38,7 @@ def check_real(name, value, low=None, high=None, open_low=False, open_high=False
         except (OverflowError, ValueError):
             number = float("nan")
         ok = bool(np.isfinite(number)) and \
-            (low is None or (number > low if open_low else number >= low)) and \
+            (number > low if open_low else number >= low) and \
             (high is None or (number < high if open_high else number <= high))
     if not ok:
         if high is None:

@@ -28,7 +28,7 @@ class HMM(IBM1):
     def fit(self, pairs, iterations=5):
         """IBM1 for ibm1_iterations, then `iterations` HMM EM iterations."""
         iterations = check_iterations(iterations)
-        arrays, vocabs, links = self._start_training(pairs, iterations)
+        arrays, vocabs, links = self._start_training(pairs)
         self._ibm1(arrays, vocabs, links)
         self.log_likelihoods += _C.wa_hmm_em(*self.table, *arrays, *vocabs, self.p0, self.jump,
                                              iterations, self.alpha, links)

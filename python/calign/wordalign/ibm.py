@@ -41,7 +41,7 @@ class IBM1:
     def _settings(self):
         return (self.model2, float(self.p0), float(self.tension))
 
-    def _start_training(self, pairs, iterations):
+    def _start_training(self, pairs):
         """Vocabularies, flat corpus arrays, a uniform table for `pairs` and the
         cached link indices (None above LINK_CACHE_BYTES)."""
         pairs = self._oriented(pairs)
@@ -68,7 +68,7 @@ class IBM1:
     def fit(self, pairs, iterations=5):
         """Runs `iterations` EM iterations from a uniform table; returns self."""
         iterations = check_iterations(iterations)
-        arrays, vocabs, links = self._start_training(pairs, iterations)
+        arrays, vocabs, links = self._start_training(pairs)
         lls, self.tension = _C.wa_em(*self.table, *arrays, *vocabs, self.model2, float(self.p0),
                                      float(self.tension), self.model2 and self.learn_tension,
                                      iterations, self.alpha, links)
