@@ -157,7 +157,7 @@ float *model_scratch(model *m, long n) {
         free(m->scratch);
         m->scratch = aligned_alloc(64, (size_t)(n + 15) / 16 * 16 * sizeof(float));
         m->scratch_floats = m->scratch ? n : 0;
-        m->workspace_allocations++;
+        m->workspace_allocations += m->scratch != NULL;
     }
     return m->scratch;
 }
