@@ -402,29 +402,6 @@ int wa_hmm_agreement_iteration(wa_table *t_f, wa_hmm *h_f, const wa_corpus *c_f,
     return 0;
 }
 
-int wa_hmm_posteriors(double *out, const wa_table *t, const wa_hmm *h, const wa_corpus *c,
-                      const wa_links *links, int n_threads) {
-    n_threads = wa_team(n_threads, c);
-    const size_t per_work = scratch_for(c);
-    double *scratch = malloc(sizeof(double) * per_work * n_threads);
-    if (!scratch) return -1;
-    jump_kernel kernel;
-    kernel_of(&kernel, h);
-#pragma omp parallel num_threads(n_threads)
-    {
-        double *base = scratch + (size_t)omp_get_thread_num() * per_work;
-#pragma omp for schedule(dynamic, 256)
-        for (long k = 0; k < c->n_pairs; k++) {
-            pair_work w = pair_of(base, c, k);
-            const int32_t *entry = wa_links_of_pair(w.entry, links, t, c, k);
-            pair_posteriors(&w, NULL, &kernel, t, entry);
-            memcpy(out + links->off[k], w.post, sizeof(double) * w.J * (w.I + 1));
-        }
-    }
-    free(scratch);
-    return 0;
-}
-
 /* Viterbi path of one pair into best[0..J-1] (Vogel et al. 1996), max-product
  * in the probability domain with each step rescaled by its largest score.
  * real = the best path ending in real state i, null = ending in NULL after p;
@@ -502,8 +479,10 @@ CALIGN_SIMD_CLONES static void viterbi_pair(int32_t *best, pair_work *w, const j
     }
 }
 
-int wa_hmm_viterbi(int32_t *best, const wa_table *t, const wa_hmm *h, const wa_corpus *c,
-                   const wa_links *links, int n_threads) {
+/* Decodes every pair: link posteriors into post (blocks at links->off) when
+ * post is given, else Viterbi links into best (one per target word). */
+static int decode_pairs(double *post, int32_t *best, const wa_table *t, const wa_hmm *h,
+                        const wa_corpus *c, const wa_links *links, int n_threads) {
     n_threads = wa_team(n_threads, c);
     const size_t per_work = scratch_for(c);
     double *scratch = malloc(sizeof(double) * per_work * n_threads);
@@ -516,6 +495,12 @@ int wa_hmm_viterbi(int32_t *best, const wa_table *t, const wa_hmm *h, const wa_c
 #pragma omp for schedule(dynamic, 256)
         for (long k = 0; k < c->n_pairs; k++) {
             pair_work w = pair_of(base, c, k);
+            if (post) {
+                const int32_t *entry = wa_links_of_pair(w.entry, links, t, c, k);
+                pair_posteriors(&w, NULL, &kernel, t, entry);
+                memcpy(post + links->off[k], w.post, sizeof(double) * w.J * (w.I + 1));
+                continue;
+            }
             int32_t *out = best + c->tgt_off[k];
             if (w.J == 0) continue;
             if (w.I == 0) {
@@ -528,4 +513,14 @@ int wa_hmm_viterbi(int32_t *best, const wa_table *t, const wa_hmm *h, const wa_c
     }
     free(scratch);
     return 0;
+}
+
+int wa_hmm_posteriors(double *out, const wa_table *t, const wa_hmm *h, const wa_corpus *c,
+                      const wa_links *links, int n_threads) {
+    return decode_pairs(out, NULL, t, h, c, links, n_threads);
+}
+
+int wa_hmm_viterbi(int32_t *best, const wa_table *t, const wa_hmm *h, const wa_corpus *c,
+                   const wa_links *links, int n_threads) {
+    return decode_pairs(NULL, best, t, h, c, links, n_threads);
 }
