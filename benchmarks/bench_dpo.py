@@ -19,12 +19,11 @@ Run: python benchmarks/bench_dpo.py [--steps 5] [--model gpt2-20M|gpt2-124M] [--
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
+
+from common import ChildFailed, peak_rss_mib, run_child
 
 MODELS = {
     "gpt2-20M": dict(n_layer=6, n_embd=384, n_head=6),
@@ -141,24 +140,19 @@ def child(args):
         phases = {k: v / len(step_seconds) for k, v in phases.items()}
         phases["other"] = sum(step_seconds) / len(step_seconds) - sum(phases.values())
     print(json.dumps({"seconds": statistics.median(step_seconds), "steps": len(step_seconds),
-                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "peak_rss_mib": peak_rss_mib(),
                       "kernel": kernel, "phases": phases, **extra}))
 
 
 def spawn(side, folder, args):
-    env = dict(os.environ)
-    if args.native_blas and side == "calign":
-        env.pop("OPENBLAS_CORETYPE", None)
-        env.pop("OPENBLAS_L2_SIZE", None)
-    cmd = [sys.executable, __file__, "--child", side, "--folder", folder, "--steps",
-           str(args.steps), "--threads", str(args.threads), "--prompt", str(args.prompt),
-           "--completion", str(args.completion)]
+    cmd = ["--child", side, "--folder", folder, "--steps", args.steps, "--threads", args.threads,
+           "--prompt", args.prompt, "--completion", args.completion]
     cmd += ["--gradient-checkpointing"] * args.gradient_checkpointing
     cmd += ["--precompute"] * args.precompute
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"{side} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    try:
+        return run_child(__file__, cmd, native_blas=args.native_blas and side == "calign")
+    except ChildFailed as failure:
+        raise SystemExit(f"{side} failed:\n{str(failure)[-3000:]}")
 
 
 def main():

@@ -16,12 +16,9 @@ Run: python benchmarks/bench_engine.py [--repeats 5] [--quick] [--native-blas]
 import argparse
 import json
 import os
-import resource
-import statistics
-import subprocess
-import sys
 import tempfile
-import time
+
+from common import ChildFailed, median_seconds, peak_rss_mib, run_child
 
 SHAPES = {
     "gpt2-20M": dict(model_type="gpt2", n_layer=6, n_embd=384, n_head=6, vocab_size=50257,
@@ -37,10 +34,6 @@ DEFAULT_MODELS = ("gpt2-20M", "llama-20M")
 WORKLOADS = ("train", "forward", "generate-1", "generate-8")
 QUICK = {"gpt2-20M": dict(SHAPES["gpt2-20M"], n_layer=2, vocab_size=8000)}
 BATCH, SEQ = 4, 256
-
-
-def peak_rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def build_checkpoint(shape, folder):
@@ -74,16 +67,6 @@ def model_flops(config, train):
     return per_token * tokens
 
 
-def timed(step, repeats):
-    step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def child_calign(folder, workload, threads, repeats):
     import numpy as np
 
@@ -108,7 +91,7 @@ def child_calign(folder, workload, threads, repeats):
 
         def step():
             model.generate(prompts, max_new_tokens=64)
-    seconds = timed(step, repeats)
+    seconds = median_seconds(step, repeats)
     info = calign.build_info()
     sgemm = calign._C.sgemm_gflops(1024, 1024, 1024, 5)  # same process, same BLAS kernel
     return seconds, f"OpenBLAS {info['blas_core']}", sgemm
@@ -145,11 +128,11 @@ def child_torch(folder, workload, threads, repeats):
             with torch.no_grad():
                 model.generate(prompts, max_new_tokens=64, min_new_tokens=64, do_sample=False,
                                pad_token_id=0)
-    seconds = timed(step, repeats)
+    seconds = median_seconds(step, repeats)
     return seconds, f"torch MKL, {torch.backends.cpu.get_cpu_capability()}", None
 
 
-def run_child(args):
+def child(args):
     run = child_calign if args.side == "calign" else child_torch
     seconds, kernel, sgemm = run(args.folder, args.workload, args.threads, args.repeats)
     print(json.dumps({"seconds": seconds, "peak_rss_mib": peak_rss_mib(), "kernel": kernel,
@@ -157,16 +140,12 @@ def run_child(args):
 
 
 def spawn(side, folder, workload, threads, repeats, native_blas=False):
-    env = dict(os.environ)
-    if native_blas:
-        env.pop("OPENBLAS_CORETYPE", None)
-        env.pop("OPENBLAS_L2_SIZE", None)
-    cmd = [sys.executable, __file__, "--child", side, "--folder", folder, "--workload", workload,
-           "--threads", str(threads), "--repeats", str(repeats)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    try:
+        return run_child(__file__, ["--child", side, "--folder", folder, "--workload", workload,
+                                    "--threads", threads, "--repeats", repeats],
+                         native_blas=native_blas)
+    except ChildFailed as failure:
+        return {"error": str(failure).splitlines()[-1]}
 
 
 def main():
@@ -183,7 +162,7 @@ def main():
     parser.add_argument("--workload", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
-        return run_child(args)
+        return child(args)
 
     import calign
 

@@ -18,11 +18,12 @@ kernel each row used is printed.
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
+
+from common import ChildFailed, peak_rss_mib, run_child
 
 SHAPES = [(2048, 768, 50257), (4096, 512, 32000)]
 QUICK_SHAPES = [(512, 256, 32000)]
@@ -31,10 +32,6 @@ QUICK_SHAPES = [(512, 256, 32000)]
 def current_rss_mib():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def make_inputs(N, d, V):
@@ -105,16 +102,11 @@ def child(args):
 
 
 def run_side(side, shape, threads, repeats, native_blas=False):
-    env = dict(os.environ)
-    if native_blas:
-        env.pop("OPENBLAS_CORETYPE", None)
-        env.pop("OPENBLAS_L2_SIZE", None)
-    cmd = [sys.executable, __file__, "--child", side, "--shape", *map(str, shape),
-           "--threads", str(threads), "--repeats", str(repeats)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    try:
+        return run_child(__file__, ["--child", side, "--shape", *shape, "--threads", threads,
+                                    "--repeats", repeats], native_blas=native_blas)
+    except ChildFailed as failure:
+        return {"error": str(failure).splitlines()[-1]}
 
 
 def has_linear_cross_entropy():

@@ -13,12 +13,12 @@ Each measurement runs in its own process. Run: python benchmarks/bench_memory.py
 
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+
+from common import ChildFailed, peak_rss_mib, run_child
 
 PAIRS, PROMPT, COMPLETION = 4, 64, 64
 
@@ -59,17 +59,16 @@ def child(kind, vocab, steps, precompute):
         stamps.append(time.perf_counter())
         trainer.train()
     per_step = [b - a for a, b in zip(stamps, stamps[1:])][1:]
-    print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    print(json.dumps({"peak_rss_mib": peak_rss_mib(),
                       "params": model.num_parameters(),
                       "seconds": statistics.median(per_step)}))
 
 
 def spawn(*args):
-    out = subprocess.run([sys.executable, __file__, "--child", *map(str, args)],
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    try:
+        return run_child(__file__, ["--child", *args])
+    except ChildFailed as failure:
+        raise SystemExit(str(failure)[-3000:])
 
 
 def main():

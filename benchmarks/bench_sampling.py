@@ -20,12 +20,10 @@ Run: python benchmarks/bench_sampling.py [--repeats 5] [--rounds 2] [--threads T
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
+
+from common import ChildFailed, median_seconds, peak_rss_mib, run_child
 
 SHAPES = {
     "llama-20M": dict(model_type="llama", num_hidden_layers=6, hidden_size=384,
@@ -55,16 +53,6 @@ def blas_kernel():
     found = [f"{i['prefix']} {i.get('architecture', '?')}" for i in threadpool_info()
              if i["user_api"] == "blas"]
     return ", ".join(found) or "none"
-
-
-def median_seconds(step, repeats):
-    step()  # warm-up: first-touch allocations, lazy initialisation
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def child_calign(folder, n, top_p, threads, repeats):
@@ -108,25 +96,20 @@ def child_transformers(folder, n, top_p, threads, repeats):
                     f"+ {blas_kernel()}"
 
 
-def run_child(args):
+def child(args):
     run = child_calign if args.side == "calign" else child_transformers
     seconds, kernel = run(args.folder, args.n, args.top_p, args.threads, args.repeats)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "peak_rss_mib": peak, "kernel": kernel}))
+    print(json.dumps({"seconds": seconds, "peak_rss_mib": peak_rss_mib(), "kernel": kernel}))
 
 
 def spawn(side, folder, n, top_p, threads, repeats, native_blas=False):
-    env = dict(os.environ)
-    if native_blas:  # OpenBLAS picks its kernel for the CPU (torch always does)
-        env.pop("OPENBLAS_CORETYPE", None)
-        env.pop("OPENBLAS_L2_SIZE", None)
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", side, "--folder", folder,
-           "--n", str(n), "--top-p", str(top_p), "--threads", str(threads),
-           "--repeats", str(repeats)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"{side} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    # native_blas: OpenBLAS picks its kernel for the CPU (torch always does)
+    try:
+        return run_child(__file__, ["--child", side, "--folder", folder, "--n", n, "--top-p", top_p,
+                                    "--threads", threads, "--repeats", repeats],
+                         native_blas=native_blas)
+    except ChildFailed as failure:
+        raise RuntimeError(f"{side} failed:\n{str(failure)[-2000:]}")
 
 
 def main():
@@ -143,7 +126,7 @@ def main():
     parser.add_argument("--top-p", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
-        return run_child(args)
+        return child(args)
     if args.repeats < 5:
         parser.error("--repeats must be >= 5 (the median of at least 5 runs)")
     if args.rounds < 1:

@@ -36,10 +36,10 @@ import json
 import os
 import pickle
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
+
+from common import run_child
 
 ALIGNERS = ("calign JointHMM", "calign HMM", "eflomal model 2", "eflomal model 3")
 
@@ -129,11 +129,8 @@ def worker(name, data, threads):
 
 def spawn(name, data, threads):
     """Runs worker `name` in a new process; its JSON line as a dict."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    out = subprocess.run([sys.executable, __file__, "--worker", name, "--data", data,
-                          "--threads", str(threads)],
-                         capture_output=True, text=True, check=True, env=env)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child(__file__, ["--worker", name, "--data", data, "--threads", threads],
+                     OMP_NUM_THREADS=str(threads))
 
 
 def per_iteration(args, data, with_eflomal):

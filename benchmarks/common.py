@@ -1,0 +1,45 @@
+"""What the benchmarks do the same way: time a step, read peak memory, run
+one side in a process of its own (so that its peak RSS is its own)."""
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+
+def median_seconds(step, repeats):
+    """Median wall time of `repeats` calls of step, after one untimed warm-up
+    call (first-touch allocations, lazy initialisation)."""
+    step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class ChildFailed(RuntimeError):
+    """A benchmark child exited with an error; the message is its stderr."""
+
+
+def run_child(script, args, native_blas=False, **env):
+    """Runs `python script *args` and returns its last output line, parsed as
+    JSON. native_blas unsets OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE, so that
+    OpenBLAS picks its kernel for the CPU; env adds variables."""
+    environment = dict(os.environ, **env)
+    if native_blas:
+        environment.pop("OPENBLAS_CORETYPE", None)
+        environment.pop("OPENBLAS_L2_SIZE", None)
+    out = subprocess.run([sys.executable, os.path.abspath(script), *map(str, args)],
+                         env=environment, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise ChildFailed(out.stderr.strip() or "failed")
+    return json.loads(out.stdout.strip().splitlines()[-1])
