@@ -12,12 +12,12 @@ for each policy input x (for losses that couple examples, such as ``aot`` and
 specification of every formula; the C files cite the papers.
 """
 
-import numbers
 from typing import NamedTuple, Optional
 
 import numpy as np
 
 from calign import _C
+from calign._numbers import is_real
 
 DPO_LOSS_TYPES = (
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard",
@@ -83,19 +83,14 @@ def _choice(value, valid, name):
     return valid.index(value)
 
 
-def _is_real(value):
-    """A real number, Python's or NumPy's, not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
-
 def _positive(value, name):
-    if not _is_real(value) or not np.isfinite(value) or value <= 0:
+    if not is_real(value) or not np.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
 
 def _finite(value, name):
-    if not _is_real(value) or not np.isfinite(value):
+    if not is_real(value) or not np.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     return float(value)
 

@@ -2,12 +2,12 @@
 
 import copy
 import math
-import numbers
 from typing import NamedTuple
 
 import numpy as np
 
 from calign import _C
+from calign._numbers import is_int, is_real
 from calign.model import checkpoint
 from calign.model.config import engine_config, load_config_file
 from calign.model.names import tensor_names
@@ -318,17 +318,17 @@ class Model:
                 raise TypeError(f"prompt {i} must hold integer token ids, not {row.dtype}")
             rows.append(row)
         max_positions = self._engine["max_positions"]
-        if not _is_int(max_new_tokens) or not 1 <= max_new_tokens < max_positions:
+        if not is_int(max_new_tokens) or not 1 <= max_new_tokens < max_positions:
             raise ValueError(f"max_new_tokens must be an integer in [1, {max_positions - 1}] "
                              f"(the model's maximum positions less a prompt token), got "
                              f"{max_new_tokens!r}")
-        if not (_is_real(temperature) and 0 < temperature < math.inf):
+        if not (is_real(temperature) and 0 < temperature < math.inf):
             raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-        if not _is_int(top_k) or top_k < 0:
+        if not is_int(top_k) or top_k < 0:
             raise ValueError(f"top_k must be an integer >= 0, got {top_k!r}")
-        if not (_is_real(top_p) and 0 < top_p <= 1):
+        if not (is_real(top_p) and 0 < top_p <= 1):
             raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-        if not _is_int(num_return_sequences) or \
+        if not is_int(num_return_sequences) or \
                 not 1 <= num_return_sequences <= _MAX_SEQUENCES // len(rows):
             raise ValueError(f"num_return_sequences must be an integer in [1, "
                              f"{_MAX_SEQUENCES // len(rows)}] for {len(rows)} prompt(s), got "
@@ -348,16 +348,6 @@ class Model:
 
 # sequences one generate call may hold (prompts x samples): a C int
 _MAX_SEQUENCES = 2**31 - 1
-
-
-def _is_int(x):
-    """An integer (Python or NumPy), not a bool."""
-    return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
-
-
-def _is_real(x):
-    """A real number (Python or NumPy), not a bool."""
-    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
 
 
 def _embedding_name(config):

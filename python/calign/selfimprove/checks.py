@@ -1,28 +1,17 @@
 """Argument checks of the self-improvement builders, run before any sampling."""
 
-import math
-import numbers
 import os
 import reprlib
 
 import numpy as np
 
+from calign._numbers import is_finite_real, is_int
 from calign.model import Model, RewardModel
 from calign.tokenizer import Tokenizer
 
 
-def _is_int(value):
-    """An integer, Python's or NumPy's, not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_real(value):
-    """A real number, Python's or NumPy's, not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
-
 def _check_int(value, name, minimum):
-    if not _is_int(value) or value < minimum:
+    if not is_int(value) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
@@ -33,18 +22,14 @@ def _check_n(n, minimum=2):
 
 def _check_real(value, name, low, high, requirement):
     """value as a float when it is a finite real number in [low, high]."""
-    try:
-        ok = _is_real(value) and math.isfinite(value) and low <= value <= high
-    except OverflowError:  # an int beyond a double
-        ok = False
-    if not ok:
+    if not (is_finite_real(value) and low <= value <= high):
         raise ValueError(f"{name} must be {requirement}, got {value!r}")
     return float(value)
 
 
 def _check_seed(seed):
     """None (unseeded: fresh randomness each call, as Model.generate) or an integer."""
-    if seed is not None and not _is_int(seed):
+    if seed is not None and not is_int(seed):
         raise ValueError(f"seed must be an integer or None (unseeded), got {seed!r}")
     return None if seed is None else int(seed)
 
@@ -100,11 +85,11 @@ def _prompt_ids(prompts, tokenizer, model=None):
             if tokenizer is None:
                 raise ValueError("text prompts need tokenizer=")
             p = tokenizer.encode(p)
-        elif _is_int(p):
+        elif is_int(p):
             raise TypeError(f"{hint}: prompt {i} is the integer {p!r}; one prompt of token ids "
                             "is written [[1, 2, 3]], not [1, 2, 3]")
         elif not (isinstance(p, (list, tuple)) or (isinstance(p, np.ndarray) and p.ndim == 1)) \
-                or not all(_is_int(t) for t in p):
+                or not all(is_int(t) for t in p):
             raise TypeError(f"{hint}: prompt {i} is {reprlib.repr(p)}")
         p = [int(t) for t in p]
         if len(p) == 0:

@@ -2,12 +2,11 @@
 transformers' TrainingArguments, so a TRL user's settings carry over; every
 field is checked when the config is built, and the message names it."""
 
-import math
-import numbers
 from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from calign._numbers import is_finite_real
 from calign.losses import CPO_LOSS_TYPES, DPO_LOSS_TYPES, F_DIVERGENCE_TYPES, KTO_LOSS_TYPES
 
 LR_SCHEDULER_TYPES = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -22,16 +21,6 @@ def _help(text, **kwargs):
 def _check(condition, name, value, requirement):
     if not condition:
         raise ValueError(f"{name} must be {requirement}, got {value!r}")
-
-
-def _is_number(value):
-    """A finite real number, Python's or NumPy's, not a bool."""
-    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int beyond a double
-        return False
 
 
 @dataclass
@@ -82,31 +71,31 @@ class TrainingConfig:
     def __post_init__(self):
         _check(isinstance(self.output_dir, str) and self.output_dir, "output_dir",
                self.output_dir, "a non-empty path")
-        _check(_is_number(self.learning_rate) and self.learning_rate >= 0, "learning_rate",
+        _check(is_finite_real(self.learning_rate) and self.learning_rate >= 0, "learning_rate",
                self.learning_rate, "a number >= 0")
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size",
                      "gradient_accumulation_steps", "logging_steps"):
             value = getattr(self, name)
             _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name,
                    value, "an integer >= 1")
-        _check(_is_number(self.num_train_epochs) and self.num_train_epochs > 0,
+        _check(is_finite_real(self.num_train_epochs) and self.num_train_epochs > 0,
                "num_train_epochs", self.num_train_epochs, "a number > 0")
         _check(isinstance(self.max_steps, int), "max_steps", self.max_steps, "an integer")
         _check(self.lr_scheduler_type in LR_SCHEDULER_TYPES, "lr_scheduler_type",
                self.lr_scheduler_type, f"one of {list(LR_SCHEDULER_TYPES)}")
-        _check(_is_number(self.warmup_ratio) and 0 <= self.warmup_ratio <= 1, "warmup_ratio",
+        _check(is_finite_real(self.warmup_ratio) and 0 <= self.warmup_ratio <= 1, "warmup_ratio",
                self.warmup_ratio, "in [0, 1]")
         _check(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "warmup_steps",
                self.warmup_steps, "an integer >= 0")
-        _check(_is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay",
+        _check(is_finite_real(self.weight_decay) and self.weight_decay >= 0, "weight_decay",
                self.weight_decay, "a number >= 0")
-        _check(_is_number(self.max_grad_norm) and self.max_grad_norm >= 0, "max_grad_norm",
+        _check(is_finite_real(self.max_grad_norm) and self.max_grad_norm >= 0, "max_grad_norm",
                self.max_grad_norm, "a number >= 0")
         _check(self.optim in OPTIMIZERS, "optim", self.optim, f"one of {list(OPTIMIZERS)}")
         for name in ("adam_beta1", "adam_beta2"):
             value = getattr(self, name)
-            _check(_is_number(value) and 0 <= value < 1, name, value, "in [0, 1)")
-        _check(_is_number(self.adam_epsilon) and self.adam_epsilon > 0, "adam_epsilon",
+            _check(is_finite_real(value) and 0 <= value < 1, name, value, "in [0, 1)")
+        _check(is_finite_real(self.adam_epsilon) and self.adam_epsilon > 0, "adam_epsilon",
                self.adam_epsilon, "a number > 0")
         _check(isinstance(self.seed, int), "seed", self.seed, "an integer")
         for name in ("eval_steps", "save_total_limit"):
@@ -167,7 +156,7 @@ class DPOConfig(TrainingConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check(_is_number(self.beta) and self.beta > 0, "beta", self.beta, "a number > 0")
+        _check(is_finite_real(self.beta) and self.beta > 0, "beta", self.beta, "a number > 0")
         if isinstance(self.loss_type, np.ndarray):
             self.loss_type = [str(t) for t in self.loss_type]
         types = [self.loss_type] if isinstance(self.loss_type, str) else self.loss_type
@@ -183,20 +172,20 @@ class DPOConfig(TrainingConfig):
                    len(self.loss_weights) == len(types), "loss_weights", self.loss_weights,
                    f"a list of {len(types)} numbers (one per loss_type)")
             for w in self.loss_weights:
-                _check(_is_number(w), "loss_weights", self.loss_weights,
+                _check(is_finite_real(w), "loss_weights", self.loss_weights,
                        f"a list of {len(types)} finite numbers")
             self.loss_weights = [float(w) for w in self.loss_weights]
-        _check(_is_number(self.label_smoothing) and 0 <= self.label_smoothing <= 1,
+        _check(is_finite_real(self.label_smoothing) and 0 <= self.label_smoothing <= 1,
                "label_smoothing", self.label_smoothing, "in [0, 1]")
         _check(self.f_divergence_type in F_DIVERGENCE_TYPES, "f_divergence_type",
                self.f_divergence_type, f"one of {list(F_DIVERGENCE_TYPES)}")
-        _check(self.ld_alpha is None or (_is_number(self.ld_alpha) and 0 <= self.ld_alpha <= 1),
+        _check(self.ld_alpha is None or (is_finite_real(self.ld_alpha) and 0 <= self.ld_alpha <= 1),
                "ld_alpha", self.ld_alpha, "None or in [0, 1]")
-        _check(self.rpo_alpha is None or (_is_number(self.rpo_alpha) and self.rpo_alpha >= 0),
+        _check(self.rpo_alpha is None or (is_finite_real(self.rpo_alpha) and self.rpo_alpha >= 0),
                "rpo_alpha", self.rpo_alpha, "None or a number >= 0")
-        _check(_is_number(self.scpo_alpha) and self.scpo_alpha >= 0, "scpo_alpha",
+        _check(is_finite_real(self.scpo_alpha) and self.scpo_alpha >= 0, "scpo_alpha",
                self.scpo_alpha, "a number >= 0")
-        _check(_is_number(self.ref_model_mixup_alpha) and 0 <= self.ref_model_mixup_alpha <= 1,
+        _check(is_finite_real(self.ref_model_mixup_alpha) and 0 <= self.ref_model_mixup_alpha <= 1,
                "ref_model_mixup_alpha", self.ref_model_mixup_alpha, "in [0, 1]")
         _check(isinstance(self.ref_model_sync_steps, int) and self.ref_model_sync_steps >= 1,
                "ref_model_sync_steps", self.ref_model_sync_steps, "an integer >= 1")
@@ -221,12 +210,12 @@ class KTOConfig(TrainingConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check(_is_number(self.beta) and self.beta > 0, "beta", self.beta, "a number > 0")
+        _check(is_finite_real(self.beta) and self.beta > 0, "beta", self.beta, "a number > 0")
         _check(self.loss_type in KTO_LOSS_TYPES, "loss_type", self.loss_type,
                f"one of {list(KTO_LOSS_TYPES)}")
         for name in ("desirable_weight", "undesirable_weight"):
             value = getattr(self, name)
-            _check(_is_number(value) and value > 0, name, value, "a number > 0")
+            _check(is_finite_real(value) and value > 0, name, value, "a number > 0")
 
 
 @dataclass
@@ -238,7 +227,7 @@ class ORPOConfig(TrainingConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check(_is_number(self.beta) and self.beta > 0, "beta", self.beta, "a number > 0")
+        _check(is_finite_real(self.beta) and self.beta > 0, "beta", self.beta, "a number > 0")
 
 
 @dataclass
@@ -255,12 +244,12 @@ class CPOConfig(TrainingConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check(_is_number(self.beta) and self.beta > 0, "beta", self.beta, "a number > 0")
+        _check(is_finite_real(self.beta) and self.beta > 0, "beta", self.beta, "a number > 0")
         _check(self.loss_type in CPO_LOSS_TYPES, "loss_type", self.loss_type,
                f"one of {list(CPO_LOSS_TYPES)}")
-        _check(_is_number(self.label_smoothing) and 0 <= self.label_smoothing <= 0.5,
+        _check(is_finite_real(self.label_smoothing) and 0 <= self.label_smoothing <= 0.5,
                "label_smoothing", self.label_smoothing, "in [0, 0.5]")
-        _check(_is_number(self.cpo_alpha) and self.cpo_alpha >= 0, "cpo_alpha", self.cpo_alpha,
+        _check(is_finite_real(self.cpo_alpha) and self.cpo_alpha >= 0, "cpo_alpha", self.cpo_alpha,
                "a number >= 0")
 
 
@@ -292,5 +281,5 @@ class RewardConfig(TrainingConfig):
     def __post_init__(self):
         super().__post_init__()
         value = self.center_rewards_coefficient
-        _check(value is None or (_is_number(value) and value >= 0), "center_rewards_coefficient",
+        _check(value is None or (is_finite_real(value) and value >= 0), "center_rewards_coefficient",
                value, "None or a number >= 0")

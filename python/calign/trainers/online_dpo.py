@@ -2,15 +2,15 @@
 samples two completions per prompt from the current policy, ranks them with a
 reward model or a scoring function, and takes a DPO step on the pair."""
 
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
+from calign._numbers import is_finite_real, is_int
 from calign.data.preference import PreferenceExample
 from calign.data.records import load_records, require_field
 from calign.model import RewardModel
-from calign.trainers.config import DPOConfig, _check, _help, _is_number
+from calign.trainers.config import DPOConfig, _check, _help
 from calign.trainers.dpo import DPOTrainer
 
 
@@ -27,9 +27,9 @@ class OnlineDPOConfig(DPOConfig):
         super().__post_init__()
         _check(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
                "max_new_tokens", self.max_new_tokens, "an integer >= 1")
-        _check(_is_number(self.temperature) and self.temperature > 0, "temperature",
+        _check(is_finite_real(self.temperature) and self.temperature > 0, "temperature",
                self.temperature, "a number > 0")
-        _check(self.missing_eos_penalty is None or _is_number(self.missing_eos_penalty),
+        _check(self.missing_eos_penalty is None or is_finite_real(self.missing_eos_penalty),
                "missing_eos_penalty", self.missing_eos_penalty, "None or a number")
         _check(not self.precompute_ref_log_probs, "precompute_ref_log_probs",
                self.precompute_ref_log_probs, "False (the completions do not exist before)")
@@ -78,8 +78,7 @@ class OnlineDPOTrainer(DPOTrainer):
                 prompt = record["prompt_input_ids"]
                 if not (isinstance(prompt, (list, tuple)) or
                         (isinstance(prompt, np.ndarray) and prompt.ndim == 1)) or \
-                        not all(isinstance(t, numbers.Integral) and
-                                not isinstance(t, (bool, np.bool_)) for t in prompt):
+                        not all(is_int(t) for t in prompt):
                     raise TypeError(f"{name} record {index}: prompt_input_ids must be a list of "
                                     f"integer token ids, got {type(prompt).__name__}")
                 prompt = [int(t) for t in prompt]

@@ -1,9 +1,9 @@
 """Checks of word-alignment settings: counts that reach C as ints, finite
 reals in their range, each failure a ValueError naming the argument."""
 
-import numbers
-
 import numpy as np
+
+from calign._numbers import is_int, is_real
 
 # Iteration, sweep and jump counts reach the C kernels as C ints.
 INT_MAX = 2**31 - 1
@@ -20,7 +20,7 @@ ALPHA_MAX = float(np.finfo(np.float64).max / 2**32)
 def check_integer(name, value, low, high=INT_MAX, what=None):
     """int(value) for a Python or NumPy integer (not a bool) in [low, high];
     else a ValueError naming `name` and the allowed values."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or \
+    if not is_int(value) or \
             not low <= value <= high:
         raise ValueError(f"{name} must be {what or f'an integer in [{low}, {high}]'}, "
                          f"got {value!r}")
@@ -31,7 +31,7 @@ def check_real(name, value, low, high=None, open_low=False, open_high=False, not
     """float(value) for a finite Python or NumPy real (not a bool) above low
     and below high (None: unbounded); else a ValueError naming `name` and the
     range."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    ok = is_real(value)
     if ok:
         try:
             number = float(value)
