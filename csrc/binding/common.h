@@ -1,6 +1,9 @@
 /* Shared by the binding files: the only C files that include Python.h.
- * They parse and check arguments, view NumPy arrays as raw pointers, release
- * the GIL around the C kernels and turn their status codes into exceptions. */
+ *
+ * A binding function has NumPy's shape: parse (PyArg_ParseTupleAndKeywords,
+ * keyword names matching the Python wrapper's), convert (the converters
+ * below), call the C layer with the GIL released, return. Logic that is not
+ * conversion belongs in the C layer the call goes to. */
 #ifndef CALIGN_BINDING_COMMON_H
 #define CALIGN_BINDING_COMMON_H
 
@@ -13,22 +16,78 @@
 #endif
 #include <numpy/arrayobject.h>
 
+#include <stdint.h>
+
 #include "losses/losses.h"
 
-/* Each returns a NEW reference, or NULL with an exception that names `name`. */
+/* ---- array arguments ---------------------------------------------------------
+ * An array_arg carries the argument's name (set before parsing: every error
+ * names it) and, once converted, a NEW reference to the array C reads.
+ * The to_* functions are converters for the "O&" format unit: on failure they
+ * raise naming the argument; if a later unit fails, Python calls them again
+ * to release what they took (Py_CLEANUP_SUPPORTED). After a successful parse,
+ * release each with arg_release (safe on an unconverted one).
+ *
+ *     array_arg hidden = {"hidden"};
+ *     PyArg_ParseTupleAndKeywords(args, kw, "O&", kwlist, to_f32_matrix, &hidden);
+ */
+typedef struct {
+    const char *name;
+    PyArrayObject *array; /* NULL until converted, or when an _or_none got None */
+} array_arg;
 
-/* A float32, C-contiguous array of rank ndim, used in place (never copied:
- * the big operands must not be silently duplicated). */
-PyArrayObject *arg_f32_array(PyObject *obj, const char *name, int ndim);
-/* Any integer array of rank 1, as a contiguous int64 copy. */
-PyArrayObject *arg_int64_vector(PyObject *obj, const char *name);
-/* The same as int32 (values checked to fit). */
-PyArrayObject *arg_int32_vector(PyObject *obj, const char *name);
-/* Any real floating array (or sequence of floats) of rank 1 as a contiguous
- * float64 copy; with finite=1 NaN and infinity are rejected. */
-PyArrayObject *arg_f64_vector(PyObject *obj, const char *name, int finite);
-/* The same for rank 2. */
-PyArrayObject *arg_f64_matrix(PyObject *obj, const char *name, int finite);
+void arg_release(array_arg *a);
+
+/* float32, C-contiguous, of the rank named, used IN PLACE (never copied: the
+ * big operands must not be silently duplicated). _out also requires it to
+ * be writable. */
+int to_f32_vector(PyObject *obj, void *arg);
+int to_f32_vector_out(PyObject *obj, void *arg);
+int to_f32_matrix(PyObject *obj, void *arg);
+/* float64, C-contiguous, rank 1, writable, used in place (tables C updates). */
+int to_f64_vector_out(PyObject *obj, void *arg);
+
+/* Any real array (or sequence of numbers) as a contiguous float64 COPY, every
+ * value finite. */
+int to_f64_vector(PyObject *obj, void *arg);
+int to_f64_vector_or_none(PyObject *obj, void *arg);
+int to_f64_matrix(PyObject *obj, void *arg);
+
+/* Any integer array (or sequence of ints) of rank 1 as a contiguous int64
+ * COPY. Values are checked in their own type before the cast: a uint64 above
+ * 2**63 - 1 or a Python int beyond 64 bits is refused naming its index,
+ * never wrapped. An empty sequence is an empty vector. */
+int to_int64_vector(PyObject *obj, void *arg);
+int to_int64_vector_or_none(PyObject *obj, void *arg);
+
+/* A rank-1 bool array, contiguous (a copy only when needed). */
+int to_bool_vector(PyObject *obj, void *arg);
+
+/* The one place an int64 vector is narrowed: every value must lie in
+ * [low, high) -- else ValueError "<name>[i] = v is outside [low, high) (<what>)"
+ * with the value as given -- then the array is replaced by an int32 copy. */
+int narrow_to_int32(array_arg *a, int64_t low, int64_t high, const char *what);
+
+/* Length along axis 0, and the data, of a converted argument. */
+#define ARG_LEN(a) (PyArray_DIM((a).array, 0))
+#define ARG_DATA(type, a) ((type *)PyArray_DATA((a).array))
+
+/* ValueError unless a has `expected` rows; expected_from names where that
+ * number comes from ("input_ids", "pairs"). */
+int check_rows(const array_arg *a, npy_intp expected, const char *expected_from);
+
+/* ---- scalar arguments -------------------------------------------------------
+ * int_arg: a Python or NumPy integer (never a bool) in [low, high], into a C
+ * int; errors name the argument. Set name, low and high before parsing. */
+typedef struct {
+    const char *name;
+    long long low, high;
+    long long value;
+} int_arg;
+
+int to_int(PyObject *obj, void *arg);
+
+/* ---- errors ------------------------------------------------------------------- */
 
 /* Sets exception `type` with a message formatted by C's printf rules
  * (PyErr_Format knows no %g); returns NULL. */
@@ -37,21 +96,37 @@ PyObject *raise_printf(PyObject *type, const char *format, ...);
 /* Raises ValueError (returns -1) unless temperature is finite and > 0. */
 int check_temperature(double temperature);
 
-/* Raises ValueError unless the array has `expected` elements along axis 0. */
+/* A C layer's status (0 ok, CALIGN_ENOMEM, CALIGN_EINVAL, CALIGN_ENONFINITE,
+ * see core/status.h) with its message as the matching Python exception;
+ * returns -1 when it raised. */
+int raise_status(int status, const char *message);
+
+/* ---- being retired: the converters before array_arg (until every binding
+ * file has moved to array_arg); each returns a NEW reference or NULL with an exception naming `name`. */
+PyArrayObject *arg_f32_array(PyObject *obj, const char *name, int ndim);
+PyArrayObject *arg_int64_vector(PyObject *obj, const char *name);
+PyArrayObject *arg_int32_vector(PyObject *obj, const char *name);
+PyArrayObject *arg_f64_vector(PyObject *obj, const char *name, int finite);
+PyArrayObject *arg_f64_matrix(PyObject *obj, const char *name, int finite);
 int check_length(PyArrayObject *arr, const char *name, npy_intp expected,
                  const char *expected_from);
 
-/* calign.losses' DPO settings tuple (see losses.py, _dpo_settings) into p;
- * types and loss_weights hold DPO_MAX_LOSS_TYPES entries. -1 with an exception. */
+/* calign.losses' DPO settings (see losses.py, dpo_settings) into p; types
+ * and loss_weights hold DPO_MAX_LOSS_TYPES entries. -1 with an exception. */
 #define DPO_MAX_LOSS_TYPES (4 * DPO_N_LOSS_TYPES)
 int parse_dpo_settings(PyObject *settings, dpo_params *p, int *types, double *loss_weights);
 
-/* The method tables of the binding files, joined in module.c. */
+/* ---- the method tables of the binding files, joined in module.c --------------- */
 extern PyMethodDef calign_threads_methods[];
 extern PyMethodDef calign_ops_methods[];
 extern PyMethodDef calign_losses_methods[];
 extern PyMethodDef calign_wordalign_methods[];
 extern PyMethodDef calign_model_methods[];
 extern PyMethodDef calign_optim_methods[];
+
+/* A binding file adds what it declares to the dict calign._C.describe()
+ * returns: names of enums and settings, defined once in the C headers. */
+int describe_losses(PyObject *d);
+int describe_model(PyObject *d);
 
 #endif

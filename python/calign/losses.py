@@ -17,7 +17,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from calign import _C
-from calign._numbers import is_real
+from calign.checks import is_real
 
 DPO_LOSS_TYPES = (
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard",

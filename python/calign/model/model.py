@@ -7,7 +7,7 @@ from typing import NamedTuple
 import numpy as np
 
 from calign import _C
-from calign._numbers import is_int, is_real
+from calign.checks import is_int, is_real
 from calign.model import checkpoint
 from calign.model.config import engine_config, load_config_file
 from calign.model.names import tensor_names

@@ -5,7 +5,7 @@ import reprlib
 
 import numpy as np
 
-from calign._numbers import is_finite_real, is_int
+from calign.checks import is_finite_real, is_int
 from calign.model import Model, RewardModel
 from calign.tokenizer import Tokenizer
 

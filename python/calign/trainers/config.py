@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from calign._numbers import is_finite_real
+from calign.checks import is_finite_real
 from calign.losses import CPO_LOSS_TYPES, DPO_LOSS_TYPES, F_DIVERGENCE_TYPES, KTO_LOSS_TYPES
 
 LR_SCHEDULER_TYPES = ("linear", "cosine", "constant", "constant_with_warmup")

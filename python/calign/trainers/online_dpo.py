@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from calign._numbers import is_finite_real, is_int
+from calign.checks import is_finite_real, is_int
 from calign.data.preference import PreferenceExample
 from calign.data.records import load_records, require_field
 from calign.model import RewardModel

@@ -3,7 +3,7 @@ reals in their range, each failure a ValueError naming the argument."""
 
 import numpy as np
 
-from calign._numbers import is_int, is_real
+from calign.checks import is_int, is_real
 
 # Iteration, sweep and jump counts reach the C kernels as C ints.
 INT_MAX = 2**31 - 1

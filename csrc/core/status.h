@@ -1,0 +1,17 @@
+/* Status codes of the C layers. A function that can fail returns one of
+ * these and, where it has more to say, writes a message into a caller's
+ * buffer of CALIGN_ERR_LEN bytes; the binding turns them into exceptions
+ * (MemoryError, ValueError, FloatingPointError). */
+#ifndef CALIGN_STATUS_H
+#define CALIGN_STATUS_H
+
+enum {
+    CALIGN_OK = 0,
+    CALIGN_ENOMEM = -1,     /* memory could not be had */
+    CALIGN_EINVAL = -2,     /* an input the caller should have refused */
+    CALIGN_ENONFINITE = -3, /* a value became NaN or infinite */
+};
+
+#define CALIGN_ERR_LEN 256
+
+#endif
