@@ -30,6 +30,9 @@ CPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "simpo")
 LENGTH_NORMALISED_DPO_LOSS_TYPES = ("ipo", "sigmoid_norm", "sft", "scpo")
 # ... of which these normalise the chosen completion only (need chosen_lengths only).
 CHOSEN_LENGTH_DPO_LOSS_TYPES = ("sft", "scpo")
+# DPO loss types whose value for a pair depends on the rest of the batch: the
+# fused pair scoring (Model.score_dpo_pairs) cannot apply them chunk by chunk.
+BATCH_COUPLED_DPO_LOSS_TYPES = ("aot", "aot_unpaired", "sft")
 
 
 class DPOLossOutput(NamedTuple):
