@@ -227,7 +227,7 @@ def test_score_dpo_pairs_bad_input():
         model.score_dpo_pairs(hidden, batch, [2, 2], ref, settings)
     with pytest.raises(ValueError, match="chosen and a rejected"):
         model.score_dpo_pairs(hidden, batch, [3], ref, settings)
-    with pytest.raises(ValueError, match=r"completion_lengths\[0\] = 4611686018427387904: more"):
+    with pytest.raises(ValueError, match=r"completion_lengths\[0\] = 4611686018427387904: every completion needs"):
         model.score_dpo_pairs(hidden, batch, [1 << 62, (1 << 62) + 3], ref, settings)  # sum wraps
     with pytest.raises(ValueError, match="ref_chosen_logps"):
         model.score_dpo_pairs(hidden, batch, [2, 1], np.array([[np.nan, -2.0]]), settings)
@@ -239,8 +239,8 @@ def test_score_dpo_pairs_bad_input():
         calign.losses.dpo_settings(loss_type=None)
     with pytest.raises(ValueError, match="loss_weights must be a list of numbers"):
         calign.losses.dpo_settings(loss_weights=5)
-    assert calign.losses.dpo_settings(scpo_alpha=np.float32(0.5))[5] == 0.5  # NumPy numbers pass
-    with pytest.raises(ValueError, match="grad_scale must be finite"):
+    assert calign.losses.dpo_settings(scpo_alpha=np.float32(0.5))["scpo_alpha"] == 0.5  # NumPy numbers pass
+    with pytest.raises(ValueError, match="grad_scale must be a finite number"):
         model.score_dpo_pairs(hidden, batch, [2, 1], ref, settings, grad_scale=float("nan"))
     with pytest.raises(ValueError, match=r"ref_logps must have shape \[pairs, 2\]"):
         model.score_dpo_pairs(hidden, batch, [2, 1], ref[0], settings)
@@ -315,7 +315,7 @@ def test_greedy_generation_matches_transformers(family):
     model = calign.Model.from_pretrained(path)
     prompts = [[5, 17, 2], [9], [4, 4, 8, 30, 1]]
     got = model.generate(prompts, max_new_tokens=6)
-    for prompt, tokens in zip(prompts, got):
+    for prompt, tokens in zip(prompts, got, strict=True):
         expected = hf.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False,
                                pad_token_id=0, eos_token_id=None)[0, len(prompt):].tolist()
         assert tokens == expected
@@ -558,7 +558,7 @@ def test_bad_token_input(saved):
     broken = calign.Model.from_pretrained(str(saved))
     broken.state_dict()["transformer.wte.weight"][5, :] = np.nan  # one token's logit NaN
     for do_sample in (False, True):
-        with pytest.raises(ValueError, match="logits at new token 1 are not finite"):
+        with pytest.raises(FloatingPointError, match="logits at new token 1 are not finite"):
             broken.generate([[1, 2]], max_new_tokens=2, do_sample=do_sample)
     # NumPy scalars are numbers like any other
     out = model.generate([[1, 2]], max_new_tokens=np.int64(3), do_sample=True,

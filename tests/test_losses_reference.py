@@ -1,6 +1,7 @@
 """calign.losses against torch autograd of TRL 1.16's formulas (tests/reference/losses_autograd.py)."""
 
 import math
+import zlib
 
 import numpy as np
 import pytest
@@ -30,7 +31,7 @@ def torch_dpo(inputs, loss_types, loss_weights=None, weights=None, **kw):
     tpc = torch.tensor(pc, requires_grad=True)
     tpr = torch.tensor(pr, requires_grad=True)
     total, rewards = 0.0, None
-    for t, w in zip(loss_types, loss_weights or [1.0] * len(loss_types)):
+    for t, w in zip(loss_types, loss_weights or [1.0] * len(loss_types), strict=True):
         loss, chosen_rewards, rejected_rewards = ref.dpo(
             tpc, tpr, torch.tensor(rc), torch.tensor(rr), t, chosen_lengths=torch.tensor(lc),
             rejected_lengths=torch.tensor(lr), **kw)
@@ -54,7 +55,7 @@ def calign_dpo(inputs, loss_types, **kw):
 
 def assert_same(ours, theirs, **tol):
     for name, a, b in zip(["losses", "chosen_rewards", "rejected_rewards", "grad_chosen",
-                           "grad_rejected"], ours, theirs):
+                           "grad_rejected"], ours, theirs, strict=True):
         np.testing.assert_allclose(a, b, err_msg=name, **(tol or TOL))
 
 
@@ -66,7 +67,8 @@ ALL_TYPES = list(losses.DPO_LOSS_TYPES)
                                              ("js_divergence", 1.0), ("alpha_divergence", 0.5),
                                              ("alpha_divergence", 1.0)])
 def test_dpo_every_loss_type_and_divergence(loss_type, divergence, coef):
-    inputs = batch(seed=hash((loss_type, divergence)) % 1000, scale=1.0)
+    # a seed of the case's names that PYTHONHASHSEED does not salt, so a failure reproduces
+    inputs = batch(seed=zlib.crc32(f"{loss_type}/{divergence}".encode()) % 1000, scale=1.0)
     kw = dict(beta=0.3, label_smoothing=0.2 if loss_type in ("exo_pair", "robust", "aot",
                                                               "aot_unpaired") else 0.0,
               f_divergence_type=divergence, f_alpha_divergence_coef=coef, discopop_tau=0.05)
@@ -288,7 +290,7 @@ def call_dpo(**changes):
     (dict(loss_type=["sft", "ipo"], chosen_lengths=[1, 2]), ValueError,
      "rejected_lengths is required by loss_type 'ipo'"),
     (dict(loss_type="scpo", chosen_lengths=[1, 2], scpo_alpha=-0.5), ValueError,
-     "scpo_alpha must be >= 0"),
+     "scpo_alpha must be a finite number >= 0"),
     (dict(loss_type="scpo", chosen_lengths=[1, 2], scpo_alpha=float("nan")), ValueError,
      "scpo_alpha must be a finite number"),
     (dict(loss_type="exo_pair"), ValueError, "label_smoothing must be in \\(0, 1\\)"),

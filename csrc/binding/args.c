@@ -239,13 +239,14 @@ static int int64_copy(PyObject *obj, array_arg *a, int none_ok) {
 int to_int64_vector(PyObject *obj, void *arg) { return int64_copy(obj, arg, 0); }
 int to_int64_vector_or_none(PyObject *obj, void *arg) { return int64_copy(obj, arg, 1); }
 
-int narrow_to_int32(array_arg *a, int64_t low, int64_t high, const char *what) {
+int narrow_to_int32_described(array_arg *a, int64_t low, int64_t high, const char *noun,
+                              const char *why) {
     const int64_t *x = ARG_DATA(const int64_t, *a);
     for (npy_intp i = 0; i < ARG_LEN(*a); i++) {
         if (x[i] < low || x[i] >= high) {
-            PyErr_Format(PyExc_ValueError, "%s[%zd] = %lld is outside [%lld, %lld) (%s)",
-                         a->name, (Py_ssize_t)i, (long long)x[i], (long long)low,
-                         (long long)high, what);
+            PyErr_Format(PyExc_ValueError, "%s[%zd] holds %s%s%lld, outside [%lld, %lld)%s",
+                         a->name, (Py_ssize_t)i, noun, *noun ? " " : "", (long long)x[i],
+                         (long long)low, (long long)high, why);
             return -1;
         }
     }
@@ -258,6 +259,12 @@ int narrow_to_int32(array_arg *a, int64_t low, int64_t high, const char *what) {
     if (!narrow) return -1;
     Py_SETREF(a->array, narrow);
     return 0;
+}
+
+int narrow_to_int32(array_arg *a, int64_t low, int64_t high, const char *what) {
+    char why[200];
+    snprintf(why, sizeof why, " (%s)", what);
+    return narrow_to_int32_described(a, low, high, "", why);
 }
 
 int to_bool_vector(PyObject *obj, void *arg) {

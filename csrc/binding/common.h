@@ -64,9 +64,13 @@ int to_int64_vector_or_none(PyObject *obj, void *arg);
 int to_bool_vector(PyObject *obj, void *arg);
 
 /* The one place an int64 vector is narrowed: every value must lie in
- * [low, high) -- else ValueError "<name>[i] = v is outside [low, high) (<what>)"
- * with the value as given -- then the array is replaced by an int32 copy. */
+ * [low, high) -- else ValueError "<name>[i] holds <v>, outside [low, high)
+ * (<what>)" with the value as given -- then the array is replaced by an
+ * int32 copy. The _described form words the error itself:
+ * "<name>[i] holds <noun> <v>, outside [low, high)<why>". */
 int narrow_to_int32(array_arg *a, int64_t low, int64_t high, const char *what);
+int narrow_to_int32_described(array_arg *a, int64_t low, int64_t high, const char *noun,
+                              const char *why);
 
 /* Length along axis 0, and the data, of a converted argument. */
 #define ARG_LEN(a) (PyArray_DIM((a).array, 0))
@@ -117,6 +121,9 @@ int check_length(PyArrayObject *arr, const char *name, npy_intp expected,
 int parse_dpo_settings(PyObject *settings, dpo_params *p, int *types, double *loss_weights);
 
 /* ---- the method tables of the binding files, joined in module.c --------------- */
+/* A method-table entry taking keywords. */
+#define KEYWORDS_METHOD(name, function, doc) \
+    {name, (PyCFunction)(void (*)(void))(function), METH_VARARGS | METH_KEYWORDS, doc}
 extern PyMethodDef calign_threads_methods[];
 extern PyMethodDef calign_ops_methods[];
 extern PyMethodDef calign_losses_methods[];

@@ -1,352 +1,397 @@
 /* Bindings of the loss library (calign.losses).
  *
- * The Python wrappers in calign/losses.py check names and scalar settings and
- * pass loss types as integers; here the arrays are converted to contiguous
+ * Loss types, divergences and DPO settings cross the language line by name
+ * (the tables beside the enums in losses/losses.h); the Python wrappers
+ * check the settings' ranges. Here the arrays are converted to contiguous
  * float64 and checked (rank, length, finite, log-probs <= 0). Losses work on
  * one number per example, so they run with the GIL held. */
 #include "binding/common.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "losses/losses.h"
 
-/* Up to MAX_ARRAYS converted inputs of one call, released together. */
-#define MAX_ARRAYS 8
-typedef struct {
-    PyArrayObject *arrays[MAX_ARRAYS];
-    int count;
-    npy_intp batch;        /* length of the first array */
-    const char *first_name;
-} inputs;
+/* ---- names ----------------------------------------------------------------------- */
 
-static void release_inputs(inputs *in) {
-    for (int i = 0; i < in->count; i++) Py_DECREF(in->arrays[i]);
-    in->count = 0;
+static const char *dpo_name(int i) { return DPO_LOSS_INFO[i].name; }
+static const char *divergence_name(int i) { return F_DIVERGENCE_NAMES[i]; }
+static const char *kto_name(int i) { return KTO_LOSS_NAMES[i]; }
+static const char *cpo_name(int i) { return CPO_LOSS_NAMES[i]; }
+
+/* The index of the name obj among name(0..n-1); -1 with a ValueError naming
+ * `arg` and the choices. */
+static int name_index(PyObject *obj, const char *arg, const char *(*name)(int), int n) {
+    const char *text = PyUnicode_Check(obj) ? PyUnicode_AsUTF8(obj) : NULL;
+    if (text)
+        for (int i = 0; i < n; i++)
+            if (strcmp(text, name(i)) == 0) return i;
+    PyErr_Clear();
+    PyObject *choices = PyList_New(n);
+    for (int i = 0; choices && i < n; i++)
+        PyList_SET_ITEM(choices, i, PyUnicode_FromString(name(i)));
+    if (choices) PyErr_Format(PyExc_ValueError, "%s must be one of %R, got %R", arg, choices, obj);
+    Py_XDECREF(choices);
+    return -1;
 }
 
-typedef enum { ANY_SIGN, NOT_POSITIVE, NOT_NEGATIVE } sign_rule;
+static PyObject *name_list(const char *(*name)(int), int n) {
+    PyObject *list = PyList_New(n);
+    for (int i = 0; list && i < n; i++) {
+        PyObject *s = PyUnicode_FromString(name(i));
+        if (!s) Py_CLEAR(list);
+        else PyList_SET_ITEM(list, i, s);
+    }
+    return list;
+}
 
-/* Converts obj (float array, rank 1) and checks it against the batch size
- * and the sign rule. obj == Py_None gives *out = NULL when optional. */
-static int take_vector(inputs *in, PyObject *obj, const char *name, sign_rule rule,
-                       const double **out) {
-    *out = NULL;
-    if (obj == Py_None) return 0;
-    PyArrayObject *arr = arg_f64_vector(obj, name, 1);
-    if (!arr) return -1;
-    in->arrays[in->count++] = arr;
-    if (in->count == 1) {
-        in->batch = PyArray_DIM(arr, 0);
-        in->first_name = name;
-        if (in->batch == 0) {
-            PyErr_Format(PyExc_ValueError, "%s is empty: a batch needs at least one example",
-                         name);
-            return -1;
-        }
-    } else if (check_length(arr, name, in->batch, in->first_name) < 0) {
+/* Names of the DPO loss types with a property, for describe(). */
+static PyObject *dpo_names_where(int field) {
+    PyObject *list = PyList_New(0);
+    for (int i = 0; list && i < DPO_N_LOSS_TYPES; i++) {
+        const dpo_loss_info *info = &DPO_LOSS_INFO[i];
+        int has = field == 0 ? info->needs_chosen_lengths
+                : field == 1 ? info->needs_rejected_lengths : info->couples_batch;
+        if (!has) continue;
+        PyObject *s = PyUnicode_FromString(info->name);
+        if (!s || PyList_Append(list, s) < 0) Py_CLEAR(list);
+        Py_XDECREF(s);
+    }
+    return list;
+}
+
+/* ---- DPO settings ------------------------------------------------------------------- */
+
+/* The keys of the settings dict calign.losses.dpo_settings returns. */
+static const char *const DPO_SETTING_KEYS[] = {
+    "beta", "label_smoothing", "f_divergence_type", "f_alpha_divergence_coef", "discopop_tau",
+    "bco_reward_shift", "scpo_alpha", "loss_type", "loss_weights", NULL,
+};
+
+static int setting_double(PyObject *d, const char *key, double *out) {
+    PyObject *v = PyDict_GetItemString(d, key);
+    if (!PyFloat_Check(v) && !PyLong_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "DPO setting %s must be a number, got %R", key, v);
         return -1;
     }
-    const double *x = (const double *)PyArray_DATA(arr);
-    for (npy_intp i = 0; i < PyArray_DIM(arr, 0); i++) {
-        if (rule == NOT_POSITIVE && x[i] > 0) {
-            raise_printf(PyExc_ValueError,
-                         "%s[%zd] = %g is a log-probability > 0 (log-probabilities are <= 0)",
-                         name, (Py_ssize_t)i, x[i]);
-            return -1;
-        }
-        if (rule == NOT_NEGATIVE && x[i] < 0) {
-            raise_printf(PyExc_ValueError, "%s[%zd] = %g must be >= 0", name, (Py_ssize_t)i,
-                         x[i]);
-            return -1;
-        }
-    }
-    *out = x;
-    return 0;
-}
-
-static PyObject *new_f64(npy_intp n) {
-    npy_intp dims[1] = {n};
-    return PyArray_ZEROS(1, dims, NPY_FLOAT64, 0);
-}
-
-static double *f64(PyObject *arr) { return (double *)PyArray_DATA((PyArrayObject *)arr); }
-
-/* Builds a tuple from n new references (stealing them); NULL if any is NULL. */
-static PyObject *tuple_of(int n, PyObject **items) {
-    for (int i = 0; i < n; i++) {
-        if (!items[i]) {
-            for (int j = 0; j < n; j++) Py_XDECREF(items[j]);
-            return NULL;
-        }
-    }
-    PyObject *t = PyTuple_New(n);
-    if (!t) {
-        for (int j = 0; j < n; j++) Py_DECREF(items[j]);
-        return NULL;
-    }
-    for (int i = 0; i < n; i++) PyTuple_SET_ITEM(t, i, items[i]);
-    return t;
-}
-
-/* A list of ints or floats from a Python sequence. */
-static int int_list(PyObject *seq, int *out, int max, const char *name) {
-    Py_ssize_t n = PySequence_Size(seq);
-    if (n < 1 || n > max) {
-        PyErr_Format(PyExc_ValueError, "%s must hold 1 to %d entries", name, max);
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PySequence_GetItem(seq, i);
-        if (!item) return -1;
-        long v = PyLong_AsLong(item);
-        Py_DECREF(item);
-        if (v == -1 && PyErr_Occurred()) return -1;
-        out[i] = (int)v;
-    }
-    return (int)n;
-}
-
-static int double_list(PyObject *seq, double *out, int n, const char *name) {
-    if (PySequence_Size(seq) != n) {
-        PyErr_Format(PyExc_ValueError, "%s must have one entry per loss type (%d)", name, n);
-        return -1;
-    }
-    for (int i = 0; i < n; i++) {
-        PyObject *item = PySequence_GetItem(seq, i);
-        if (!item) return -1;
-        out[i] = PyFloat_AsDouble(item);
-        Py_DECREF(item);
-        if (out[i] == -1.0 && PyErr_Occurred()) return -1;
-    }
-    return 0;
+    *out = PyFloat_AsDouble(v);
+    return *out == -1.0 && PyErr_Occurred() ? -1 : 0;
 }
 
 int parse_dpo_settings(PyObject *settings, dpo_params *p, int *types, double *loss_weights) {
-    PyObject *types_obj, *lw_obj;
-    int divergence;
-    if (!PyArg_ParseTuple(settings, "ddddddiOO;DPO settings: (beta, label_smoothing, "
-                          "f_alpha_divergence_coef, discopop_tau, bco_reward_shift, scpo_alpha, "
-                          "divergence, loss type codes, loss weights)", &p->beta,
-                          &p->label_smoothing, &p->f_alpha_divergence_coef, &p->discopop_tau,
-                          &p->bco_reward_shift, &p->scpo_alpha, &divergence, &types_obj, &lw_obj))
+    if (!PyDict_Check(settings)) {
+        PyErr_SetString(PyExc_TypeError, "settings must be the dict calign.losses.dpo_settings "
+                                         "returns");
         return -1;
-    int n_types = int_list(types_obj, types, DPO_MAX_LOSS_TYPES, "loss_type");
-    if (n_types < 0 || double_list(lw_obj, loss_weights, n_types, "loss_weights") < 0) return -1;
-    for (int t = 0; t < n_types; t++) {
-        if (types[t] < 0 || types[t] >= DPO_N_LOSS_TYPES) {
-            PyErr_SetString(PyExc_ValueError, "loss_type code out of range");
+    }
+    Py_ssize_t known = 0;
+    for (const char *const *key = DPO_SETTING_KEYS; *key; key++, known++)
+        if (!PyDict_GetItemString(settings, *key)) {
+            PyErr_Format(PyExc_ValueError, "DPO settings lack %s", *key);
             return -1;
         }
+    if (PyDict_Size(settings) != known) {
+        PyErr_SetString(PyExc_ValueError, "DPO settings hold keys besides those of "
+                                          "calign.losses.dpo_settings");
+        return -1;
     }
+    if (setting_double(settings, "beta", &p->beta) < 0 ||
+        setting_double(settings, "label_smoothing", &p->label_smoothing) < 0 ||
+        setting_double(settings, "f_alpha_divergence_coef", &p->f_alpha_divergence_coef) < 0 ||
+        setting_double(settings, "discopop_tau", &p->discopop_tau) < 0 ||
+        setting_double(settings, "bco_reward_shift", &p->bco_reward_shift) < 0 ||
+        setting_double(settings, "scpo_alpha", &p->scpo_alpha) < 0)
+        return -1;
+    int divergence = name_index(PyDict_GetItemString(settings, "f_divergence_type"),
+                                "f_divergence_type", divergence_name, F_N_DIVERGENCES);
+    if (divergence < 0) return -1;
     p->divergence = (f_divergence)divergence;
-    p->n_loss_types = n_types;
+    PyObject *type_list = PyDict_GetItemString(settings, "loss_type");
+    PyObject *weight_list = PyDict_GetItemString(settings, "loss_weights");
+    if (!PyList_Check(type_list) || PyList_GET_SIZE(type_list) < 1 ||
+        PyList_GET_SIZE(type_list) > DPO_MAX_LOSS_TYPES) {
+        PyErr_Format(PyExc_ValueError, "DPO setting loss_type must be a list of 1 to %d names",
+                     DPO_MAX_LOSS_TYPES);
+        return -1;
+    }
+    int n = (int)PyList_GET_SIZE(type_list);
+    if (!PyList_Check(weight_list) || PyList_GET_SIZE(weight_list) != n) {
+        PyErr_Format(PyExc_ValueError, "DPO setting loss_weights must be a list of %d numbers "
+                                       "(one per loss type)", n);
+        return -1;
+    }
+    for (int t = 0; t < n; t++) {
+        types[t] = name_index(PyList_GET_ITEM(type_list, t), "loss_type", dpo_name,
+                              DPO_N_LOSS_TYPES);
+        if (types[t] < 0) return -1;
+        PyObject *w = PyList_GET_ITEM(weight_list, t);
+        if (!PyFloat_Check(w) && !PyLong_Check(w)) {
+            PyErr_Format(PyExc_TypeError, "loss_weights must hold numbers, got %R", w);
+            return -1;
+        }
+        loss_weights[t] = PyFloat_AsDouble(w);
+        if (loss_weights[t] == -1.0 && PyErr_Occurred()) return -1;
+    }
+    p->n_loss_types = n;
     p->loss_types = types;
     p->loss_weights = loss_weights;
     return 0;
 }
 
-static PyObject *py_dpo_loss(PyObject *self, PyObject *args) {
-    PyObject *pc, *pr, *rc, *rr, *chosen_len, *rejected_len, *weights_obj, *settings;
-    dpo_params p = {0};
-    int return_grad;
-    if (!PyArg_ParseTuple(args, "OOOOOOOO!p", &pc, &pr, &rc, &rr, &chosen_len, &rejected_len,
-                          &weights_obj, &PyTuple_Type, &settings, &return_grad))
+/* ---- per-example inputs ------------------------------------------------------------- */
+
+typedef enum { ANY_SIGN, NOT_POSITIVE, NOT_NEGATIVE } sign_rule;
+
+/* Checks a batch of converted vectors (NULL .array: an optional one not
+ * given): the first is non-empty with B <= INT_MAX rows, the others have B,
+ * and each obeys its sign rule. Returns B, or -1 with an exception. */
+static npy_intp check_batch(array_arg *in, const sign_rule *rules, int n) {
+    npy_intp B = ARG_LEN(in[0]);
+    if (B == 0) {
+        PyErr_Format(PyExc_ValueError, "%s is empty: a batch needs at least one example",
+                     in[0].name);
+        return -1;
+    }
+    if (B > INT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "%s has %zd examples, more than 2**31 - 1", in[0].name,
+                     (Py_ssize_t)B);
+        return -1;
+    }
+    for (int a = 0; a < n; a++) {
+        if (!in[a].array) continue;
+        if (a > 0 && check_rows(&in[a], B, in[0].name) < 0) return -1;
+        const double *x = ARG_DATA(const double, in[a]);
+        for (npy_intp i = 0; i < B; i++) {
+            if (rules[a] == NOT_POSITIVE && x[i] > 0) {
+                raise_printf(PyExc_ValueError,
+                             "%s[%zd] = %g is a log-probability > 0 (log-probabilities are <= 0)",
+                             in[a].name, (Py_ssize_t)i, x[i]);
+                return -1;
+            }
+            if (rules[a] == NOT_NEGATIVE && x[i] < 0) {
+                raise_printf(PyExc_ValueError, "%s[%zd] = %g must be >= 0", in[a].name,
+                             (Py_ssize_t)i, x[i]);
+                return -1;
+            }
+        }
+    }
+    return B;
+}
+
+static void release_all(array_arg *in, int n) {
+    for (int a = 0; a < n; a++) arg_release(&in[a]);
+}
+
+static double *data_or_null(const array_arg *a) {
+    return a->array ? ARG_DATA(double, *a) : NULL;
+}
+
+/* n new float64 vectors of length B in out[]; -1 (all released) on failure. */
+static int new_outputs(PyObject **out, int n, npy_intp B) {
+    for (int i = 0; i < n; i++) {
+        if (!(out[i] = PyArray_ZEROS(1, &B, NPY_FLOAT64, 0))) {
+            for (int j = 0; j < i; j++) Py_DECREF(out[j]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static double *f64(PyObject *arr) { return (double *)PyArray_DATA((PyArrayObject *)arr); }
+
+/* A tuple stealing the n references in items. */
+static PyObject *tuple_of(PyObject **items, int n) {
+    PyObject *t = PyTuple_New(n);
+    for (int i = 0; i < n; i++) {
+        if (t) PyTuple_SET_ITEM(t, i, items[i]);
+        else Py_DECREF(items[i]);
+    }
+    return t;
+}
+
+/* ---- the losses ----------------------------------------------------------------------- */
+
+static PyObject *py_dpo_loss(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps",
+                             "ref_rejected_logps", "settings", "chosen_lengths",
+                             "rejected_lengths", "weights", "return_grad", NULL};
+    array_arg in[7] = {{"policy_chosen_logps"}, {"policy_rejected_logps"}, {"ref_chosen_logps"},
+                       {"ref_rejected_logps"}, {"chosen_lengths"}, {"rejected_lengths"},
+                       {"weights"}};
+    const sign_rule rules[7] = {NOT_POSITIVE, NOT_POSITIVE, NOT_POSITIVE, NOT_POSITIVE,
+                                NOT_NEGATIVE, NOT_NEGATIVE, ANY_SIGN};
+    PyObject *settings;
+    int return_grad = 0;
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwargs, "O&O&O&O&O!|$O&O&O&p", kwlist, to_f64_vector, &in[0], to_f64_vector,
+            &in[1], to_f64_vector, &in[2], to_f64_vector, &in[3], &PyDict_Type, &settings,
+            to_f64_vector_or_none, &in[4], to_f64_vector_or_none, &in[5],
+            to_f64_vector_or_none, &in[6], &return_grad))
         return NULL;
+    dpo_params p = {0};
     int types[DPO_MAX_LOSS_TYPES];
     double loss_weights[DPO_MAX_LOSS_TYPES];
-    if (parse_dpo_settings(settings, &p, types, loss_weights) < 0) return NULL;
-
-    inputs in = {0};
-    const double *x_pc, *x_pr, *x_rc, *x_rr, *x_cl, *x_rl, *x_w;
-    PyObject *result = NULL;
+    PyObject *result = NULL, *out[5];
     double *work = NULL;
-    int *iwork = NULL;
-    if (take_vector(&in, pc, "policy_chosen_logps", NOT_POSITIVE, &x_pc) < 0 ||
-        take_vector(&in, pr, "policy_rejected_logps", NOT_POSITIVE, &x_pr) < 0 ||
-        take_vector(&in, rc, "ref_chosen_logps", NOT_POSITIVE, &x_rc) < 0 ||
-        take_vector(&in, rr, "ref_rejected_logps", NOT_POSITIVE, &x_rr) < 0 ||
-        take_vector(&in, chosen_len, "chosen_lengths", NOT_NEGATIVE, &x_cl) < 0 ||
-        take_vector(&in, rejected_len, "rejected_lengths", NOT_NEGATIVE, &x_rl) < 0 ||
-        take_vector(&in, weights_obj, "weights", ANY_SIGN, &x_w) < 0)
+    npy_intp B;
+    if (parse_dpo_settings(settings, &p, types, loss_weights) < 0 ||
+        (B = check_batch(in, rules, 7)) < 0)
         goto done;
-    npy_intp B = in.batch;
-    work = malloc(sizeof(double) * (5 * B + 1));
-    iwork = malloc(sizeof(int) * (2 * B + 1));
-    if (!work || !iwork) {
+    for (int t = 0; t < p.n_loss_types; t++) {
+        const dpo_loss_info *info = &DPO_LOSS_INFO[types[t]];
+        array_arg *missing = info->needs_chosen_lengths && !in[4].array ? &in[4]
+                             : info->needs_rejected_lengths && !in[5].array ? &in[5] : NULL;
+        if (missing) {
+            PyErr_Format(PyExc_ValueError, "%s is required by loss_type '%s' (it normalises by "
+                         "completion token counts)", missing->name, info->name);
+            goto done;
+        }
+    }
+    /* dpo_loss's scratch: 5 B doubles, then 2 B ints */
+    if (!(work = malloc(sizeof(double) * 5 * B + sizeof(int) * 2 * B))) {
         PyErr_NoMemory();
         goto done;
     }
-    PyObject *out[5] = {new_f64(B), new_f64(B), new_f64(B), NULL, NULL};
-    int n_out = 3;
-    if (return_grad) {
-        out[3] = new_f64(B);
-        out[4] = new_f64(B);
-        n_out = 5;
-    }
-    if (out[0] && out[1] && out[2] && (!return_grad || (out[3] && out[4])))
-        dpo_loss(f64(out[0]), f64(out[1]), f64(out[2]), return_grad ? f64(out[3]) : NULL,
-                 return_grad ? f64(out[4]) : NULL, x_pc, x_pr, x_rc, x_rr, x_cl, x_rl, x_w,
-                 (int)B, &p, work, iwork);
-    result = tuple_of(n_out, out);
+    int n_out = return_grad ? 5 : 3;
+    if (new_outputs(out, n_out, B) < 0) goto done;
+    dpo_loss(f64(out[0]), f64(out[1]), f64(out[2]), return_grad ? f64(out[3]) : NULL,
+             return_grad ? f64(out[4]) : NULL, data_or_null(&in[0]), data_or_null(&in[1]),
+             data_or_null(&in[2]), data_or_null(&in[3]), data_or_null(&in[4]),
+             data_or_null(&in[5]), data_or_null(&in[6]), (int)B, &p, work,
+             (int *)(work + 5 * B));
+    result = tuple_of(out, n_out);
 done:
     free(work);
-    free(iwork);
-    release_inputs(&in);
+    release_all(in, 7);
     return result;
 }
 
-static PyObject *py_kto_loss(PyObject *self, PyObject *args) {
-    PyObject *policy, *ref, *labels_obj;
+static PyObject *py_kto_loss(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"policy_logps", "ref_logps", "labels", "kl", "beta", "loss_type",
+                             "desirable_weight", "undesirable_weight", "return_grad", NULL};
+    array_arg in[2] = {{"policy_logps"}, {"ref_logps"}}, labels = {"labels"};
+    const sign_rule rules[2] = {NOT_POSITIVE, NOT_POSITIVE};
     double kl, beta, desirable_weight, undesirable_weight;
-    int type, return_grad;
-    if (!PyArg_ParseTuple(args, "OOOddiddp", &policy, &ref, &labels_obj, &kl, &beta, &type,
-                          &desirable_weight, &undesirable_weight, &return_grad))
+    PyObject *type_obj;
+    int return_grad = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&O&$ddOddp", kwlist, to_f64_vector,
+                                     &in[0], to_f64_vector, &in[1], to_bool_vector, &labels, &kl,
+                                     &beta, &type_obj, &desirable_weight, &undesirable_weight,
+                                     &return_grad))
         return NULL;
-    inputs in = {0};
-    const double *x_p, *x_r;
-    PyObject *result = NULL;
-    PyArrayObject *labels = NULL;
-    if (take_vector(&in, policy, "policy_logps", NOT_POSITIVE, &x_p) < 0 ||
-        take_vector(&in, ref, "ref_logps", NOT_POSITIVE, &x_r) < 0)
+    PyObject *result = NULL, *out[3];
+    npy_intp B;
+    int type = name_index(type_obj, "loss_type", kto_name, KTO_N_LOSS_TYPES);
+    if (type < 0 || (B = check_batch(in, rules, 2)) < 0 || check_rows(&labels, B, in[0].name) < 0)
         goto done;
-    npy_intp B = in.batch;
-    labels = (PyArrayObject *)PyArray_FROMANY(labels_obj, NPY_NOTYPE, 0, 0, 0);
-    if (!labels || PyArray_TYPE(labels) != NPY_BOOL || PyArray_NDIM(labels) != 1) {
-        Py_XDECREF(labels);
-        labels = NULL;
-        PyErr_SetString(PyExc_TypeError, "labels must be a 1-dimensional array of bools");
-        goto done;
-    }
-    if (check_length(labels, "labels", B, "policy_logps") < 0) goto done;
-    PyArrayObject *contiguous = (PyArrayObject *)PyArray_FROMANY(
-        (PyObject *)labels, NPY_BOOL, 1, 1, NPY_ARRAY_CARRAY);
-    Py_DECREF(labels);
-    labels = contiguous;
-    if (!labels) goto done;
-    PyObject *out[3] = {new_f64(B), new_f64(B), return_grad ? new_f64(B) : NULL};
     int n_out = return_grad ? 3 : 2;
-    if (out[0] && out[1] && (!return_grad || out[2]))
-        kto_loss(f64(out[0]), f64(out[1]), return_grad ? f64(out[2]) : NULL, x_p, x_r,
-                 (const unsigned char *)PyArray_DATA(labels), (int)B, kl, beta,
-                 (kto_loss_type)type, desirable_weight, undesirable_weight);
-    result = tuple_of(n_out, out);
+    if (new_outputs(out, n_out, B) < 0) goto done;
+    kto_loss(f64(out[0]), f64(out[1]), return_grad ? f64(out[2]) : NULL, data_or_null(&in[0]),
+             data_or_null(&in[1]), ARG_DATA(const unsigned char, labels), (int)B, kl, beta,
+             (kto_loss_type)type, desirable_weight, undesirable_weight);
+    result = tuple_of(out, n_out);
 done:
-    Py_XDECREF(labels);
-    release_inputs(&in);
+    arg_release(&labels);
+    release_all(in, 2);
     return result;
 }
 
-static PyObject *py_orpo_loss(PyObject *self, PyObject *args) {
-    PyObject *pc, *pr;
+static PyObject *py_orpo_loss(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"policy_chosen_logps", "policy_rejected_logps", "beta",
+                             "return_grad", NULL};
+    array_arg in[2] = {{"policy_chosen_logps"}, {"policy_rejected_logps"}};
+    const sign_rule rules[2] = {NOT_POSITIVE, NOT_POSITIVE};
     double beta;
-    int return_grad;
-    if (!PyArg_ParseTuple(args, "OOdp", &pc, &pr, &beta, &return_grad)) return NULL;
-    inputs in = {0};
-    const double *x_c, *x_r;
-    PyObject *result = NULL;
-    if (take_vector(&in, pc, "policy_chosen_logps", NOT_POSITIVE, &x_c) < 0 ||
-        take_vector(&in, pr, "policy_rejected_logps", NOT_POSITIVE, &x_r) < 0)
-        goto done;
-    npy_intp B = in.batch;
-    PyObject *out[6] = {new_f64(B), new_f64(B), new_f64(B), new_f64(B), NULL, NULL};
-    if (return_grad) {
-        out[4] = new_f64(B);
-        out[5] = new_f64(B);
-    }
+    int return_grad = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&$dp", kwlist, to_f64_vector, &in[0],
+                                     to_f64_vector, &in[1], &beta, &return_grad))
+        return NULL;
+    PyObject *result = NULL, *out[6];
+    npy_intp B = check_batch(in, rules, 2);
     int n_out = return_grad ? 6 : 4;
-    int ok = 1;
-    for (int i = 0; i < n_out; i++) ok = ok && out[i];
-    if (ok)
-        orpo_loss(f64(out[0]), f64(out[1]), f64(out[2]), f64(out[3]),
-                  return_grad ? f64(out[4]) : NULL, return_grad ? f64(out[5]) : NULL, x_c, x_r,
-                  (int)B, beta);
-    result = tuple_of(n_out, out);
+    if (B < 0 || new_outputs(out, n_out, B) < 0) goto done;
+    orpo_loss(f64(out[0]), f64(out[1]), f64(out[2]), f64(out[3]),
+              return_grad ? f64(out[4]) : NULL, return_grad ? f64(out[5]) : NULL,
+              data_or_null(&in[0]), data_or_null(&in[1]), (int)B, beta);
+    result = tuple_of(out, n_out);
 done:
-    release_inputs(&in);
+    release_all(in, 2);
     return result;
 }
 
-static PyObject *py_cpo_loss(PyObject *self, PyObject *args) {
-    PyObject *pc, *pr;
+static PyObject *py_cpo_loss(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"policy_chosen_logps", "policy_rejected_logps", "beta", "loss_type",
+                             "label_smoothing", "simpo_gamma", "alpha", "return_grad", NULL};
+    array_arg in[2] = {{"policy_chosen_logps"}, {"policy_rejected_logps"}};
+    const sign_rule rules[2] = {NOT_POSITIVE, NOT_POSITIVE};
     double beta, label_smoothing, simpo_gamma, alpha;
-    int type, return_grad;
-    if (!PyArg_ParseTuple(args, "OOdidddp", &pc, &pr, &beta, &type, &label_smoothing,
-                          &simpo_gamma, &alpha, &return_grad))
+    PyObject *type_obj;
+    int return_grad = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&$dOdddp", kwlist, to_f64_vector,
+                                     &in[0], to_f64_vector, &in[1], &beta, &type_obj,
+                                     &label_smoothing, &simpo_gamma, &alpha, &return_grad))
         return NULL;
-    inputs in = {0};
-    const double *x_c, *x_r;
-    PyObject *result = NULL;
-    if (take_vector(&in, pc, "policy_chosen_logps", NOT_POSITIVE, &x_c) < 0 ||
-        take_vector(&in, pr, "policy_rejected_logps", NOT_POSITIVE, &x_r) < 0)
-        goto done;
-    npy_intp B = in.batch;
-    PyObject *out[5] = {new_f64(B), new_f64(B), new_f64(B), NULL, NULL};
-    if (return_grad) {
-        out[3] = new_f64(B);
-        out[4] = new_f64(B);
-    }
+    PyObject *result = NULL, *out[5];
+    npy_intp B;
+    int type = name_index(type_obj, "loss_type", cpo_name, CPO_N_LOSS_TYPES);
     int n_out = return_grad ? 5 : 3;
-    int ok = 1;
-    for (int i = 0; i < n_out; i++) ok = ok && out[i];
-    if (ok)
-        cpo_loss(f64(out[0]), f64(out[1]), f64(out[2]), return_grad ? f64(out[3]) : NULL,
-                 return_grad ? f64(out[4]) : NULL, x_c, x_r, (int)B, beta, (cpo_loss_type)type,
-                 label_smoothing, simpo_gamma, alpha);
-    result = tuple_of(n_out, out);
-done:
-    release_inputs(&in);
-    return result;
-}
-
-static PyObject *py_reward_loss(PyObject *self, PyObject *args) {
-    PyObject *rc, *rr, *margin_obj;
-    double center_coef;
-    int return_grad;
-    if (!PyArg_ParseTuple(args, "OOOdp", &rc, &rr, &margin_obj, &center_coef, &return_grad))
-        return NULL;
-    inputs in = {0};
-    const double *x_c, *x_r, *x_m;
-    PyObject *result = NULL;
-    if (take_vector(&in, rc, "chosen_rewards", ANY_SIGN, &x_c) < 0 ||
-        take_vector(&in, rr, "rejected_rewards", ANY_SIGN, &x_r) < 0 ||
-        take_vector(&in, margin_obj, "margin", ANY_SIGN, &x_m) < 0)
+    if (type < 0 || (B = check_batch(in, rules, 2)) < 0 || new_outputs(out, n_out, B) < 0)
         goto done;
-    npy_intp B = in.batch;
-    PyObject *out[4] = {new_f64(B), new_f64(B), NULL, NULL};
-    if (return_grad) {
-        out[2] = new_f64(B);
-        out[3] = new_f64(B);
-    }
-    int n_out = return_grad ? 4 : 2;
-    int ok = 1;
-    for (int i = 0; i < n_out; i++) ok = ok && out[i];
-    if (ok)
-        reward_loss(f64(out[0]), f64(out[1]), return_grad ? f64(out[2]) : NULL,
-                    return_grad ? f64(out[3]) : NULL, x_c, x_r, x_m, (int)B, center_coef);
-    result = tuple_of(n_out, out);
+    cpo_loss(f64(out[0]), f64(out[1]), f64(out[2]), return_grad ? f64(out[3]) : NULL,
+             return_grad ? f64(out[4]) : NULL, data_or_null(&in[0]), data_or_null(&in[1]),
+             (int)B, beta, (cpo_loss_type)type, label_smoothing, simpo_gamma, alpha);
+    result = tuple_of(out, n_out);
 done:
-    release_inputs(&in);
+    release_all(in, 2);
     return result;
 }
 
-static PyObject *py_listwise_dpo_loss(PyObject *self, PyObject *args) {
-    PyObject *policy_obj, *ref_obj;
+static PyObject *py_reward_loss(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"chosen_rewards", "rejected_rewards", "margin",
+                             "center_rewards_coefficient", "return_grad", NULL};
+    array_arg in[3] = {{"chosen_rewards"}, {"rejected_rewards"}, {"margin"}};
+    const sign_rule rules[3] = {ANY_SIGN, ANY_SIGN, ANY_SIGN};
+    double center_coef;
+    int return_grad = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&$O&dp", kwlist, to_f64_vector, &in[0],
+                                     to_f64_vector, &in[1], to_f64_vector_or_none, &in[2],
+                                     &center_coef, &return_grad))
+        return NULL;
+    PyObject *result = NULL, *out[4];
+    npy_intp B = check_batch(in, rules, 3);
+    int n_out = return_grad ? 4 : 2;
+    if (B < 0 || new_outputs(out, n_out, B) < 0) goto done;
+    reward_loss(f64(out[0]), f64(out[1]), return_grad ? f64(out[2]) : NULL,
+                return_grad ? f64(out[3]) : NULL, data_or_null(&in[0]), data_or_null(&in[1]),
+                data_or_null(&in[2]), (int)B, center_coef);
+    result = tuple_of(out, n_out);
+done:
+    release_all(in, 3);
+    return result;
+}
+
+static PyObject *py_listwise_dpo_loss(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"policy_logps", "ref_logps", "beta", "return_grad", NULL};
+    array_arg policy = {"policy_logps"}, ref = {"ref_logps"};
     double beta;
-    int return_grad;
-    if (!PyArg_ParseTuple(args, "OOdp", &policy_obj, &ref_obj, &beta, &return_grad)) return NULL;
-    PyArrayObject *policy = NULL, *ref = NULL;
+    int return_grad = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&$dp", kwlist, to_f64_matrix, &policy,
+                                     to_f64_matrix, &ref, &beta, &return_grad))
+        return NULL;
     PyObject *result = NULL;
     double *work = NULL;
-    if (!(policy = arg_f64_matrix(policy_obj, "policy_logps", 1))) goto done;
-    if (!(ref = arg_f64_matrix(ref_obj, "ref_logps", 1))) goto done;
-    npy_intp B = PyArray_DIM(policy, 0), K = PyArray_DIM(policy, 1);
+    npy_intp B = PyArray_DIM(policy.array, 0), K = PyArray_DIM(policy.array, 1);
     if (B == 0) {
         PyErr_SetString(PyExc_ValueError, "policy_logps is empty: a batch needs at least one row");
         goto done;
     }
-    if (PyArray_DIM(ref, 0) != B || PyArray_DIM(ref, 1) != K) {
+    if (B > INT32_MAX || K > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "policy_logps has more than 2**31 - 1 rows or columns");
+        goto done;
+    }
+    if (PyArray_DIM(ref.array, 0) != B || PyArray_DIM(ref.array, 1) != K) {
         PyErr_Format(PyExc_ValueError, "ref_logps has shape (%zd, %zd) but policy_logps has (%zd, %zd)",
-                     (Py_ssize_t)PyArray_DIM(ref, 0), (Py_ssize_t)PyArray_DIM(ref, 1),
+                     (Py_ssize_t)PyArray_DIM(ref.array, 0), (Py_ssize_t)PyArray_DIM(ref.array, 1),
                      (Py_ssize_t)B, (Py_ssize_t)K);
         goto done;
     }
@@ -355,15 +400,14 @@ static PyObject *py_listwise_dpo_loss(PyObject *self, PyObject *args) {
                      (Py_ssize_t)K);
         goto done;
     }
-    PyArrayObject *both[2] = {policy, ref};
-    const char *names[2] = {"policy_logps", "ref_logps"};
+    array_arg *both[2] = {&policy, &ref};
     for (int a = 0; a < 2; a++) {
-        const double *x = (const double *)PyArray_DATA(both[a]);
+        const double *x = ARG_DATA(const double, *both[a]);
         for (npy_intp i = 0; i < B * K; i++) {
             if (x[i] > 0) {
                 raise_printf(PyExc_ValueError,
                              "%s[%zd, %zd] = %g is a log-probability > 0 (log-probabilities are <= 0)",
-                             names[a], (Py_ssize_t)(i / K), (Py_ssize_t)(i % K), x[i]);
+                             both[a]->name, (Py_ssize_t)(i / K), (Py_ssize_t)(i % K), x[i]);
                 goto done;
             }
         }
@@ -373,28 +417,59 @@ static PyObject *py_listwise_dpo_loss(PyObject *self, PyObject *args) {
         goto done;
     }
     npy_intp dims[2] = {B, K};
-    PyObject *out[3] = {new_f64(B), PyArray_ZEROS(2, dims, NPY_FLOAT64, 0),
+    PyObject *out[3] = {PyArray_ZEROS(1, &B, NPY_FLOAT64, 0), PyArray_ZEROS(2, dims, NPY_FLOAT64, 0),
                         return_grad ? PyArray_ZEROS(2, dims, NPY_FLOAT64, 0) : NULL};
     int n_out = return_grad ? 3 : 2;
-    if (out[0] && out[1] && (!return_grad || out[2]))
-        listwise_dpo_loss(f64(out[0]), f64(out[1]), return_grad ? f64(out[2]) : NULL,
-                          (const double *)PyArray_DATA(policy), (const double *)PyArray_DATA(ref),
-                          (int)B, (int)K, beta, work);
-    result = tuple_of(n_out, out);
+    if (!out[0] || !out[1] || (return_grad && !out[2])) {
+        for (int i = 0; i < 3; i++) Py_XDECREF(out[i]);
+        goto done;
+    }
+    listwise_dpo_loss(f64(out[0]), f64(out[1]), return_grad ? f64(out[2]) : NULL,
+                      ARG_DATA(const double, policy), ARG_DATA(const double, ref), (int)B, (int)K,
+                      beta, work);
+    result = tuple_of(out, n_out);
 done:
     free(work);
-    Py_XDECREF(policy);
-    Py_XDECREF(ref);
+    arg_release(&policy);
+    arg_release(&ref);
     return result;
 }
 
+int describe_losses(PyObject *d) {
+    PyObject *keys = PyList_New(0);
+    for (const char *const *key = DPO_SETTING_KEYS; keys && *key; key++) {
+        PyObject *s = PyUnicode_FromString(*key);
+        if (!s || PyList_Append(keys, s) < 0) Py_CLEAR(keys);
+        Py_XDECREF(s);
+    }
+    PyObject *items[][2] = {
+        {PyUnicode_FromString("dpo_loss_types"), name_list(dpo_name, DPO_N_LOSS_TYPES)},
+        {PyUnicode_FromString("dpo_loss_types_needing_chosen_lengths"), dpo_names_where(0)},
+        {PyUnicode_FromString("dpo_loss_types_needing_rejected_lengths"), dpo_names_where(1)},
+        {PyUnicode_FromString("dpo_loss_types_coupling_the_batch"), dpo_names_where(2)},
+        {PyUnicode_FromString("f_divergence_types"), name_list(divergence_name, F_N_DIVERGENCES)},
+        {PyUnicode_FromString("kto_loss_types"), name_list(kto_name, KTO_N_LOSS_TYPES)},
+        {PyUnicode_FromString("cpo_loss_types"), name_list(cpo_name, CPO_N_LOSS_TYPES)},
+        {PyUnicode_FromString("dpo_settings"), keys},
+    };
+    int status = 0;
+    for (size_t i = 0; i < sizeof items / sizeof items[0]; i++) {
+        if (status == 0 && (!items[i][0] || !items[i][1] ||
+                            PyDict_SetItem(d, items[i][0], items[i][1]) < 0))
+            status = -1;
+        Py_XDECREF(items[i][0]);
+        Py_XDECREF(items[i][1]);
+    }
+    return status;
+}
+
 PyMethodDef calign_losses_methods[] = {
-    {"dpo_loss", py_dpo_loss, METH_VARARGS, "See calign.losses.dpo_loss."},
-    {"kto_loss", py_kto_loss, METH_VARARGS, "See calign.losses.kto_loss."},
-    {"orpo_loss", py_orpo_loss, METH_VARARGS, "See calign.losses.orpo_loss."},
-    {"cpo_loss", py_cpo_loss, METH_VARARGS, "See calign.losses.cpo_loss."},
-    {"reward_loss", py_reward_loss, METH_VARARGS, "See calign.losses.reward_loss."},
-    {"listwise_dpo_loss", py_listwise_dpo_loss, METH_VARARGS,
-     "See calign.losses.listwise_dpo_loss."},
+    KEYWORDS_METHOD("dpo_loss", py_dpo_loss, "See calign.losses.dpo_loss."),
+    KEYWORDS_METHOD("kto_loss", py_kto_loss, "See calign.losses.kto_loss."),
+    KEYWORDS_METHOD("orpo_loss", py_orpo_loss, "See calign.losses.orpo_loss."),
+    KEYWORDS_METHOD("cpo_loss", py_cpo_loss, "See calign.losses.cpo_loss."),
+    KEYWORDS_METHOD("reward_loss", py_reward_loss, "See calign.losses.reward_loss."),
+    KEYWORDS_METHOD("listwise_dpo_loss", py_listwise_dpo_loss,
+                    "See calign.losses.listwise_dpo_loss."),
     {NULL, NULL, 0, NULL},
 };

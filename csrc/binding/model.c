@@ -1,18 +1,23 @@
 /* Bindings of the transformer engine (calign.Model uses these).
  *
- * A model is a capsule holding its configuration, parameter layout and
- * activation arena; parameters and gradients are float32 NumPy vectors owned
- * by Python and passed in on each call. One call at a time per model: the
- * arena is shared state, so a second thread gets a RuntimeError. */
+ * A model is a capsule holding its configuration, parameter layout,
+ * activation arena and workspace; parameters and gradients are float32 NumPy
+ * vectors owned by Python and passed in on each call. One call at a time per
+ * model: every entry point that touches the arena or the workspace claims
+ * the model first (check and claim are one step, under the GIL) and gives it
+ * back on every way out, so a second thread gets a RuntimeError, never
+ * another call's buffers. */
 #include "binding/common.h"
 
+#include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/gemm.h"
+#include "core/status.h"
 #include "model/generate.h"
 #include "model/model.h"
 #include "model/scoring.h"
-#include "losses/dpo_pairs.h"
 
 #define CAPSULE_NAME "calign.model"
 
@@ -29,8 +34,16 @@ static void capsule_destructor(PyObject *capsule) {
     }
 }
 
-static model_handle *get_handle(PyObject *capsule) {
-    model_handle *h = PyCapsule_GetPointer(capsule, CAPSULE_NAME);
+/* The model of a capsule, without claiming it (for what only reads its
+ * immutable configuration and layout). */
+static model_handle *model_of(PyObject *capsule) {
+    return PyCapsule_GetPointer(capsule, CAPSULE_NAME);
+}
+
+/* The model, claimed for this call; NULL with RuntimeError when a call on
+ * another thread holds it. */
+static model_handle *claim_model(PyObject *capsule) {
+    model_handle *h = model_of(capsule);
     if (!h) return NULL;
     if (h->busy) {
         PyErr_SetString(PyExc_RuntimeError,
@@ -38,63 +51,60 @@ static model_handle *get_handle(PyObject *capsule) {
                         "not overlap");
         return NULL;
     }
+    h->busy = 1;
     return h;
 }
 
-/* ---- configuration ------------------------------------------------------ */
-
-static int dict_int(PyObject *d, const char *key, int *out) {
-    PyObject *v = PyDict_GetItemString(d, key);
-    if (!v) {
-        PyErr_Format(PyExc_KeyError, "engine config lacks %s", key);
-        return -1;
-    }
-    long x = PyLong_AsLong(v);
-    if (x == -1 && PyErr_Occurred()) return -1;
-    *out = (int)x;
-    return 0;
+static void release_model(model_handle *h) {
+    if (h) h->busy = 0;
 }
 
-static int dict_double(PyObject *d, const char *key, double *out) {
-    PyObject *v = PyDict_GetItemString(d, key);
-    if (!v) {
-        PyErr_Format(PyExc_KeyError, "engine config lacks %s", key);
-        return -1;
-    }
-    *out = PyFloat_AsDouble(v);
-    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
-}
+/* ---- configuration ------------------------------------------------------------- */
 
-static PyObject *py_model_create(PyObject *self, PyObject *arg) {
-    if (!PyDict_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "engine config must be a dict");
+/* The engine config's fields (csrc/model/model.h's model_config), as
+ * calign.model.config builds them: _C.describe()["engine_config"]. */
+static char *ENGINE_CONFIG_KEYS[] = {
+    "n_layer", "d_model", "n_head", "n_kv_head", "head_dim", "d_ff", "vocab", "max_positions",
+    "rmsnorm", "swiglu", "conv1d_layout", "learned_positions", "rope_theta", "qkv_bias",
+    "o_bias", "mlp_bias", "qk_norm", "tied_embeddings", "norm_eps", NULL,
+};
+
+static PyObject *py_model_create(PyObject *self, PyObject *args, PyObject *kwargs) {
+    int_arg size[8], flag[9];
+    for (int i = 0; i < 8; i++) size[i] = (int_arg){ENGINE_CONFIG_KEYS[i], 1, INT32_MAX};
+    const int flag_key[9] = {8, 9, 10, 11, 13, 14, 15, 16, 17};
+    for (int i = 0; i < 9; i++) flag[i] = (int_arg){ENGINE_CONFIG_KEYS[flag_key[i]], 0, 1};
+    double rope_theta, norm_eps;
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwargs, "$O&O&O&O&O&O&O&O&O&O&O&O&dO&O&O&O&O&d", ENGINE_CONFIG_KEYS, to_int,
+            &size[0], to_int, &size[1], to_int, &size[2], to_int, &size[3], to_int, &size[4],
+            to_int, &size[5], to_int, &size[6], to_int, &size[7], to_int, &flag[0], to_int,
+            &flag[1], to_int, &flag[2], to_int, &flag[3], &rope_theta, to_int, &flag[4], to_int,
+            &flag[5], to_int, &flag[6], to_int, &flag[7], to_int, &flag[8], &norm_eps))
         return NULL;
-    }
-    model_config c = {0};
-    int norm, mlp, layout;
-    double eps;
-    if (dict_int(arg, "n_layer", &c.n_layer) || dict_int(arg, "d_model", &c.d_model) ||
-        dict_int(arg, "n_head", &c.n_head) || dict_int(arg, "n_kv_head", &c.n_kv_head) ||
-        dict_int(arg, "head_dim", &c.head_dim) || dict_int(arg, "d_ff", &c.d_ff) ||
-        dict_int(arg, "vocab", &c.vocab) || dict_int(arg, "max_positions", &c.max_positions) ||
-        dict_int(arg, "rmsnorm", &norm) || dict_int(arg, "swiglu", &mlp) ||
-        dict_int(arg, "conv1d_layout", &layout) ||
-        dict_int(arg, "learned_positions", &c.learned_positions) ||
-        dict_double(arg, "rope_theta", &c.rope_theta) || dict_int(arg, "qkv_bias", &c.qkv_bias) ||
-        dict_int(arg, "o_bias", &c.o_bias) || dict_int(arg, "mlp_bias", &c.mlp_bias) ||
-        dict_int(arg, "qk_norm", &c.qk_norm) ||
-        dict_int(arg, "tied_embeddings", &c.tied_embeddings) ||
-        dict_double(arg, "norm_eps", &eps))
-        return NULL;
-    c.norm = norm ? NORM_RMSNORM : NORM_LAYERNORM;
-    c.mlp = mlp ? MLP_SWIGLU : MLP_GELU_TANH;
-    c.layout = layout ? WEIGHT_IN_OUT : WEIGHT_OUT_IN;
-    c.norm_eps = (float)eps;
-    char err[256] = "";
+    if (!isfinite(rope_theta) || rope_theta < 0)
+        return raise_printf(PyExc_ValueError, "rope_theta must be a finite number >= 0 (0: no "
+                            "rotary embedding), got %g", rope_theta);
+    if (!isfinite(norm_eps) || norm_eps <= 0 || (float)norm_eps == 0.0f)
+        return raise_printf(PyExc_ValueError, "norm_eps must be a finite number > 0 (in float32), "
+                            "got %g", norm_eps);
+    model_config c = {
+        .n_layer = (int)size[0].value, .d_model = (int)size[1].value,
+        .n_head = (int)size[2].value, .n_kv_head = (int)size[3].value,
+        .head_dim = (int)size[4].value, .d_ff = (int)size[5].value, .vocab = (int)size[6].value,
+        .max_positions = (int)size[7].value,
+        .norm = flag[0].value ? NORM_RMSNORM : NORM_LAYERNORM,
+        .mlp = flag[1].value ? MLP_SWIGLU : MLP_GELU_TANH,
+        .layout = flag[2].value ? WEIGHT_IN_OUT : WEIGHT_OUT_IN,
+        .learned_positions = (int)flag[3].value, .rope_theta = rope_theta,
+        .qkv_bias = (int)flag[4].value, .o_bias = (int)flag[5].value,
+        .mlp_bias = (int)flag[6].value, .qk_norm = (int)flag[7].value,
+        .tied_embeddings = (int)flag[8].value, .norm_eps = (float)norm_eps,
+    };
+    char err[CALIGN_ERR_LEN] = "";
     model_handle *h = calloc(1, sizeof(model_handle));
     if (!h) return PyErr_NoMemory();
-    h->m = model_create(&c, err);
-    if (!h->m) {
+    if (!(h->m = model_create(&c, err))) {
         free(h);
         PyErr_SetString(PyExc_ValueError, err);
         return NULL;
@@ -108,19 +118,17 @@ static PyObject *py_model_create(PyObject *self, PyObject *arg) {
 }
 
 static PyObject *py_model_arena_bytes(PyObject *self, PyObject *capsule) {
-    model_handle *h = get_handle(capsule);
-    if (!h) return NULL;
-    return PyLong_FromSize_t(model_arena_bytes(h->m));
+    model_handle *h = model_of(capsule);
+    return h ? PyLong_FromSize_t(model_arena_bytes(h->m)) : NULL;
 }
 
 static PyObject *py_model_workspace_allocations(PyObject *self, PyObject *capsule) {
-    model_handle *h = get_handle(capsule);
-    if (!h) return NULL;
-    return PyLong_FromLong(model_workspace_allocations(h->m));
+    model_handle *h = model_of(capsule);
+    return h ? PyLong_FromLong(model_workspace_allocations(h->m)) : NULL;
 }
 
 static PyObject *py_model_layout(PyObject *self, PyObject *capsule) {
-    model_handle *h = get_handle(capsule);
+    model_handle *h = model_of(capsule);
     if (!h) return NULL;
     int n = model_param_entries(h->m, NULL, 0);
     param_entry *e = calloc(n > 0 ? n : 1, sizeof(param_entry));
@@ -145,76 +153,57 @@ static PyObject *py_model_layout(PyObject *self, PyObject *capsule) {
     return Py_BuildValue("(lN)", model_param_count(h->m), list);
 }
 
-/* ---- arguments ------------------------------------------------------------ */
+/* ---- argument checks against the model ------------------------------------------ */
 
-/* params or grads: float32 vector of exactly the model's parameter count. */
-static PyArrayObject *param_vector(PyObject *obj, const char *name, const model *m, int writable) {
-    PyArrayObject *arr = arg_f32_array(obj, name, 1);
-    if (!arr) return NULL;
-    if (PyArray_DIM(arr, 0) != model_param_count(m)) {
-        PyErr_Format(PyExc_ValueError, "%s has %zd floats but the model has %ld parameters", name,
-                     (Py_ssize_t)PyArray_DIM(arr, 0), model_param_count(m));
-        Py_DECREF(arr);
-        return NULL;
+/* params or grads: a float32 vector of exactly the model's parameter count. */
+static int check_param_vector(const array_arg *a, const model *m) {
+    if (ARG_LEN(*a) != model_param_count(m)) {
+        PyErr_Format(PyExc_ValueError, "%s has %zd floats but the model has %ld parameters",
+                     a->name, (Py_ssize_t)ARG_LEN(*a), model_param_count(m));
+        return -1;
     }
-    if (writable && !PyArray_ISWRITEABLE(arr)) {
-        PyErr_Format(PyExc_ValueError, "%s must be writable", name);
-        Py_DECREF(arr);
-        return NULL;
-    }
-    return arr;
+    return 0;
 }
 
-/* The packed batch's arrays, checked against the model. */
+/* A packed batch's four arrays (int64 as given, narrowed to int32 once
+ * checked against the model) and the C view of them. */
 typedef struct {
-    PyArrayObject *tokens, *positions, *seq_start, *branch;
+    array_arg ids, positions, starts, branch;
     packed_batch b;
 } batch_args;
 
+#define BATCH_ARGS {{"input_ids"}, {"position_ids"}, {"sequence_starts"}, {"branch_ids"}}
+
 static void release_batch(batch_args *a) {
-    Py_XDECREF(a->tokens);
-    Py_XDECREF(a->positions);
-    Py_XDECREF(a->seq_start);
-    Py_XDECREF(a->branch);
+    arg_release(&a->ids);
+    arg_release(&a->positions);
+    arg_release(&a->starts);
+    arg_release(&a->branch);
 }
 
-static int parse_batch(batch_args *a, const model *m, PyObject *tokens, PyObject *positions,
-                       PyObject *seq_start, PyObject *branch) {
+static int check_batch(batch_args *a, const model *m) {
     const model_config *c = model_get_config(m);
-    if (!(a->tokens = arg_int32_vector(tokens, "input_ids")) ||
-        !(a->positions = arg_int32_vector(positions, "position_ids")) ||
-        !(a->seq_start = arg_int32_vector(seq_start, "sequence_starts")) ||
-        !(a->branch = arg_int32_vector(branch, "branch_ids")))
-        return -1;
-    npy_intp T = PyArray_DIM(a->tokens, 0);
+    npy_intp T = ARG_LEN(a->ids);
     if (T == 0) {
         PyErr_SetString(PyExc_ValueError, "the batch is empty: input_ids has no tokens");
         return -1;
     }
-    if (check_length(a->positions, "position_ids", T, "input_ids") < 0 ||
-        check_length(a->branch, "branch_ids", T, "input_ids") < 0)
+    if (T > INT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "input_ids has %zd tokens, more than 2**31 - 1",
+                     (Py_ssize_t)T);
         return -1;
-    const int32_t *tok = PyArray_DATA(a->tokens), *pos = PyArray_DATA(a->positions),
-                  *br = PyArray_DATA(a->branch), *ss = PyArray_DATA(a->seq_start);
-    for (npy_intp t = 0; t < T; t++) {
-        if (tok[t] < 0 || tok[t] >= c->vocab) {
-            PyErr_Format(PyExc_ValueError, "input_ids holds token id %d, outside [0, %d) (vocab_size)",
-                         tok[t], c->vocab);
-            return -1;
-        }
-        if (pos[t] < 0 || pos[t] >= c->max_positions) {
-            PyErr_Format(PyExc_ValueError,
-                         "position %d is outside [0, %d): the sequence is longer than the "
-                         "model's maximum positions (max_position_embeddings)",
-                         pos[t], c->max_positions);
-            return -1;
-        }
-        if (br[t] < 0) {
-            PyErr_Format(PyExc_ValueError, "branch_ids[%zd] = %d is negative", (Py_ssize_t)t, br[t]);
-            return -1;
-        }
     }
-    npy_intp n_starts = PyArray_DIM(a->seq_start, 0);
+    if (check_rows(&a->positions, T, "input_ids") < 0 ||
+        check_rows(&a->branch, T, "input_ids") < 0 ||
+        narrow_to_int32_described(&a->ids, 0, c->vocab, "token id", " (vocab_size)") < 0 ||
+        narrow_to_int32_described(&a->positions, 0, c->max_positions, "position",
+                                  ": the sequence is longer than the model's maximum positions "
+                                  "(max_position_embeddings)") < 0 ||
+        narrow_to_int32(&a->branch, 0, INT32_MAX, "branch ids are >= 0") < 0 ||
+        narrow_to_int32(&a->starts, 0, T + 1, "sequence starts are token indices") < 0)
+        return -1;
+    const int32_t *ss = ARG_DATA(const int32_t, a->starts);
+    npy_intp n_starts = ARG_LEN(a->starts);
     if (n_starts < 2 || ss[0] != 0 || ss[n_starts - 1] != T) {
         PyErr_SetString(PyExc_ValueError,
                         "sequence_starts must begin at 0 and end at the number of tokens");
@@ -227,7 +216,41 @@ static int parse_batch(batch_args *a, const model *m, PyObject *tokens, PyObject
             return -1;
         }
     }
-    a->b = (packed_batch){tok, pos, br, ss, T, (int)(n_starts - 1)};
+    a->b = (packed_batch){ARG_DATA(const int32_t, a->ids), ARG_DATA(const int32_t, a->positions),
+                          ARG_DATA(const int32_t, a->branch), ss, T, (int)(n_starts - 1)};
+    return 0;
+}
+
+/* Final hidden states: [T, hidden_size]. */
+static int check_hidden(const array_arg *hidden, const model *m) {
+    if (PyArray_DIM(hidden->array, 1) != model_get_config(m)->d_model) {
+        PyErr_Format(PyExc_ValueError, "%s must have hidden_size columns (%d), got %zd",
+                     hidden->name, model_get_config(m)->d_model,
+                     (Py_ssize_t)PyArray_DIM(hidden->array, 1));
+        return -1;
+    }
+    return 0;
+}
+
+/* score_rows in [0, T), score_targets in [0, vocab) or -100, of equal length. */
+static int check_scores(const array_arg *rows, const array_arg *targets, npy_intp T,
+                        const model *m) {
+    const int vocab = model_get_config(m)->vocab;
+    npy_intp M = ARG_LEN(*rows);
+    if (check_rows(targets, M, rows->name) < 0) return -1;
+    const int64_t *r = ARG_DATA(const int64_t, *rows), *t = ARG_DATA(const int64_t, *targets);
+    for (npy_intp i = 0; i < M; i++) {
+        if (r[i] < 0 || r[i] >= T) {
+            PyErr_Format(PyExc_ValueError, "%s[%zd] = %lld is outside [0, %zd) (rows of hidden)",
+                         rows->name, (Py_ssize_t)i, (long long)r[i], (Py_ssize_t)T);
+            return -1;
+        }
+        if (t[i] != -100 && (t[i] < 0 || t[i] >= vocab)) {
+            PyErr_Format(PyExc_ValueError, "label %lld is outside [0, %d) (vocab_size) and is "
+                         "not -100", (long long)t[i], vocab);
+            return -1;
+        }
+    }
     return 0;
 }
 
@@ -236,143 +259,7 @@ static PyObject *new_f32_2d(npy_intp rows, npy_intp cols) {
     return PyArray_ZEROS(2, dims, NPY_FLOAT32, 0);
 }
 
-/* ---- calls ----------------------------------------------------------------- */
-
-static PyObject *py_model_forward(PyObject *self, PyObject *args) {
-    PyObject *capsule, *params_obj, *tokens, *positions, *seq_start, *branch;
-    int mode;
-    if (!PyArg_ParseTuple(args, "OOOOOOi", &capsule, &params_obj, &tokens, &positions,
-                          &seq_start, &branch, &mode))
-        return NULL;
-    if (mode != FORWARD_INFERENCE && mode != FORWARD_TRAIN && mode != FORWARD_TRAIN_CHECKPOINTED) {
-        PyErr_Format(PyExc_ValueError, "mode must be 0 (inference), 1 (train) or 2 (train, "
-                     "checkpointed), got %d", mode);
-        return NULL;
-    }
-    model_handle *h = get_handle(capsule);
-    if (!h) return NULL;
-    PyArrayObject *params = param_vector(params_obj, "params", h->m, 0);
-    if (!params) return NULL;
-    batch_args a = {0};
-    PyObject *hidden = NULL;
-    if (parse_batch(&a, h->m, tokens, positions, seq_start, branch) < 0) goto done;
-    if (model_prepare(h->m, &a.b, mode) < 0) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    if (!(hidden = new_f32_2d(a.b.T, model_get_config(h->m)->d_model))) goto done;
-    h->busy = 1;
-    Py_BEGIN_ALLOW_THREADS
-    model_forward(h->m, PyArray_DATA((PyArrayObject *)hidden), PyArray_DATA(params), &a.b, mode);
-    Py_END_ALLOW_THREADS
-    h->busy = 0;
-done:
-    Py_DECREF(params);
-    release_batch(&a);
-    return hidden;
-}
-
-static PyObject *py_model_backward(PyObject *self, PyObject *args) {
-    PyObject *capsule, *params_obj, *grads_obj, *d_hidden_obj, *tokens, *positions, *seq_start,
-        *branch;
-    if (!PyArg_ParseTuple(args, "OOOOOOOO", &capsule, &params_obj, &grads_obj, &d_hidden_obj,
-                          &tokens, &positions, &seq_start, &branch))
-        return NULL;
-    model_handle *h = get_handle(capsule);
-    if (!h) return NULL;
-    PyArrayObject *params = NULL, *grads = NULL, *d_hidden = NULL;
-    batch_args a = {0};
-    PyObject *result = NULL;
-    if (!(params = param_vector(params_obj, "params", h->m, 0)) ||
-        !(grads = param_vector(grads_obj, "grads", h->m, 1)) ||
-        !(d_hidden = arg_f32_array(d_hidden_obj, "d_hidden", 2)))
-        goto done;
-    if (parse_batch(&a, h->m, tokens, positions, seq_start, branch) < 0) goto done;
-    if (PyArray_DIM(d_hidden, 0) != a.b.T ||
-        PyArray_DIM(d_hidden, 1) != model_get_config(h->m)->d_model) {
-        PyErr_SetString(PyExc_ValueError, "d_hidden must have shape [tokens, hidden_size]");
-        goto done;
-    }
-    if (!model_ready_for_backward(h->m, &a.b)) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "backward needs a training forward of the same batch just before it");
-        goto done;
-    }
-    /* the backward uses d_hidden as scratch: work on a copy */
-    PyArrayObject *d_copy = (PyArrayObject *)PyArray_NewCopy(d_hidden, NPY_CORDER);
-    if (!d_copy) goto done;
-    h->busy = 1;
-    Py_BEGIN_ALLOW_THREADS
-    model_backward(h->m, PyArray_DATA(grads), PyArray_DATA(params), PyArray_DATA(d_copy), &a.b);
-    Py_END_ALLOW_THREADS
-    h->busy = 0;
-    Py_DECREF(d_copy);
-    result = Py_NewRef(Py_None);
-done:
-    Py_XDECREF(params);
-    Py_XDECREF(grads);
-    Py_XDECREF(d_hidden);
-    release_batch(&a);
-    return result;
-}
-
-/* Final hidden states: float32 [T, hidden_size]. */
-static PyArrayObject *hidden_states(PyObject *obj, const model *m) {
-    PyArrayObject *hidden = arg_f32_array(obj, "hidden", 2);
-    if (hidden && PyArray_DIM(hidden, 1) != model_get_config(m)->d_model) {
-        PyErr_SetString(PyExc_ValueError, "hidden must have hidden_size columns");
-        Py_CLEAR(hidden);
-    }
-    return hidden;
-}
-
-static PyObject *py_model_logits(PyObject *self, PyObject *args) {
-    PyObject *capsule, *params_obj, *hidden_obj;
-    if (!PyArg_ParseTuple(args, "OOO", &capsule, &params_obj, &hidden_obj)) return NULL;
-    model_handle *h = get_handle(capsule);
-    if (!h) return NULL;
-    const model_config *c = model_get_config(h->m);
-    PyArrayObject *params = NULL, *hidden = NULL;
-    PyObject *logits = NULL;
-    if (!(params = param_vector(params_obj, "params", h->m, 0)) ||
-        !(hidden = hidden_states(hidden_obj, h->m)))
-        goto done;
-    npy_intp T = PyArray_DIM(hidden, 0);
-    if (!(logits = new_f32_2d(T, c->vocab))) goto done;
-    const float *W = (const float *)PyArray_DATA(params) + model_lm_head_offset(h->m);
-    Py_BEGIN_ALLOW_THREADS
-    linear_forward(PyArray_DATA((PyArrayObject *)logits), c->vocab, PyArray_DATA(hidden), W, NULL,
-                   (int)T, c->d_model, c->vocab, WEIGHT_OUT_IN);
-    Py_END_ALLOW_THREADS
-done:
-    Py_XDECREF(params);
-    Py_XDECREF(hidden);
-    return logits;
-}
-
-/* rows/targets of a score request, checked against the hidden states. */
-static int parse_scores(PyArrayObject **rows, PyArrayObject **targets, PyObject *rows_obj,
-                        PyObject *targets_obj, npy_intp T, int vocab) {
-    if (!(*rows = arg_int64_vector(rows_obj, "score_rows")) ||
-        !(*targets = arg_int64_vector(targets_obj, "score_targets")))
-        return -1;
-    npy_intp M = PyArray_DIM(*rows, 0);
-    if (check_length(*targets, "score_targets", M, "score_rows") < 0) return -1;
-    const int64_t *r = PyArray_DATA(*rows), *t = PyArray_DATA(*targets);
-    for (npy_intp i = 0; i < M; i++) {
-        if (r[i] < 0 || r[i] >= T) {
-            PyErr_Format(PyExc_ValueError, "score_rows[%zd] = %lld is outside [0, %zd)",
-                         (Py_ssize_t)i, (long long)r[i], (Py_ssize_t)T);
-            return -1;
-        }
-        if (t[i] != -100 && (t[i] < 0 || t[i] >= vocab)) {
-            PyErr_Format(PyExc_ValueError, "label %lld is outside [0, %d) (vocab_size) and is not -100",
-                         (long long)t[i], vocab);
-            return -1;
-        }
-    }
-    return 0;
-}
+static float *f32(PyObject *arr) { return (float *)PyArray_DATA((PyArrayObject *)arr); }
 
 /* The per-score statistics TRL logs, as NumPy arrays and the C view of them. */
 typedef struct {
@@ -381,15 +268,14 @@ typedef struct {
 } stats_arrays;
 
 static int new_stats(stats_arrays *s, npy_intp M) {
-    npy_intp dims[1] = {M};
-    if (!(s->entropy = PyArray_ZEROS(1, dims, NPY_FLOAT32, 0)) ||
-        !(s->mean_logit = PyArray_ZEROS(1, dims, NPY_FLOAT32, 0)) ||
-        !(s->log_sum_sq_probs = PyArray_ZEROS(1, dims, NPY_FLOAT32, 0)) ||
-        !(s->is_top1 = PyArray_ZEROS(1, dims, NPY_BOOL, 0)))
+    if (!(s->entropy = PyArray_ZEROS(1, &M, NPY_FLOAT32, 0)) ||
+        !(s->mean_logit = PyArray_ZEROS(1, &M, NPY_FLOAT32, 0)) ||
+        !(s->log_sum_sq_probs = PyArray_ZEROS(1, &M, NPY_FLOAT32, 0)) ||
+        !(s->is_top1 = PyArray_ZEROS(1, &M, NPY_BOOL, 0)))
         return -1;
-    s->view.entropy = PyArray_DATA((PyArrayObject *)s->entropy);
-    s->view.mean_logit = PyArray_DATA((PyArrayObject *)s->mean_logit);
-    s->view.log_sum_sq_probs = PyArray_DATA((PyArrayObject *)s->log_sum_sq_probs);
+    s->view.entropy = f32(s->entropy);
+    s->view.mean_logit = f32(s->mean_logit);
+    s->view.log_sum_sq_probs = f32(s->log_sum_sq_probs);
     s->view.is_top1 = PyArray_DATA((PyArrayObject *)s->is_top1);
     return 0;
 }
@@ -407,373 +293,315 @@ static void release_stats(stats_arrays *s) {
     Py_XDECREF(s->is_top1);
 }
 
-/* 1 with FloatingPointError when a scoring kernel met a non-finite logit
- * (it returns the first such row, or -1). */
-static int non_finite_logits(long bad) {
-    if (bad < 0) return 0;
-    PyErr_SetString(PyExc_FloatingPointError,
-                    "the model produced non-finite logits (NaN or infinity in the parameters?)");
-    return 1;
-}
+/* ---- calls ------------------------------------------------------------------------- */
 
-/* model_score(capsule, params, hidden, rows, targets, temperature, return_stats)
- * -> logprobs [M], or (logprobs, {"entropy", "mean_logit", "log_sum_sq_probs",
- * "is_top1"}) with return_stats. */
-static PyObject *py_model_score(PyObject *self, PyObject *args) {
-    PyObject *capsule, *params_obj, *hidden_obj, *rows_obj, *targets_obj;
-    double temperature;
-    int return_stats = 0;
-    if (!PyArg_ParseTuple(args, "OOOOOd|p", &capsule, &params_obj, &hidden_obj, &rows_obj,
-                          &targets_obj, &temperature, &return_stats) ||
-        check_temperature(temperature) < 0)
+static PyObject *py_model_forward(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"model", "params", "input_ids", "position_ids", "sequence_starts",
+                             "branch_ids", "mode", NULL};
+    PyObject *capsule;
+    const char *mode_name;
+    array_arg params = {"params"};
+    batch_args a = BATCH_ARGS;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&O&O&O&O&$s", kwlist, &capsule,
+                                     to_f32_vector, &params, to_int64_vector, &a.ids,
+                                     to_int64_vector, &a.positions, to_int64_vector, &a.starts,
+                                     to_int64_vector, &a.branch, &mode_name))
         return NULL;
-    model_handle *h = get_handle(capsule);
-    if (!h) return NULL;
-    const model_config *c = model_get_config(h->m);
-    PyArrayObject *params = NULL, *hidden = NULL, *rows = NULL, *targets = NULL;
-    PyObject *logprobs = NULL, *result = NULL, *stats_out = NULL;
-    stats_arrays stats = {0};
-    float *scratch;
-    if (!(params = param_vector(params_obj, "params", h->m, 0)) ||
-        !(hidden = hidden_states(hidden_obj, h->m)))
+    PyObject *hidden = NULL;
+    model_handle *h = NULL;
+    int mode = 0;
+    while (mode < FORWARD_N_MODES && strcmp(mode_name, FORWARD_MODE_NAMES[mode]) != 0) mode++;
+    if (mode == FORWARD_N_MODES) {
+        PyErr_Format(PyExc_ValueError, "mode must be 'inference', 'train' or "
+                     "'train_checkpointed', got '%s'", mode_name);
         goto done;
-    if (parse_scores(&rows, &targets, rows_obj, targets_obj, PyArray_DIM(hidden, 0), c->vocab) < 0)
+    }
+    if (!(h = claim_model(capsule)) || check_param_vector(&params, h->m) < 0 ||
+        check_batch(&a, h->m) < 0)
         goto done;
-    score_request r = {PyArray_DATA(rows), PyArray_DATA(targets), PyArray_DIM(rows, 0),
-                       (float)temperature};
-    npy_intp dims[1] = {r.M};
-    if (!(logprobs = PyArray_ZEROS(1, dims, NPY_FLOAT32, 0))) goto done;
-    if (return_stats && new_stats(&stats, r.M) < 0) goto done;
-    if (!(scratch = model_scratch(h->m, scoring_scratch_floats(h->m, &r)))) {
+    if (model_prepare(h->m, &a.b, mode) < 0) {
         PyErr_NoMemory();
         goto done;
     }
-    long bad;
-    h->busy = 1;
+    if (!(hidden = new_f32_2d(a.b.T, model_get_config(h->m)->d_model))) goto done;
     Py_BEGIN_ALLOW_THREADS
-    bad = model_score_forward(PyArray_DATA((PyArrayObject *)logprobs),
-                              return_stats ? &stats.view : NULL, h->m, PyArray_DATA(params),
-                              PyArray_DATA(hidden), &r, scratch);
+    model_forward(h->m, f32(hidden), ARG_DATA(const float, params), &a.b, mode);
     Py_END_ALLOW_THREADS
-    h->busy = 0;
-    if (non_finite_logits(bad)) goto done;
+done:
+    release_model(h);
+    arg_release(&params);
+    release_batch(&a);
+    return hidden;
+}
+
+static PyObject *py_model_backward(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"model", "params", "grads", "d_hidden", "input_ids", "position_ids",
+                             "sequence_starts", "branch_ids", NULL};
+    PyObject *capsule;
+    array_arg params = {"params"}, grads = {"grads"}, d_hidden = {"d_hidden"};
+    batch_args a = BATCH_ARGS;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&O&O&O&O&O&O&", kwlist, &capsule,
+                                     to_f32_vector, &params, to_f32_vector_out, &grads,
+                                     to_f32_matrix, &d_hidden, to_int64_vector, &a.ids,
+                                     to_int64_vector, &a.positions, to_int64_vector, &a.starts,
+                                     to_int64_vector, &a.branch))
+        return NULL;
+    PyObject *result = NULL;
+    PyArrayObject *d_copy = NULL;
+    model_handle *h = claim_model(capsule);
+    if (!h || check_param_vector(&params, h->m) < 0 || check_param_vector(&grads, h->m) < 0 ||
+        check_batch(&a, h->m) < 0 || check_hidden(&d_hidden, h->m) < 0)
+        goto done;
+    if (PyArray_DIM(d_hidden.array, 0) != a.b.T) {
+        PyErr_SetString(PyExc_ValueError, "d_hidden must have shape [tokens, hidden_size]");
+        goto done;
+    }
+    if (!model_ready_for_backward(h->m, &a.b)) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "backward needs a training forward of the same batch just before it");
+        goto done;
+    }
+    /* the backward uses d_hidden as scratch: work on a copy */
+    if (!(d_copy = (PyArrayObject *)PyArray_NewCopy(d_hidden.array, NPY_CORDER))) goto done;
+    Py_BEGIN_ALLOW_THREADS
+    model_backward(h->m, ARG_DATA(float, grads), ARG_DATA(const float, params),
+                   PyArray_DATA(d_copy), &a.b);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    release_model(h);
+    Py_XDECREF(d_copy);
+    arg_release(&params);
+    arg_release(&grads);
+    arg_release(&d_hidden);
+    release_batch(&a);
+    return result;
+}
+
+static PyObject *py_model_logits(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"model", "params", "hidden", NULL};
+    PyObject *capsule;
+    array_arg params = {"params"}, hidden = {"hidden"};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&O&", kwlist, &capsule, to_f32_vector,
+                                     &params, to_f32_matrix, &hidden))
+        return NULL;
+    PyObject *logits = NULL;
+    model_handle *h = claim_model(capsule);
+    if (!h || check_param_vector(&params, h->m) < 0 || check_hidden(&hidden, h->m) < 0)
+        goto done;
+    const model_config *c = model_get_config(h->m);
+    npy_intp T = PyArray_DIM(hidden.array, 0);
+    if (T > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "hidden has more than 2**31 - 1 rows");
+        goto done;
+    }
+    if (!(logits = new_f32_2d(T, c->vocab))) goto done;
+    const float *W = ARG_DATA(const float, params) + model_lm_head_offset(h->m);
+    Py_BEGIN_ALLOW_THREADS
+    linear_forward(f32(logits), c->vocab, ARG_DATA(const float, hidden), W, NULL, (int)T,
+                   c->d_model, c->vocab, WEIGHT_OUT_IN);
+    Py_END_ALLOW_THREADS
+done:
+    release_model(h);
+    arg_release(&params);
+    arg_release(&hidden);
+    return logits;
+}
+
+/* model_score(model, params, hidden, score_rows, score_targets, temperature=1.0,
+ *             return_stats=False) -> logprobs [M], or (logprobs, {"entropy",
+ * "mean_logit", "log_sum_sq_probs", "is_top1"}) with return_stats. */
+static PyObject *py_model_score(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"model", "params", "hidden", "score_rows", "score_targets",
+                             "temperature", "return_stats", NULL};
+    PyObject *capsule;
+    array_arg params = {"params"}, hidden = {"hidden"}, rows = {"score_rows"},
+              targets = {"score_targets"};
+    double temperature = 1.0;
+    int return_stats = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&O&O&O&|$dp", kwlist, &capsule,
+                                     to_f32_vector, &params, to_f32_matrix, &hidden,
+                                     to_int64_vector, &rows, to_int64_vector, &targets,
+                                     &temperature, &return_stats))
+        return NULL;
+    PyObject *logprobs = NULL, *result = NULL, *stats_out = NULL;
+    stats_arrays stats = {0};
+    model_handle *h = NULL;
+    if (check_temperature(temperature) < 0 || !(h = claim_model(capsule)) ||
+        check_param_vector(&params, h->m) < 0 || check_hidden(&hidden, h->m) < 0 ||
+        check_scores(&rows, &targets, PyArray_DIM(hidden.array, 0), h->m) < 0)
+        goto done;
+    score_request r = {ARG_DATA(const int64_t, rows), ARG_DATA(const int64_t, targets),
+                       ARG_LEN(rows), (float)temperature};
+    if (!(logprobs = PyArray_ZEROS(1, &r.M, NPY_FLOAT32, 0)) ||
+        (return_stats && new_stats(&stats, r.M) < 0))
+        goto done;
+    char err[CALIGN_ERR_LEN] = "";
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = model_score_forward(f32(logprobs), return_stats ? &stats.view : NULL, h->m,
+                                 ARG_DATA(const float, params), ARG_DATA(const float, hidden),
+                                 &r, err);
+    Py_END_ALLOW_THREADS
+    if (raise_status(status, err) < 0) goto done;
     if (!return_stats)
         result = Py_NewRef(logprobs);
     else if ((stats_out = stats_dict(&stats)))
         result = Py_BuildValue("(ON)", logprobs, stats_out);
 done:
+    release_model(h);
     release_stats(&stats);
     Py_XDECREF(logprobs);
-    Py_XDECREF(params);
-    Py_XDECREF(hidden);
-    Py_XDECREF(rows);
-    Py_XDECREF(targets);
+    arg_release(&params);
+    arg_release(&hidden);
+    arg_release(&rows);
+    arg_release(&targets);
     return result;
 }
 
-/* Returns (d_hidden [T, d], logprobs [M]) or with return_stats (d_hidden,
- * logprobs, stats as model_score's); the lm_head gradient goes into grads. */
-static PyObject *py_model_score_backward(PyObject *self, PyObject *args) {
-    PyObject *capsule, *params_obj, *grads_obj, *hidden_obj, *rows_obj, *targets_obj, *grad_obj;
-    double temperature;
+/* model_score_backward(model, params, grads, hidden, score_rows, score_targets,
+ * grad_logprobs, temperature=1.0, return_stats=False) -> (d_hidden [T, d],
+ * logprobs [M]) or with return_stats (d_hidden, logprobs, stats as
+ * model_score's); the lm_head gradient goes into grads. */
+static PyObject *py_model_score_backward(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"model", "params", "grads", "hidden", "score_rows", "score_targets",
+                             "grad_logprobs", "temperature", "return_stats", NULL};
+    PyObject *capsule;
+    array_arg params = {"params"}, grads = {"grads"}, hidden = {"hidden"}, rows = {"score_rows"},
+              targets = {"score_targets"}, grad = {"grad_logprobs"};
+    double temperature = 1.0;
     int return_stats = 0;
-    if (!PyArg_ParseTuple(args, "OOOOOOOd|p", &capsule, &params_obj, &grads_obj, &hidden_obj,
-                          &rows_obj, &targets_obj, &grad_obj, &temperature, &return_stats) ||
-        check_temperature(temperature) < 0)
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&O&O&O&O&O&|$dp", kwlist, &capsule,
+                                     to_f32_vector, &params, to_f32_vector_out, &grads,
+                                     to_f32_matrix, &hidden, to_int64_vector, &rows,
+                                     to_int64_vector, &targets, to_f64_vector, &grad,
+                                     &temperature, &return_stats))
         return NULL;
-    model_handle *h = get_handle(capsule);
-    if (!h) return NULL;
-    const model_config *c = model_get_config(h->m);
-    PyArrayObject *params = NULL, *grads = NULL, *hidden = NULL, *rows = NULL, *targets = NULL,
-                  *grad64 = NULL;
     PyObject *logprobs = NULL, *d_hidden = NULL, *result = NULL, *stats_out = NULL;
     stats_arrays stats = {0};
-    float *scratch, *grad32 = NULL;
-    if (!(params = param_vector(params_obj, "params", h->m, 0)) ||
-        !(grads = param_vector(grads_obj, "grads", h->m, 1)) ||
-        !(hidden = hidden_states(hidden_obj, h->m)))
+    model_handle *h = NULL;
+    if (check_temperature(temperature) < 0 || !(h = claim_model(capsule)) ||
+        check_param_vector(&params, h->m) < 0 || check_param_vector(&grads, h->m) < 0 ||
+        check_hidden(&hidden, h->m) < 0 ||
+        check_scores(&rows, &targets, PyArray_DIM(hidden.array, 0), h->m) < 0 ||
+        check_rows(&grad, ARG_LEN(rows), rows.name) < 0)
         goto done;
-    npy_intp T = PyArray_DIM(hidden, 0);
-    if (parse_scores(&rows, &targets, rows_obj, targets_obj, T, c->vocab) < 0) goto done;
-    score_request r = {PyArray_DATA(rows), PyArray_DATA(targets), PyArray_DIM(rows, 0),
-                       (float)temperature};
-    if (!(grad64 = arg_f64_vector(grad_obj, "grad_logprobs", 1)) ||
-        check_length(grad64, "grad_logprobs", r.M, "score_rows") < 0)
+    score_request r = {ARG_DATA(const int64_t, rows), ARG_DATA(const int64_t, targets),
+                       ARG_LEN(rows), (float)temperature};
+    if (!(logprobs = PyArray_ZEROS(1, &r.M, NPY_FLOAT32, 0)) ||
+        !(d_hidden = new_f32_2d(PyArray_DIM(hidden.array, 0), model_get_config(h->m)->d_model)) ||
+        (return_stats && new_stats(&stats, r.M) < 0))
         goto done;
-    npy_intp dims[1] = {r.M};
-    if (!(logprobs = PyArray_ZEROS(1, dims, NPY_FLOAT32, 0)) ||
-        !(d_hidden = new_f32_2d(T, c->d_model)))
-        goto done;
-    if (return_stats && new_stats(&stats, r.M) < 0) goto done;
-    scratch = model_scratch(h->m, scoring_scratch_floats(h->m, &r));
-    grad32 = malloc(sizeof(float) * (r.M + 1));
-    if (!scratch || !grad32) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    for (npy_intp i = 0; i < r.M; i++) grad32[i] = (float)((double *)PyArray_DATA(grad64))[i];
-    long bad;
-    h->busy = 1;
+    char err[CALIGN_ERR_LEN] = "";
+    int status;
     Py_BEGIN_ALLOW_THREADS
-    bad = model_score_backward(PyArray_DATA((PyArrayObject *)d_hidden), PyArray_DATA(grads),
-                               PyArray_DATA((PyArrayObject *)logprobs),
-                               return_stats ? &stats.view : NULL, h->m, PyArray_DATA(params),
-                               PyArray_DATA(hidden), grad32, &r, scratch);
+    status = model_score_backward(f32(d_hidden), ARG_DATA(float, grads), f32(logprobs),
+                                  return_stats ? &stats.view : NULL, h->m,
+                                  ARG_DATA(const float, params), ARG_DATA(const float, hidden),
+                                  ARG_DATA(const double, grad), &r, err);
     Py_END_ALLOW_THREADS
-    h->busy = 0;
-    if (non_finite_logits(bad)) goto done;
+    if (raise_status(status, err) < 0) goto done;
     if (!return_stats)
         result = Py_BuildValue("(OO)", d_hidden, logprobs);
     else if ((stats_out = stats_dict(&stats)))
         result = Py_BuildValue("(OON)", d_hidden, logprobs, stats_out);
 done:
+    release_model(h);
     release_stats(&stats);
-    free(grad32);
     Py_XDECREF(logprobs);
     Py_XDECREF(d_hidden);
-    Py_XDECREF(params);
-    Py_XDECREF(grads);
-    Py_XDECREF(hidden);
-    Py_XDECREF(rows);
-    Py_XDECREF(targets);
-    Py_XDECREF(grad64);
+    arg_release(&params);
+    arg_release(&grads);
+    arg_release(&hidden);
+    arg_release(&rows);
+    arg_release(&targets);
+    arg_release(&grad);
     return result;
 }
 
-/* model_generate(capsule, params, prompt_tokens, prompt_starts, max_new_tokens,
- * do_sample, temperature, top_k, top_p, eos_token_id, num_return_sequences,
- * seed) -> (tokens [n * R, max_new_tokens], lengths [n * R]); the Python side
- * checks the settings. */
-static PyObject *py_model_generate(PyObject *self, PyObject *args) {
-    PyObject *capsule, *params_obj, *tokens_obj, *starts_obj;
-    generate_settings s;
-    long long eos;
-    unsigned long long seed;
-    if (!PyArg_ParseTuple(args, "OOOOipfifLiK", &capsule, &params_obj, &tokens_obj, &starts_obj,
-                          &s.max_new_tokens, &s.do_sample, &s.temperature, &s.top_k, &s.top_p,
-                          &eos, &s.num_return_sequences, &seed))
-        return NULL;
-    s.eos_token_id = eos;
-    s.seed = seed;
-    model_handle *h = get_handle(capsule);
-    if (!h) return NULL;
-    const model_config *c = model_get_config(h->m);
-    PyArrayObject *params = NULL, *tokens = NULL, *starts = NULL;
-    PyObject *out = NULL, *lengths = NULL, *result = NULL;
-    if (!(params = param_vector(params_obj, "params", h->m, 0)) ||
-        !(tokens = arg_int32_vector(tokens_obj, "input_ids")) ||
-        !(starts = arg_int32_vector(starts_obj, "prompt_starts")))
-        goto done;
-    int n = (int)PyArray_DIM(starts, 0) - 1;
-    const int32_t *tok = PyArray_DATA(tokens), *st = PyArray_DATA(starts);
-    if (n < 1 || st[0] != 0 || st[n] != PyArray_DIM(tokens, 0)) {
-        PyErr_SetString(PyExc_ValueError, "prompt_starts must begin at 0 and end at the token count");
-        goto done;
-    }
-    for (int i = 0; i < n; i++) {
-        if (st[i + 1] <= st[i]) {
-            PyErr_Format(PyExc_ValueError, "prompt %d is empty", i);
-            goto done;
-        }
-        if (st[i + 1] - st[i] + s.max_new_tokens > c->max_positions) {
-            PyErr_Format(PyExc_ValueError,
-                         "prompt %d (%d tokens) plus max_new_tokens (%d) exceeds the model's "
-                         "maximum positions (%d)",
-                         i, st[i + 1] - st[i], s.max_new_tokens, c->max_positions);
-            goto done;
-        }
-    }
-    for (npy_intp t = 0; t < PyArray_DIM(tokens, 0); t++) {
-        if (tok[t] < 0 || tok[t] >= c->vocab) {
-            PyErr_Format(PyExc_ValueError, "input_ids holds token id %d, outside [0, %d) (vocab_size)",
-                         tok[t], c->vocab);
-            goto done;
-        }
-    }
-    npy_intp dims[2] = {(npy_intp)n * s.num_return_sequences, s.max_new_tokens};
-    if (!(out = PyArray_ZEROS(2, dims, NPY_INT32, 0)) || !(lengths = PyArray_ZEROS(1, dims, NPY_INT32, 0)))
-        goto done;
-    char err[256] = "";
-    int status;
-    h->busy = 1;
-    Py_BEGIN_ALLOW_THREADS
-    status = model_generate(h->m, PyArray_DATA(params), tok, st, n, &s,
-                            PyArray_DATA((PyArrayObject *)out),
-                            PyArray_DATA((PyArrayObject *)lengths), err);
-    Py_END_ALLOW_THREADS
-    h->busy = 0;
-    if (status < 0) {
-        PyErr_SetString(status == -2 ? PyExc_ValueError : PyExc_MemoryError, err);
-        goto done;
-    }
-    result = Py_BuildValue("(OO)", out, lengths);
-done:
-    Py_XDECREF(params);
-    Py_XDECREF(tokens);
-    Py_XDECREF(starts);
-    Py_XDECREF(out);
-    Py_XDECREF(lengths);
-    return result;
-}
-
-/* model_score_dpo(capsule, params, grads, hidden, rows, targets, completion_lengths,
- *                 row_weights, ref_chosen, ref_rejected, weights, grad_scale, settings)
+/* model_score_dpo(model, params, grads, hidden, score_rows, score_targets,
+ *                 completion_lengths, ref_chosen_logps, ref_rejected_logps, settings,
+ *                 token_weights=None, weights=None, grad_scale=1.0)
  * Scores the 2B completions of B preference pairs (completion_lengths [2B]:
- * chosen, rejected, chosen, ... rows in that order) in chunks of whole pairs,
- * with the DPO loss (settings: calign.losses' tuple) applied inside each chunk:
+ * chosen, rejected, chosen, ...) with the DPO loss (settings: the dict of
+ * calign.losses.dpo_settings) applied inside the kernel (model_score_dpo_pairs):
  * adds the lm_head gradient of grad_scale * sum of the losses into grads and
  * returns (d_hidden [T, d], logprobs [M], stats, policy sums [B, 2], losses [B],
  * chosen_rewards [B], rejected_rewards [B]). */
-static PyObject *py_model_score_dpo(PyObject *self, PyObject *args) {
-    PyObject *capsule, *params_obj, *grads_obj, *hidden_obj, *rows_obj, *targets_obj,
-        *lengths_obj, *row_weights_obj, *ref_c_obj, *ref_r_obj, *weights_obj, *settings;
-    double grad_scale;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOdO!", &capsule, &params_obj, &grads_obj,
-                          &hidden_obj, &rows_obj, &targets_obj, &lengths_obj, &row_weights_obj,
-                          &ref_c_obj, &ref_r_obj, &weights_obj, &grad_scale, &PyTuple_Type,
-                          &settings))
+static PyObject *py_model_score_dpo(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"model", "params", "grads", "hidden", "score_rows", "score_targets",
+                             "completion_lengths", "ref_chosen_logps", "ref_rejected_logps",
+                             "settings", "token_weights", "weights", "grad_scale", NULL};
+    PyObject *capsule, *settings;
+    array_arg params = {"params"}, grads = {"grads"}, hidden = {"hidden"}, rows = {"score_rows"},
+              targets = {"score_targets"}, lengths = {"completion_lengths"},
+              ref_c = {"ref_chosen_logps"}, ref_r = {"ref_rejected_logps"},
+              token_weights = {"token_weights"}, weights = {"weights"};
+    double grad_scale = 1.0;
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwargs, "OO&O&O&O&O&O&O&O&O!|$O&O&d", kwlist, &capsule, to_f32_vector, &params,
+            to_f32_vector_out, &grads, to_f32_matrix, &hidden, to_int64_vector, &rows,
+            to_int64_vector, &targets, to_int64_vector, &lengths, to_f64_vector, &ref_c,
+            to_f64_vector, &ref_r, &PyDict_Type, &settings, to_f64_vector_or_none,
+            &token_weights, to_f64_vector_or_none, &weights, &grad_scale))
         return NULL;
-    if (!isfinite(grad_scale)) {
-        raise_printf(PyExc_ValueError, "grad_scale must be finite, got %g", grad_scale);
-        return NULL;
-    }
-    model_handle *h = get_handle(capsule);
-    if (!h) return NULL;
-    const model_config *c = model_get_config(h->m);
-    dpo_params dp = {0};
-    int types[DPO_MAX_LOSS_TYPES];
-    double loss_weights[DPO_MAX_LOSS_TYPES];
-    if (parse_dpo_settings(settings, &dp, types, loss_weights) < 0) return NULL;
-    for (int t = 0; t < dp.n_loss_types; t++)
-        if (types[t] == DPO_AOT || types[t] == DPO_AOT_UNPAIRED || types[t] == DPO_SFT) {
-            /* each chunk of pairs gets its own loss: these need the whole batch */
-            PyErr_SetString(PyExc_ValueError, "score_dpo_pairs cannot fuse the loss types that "
-                            "couple a batch's pairs (aot, aot_unpaired, sft): score the pairs, "
-                            "then call calign.losses.dpo_loss on the whole batch");
-            return NULL;
-        }
-    PyArrayObject *params = NULL, *grads = NULL, *hidden = NULL, *rows = NULL, *targets = NULL,
-                  *lengths = NULL, *row_weights = NULL, *ref_c = NULL, *ref_r = NULL,
-                  *weights = NULL;
     PyObject *d_hidden = NULL, *logprobs = NULL, *policy = NULL, *losses = NULL,
              *chosen_rewards = NULL, *rejected_rewards = NULL, *stats_out = NULL, *result = NULL;
     stats_arrays stats = {0};
-    int *group_first_seq = NULL, *iwork = NULL;
-    long *seq_first_row = NULL;
-    double *work = NULL;
-    if (!(params = param_vector(params_obj, "params", h->m, 0)) ||
-        !(grads = param_vector(grads_obj, "grads", h->m, 1)) ||
-        !(hidden = hidden_states(hidden_obj, h->m)))
+    model_handle *h = NULL;
+    dpo_params dp = {0};
+    int types[DPO_MAX_LOSS_TYPES];
+    double loss_weights[DPO_MAX_LOSS_TYPES];
+    npy_intp n_seq = ARG_LEN(lengths), B = n_seq / 2, M = ARG_LEN(rows);
+    if (!isfinite(grad_scale)) {
+        raise_printf(PyExc_ValueError, "grad_scale must be finite, got %g", grad_scale);
         goto done;
-    npy_intp T = PyArray_DIM(hidden, 0);
-    if (parse_scores(&rows, &targets, rows_obj, targets_obj, T, c->vocab) < 0 ||
-        !(lengths = arg_int64_vector(lengths_obj, "completion_lengths")) ||
-        !(ref_c = arg_f64_vector(ref_c_obj, "ref_chosen_logps", 1)) ||
-        !(ref_r = arg_f64_vector(ref_r_obj, "ref_rejected_logps", 1)))
-        goto done;
-    npy_intp M = PyArray_DIM(rows, 0), n_seq = PyArray_DIM(lengths, 0), B = n_seq / 2;
-    if (n_seq == 0 || n_seq % 2) {
+    }
+    if (n_seq == 0 || n_seq % 2 || B > INT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "completion_lengths must hold a chosen and a rejected "
                         "length per pair");
         goto done;
     }
-    if (check_length(ref_c, "ref_chosen_logps", B, "pairs") < 0 ||
-        check_length(ref_r, "ref_rejected_logps", B, "pairs") < 0)
+    if (parse_dpo_settings(settings, &dp, types, loss_weights) < 0 ||
+        check_rows(&ref_c, B, "pairs") < 0 || check_rows(&ref_r, B, "pairs") < 0 ||
+        (token_weights.array && check_rows(&token_weights, M, rows.name) < 0) ||
+        (weights.array && check_rows(&weights, B, "pairs") < 0) ||
+        !(h = claim_model(capsule)) || check_param_vector(&params, h->m) < 0 ||
+        check_param_vector(&grads, h->m) < 0 || check_hidden(&hidden, h->m) < 0 ||
+        check_scores(&rows, &targets, PyArray_DIM(hidden.array, 0), h->m) < 0)
         goto done;
-    if (row_weights_obj != Py_None &&
-        (!(row_weights = arg_f64_vector(row_weights_obj, "row_weights", 1)) ||
-         check_length(row_weights, "row_weights", M, "score_rows") < 0))
-        goto done;
-    if (weights_obj != Py_None &&
-        (!(weights = arg_f64_vector(weights_obj, "weights", 1)) ||
-         check_length(weights, "weights", B, "pairs") < 0))
-        goto done;
-    const int64_t *len = PyArray_DATA(lengths), *tgt = PyArray_DATA(targets);
-    for (npy_intp i = 0; i < M; i++) {
-        if (tgt[i] == -100) {
-            PyErr_SetString(PyExc_ValueError, "every completion token must be scored (no -100)");
-            goto done;
-        }
-    }
-    group_first_seq = malloc(sizeof(int) * (B + 1));
-    seq_first_row = malloc(sizeof(long) * (n_seq + 1));
-    work = malloc(sizeof(double) * (15 * B + 1));
-    iwork = malloc(sizeof(int) * (2 * B + 1));
-    if (!group_first_seq || !seq_first_row || !work || !iwork) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    seq_first_row[0] = 0;
-    for (npy_intp s = 0; s < n_seq; s++) {
-        if (len[s] < 1) {
-            PyErr_Format(PyExc_ValueError, "completion_lengths[%zd] = %lld: every completion "
-                         "needs a token", (Py_ssize_t)s, (long long)len[s]);
-            goto done;
-        }
-        if (len[s] > M) { /* so that their sum cannot wrap */
-            PyErr_Format(PyExc_ValueError, "completion_lengths[%zd] = %lld: more than the %zd "
-                         "score_rows", (Py_ssize_t)s, (long long)len[s], (Py_ssize_t)M);
-            goto done;
-        }
-        seq_first_row[s + 1] = seq_first_row[s] + len[s];
-    }
-    if (seq_first_row[n_seq] != M) {
-        PyErr_Format(PyExc_ValueError, "completion_lengths add up to %ld but there are %zd "
-                     "score_rows", seq_first_row[n_seq], (Py_ssize_t)M);
-        goto done;
-    }
-    for (npy_intp g = 0; g <= B; g++) group_first_seq[g] = (int)(2 * g);
-    /* work: seq sums [2B] | seq grads [2B] | lengths chosen, rejected [B each] |
-     * dpo_pairs scratch [4B] | dpo_loss scratch [5B] */
-    double *seq_sums = work, *seq_grads = seq_sums + n_seq, *chosen_len = seq_grads + n_seq;
-    double *rejected_len = chosen_len + B, *pair_work = rejected_len + B;
-    double *loss_work = pair_work + 4 * B;
-    for (npy_intp i = 0; i < B; i++) {
-        chosen_len[i] = (double)len[2 * i];
-        rejected_len[i] = (double)len[2 * i + 1];
-    }
-    npy_intp dims[1] = {M}, pair_dims[2] = {B, 2};
-    if (!(d_hidden = new_f32_2d(T, c->d_model)) ||
-        !(logprobs = PyArray_ZEROS(1, dims, NPY_FLOAT32, 0)) ||
+    npy_intp pair_dims[2] = {B, 2};
+    if (!(d_hidden = new_f32_2d(PyArray_DIM(hidden.array, 0), model_get_config(h->m)->d_model)) ||
+        !(logprobs = PyArray_ZEROS(1, &M, NPY_FLOAT32, 0)) ||
         !(policy = PyArray_ZEROS(2, pair_dims, NPY_FLOAT64, 0)) ||
-        !(losses = PyArray_ZEROS(1, pair_dims, NPY_FLOAT64, 0)) ||
-        !(chosen_rewards = PyArray_ZEROS(1, pair_dims, NPY_FLOAT64, 0)) ||
-        !(rejected_rewards = PyArray_ZEROS(1, pair_dims, NPY_FLOAT64, 0)) ||
-        new_stats(&stats, M) < 0)
+        !(losses = PyArray_ZEROS(1, &B, NPY_FLOAT64, 0)) ||
+        !(chosen_rewards = PyArray_ZEROS(1, &B, NPY_FLOAT64, 0)) ||
+        !(rejected_rewards = PyArray_ZEROS(1, &B, NPY_FLOAT64, 0)) || new_stats(&stats, M) < 0)
         goto done;
-    dpo_pairs ctx = {&dp, PyArray_DATA(ref_c), PyArray_DATA(ref_r), chosen_len, rejected_len,
-                     weights ? PyArray_DATA(weights) : NULL, grad_scale,
-                     PyArray_DATA((PyArrayObject *)losses),
-                     PyArray_DATA((PyArrayObject *)chosen_rewards),
-                     PyArray_DATA((PyArrayObject *)rejected_rewards), pair_work, loss_work, iwork};
-    logprob_groups groups = {(int)B, group_first_seq, seq_first_row,
-                             row_weights ? PyArray_DATA(row_weights) : NULL,
-                             dpo_pairs_sequence_grads, &ctx};
-    score_request r = {PyArray_DATA(rows), tgt, M, 1.0f};
-    float *scratch = model_scratch(h->m, scoring_grouped_scratch_floats(h->m, &r));
-    if (!scratch) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    long bad;
-    h->busy = 1;
+    dpo_pair_request q = {
+        ARG_DATA(const int64_t, lengths), (int)B, ARG_DATA(const double, ref_c),
+        ARG_DATA(const double, ref_r),
+        token_weights.array ? ARG_DATA(const double, token_weights) : NULL,
+        weights.array ? ARG_DATA(const double, weights) : NULL, grad_scale, &dp};
+    dpo_pair_scores out = {f32(d_hidden), f32(logprobs), stats.view,
+                           PyArray_DATA((PyArrayObject *)policy),
+                           PyArray_DATA((PyArrayObject *)losses),
+                           PyArray_DATA((PyArrayObject *)chosen_rewards),
+                           PyArray_DATA((PyArrayObject *)rejected_rewards)};
+    score_request r = {ARG_DATA(const int64_t, rows), ARG_DATA(const int64_t, targets), M, 1.0f};
+    char err[CALIGN_ERR_LEN] = "";
+    int status;
     Py_BEGIN_ALLOW_THREADS
-    bad = model_score_grouped(PyArray_DATA((PyArrayObject *)d_hidden), PyArray_DATA(grads),
-                              PyArray_DATA((PyArrayObject *)logprobs), &stats.view, seq_sums,
-                              seq_grads, h->m, PyArray_DATA(params), PyArray_DATA(hidden), &r,
-                              &groups, scratch);
+    status = model_score_dpo_pairs(&out, ARG_DATA(float, grads), h->m,
+                                   ARG_DATA(const float, params), ARG_DATA(const float, hidden),
+                                   &r, &q, err);
     Py_END_ALLOW_THREADS
-    h->busy = 0;
-    if (non_finite_logits(bad)) goto done;
-    memcpy(PyArray_DATA((PyArrayObject *)policy), seq_sums, sizeof(double) * n_seq);
+    if (raise_status(status, err) < 0) goto done;
     if ((stats_out = stats_dict(&stats)))
         result = Py_BuildValue("(OONOOOO)", d_hidden, logprobs, stats_out, policy, losses,
                                chosen_rewards, rejected_rewards);
 done:
-    free(group_first_seq);
-    free(seq_first_row);
-    free(work);
-    free(iwork);
+    release_model(h);
     release_stats(&stats);
     Py_XDECREF(d_hidden);
     Py_XDECREF(logprobs);
@@ -781,33 +609,139 @@ done:
     Py_XDECREF(losses);
     Py_XDECREF(chosen_rewards);
     Py_XDECREF(rejected_rewards);
-    Py_XDECREF(params);
-    Py_XDECREF(grads);
-    Py_XDECREF(hidden);
-    Py_XDECREF(rows);
-    Py_XDECREF(targets);
-    Py_XDECREF(lengths);
-    Py_XDECREF(row_weights);
-    Py_XDECREF(ref_c);
-    Py_XDECREF(ref_r);
-    Py_XDECREF(weights);
+    array_arg *arrays[] = {&params, &grads, &hidden, &rows, &targets, &lengths, &ref_c, &ref_r,
+                           &token_weights, &weights};
+    for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++) arg_release(arrays[i]);
     return result;
 }
 
+/* model_generate(model, params, input_ids, prompt_starts, max_new_tokens, do_sample,
+ * temperature, top_k, top_p, eos_token_id, num_return_sequences, seed)
+ * -> (tokens [n * R, max_new_tokens], lengths [n * R]); calign.Model.generate
+ * checks the settings' ranges against the model. */
+static PyObject *py_model_generate(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"model", "params", "input_ids", "prompt_starts", "max_new_tokens",
+                             "do_sample", "temperature", "top_k", "top_p", "eos_token_id",
+                             "num_return_sequences", "seed", NULL};
+    PyObject *capsule;
+    array_arg params = {"params"}, tokens = {"input_ids"}, starts = {"prompt_starts"};
+    int_arg max_new = {"max_new_tokens", 1, INT32_MAX}, top_k = {"top_k", 0, INT32_MAX},
+            eos = {"eos_token_id", -1, INT64_MAX}, n_return = {"num_return_sequences", 1,
+                                                                INT32_MAX};
+    int do_sample;
+    double temperature, top_p;
+    unsigned long long seed;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&O&O&$O&pdO&dO&O&K", kwlist, &capsule,
+                                     to_f32_vector, &params, to_int64_vector, &tokens,
+                                     to_int64_vector, &starts, to_int, &max_new, &do_sample,
+                                     &temperature, to_int, &top_k, &top_p, to_int, &eos, to_int,
+                                     &n_return, &seed))
+        return NULL;
+    PyObject *out = NULL, *lengths = NULL, *result = NULL;
+    model_handle *h = NULL;
+    if (check_temperature(temperature) < 0) goto done;
+    if (!((float)temperature > 0.0f) || !isfinite((float)temperature)) {
+        raise_printf(PyExc_ValueError, "temperature %g does not fit float32", temperature);
+        goto done;
+    }
+    if (!(top_p > 0.0 && top_p <= 1.0)) {
+        raise_printf(PyExc_ValueError, "top_p must be in (0, 1], got %g", top_p);
+        goto done;
+    }
+    if (!(h = claim_model(capsule)) || check_param_vector(&params, h->m) < 0) goto done;
+    const model_config *c = model_get_config(h->m);
+    npy_intp T = ARG_LEN(tokens), n = ARG_LEN(starts) - 1;
+    if (T > INT32_MAX || n < 1 || n * n_return.value > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "generate takes 1 to 2**31 - 1 prompts x samples and "
+                                          "fewer than 2**31 tokens");
+        goto done;
+    }
+    if (narrow_to_int32_described(&tokens, 0, c->vocab, "token id", " (vocab_size)") < 0 ||
+        narrow_to_int32(&starts, 0, T + 1, "prompt starts are token indices") < 0)
+        goto done;
+    const int32_t *st = ARG_DATA(const int32_t, starts);
+    if (st[0] != 0 || st[n] != T) {
+        PyErr_SetString(PyExc_ValueError, "prompt_starts must begin at 0 and end at the token count");
+        goto done;
+    }
+    for (npy_intp i = 0; i < n; i++) {
+        if (st[i + 1] <= st[i]) {
+            PyErr_Format(PyExc_ValueError, "prompt %zd is empty", (Py_ssize_t)i);
+            goto done;
+        }
+        if ((long long)st[i + 1] - st[i] + max_new.value > c->max_positions) {
+            PyErr_Format(PyExc_ValueError,
+                         "prompt %zd (%d tokens) plus max_new_tokens (%lld) exceeds the model's "
+                         "maximum positions (%d)",
+                         (Py_ssize_t)i, st[i + 1] - st[i], max_new.value, c->max_positions);
+            goto done;
+        }
+    }
+    generate_settings s = {(int)max_new.value, do_sample, (int)top_k.value,
+                           (int)n_return.value, (float)temperature, (float)top_p, eos.value,
+                           seed};
+    npy_intp dims[2] = {n * s.num_return_sequences, s.max_new_tokens};
+    if (!(out = PyArray_ZEROS(2, dims, NPY_INT32, 0)) ||
+        !(lengths = PyArray_ZEROS(1, dims, NPY_INT32, 0)))
+        goto done;
+    char err[CALIGN_ERR_LEN] = "";
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = model_generate(h->m, ARG_DATA(const float, params), ARG_DATA(const int32_t, tokens),
+                            st, (int)n, &s, PyArray_DATA((PyArrayObject *)out),
+                            PyArray_DATA((PyArrayObject *)lengths), err);
+    Py_END_ALLOW_THREADS
+    if (raise_status(status, err) < 0) goto done;
+    result = Py_BuildValue("(OO)", out, lengths);
+done:
+    release_model(h);
+    Py_XDECREF(out);
+    Py_XDECREF(lengths);
+    arg_release(&params);
+    arg_release(&tokens);
+    arg_release(&starts);
+    return result;
+}
+
+static PyObject *string_list(char *const *names, int n) {
+    PyObject *list = PyList_New(n);
+    for (int i = 0; list && i < n; i++) {
+        PyObject *s = PyUnicode_FromString(names[i]);
+        if (!s) Py_CLEAR(list);
+        else PyList_SET_ITEM(list, i, s);
+    }
+    return list;
+}
+
+int describe_model(PyObject *d) {
+    int n_keys = 0;
+    while (ENGINE_CONFIG_KEYS[n_keys]) n_keys++;
+    PyObject *keys = string_list(ENGINE_CONFIG_KEYS, n_keys);
+    PyObject *modes = string_list((char *const *)FORWARD_MODE_NAMES, FORWARD_N_MODES);
+    int status = keys && modes && PyDict_SetItemString(d, "engine_config", keys) == 0 &&
+                         PyDict_SetItemString(d, "forward_modes", modes) == 0
+                     ? 0 : -1;
+    Py_XDECREF(keys);
+    Py_XDECREF(modes);
+    return status;
+}
+
 PyMethodDef calign_model_methods[] = {
-    {"model_generate", py_model_generate, METH_VARARGS, "Generation with a KV cache."},
-    {"model_create", py_model_create, METH_O, "Engine model from an engine config dict."},
+    KEYWORDS_METHOD("model_generate", py_model_generate, "Generation with a KV cache."),
+    KEYWORDS_METHOD("model_create", py_model_create,
+                    "Engine model from the engine config's fields (keywords)."),
     {"model_layout", py_model_layout, METH_O, "(n_params, [(role, layer, offset, shape)])."},
-    {"model_forward", py_model_forward, METH_VARARGS, "Final hidden states of a packed batch."},
+    KEYWORDS_METHOD("model_forward", py_model_forward, "Final hidden states of a packed batch."),
     {"model_arena_bytes", py_model_arena_bytes, METH_O, "Bytes of the activation arena."},
     {"model_workspace_allocations", py_model_workspace_allocations, METH_O,
-     "Times the activation arena or the logits scratch was (re)allocated."},
-    {"model_backward", py_model_backward, METH_VARARGS, "Adds parameter gradients."},
-    {"model_logits", py_model_logits, METH_VARARGS, "lm_head logits of hidden states."},
-    {"model_score", py_model_score, METH_VARARGS, "Log-probs of targets at hidden rows."},
-    {"model_score_dpo", py_model_score_dpo, METH_VARARGS,
-     "Scores of preference pairs with the DPO loss fused in, and its backward."},
-    {"model_score_backward", py_model_score_backward, METH_VARARGS,
-     "Backward of model_score: (d_hidden, logprobs); lm_head gradient added to grads."},
+     "Times the activation arena or the workspace was (re)allocated."},
+    KEYWORDS_METHOD("model_backward", py_model_backward, "Adds parameter gradients."),
+    KEYWORDS_METHOD("model_logits", py_model_logits, "lm_head logits of hidden states."),
+    KEYWORDS_METHOD("model_score", py_model_score, "Log-probs of targets at hidden rows."),
+    KEYWORDS_METHOD("model_score_dpo", py_model_score_dpo,
+                    "Scores of preference pairs with the DPO loss fused in, and its backward."),
+    KEYWORDS_METHOD("model_score_backward", py_model_score_backward,
+                    "Backward of model_score: (d_hidden, logprobs); lm_head gradient added to "
+                    "grads."),
     {NULL, NULL, 0, NULL},
 };

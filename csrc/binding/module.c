@@ -13,17 +13,11 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *unused) {
     return PyLong_FromLong(calign_num_threads());
 }
 
-static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {
-    long n = PyLong_AsLong(arg);
-    if (n == -1 && PyErr_Occurred()) {
-        PyErr_SetString(PyExc_TypeError, "n must be an integer");
-        return NULL;
-    }
-    if (n < 1 || n > 4096) {
-        PyErr_Format(PyExc_ValueError, "n must be between 1 and 4096, got %ld", n);
-        return NULL;
-    }
-    return PyLong_FromLong(calign_set_num_threads((int)n));
+static PyObject *py_set_num_threads(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"n", NULL};
+    int_arg n = {"n", 1, 4096};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&", kwlist, to_int, &n)) return NULL;
+    return PyLong_FromLong(calign_set_num_threads((int)n.value));
 }
 
 static PyObject *py_build_info(PyObject *self, PyObject *unused) {
@@ -40,13 +34,15 @@ static PyObject *py_build_info(PyObject *self, PyObject *unused) {
 /* sgemm_gflops(M, N, K, repeats, trans_b=True): the rate of calign's matrix product on this
  * machine with the current threads, for benchmarks to quote achieved FLOP/s
  * against. */
-static PyObject *py_sgemm_gflops(PyObject *self, PyObject *args) {
-    int M, N, K, repeats, trans_b = 1;
-    if (!PyArg_ParseTuple(args, "iiii|p", &M, &N, &K, &repeats, &trans_b)) return NULL;
-    if (M < 1 || N < 1 || K < 1 || repeats < 1) {
-        PyErr_SetString(PyExc_ValueError, "sizes and repeats must be >= 1");
+static PyObject *py_sgemm_gflops(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"M", "N", "K", "repeats", "trans_b", NULL};
+    int_arg M_ = {"M", 1, 1 << 16}, N_ = {"N", 1, 1 << 16}, K_ = {"K", 1, 1 << 16},
+            repeats_ = {"repeats", 1, 1 << 20};
+    int trans_b = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&O&O&|p", kwlist, to_int, &M_, to_int, &N_,
+                                     to_int, &K_, to_int, &repeats_, &trans_b))
         return NULL;
-    }
+    const int M = (int)M_.value, N = (int)N_.value, K = (int)K_.value, repeats = (int)repeats_.value;
     float *a = calloc((size_t)M * K, sizeof(float)), *b = calloc((size_t)K * N, sizeof(float)),
           *c = calloc((size_t)M * N, sizeof(float));
     if (!a || !b || !c) {
@@ -87,14 +83,25 @@ static PyObject *py_profile(PyObject *self, PyObject *args, PyObject *kwargs) {
                          s[PHASE_OPTIMIZER]);
 }
 
+/* describe() -> {name: value}: the names of enums and settings the C side
+ * defines once (loss types, forward modes, the engine config's fields, ...);
+ * the Python side builds its tuples from these. */
+static PyObject *py_describe(PyObject *self, PyObject *unused) {
+    PyObject *d = PyDict_New();
+    if (d && (describe_losses(d) < 0 || describe_model(d) < 0)) Py_CLEAR(d);
+    return d;
+}
+
 PyMethodDef calign_threads_methods[] = {
-    {"profile", (PyCFunction)(void (*)(void))py_profile, METH_VARARGS | METH_KEYWORDS,
-     "Per-phase seconds of calign's kernels (enable=True to start counting)."},
-    {"sgemm_gflops", py_sgemm_gflops, METH_VARARGS, "GFLOP/s of calign's sgemm, measured now."},
+    KEYWORDS_METHOD("profile", py_profile,
+                    "Per-phase seconds of calign's kernels (enable=True to start counting)."),
+    KEYWORDS_METHOD("sgemm_gflops", py_sgemm_gflops, "GFLOP/s of calign's sgemm, measured now."),
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Threads calign's kernels use."},
-    {"set_num_threads", py_set_num_threads, METH_O,
-     "Set the threads calign's kernels use; returns the previous value."},
+    KEYWORDS_METHOD("set_num_threads", py_set_num_threads,
+                    "Set the threads calign's kernels use; returns the previous value."),
     {"build_info", py_build_info, METH_NOARGS, "BLAS library, its kernel, OpenMP version, cores."},
+    {"describe", py_describe, METH_NOARGS, "Names the C side defines once: loss types, modes, "
+                                           "engine config fields."},
     {NULL, NULL, 0, NULL},
 };
 

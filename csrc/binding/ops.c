@@ -8,30 +8,29 @@
 
 /* The checked operands of one token_logprobs call. */
 typedef struct {
-    PyArrayObject *hidden, *weight, *bias, *targets;
+    array_arg hidden, weight, bias, targets;
     logprob_problem problem;
 } logprob_args;
 
+#define LOGPROB_ARGS {{"hidden"}, {"weight"}, {"bias"}, {"targets"}}
+
 static void release_args(logprob_args *a) {
-    Py_XDECREF(a->hidden);
-    Py_XDECREF(a->weight);
-    Py_XDECREF(a->bias);
-    Py_XDECREF(a->targets);
+    arg_release(&a->hidden);
+    arg_release(&a->weight);
+    arg_release(&a->bias);
+    arg_release(&a->targets);
 }
 
-static int parse_problem(logprob_args *a, PyObject *hidden, PyObject *weight,
-                         PyObject *targets, PyObject *bias, double temperature,
-                         long long ignore_index, PyObject *chunk_size) {
-    if (!(a->hidden = arg_f32_array(hidden, "hidden", 2))) return -1;
-    if (!(a->weight = arg_f32_array(weight, "weight", 2))) return -1;
-    if (!(a->targets = arg_int64_vector(targets, "targets"))) return -1;
-    npy_intp N = PyArray_DIM(a->hidden, 0), d = PyArray_DIM(a->hidden, 1);
-    npy_intp V = PyArray_DIM(a->weight, 0);
-    if (PyArray_DIM(a->weight, 1) != d) {
+/* Checks the converted operands against each other and fills a->problem. */
+static int check_problem(logprob_args *a, double temperature, long long ignore_index,
+                         PyObject *chunk_size) {
+    npy_intp N = PyArray_DIM(a->hidden.array, 0), d = PyArray_DIM(a->hidden.array, 1);
+    npy_intp V = PyArray_DIM(a->weight.array, 0);
+    if (PyArray_DIM(a->weight.array, 1) != d) {
         PyErr_Format(PyExc_ValueError,
                      "weight has shape (%zd, %zd) but hidden has %zd columns: weight must be "
                      "[vocab, hidden_size]",
-                     (Py_ssize_t)V, (Py_ssize_t)PyArray_DIM(a->weight, 1), (Py_ssize_t)d);
+                     (Py_ssize_t)V, (Py_ssize_t)PyArray_DIM(a->weight.array, 1), (Py_ssize_t)d);
         return -1;
     }
     if (V < 1 || d < 1) {
@@ -42,25 +41,16 @@ static int parse_problem(logprob_args *a, PyObject *hidden, PyObject *weight,
         PyErr_SetString(PyExc_ValueError, "hidden or weight is too large (dimension over 2^31)");
         return -1;
     }
-    if (check_length(a->targets, "targets", N, "hidden") < 0) return -1;
-    if (bias != Py_None) {
-        if (!(a->bias = arg_f32_array(bias, "bias", 1))) return -1;
-        if (check_length(a->bias, "bias", V, "weight") < 0) return -1;
-    }
+    if (check_rows(&a->targets, N, "hidden") < 0) return -1;
+    if (a->bias.array && check_rows(&a->bias, V, "weight") < 0) return -1;
     if (check_temperature(temperature) < 0) return -1;
     long chunk_rows = logprob_default_chunk_rows((int)V, (int)d);
     if (chunk_size != Py_None) {
-        chunk_rows = PyLong_AsLong(chunk_size);
-        if (chunk_rows == -1 && PyErr_Occurred()) {
-            PyErr_SetString(PyExc_TypeError, "chunk_size must be an integer or None");
-            return -1;
-        }
-        if (chunk_rows < 1 || chunk_rows > INT32_MAX) {
-            PyErr_Format(PyExc_ValueError, "chunk_size must be >= 1, got %ld", chunk_rows);
-            return -1;
-        }
+        int_arg rows = {"chunk_size", 1, INT32_MAX};
+        if (!to_int(chunk_size, &rows)) return -1;
+        chunk_rows = (long)rows.value;
     }
-    const int64_t *t = (const int64_t *)PyArray_DATA(a->targets);
+    const int64_t *t = ARG_DATA(const int64_t, a->targets);
     for (npy_intp i = 0; i < N; i++) {
         if (t[i] != ignore_index && (t[i] < 0 || t[i] >= V)) {
             PyErr_Format(PyExc_ValueError,
@@ -70,9 +60,9 @@ static int parse_problem(logprob_args *a, PyObject *hidden, PyObject *weight,
         }
     }
     a->problem = (logprob_problem){
-        .hidden = (const float *)PyArray_DATA(a->hidden),
-        .weight = (const float *)PyArray_DATA(a->weight),
-        .bias = a->bias ? (const float *)PyArray_DATA(a->bias) : NULL,
+        .hidden = ARG_DATA(const float, a->hidden),
+        .weight = ARG_DATA(const float, a->weight),
+        .bias = a->bias.array ? ARG_DATA(const float, a->bias) : NULL,
         .targets = t,
         .N = N,
         .d = (int)d,
@@ -82,6 +72,12 @@ static int parse_problem(logprob_args *a, PyObject *hidden, PyObject *weight,
         .chunk_rows = (int)chunk_rows,
     };
     return 0;
+}
+
+/* A float32 bias or None. */
+static int to_f32_vector_or_none(PyObject *obj, void *arg) {
+    if (obj == Py_None) return Py_CLEANUP_SUPPORTED;
+    return to_f32_vector(obj, arg);
 }
 
 static PyObject *new_f32(int ndim, npy_intp d0, npy_intp d1) {
@@ -101,20 +97,20 @@ static void raise_non_finite(long row) {
 static PyObject *py_token_logprobs(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"hidden", "weight", "targets", "bias", "temperature",
                              "ignore_index", "chunk_size", "return_stats", NULL};
-    PyObject *hidden, *weight, *targets, *bias = Py_None, *chunk_size = Py_None;
+    logprob_args a = LOGPROB_ARGS;
+    PyObject *chunk_size = Py_None;
     double temperature = 1.0;
     long long ignore_index = -100;
     int return_stats = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|$OdLOp", kwlist, &hidden, &weight,
-                                     &targets, &bias, &temperature, &ignore_index, &chunk_size,
-                                     &return_stats))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&O&|$O&dLOp", kwlist, to_f32_matrix,
+                                     &a.hidden, to_f32_matrix, &a.weight, to_int64_vector,
+                                     &a.targets, to_f32_vector_or_none, &a.bias, &temperature,
+                                     &ignore_index, &chunk_size, &return_stats))
         return NULL;
-    logprob_args a = {0};
     PyObject *logprobs = NULL, *lse = NULL, *entropy = NULL, *mean_logit = NULL, *lssp = NULL,
              *top1 = NULL, *result = NULL;
     void *scratch = NULL;
-    if (parse_problem(&a, hidden, weight, targets, bias, temperature, ignore_index, chunk_size) < 0)
-        goto done;
+    if (check_problem(&a, temperature, ignore_index, chunk_size) < 0) goto done;
     npy_intp N = a.problem.N;
     if (!(logprobs = new_f32(1, N, 0))) goto done;
     logprob_stats stats = {0};
@@ -161,31 +157,31 @@ done:
 static PyObject *py_token_logprobs_backward(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"hidden", "weight", "targets", "grad_logprobs", "bias", "temperature",
                              "ignore_index", "chunk_size", "return_logprobs", NULL};
-    PyObject *hidden, *weight, *targets, *grad_obj, *bias = Py_None, *chunk_size = Py_None;
+    logprob_args a = LOGPROB_ARGS;
+    array_arg grad64 = {"grad_logprobs"};
+    PyObject *chunk_size = Py_None;
     double temperature = 1.0;
     long long ignore_index = -100;
     int return_logprobs = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|$OdLOp", kwlist, &hidden, &weight,
-                                     &targets, &grad_obj, &bias, &temperature, &ignore_index,
-                                     &chunk_size, &return_logprobs))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&O&O&|$O&dLOp", kwlist, to_f32_matrix,
+                                     &a.hidden, to_f32_matrix, &a.weight, to_int64_vector,
+                                     &a.targets, to_f64_vector, &grad64, to_f32_vector_or_none,
+                                     &a.bias, &temperature, &ignore_index, &chunk_size,
+                                     &return_logprobs))
         return NULL;
-    logprob_args a = {0};
-    PyArrayObject *grad64 = NULL;
     PyObject *grad32 = NULL, *grad_hidden = NULL, *grad_weight = NULL, *grad_bias = NULL,
              *logprobs = NULL, *result = NULL;
     void *scratch = NULL;
-    if (parse_problem(&a, hidden, weight, targets, bias, temperature, ignore_index, chunk_size) < 0)
-        goto done;
+    if (check_problem(&a, temperature, ignore_index, chunk_size) < 0) goto done;
     npy_intp N = a.problem.N;
-    if (!(grad64 = arg_f64_vector(grad_obj, "grad_logprobs", 1))) goto done;
-    if (check_length(grad64, "grad_logprobs", N, "hidden") < 0) goto done;
+    if (check_rows(&grad64, N, "hidden") < 0) goto done;
     if (!(grad32 = new_f32(1, N, 0))) goto done;
-    const double *g = (const double *)PyArray_DATA(grad64);
+    const double *g = ARG_DATA(const double, grad64);
     for (npy_intp i = 0; i < N; i++) f32_data(grad32)[i] = (float)g[i];
     if (!(grad_hidden = new_f32(2, N, a.problem.d)) ||
         !(grad_weight = new_f32(2, a.problem.V, a.problem.d)))
         goto done;
-    if (a.bias && !(grad_bias = new_f32(1, a.problem.V, 0))) goto done;
+    if (a.bias.array && !(grad_bias = new_f32(1, a.problem.V, 0))) goto done;
     if (return_logprobs && !(logprobs = new_f32(1, N, 0))) goto done;
     if (!(scratch = malloc(logprob_scratch_bytes(&a.problem)))) {
         PyErr_NoMemory();
@@ -206,7 +202,7 @@ static PyObject *py_token_logprobs_backward(PyObject *self, PyObject *args, PyOb
                            logprobs ? logprobs : Py_None);
 done:
     free(scratch);
-    Py_XDECREF(grad64);
+    arg_release(&grad64);
     Py_XDECREF(grad32);
     Py_XDECREF(grad_hidden);
     Py_XDECREF(grad_weight);
@@ -217,9 +213,9 @@ done:
 }
 
 PyMethodDef calign_ops_methods[] = {
-    {"token_logprobs", (PyCFunction)(void (*)(void))py_token_logprobs,
-     METH_VARARGS | METH_KEYWORDS, "Fused lm_head -> log-softmax -> gather (see calign.ops)."},
-    {"token_logprobs_backward", (PyCFunction)(void (*)(void))py_token_logprobs_backward,
-     METH_VARARGS | METH_KEYWORDS, "Backward of token_logprobs (see calign.ops)."},
+    KEYWORDS_METHOD("token_logprobs", py_token_logprobs,
+                    "Fused lm_head -> log-softmax -> gather (see calign.ops)."),
+    KEYWORDS_METHOD("token_logprobs_backward", py_token_logprobs_backward,
+                    "Backward of token_logprobs (see calign.ops)."),
     {NULL, NULL, 0, NULL},
 };

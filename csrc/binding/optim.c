@@ -1,112 +1,99 @@
-/* Bindings of the optimizers (calign.optim). The buffers are float32 vectors
- * of equal length, updated in place. */
+/* Bindings of the optimizers (calign.optim). The buffers are writable
+ * float32 vectors of equal length, updated in place. */
 #include "binding/common.h"
 
 #include "optim.h"
 
-/* A writable float32 vector of length n (n < 0: any length, returned in *n). */
-static PyArrayObject *buffer(PyObject *obj, const char *name, npy_intp *n) {
-    PyArrayObject *arr = arg_f32_array(obj, name, 1);
-    if (!arr) return NULL;
-    if (!PyArray_ISWRITEABLE(arr)) {
-        PyErr_Format(PyExc_ValueError, "%s must be writable", name);
-        Py_DECREF(arr);
-        return NULL;
-    }
-    if (*n < 0) {
-        *n = PyArray_DIM(arr, 0);
-    } else if (PyArray_DIM(arr, 0) != *n) {
-        PyErr_Format(PyExc_ValueError, "%s has %zd floats, expected %zd", name,
-                     (Py_ssize_t)PyArray_DIM(arr, 0), (Py_ssize_t)*n);
-        Py_DECREF(arr);
-        return NULL;
-    }
-    return arr;
+/* Every converted buffer has the length of the first. */
+static int same_lengths(array_arg *const *buffers, int n) {
+    for (int i = 1; i < n; i++)
+        if (buffers[i]->array && check_rows(buffers[i], ARG_LEN(*buffers[0]), buffers[0]->name) < 0)
+            return -1;
+    return 0;
 }
 
-static PyObject *py_adamw_step(PyObject *self, PyObject *args) {
-    PyObject *p_obj, *g_obj, *m_obj, *v_obj;
+static PyObject *py_adamw_step(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"params", "grads", "exp_avg", "exp_avg_sq", "step", "lr", "beta1",
+                             "beta2", "eps", "weight_decay", NULL};
+    array_arg p = {"params"}, g = {"grads"}, m = {"exp_avg"}, v = {"exp_avg_sq"};
+    int_arg step = {"step", 1, INT64_MAX};
     adamw_settings s;
-    if (!PyArg_ParseTuple(args, "OOOOlfffff", &p_obj, &g_obj, &m_obj, &v_obj, &s.step, &s.lr,
-                          &s.beta1, &s.beta2, &s.eps, &s.weight_decay))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&O&O&$O&fffff", kwlist, to_f32_vector_out,
+                                     &p, to_f32_vector_out, &g, to_f32_vector_out, &m,
+                                     to_f32_vector_out, &v, to_int, &step, &s.lr, &s.beta1,
+                                     &s.beta2, &s.eps, &s.weight_decay))
         return NULL;
-    if (s.step < 1) {
-        PyErr_SetString(PyExc_ValueError, "step must be >= 1");
-        return NULL;
-    }
-    npy_intp n = -1;
-    PyArrayObject *p = NULL, *g = NULL, *m = NULL, *v = NULL;
+    s.step = (long)step.value;
     PyObject *result = NULL;
-    if ((p = buffer(p_obj, "params", &n)) && (g = buffer(g_obj, "grads", &n)) &&
-        (m = buffer(m_obj, "exp_avg", &n)) && (v = buffer(v_obj, "exp_avg_sq", &n))) {
+    array_arg *buffers[] = {&p, &g, &m, &v};
+    if (same_lengths(buffers, 4) == 0) {
         Py_BEGIN_ALLOW_THREADS
-        adamw_step(PyArray_DATA(p), PyArray_DATA(g), PyArray_DATA(m), PyArray_DATA(v), n, &s);
+        adamw_step(ARG_DATA(float, p), ARG_DATA(const float, g), ARG_DATA(float, m),
+                   ARG_DATA(float, v), ARG_LEN(p), &s);
         Py_END_ALLOW_THREADS
         result = Py_NewRef(Py_None);
     }
-    Py_XDECREF(p);
-    Py_XDECREF(g);
-    Py_XDECREF(m);
-    Py_XDECREF(v);
+    for (int i = 0; i < 4; i++) arg_release(buffers[i]);
     return result;
 }
 
-static PyObject *py_sgd_step(PyObject *self, PyObject *args) {
-    PyObject *p_obj, *g_obj, *b_obj;
+static PyObject *py_sgd_step(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"params", "grads", "momentum_buffer", "lr", "momentum", "dampening",
+                             "weight_decay", "nesterov", "first_step", NULL};
+    array_arg p = {"params"}, g = {"grads"}, b = {"momentum_buffer"};
     sgd_settings s;
-    if (!PyArg_ParseTuple(args, "OOOffffpp", &p_obj, &g_obj, &b_obj, &s.lr, &s.momentum,
-                          &s.dampening, &s.weight_decay, &s.nesterov, &s.first_step))
+    PyObject *b_obj;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&O$ffffpp", kwlist, to_f32_vector_out,
+                                     &p, to_f32_vector_out, &g, &b_obj, &s.lr, &s.momentum,
+                                     &s.dampening, &s.weight_decay, &s.nesterov, &s.first_step))
         return NULL;
-    npy_intp n = -1;
-    PyArrayObject *p = NULL, *g = NULL, *b = NULL;
     PyObject *result = NULL;
-    if ((p = buffer(p_obj, "params", &n)) && (g = buffer(g_obj, "grads", &n)) &&
-        (b_obj == Py_None || (b = buffer(b_obj, "momentum_buffer", &n)))) {
-        if (s.momentum != 0.0f && !b) {
-            PyErr_SetString(PyExc_ValueError, "momentum needs a momentum_buffer");
-        } else {
-            Py_BEGIN_ALLOW_THREADS
-            sgd_step(PyArray_DATA(p), PyArray_DATA(g), b ? PyArray_DATA(b) : NULL, n, &s);
-            Py_END_ALLOW_THREADS
-            result = Py_NewRef(Py_None);
-        }
+    array_arg *buffers[] = {&p, &g, &b};
+    if (b_obj != Py_None && !to_f32_vector_out(b_obj, &b)) goto done;
+    if (s.momentum != 0.0f && !b.array) {
+        PyErr_SetString(PyExc_ValueError, "momentum needs a momentum_buffer");
+        goto done;
     }
-    Py_XDECREF(p);
-    Py_XDECREF(g);
-    Py_XDECREF(b);
+    if (same_lengths(buffers, 3) < 0) goto done;
+    Py_BEGIN_ALLOW_THREADS
+    sgd_step(ARG_DATA(float, p), ARG_DATA(const float, g), b.array ? ARG_DATA(float, b) : NULL,
+             ARG_LEN(p), &s);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    for (int i = 0; i < 3; i++) arg_release(buffers[i]);
     return result;
 }
 
-static PyObject *py_grad_norm(PyObject *self, PyObject *arg) {
-    npy_intp n = -1;
-    PyArrayObject *g = buffer(arg, "grads", &n);
-    if (!g) return NULL;
+static PyObject *py_grad_norm(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"grads", NULL};
+    array_arg g = {"grads"};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&", kwlist, to_f32_vector, &g)) return NULL;
     double norm;
     Py_BEGIN_ALLOW_THREADS
-    norm = grad_global_norm(PyArray_DATA(g), n);
+    norm = grad_global_norm(ARG_DATA(const float, g), ARG_LEN(g));
     Py_END_ALLOW_THREADS
-    Py_DECREF(g);
+    arg_release(&g);
     return PyFloat_FromDouble(norm);
 }
 
-static PyObject *py_scale(PyObject *self, PyObject *args) {
-    PyObject *x_obj;
+static PyObject *py_scale(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"x", "factor", NULL};
+    array_arg x = {"x"};
     float factor;
-    if (!PyArg_ParseTuple(args, "Of", &x_obj, &factor)) return NULL;
-    npy_intp n = -1;
-    PyArrayObject *x = buffer(x_obj, "x", &n);
-    if (!x) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&f", kwlist, to_f32_vector_out, &x, &factor))
+        return NULL;
     Py_BEGIN_ALLOW_THREADS
-    scale_in_place(PyArray_DATA(x), n, factor);
+    scale_in_place(ARG_DATA(float, x), ARG_LEN(x), factor);
     Py_END_ALLOW_THREADS
-    Py_DECREF(x);
+    arg_release(&x);
     Py_RETURN_NONE;
 }
 
 PyMethodDef calign_optim_methods[] = {
-    {"adamw_step", py_adamw_step, METH_VARARGS, "One AdamW update in place."},
-    {"sgd_step", py_sgd_step, METH_VARARGS, "One SGD update in place."},
-    {"grad_norm", py_grad_norm, METH_O, "Global L2 norm of a float32 vector."},
-    {"scale_in_place", py_scale, METH_VARARGS, "x *= factor."},
+    KEYWORDS_METHOD("adamw_step", py_adamw_step, "One AdamW update in place."),
+    KEYWORDS_METHOD("sgd_step", py_sgd_step, "One SGD update in place."),
+    KEYWORDS_METHOD("grad_norm", py_grad_norm, "Global L2 norm of a float32 vector."),
+    KEYWORDS_METHOD("scale_in_place", py_scale, "x *= factor."),
     {NULL, NULL, 0, NULL},
 };

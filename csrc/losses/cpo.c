@@ -5,6 +5,13 @@
 #include "losses/losses.h"
 #include "losses/scalar_math.h"
 
+const char *const CPO_LOSS_NAMES[CPO_N_LOSS_TYPES] = {
+    [CPO_SIGMOID] = "sigmoid",
+    [CPO_HINGE] = "hinge",
+    [CPO_IPO] = "ipo",
+    [CPO_SIMPO] = "simpo",
+};
+
 /* AlphaPO reward r = (1 - p^-alpha)/alpha = (1 - e^(-alpha logp))/alpha and
  * dr/dlogp = e^(-alpha logp); alpha = 0 is the plain log-prob. */
 static double alphapo_reward(double logp, double alpha, double *slope) {

@@ -3,9 +3,37 @@
 #include <stdlib.h>
 #include <string.h>
 
-
 #include "losses/losses.h"
 #include "losses/scalar_math.h"
+
+/* In dpo_loss_type order. Length-normalised types need completion token
+ * counts (ipo and sigmoid_norm both sides', sft and scpo the chosen one's);
+ * aot pairs the batch's sorted margins and sft averages over the batch. */
+const dpo_loss_info DPO_LOSS_INFO[DPO_N_LOSS_TYPES] = {
+    [DPO_SIGMOID] = {"sigmoid", 0, 0, 0},
+    [DPO_HINGE] = {"hinge", 0, 0, 0},
+    [DPO_IPO] = {"ipo", 1, 1, 0},
+    [DPO_EXO_PAIR] = {"exo_pair", 0, 0, 0},
+    [DPO_NCA_PAIR] = {"nca_pair", 0, 0, 0},
+    [DPO_ROBUST] = {"robust", 0, 0, 0},
+    [DPO_BCO_PAIR] = {"bco_pair", 0, 0, 0},
+    [DPO_SPPO_HARD] = {"sppo_hard", 0, 0, 0},
+    [DPO_AOT] = {"aot", 0, 0, 1},
+    [DPO_AOT_UNPAIRED] = {"aot_unpaired", 0, 0, 1},
+    [DPO_APO_ZERO] = {"apo_zero", 0, 0, 0},
+    [DPO_APO_DOWN] = {"apo_down", 0, 0, 0},
+    [DPO_DISCOPOP] = {"discopop", 0, 0, 0},
+    [DPO_SIGMOID_NORM] = {"sigmoid_norm", 1, 1, 0},
+    [DPO_SFT] = {"sft", 1, 0, 1},
+    [DPO_SCPO] = {"scpo", 1, 0, 0},
+};
+
+const char *const F_DIVERGENCE_NAMES[F_N_DIVERGENCES] = {
+    [F_REVERSE_KL] = "reverse_kl",
+    [F_FORWARD_KL] = "forward_kl",
+    [F_JS_DIVERGENCE] = "js_divergence",
+    [F_ALPHA_DIVERGENCE] = "alpha_divergence",
+};
 
 /* The f-divergence "score" f'(t) at t = pi/pi_ref, written in the log-ratio
  * lr = log t, and its derivative d score / d lr (Wang et al. 2023, "Beyond

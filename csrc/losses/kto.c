@@ -2,6 +2,11 @@
 #include "losses/losses.h"
 #include "losses/scalar_math.h"
 
+const char *const KTO_LOSS_NAMES[KTO_N_LOSS_TYPES] = {
+    [KTO_KTO] = "kto",
+    [KTO_APO_ZERO_UNPAIRED] = "apo_zero_unpaired",
+};
+
 void kto_loss(double *losses, double *rewards, double *grad, const double *policy,
               const double *ref, const unsigned char *desirable, int B, double kl, double beta,
               kto_loss_type type, double desirable_weight, double undesirable_weight) {

@@ -17,7 +17,20 @@ typedef enum {
     DPO_SIGMOID_NORM, DPO_SFT, DPO_SCPO, DPO_N_LOSS_TYPES
 } dpo_loss_type;
 
-typedef enum { F_REVERSE_KL, F_FORWARD_KL, F_JS_DIVERGENCE, F_ALPHA_DIVERGENCE } f_divergence;
+/* What a DPO loss type needs and does, next to its name (TRL's loss_type):
+ * the one description calign.losses and the trainers read (_C.describe()). */
+typedef struct {
+    const char *name;
+    int needs_chosen_lengths;   /* normalises by the chosen completion's token count */
+    int needs_rejected_lengths; /* ... and by the rejected one's */
+    int couples_batch;          /* a pair's loss depends on the other pairs of the batch */
+} dpo_loss_info;
+extern const dpo_loss_info DPO_LOSS_INFO[DPO_N_LOSS_TYPES];
+
+typedef enum {
+    F_REVERSE_KL, F_FORWARD_KL, F_JS_DIVERGENCE, F_ALPHA_DIVERGENCE, F_N_DIVERGENCES
+} f_divergence;
+extern const char *const F_DIVERGENCE_NAMES[F_N_DIVERGENCES];
 
 typedef struct {
     double beta, label_smoothing, f_alpha_divergence_coef, discopop_tau, bco_reward_shift;
@@ -38,7 +51,8 @@ void dpo_loss(double *losses, double *chosen_rewards, double *rejected_rewards,
               const double *rejected_lengths, const double *weights, int B,
               const dpo_params *p, double *work, int *iwork);
 
-typedef enum { KTO_KTO, KTO_APO_ZERO_UNPAIRED } kto_loss_type;
+typedef enum { KTO_KTO, KTO_APO_ZERO_UNPAIRED, KTO_N_LOSS_TYPES } kto_loss_type;
+extern const char *const KTO_LOSS_NAMES[KTO_N_LOSS_TYPES];
 
 /* desirable[i] != 0 marks a desirable example; kl is the (already clamped,
  * constant) KL estimate z_0 of the KTO paper. */
@@ -51,7 +65,8 @@ void orpo_loss(double *losses, double *chosen_rewards, double *rejected_rewards,
                double *log_odds, double *grad_chosen, double *grad_rejected,
                const double *policy_chosen, const double *policy_rejected, int B, double beta);
 
-typedef enum { CPO_SIGMOID, CPO_HINGE, CPO_IPO, CPO_SIMPO } cpo_loss_type;
+typedef enum { CPO_SIGMOID, CPO_HINGE, CPO_IPO, CPO_SIMPO, CPO_N_LOSS_TYPES } cpo_loss_type;
+extern const char *const CPO_LOSS_NAMES[CPO_N_LOSS_TYPES];
 
 void cpo_loss(double *losses, double *chosen_rewards, double *rejected_rewards,
               double *grad_chosen, double *grad_rejected, const double *policy_chosen,

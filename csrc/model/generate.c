@@ -6,7 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/bump.h"
 #include "core/simd.h"
+#include "core/status.h"
 #include "core/threads.h"
 
 /* splitmix64 (Steele et al. 2014): a small, seedable generator; each returned
@@ -174,6 +176,41 @@ static int sample_token(const float *logits, int V, const generate_settings *s, 
     return work[kept - 1].index;
 }
 
+/* Every buffer of one model_generate call, carved from the model's workspace:
+ * the KV cache, the hidden states and logits, each thread's sampling
+ * scratch, and the packed batch of each step. */
+typedef struct {
+    float *k, *v, *scores, *hidden, *last_hidden, *logits, *sample_buffer;
+    scored_token *work;
+    int32_t *next_token, *tokens, *positions, *branch, *starts, *run_slot, *active,
+        *next_position;
+    uint64_t *rng;
+} generate_buffers;
+
+static void plan_generate_buffers(generate_buffers *g, bump *b, const model *m, int n_slots,
+                                  int capacity, long T_max, int threads) {
+    const model_config *c = model_get_config(m);
+    const size_t V = c->vocab, d = c->d_model, slots = n_slots, T = T_max;
+    const size_t layer_floats = kv_cache_layer_floats(m, n_slots, capacity);
+    g->k = bump_take(b, sizeof(float) * layer_floats * c->n_layer);
+    g->v = bump_take(b, sizeof(float) * layer_floats * c->n_layer);
+    g->scores = bump_take(b, sizeof(float) * (size_t)capacity * threads);
+    g->hidden = bump_take(b, sizeof(float) * T * d);
+    g->last_hidden = bump_take(b, sizeof(float) * slots * d);
+    g->logits = bump_take(b, sizeof(float) * slots * V);
+    g->work = bump_take(b, sizeof(scored_token) * 2 * V * threads);
+    g->sample_buffer = bump_take(b, sizeof(float) * 3 * V * threads);
+    g->next_token = bump_take(b, sizeof(int32_t) * slots);
+    g->tokens = bump_take(b, sizeof(int32_t) * T);
+    g->positions = bump_take(b, sizeof(int32_t) * T);
+    g->branch = bump_take(b, sizeof(int32_t) * T);
+    g->starts = bump_take(b, sizeof(int32_t) * (T + 1));
+    g->run_slot = bump_take(b, sizeof(int32_t) * T);
+    g->active = bump_take(b, sizeof(int32_t) * slots);
+    g->next_position = bump_take(b, sizeof(int32_t) * slots);
+    g->rng = bump_take(b, sizeof(uint64_t) * slots);
+}
+
 int model_generate(model *m, const float *params, const int32_t *prompt_tokens,
                    const int32_t *prompt_start, int n_prompts, const generate_settings *s,
                    int32_t *out_tokens, int32_t *out_lengths, char *err) {
@@ -188,37 +225,31 @@ int model_generate(model *m, const float *params, const int32_t *prompt_tokens,
     const long T_prefill = prompt_start[n_prompts];
     const long T_max = T_prefill > n_slots ? T_prefill : n_slots;
     const int threads = calign_num_threads();
-    long layer_floats = kv_cache_layer_floats(m, n_slots, capacity);
+    const long layer_floats = kv_cache_layer_floats(m, n_slots, capacity);
 
-    float *k = malloc(sizeof(float) * layer_floats * c->n_layer);
-    float *v = malloc(sizeof(float) * layer_floats * c->n_layer);
-    float *scores = malloc(sizeof(float) * (size_t)capacity * threads);
-    float *hidden = malloc(sizeof(float) * T_max * d);
-    float *last_hidden = malloc(sizeof(float) * (size_t)n_slots * d);
-    float *logits = malloc(sizeof(float) * (size_t)n_slots * V);
-    scored_token *work = malloc(sizeof(scored_token) * 2 * (size_t)V * threads);
-    float *sample_buffer = malloc(sizeof(float) * 3 * (size_t)V * threads);
-    int32_t *next_token = malloc(sizeof(int32_t) * n_slots);
-    int32_t *tokens = malloc(sizeof(int32_t) * T_max), *positions = malloc(sizeof(int32_t) * T_max);
-    int32_t *branch = calloc(T_max, sizeof(int32_t)), *starts = malloc(sizeof(int32_t) * (T_max + 1));
-    int32_t *run_slot = malloc(sizeof(int32_t) * T_max), *active = malloc(sizeof(int32_t) * n_slots);
-    int32_t *next_position = malloc(sizeof(int32_t) * n_slots);
-    uint64_t *rng = malloc(sizeof(uint64_t) * n_slots);
-    int status = 0;
-    if (!k || !v || !scores || !hidden || !last_hidden || !logits || !work || !sample_buffer ||
-        !next_token || !tokens ||
-        !positions || !branch || !starts || !run_slot || !active || !next_position || !rng) {
-        snprintf(err, 256, "out of memory for the KV cache (%d sequences x %d positions)", n_slots,
-                 capacity);
-        status = -1;
-        goto done;
+    generate_buffers g;
+    bump b = {NULL, 0};
+    plan_generate_buffers(&g, &b, m, n_slots, capacity, T_max, threads);
+    if (!(b.base = model_workspace(m, b.used))) {
+        snprintf(err, CALIGN_ERR_LEN, "out of memory for the KV cache (%d sequences x %d "
+                 "positions: %.3g GB)", n_slots, capacity, b.used / 1e9);
+        return CALIGN_ENOMEM;
     }
+    b.used = 0;
+    plan_generate_buffers(&g, &b, m, n_slots, capacity, T_max, threads);
+    float *k = g.k, *v = g.v, *hidden = g.hidden, *last_hidden = g.last_hidden,
+          *logits = g.logits;
+    int32_t *next_token = g.next_token, *tokens = g.tokens, *positions = g.positions,
+            *branch = g.branch, *starts = g.starts, *run_slot = g.run_slot, *active = g.active,
+            *next_position = g.next_position;
+    uint64_t *rng = g.rng;
+    memset(branch, 0, sizeof(int32_t) * T_max);
     for (int i = 0; i < n_slots; i++) {
         uint64_t seed_state = s->seed ^ (0xA0761D6478BD642FULL * (uint64_t)(i + 1));
         rng[i] = splitmix64(&seed_state);
         out_lengths[i] = 0;
     }
-    kv_cache cache = {k, v, n_slots, capacity, run_slot, scores, threads};
+    kv_cache cache = {k, v, n_slots, capacity, run_slot, g.scores, threads};
 
     /* Prefill: every prompt once, into the first slot of its group. */
     for (int i = 0; i < n_prompts; i++) {
@@ -232,9 +263,8 @@ int model_generate(model *m, const float *params, const int32_t *prompt_tokens,
     starts[n_prompts] = (int32_t)T_prefill;
     packed_batch batch = {tokens, positions, branch, starts, T_prefill, n_prompts};
     if (model_prepare(m, &batch, FORWARD_INFERENCE) < 0) {
-        snprintf(err, 256, "out of memory for the activations");
-        status = -1;
-        goto done;
+        snprintf(err, CALIGN_ERR_LEN, "out of memory for the activations");
+        return CALIGN_ENOMEM;
     }
     model_forward_cached(m, hidden, params, &batch, &cache);
     /* The prompt's cache is copied to the other slots of its group. */
@@ -267,20 +297,20 @@ int model_generate(model *m, const float *params, const int32_t *prompt_tokens,
         for (int a = 0; a < n_active; a++) {
             int me = omp_get_thread_num();
             next_token[a] = sample_token(logits + (long)a * V, V, s, &rng[active[a]],
-                                         work + (size_t)me * 2 * V,
-                                         sample_buffer + (size_t)me * 3 * V);
+                                         g.work + (size_t)me * 2 * V,
+                                         g.sample_buffer + (size_t)me * 3 * V);
         }
         for (int a = 0; a < n_active; a++)
             if (next_token[a] < 0) {
-                if (next_token[a] == NON_FINITE_LOGITS)
-                    snprintf(err, 256, "the logits at new token %d are not finite (NaN or "
-                             "infinity in the parameters?)", step + 1);
-                else
-                    snprintf(err, 256, "the logits at new token %d divided by the temperature "
-                             "%g overflow float32: use a larger temperature, or greedy "
-                             "decoding (do_sample=False)", step + 1, (double)s->temperature);
-                status = -2;
-                goto done;
+                if (next_token[a] == NON_FINITE_LOGITS) {
+                    snprintf(err, CALIGN_ERR_LEN, "the logits at new token %d are not finite "
+                             "(NaN or infinity in the parameters?)", step + 1);
+                    return CALIGN_ENONFINITE;
+                }
+                snprintf(err, CALIGN_ERR_LEN, "the logits at new token %d divided by the "
+                         "temperature %g overflow float32: use a larger temperature, or greedy "
+                         "decoding (do_sample=False)", step + 1, (double)s->temperature);
+                return CALIGN_EINVAL;
             }
         int still = 0;
         for (int a = 0; a < n_active; a++) {
@@ -299,29 +329,10 @@ int model_generate(model *m, const float *params, const int32_t *prompt_tokens,
         starts[n_active] = n_active;
         batch = (packed_batch){tokens, positions, branch, starts, n_active, n_active};
         if (model_prepare(m, &batch, FORWARD_INFERENCE) < 0) {
-            snprintf(err, 256, "out of memory for the activations");
-            status = -1;
-            goto done;
+            snprintf(err, CALIGN_ERR_LEN, "out of memory for the activations");
+            return CALIGN_ENOMEM;
         }
         model_forward_cached(m, last_hidden, params, &batch, &cache);
     }
-done:
-    free(k);
-    free(v);
-    free(scores);
-    free(hidden);
-    free(last_hidden);
-    free(logits);
-    free(work);
-    free(sample_buffer);
-    free(next_token);
-    free(tokens);
-    free(positions);
-    free(branch);
-    free(starts);
-    free(run_slot);
-    free(active);
-    free(next_position);
-    free(rng);
-    return status;
+    return CALIGN_OK;
 }

@@ -18,8 +18,10 @@ typedef struct {
 /* Prompt i is prompt_tokens[prompt_start[i] .. prompt_start[i+1]); sample r
  * of prompt i is written to out_tokens[(i * R + r) * max_new_tokens ...] with
  * its length in out_lengths[i * R + r] (it stops after eos, eos included).
- * Returns 0, or with a message in err (256 bytes) -1 when out of memory, -2
- * when the logits are not finite. */
+ * Its buffers (the KV cache among them) come from the model's workspace.
+ * Returns CALIGN_OK, or with a message in err (CALIGN_ERR_LEN bytes)
+ * CALIGN_ENOMEM, CALIGN_ENONFINITE when the logits are not finite, or
+ * CALIGN_EINVAL when logits / temperature overflow float32. */
 int model_generate(model *m, const float *params, const int32_t *prompt_tokens,
                    const int32_t *prompt_start, int n_prompts, const generate_settings *s,
                    int32_t *out_tokens, int32_t *out_lengths, char *err);

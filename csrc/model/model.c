@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/bump.h"
+#include "core/status.h"
 #include "core/threads.h"
 #include "layers/activations.h"
 #include "layers/attention.h"
@@ -61,8 +63,14 @@ struct model {
     long forward_T;     /* tokens of the last training forward, -1 if none */
     uint64_t forward_batch; /* batch_fingerprint of that forward's batch */
     int forward_checkpointed; /* that forward kept only the residual streams */
-    float *scratch;     /* model_scratch */
-    long scratch_floats;
+    void *workspace;    /* model_workspace */
+    size_t workspace_bytes;
+};
+
+const char *const FORWARD_MODE_NAMES[FORWARD_N_MODES] = {
+    [FORWARD_INFERENCE] = "inference",
+    [FORWARD_TRAIN] = "train",
+    [FORWARD_TRAIN_CHECKPOINTED] = "train_checkpointed",
 };
 
 /* ---- layout ------------------------------------------------------------ */
@@ -120,6 +128,23 @@ model *model_create(const model_config *cfg, char *err) {
         snprintf(err, 256, "head_dim (%d) must be even for rotary embeddings", c->head_dim);
         return NULL;
     }
+    /* the engine indexes a row of a projection with an int and a tensor with
+     * a long: refuse sizes whose products would not fit either */
+    const double d = c->d_model, hd = c->head_dim;
+    const double qkv = ((double)c->n_head + 2.0 * c->n_kv_head) * hd;
+    const double up = (c->mlp == MLP_SWIGLU ? 2.0 : 1.0) * c->d_ff;
+    if (qkv > INT32_MAX || up > INT32_MAX) {
+        snprintf(err, 256, "the attention (%.0f) or MLP (%.0f) projection has more than "
+                 "2**31 - 1 outputs", qkv, up);
+        return NULL;
+    }
+    const double per_layer = (qkv + (double)c->n_head * hd + up + c->d_ff) * d + qkv + up + 6 * d;
+    const double n_params = c->n_layer * per_layer + (2.0 * c->vocab + c->max_positions + 2) * d;
+    if (n_params > 0x1p56) {
+        snprintf(err, 256, "the model would have %.3g parameters, more than calign can address",
+                 n_params);
+        return NULL;
+    }
     model *m = calloc(1, sizeof(model));
     if (!m) {
         snprintf(err, 256, "out of memory");
@@ -148,18 +173,19 @@ void model_free(model *m) {
     free(m->arena);
     free(m->resid);
     free(m->acts);
-    free(m->scratch);
+    free(m->workspace);
     free(m);
 }
 
-float *model_scratch(model *m, long n) {
-    if (n > m->scratch_floats) {
-        free(m->scratch);
-        m->scratch = aligned_alloc(64, (size_t)(n + 15) / 16 * 16 * sizeof(float));
-        m->scratch_floats = m->scratch ? n : 0;
-        m->workspace_allocations += m->scratch != NULL;
+void *model_workspace(model *m, size_t bytes) {
+    if (bytes > m->workspace_bytes || !m->workspace) {
+        free(m->workspace);
+        size_t rounded = (bytes + 63) / 64 * 64;
+        m->workspace = aligned_alloc(64, rounded ? rounded : 64);
+        m->workspace_bytes = m->workspace ? rounded : 0;
+        m->workspace_allocations += m->workspace != NULL;
     }
-    return m->scratch;
+    return m->workspace;
 }
 
 const model_config *model_get_config(const model *m) { return &m->cfg; }
@@ -224,17 +250,7 @@ int model_param_entries(const model *m, param_entry *e, int max) {
 
 /* ---- arena ------------------------------------------------------------- */
 
-/* A bump allocator over the arena: with base == NULL it only counts. */
-typedef struct {
-    float *base;
-    size_t used;
-} bump;
-
-static float *take(bump *b, size_t n) {
-    float *p = b->base ? b->base + b->used : NULL;
-    b->used += (n + 15) / 16 * 16; /* keep 64-byte alignment */
-    return p;
-}
+static float *take(bump *b, size_t n_floats) { return bump_take(b, n_floats * sizeof(float)); }
 
 /* Training keeps every residual stream, and every layer's activations
  * unless checkpointed; inference reuses two streams and one layer's buffers. */
@@ -316,16 +332,17 @@ int model_prepare(model *m, const packed_batch *b, forward_mode mode) {
         if (!m->resid || !m->acts) return -1;
         bump counter = {NULL, 0};
         plan_arena(m, &counter, T, lmax, keep_acts, keep_train);
-        m->arena = aligned_alloc(64, (counter.used + 16) * sizeof(float));
+        size_t bytes = (counter.used + 63) / 64 * 64;
+        m->arena = aligned_alloc(64, bytes);
         if (!m->arena) return -1;
         m->workspace_allocations++;
-        m->arena_floats = counter.used;
+        m->arena_floats = bytes / sizeof(float);
         m->arena_T = T;
         m->arena_longest = lmax;
         m->arena_layers_kept = keep_acts;
         m->arena_train = keep_train;
     }
-    bump carve = {m->arena, 0};
+    bump carve = {(char *)m->arena, 0};
     plan_arena(m, &carve, b->T, longest, n_acts, train);
     return 0;
 }

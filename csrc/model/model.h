@@ -71,12 +71,14 @@ typedef struct {
 
 /* What a forward pass keeps for model_backward. */
 typedef enum {
-    FORWARD_INFERENCE = 0,          /* nothing: one layer's buffers, reused */
-    FORWARD_TRAIN = 1,              /* every layer's activations */
-    FORWARD_TRAIN_CHECKPOINTED = 2, /* only the residual stream entering each layer;
-                                       the backward runs each layer's forward again
-                                       (activation checkpointing) */
+    FORWARD_INFERENCE,          /* nothing: one layer's buffers, reused */
+    FORWARD_TRAIN,              /* every layer's activations */
+    FORWARD_TRAIN_CHECKPOINTED, /* only the residual stream entering each layer;
+                                   the backward runs each layer's forward again
+                                   (activation checkpointing) */
+    FORWARD_N_MODES
 } forward_mode;
+extern const char *const FORWARD_MODE_NAMES[FORWARD_N_MODES];
 
 /* Sizes the arena for this batch and mode. Returns 0, or -1 when memory
  * could not be had. Call before forward. */
@@ -90,8 +92,9 @@ void model_forward(model *m, float *hidden_out, const float *params, const packe
 /* Bytes of the activation arena as now sized. */
 size_t model_arena_bytes(const model *m);
 
-/* How many times the arena or the logits scratch has been (re)allocated:
- * both grow to the largest batch seen, then a step allocates neither. */
+/* How many times the arena or the workspace has been (re)allocated: both
+ * grow to the largest call seen, then a call of no larger shape allocates
+ * neither. */
 long model_workspace_allocations(const model *m);
 
 /* Given d_hidden [T, d] (gradient of the loss at the final normed hidden
@@ -120,9 +123,11 @@ void model_forward_cached(model *m, float *hidden_out, const float *params,
 /* Floats one layer of a cache holds (k or v). */
 long kv_cache_layer_floats(const model *m, int n_slots, int capacity);
 
-/* A scratch buffer of at least n floats owned by the model (kept between
- * calls, grown when needed); NULL when memory could not be had. */
-float *model_scratch(model *m, long n);
+/* A workspace of at least `bytes` owned by the model, kept between calls
+ * and grown when a call needs more (counted by model_workspace_allocations);
+ * the scoring and generation calls carve their buffers from it (core/bump.h).
+ * Its contents do not survive the next call. NULL when memory could not be had. */
+void *model_workspace(model *m, size_t bytes);
 
 /* Whether model_backward may run for batch b (a training forward of the
  * same batch came last). */

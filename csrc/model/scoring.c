@@ -1,15 +1,18 @@
 #include "model/scoring.h"
 
+#include <stdio.h>
 #include <string.h>
 
-#include "logprob.h"
+#include "core/bump.h"
+#include "core/status.h"
+#include "losses/dpo_pairs.h"
 
 static logprob_problem problem_of(const model *m, const float *params, const float *rows_hidden,
                                   const score_request *r) {
     const model_config *c = model_get_config(m);
     return (logprob_problem){
         .hidden = rows_hidden,
-        .weight = params + model_lm_head_offset(m),
+        .weight = params ? params + model_lm_head_offset(m) : NULL,
         .bias = NULL,
         .targets = r->targets,
         .N = r->M,
@@ -21,11 +24,23 @@ static logprob_problem problem_of(const model *m, const float *params, const flo
     };
 }
 
-/* scratch: gathered rows [M, d] | their gradient [M, d] | kernel scratch */
-long scoring_scratch_floats(const model *m, const score_request *r) {
-    const model_config *c = model_get_config(m);
+/* What every scoring call carves: the scored rows gathered [M, d], their
+ * gradient [M, d], the upstream gradient in float [M] and the kernel's
+ * scratch (grouped or not). */
+typedef struct {
+    float *rows, *d_rows, *grad32;
+    void *kernel;
+} score_buffers;
+
+static void plan_score_buffers(score_buffers *s, bump *b, const model *m, const score_request *r,
+                               int grouped) {
+    const size_t d = model_get_config(m)->d_model, M = r->M;
     logprob_problem p = problem_of(m, NULL, NULL, r);
-    return 2 * r->M * (long)c->d_model + (long)(logprob_scratch_bytes(&p) / sizeof(float)) + 16;
+    s->rows = bump_take(b, sizeof(float) * M * d);
+    s->d_rows = bump_take(b, sizeof(float) * M * d);
+    s->grad32 = bump_take(b, sizeof(float) * M);
+    s->kernel = bump_take(b, grouped ? logprob_grouped_scratch_bytes(&p)
+                                     : logprob_scratch_bytes(&p));
 }
 
 static void gather_rows(float *out, const float *hidden, const int64_t *rows, long M, int d) {
@@ -43,49 +58,155 @@ static void scatter_add_rows(float *d_hidden, const float *d_rows, const int64_t
     }
 }
 
-long model_score_forward(float *logprobs, const logprob_stats *stats, const model *m,
-                         const float *params, const float *hidden, const score_request *r,
-                         float *scratch) {
-    const int d = model_get_config(m)->d_model;
-    float *rows = scratch, *kernel_scratch = scratch + 2 * r->M * d;
-    gather_rows(rows, hidden, r->rows, r->M, d);
-    logprob_problem p = problem_of(m, params, rows, r);
-    return token_logprobs_forward(logprobs, stats, &p, kernel_scratch);
+static int out_of_memory(char *err) {
+    snprintf(err, CALIGN_ERR_LEN, "out of memory for the scoring workspace");
+    return CALIGN_ENOMEM;
 }
 
-long model_score_backward(float *d_hidden, float *grads, float *logprobs,
-                          const logprob_stats *stats, const model *m, const float *params,
-                          const float *hidden, const float *grad_logprobs,
-                          const score_request *r, float *scratch) {
-    const int d = model_get_config(m)->d_model;
-    float *rows = scratch, *d_rows = scratch + r->M * d, *kernel_scratch = scratch + 2 * r->M * d;
-    gather_rows(rows, hidden, r->rows, r->M, d);
-    logprob_problem p = problem_of(m, params, rows, r);
-    long bad = token_logprobs_backward(d_rows, grads + model_lm_head_offset(m), NULL, logprobs,
-                                       stats, grad_logprobs, &p, kernel_scratch);
-    if (bad >= 0) return bad;
-    scatter_add_rows(d_hidden, d_rows, r->rows, r->M, d);
-    return -1;
+/* The kernels return the first row whose logits were not finite, or -1. */
+static int kernel_status(long bad_row, char *err) {
+    if (bad_row < 0) return CALIGN_OK;
+    snprintf(err, CALIGN_ERR_LEN,
+             "the model produced non-finite logits (NaN or infinity in the parameters?)");
+    return CALIGN_ENONFINITE;
 }
 
-long scoring_grouped_scratch_floats(const model *m, const score_request *r) {
-    const model_config *c = model_get_config(m);
-    logprob_problem p = problem_of(m, NULL, NULL, r);
-    return 2 * r->M * (long)c->d_model + (long)(logprob_grouped_scratch_bytes(&p) / sizeof(float)) +
-           16;
+int model_score_forward(float *logprobs, const logprob_stats *stats, model *m,
+                        const float *params, const float *hidden, const score_request *r,
+                        char *err) {
+    score_buffers s;
+    bump b = {NULL, 0};
+    plan_score_buffers(&s, &b, m, r, 0);
+    if (!(b.base = model_workspace(m, b.used))) return out_of_memory(err);
+    b.used = 0;
+    plan_score_buffers(&s, &b, m, r, 0);
+    const int d = model_get_config(m)->d_model;
+    gather_rows(s.rows, hidden, r->rows, r->M, d);
+    logprob_problem p = problem_of(m, params, s.rows, r);
+    return kernel_status(token_logprobs_forward(logprobs, stats, &p, s.kernel), err);
 }
 
-long model_score_grouped(float *d_hidden, float *grads, float *logprobs,
-                         const logprob_stats *stats, double *seq_sums, double *seq_grads,
-                         const model *m, const float *params, const float *hidden,
-                         const score_request *r, const logprob_groups *g, float *scratch) {
+int model_score_backward(float *d_hidden, float *grads, float *logprobs,
+                         const logprob_stats *stats, model *m, const float *params,
+                         const float *hidden, const double *grad_logprobs,
+                         const score_request *r, char *err) {
+    score_buffers s;
+    bump b = {NULL, 0};
+    plan_score_buffers(&s, &b, m, r, 0);
+    if (!(b.base = model_workspace(m, b.used))) return out_of_memory(err);
+    b.used = 0;
+    plan_score_buffers(&s, &b, m, r, 0);
     const int d = model_get_config(m)->d_model;
-    float *rows = scratch, *d_rows = scratch + r->M * d, *kernel_scratch = scratch + 2 * r->M * d;
-    gather_rows(rows, hidden, r->rows, r->M, d);
-    logprob_problem p = problem_of(m, params, rows, r);
-    long bad = token_logprobs_grouped(d_rows, grads + model_lm_head_offset(m), logprobs, stats,
-                                      seq_sums, seq_grads, &p, g, kernel_scratch);
-    if (bad >= 0) return bad;
-    scatter_add_rows(d_hidden, d_rows, r->rows, r->M, d);
-    return -1;
+    for (long i = 0; i < r->M; i++) s.grad32[i] = (float)grad_logprobs[i];
+    gather_rows(s.rows, hidden, r->rows, r->M, d);
+    logprob_problem p = problem_of(m, params, s.rows, r);
+    int status = kernel_status(token_logprobs_backward(s.d_rows, grads + model_lm_head_offset(m),
+                                                       NULL, logprobs, stats, s.grad32, &p,
+                                                       s.kernel),
+                               err);
+    if (status == CALIGN_OK) scatter_add_rows(d_hidden, s.d_rows, r->rows, r->M, d);
+    return status;
+}
+
+/* ---- preference pairs ------------------------------------------------------------- */
+
+/* The pair layout on top of the scoring buffers: sequence and group starts
+ * for the grouped kernel, the sequence sums and gradients, the completion
+ * lengths as doubles, and the DPO loss's scratch. */
+typedef struct {
+    score_buffers score;
+    int *group_first_seq; /* [B + 1] */
+    long *seq_first_row;  /* [2B + 1] */
+    double *seq_grads;    /* [2B] */
+    double *chosen_len, *rejected_len; /* [B] */
+    double *pair_work;    /* 4B, dpo_pairs' */
+    double *loss_work;    /* 5B, dpo_loss's */
+    int *loss_iwork;      /* 2B */
+} pair_buffers;
+
+static void plan_pair_buffers(pair_buffers *p, bump *b, const model *m, const score_request *r,
+                              size_t B) {
+    plan_score_buffers(&p->score, b, m, r, 1);
+    p->group_first_seq = bump_take(b, sizeof(int) * (B + 1));
+    p->seq_first_row = bump_take(b, sizeof(long) * (2 * B + 1));
+    p->seq_grads = bump_take(b, sizeof(double) * 2 * B);
+    p->chosen_len = bump_take(b, sizeof(double) * B);
+    p->rejected_len = bump_take(b, sizeof(double) * B);
+    p->pair_work = bump_take(b, sizeof(double) * 4 * B);
+    p->loss_work = bump_take(b, sizeof(double) * 5 * B);
+    p->loss_iwork = bump_take(b, sizeof(int) * 2 * B);
+}
+
+/* EINVAL unless the request can be fused: per-pair losses only, every
+ * completion non-empty, the lengths adding up to the scores, no score left
+ * out (-100). */
+static int check_pair_request(const score_request *r, const dpo_pair_request *q, char *err) {
+    for (int t = 0; t < q->loss->n_loss_types; t++)
+        if (DPO_LOSS_INFO[q->loss->loss_types[t]].couples_batch) {
+            snprintf(err, CALIGN_ERR_LEN,
+                     "score_dpo_pairs cannot fuse the loss types that couple a batch's pairs "
+                     "(loss_type '%s'): score the pairs, then call calign.losses.dpo_loss on "
+                     "the whole batch", DPO_LOSS_INFO[q->loss->loss_types[t]].name);
+            return CALIGN_EINVAL;
+        }
+    int64_t total = 0;
+    for (long s = 0; s < 2L * q->n_pairs; s++) {
+        const int64_t len = q->completion_lengths[s];
+        if (len < 1 || len > r->M) {
+            snprintf(err, CALIGN_ERR_LEN, "completion_lengths[%ld] = %lld: every completion "
+                     "needs between 1 and the %ld scores", s, (long long)len, r->M);
+            return CALIGN_EINVAL;
+        }
+        total += len;
+    }
+    if (total != r->M) {
+        snprintf(err, CALIGN_ERR_LEN, "completion_lengths add up to %lld but there are %ld "
+                 "scores", (long long)total, r->M);
+        return CALIGN_EINVAL;
+    }
+    for (long i = 0; i < r->M; i++)
+        if (r->targets[i] == -100) {
+            snprintf(err, CALIGN_ERR_LEN, "every completion token must be scored (no -100)");
+            return CALIGN_EINVAL;
+        }
+    return CALIGN_OK;
+}
+
+int model_score_dpo_pairs(const dpo_pair_scores *out, float *grads, model *m,
+                          const float *params, const float *hidden, const score_request *r,
+                          const dpo_pair_request *q, char *err) {
+    int status = check_pair_request(r, q, err);
+    if (status != CALIGN_OK) return status;
+    const int B = q->n_pairs;
+    pair_buffers w;
+    bump b = {NULL, 0};
+    plan_pair_buffers(&w, &b, m, r, B);
+    if (!(b.base = model_workspace(m, b.used))) return out_of_memory(err);
+    b.used = 0;
+    plan_pair_buffers(&w, &b, m, r, B);
+
+    /* pair g is group g: its chosen and rejected completions, sequences 2g and 2g + 1 */
+    w.seq_first_row[0] = 0;
+    for (int s = 0; s < 2 * B; s++)
+        w.seq_first_row[s + 1] = w.seq_first_row[s] + q->completion_lengths[s];
+    for (int g = 0; g <= B; g++) w.group_first_seq[g] = 2 * g;
+    for (int i = 0; i < B; i++) {
+        w.chosen_len[i] = (double)q->completion_lengths[2 * i];
+        w.rejected_len[i] = (double)q->completion_lengths[2 * i + 1];
+    }
+    dpo_pairs ctx = {q->loss, q->ref_chosen, q->ref_rejected, w.chosen_len, w.rejected_len,
+                     q->pair_weights, q->grad_scale, out->losses, out->chosen_rewards,
+                     out->rejected_rewards, w.pair_work, w.loss_work, w.loss_iwork};
+    logprob_groups groups = {B, w.group_first_seq, w.seq_first_row, q->token_weights,
+                             dpo_pairs_sequence_grads, &ctx};
+    const int d = model_get_config(m)->d_model;
+    gather_rows(w.score.rows, hidden, r->rows, r->M, d);
+    logprob_problem p = problem_of(m, params, w.score.rows, r);
+    status = kernel_status(token_logprobs_grouped(w.score.d_rows,
+                                                  grads + model_lm_head_offset(m),
+                                                  out->logprobs, &out->stats, out->policy_sums,
+                                                  w.seq_grads, &p, &groups, w.score.kernel),
+                           err);
+    if (status == CALIGN_OK) scatter_add_rows(out->d_hidden, w.score.d_rows, r->rows, r->M, d);
+    return status;
 }

@@ -1,45 +1,67 @@
 /* Log-probabilities of chosen tokens under the model's lm_head, read at
  * chosen rows of the final hidden states (several scores may read the same
- * row: the last prompt token predicts the first token of every branch). */
+ * row: the last prompt token predicts the first token of every branch).
+ *
+ * Every function carves its buffers from the model's workspace (grown once,
+ * see model_workspace) and returns a status (core/status.h) with a message
+ * in err (CALIGN_ERR_LEN bytes): CALIGN_ENONFINITE when a logit is NaN or
+ * infinite, CALIGN_ENOMEM, or CALIGN_EINVAL for a request that does not fit. */
 #ifndef CALIGN_SCORING_H
 #define CALIGN_SCORING_H
 
 #include <stdint.h>
 
 #include "logprob.h"
+#include "losses/losses.h"
 #include "model/model.h"
 
 typedef struct {
     const int64_t *rows;    /* [M] row of the hidden states each score reads */
-    const int64_t *targets; /* [M] token ids (or ignore_index) */
+    const int64_t *targets; /* [M] token ids (or -100: not scored) */
     long M;
     float temperature;
 } score_request;
 
-/* Scratch floats the two functions need. */
-long scoring_scratch_floats(const model *m, const score_request *r);
-
-/* logprobs[M] (and the per-score statistics when stats is not NULL);
- * returns -1 or the first score whose logits were not finite. */
-long model_score_forward(float *logprobs, const logprob_stats *stats, const model *m,
-                         const float *params, const float *hidden, const score_request *r,
-                         float *scratch);
+/* logprobs[M] (and the per-score statistics when stats is not NULL). */
+int model_score_forward(float *logprobs, const logprob_stats *stats, model *m,
+                        const float *params, const float *hidden, const score_request *r,
+                        char *err);
 
 /* For upstream gradients grad_logprobs[M]: d_hidden[T, d] is ADDED to (the
  * scatter of each score's hidden gradient), the lm_head gradient is added
  * into grads, logprobs[M] and the statistics written when not NULL. */
-long model_score_backward(float *d_hidden, float *grads, float *logprobs,
-                          const logprob_stats *stats, const model *m, const float *params,
-                          const float *hidden, const float *grad_logprobs,
-                          const score_request *r, float *scratch);
+int model_score_backward(float *d_hidden, float *grads, float *logprobs,
+                         const logprob_stats *stats, model *m, const float *params,
+                         const float *hidden, const double *grad_logprobs,
+                         const score_request *r, char *err);
 
-/* Scores in groups (see token_logprobs_grouped): forward, the loss's
- * gradient through g->sequence_grads, and backward in one pass; d_hidden is
- * ADDED to, the lm_head gradient added into grads. */
-long scoring_grouped_scratch_floats(const model *m, const score_request *r);
-long model_score_grouped(float *d_hidden, float *grads, float *logprobs,
-                         const logprob_stats *stats, double *seq_sums, double *seq_grads,
-                         const model *m, const float *params, const float *hidden,
-                         const score_request *r, const logprob_groups *g, float *scratch);
+/* B preference pairs scored with the DPO loss inside the kernel: the scores
+ * are the pairs' completions, chosen then rejected, completion_lengths[2B]
+ * tokens each in that order (every token scored). Chunks of whole pairs get
+ * their log-probs, the pair sums go through dpo_loss (losses/dpo_pairs.h),
+ * and each chunk is backpropagated at once. Only for loss types whose value
+ * for a pair is its own (not those with couples_batch). */
+typedef struct {
+    const int64_t *completion_lengths; /* [2B] */
+    int n_pairs;                       /* B */
+    const double *ref_chosen, *ref_rejected; /* [B] reference log-probs */
+    const double *token_weights;       /* [M] factor of each log-prob in its sum, or NULL */
+    const double *pair_weights;        /* [B] factor of each pair's loss, or NULL */
+    double grad_scale;                 /* the gradient is of grad_scale * sum of the losses */
+    const dpo_params *loss;
+} dpo_pair_request;
+
+typedef struct {
+    float *d_hidden;        /* [T, d], ADDED to */
+    float *logprobs;        /* [M] */
+    logprob_stats stats;    /* [M] each */
+    double *policy_sums;    /* [B, 2] chosen, rejected */
+    double *losses, *chosen_rewards, *rejected_rewards; /* [B] */
+} dpo_pair_scores;
+
+/* Adds the lm_head gradient into grads and fills out. */
+int model_score_dpo_pairs(const dpo_pair_scores *out, float *grads, model *m,
+                          const float *params, const float *hidden, const score_request *r,
+                          const dpo_pair_request *pairs, char *err);
 
 #endif

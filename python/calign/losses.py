@@ -16,23 +16,24 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from calign import _C
-from calign.checks import is_real
+from calign import _C, checks
 
-DPO_LOSS_TYPES = (
-    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard",
-    "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm", "sft", "scpo",
-)
-F_DIVERGENCE_TYPES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
-KTO_LOSS_TYPES = ("kto", "apo_zero_unpaired")
-CPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "simpo")
+# The names and properties of the loss types are defined once, beside their
+# enums in the C headers (csrc/losses/losses.h), and read from there.
+_C_NAMES = _C.describe()
+DPO_LOSS_TYPES = tuple(_C_NAMES["dpo_loss_types"])
+F_DIVERGENCE_TYPES = tuple(_C_NAMES["f_divergence_types"])
+KTO_LOSS_TYPES = tuple(_C_NAMES["kto_loss_types"])
+CPO_LOSS_TYPES = tuple(_C_NAMES["cpo_loss_types"])
 # DPO loss types that normalise by completion length (need chosen/rejected_lengths).
-LENGTH_NORMALISED_DPO_LOSS_TYPES = ("ipo", "sigmoid_norm", "sft", "scpo")
+LENGTH_NORMALISED_DPO_LOSS_TYPES = tuple(_C_NAMES["dpo_loss_types_needing_chosen_lengths"])
 # ... of which these normalise the chosen completion only (need chosen_lengths only).
-CHOSEN_LENGTH_DPO_LOSS_TYPES = ("sft", "scpo")
+CHOSEN_LENGTH_DPO_LOSS_TYPES = tuple(
+    t for t in LENGTH_NORMALISED_DPO_LOSS_TYPES
+    if t not in _C_NAMES["dpo_loss_types_needing_rejected_lengths"])
 # DPO loss types whose value for a pair depends on the rest of the batch: the
 # fused pair scoring (Model.score_dpo_pairs) cannot apply them chunk by chunk.
-BATCH_COUPLED_DPO_LOSS_TYPES = ("aot", "aot_unpaired", "sft")
+BATCH_COUPLED_DPO_LOSS_TYPES = tuple(_C_NAMES["dpo_loss_types_coupling_the_batch"])
 
 
 class DPOLossOutput(NamedTuple):
@@ -80,22 +81,12 @@ class ListwiseLossOutput(NamedTuple):
     grad: Optional[np.ndarray] = None
 
 
-def _choice(value, valid, name):
-    if not isinstance(value, str) or value not in valid:
-        raise ValueError(f"{name} must be one of {list(valid)}, got {value!r}")
-    return valid.index(value)
-
-
 def _positive(value, name):
-    if not is_real(value) or not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+    return checks.real(name, value, 0, open_low=True)
 
 
 def _finite(value, name):
-    if not is_real(value) or not np.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
+    return checks.real(name, value)
 
 
 def _names(value, name):
@@ -134,13 +125,15 @@ def _logps_vector(values, name):
 def dpo_settings(*, beta=0.1, loss_type="sigmoid", loss_weights=None, label_smoothing=0.0,
                  f_divergence_type="reverse_kl", f_alpha_divergence_coef=1.0, discopop_tau=0.05,
                  bco_reward_shift=0.0, scpo_alpha=1.0):
-    """The checked settings of dpo_loss as the C library takes them (a tuple),
-    for the trainer's fused scoring, which applies the same loss inside the
-    log-prob kernel. Arguments as dpo_loss's."""
+    """The checked settings of dpo_loss as the C library takes them (a dict
+    whose keys are _C.describe()["dpo_settings"]), for the trainer's fused
+    scoring, which applies the same loss inside the log-prob kernel. Arguments
+    as dpo_loss's; every rule on their values and combinations lives here."""
     types = _names(loss_type, "loss_type")
     if not types:
         raise ValueError(f"loss_type must name at least one of {list(DPO_LOSS_TYPES)}")
-    codes = [_choice(t, DPO_LOSS_TYPES, "loss_type") for t in types]
+    for t in types:
+        checks.choice("loss_type", t, DPO_LOSS_TYPES)
     if loss_weights is None:
         loss_weights = [1.0] * len(types)
     if not isinstance(loss_weights, (list, tuple, np.ndarray)):
@@ -150,23 +143,25 @@ def dpo_settings(*, beta=0.1, loss_type="sigmoid", loss_weights=None, label_smoo
         raise ValueError(f"loss_weights has {len(loss_weights)} entries but loss_type has "
                          f"{len(types)}")
     loss_weights = [_finite(w, "loss_weights") for w in loss_weights]
-    beta = _positive(beta, "beta")
-    label_smoothing = _finite(label_smoothing, "label_smoothing")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    label_smoothing = checks.real("label_smoothing", label_smoothing, 0.0, 1.0)
     if "exo_pair" in types and not 0.0 < label_smoothing < 1.0:
         raise ValueError("label_smoothing must be in (0, 1) for the 'exo_pair' loss "
                          f"(it takes log(label_smoothing)), got {label_smoothing}")
     if "robust" in types and not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5) for the 'robust' loss, got "
                          f"{label_smoothing}")
-    divergence = _choice(f_divergence_type, F_DIVERGENCE_TYPES, "f_divergence_type")
-    scpo_alpha = _finite(scpo_alpha, "scpo_alpha")
-    if scpo_alpha < 0:
-        raise ValueError(f"scpo_alpha must be >= 0, got {scpo_alpha}")
-    return (beta, label_smoothing, _finite(f_alpha_divergence_coef, "f_alpha_divergence_coef"),
-            _positive(discopop_tau, "discopop_tau"), _finite(bco_reward_shift, "bco_reward_shift"),
-            scpo_alpha, divergence, codes, loss_weights)
+    return {
+        "beta": _positive(beta, "beta"),
+        "label_smoothing": label_smoothing,
+        "f_divergence_type": checks.choice("f_divergence_type", f_divergence_type,
+                                           F_DIVERGENCE_TYPES),
+        "f_alpha_divergence_coef": _finite(f_alpha_divergence_coef, "f_alpha_divergence_coef"),
+        "discopop_tau": _positive(discopop_tau, "discopop_tau"),
+        "bco_reward_shift": _finite(bco_reward_shift, "bco_reward_shift"),
+        "scpo_alpha": checks.real("scpo_alpha", scpo_alpha, 0.0),
+        "loss_type": types,
+        "loss_weights": loss_weights,
+    }
 
 
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
@@ -203,23 +198,16 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     Returns:
         DPOLossOutput(losses, chosen_rewards, rejected_rewards[, grad_chosen, grad_rejected]).
     """
-    types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
-    settings = dpo_settings(beta=beta, loss_type=types, loss_weights=loss_weights,
+    settings = dpo_settings(beta=beta, loss_type=loss_type, loss_weights=loss_weights,
                             label_smoothing=label_smoothing, f_divergence_type=f_divergence_type,
                             f_alpha_divergence_coef=f_alpha_divergence_coef,
                             discopop_tau=discopop_tau, bco_reward_shift=bco_reward_shift,
                             scpo_alpha=scpo_alpha)
-    needs_lengths = [t for t in types if t in LENGTH_NORMALISED_DPO_LOSS_TYPES]
-    if needs_lengths and chosen_lengths is None:
-        raise ValueError(f"chosen_lengths is required by loss_type {needs_lengths[0]!r} "
-                         "(it normalises by completion token counts)")
-    needs_rejected = [t for t in needs_lengths if t not in CHOSEN_LENGTH_DPO_LOSS_TYPES]
-    if needs_rejected and rejected_lengths is None:
-        raise ValueError(f"rejected_lengths is required by loss_type {needs_rejected[0]!r}")
     result = _C.dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
-                         ref_rejected_logps, _counts(chosen_lengths, "chosen_lengths"),
-                         _counts(rejected_lengths, "rejected_lengths"), weights, settings,
-                         bool(return_grad))
+                         ref_rejected_logps, settings,
+                         chosen_lengths=_counts(chosen_lengths, "chosen_lengths"),
+                         rejected_lengths=_counts(rejected_lengths, "rejected_lengths"),
+                         weights=weights, return_grad=bool(return_grad))
     return DPOLossOutput(*result)
 
 
@@ -243,7 +231,7 @@ def kto_loss(policy_logps, ref_logps, labels, *, kl_policy_logps=None, kl_ref_lo
     Returns:
         KTOLossOutput(losses, rewards, kl[, grad]) with losses in input order.
     """
-    type_code = _choice(loss_type, KTO_LOSS_TYPES, "loss_type")
+    checks.choice("loss_type", loss_type, KTO_LOSS_TYPES)
     beta = _positive(beta, "beta")
     desirable_weight = _positive(desirable_weight, "desirable_weight")
     undesirable_weight = _positive(undesirable_weight, "undesirable_weight")
@@ -264,8 +252,9 @@ def kto_loss(policy_logps, ref_logps, labels, *, kl_policy_logps=None, kl_ref_lo
                          "kl_policy_logps and kl_ref_logps")
     else:
         kl_value = 0.0
-    result = _C.kto_loss(policy_logps, ref_logps, labels, kl_value, beta, type_code,
-                         desirable_weight, undesirable_weight, bool(return_grad))
+    result = _C.kto_loss(policy_logps, ref_logps, labels, kl=kl_value, beta=beta,
+                         loss_type=loss_type, desirable_weight=desirable_weight,
+                         undesirable_weight=undesirable_weight, return_grad=bool(return_grad))
     losses, rewards = result[0], result[1]
     grad = result[2] if return_grad else None
     return KTOLossOutput(losses, rewards, kl_value, grad)
@@ -282,8 +271,8 @@ def orpo_loss(policy_chosen_logps, policy_rejected_logps, *, beta=0.1, return_gr
         ORPOLossOutput(losses, chosen_rewards, rejected_rewards, log_odds[, grads]).
     """
     beta = _positive(beta, "beta")
-    return ORPOLossOutput(*_C.orpo_loss(policy_chosen_logps, policy_rejected_logps, beta,
-                                        bool(return_grad)))
+    return ORPOLossOutput(*_C.orpo_loss(policy_chosen_logps, policy_rejected_logps, beta=beta,
+                                        return_grad=bool(return_grad)))
 
 
 def cpo_loss(policy_chosen_logps, policy_rejected_logps, *, beta=0.1, loss_type="sigmoid",
@@ -301,15 +290,12 @@ def cpo_loss(policy_chosen_logps, policy_rejected_logps, *, beta=0.1, loss_type=
     Returns:
         CPOLossOutput(losses, chosen_rewards, rejected_rewards[, grads]).
     """
-    type_code = _choice(loss_type, CPO_LOSS_TYPES, "loss_type")
-    beta = _positive(beta, "beta")
-    label_smoothing = _finite(label_smoothing, "label_smoothing")
-    if not 0.0 <= label_smoothing <= 0.5:
-        raise ValueError(f"label_smoothing must be in [0, 0.5], got {label_smoothing}")
-    return CPOLossOutput(*_C.cpo_loss(policy_chosen_logps, policy_rejected_logps, beta,
-                                      type_code, label_smoothing,
-                                      _finite(simpo_gamma, "simpo_gamma"),
-                                      _finite(alpha, "alpha"), bool(return_grad)))
+    return CPOLossOutput(*_C.cpo_loss(
+        policy_chosen_logps, policy_rejected_logps, beta=_positive(beta, "beta"),
+        loss_type=checks.choice("loss_type", loss_type, CPO_LOSS_TYPES),
+        label_smoothing=checks.real("label_smoothing", label_smoothing, 0.0, 0.5),
+        simpo_gamma=_finite(simpo_gamma, "simpo_gamma"), alpha=_finite(alpha, "alpha"),
+        return_grad=bool(return_grad)))
 
 
 def reward_loss(chosen_rewards, rejected_rewards, *, margin=None,
@@ -323,13 +309,11 @@ def reward_loss(chosen_rewards, rejected_rewards, *, margin=None,
         RewardLossOutput(losses, margins[, grad_chosen, grad_rejected]) with
         margins = r_c - r_r.
     """
-    coef = 0.0
-    if center_rewards_coefficient is not None:
-        coef = _finite(center_rewards_coefficient, "center_rewards_coefficient")
-        if coef < 0:
-            raise ValueError(f"center_rewards_coefficient must be >= 0, got {coef}")
-    return RewardLossOutput(*_C.reward_loss(chosen_rewards, rejected_rewards, margin, coef,
-                                            bool(return_grad)))
+    coef = checks.real("center_rewards_coefficient", center_rewards_coefficient, 0.0,
+                       allow_none=True)
+    return RewardLossOutput(*_C.reward_loss(chosen_rewards, rejected_rewards, margin=margin,
+                                            center_rewards_coefficient=coef or 0.0,
+                                            return_grad=bool(return_grad)))
 
 
 def listwise_dpo_loss(policy_logps, ref_logps, *, beta=0.1, return_grad=False):
@@ -345,5 +329,5 @@ def listwise_dpo_loss(policy_logps, ref_logps, *, beta=0.1, return_grad=False):
         ListwiseLossOutput(losses [B], rewards [B, K][, grad [B, K]]).
     """
     beta = _positive(beta, "beta")
-    return ListwiseLossOutput(*_C.listwise_dpo_loss(policy_logps, ref_logps, beta,
-                                                    bool(return_grad)))
+    return ListwiseLossOutput(*_C.listwise_dpo_loss(policy_logps, ref_logps, beta=beta,
+                                                    return_grad=bool(return_grad)))

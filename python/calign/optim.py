@@ -10,15 +10,7 @@ import tempfile
 
 import numpy as np
 
-from calign import _C
-
-
-def _check_positive(value, name, allow_zero=False):
-    if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0 or (
-            value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be a finite number {'>= 0' if allow_zero else '> 0'}, "
-                         f"got {value!r}")
-    return float(value)
+from calign import _C, checks
 
 
 def _save_state(path, tensors, metadata):
@@ -58,12 +50,12 @@ class AdamW:
 
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
         self.model = model
-        self.lr = _check_positive(lr, "lr", allow_zero=True)
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
-        self.betas = (float(betas[0]), float(betas[1]))
-        self.eps = _check_positive(eps, "eps")
-        self.weight_decay = _check_positive(weight_decay, "weight_decay", allow_zero=True)
+        self.lr = checks.real("lr", lr, 0.0)
+        checks.require(isinstance(betas, (tuple, list)) and len(betas) == 2, "betas", betas,
+                       "two numbers in [0, 1)")
+        self.betas = tuple(checks.real("betas", b, 0.0, 1.0, open_high=True) for b in betas)
+        self.eps = checks.real("eps", eps, 0.0, open_low=True)
+        self.weight_decay = checks.real("weight_decay", weight_decay, 0.0)
         self.exp_avg = np.zeros_like(model.params)
         self.exp_avg_sq = np.zeros_like(model.params)
         self.step_count = 0
@@ -72,8 +64,9 @@ class AdamW:
         """One update from the gradients in model.grads(); lr overrides self.lr once."""
         self.step_count += 1
         _C.adamw_step(self.model.params, self.model.grad_buffer, self.exp_avg, self.exp_avg_sq,
-                      self.step_count, self.lr if lr is None else float(lr), self.betas[0],
-                      self.betas[1], self.eps, self.weight_decay)
+                      step=self.step_count, lr=self.lr if lr is None else checks.real("lr", lr, 0.0),
+                      beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
+                      weight_decay=self.weight_decay)
 
     def save(self, path):
         """The moments and step count, as safetensors (written atomically)."""
@@ -94,10 +87,10 @@ class SGD:
     def __init__(self, model, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
                  nesterov=False):
         self.model = model
-        self.lr = _check_positive(lr, "lr", allow_zero=True)
-        self.momentum = _check_positive(momentum, "momentum", allow_zero=True)
-        self.dampening = _check_positive(dampening, "dampening", allow_zero=True)
-        self.weight_decay = _check_positive(weight_decay, "weight_decay", allow_zero=True)
+        self.lr = checks.real("lr", lr, 0.0)
+        self.momentum = checks.real("momentum", momentum, 0.0)
+        self.dampening = checks.real("dampening", dampening, 0.0)
+        self.weight_decay = checks.real("weight_decay", weight_decay, 0.0)
         if nesterov and (self.momentum == 0 or self.dampening != 0):
             raise ValueError("nesterov needs momentum > 0 and dampening = 0")
         self.nesterov = bool(nesterov)
@@ -108,8 +101,9 @@ class SGD:
         """One update from the gradients in model.grads(); lr overrides self.lr once."""
         self.step_count += 1
         _C.sgd_step(self.model.params, self.model.grad_buffer, self.momentum_buffer,
-                    self.lr if lr is None else float(lr), self.momentum, self.dampening,
-                    self.weight_decay, self.nesterov, self.step_count == 1)
+                    lr=self.lr if lr is None else checks.real("lr", lr, 0.0), momentum=self.momentum,
+                    dampening=self.dampening, weight_decay=self.weight_decay,
+                    nesterov=self.nesterov, first_step=self.step_count == 1)
 
     def save(self, path):
         """The momentum buffer and step count, as safetensors (written atomically)."""
@@ -130,7 +124,7 @@ def clip_grad_norm(model, max_norm):
     """Scales the model's gradients so their global L2 norm is at most max_norm
     (torch's clip_grad_norm_: factor min(1, max_norm / (norm + 1e-6))).
     Returns the norm before clipping."""
-    max_norm = _check_positive(max_norm, "max_norm")
+    max_norm = checks.real("max_norm", max_norm, 0.0, open_low=True)
     norm = _C.grad_norm(model.grad_buffer)
     if not np.isfinite(norm):
         raise FloatingPointError(f"the gradient norm is {norm}: NaN or infinity in the gradients")

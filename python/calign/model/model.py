@@ -1,17 +1,38 @@
 """calign.Model: a Hugging Face causal LM whose forward and backward run in C."""
 
 import copy
-import math
+import functools
+import threading
 from typing import NamedTuple
 
 import numpy as np
 
-from calign import _C
-from calign.checks import is_int, is_real
+from calign import _C, checks
 from calign.model import checkpoint
 from calign.model.config import engine_config, load_config_file
 from calign.model.names import tensor_names
 from calign.model.packing import as_id_matrix, pack_rows
+
+
+BUSY_MESSAGE = ("this model is being used by another thread; calls on one model must not "
+                "overlap")
+
+
+def exclusive(method):
+    """Runs a Model method as one use of the model: while it runs, another
+    thread calling any exclusive method of the same model gets RuntimeError
+    instead of sharing its activations, workspace or gradients. (The engine
+    also refuses overlapping C calls; this covers methods that make several,
+    such as logits: a forward, then the lm_head.) The same thread may nest."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        if not self._in_use.acquire(blocking=False):
+            raise RuntimeError(BUSY_MESSAGE)
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._in_use.release()
+    return run
 
 
 class PairScores(NamedTuple):
@@ -39,8 +60,9 @@ class Model:
 
     def __init__(self, config, extra_tensors=None, engine_overrides=None):
         self.config = copy.deepcopy(config)
+        self._in_use = threading.RLock()
         self._engine = dict(engine_config(self.config), **(engine_overrides or {}))
-        self._handle = _C.model_create(self._engine)
+        self._handle = _C.model_create(**self._engine)
         n_engine, self._layout = _C.model_layout(self._handle)
         # tensors the engine does not use (a reward head) follow the engine's
         self._extra = dict(extra_tensors or {})
@@ -131,19 +153,23 @@ class Model:
         """{transformers name: writable float32 view into the gradient vector}."""
         return self._views(self.grad_buffer)
 
+    @exclusive
     def zero_grad(self):
         """Sets every gradient to 0 (the backward passes add into them)."""
         self.grad_buffer[...] = 0.0
 
     # ---- running the engine -------------------------------------------------
 
+    @exclusive
     def forward_packed(self, batch, train=False):
         """Final normed hidden states [T, d] of a PackedBatch. With train, what
         backward_packed (the next call on this model) needs is kept: every
         layer's activations, or with gradient_checkpointing each layer's input."""
-        mode = (2 if self.gradient_checkpointing else 1) if train else 0
-        return _C.model_forward(self._handle, self._engine_params, batch.input_ids, batch.position_ids,
-                                batch.sequence_starts, batch.branch_ids, mode)
+        mode = ("train_checkpointed" if self.gradient_checkpointing else "train") if train \
+            else "inference"
+        return _C.model_forward(self._handle, self._engine_params, batch.input_ids,
+                                batch.position_ids, batch.sequence_starts, batch.branch_ids,
+                                mode=mode)
 
     @property
     def gradient_checkpointing(self):
@@ -166,23 +192,27 @@ class Model:
         batch no larger than an earlier one allocates neither."""
         return _C.model_workspace_allocations(self._handle)
 
+    @exclusive
     def packed_scores(self, hidden, batch, temperature=1.0, return_stats=False):
         """Log-probs float32 [M] of the batch's scores read from `hidden`, plus
         per-score entropy, mean_logit, log_sum_sq_probs and is_top1 with
         return_stats. The logits are never built."""
         return _C.model_score(self._handle, self._engine_params, hidden, batch.score_rows,
-                              batch.score_targets, temperature, return_stats)
+                              batch.score_targets, temperature=temperature,
+                              return_stats=return_stats)
 
+    @exclusive
     def score_backward(self, hidden, batch, grad_logprobs, temperature=1.0, return_stats=False):
         """Adds the lm_head gradient of sum(grad_logprobs * logprobs) to the
         gradient buffer; returns (d_hidden [T, d], logprobs [M]), plus the
         statistics of packed_scores with return_stats: when the gradient is known
         before the log-probs (SFT), one pass gives both."""
-        return _C.model_score_backward(self._handle, self._engine_params, self._engine_grads, hidden,
-                                       batch.score_rows, batch.score_targets,
-                                       np.asarray(grad_logprobs, np.float64), temperature,
-                                       return_stats)
+        return _C.model_score_backward(self._handle, self._engine_params, self._engine_grads,
+                                       hidden, batch.score_rows, batch.score_targets,
+                                       grad_logprobs, temperature=temperature,
+                                       return_stats=return_stats)
 
+    @exclusive
     def score_dpo_pairs(self, hidden, batch, completion_lengths, ref_logps, settings,
                         token_weights=None, weights=None, grad_scale=1.0):
         """Scores B preference pairs and applies the DPO loss in one pass.
@@ -204,9 +234,11 @@ class Model:
                              f"{ref_logps.shape}")
         return PairScores(*_C.model_score_dpo(
             self._handle, self._engine_params, self._engine_grads, hidden, batch.score_rows,
-            batch.score_targets, completion_lengths, token_weights, ref_logps[:, 0],
-            ref_logps[:, 1], weights, float(grad_scale), tuple(settings)))
+            batch.score_targets, completion_lengths, ref_logps[:, 0], ref_logps[:, 1],
+            settings, token_weights=token_weights, weights=weights,
+            grad_scale=checks.real("grad_scale", grad_scale)))
 
+    @exclusive
     def backward_packed(self, batch, d_hidden):
         """Adds the parameter gradients for d_hidden (the loss gradient at the
         final hidden states) to the gradient buffer; needs forward_packed(train=True)
@@ -215,6 +247,7 @@ class Model:
                           batch.input_ids, batch.position_ids, batch.sequence_starts,
                           batch.branch_ids)
 
+    @exclusive
     def hidden_states(self, input_ids, attention_mask=None):
         """Final normed hidden states float32 [B, T, d] (0 at padding)."""
         ids, mask = as_id_matrix(input_ids, attention_mask)
@@ -224,6 +257,7 @@ class Model:
         out[mask] = hidden
         return out
 
+    @exclusive
     def logits(self, input_ids, attention_mask=None):
         """lm_head logits float32 [B, T, V] (0 at padding). For tests and small inputs:
         training never builds them."""
@@ -250,6 +284,7 @@ class Model:
         batch.score_targets = labels[:, 1:][scored].astype(np.int64)
         return batch, scored
 
+    @exclusive
     def token_logprobs(self, input_ids, labels, attention_mask=None, temperature=1.0):
         """log p(labels[b, t+1] | input_ids[b, :t+1]) as float32 [B, T-1], without
         building the logits; 0 where the label is -100 or the position is padding."""
@@ -260,11 +295,13 @@ class Model:
         out[scored] = self.packed_scores(hidden, batch, temperature)
         return out
 
+    @exclusive
     def packed_token_logprobs(self, batch, temperature=1.0):
         """Per-token log-probs float32 [M] of a PackedBatch's scores (see
         calign.pack_shared_prefix and its completion_slices)."""
         return self.packed_scores(self.forward_packed(batch), batch, temperature)
 
+    @exclusive
     def lm_loss_backward(self, input_ids, labels, attention_mask=None):
         """Mean token cross-entropy (transformers' causal-LM loss); its gradient
         replaces the contents of the model's gradient buffer (see grads())."""
@@ -279,12 +316,14 @@ class Model:
         self.backward_packed(batch, d_hidden)
         return -float(np.mean(logprobs, dtype=np.float64))
 
+    @exclusive
     def loss_and_grad(self, input_ids, labels, attention_mask=None):
         """(mean token cross-entropy as transformers' causal-LM loss, gradients):
         the test hook; the gradients are copies named like state_dict()."""
         loss = self.lm_loss_backward(input_ids, labels, attention_mask)
         return loss, {name: view.copy() for name, view in self.grads().items()}
 
+    @exclusive
     def generate(self, input_ids, *, max_new_tokens, do_sample=False, temperature=1.0, top_k=0,
                  top_p=1.0, eos_token_id=None, num_return_sequences=1, seed=None):
         """New tokens for each prompt, with a KV cache, in one call into C.
@@ -318,36 +357,30 @@ class Model:
                 raise TypeError(f"prompt {i} must hold integer token ids, not {row.dtype}")
             rows.append(row)
         max_positions = self._engine["max_positions"]
-        if not is_int(max_new_tokens) or not 1 <= max_new_tokens < max_positions:
-            raise ValueError(f"max_new_tokens must be an integer in [1, {max_positions - 1}] "
-                             f"(the model's maximum positions less a prompt token), got "
-                             f"{max_new_tokens!r}")
-        if not (is_real(temperature) and 0 < temperature < math.inf):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-        if not is_int(top_k) or top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0, got {top_k!r}")
-        if not (is_real(top_p) and 0 < top_p <= 1):
-            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-        if not is_int(num_return_sequences) or \
-                not 1 <= num_return_sequences <= _MAX_SEQUENCES // len(rows):
-            raise ValueError(f"num_return_sequences must be an integer in [1, "
-                             f"{_MAX_SEQUENCES // len(rows)}] for {len(rows)} prompt(s), got "
-                             f"{num_return_sequences!r}")
+        max_new_tokens = checks.integer(
+            "max_new_tokens", max_new_tokens, 1, max_positions - 1,
+            what=f"an integer in [1, {max_positions - 1}] (the model's maximum positions less "
+                 f"a prompt token)")
+        temperature = checks.real("temperature", temperature, 0.0, open_low=True)
+        top_k = checks.integer("top_k", top_k, 0, checks.C_INT_MAX)
+        top_p = checks.real("top_p", top_p, 0.0, 1.0, open_low=True)
+        num_return_sequences = checks.integer("num_return_sequences", num_return_sequences, 1,
+                                              checks.C_INT_MAX // len(rows))
         if num_return_sequences > 1 and not do_sample:
             raise ValueError("num_return_sequences > 1 needs do_sample=True (greedy samples "
                              "would all be equal)")
-        eos = -1 if eos_token_id is None else int(eos_token_id)
-        seed = np.random.SeedSequence().entropy % 2**64 if seed is None else int(seed) % 2**64
+        eos = checks.integer("eos_token_id", eos_token_id, 0, 2**63 - 1, allow_none=True)
+        seed = checks.seed("seed", seed, allow_none=True)
+        if seed is None:
+            seed = np.random.SeedSequence().entropy % 2**64
         starts = np.concatenate([[0], np.cumsum([r.size for r in rows])])
         tokens, lengths = _C.model_generate(
-            self._handle, self._engine_params, np.concatenate(rows), starts, int(max_new_tokens),
-            bool(do_sample), float(temperature), int(top_k), float(top_p), eos,
-            int(num_return_sequences), seed)
+            self._handle, self._engine_params, np.concatenate(rows), starts,
+            max_new_tokens=max_new_tokens, do_sample=checks.flag("do_sample", do_sample),
+            temperature=temperature, top_k=top_k, top_p=top_p,
+            eos_token_id=-1 if eos is None else eos,
+            num_return_sequences=num_return_sequences, seed=seed)
         return [tokens[i, :lengths[i]].tolist() for i in range(tokens.shape[0])]
-
-
-# sequences one generate call may hold (prompts x samples): a C int
-_MAX_SEQUENCES = 2**31 - 1
 
 
 def _embedding_name(config):

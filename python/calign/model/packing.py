@@ -6,13 +6,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from calign import checks
+
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+
 
 @dataclass
 class PackedBatch:
-    input_ids: np.ndarray        # int32 [T]
-    position_ids: np.ndarray     # int32 [T]
-    sequence_starts: np.ndarray  # int32 [S + 1]
-    branch_ids: np.ndarray       # int32 [T]
+    """Token ids stay int64 here: the engine checks them against the model
+    (vocabulary, positions) before it narrows them to its int32."""
+    input_ids: np.ndarray        # int64 [T]
+    position_ids: np.ndarray     # int64 [T]
+    sequence_starts: np.ndarray  # int64 [S + 1]
+    branch_ids: np.ndarray       # int64 [T]
     score_rows: np.ndarray       # int64 [M]: row of the hidden states that predicts ...
     score_targets: np.ndarray    # int64 [M]: ... this token
     # completion_slices[i][k]: the scores of completion k of example i
@@ -27,13 +33,38 @@ class PackedBatch:
         return int(self.input_ids.shape[0])
 
 
-def _id_list(ids, what):
+def token_id_array(ids, what):
+    """ids (a list or an integer array, any shape) as int64, never wrapped: a
+    value beyond int64 (a uint64 above 2**63 - 1, a Python int beyond 64
+    bits) raises ValueError with the value as given."""
     arr = np.asarray(ids)
-    if arr.ndim != 1:
-        raise ValueError(f"{what} must be a flat list of token ids, got shape {arr.shape}")
+    if arr.dtype == object or (arr.dtype.kind == "f" and not isinstance(ids, np.ndarray)):
+        # Python ints NumPy could not type as int64: find the one that does not fit
+        flat = arr.ravel().tolist() if arr.dtype == object else list(_flatten(ids))
+        if flat and all(checks.is_int(v) for v in flat):
+            bad = next(v for v in flat if not INT64_MIN <= v <= INT64_MAX)
+            raise ValueError(f"{what} holds {bad}, which is not a token id (outside 64 bits)")
     if arr.size and arr.dtype.kind not in "iu":
         raise TypeError(f"{what} must hold integer token ids, not {arr.dtype}")
+    if arr.dtype == np.uint64 and arr.size and arr.max() > INT64_MAX:
+        raise ValueError(f"{what} holds {int(arr.max())}, which is not a token id "
+                         "(outside 64 bits)")
     return arr.astype(np.int64)
+
+
+def _flatten(nested):
+    for item in nested:
+        if isinstance(item, (list, tuple, np.ndarray)):
+            yield from _flatten(item)
+        else:
+            yield item
+
+
+def _id_list(ids, what):
+    arr = token_id_array(ids, what)
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be a flat list of token ids, got shape {arr.shape}")
+    return arr
 
 
 def pack_shared_prefix(examples, score_prompt=False):
@@ -100,10 +131,10 @@ def pack_shared_prefix(examples, score_prompt=False):
             prompt_slices.append(slice(n_scores, n_scores + prompt.size - 1))
             n_scores += prompt.size - 1
     return PackedBatch(
-        input_ids=np.concatenate(ids).astype(np.int32),
-        position_ids=np.concatenate(positions).astype(np.int32),
-        sequence_starts=np.asarray(starts, np.int32),
-        branch_ids=np.concatenate(branches).astype(np.int32),
+        input_ids=np.concatenate(ids),
+        position_ids=np.concatenate(positions).astype(np.int64),
+        sequence_starts=np.asarray(starts, np.int64),
+        branch_ids=np.concatenate(branches),
         score_rows=np.concatenate(rows).astype(np.int64),
         score_targets=np.concatenate(targets).astype(np.int64),
         completion_slices=slices,
@@ -122,15 +153,15 @@ def as_id_matrix(input_ids, attention_mask=None):
                 raise ValueError("input_ids rows have different lengths; pad them and pass "
                                  "attention_mask")
             raise ValueError("input_ids rows have different lengths")
-    ids = np.asarray(input_ids)
+    if isinstance(input_ids, (list, tuple)) and len(input_ids) == 0:
+        raise ValueError("input_ids is empty: the batch has no tokens")
+    ids = token_id_array(input_ids, "input_ids")
     if ids.ndim == 1:
         ids = ids[None, :]
     if ids.ndim != 2:
         raise ValueError(f"input_ids must be [batch, length], got shape {ids.shape}")
     if ids.size == 0:
         raise ValueError("input_ids is empty: the batch has no tokens")
-    if ids.dtype.kind not in "iu":
-        raise TypeError(f"input_ids must hold integer token ids, not {ids.dtype}")
     if attention_mask is None:
         mask = np.ones(ids.shape, bool)
     else:
@@ -145,7 +176,7 @@ def as_id_matrix(input_ids, attention_mask=None):
         mask = mask.astype(bool)
     if not mask.any():
         raise ValueError("attention_mask masks every token: the batch is empty")
-    return ids.astype(np.int64), mask
+    return ids, mask
 
 
 def pack_rows(ids, mask):
@@ -161,10 +192,10 @@ def pack_rows(ids, mask):
     positions = (np.cumsum(mask, axis=1) - 1)[mask]
     starts = np.concatenate([[0], np.cumsum(lengths[lengths > 0])])
     batch = PackedBatch(
-        input_ids=ids[mask].astype(np.int32),
-        position_ids=positions.astype(np.int32),
-        sequence_starts=starts.astype(np.int32),
-        branch_ids=np.zeros(int(lengths.sum()), np.int32),
+        input_ids=ids[mask],
+        position_ids=positions.astype(np.int64),
+        sequence_starts=starts.astype(np.int64),
+        branch_ids=np.zeros(int(lengths.sum()), np.int64),
         score_rows=np.zeros(0, np.int64),
         score_targets=np.zeros(0, np.int64),
     )
