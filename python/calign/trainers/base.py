@@ -155,11 +155,17 @@ class BaseTrainer:
     # ---- the loop ------------------------------------------------------------------
 
     def train(self, resume_from_checkpoint=None):
-        """Trains for max_steps (or num_train_epochs); returns the state."""
+        """Trains for max_steps (or num_train_epochs); returns the state.
+
+        First cleans what an interrupted save left in output_dir. After a resume,
+        metrics.jsonl is rewritten to the resumed checkpoint's log_history, so the
+        steps run again are logged once, as in an uninterrupted run."""
         a = self.args
+        checkpoints.clean_interrupted(a.output_dir)
         resume = checkpoints.resolve_resume(a.output_dir, resume_from_checkpoint)
         if resume:
             self._load_checkpoint(resume)
+            self._rewrite_metrics()
         total = self.total_steps()
         progress = None
         if not a.disable_tqdm:
@@ -250,6 +256,13 @@ class BaseTrainer:
                                      self.processing_class, self.optimizer, state,
                                      write_extra=self._save_extra_files)
         checkpoints.prune_checkpoints(self.args.output_dir, self.args.save_total_limit)
+
+    def _rewrite_metrics(self):
+        """metrics.jsonl := state.log_history, one JSON line per entry (atomically)."""
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        checkpoints.write_text_atomically(
+            os.path.join(self.args.output_dir, "metrics.jsonl"),
+            "".join(json.dumps(entry) + "\n" for entry in self.state.log_history))
 
     def _save_extra_files(self, folder):
         """Hook: a trainer's own files in a checkpoint being written."""
