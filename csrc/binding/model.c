@@ -616,26 +616,26 @@ done:
 }
 
 /* model_generate(model, params, input_ids, prompt_starts, max_new_tokens, do_sample,
- * temperature, top_k, top_p, eos_token_id, num_return_sequences, seed)
+ * temperature, top_k, top_p, repetition_penalty, eos_token_ids, num_return_sequences, seed)
  * -> (tokens [n * R, max_new_tokens], lengths [n * R]); calign.Model.generate
  * checks the settings' ranges against the model. */
 static PyObject *py_model_generate(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"model", "params", "input_ids", "prompt_starts", "max_new_tokens",
-                             "do_sample", "temperature", "top_k", "top_p", "eos_token_id",
-                             "num_return_sequences", "seed", NULL};
+                             "do_sample", "temperature", "top_k", "top_p", "repetition_penalty",
+                             "eos_token_ids", "num_return_sequences", "seed", NULL};
     PyObject *capsule;
-    array_arg params = {"params"}, tokens = {"input_ids"}, starts = {"prompt_starts"};
+    array_arg params = {"params"}, tokens = {"input_ids"}, starts = {"prompt_starts"},
+              eos = {"eos_token_ids"};
     int_arg max_new = {"max_new_tokens", 1, INT32_MAX}, top_k = {"top_k", 0, INT32_MAX},
-            eos = {"eos_token_id", -1, INT64_MAX}, n_return = {"num_return_sequences", 1,
-                                                                INT32_MAX};
+            n_return = {"num_return_sequences", 1, INT32_MAX};
     int do_sample;
-    double temperature, top_p;
+    double temperature, top_p, repetition_penalty;
     unsigned long long seed;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&O&O&$O&pdO&dO&O&K", kwlist, &capsule,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&O&O&$O&pdO&ddO&O&K", kwlist, &capsule,
                                      to_f32_vector, &params, to_int64_vector, &tokens,
                                      to_int64_vector, &starts, to_int, &max_new, &do_sample,
-                                     &temperature, to_int, &top_k, &top_p, to_int, &eos, to_int,
-                                     &n_return, &seed))
+                                     &temperature, to_int, &top_k, &top_p, &repetition_penalty,
+                                     to_int64_vector, &eos, to_int, &n_return, &seed))
         return NULL;
     PyObject *out = NULL, *lengths = NULL, *result = NULL;
     model_handle *h = NULL;
@@ -648,6 +648,17 @@ static PyObject *py_model_generate(PyObject *self, PyObject *args, PyObject *kwa
         raise_printf(PyExc_ValueError, "top_p must be in (0, 1], got %g", top_p);
         goto done;
     }
+    if (!(repetition_penalty > 0.0) || !isfinite((float)repetition_penalty)) {
+        raise_printf(PyExc_ValueError, "repetition_penalty must be a finite number > 0, got %g",
+                     repetition_penalty);
+        goto done;
+    }
+    if (ARG_LEN(eos) > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "eos_token_ids holds more than 2**31 - 1 ids");
+        goto done;
+    }
+    if (narrow_to_int32_described(&eos, 0, INT32_MAX, "token id", " (an eos token id)") < 0)
+        goto done;
     if (!(h = claim_model(capsule)) || check_param_vector(&params, h->m) < 0) goto done;
     const model_config *c = model_get_config(h->m);
     npy_intp T = ARG_LEN(tokens), n = ARG_LEN(starts) - 1;
@@ -678,8 +689,9 @@ static PyObject *py_model_generate(PyObject *self, PyObject *args, PyObject *kwa
         }
     }
     generate_settings s = {(int)max_new.value, do_sample, (int)top_k.value,
-                           (int)n_return.value, (float)temperature, (float)top_p, eos.value,
-                           seed};
+                           (int)n_return.value, (float)temperature, (float)top_p,
+                           (float)repetition_penalty, ARG_DATA(const int32_t, eos),
+                           (int)ARG_LEN(eos), seed};
     npy_intp dims[2] = {n * s.num_return_sequences, s.max_new_tokens};
     if (!(out = PyArray_ZEROS(2, dims, NPY_INT32, 0)) ||
         !(lengths = PyArray_ZEROS(1, dims, NPY_INT32, 0)))
@@ -700,6 +712,7 @@ done:
     arg_release(&params);
     arg_release(&tokens);
     arg_release(&starts);
+    arg_release(&eos);
     return result;
 }
 

@@ -176,19 +176,42 @@ static int sample_token(const float *logits, int V, const generate_settings *s, 
     return work[kept - 1].index;
 }
 
+/* The tokens a sequence holds so far, one bit each, for the repetition penalty. */
+static long seen_words(int V) { return (V + 63) / 64; }
+
+static void mark_seen(uint64_t *seen, int token) { seen[token / 64] |= 1ULL << (token % 64); }
+
+/* transformers' RepetitionPenaltyLogitsProcessor: every token the sequence
+ * holds has its logit divided by the penalty if positive, else multiplied. */
+static void penalise_repetitions(float *logits, const uint64_t *seen, int V, float penalty) {
+    for (long w = 0; w < seen_words(V); w++) {
+        for (uint64_t bits = seen[w]; bits; bits &= bits - 1) {
+            int v = (int)(w * 64 + __builtin_ctzll(bits));
+            logits[v] = logits[v] > 0 ? logits[v] / penalty : logits[v] * penalty;
+        }
+    }
+}
+
+static int is_eos(int token, const generate_settings *s) {
+    for (int e = 0; e < s->n_eos; e++)
+        if (token == s->eos_token_ids[e]) return 1;
+    return 0;
+}
+
 /* Every buffer of one model_generate call, carved from the model's workspace:
  * the KV cache, the hidden states and logits, each thread's sampling
- * scratch, and the packed batch of each step. */
+ * scratch, the tokens each sequence holds (with a repetition penalty), and
+ * the packed batch of each step. */
 typedef struct {
     float *k, *v, *scores, *hidden, *last_hidden, *logits, *sample_buffer;
     scored_token *work;
     int32_t *next_token, *tokens, *positions, *branch, *starts, *run_slot, *active,
         *next_position;
-    uint64_t *rng;
+    uint64_t *rng, *seen;
 } generate_buffers;
 
 static void plan_generate_buffers(generate_buffers *g, bump *b, const model *m, int n_slots,
-                                  int capacity, long T_max, int threads) {
+                                  int capacity, long T_max, int threads, int penalised) {
     const model_config *c = model_get_config(m);
     const size_t V = c->vocab, d = c->d_model, slots = n_slots, T = T_max;
     const size_t layer_floats = kv_cache_layer_floats(m, n_slots, capacity);
@@ -209,6 +232,7 @@ static void plan_generate_buffers(generate_buffers *g, bump *b, const model *m, 
     g->active = bump_take(b, sizeof(int32_t) * slots);
     g->next_position = bump_take(b, sizeof(int32_t) * slots);
     g->rng = bump_take(b, sizeof(uint64_t) * slots);
+    g->seen = penalised ? bump_take(b, sizeof(uint64_t) * slots * seen_words(c->vocab)) : NULL;
 }
 
 int model_generate(model *m, const float *params, const int32_t *prompt_tokens,
@@ -227,16 +251,17 @@ int model_generate(model *m, const float *params, const int32_t *prompt_tokens,
     const int threads = calign_num_threads();
     const long layer_floats = kv_cache_layer_floats(m, n_slots, capacity);
 
+    const int penalised = s->repetition_penalty != 1.0f;
     generate_buffers g;
     bump b = {NULL, 0};
-    plan_generate_buffers(&g, &b, m, n_slots, capacity, T_max, threads);
+    plan_generate_buffers(&g, &b, m, n_slots, capacity, T_max, threads, penalised);
     if (!(b.base = model_workspace(m, b.used))) {
         snprintf(err, CALIGN_ERR_LEN, "out of memory for the KV cache (%d sequences x %d "
                  "positions: %.3g GB)", n_slots, capacity, b.used / 1e9);
         return CALIGN_ENOMEM;
     }
     b.used = 0;
-    plan_generate_buffers(&g, &b, m, n_slots, capacity, T_max, threads);
+    plan_generate_buffers(&g, &b, m, n_slots, capacity, T_max, threads, penalised);
     float *k = g.k, *v = g.v, *hidden = g.hidden, *last_hidden = g.last_hidden,
           *logits = g.logits;
     int32_t *next_token = g.next_token, *tokens = g.tokens, *positions = g.positions,
@@ -250,6 +275,14 @@ int model_generate(model *m, const float *params, const int32_t *prompt_tokens,
         out_lengths[i] = 0;
     }
     kv_cache cache = {k, v, n_slots, capacity, run_slot, g.scores, threads};
+    if (penalised) {
+        memset(g.seen, 0, sizeof(uint64_t) * n_slots * seen_words(V));
+        for (int slot = 0; slot < n_slots; slot++) {
+            const int i = slot / R;
+            for (int t = prompt_start[i]; t < prompt_start[i + 1]; t++)
+                mark_seen(g.seen + slot * seen_words(V), prompt_tokens[t]);
+        }
+    }
 
     /* Prefill: every prompt once, into the first slot of its group. */
     for (int i = 0; i < n_prompts; i++) {
@@ -296,7 +329,11 @@ int model_generate(model *m, const float *params, const int32_t *prompt_tokens,
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
         for (int a = 0; a < n_active; a++) {
             int me = omp_get_thread_num();
-            next_token[a] = sample_token(logits + (long)a * V, V, s, &rng[active[a]],
+            float *row = logits + (long)a * V;
+            if (penalised && all_finite(row, V))
+                penalise_repetitions(row, g.seen + active[a] * seen_words(V), V,
+                                     s->repetition_penalty);
+            next_token[a] = sample_token(row, V, s, &rng[active[a]],
                                          g.work + (size_t)me * 2 * V,
                                          g.sample_buffer + (size_t)me * 3 * V);
         }
@@ -317,7 +354,8 @@ int model_generate(model *m, const float *params, const int32_t *prompt_tokens,
             int slot = active[a];
             int token = next_token[a];
             out_tokens[(long)slot * s->max_new_tokens + out_lengths[slot]++] = token;
-            if (token == s->eos_token_id || step + 1 == s->max_new_tokens) continue;
+            if (penalised) mark_seen(g.seen + slot * seen_words(V), token);
+            if (is_eos(token, s) || step + 1 == s->max_new_tokens) continue;
             tokens[still] = token;
             positions[still] = next_position[slot]++;
             run_slot[still] = slot;

@@ -11,13 +11,19 @@
 typedef struct {
     int max_new_tokens, do_sample, top_k, num_return_sequences;
     float temperature, top_p;
-    int64_t eos_token_id; /* -1: none */
+    /* transformers' RepetitionPenaltyLogitsProcessor (Keskar et al. 2019): the
+     * logit of every token already in the sequence (prompt included) is
+     * divided by it when positive, multiplied by it when not; 1: off */
+    float repetition_penalty;
+    const int32_t *eos_token_ids; /* a sequence stops after any of these */
+    int n_eos;
     uint64_t seed;
 } generate_settings;
 
 /* Prompt i is prompt_tokens[prompt_start[i] .. prompt_start[i+1]); sample r
  * of prompt i is written to out_tokens[(i * R + r) * max_new_tokens ...] with
- * its length in out_lengths[i * R + r] (it stops after eos, eos included).
+ * its length in out_lengths[i * R + r] (it stops after an eos token, which is
+ * included).
  * Its buffers (the KV cache among them) come from the model's workspace.
  * Returns CALIGN_OK, or with a message in err (CALIGN_ERR_LEN bytes)
  * CALIGN_ENOMEM, CALIGN_ENONFINITE when the logits are not finite, or

@@ -9,6 +9,7 @@ import numpy as np
 
 from calign import _C, checks
 from calign.model import checkpoint
+from calign.model import generation
 from calign.model.config import engine_config, load_config_file
 from calign.model.names import tensor_names
 from calign.model.packing import as_id_matrix, pack_rows
@@ -60,6 +61,9 @@ class Model:
 
     def __init__(self, config, extra_tensors=None, engine_overrides=None):
         self.config = copy.deepcopy(config)
+        # a checkpoint's generation_config.json (None: there was none), read
+        # by generate as transformers reads it
+        self.generation_config = None
         self._in_use = threading.RLock()
         self._engine = dict(engine_config(self.config), **(engine_overrides or {}))
         self._handle = _C.model_create(**self._engine)
@@ -93,6 +97,7 @@ class Model:
         ignored = ("lm_head.weight",) if model._engine["tied_embeddings"] else ()
         checkpoint.check_tensors(tensors, expected, ignored)
         checkpoint.copy_into(model.state_dict(), tensors)
+        model.generation_config = generation.read_generation_config(path)
         return model
 
     @classmethod
@@ -324,9 +329,16 @@ class Model:
         return loss, {name: view.copy() for name, view in self.grads().items()}
 
     @exclusive
-    def generate(self, input_ids, *, max_new_tokens, do_sample=False, temperature=1.0, top_k=0,
-                 top_p=1.0, eos_token_id=None, num_return_sequences=1, seed=None):
+    def generate(self, input_ids, *, max_new_tokens=None, do_sample=None, temperature=None,
+                 top_k=None, top_p=None, repetition_penalty=None, eos_token_id=None,
+                 num_return_sequences=1, seed=None):
         """New tokens for each prompt, with a KV cache, in one call into C.
+
+        A setting left None comes from the checkpoint's generation_config.json
+        as transformers takes it (a field the file lacks gets transformers'
+        default, top_k 50 among them), or, for a model without one, from
+        calign's defaults: greedy, temperature 1, no top-k or top-p filter,
+        no repetition penalty, no eos.
 
         Args:
             input_ids: a list of prompts (lists of token ids, ragged allowed)
@@ -334,7 +346,12 @@ class Model:
             max_new_tokens: tokens to generate at most per sequence.
             do_sample: sample (temperature, then top_k, then top_p, as
                 transformers applies them) instead of taking the argmax.
-            eos_token_id: stop a sequence after it produces this token.
+            repetition_penalty: transformers' (CTRL's): the logits of tokens
+                the sequence holds (prompt included) are divided by it when
+                positive and multiplied when not, before the sampling filters.
+            eos_token_id: stop a sequence after it produces this token (or any
+                token of a list); [] for no stop when the generation config
+                names one.
             num_return_sequences: samples per prompt; the prompt is computed
                 once and its cache shared.
             seed: samples are a function of (seed, prompt index, sample index).
@@ -343,6 +360,10 @@ class Model:
             A list of token-id lists; prompt i's samples are at
             i * num_return_sequences ... (i + 1) * num_return_sequences - 1.
         """
+        settings, label = generation.resolve(dict(
+            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+            top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+            eos_token_id=eos_token_id), self.generation_config)
         prompts = input_ids
         if len(prompts) and not isinstance(prompts[0], (list, tuple, np.ndarray)):
             prompts = [prompts]
@@ -358,28 +379,32 @@ class Model:
             rows.append(row)
         max_positions = self._engine["max_positions"]
         max_new_tokens = checks.integer(
-            "max_new_tokens", max_new_tokens, 1, max_positions - 1,
+            label["max_new_tokens"], settings["max_new_tokens"], 1, max_positions - 1,
             what=f"an integer in [1, {max_positions - 1}] (the model's maximum positions less "
                  f"a prompt token)")
-        temperature = checks.real("temperature", temperature, 0.0, open_low=True)
-        top_k = checks.integer("top_k", top_k, 0, checks.C_INT_MAX)
-        top_p = checks.real("top_p", top_p, 0.0, 1.0, open_low=True)
+        do_sample = checks.flag(label["do_sample"], settings["do_sample"])
+        temperature = checks.real(label["temperature"], settings["temperature"], 0.0,
+                                  open_low=True)
+        top_k = checks.integer(label["top_k"], settings["top_k"], 0, checks.C_INT_MAX)
+        top_p = checks.real(label["top_p"], settings["top_p"], 0.0, 1.0, open_low=True)
+        repetition_penalty = checks.real(label["repetition_penalty"],
+                                         settings["repetition_penalty"], 0.0, open_low=True)
+        eos = generation.eos_token_ids(label["eos_token_id"], settings["eos_token_id"])
         num_return_sequences = checks.integer("num_return_sequences", num_return_sequences, 1,
                                               checks.C_INT_MAX // len(rows))
         if num_return_sequences > 1 and not do_sample:
             raise ValueError("num_return_sequences > 1 needs do_sample=True (greedy samples "
                              "would all be equal)")
-        eos = checks.integer("eos_token_id", eos_token_id, 0, 2**63 - 1, allow_none=True)
         seed = checks.seed("seed", seed, allow_none=True)
         if seed is None:
             seed = np.random.SeedSequence().entropy % 2**64
         starts = np.concatenate([[0], np.cumsum([r.size for r in rows])])
         tokens, lengths = _C.model_generate(
             self._handle, self._engine_params, np.concatenate(rows), starts,
-            max_new_tokens=max_new_tokens, do_sample=checks.flag("do_sample", do_sample),
-            temperature=temperature, top_k=top_k, top_p=top_p,
-            eos_token_id=-1 if eos is None else eos,
-            num_return_sequences=num_return_sequences, seed=seed)
+            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+            top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+            eos_token_ids=np.asarray(eos, np.int64), num_return_sequences=num_return_sequences,
+            seed=seed)
         return [tokens[i, :lengths[i]].tolist() for i in range(tokens.shape[0])]
 
 
