@@ -91,6 +91,14 @@ def size(config, key, default=_REQUIRED, allow_none=False):
                  allow_none=allow_none)
 
 
+def json_float(name, value, **bounds):
+    """checks.real for a field transformers types `float`: its strict config
+    classes refuse an integer there (rms_norm_eps 0, initializer_range 1)."""
+    checks.require(not checks.is_int(value), name, value,
+                   "a float, not an integer (transformers' config classes refuse one)")
+    return checks.real(name, value, **bounds)
+
+
 def family_field(config, model_type, key, check, **requirement):
     return field(config, key, check, _DEFAULTS[model_type].get(key, _REQUIRED), **requirement)
 
@@ -109,7 +117,7 @@ def engine_config(config):
             raise ConfigError(f"config field {key!r}: mixture-of-experts models are not supported")
     engine = _gpt2(config) if model_type == "gpt2" else _llama_like(config, model_type)
     # read by Model.from_config's initialisation, typed as transformers types them
-    family_field(config, model_type, "initializer_range", checks.real, low=0.0,
+    family_field(config, model_type, "initializer_range", json_float, low=0.0,
                  high=1.0 if model_type == "llama" else None)
     field(config, "pad_token_id", checks.integer, None, allow_none=True)
     check_engine_sizes(engine, config)
@@ -146,7 +154,7 @@ def _gpt2(config):
 
 def norm_eps(config, model_type, key):
     """A norm's epsilon: >= 0 and finite in float32, the type the engine adds it in."""
-    return family_field(config, model_type, key, checks.real, low=0.0, high=FLOAT32_MAX)
+    return family_field(config, model_type, key, json_float, low=0.0, high=FLOAT32_MAX)
 
 
 def _llama_like(config, model_type):
@@ -308,20 +316,22 @@ def _bytes(n):
 def check_engine_sizes(engine, config):
     """Refuses, before any allocation, widths the engine's C ints cannot hold,
     a parameter count beyond int64 and a model whose float32 parameters and
-    gradients exceed this machine's memory."""
-    q_dim = engine["n_head"] * engine["head_dim"]
-    qkv_dim = q_dim + 2 * engine["n_kv_head"] * engine["head_dim"]
-    up_dim = 2 * engine["d_ff"] if engine["swiglu"] else engine["d_ff"]
-    for what, width in (("(num_attention_heads + 2 num_key_value_heads) x head_dim", qkv_dim),
-                        ("the MLP's input projection (2 x intermediate_size)", up_dim)):
-        if width > checks.C_INT_MAX:
-            raise ConfigError(f"config sizes: {what} = {width} exceeds what the engine holds "
-                              f"(a C int, {checks.C_INT_MAX})")
-    n_params = parameter_count(engine)
+    gradients exceed this machine's memory; the message lists the sizes."""
     sizes = ", ".join(f"{key}={config[key]}" for key in (
         "vocab_size", "hidden_size", "n_embd", "num_hidden_layers", "n_layer",
-        "intermediate_size", "n_inner", "num_attention_heads", "head_dim")
-        if config.get(key) is not None)
+        "intermediate_size", "n_inner", "num_attention_heads", "n_head", "num_key_value_heads",
+        "head_dim", "n_positions") if config.get(key) is not None)
+    qkv_dim = (engine["n_head"] + 2 * engine["n_kv_head"]) * engine["head_dim"]
+    up_dim = 2 * engine["d_ff"] if engine["swiglu"] else engine["d_ff"]
+    gpt2 = config["model_type"] == "gpt2"
+    for what, width in (
+            ("3 x n_embd" if gpt2 else
+             "(num_attention_heads + 2 num_key_value_heads) x head_dim", qkv_dim),
+            ("n_inner (by default 4 x n_embd)" if gpt2 else "2 x intermediate_size", up_dim)):
+        if width > checks.C_INT_MAX:
+            raise ConfigError(f"config sizes: {what} = {width} exceeds what the engine holds "
+                              f"(a C int, {checks.C_INT_MAX}); the sizes: {sizes}")
+    n_params = parameter_count(engine)
     if n_params > INT64_MAX:
         raise ConfigError(f"config sizes ({sizes}) imply {n_params} parameters, more than an "
                           "int64 counts")
