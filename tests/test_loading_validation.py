@@ -6,6 +6,7 @@ and transformers as the reference for what loads and what it computes."""
 
 import json
 import math
+import re
 import shutil
 
 import numpy as np
@@ -159,7 +160,8 @@ WRAPPING = [("llama", key, 2**32 + BASES["llama"][key]) for key in (
 @pytest.mark.parametrize("family,key,value", WRAPPING,
                          ids=[f"{f}-{k}-{v}" for f, k, v in WRAPPING])
 def test_sizes_beyond_a_c_int_are_refused(family, key, value):
-    with pytest.raises(ConfigError, match=rf"'{key}' must be (None or )?an integer in \[1, 2147483647\]"):
+    with pytest.raises(ConfigError,
+                       match=rf"'{key}' must be (None or )?an integer in \[1, 2147483647\]"):
         calign.Model(with_field(family, key, value))
 
 
@@ -170,13 +172,8 @@ def test_sizes_beyond_a_c_int_are_refused(family, key, value):
     # so is the fused gate/up projection's width
     (dict(intermediate_size=2**30 + 1), "2 x intermediate_size")])
 def test_derived_widths_beyond_a_c_int_are_refused(changes, names):
-    with pytest.raises(ConfigError, match=re_escape(names)):
+    with pytest.raises(ConfigError, match=re.escape(names)):
         engine_config(dict(BASES["qwen3"], **changes))
-
-
-def re_escape(text):
-    import re
-    return re.escape(text)
 
 
 def test_a_wrapping_size_in_a_checkpoint_is_refused_not_loaded_small(tmp_path):
@@ -412,7 +409,8 @@ MESSAGES = [{"role": "system", "content": "w1"}, {"role": "user", "content": "w2
 TOOLS = [{"type": "function", "function": {"name": "lookup", "description": "finds w5",
                                            "parameters": {"type": "object", "properties": {}}}}]
 SELECTIONS = [{}, {"add_generation_prompt": True}, {"chat_template": "tool_use"},
-              {"tools": TOOLS}, {"chat_template": "rag"}, {"chat_template": "X {{ messages[0].content }}"}]
+              {"tools": TOOLS}, {"chat_template": "rag"},
+              {"chat_template": "X {{ messages[0].content }}"}]
 
 
 def tokenizer_pair(path):
@@ -642,3 +640,12 @@ def test_random_config_values_give_the_model_asked_for_or_a_named_refusal(data):
         model = calign.Model(config)
         assert model.num_parameters() == parameter_count(engine)
         assert ("lm_head.weight" in model.state_dict()) == (not engine["tied_embeddings"])
+
+
+@pytest.mark.parametrize("ids", [[4.7], ["4"], [True], [-1], [2**40], [[4, 5]]])
+def test_decode_refuses_ids_it_would_round_or_wrap(tmp_path, ids):
+    """decode took int() of each id: 4.7 and "4" decoded as token 4."""
+    tokenizer = calign.Tokenizer.from_pretrained(str(word_tokenizer(tmp_path / "tok", {})))
+    with pytest.raises(ValueError, match="ids must be"):
+        tokenizer.decode(ids)
+    assert tokenizer.decode(np.array([4, 5])) == tokenizer.decode([4, 5]) == "w0 w1"

@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 
+import numpy as np
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 SPECIAL_TOKEN_FIELDS = ("bos_token", "eos_token", "pad_token")
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
@@ -161,8 +163,17 @@ class Tokenizer:
         return {"input_ids": self.encode(text, add_special_tokens)}
 
     def decode(self, ids, skip_special_tokens=False):
-        """Text of a list of token ids."""
-        return self._backend.decode(list(map(int, ids)), skip_special_tokens=skip_special_tokens)
+        """Text of a list of token ids (an id the vocabulary lacks decodes to
+        nothing, as in transformers; a float, a bool or a negative id is refused,
+        not rounded or wrapped)."""
+        array = np.asarray(ids)
+        if array.size == 0:
+            return ""
+        if array.ndim != 1 or array.dtype.kind not in "iu":
+            raise ValueError(f"ids must be a list of integer token ids, got {ids!r:.200}")
+        if array.min() < 0 or array.max() > np.iinfo(np.uint32).max:
+            raise ValueError(f"ids must be token ids in [0, 2**32), got {ids!r:.200}")
+        return self._backend.decode(array.tolist(), skip_special_tokens=skip_special_tokens)
 
     # ---- chat ----------------------------------------------------------------
 

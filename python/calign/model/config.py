@@ -34,8 +34,10 @@ _DEFAULTS = {
                   mlp_bias=False, initializer_range=0.02),
     # Qwen2Config and Qwen3Config default num_key_value_heads to 32 (None means
     # the number of query heads) and Qwen3Config head_dim to 128
-    "qwen2": dict(num_key_value_heads=32, max_position_embeddings=32768, rms_norm_eps=1e-6,
-                  tie_word_embeddings=False, initializer_range=0.02),
+    # (Qwen2Config has no head_dim field: without one the attention takes
+    # hidden_size // num_attention_heads, given one it takes it)
+    "qwen2": dict(num_key_value_heads=32, head_dim=None, max_position_embeddings=32768,
+                  rms_norm_eps=1e-6, tie_word_embeddings=False, initializer_range=0.02),
     "qwen3": dict(num_key_value_heads=32, head_dim=128, max_position_embeddings=32768,
                   rms_norm_eps=1e-6, tie_word_embeddings=False, attention_bias=False,
                   initializer_range=0.02),
@@ -70,7 +72,7 @@ def load_config_file(path):
     return config
 
 
-def field(config, key, check, default=_REQUIRED, *, label=None, **requirement):
+def _field(config, key, check, default=_REQUIRED, *, label=None, **requirement):
     """config[key] through calign.checks' `check` (its requirement as keyword
     arguments), `default` when the field is absent; ConfigError naming the
     field (as `label` when it sits in a nested object)."""
@@ -85,13 +87,13 @@ def field(config, key, check, default=_REQUIRED, *, label=None, **requirement):
         raise ConfigError(str(exc)) from None
 
 
-def size(config, key, default=_REQUIRED, allow_none=False):
+def _size(config, key, default=_REQUIRED, allow_none=False):
     """A size the engine holds in a C int: an integer in [1, 2**31 - 1]."""
-    return field(config, key, checks.integer, default, low=1, high=checks.C_INT_MAX,
-                 allow_none=allow_none)
+    return _field(config, key, checks.integer, default, low=1, high=checks.C_INT_MAX,
+                  allow_none=allow_none)
 
 
-def json_float(name, value, **bounds):
+def _json_float(name, value, **bounds):
     """checks.real for a field transformers types `float`: its strict config
     classes refuse an integer there (rms_norm_eps 0, initializer_range 1)."""
     checks.require(not checks.is_int(value), name, value,
@@ -99,8 +101,8 @@ def json_float(name, value, **bounds):
     return checks.real(name, value, **bounds)
 
 
-def family_field(config, model_type, key, check, **requirement):
-    return field(config, key, check, _DEFAULTS[model_type].get(key, _REQUIRED), **requirement)
+def _family_field(config, model_type, key, check, **requirement):
+    return _field(config, key, check, _DEFAULTS[model_type].get(key, _REQUIRED), **requirement)
 
 
 def engine_config(config):
@@ -117,72 +119,72 @@ def engine_config(config):
             raise ConfigError(f"config field {key!r}: mixture-of-experts models are not supported")
     engine = _gpt2(config) if model_type == "gpt2" else _llama_like(config, model_type)
     # read by Model.from_config's initialisation, typed as transformers types them
-    family_field(config, model_type, "initializer_range", json_float, low=0.0,
-                 high=1.0 if model_type == "llama" else None)
-    field(config, "pad_token_id", checks.integer, None, allow_none=True)
+    _family_field(config, model_type, "initializer_range", _json_float, low=0.0,
+                  high=1.0 if model_type == "llama" else None)
+    _field(config, "pad_token_id", checks.integer, None, allow_none=True)
     check_engine_sizes(engine, config)
     return engine
 
 
 def _refuse(config, key, bad, why):
-    if field(config, key, checks.flag, not bad) == bad:
+    if _field(config, key, checks.flag, not bad) == bad:
         raise ConfigError(f"config field {key!r} = {bad!r}: {why}")
 
 
 def _gpt2(config):
-    field(config, "activation_function", checks.choice, "gelu_new",
-          choices=("gelu_new", "gelu_pytorch_tanh"))
+    _field(config, "activation_function", checks.choice, "gelu_new",
+           choices=("gelu_new", "gelu_pytorch_tanh"))
     _refuse(config, "scale_attn_weights", False, "unscaled attention is not supported")
     _refuse(config, "scale_attn_by_inverse_layer_idx", True, "not supported")
     _refuse(config, "add_cross_attention", True, "cross-attention is not supported")
-    d = size(config, "n_embd")
-    n_head = size(config, "n_head")
+    d = _size(config, "n_embd")
+    n_head = _size(config, "n_head")
     if d % n_head:
         # GPT2Attention refuses it too
         raise ConfigError(f"config field 'n_embd' ({d}) must be a multiple of n_head ({n_head})")
-    d_ff = size(config, "n_inner", None, allow_none=True)
+    d_ff = _size(config, "n_inner", None, allow_none=True)
     return dict(
-        n_layer=size(config, "n_layer"), d_model=d, n_head=n_head, n_kv_head=n_head,
+        n_layer=_size(config, "n_layer"), d_model=d, n_head=n_head, n_kv_head=n_head,
         head_dim=d // n_head, d_ff=4 * d if d_ff is None else d_ff,
-        vocab=size(config, "vocab_size"), max_positions=size(config, "n_positions"),
+        vocab=_size(config, "vocab_size"), max_positions=_size(config, "n_positions"),
         rmsnorm=0, swiglu=0, conv1d_layout=1, learned_positions=1, rope_theta=0.0, qkv_bias=1,
         o_bias=1, mlp_bias=1, qk_norm=0,
-        tied_embeddings=int(family_field(config, "gpt2", "tie_word_embeddings", checks.flag)),
-        norm_eps=norm_eps(config, "gpt2", "layer_norm_epsilon"),
+        tied_embeddings=int(_family_field(config, "gpt2", "tie_word_embeddings", checks.flag)),
+        norm_eps=_norm_eps(config, "gpt2", "layer_norm_epsilon"),
     )
 
 
-def norm_eps(config, model_type, key):
+def _norm_eps(config, model_type, key):
     """A norm's epsilon: >= 0 and finite in float32, the type the engine adds it in."""
-    return family_field(config, model_type, key, json_float, low=0.0, high=FLOAT32_MAX)
+    return _family_field(config, model_type, key, _json_float, low=0.0, high=FLOAT32_MAX)
 
 
 def _llama_like(config, model_type):
-    field(config, "hidden_act", checks.choice, "silu", choices=("silu",))
+    _field(config, "hidden_act", checks.choice, "silu", choices=("silu",))
     _refuse_sliding_window(config, model_type)
-    d = size(config, "hidden_size")
-    n_head = size(config, "num_attention_heads")
-    n_kv = family_field(config, model_type, "num_key_value_heads", checks.integer, low=1,
-                        high=checks.C_INT_MAX, allow_none=True)
+    d = _size(config, "hidden_size")
+    n_head = _size(config, "num_attention_heads")
+    n_kv = _family_field(config, model_type, "num_key_value_heads", checks.integer, low=1,
+                         high=checks.C_INT_MAX, allow_none=True)
     n_kv = n_head if n_kv is None else n_kv
     if n_head % n_kv:
         raise ConfigError(f"config field 'num_key_value_heads' ({n_kv}"
                           f"{', the default' if 'num_key_value_heads' not in config else ''}) "
                           f"must divide num_attention_heads ({n_head})")
-    n_layer = size(config, "num_hidden_layers")
+    n_layer = _size(config, "num_hidden_layers")
     _check_layer_types(config, n_layer)
     engine = dict(
         n_layer=n_layer, d_model=d, n_head=n_head, n_kv_head=n_kv,
         head_dim=_head_dim(config, model_type, d, n_head),
-        d_ff=size(config, "intermediate_size"), vocab=size(config, "vocab_size"),
-        max_positions=family_field(config, model_type, "max_position_embeddings",
-                                   checks.integer, low=1, high=checks.C_INT_MAX),
+        d_ff=_size(config, "intermediate_size"), vocab=_size(config, "vocab_size"),
+        max_positions=_family_field(config, model_type, "max_position_embeddings",
+                                    checks.integer, low=1, high=checks.C_INT_MAX),
         rmsnorm=1, swiglu=1, conv1d_layout=0, learned_positions=0,
         rope_theta=_rope_theta(config), **_biases(config, model_type),
         qk_norm=int(model_type == "qwen3"),
-        tied_embeddings=int(family_field(config, model_type, "tie_word_embeddings",
-                                         checks.flag)),
-        norm_eps=norm_eps(config, model_type, "rms_norm_eps"),
+        tied_embeddings=int(_family_field(config, model_type, "tie_word_embeddings",
+                                          checks.flag)),
+        norm_eps=_norm_eps(config, model_type, "rms_norm_eps"),
     )
     _check_rope_angles(engine)
     return engine
@@ -194,8 +196,8 @@ def _biases(config, model_type):
     Llama reads attention_bias and mlp_bias."""
     if model_type == "qwen2":
         return dict(qkv_bias=1, o_bias=0, mlp_bias=0)
-    attention = int(family_field(config, model_type, "attention_bias", checks.flag))
-    mlp = int(family_field(config, model_type, "mlp_bias", checks.flag)) \
+    attention = int(_family_field(config, model_type, "attention_bias", checks.flag))
+    mlp = int(_family_field(config, model_type, "mlp_bias", checks.flag)) \
         if model_type == "llama" else 0
     return dict(qkv_bias=attention, o_bias=attention, mlp_bias=mlp)
 
@@ -208,18 +210,17 @@ def _head_dim(config, model_type, d, n_head):
     if model_type == "llama" and d % n_head:
         raise ConfigError(f"config field 'hidden_size' ({d}) must be a multiple of "
                           f"num_attention_heads ({n_head}) (LlamaConfig requires it)")
-    head_dim = family_field(config, model_type, "head_dim", checks.integer, low=1,
-                            high=checks.C_INT_MAX, allow_none=model_type == "llama") \
-        if model_type != "qwen2" or "head_dim" in config else None
+    head_dim = _family_field(config, model_type, "head_dim", checks.integer, low=1,
+                             high=checks.C_INT_MAX, allow_none=model_type == "llama")
     if head_dim is None:
         head_dim = d // n_head
         if head_dim < 1:
             raise ConfigError(f"config field 'num_attention_heads' ({n_head}) must be at most "
                               f"hidden_size ({d}) when head_dim is not given")
     if head_dim % 2:
-        raise ConfigError(f"config field 'head_dim' ({head_dim}"
-                          f"{'' if 'head_dim' in config else ', hidden_size // num_attention_heads'}"
-                          f") must be even for rotary embeddings")
+        source = "" if "head_dim" in config else ", hidden_size // num_attention_heads"
+        raise ConfigError(f"config field 'head_dim' ({head_dim}{source}) must be even for "
+                          "rotary embeddings")
     return head_dim
 
 
@@ -228,7 +229,7 @@ def _refuse_sliding_window(config, model_type):
         if config.get("sliding_window"):
             raise ConfigError("config field 'sliding_window': sliding-window attention is not "
                               "supported")
-    elif field(config, "use_sliding_window", checks.flag, False):
+    elif _field(config, "use_sliding_window", checks.flag, False):
         raise ConfigError("config field 'use_sliding_window': sliding-window attention is not "
                           "supported")
 
@@ -263,9 +264,9 @@ def _rope_theta(config):
         raise ConfigError(f"config field {key!r}: per-layer-type RoPE parameters ({nested[0]!r}) "
                           "are not supported")
     if "rope_theta" in spec:
-        return field(spec, "rope_theta", checks.real, label=f"{key}.rope_theta", low=0.0,
-                     open_low=True)
-    return field(config, "rope_theta", checks.real, 10000.0, low=0.0, open_low=True)
+        return _field(spec, "rope_theta", checks.real, label=f"{key}.rope_theta", low=0.0,
+                      open_low=True)
+    return _field(config, "rope_theta", checks.real, 10000.0, low=0.0, open_low=True)
 
 
 def _check_rope_angles(engine):
