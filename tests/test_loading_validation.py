@@ -206,9 +206,9 @@ def test_models_beyond_memory_are_refused_with_the_size_they_need(family, change
 
 
 def test_the_memory_bound_is_the_parameter_count(monkeypatch):
-    """With the machine's memory pretended to be 1 MiB, a model of 131,072 bytes
-    of parameters and gradients loads and one over 1 MiB is refused with its
-    exact count."""
+    """With the machine's memory pretended to be 1 MiB, a model whose float32
+    parameters and gradients fit loads, and one that needs more is refused
+    with its exact parameter count."""
     monkeypatch.setattr(config_module, "physical_memory_bytes", lambda: 2**20)
     small = dict(BASES["llama"], vocab_size=11, num_hidden_layers=1)
     assert 8 * calign.Model(small).num_parameters() < 2**20
@@ -286,17 +286,20 @@ def word_tokenizer(path, config=None):
 @pytest.mark.parametrize("files,match", [
     ({"tokenizer_config.json": b"null"}, "tokenizer_config.json.* must hold a JSON object"),
     ({"tokenizer_config.json": b"[1, 2]"}, "tokenizer_config.json.* must hold a JSON object"),
-    ({"tokenizer_config.json": b'{"eos_token": 5}'}, "'eos_token' must be a token string"),
+    ({"tokenizer_config.json": b'{"eos_token": 5}'},
+     "tokenizer_config.json.*'eos_token' must be a token string"),
     ({"tokenizer_config.json": b'{"pad_token": ["<pad>"]}'}, "'pad_token' must be a token"),
     ({"tokenizer_config.json": b'{"bos_token": {"text": "<bos>"}}'}, "'bos_token' must be a"),
-    ({"tokenizer_config.json": b'{"chat_template": 5}'}, "'chat_template' must be a jinja"),
+    ({"tokenizer_config.json": b'{"chat_template": 5}'},
+     "tokenizer_config.json.*'chat_template' must be a jinja"),
     ({"tokenizer_config.json": b'{"chat_template": [{"name": "default"}]}'}, "'chat_template'"),
     ({"tokenizer_config.json": b'{"eos_token": "\xff<eos>"}'},
      "tokenizer_config.json.* is not UTF-8 text"),
     ({"chat_template.jinja": b"{{ messages \xfe }}"}, "chat_template.jinja.* is not UTF-8 text"),
     ({"additional_chat_templates/tool_use.jinja": b"\xc3("}, "tool_use.jinja.* is not UTF-8"),
     ({"special_tokens_map.json": b"null"}, "special_tokens_map.json.* must hold a JSON object"),
-    ({"special_tokens_map.json": b'{"eos_token": 3}'}, "'eos_token' must be a token string")])
+    ({"special_tokens_map.json": b'{"eos_token": 3}'},
+     "special_tokens_map.json' field 'eos_token' must be a token string")])
 def test_tokenizer_files_are_named_in_their_errors(tmp_path, files, match):
     path = word_tokenizer(tmp_path / "tok")
     for name, content in files.items():

@@ -14,13 +14,13 @@ CHAT_TEMPLATE_FILE = "chat_template.jinja"
 CHAT_TEMPLATE_DIR = "additional_chat_templates"  # transformers' folder of named templates
 
 
-def _token_content(key, value):
+def _token_content(key, value, where="tokenizer config"):
     """tokenizer_config.json stores special tokens as strings or AddedToken
     objects ({"content": ...})."""
     content = value.get("content") if isinstance(value, dict) else value
     if not (isinstance(content, str) or value is None):
-        raise ValueError(f"tokenizer config field {key!r} must be a token string or an "
-                         f"AddedToken object {{'content': string, ...}}, got {value!r}")
+        raise ValueError(f"{where} field {key!r} must be a token string or an AddedToken "
+                         f"object {{'content': string, ...}}, got {value!r}")
     return content
 
 
@@ -113,12 +113,18 @@ class Tokenizer:
         map_file = os.path.join(path, "special_tokens_map.json")
         if "added_tokens_decoder" not in config and os.path.isfile(map_file):
             special = _read_json_object(map_file)
-            config.update({k: special[k] for k in SPECIAL_TOKEN_FIELDS if k in special})
+            for key in SPECIAL_TOKEN_FIELDS:
+                if key in special:
+                    _token_content(key, special[key], where=repr(map_file))
+                    config[key] = special[key]
         templates = _template_files(path)
         if templates:
             config["chat_template"] = templates["default"] if list(templates) == ["default"] \
                 else [{"name": name, "template": t} for name, t in templates.items()]
-        return cls(backend, config, source_dir=path)
+        try:
+            return cls(backend, config, source_dir=path)
+        except ValueError as exc:  # a field of tokenizer_config.json
+            raise ValueError(f"{config_file!r}: {exc}") from None
 
     def save_pretrained(self, path):
         """Writes tokenizer.json and tokenizer_config.json into `path`."""
