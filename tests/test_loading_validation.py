@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import calign
 from calign.model import config as config_module
-from calign.model.checkpoint import CheckpointError
+from calign.model.checkpoint import CheckpointError, read_tensors
 from calign.model.config import ConfigError, engine_config, parameter_count
 
 BASES = {
@@ -298,6 +298,8 @@ def word_tokenizer(path, config=None):
     ({"chat_template.jinja": b"{{ messages \xfe }}"}, "chat_template.jinja.* is not UTF-8 text"),
     ({"additional_chat_templates/tool_use.jinja": b"\xc3("}, "tool_use.jinja.* is not UTF-8"),
     ({"special_tokens_map.json": b"null"}, "special_tokens_map.json.* must hold a JSON object"),
+    ({"tokenizer_config.json": b'{"eos_token": ' + b"1" * 5000 + b"}"},
+     "tokenizer_config.json.* is not valid JSON: Exceeds the limit"),
     ({"special_tokens_map.json": b'{"eos_token": 3}'},
      "special_tokens_map.json' field 'eos_token' must be a token string")])
 def test_tokenizer_files_are_named_in_their_errors(tmp_path, files, match):
@@ -387,6 +389,12 @@ def test_index_and_config_encoding_and_duplicate_tensors_are_named(tmp_path):
     config.write_bytes(b"null")
     with pytest.raises(ConfigError, match="config.json .* must hold a JSON object"):
         calign.Model.from_pretrained(str(path))
+    config.write_bytes(b'{"vocab_size": ' + b"1" * 5000 + b"}")
+    with pytest.raises(ConfigError, match="config.json .* is not valid JSON: Exceeds the limit"):
+        calign.Model.from_pretrained(str(path))
+    index.write_bytes(b'{"weight_map": {"a": ' + b"1" * 5000 + b"}}")
+    with pytest.raises(CheckpointError, match="index.json.* not a valid .* Exceeds the limit"):
+        read_tensors(str(path))
 
 
 def test_architectures_must_be_a_list_of_names(tmp_path):

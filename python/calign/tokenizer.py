@@ -50,9 +50,10 @@ def _read_text(file):
 
 
 def _read_json_object(file):
+    text = _read_text(file)
     try:
-        content = json.loads(_read_text(file))
-    except json.JSONDecodeError as exc:
+        content = json.loads(text)
+    except ValueError as exc:  # JSONDecodeError, or an integer of over 4300 digits
         raise ValueError(f"{file!r} is not valid JSON: {exc}") from None
     if not isinstance(content, dict):
         raise ValueError(f"{file!r} must hold a JSON object, got {json.dumps(content):.100}")

@@ -80,7 +80,7 @@ def index_shards(index):
     try:
         with open(index, encoding="utf-8") as f:
             content = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # not JSON, not UTF-8, or an integer of over 4300 digits
         raise CheckpointError(f"{index!r} is not a valid safetensors index: {exc}") from None
     weight_map = content.get("weight_map") if isinstance(content, dict) else None
     if not isinstance(weight_map, dict):

@@ -59,7 +59,7 @@ def load_config_file(path):
             config = json.load(f)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config.json in {path!r} is not UTF-8 text: {exc}") from None
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, or an integer of over 4300 digits
         raise ConfigError(f"config.json in {path!r} is not valid JSON: {exc}") from None
     if not isinstance(config, dict):
         raise ConfigError(f"config.json in {path!r} must hold a JSON object, got "
