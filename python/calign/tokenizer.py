@@ -6,31 +6,94 @@ import json
 import os
 import shutil
 
+import numpy as np
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+SPECIAL_TOKEN_FIELDS = ("bos_token", "eos_token", "pad_token")
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+CHAT_TEMPLATE_DIR = "additional_chat_templates"  # transformers' folder of named templates
 
 
-def _token_content(value):
-    """tokenizer_config.json stores special tokens as strings or AddedToken dicts."""
-    if isinstance(value, dict):
-        return value.get("content")
-    return value
+def _token_content(key, value, where="tokenizer config"):
+    """tokenizer_config.json stores special tokens as strings or AddedToken
+    objects ({"content": ...})."""
+    content = value.get("content") if isinstance(value, dict) else value
+    if not (isinstance(content, str) or value is None):
+        raise ValueError(f"{where} field {key!r} must be a token string or an AddedToken "
+                         f"object {{'content': string, ...}}, got {value!r}")
+    return content
+
+
+def _chat_templates(value):
+    """The config's chat_template as transformers holds it: a string, or
+    {name: template} for the list of {"name", "template"} objects some models
+    publish (transformers' own saved format for several templates)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)) and all(
+            isinstance(t, dict) and isinstance(t.get("name"), str) and
+            isinstance(t.get("template"), str) for t in value):
+        return {t["name"]: t["template"] for t in value}
+    if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                       for k, v in value.items()):
+        return dict(value)
+    raise ValueError(f"tokenizer config field 'chat_template' must be a jinja string or a list "
+                     f"of {{'name': ..., 'template': ...}} objects, got {value!r:.200}")
+
+
+def _read_text(file):
+    try:
+        with open(file, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{file!r} is not UTF-8 text: {exc}") from None
+
+
+def _read_json_object(file):
+    text = _read_text(file)
+    try:
+        content = json.loads(text)
+    except ValueError as exc:  # JSONDecodeError, or an integer of over 4300 digits
+        raise ValueError(f"{file!r} is not valid JSON: {exc}") from None
+    if not isinstance(content, dict):
+        raise ValueError(f"{file!r} must hold a JSON object, got {json.dumps(content):.100}")
+    return content
+
+
+def _template_files(path):
+    """{name: template} of the template files transformers reads, which take
+    priority over tokenizer_config.json's: chat_template.jinja ("default") and
+    additional_chat_templates/<name>.jinja."""
+    templates = {}
+    default = os.path.join(path, CHAT_TEMPLATE_FILE)
+    if os.path.isfile(default):
+        templates["default"] = _read_text(default)
+    folder = os.path.join(path, CHAT_TEMPLATE_DIR)
+    if os.path.isdir(folder):
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".jinja"):
+                templates[name[:-len(".jinja")]] = _read_text(os.path.join(folder, name))
+    return templates
 
 
 class Tokenizer:
     """Encodes and decodes text; renders chat templates.
 
     Attributes: eos_token, bos_token, pad_token (strings or None) and their
-    ids; chat_template (a jinja2 string or None)."""
+    ids; chat_template (a jinja2 string, {name: template} when the tokenizer
+    has several, or None)."""
 
     def __init__(self, backend, config=None, source_dir=None):
+        if config is not None and not isinstance(config, dict):
+            raise ValueError(f"the tokenizer config must be a dict, got {type(config).__name__}")
         self._backend = backend
         self.config = dict(config or {})
         self._source_dir = source_dir
-        self.eos_token = _token_content(self.config.get("eos_token"))
-        self.bos_token = _token_content(self.config.get("bos_token"))
-        self.pad_token = _token_content(self.config.get("pad_token"))
-        self.chat_template = self.config.get("chat_template")
-        self._template = None
+        self.eos_token = _token_content("eos_token", self.config.get("eos_token"))
+        self.bos_token = _token_content("bos_token", self.config.get("bos_token"))
+        self.pad_token = _token_content("pad_token", self.config.get("pad_token"))
+        self.chat_template = _chat_templates(self.config.get("chat_template"))
+        self._compiled = {}
 
     @classmethod
     def from_pretrained(cls, path):
@@ -44,19 +107,25 @@ class Tokenizer:
             backend = Backend.from_file(file)
         except Exception as exc:  # the tokenizers library raises its own exception types
             raise ValueError(f"cannot read {file!r}: {exc}") from None
-        config = {}
         config_file = os.path.join(path, "tokenizer_config.json")
-        if os.path.isfile(config_file):
-            try:
-                with open(config_file) as f:
-                    config = json.load(f)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{config_file!r} is not valid JSON: {exc}") from None
-        template_file = os.path.join(path, "chat_template.jinja")
-        if "chat_template" not in config and os.path.isfile(template_file):
-            with open(template_file) as f:
-                config["chat_template"] = f.read()
-        return cls(backend, config, source_dir=path)
+        config = _read_json_object(config_file) if os.path.isfile(config_file) else {}
+        # transformers' legacy path: without added_tokens_decoder, the special
+        # tokens of special_tokens_map.json replace tokenizer_config.json's
+        map_file = os.path.join(path, "special_tokens_map.json")
+        if "added_tokens_decoder" not in config and os.path.isfile(map_file):
+            special = _read_json_object(map_file)
+            for key in SPECIAL_TOKEN_FIELDS:
+                if key in special:
+                    _token_content(key, special[key], where=repr(map_file))
+                    config[key] = special[key]
+        templates = _template_files(path)
+        if templates:
+            config["chat_template"] = templates["default"] if list(templates) == ["default"] \
+                else [{"name": name, "template": t} for name, t in templates.items()]
+        try:
+            return cls(backend, config, source_dir=path)
+        except ValueError as exc:  # a field of tokenizer_config.json
+            raise ValueError(f"{config_file!r}: {exc}") from None
 
     def save_pretrained(self, path):
         """Writes tokenizer.json and tokenizer_config.json into `path`."""
@@ -101,24 +170,63 @@ class Tokenizer:
         return {"input_ids": self.encode(text, add_special_tokens)}
 
     def decode(self, ids, skip_special_tokens=False):
-        """Text of a list of token ids."""
-        return self._backend.decode(list(map(int, ids)), skip_special_tokens=skip_special_tokens)
+        """Text of a list of token ids (an id the vocabulary lacks decodes to
+        nothing, as in transformers; a float, a bool or a negative id is refused,
+        not rounded or wrapped)."""
+        array = np.asarray(ids)
+        if array.size == 0:
+            return ""
+        if array.ndim != 1 or array.dtype.kind not in "iu":
+            raise ValueError(f"ids must be a list of integer token ids, got {ids!r:.200}")
+        if array.min() < 0 or array.max() > np.iinfo(np.uint32).max:
+            raise ValueError(f"ids must be token ids in [0, 2**32), got {ids!r:.200}")
+        return self._backend.decode(array.tolist(), skip_special_tokens=skip_special_tokens)
 
     # ---- chat ----------------------------------------------------------------
 
-    def apply_chat_template(self, messages, add_generation_prompt=False, tokenize=False, **kwargs):
-        """Renders a list of {"role", "content"} messages with the chat template."""
+    def get_chat_template(self, chat_template=None, tools=None):
+        """The template source apply_chat_template renders, chosen as
+        transformers chooses it: `chat_template` is the name of one of the
+        tokenizer's templates or a template itself; by default the "tool_use"
+        template when tools are given and the tokenizer has one, else
+        "default"."""
+        if chat_template is not None and not isinstance(chat_template, str):
+            raise ValueError(f"chat_template must be a template name or a jinja string, got "
+                             f"{chat_template!r}")
+        if isinstance(self.chat_template, dict):
+            if chat_template is not None:
+                return self.chat_template.get(chat_template, chat_template)
+            if tools is not None and "tool_use" in self.chat_template:
+                return self.chat_template["tool_use"]
+            if "default" in self.chat_template:
+                return self.chat_template["default"]
+            raise ValueError(f"this tokenizer has several chat templates and none is named "
+                             f"'default': pass chat_template= one of "
+                             f"{sorted(self.chat_template)}")
+        if chat_template is not None:
+            return chat_template
         if not self.chat_template:
             raise ValueError("this tokenizer has no chat_template (tokenizer_config.json), so "
                              "conversational records cannot be rendered")
+        return self.chat_template
+
+    def apply_chat_template(self, messages, add_generation_prompt=False, tokenize=False,
+                            chat_template=None, tools=None, **kwargs):
+        """Renders a list of {"role", "content"} messages with the chat template
+        (see get_chat_template for `chat_template` and `tools`; tools are JSON
+        schemas, passed to the template as transformers passes them)."""
+        source = self.get_chat_template(chat_template, tools)
         if not isinstance(messages, list) or not all(
                 isinstance(m, dict) and "role" in m and "content" in m for m in messages):
             raise ValueError("messages must be a list of {'role': ..., 'content': ...} dicts")
-        if self._template is None:
-            self._template = _compile_template(self.chat_template)
-        text = self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                     bos_token=self.bos_token or "", eos_token=self.eos_token or "",
-                                     **kwargs)
+        if tools is not None and not (isinstance(tools, list) and
+                                      all(isinstance(t, dict) for t in tools)):
+            raise ValueError(f"tools must be a list of JSON schemas (dicts), got {tools!r:.200}")
+        if source not in self._compiled:
+            self._compiled[source] = _compile_template(source)
+        text = self._compiled[source].render(
+            messages=messages, tools=tools, add_generation_prompt=add_generation_prompt,
+            bos_token=self.bos_token or "", eos_token=self.eos_token or "", **kwargs)
         return self.encode(text, add_special_tokens=False) if tokenize else text
 
 

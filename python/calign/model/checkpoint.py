@@ -32,6 +32,9 @@ class CheckpointTensors:
                                       f"corrupt?): {exc}") from None
             self._handles.append((file, handle))
             for name in names:
+                if name in self._where:  # which copy would be read is not for us to guess
+                    raise CheckpointError(f"tensor {name!r} is in both "
+                                          f"{self._handles[self._where[name]][0]!r} and {file!r}")
                 self._where[name] = len(self._handles) - 1
 
     def __contains__(self, name):
@@ -67,14 +70,31 @@ def read_tensors(path):
     if os.path.isfile(single):
         return CheckpointTensors([single])
     if os.path.isfile(index):
-        try:
-            with open(index) as f:
-                weight_map = json.load(f)["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{index!r} is not a valid safetensors index: {exc}") from None
-        return CheckpointTensors([os.path.join(path, shard)
-                                  for shard in sorted(set(weight_map.values()))])
+        return CheckpointTensors([os.path.join(path, shard) for shard in index_shards(index)])
     raise FileNotFoundError(f"no {WEIGHTS_NAME} or {INDEX_NAME} in {path!r}")
+
+
+def index_shards(index):
+    """The shard files a sharded checkpoint's index names (sorted, each once):
+    paths relative to the index's folder that stay inside it."""
+    try:
+        with open(index, encoding="utf-8") as f:
+            content = json.load(f)
+    except ValueError as exc:  # not JSON, not UTF-8, or an integer of over 4300 digits
+        raise CheckpointError(f"{index!r} is not a valid safetensors index: {exc}") from None
+    weight_map = content.get("weight_map") if isinstance(content, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index!r} is not a valid safetensors index: its 'weight_map' must "
+                              f"be an object {{tensor name: shard file}}, got {weight_map!r}")
+    shards = set()
+    for name, shard in weight_map.items():
+        inside = isinstance(shard, str) and shard and not os.path.isabs(shard) and \
+            os.pardir not in os.path.normpath(shard).split(os.sep)
+        if not inside:
+            raise CheckpointError(f"{index!r}: the shard of tensor {name!r} must be a file name "
+                                  f"inside the checkpoint folder, got {shard!r}")
+        shards.add(shard)
+    return sorted(shards)
 
 
 def check_tensors(tensors, expected_shapes, ignored=()):
@@ -98,12 +118,18 @@ def check_tensors(tensors, expected_shapes, ignored=()):
 
 
 def copy_into(views, tensors):
-    """Copies each tensor into its view, one at a time, refusing NaN or infinity."""
+    """Copies each tensor into its float32 view, one at a time, refusing NaN or
+    infinity after the conversion (a float64 1e300 becomes inf in float32)."""
     for name, view in views.items():
         tensor = tensors.get(name)
-        if not np.all(np.isfinite(tensor)):
-            raise CheckpointError(f"tensor {name!r} contains NaN or infinity")
-        view[...] = tensor
+        with np.errstate(over="ignore"):
+            converted = tensor.astype(view.dtype, copy=False)
+        if not np.all(np.isfinite(converted)):
+            beyond = np.isfinite(tensor).all()
+            raise CheckpointError(f"tensor {name!r} contains "
+                                  + (f"values beyond the float32 range (stored as "
+                                     f"{tensor.dtype})" if beyond else "NaN or infinity"))
+        view[...] = converted
 
 
 def make_readable(folder):
