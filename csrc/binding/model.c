@@ -85,9 +85,9 @@ static PyObject *py_model_create(PyObject *self, PyObject *args, PyObject *kwarg
     if (!isfinite(rope_theta) || rope_theta < 0)
         return raise_printf(PyExc_ValueError, "rope_theta must be a finite number >= 0 (0: no "
                             "rotary embedding), got %g", rope_theta);
-    if (!isfinite(norm_eps) || norm_eps <= 0 || (float)norm_eps == 0.0f)
-        return raise_printf(PyExc_ValueError, "norm_eps must be a finite number > 0 (in float32), "
-                            "got %g", norm_eps);
+    if (!isfinite(norm_eps) || norm_eps < 0 || !isfinite((float)norm_eps))
+        return raise_printf(PyExc_ValueError, "norm_eps must be a finite number >= 0 (in "
+                            "float32), got %g", norm_eps);
     model_config c = {
         .n_layer = (int)size[0].value, .d_model = (int)size[1].value,
         .n_head = (int)size[2].value, .n_kv_head = (int)size[3].value,
