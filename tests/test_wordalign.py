@@ -966,3 +966,26 @@ def test_ot_bad_arguments_are_named():
     assert set(wa.optimal_transport.KINDS) == {"balanced", "unbalanced", "partial"}
     for kind in wa.optimal_transport.KINDS:  # every Python name is one the C solvers know
         _C.ot_transport(**{**args, "kind": kind, "mass": 0.5})
+
+
+def test_a_model_in_use_by_another_thread_is_refused_not_shared():
+    import threading
+
+    from calign import _C
+    from calign.wordalign.corpus import flatten
+
+    pairs, _, _ = wa.synthetic_corpus(2000, seed=8)
+    model = wa.HMM().fit(pairs, 1)
+    arrays = flatten(pairs, model.source_vocab, model.target_vocab)
+    trainer = threading.Thread(target=_C.wa_train, args=(model.c_model, *arrays),
+                               kwargs={"iterations": 40})
+    trainer.start()
+    refused = None
+    while trainer.is_alive() and refused is None:  # the training call releases the GIL
+        try:
+            _C.wa_model_table(model.c_model)
+        except RuntimeError as exc:
+            refused = exc
+    trainer.join()
+    assert "model is being used by another thread" in str(refused)
+    assert len(_C.wa_model_table(model.c_model)) == 3  # free again once the call returned

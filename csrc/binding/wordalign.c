@@ -133,12 +133,13 @@ static void raise_unknown_kind(const char *name, const char *const *names, int n
 
 typedef struct {
     wa_model m;
-    int busy; /* a call has released the GIL with this model */
+    int busy; /* a call is using the model (and may have released the GIL) */
 } model_handle;
 
 typedef struct {
     const char *name;
     model_handle *h;
+    int held; /* this call marked the model busy */
 } model_arg;
 
 static void model_destructor(PyObject *capsule) {
@@ -149,8 +150,7 @@ static void model_destructor(PyObject *capsule) {
     }
 }
 
-/* O& converter: a capsule of wa_model_new's; RuntimeError while another
- * thread uses it. */
+/* O& converter: a capsule of wa_model_new's. */
 static int to_model(PyObject *obj, void *arg) {
     model_arg *a = arg;
     if (!PyCapsule_IsValid(obj, MODEL_CAPSULE)) {
@@ -159,12 +159,24 @@ static int to_model(PyObject *obj, void *arg) {
         return 0;
     }
     a->h = PyCapsule_GetPointer(obj, MODEL_CAPSULE);
+    return 1;
+}
+
+/* Marks the model busy for the rest of the call, from right after parsing
+ * (so that no other call changes it under the checks that follow);
+ * RuntimeError while another thread's call has it. */
+static int hold(model_arg *a) {
     if (a->h->busy) {
         PyErr_Format(PyExc_RuntimeError, "%s is being used by another thread; calls on one model "
                                          "must not overlap", a->name);
-        return 0;
+        return -1;
     }
-    return 1;
+    a->h->busy = a->held = 1;
+    return 0;
+}
+
+static void unhold(model_arg *a) {
+    if (a->held) a->h->busy = a->held = 0;
 }
 
 /* wa_model_new(kind, p0=0, tension=0, learn_tension=False, alpha=0, max_jump=0,
@@ -215,11 +227,13 @@ static PyObject *py_wa_model_settings(PyObject *self, PyObject *args, PyObject *
     static char *kwlist[] = {"model", NULL};
     model_arg model = {"model"};
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&:wa_model_settings", kwlist, to_model,
-                                     &model))
+                                     &model) ||
+        hold(&model) < 0)
         return NULL;
     const wa_model *m = &model.h->m;
     PyObject *jump = m->kind == WA_HMM ? vector_copy(m->jump, 2 * m->max_jump + 1, NPY_FLOAT64)
                                        : Py_NewRef(Py_None);
+    unhold(&model);
     if (!jump) return NULL;
     return Py_BuildValue("{s:s,s:d,s:d,s:O,s:d,s:i,s:N}", "kind", wa_kind_names[m->kind], "p0",
                          m->p0, "tension", m->tension, "learn_tension",
@@ -232,13 +246,19 @@ static PyObject *py_wa_model_settings(PyObject *self, PyObject *args, PyObject *
 static PyObject *py_wa_model_table(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"model", NULL};
     model_arg model = {"model"};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&:wa_model_table", kwlist, to_model, &model))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&:wa_model_table", kwlist, to_model,
+                                     &model) ||
+        hold(&model) < 0)
         return NULL;
     const wa_table *t = &model.h->m.table;
-    if (t->rows == 0) Py_RETURN_NONE;
+    if (t->rows == 0) {
+        unhold(&model);
+        Py_RETURN_NONE;
+    }
     PyObject *arrays[3] = {vector_copy(t->row_start, t->rows + 1, NPY_INT64),
                            vector_copy(t->cols, t->n_entries, NPY_INT32),
                            vector_copy(t->prob, t->n_entries, NPY_FLOAT64)};
+    unhold(&model);
     PyObject *result = arrays[0] && arrays[1] && arrays[2]
                            ? PyTuple_Pack(3, arrays[0], arrays[1], arrays[2])
                            : NULL;
@@ -261,6 +281,7 @@ static PyObject *py_wa_model_set_table(PyObject *self, PyObject *args, PyObject 
         return NULL;
     PyObject *result = NULL;
     char err[CALIGN_ERR_LEN] = "";
+    if (hold(&model) < 0) goto done;
     if (ARG_LEN(row_start) < 1) {
         PyErr_SetString(PyExc_ValueError, "row_start must hold at least one offset");
         goto done;
@@ -274,6 +295,7 @@ static PyObject *py_wa_model_set_table(PyObject *self, PyObject *args, PyObject 
                                     err);
     if (raise_status(status, err) == 0) result = Py_NewRef(Py_None);
 done:
+    unhold(&model);
     arg_release(&row_start);
     arg_release(&cols);
     arg_release(&prob);
@@ -374,18 +396,18 @@ static PyObject *py_wa_start(PyObject *self, PyObject *args, PyObject *kwargs) {
                                      to_int, &tgt_vocab))
         return NULL;
     PyObject *result = NULL;
-    if (corpus_view(&c, 1, (int)src_vocab.value, "source_vocabulary_size", 1,
+    if (hold(&model) < 0 ||
+        corpus_view(&c, 1, (int)src_vocab.value, "source_vocabulary_size", 1,
                     (int)tgt_vocab.value, "target_vocabulary_size") < 0)
         goto done;
     char err[CALIGN_ERR_LEN] = "";
     int status;
-    model.h->busy = 1;
     Py_BEGIN_ALLOW_THREADS
     status = wa_model_start(&model.h->m, &c.corpus, err);
     Py_END_ALLOW_THREADS
-    model.h->busy = 0;
     if (raise_status(status, err) == 0) result = Py_NewRef(Py_None);
 done:
+    unhold(&model);
     corpus_release(&c);
     return result;
 }
@@ -408,7 +430,7 @@ static PyObject *py_wa_train(PyObject *self, PyObject *args, PyObject *kwargs) {
     PyObject *result = NULL;
     double *logliks = NULL;
     const long long n = iterations.value + ibm1_iterations.value;
-    if (training_corpus(&c, &model.h->m) < 0) goto done;
+    if (hold(&model) < 0 || training_corpus(&c, &model.h->m) < 0) goto done;
     if (n > INT_MAX) {
         PyErr_Format(PyExc_ValueError, "ibm1_iterations + iterations must be at most %d, got %lld",
                      INT_MAX, n);
@@ -420,14 +442,13 @@ static PyObject *py_wa_train(PyObject *self, PyObject *args, PyObject *kwargs) {
     }
     char err[CALIGN_ERR_LEN] = "";
     int threads = calign_num_threads(), status;
-    model.h->busy = 1;
     Py_BEGIN_ALLOW_THREADS
     status = wa_model_train(&model.h->m, &c.corpus, (int)ibm1_iterations.value,
                             (int)iterations.value, cache_bytes.value, logliks, threads, err);
     Py_END_ALLOW_THREADS
-    model.h->busy = 0;
     if (raise_status(status, err) == 0) result = float_list(logliks, (int)n);
 done:
+    unhold(&model);
     free(logliks);
     corpus_release(&c);
     return result;
@@ -459,19 +480,18 @@ static PyObject *py_wa_train_joint(PyObject *self, PyObject *args, PyObject *kwa
         PyErr_SetString(PyExc_ValueError, "forward and reverse must be two models");
         goto done;
     }
-    if (training_corpus(&c, &forward.h->m) < 0) goto done;
+    if (hold(&forward) < 0 || hold(&reverse) < 0 || training_corpus(&c, &forward.h->m) < 0)
+        goto done;
     if (!(logliks = malloc(sizeof(double) * (2 * (size_t)n_ibm1 + n_hmm + 1)))) {
         PyErr_NoMemory();
         goto done;
     }
     char err[CALIGN_ERR_LEN] = "";
     int threads = calign_num_threads(), status;
-    forward.h->busy = reverse.h->busy = 1;
     Py_BEGIN_ALLOW_THREADS
     status = wa_joint_train(&forward.h->m, &reverse.h->m, &c.corpus, n_ibm1, n_hmm, agreement,
                             cache_bytes.value, logliks, logliks + 2 * n_ibm1, threads, err);
     Py_END_ALLOW_THREADS
-    forward.h->busy = reverse.h->busy = 0;
     if (raise_status(status, err) < 0) goto done;
     PyObject *lists[3] = {float_list(logliks, n_ibm1), float_list(logliks + n_ibm1, n_ibm1),
                           float_list(logliks + 2 * n_ibm1, n_hmm)};
@@ -479,6 +499,8 @@ static PyObject *py_wa_train_joint(PyObject *self, PyObject *args, PyObject *kwa
         result = PyTuple_Pack(3, lists[0], lists[1], lists[2]);
     for (int i = 0; i < 3; i++) Py_XDECREF(lists[i]);
 done:
+    unhold(&forward);
+    unhold(&reverse);
     free(logliks);
     corpus_release(&c);
     return result;
@@ -500,20 +522,19 @@ static PyObject *decode(PyObject *args, PyObject *kwargs, int viterbi) {
                                      kwlist, to_model, &model, CORPUS_CONVERTERS(c)))
         return NULL;
     PyObject *result = NULL;
-    if (decoding_corpus(&c, &model.h->m) < 0) goto done;
+    if (hold(&model) < 0 || decoding_corpus(&c, &model.h->m) < 0) goto done;
     npy_intp n = viterbi ? ARG_LEN(c.tgt) : wa_corpus_links(&c.corpus);
     if (!(result = PyArray_SimpleNew(1, &n, viterbi ? NPY_INT32 : NPY_FLOAT64))) goto done;
     void *out = PyArray_DATA((PyArrayObject *)result);
     char err[CALIGN_ERR_LEN] = "";
     int threads = calign_num_threads(), status;
-    model.h->busy = 1;
     Py_BEGIN_ALLOW_THREADS
     status = viterbi ? wa_model_viterbi(out, &model.h->m, &c.corpus, threads, err)
                      : wa_model_posteriors(out, &model.h->m, &c.corpus, threads, err);
     Py_END_ALLOW_THREADS
-    model.h->busy = 0;
     if (raise_status(status, err) < 0) Py_CLEAR(result);
 done:
+    unhold(&model);
     corpus_release(&c);
     return result;
 }
@@ -549,7 +570,7 @@ static PyObject *py_wa_fertility_sample(PyObject *self, PyObject *args, PyObject
             to_int, &cache_bytes))
         return NULL;
     PyObject *post = NULL, *last = NULL, *result = NULL;
-    if (decoding_corpus(&c, &model.h->m) < 0) goto done;
+    if (hold(&model) < 0 || decoding_corpus(&c, &model.h->m) < 0) goto done;
     if (burn_in.value + samples.value > INT_MAX) {
         PyErr_Format(PyExc_ValueError, "burn_in + samples must be at most %d, got %lld + %lld",
                      INT_MAX, burn_in.value, samples.value);
@@ -571,14 +592,13 @@ static PyObject *py_wa_fertility_sample(PyObject *self, PyObject *args, PyObject
     int32_t *align = PyArray_DATA((PyArrayObject *)last);
     char err[CALIGN_ERR_LEN] = "";
     int threads = calign_num_threads(), status, start_given = start.array != NULL;
-    model.h->busy = 1;
     Py_BEGIN_ALLOW_THREADS
     status = wa_model_fertility(out, align, start_given, &model.h->m, &c.corpus, &fs,
                                 cache_bytes.value, threads, err);
     Py_END_ALLOW_THREADS
-    model.h->busy = 0;
     if (raise_status(status, err) == 0) result = Py_BuildValue("(OO)", post, last);
 done:
+    unhold(&model);
     Py_XDECREF(post);
     Py_XDECREF(last);
     arg_release(&start);
