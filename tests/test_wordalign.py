@@ -36,11 +36,11 @@ def id_pairs(model, pairs):
 def test_em_equals_numpy(make, alpha, iterations):
     model = make().fit(SMALL, iterations=iterations)
     t, tension, lls = ref.em(id_pairs(model, SMALL), len(model.source_vocab),
-                             len(model.target_vocab), iterations, model2=model.model2,
+                             len(model.target_vocab), iterations, model2=model.kind == "ibm2",
                              p0=0.1, tension=3.0, alpha=alpha)
     np.testing.assert_allclose(dense_table(model), t, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(model.log_likelihoods, lls, rtol=1e-9)
-    if model.model2:
+    if model.kind == "ibm2":
         assert model.tension == pytest.approx(tension, rel=1e-9)
 
 
@@ -162,7 +162,7 @@ def test_bad_input():
         wa.IBM1().fit([(["a", 3], ["b"])])
     with pytest.raises(ValueError, match="pair 0 must be"):
         wa.IBM1().fit([("a b".split(),)])
-    with pytest.raises(ValueError, match="threshold must be in"):
+    with pytest.raises(ValueError, match="threshold must be a finite number in"):
         wa.IBM1().fit(SMALL).align(SMALL, method="posterior", threshold=1.5)
     with pytest.raises(ValueError, match="not trained"):
         wa.IBM1().align(SMALL)
@@ -287,10 +287,10 @@ def test_ot_bad_input():
         wa.OTAligner().plan(np.ones((2, 2)), np.ones(2))
     with pytest.raises(ValueError, match="differ in dimension"):
         wa.OTAligner().plan(np.ones((2, 3)), np.ones((2, 2)))
-    with pytest.raises(ValueError, match="threshold must be in"):
+    with pytest.raises(ValueError, match="threshold must be a finite number in"):
         wa.OTAligner(threshold=2.0)
     cost, a, b = ot_problem(3)
-    with pytest.raises(ValueError, match="mass must be in"):
+    with pytest.raises(ValueError, match=r"mass must be a finite number in \(0, 1\] \(0 to the"):
         wa.transport_plan(cost, a, b, "partial", mass=1.5)
     with pytest.raises(ValueError, match="kind must be one of"):
         wa.transport_plan(cost, a, b, "sliced")
@@ -396,17 +396,18 @@ def test_agreement_em_equals_numpy(iterations, alpha):
 
 def sampler_inputs(n_pairs=30):
     """A JointHMM trained on a small synthetic corpus, its forward direction's
-    corpus arrays and Viterbi links: what the fertility sampler starts from."""
+    corpus arrays (as decoding takes them) and Viterbi links: what the
+    fertility sampler starts from."""
     from calign import _C
-    from calign.wordalign.corpus import flatten
+    from calign.wordalign.corpus import flatten, with_unseen_sources
 
     pairs, _, _ = wa.synthetic_corpus(n_pairs, seed=5, vocab_size=25, min_length=2, max_length=7)
     model = wa.JointHMM(fertility=False).fit(pairs, 2)
     hmm = model.forward
-    arrays = flatten(pairs, hmm.source_vocab, hmm.target_vocab, grow=False)
-    vocabs = (len(hmm.source_vocab), len(hmm.target_vocab))
-    start = _C.wa_hmm_decode(*hmm.table, *arrays, *vocabs, hmm.p0, hmm.jump, True, None)
-    return pairs, hmm, arrays, vocabs, start
+    arrays = with_unseen_sources(flatten(pairs, hmm.source_vocab, hmm.target_vocab, grow=False),
+                                 len(hmm.source_vocab))
+    start = _C.wa_viterbi(hmm.c_model, *arrays)
+    return pairs, hmm, arrays, start
 
 
 @pytest.mark.parametrize("cached", [False, True])
@@ -415,31 +416,35 @@ def test_fertility_sampler_equals_numpy(cached):
     NumPy sampler's, written from the fertility HMM's conditionals."""
     from calign import _C
 
-    pairs, hmm, arrays, vocabs, start = sampler_inputs()
-    links = _C.wa_links(*hmm.table, *arrays, *vocabs) if cached else None
-    align = start.copy()
-    post = _C.wa_fertility_sample(*hmm.table, *arrays, *vocabs, hmm.p0, hmm.jump, links, align,
-                                  2, 0.7, 5, 2, 12345)
+    pairs, hmm, arrays, start = sampler_inputs()
+    post, last = _C.wa_fertility_sample(hmm.c_model, *arrays, max_fertility=2,
+                                        fertility_prior=0.7, burn_in=2, samples=3, seed=12345,
+                                        start=start, link_cache_bytes=1 << 30 if cached else 0)
     ids = id_pairs(hmm, pairs)
     starts = np.split(start.astype(int), arrays[3][1:-1])
-    expected = ref.fertility_sample(ids, dense_table(hmm), hmm.jump, hmm.p0, starts, vocabs[0],
-                                    2, 0.7, 5, 2, 12345)
-    np.testing.assert_array_equal(align, np.concatenate(starts))
+    expected = ref.fertility_sample(ids, dense_table(hmm), hmm.jump, hmm.p0, starts,
+                                    len(hmm.source_vocab), 2, 0.7, 5, 2, 12345)
+    np.testing.assert_array_equal(last, np.concatenate(starts))  # the reference's last sample
     np.testing.assert_array_equal(post, np.concatenate([p.ravel() for p in expected]))
+    # start=None starts from the Viterbi links: the same run
+    again, _ = _C.wa_fertility_sample(hmm.c_model, *arrays, max_fertility=2, fertility_prior=0.7,
+                                      burn_in=2, samples=3, seed=12345)
+    np.testing.assert_array_equal(again, post)
 
 
 def test_fertility_sampler_does_not_depend_on_threads():
     import calign
     from calign import _C
 
-    _, hmm, arrays, vocabs, start = sampler_inputs(4500)  # above 32768 target words
+    _, hmm, arrays, start = sampler_inputs(4500)  # above 32768 target words
     previous = calign.get_num_threads()
     results = []
     try:
         for threads in (1, 2):
             calign.set_num_threads(threads)
-            results.append(_C.wa_fertility_sample(*hmm.table, *arrays, *vocabs, hmm.p0, hmm.jump,
-                                                  None, start.copy(), 3, 1.0, 4, 1, 7))
+            results.append(_C.wa_fertility_sample(hmm.c_model, *arrays, max_fertility=3,
+                                                  fertility_prior=1.0, burn_in=1, samples=3,
+                                                  seed=7, link_cache_bytes=0)[0])
     finally:
         calign.set_num_threads(previous)
     np.testing.assert_array_equal(results[0], results[1])
@@ -494,7 +499,7 @@ def test_joint_hmm_align_methods_save_load_and_unknown_words(tmp_path):
 
 
 def test_joint_hmm_bad_input():
-    for kwargs, message in (({"threshold": 1.0}, "threshold must be in"),
+    for kwargs, message in (({"threshold": 1.0}, "threshold must be a finite number in"),
                             ({"burn_in": -1}, "burn_in must be an integer"),
                             ({"samples": 0}, "samples must be an integer"),
                             ({"max_fertility": 0}, "max_fertility must be an integer"),
@@ -502,18 +507,18 @@ def test_joint_hmm_bad_input():
                              r"max_fertility must be an integer in \[1, 64\]"),
                             ({"fertility_prior": float("nan")}, "fertility_prior must be"),
                             ({"seed": -1}, "seed must be an integer"),
-                            ({"p0": 1.5}, "p0 must be in"),
+                            ({"p0": 1.5}, "p0 must be a finite number in"),
                             ({"max_jump": 65}, "max_jump must be an integer in")):
         with pytest.raises(ValueError, match=message):
             wa.JointHMM(**kwargs)
     with pytest.raises(ValueError, match="not trained"):
         wa.JointHMM().align(SMALL)
-    with pytest.raises(ValueError, match="iterations must be a positive integer"):
+    with pytest.raises(ValueError, match=r"iterations must be an integer in \[1, 2147483647\]"):
         wa.JointHMM().fit(SMALL, 0)
     model = wa.JointHMM().fit(SMALL, 1)
     with pytest.raises(ValueError, match="method must be one of"):
         model.align(SMALL, "gdfa")
-    with pytest.raises(ValueError, match="threshold must be in"):
+    with pytest.raises(ValueError, match="threshold must be a finite number in"):
         model.align(SMALL, threshold=-0.1)
     with pytest.raises(TypeError, match="list of string tokens"):
         model.align([(["a", 1], ["b"])])
@@ -522,31 +527,34 @@ def test_joint_hmm_bad_input():
 def test_sampler_and_soft_union_bad_arrays():
     from calign import _C
 
-    _, hmm, arrays, vocabs, start = sampler_inputs(5)
-    args = (*hmm.table, *arrays, *vocabs, hmm.p0, hmm.jump, None)
+    _, hmm, arrays, start = sampler_inputs(5)
+    settings = dict(max_fertility=3, fertility_prior=1.0, burn_in=1, samples=1, seed=0)
     bad = start.copy()
     bad[0] = 99
-    with pytest.raises(ValueError, match="align: pair 0 links a target word to source position 99"):
-        _C.wa_fertility_sample(*args, bad, 3, 1.0, 2, 1, 0)
-    with pytest.raises(TypeError, match="align must be a writable contiguous int32 vector"):
-        _C.wa_fertility_sample(*args, start.astype(np.int64), 3, 1.0, 2, 1, 0)
-    with pytest.raises(ValueError, match="align must hold one link per target word"):
-        _C.wa_fertility_sample(*args, start[1:].copy(), 3, 1.0, 2, 1, 0)
-    with pytest.raises(ValueError, match="max_fertility must be in"):
-        _C.wa_fertility_sample(*args, start.copy(), 0, 1.0, 2, 1, 0)
-    with pytest.raises(TypeError, match="links must be a contiguous int32 vector"):
-        _C.wa_hmm_decode(*hmm.table, *arrays, *vocabs, hmm.p0, hmm.jump, True, [1, 2])
-    with pytest.raises(ValueError, match="links does not fit the corpus"):
-        _C.wa_hmm_decode(*hmm.table, *arrays, *vocabs, hmm.p0, hmm.jump, True,
-                         np.zeros(3, np.int32))
-    cols = hmm.table[1].copy()
-    cols[0] = vocabs[1]
-    with pytest.raises(ValueError, match="cols must hold target ids"):
-        _C.wa_links(hmm.table[0], cols, hmm.table[2], *arrays, *vocabs)
+    with pytest.raises(ValueError, match="start: pair 0 links a target word to source position 99"):
+        _C.wa_fertility_sample(hmm.c_model, *arrays, **settings, start=bad)
+    with pytest.raises(ValueError, match=r"start\[0\] = -1 is outside \[0, "):
+        _C.wa_fertility_sample(hmm.c_model, *arrays, **settings, start=np.full_like(start, -1))
+    with pytest.raises(ValueError, match="start has length .* but target_ids has length"):
+        _C.wa_fertility_sample(hmm.c_model, *arrays, **settings, start=start[1:])
+    with pytest.raises(TypeError, match="start must have an integer dtype"):
+        _C.wa_fertility_sample(hmm.c_model, *arrays, **settings, start=start.astype(np.float64))
+    with pytest.raises(ValueError, match=r"max_fertility must be an integer in \[1, 64\], got 0"):
+        _C.wa_fertility_sample(hmm.c_model, *arrays, **{**settings, "max_fertility": 0})
+    with pytest.raises(ValueError, match="fertility_prior must be a finite number > 0, got 0"):
+        _C.wa_fertility_sample(hmm.c_model, *arrays, **{**settings, "fertility_prior": 0.0})
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*64 - 1\]"):
+        _C.wa_fertility_sample(hmm.c_model, *arrays, **{**settings, "seed": -1})
+    with pytest.raises(ValueError, match=r"burn_in \+ samples must be at most 2147483647"):
+        _C.wa_fertility_sample(hmm.c_model, *arrays, **{**settings, "burn_in": 2**31 - 1})
     with pytest.raises(ValueError, match="forward has 3 posteriors but the offsets need"):
         _C.wa_soft_union(arrays[1], arrays[3], np.zeros(3), np.zeros(3), 0.5)
     with pytest.raises(TypeError, match="reverse must be a contiguous float64 vector"):
         _C.wa_soft_union(arrays[1], arrays[3], np.zeros(3), np.zeros(3, np.float32), 0.5)
+    with pytest.raises(ValueError, match="target_offsets has length 1 but source_offsets has"):
+        _C.wa_soft_union(arrays[1], arrays[3][:1], np.zeros(3), np.zeros(3), 0.5)
+    with pytest.raises(ValueError, match="threshold must be a finite number in"):
+        _C.wa_soft_union(arrays[1], arrays[3], np.zeros(3), np.zeros(3), float("nan"))
 
 
 # ---- bad input: clear errors before any long computation ------------------------------------
@@ -561,9 +569,11 @@ def test_constructor_counts_and_probabilities_are_checked():
                           (lambda: wa.HMM(ibm1_iterations=2.5), "ibm1_iterations must be an"),
                           (lambda: wa.HMM(ibm1_iterations=True), "ibm1_iterations must be an"),
                           (lambda: wa.HMM(max_jump=np.float64(3)), "max_jump must be an integer"),
-                          (lambda: wa.HMM(p0="a"), r"p0 must be in \(0, 1\), got 'a'"),
-                          (lambda: wa.HMM(p0=True), r"p0 must be in \(0, 1\)"),
-                          (lambda: wa.IBM2(p0=float("nan")), r"p0 must be in \[0, 1\)"),
+                          (lambda: wa.HMM(p0="a"),
+                           r"p0 must be a finite number in \(0, 1\), got 'a'"),
+                          (lambda: wa.HMM(p0=True), r"p0 must be a finite number in \(0, 1\)"),
+                          (lambda: wa.IBM2(p0=float("nan")),
+                           r"p0 must be a finite number in \[0, 1\)"),
                           (lambda: wa.IBM2(tension="a"), "tension must be a finite number > 0"),
                           (lambda: wa.JointHMM(fertility_prior="1"), "fertility_prior must be")):
         with pytest.raises(ValueError, match=message):
@@ -580,10 +590,11 @@ def test_constructor_counts_and_probabilities_are_checked():
 
 @pytest.mark.parametrize("make", [wa.IBM1, wa.IBM2, wa.HMM, wa.JointHMM])
 def test_alpha_that_would_overflow_the_dirichlet_update_is_rejected(make):
-    from calign.wordalign.checks import ALPHA_MAX
+    from calign.wordalign.ibm import ALPHA_MAX
 
     for alpha in (1e308, float("inf"), -0.1, True, "0.1"):
-        with pytest.raises(ValueError, match=r"alpha must be in \[0, 4\.18\d*e\+298\]"):
+        with pytest.raises(ValueError,
+                           match=r"alpha must be a finite number in \[0, 4\.18\d*e\+298\]"):
             make(alpha=alpha)
     model = make(alpha=ALPHA_MAX).fit(TINY, 2)  # the largest allowed: rows uniform, no NaN
     assert np.isfinite(model.log_likelihoods).all()
@@ -593,18 +604,25 @@ def test_em_breakdown_is_a_floating_point_error_not_out_of_memory():
     from calign import _C
     from calign.wordalign.corpus import flatten
 
-    model = wa.HMM(alpha=0.0).fit(SMALL, 1)
-    arrays = flatten(SMALL, model.source_vocab, model.target_vocab, grow=False)
-    vocabs = (len(model.source_vocab), len(model.target_vocab))
-    table = (model.table[0], model.table[1], np.full_like(model.table[2], np.nan))
-    with pytest.raises(FloatingPointError, match="EM iteration 1 of 2: the log-likelihood is NaN"):
-        _C.wa_em(*table, *arrays, *vocabs, False, 0.0, 0.0, False, 2, 0.0, None)
-    with pytest.raises(FloatingPointError, match="EM iteration 1 of 3: the log-likelihood is NaN"):
-        _C.wa_hmm_em(*table, *arrays, *vocabs, 0.1, model.jump.copy(), 3, 0.0, None)
-    with pytest.raises(ValueError, match="iterations must be >= 0, got -1"):
-        _C.wa_em(*model.table, *arrays, *vocabs, False, 0.0, 0.0, False, -1, 0.0, None)
-    with pytest.raises(ValueError, match="alpha must be a finite number >= 0"):
-        _C.wa_hmm_em(*model.table, *arrays, *vocabs, 0.1, model.jump, 1, float("nan"), None)
+    for make, phase in ((lambda: wa.IBM1(), (0, 2)), (lambda: wa.HMM(alpha=0.0), (0, 3)),
+                        (lambda: wa.HMM(alpha=0.0), (2, 3))):
+        model = make().fit(SMALL, 1)
+        arrays = flatten(SMALL, model.source_vocab, model.target_vocab, grow=False)
+        row_start, cols, prob = model.table
+        # a table of zeros: every pair has probability 0
+        _C.wa_model_set_table(model.c_model, row_start, cols, np.zeros_like(prob),
+                              target_vocabulary_size=len(model.target_vocab))
+        ibm1_iterations, iterations = phase
+        with pytest.raises(FloatingPointError,
+                           match=f"EM iteration 1 of {ibm1_iterations or iterations}: the "
+                                 "log-likelihood is (-inf|NaN): the model broke down"):
+            _C.wa_train(model.c_model, *arrays, iterations=iterations,
+                        ibm1_iterations=ibm1_iterations)
+    with pytest.raises(ValueError, match=r"iterations must be an integer in \[0, 2147483647\], "
+                                         "got -1"):
+        _C.wa_train(model.c_model, *arrays, iterations=-1)
+    with pytest.raises(ValueError, match="alpha must be a finite number >= 0, got nan"):
+        _C.wa_model_new(kind="hmm", p0=0.1, max_jump=2, alpha=float("nan"))
     # a tiny alpha rounds rarely counted links to probability 0: said so, not MemoryError
     pairs, _, _ = wa.synthetic_corpus(300, seed=2)
     with pytest.raises(FloatingPointError, match="an alpha below about 0.0015 rounds"):
@@ -623,11 +641,11 @@ def test_hmm_em_runs_on_after_jump_weights_reach_zero(make):
 
 def test_counts_beyond_a_c_int_are_rejected():
     for fit, message in ((lambda: wa.IBM1().fit(SMALL, iterations=10**12),
-                          r"iterations must be a positive integer \(at most 2147483647\)"),
+                          r"iterations must be an integer in \[1, 2147483647\]"),
                          (lambda: wa.JointHMM().fit(SMALL, iterations=10**12),
-                          r"iterations must be a positive integer \(at most 2147483647\)"),
+                          r"iterations must be an integer in \[1, 2147483647\]"),
                          (lambda: wa.HMM().fit(SMALL, iterations=2.0),
-                          "iterations must be a positive integer"),
+                          r"iterations must be an integer in \[1, 2147483647\]"),
                          (lambda: wa.JointHMM(samples=2**31),
                           r"samples must be an integer in \[1, 2147483647\], got 2147483648"),
                          (lambda: wa.JointHMM(burn_in=10**12),
@@ -700,10 +718,274 @@ def test_numpy_scalar_thresholds_are_accepted_and_bad_ones_named():
     assert ibm2.align(SMALL, "posterior", np.float32(0.25)) == ibm2.align(SMALL, "posterior", 0.25)
     assert wa.OTAligner(threshold=np.float32(0.5), mass_fraction=np.float32(0.5)).threshold == 0.5
     for bad in (True, float("nan"), "0.5", np.float32(1.0)):
-        with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\), got"):
+        with pytest.raises(ValueError, match=r"threshold must be a finite number in \[0, 1\), got"):
             model.align(SMALL, threshold=bad)
     for bad in (np.bool_(False), float("nan"), "0.5"):
-        with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\], got"):
+        with pytest.raises(ValueError, match=r"threshold must be a finite number in \[0, 1\], got"):
             ibm2.align(SMALL, "posterior", bad)
-        with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\], got"):
+        with pytest.raises(ValueError, match=r"threshold must be a finite number in \[0, 1\], got"):
             wa.OTAligner(threshold=bad)
+
+
+# ---- the models' state in C (a capsule), files of the previous format, keyword calls --------
+
+SAVED_V1 = __import__("os").path.join(__import__("os").path.dirname(__file__), "data", "wordalign",
+                                      "saved_v1")
+
+
+def assert_same_state(a, b):
+    """Two models' tables, settings and vocabularies are identical, bit for bit."""
+    for x, y in zip(a.table, b.table):
+        assert x.dtype == y.dtype
+        np.testing.assert_array_equal(x, y)
+    from calign import _C
+
+    sa, sb = _C.wa_model_settings(a.c_model), _C.wa_model_settings(b.c_model)
+    if sa["jump"] is not None:
+        np.testing.assert_array_equal(sa.pop("jump"), sb.pop("jump"))
+    assert sa == sb
+    assert a.source_vocab.ids == b.source_vocab.ids and a.target_vocab.ids == b.target_vocab.ids
+
+
+@pytest.mark.parametrize("make", [lambda: wa.IBM1(alpha=0.05), lambda: wa.IBM2(reverse=True),
+                                  lambda: wa.HMM(max_jump=3)])
+def test_fitted_model_survives_save_load_and_pickle_bit_for_bit(make, tmp_path):
+    import copy
+    import pickle
+
+    pairs, _, _ = wa.synthetic_corpus(200, seed=6)
+    model = make().fit(pairs, 3)
+    path = str(tmp_path / "model.npz")
+    model.save(path)
+    loaded = type(model).load(path)
+    assert_same_state(model, loaded)
+    assert loaded.align(pairs[:50]) == model.align(pairs[:50])
+    for clone in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model), copy.copy(model)):
+        assert_same_state(model, clone)
+        assert clone.c_model is not model.c_model  # its own C model: training one leaves the other
+    clone.fit(pairs[:20], 1)
+    assert len(model.table[2]) != len(clone.table[2])
+    assert pickle.loads(pickle.dumps(make())).table is None  # unfitted models too
+
+
+def test_joint_hmm_survives_save_load_bit_for_bit(tmp_path):
+    model = wa.JointHMM(samples=2, burn_in=1).fit(TINY, 2)
+    model.save(str(tmp_path / "joint.npz"))
+    loaded = wa.JointHMM.load(str(tmp_path / "joint.npz"))
+    assert_same_state(model.forward, loaded.forward)
+    assert_same_state(model.reverse, loaded.reverse)
+
+
+@pytest.mark.parametrize("name,load", [("ibm1", wa.IBM1.load), ("ibm2", wa.IBM2.load),
+                                       ("hmm", wa.HMM.load), ("joint", wa.JointHMM.load)])
+def test_models_saved_in_the_previous_format_align_identically(name, load):
+    """Files saved by calign before its models moved into C (saved_v1/README.md)."""
+    import json
+    import os
+
+    with open(os.path.join(SAVED_V1, "expected.json")) as f:
+        expected = json.load(f)[name]
+    pairs = wa.read_fast_align(os.path.join(SAVED_V1, "..", "gold.en-fr.txt"))
+    model = load(os.path.join(SAVED_V1, name + ".npz"))
+    links = [[list(link) for link in pair] for pair in model.align(pairs)]
+    assert links == expected["align"]
+    if name != "joint":
+        assert [[list(link) for link in pair] for pair in model.align(pairs, "posterior", 0.3)] \
+            == expected["posterior_links"]
+    # the same numbers up to rounding (the kernels' SIMD variant depends on the CPU)
+    np.testing.assert_allclose(model.posteriors(pairs[0]), np.array(expected["posteriors_0"]),
+                               rtol=1e-12, atol=1e-15)
+
+
+def test_a_model_written_by_hand_in_the_file_format(tmp_path):
+    """The .npz format, written without calign: the table's three arrays and
+    the JSON metadata; a table that does not fit is refused naming the file."""
+    import json
+
+    def write(path, cols, prob):
+        meta = {"format": "calign.wordalign/1", "model": "IBM1", "reverse": False, "alpha": 0.0,
+                "p0": 0.0, "tension": 0.0, "source_vocab": {"a": 1, "b": 2},
+                "target_vocab": {"x": 1, "y": 2}}
+        np.savez(path, row_start=np.array([0, 2, 3, 4], np.int64), cols=np.array(cols, np.int32),
+                 prob=np.array(prob), meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+        return str(path)
+
+    model = wa.IBM1.load(write(tmp_path / "m.npz", [1, 2, 1, 2], [0.5, 0.5, 1.0, 1.0]))
+    assert model.align([(["a", "b"], ["y", "x"])]) == [[(0, 1), (1, 0)]]
+    np.testing.assert_array_equal(model.posteriors((["a"], ["x"])), [[1 / 3, 2 / 3]])
+    for cols, prob, message in (([2, 1, 1, 2], [0.5] * 4, "cols must increase within each row"),
+                                ([1, 2, 1, 3], [0.5] * 4, r"cols\[3\] = 3 is outside \[1, 3\)"),
+                                ([1, 2, 1, 2], [0.5, 0.5, 1.5, 1.0], r"prob\[2\] = 1.5 is not a"),
+                                ([1, 2, 1, 2], [0.5, np.nan, 1, 1], "prob contains NaN")):
+        path = write(tmp_path / "bad.npz", cols, prob)
+        with pytest.raises(ValueError, match=f"{path!r} is not a saved IBM1 model: {message}"):
+            wa.IBM1.load(path)
+
+
+def test_keyword_calls_name_the_python_arguments():
+    from calign import _C
+    from calign.wordalign.corpus import flatten
+
+    model = wa.HMM(p0=0.2, max_jump=2).fit(SMALL, 2)
+    source_ids, source_offsets, target_ids, target_offsets = flatten(
+        SMALL, model.source_vocab, model.target_vocab)
+    corpus = dict(source_ids=source_ids, source_offsets=source_offsets, target_ids=target_ids,
+                  target_offsets=target_offsets)
+    c_model = _C.wa_model_new(kind="hmm", p0=0.2, max_jump=2, alpha=0.1)
+    _C.wa_start(model=c_model, **corpus, source_vocabulary_size=len(model.source_vocab),
+                target_vocabulary_size=len(model.target_vocab))
+    lls = _C.wa_train(model=c_model, **corpus, iterations=2, ibm1_iterations=5,
+                      link_cache_bytes=0)
+    assert lls == model.log_likelihoods
+    np.testing.assert_array_equal(_C.wa_model_table(model=c_model)[2], model.table[2])
+    np.testing.assert_array_equal(_C.wa_posteriors(model=c_model, **corpus),
+                                  _C.wa_posteriors(model.c_model, *corpus.values()))
+    cost, a, b = ot_problem(4)
+    plan, iterations = _C.ot_transport(cost=cost, a=a, b=b, kind="partial", reg=0.05, reg_m=1.0,
+                                       mass=0.5, max_iterations=500, tolerance=1e-9)
+    np.testing.assert_array_equal(plan, wa.transport_plan(cost, a, b, "partial", reg=0.05,
+                                                          mass=0.5, max_iterations=500,
+                                                          tolerance=1e-9))
+    assert 0 < iterations <= 500
+    with pytest.raises(TypeError, match="'iteration' is an invalid keyword argument"):
+        _C.wa_train(c_model, **corpus, iterations=1, iteration=1)
+
+
+def test_c_model_bad_settings_and_tables_are_named():
+    from calign import _C
+
+    for kwargs, error, message in (
+            ({"kind": "ibm3"}, ValueError, "kind must be one of 'ibm1', 'ibm2', 'hmm', got 'ibm3'"),
+            ({"kind": "ibm2", "p0": 1.0}, ValueError, r"p0 must be a finite number in \[0, 1\)"),
+            ({"kind": "hmm", "p0": 0.0, "max_jump": 1}, ValueError, r"p0 must be in \(0, 1\)"),
+            ({"kind": "ibm2", "tension": True}, TypeError, "tension must be a real number"),
+            ({"kind": "ibm2", "alpha": "0.1"}, TypeError, "alpha must be a real number"),
+            ({"kind": "ibm1", "max_jump": 3}, ValueError,
+             "max_jump and jump are settings of an HMM"),
+            ({"kind": "hmm", "p0": 0.1, "max_jump": 0}, ValueError,
+             r"max_jump must be in \[1, 64\]"),
+            ({"kind": "hmm", "p0": 0.1, "max_jump": 65}, ValueError, "max_jump must be an integer"),
+            ({"kind": "hmm", "p0": 0.1, "max_jump": 1, "jump": [1.0, 1.0]}, ValueError,
+             r"jump must hold 2 max_jump \+ 1 = 3 weights, got 2"),
+            ({"kind": "hmm", "p0": 0.1, "max_jump": 1, "jump": [1.0, -1.0, 1.0]}, ValueError,
+             r"jump\[1\] = -1 is not a finite weight >= 0"),
+            ({"kind": "hmm", "p0": 0.1, "max_jump": 1, "jump": [1.0, np.inf, 1.0]}, ValueError,
+             "jump contains NaN or infinity")):
+        with pytest.raises(error, match=message):
+            _C.wa_model_new(**kwargs)
+    c_model = _C.wa_model_new(kind="ibm1")
+    assert _C.wa_model_table(c_model) is None
+    table = dict(row_start=[0, 1, 2], cols=[1, 2], prob=[1.0, 1.0], target_vocabulary_size=3)
+    for change, error, message in (
+            ({"row_start": [0, 2, 1]}, ValueError, "row_start must run from 0 to the 2 entries"),
+            ({"row_start": [0, 2, 1, 2]}, ValueError, "row_start decreases after row 1"),
+            ({"row_start": []}, ValueError, "row_start must hold at least one offset"),
+            ({"prob": [1.0]}, ValueError, "prob has length 1 but cols has length 2"),
+            ({"cols": [1, 3]}, ValueError, r"cols\[1\] = 3 is outside \[1, 3\)"),
+            ({"row_start": [0, 2, 2], "cols": [2, 1]}, ValueError,
+             "cols must increase within each row; row 0 does not"),
+            ({"cols": np.array([1.0, 2.0])}, TypeError, "cols must have an integer dtype"),
+            ({"target_vocabulary_size": 0}, ValueError, "target_vocabulary_size must be an")):
+        with pytest.raises(error, match=message):
+            _C.wa_model_set_table(c_model, **{**table, **change})
+    assert _C.wa_model_table(c_model) is None  # a refused table leaves none
+    with pytest.raises(TypeError, match="model must be a word-alignment model"):
+        _C.wa_model_table(np.zeros(3))
+    with pytest.raises(TypeError, match="forward must be a word-alignment model"):
+        _C.wa_train_joint("forward", c_model, [], [0], [], [0], iterations=1)
+
+
+def test_c_corpus_and_training_errors_are_named():
+    from calign import _C
+    from calign.wordalign.corpus import flatten
+
+    model = wa.HMM().fit(SMALL, 1)
+    arrays = flatten(SMALL, model.source_vocab, model.target_vocab, grow=False)
+    corpus = dict(zip(("source_ids", "source_offsets", "target_ids", "target_offsets"), arrays))
+    n_source = len(model.source_vocab)
+    for change, message in (
+            ({"source_ids": np.full_like(arrays[0], n_source)},
+             rf"source_ids\[0\] = {n_source} is outside \[1, {n_source}\) \(the model's source "),
+            ({"target_ids": np.zeros_like(arrays[2])}, r"target_ids\[0\] = 0 is outside \[1, "),
+            ({"source_offsets": arrays[1][::-1].copy()}, "source_offsets must run from 0 to the "),
+            ({"target_offsets": arrays[3][:-1]}, "target_offsets has length 7 but source_offsets"),
+            ({"source_offsets": np.array([0, 4, 2, 6, 7, 7, 9, 12])},
+             r"source_offsets must not decrease \(pair 1\)"),
+            ({"source_offsets": []}, r"source_offsets must hold at least one offset \(0\)")):
+        with pytest.raises(ValueError, match=message):
+            _C.wa_train(model.c_model, **{**corpus, **change}, iterations=1)
+    # the corpus must be the one the model was started on
+    other = [(["the", "book"], ["haus"])]
+    ids = flatten(other, model.source_vocab, model.target_vocab, grow=False)
+    with pytest.raises(ValueError, match="the model's translation table lacks a word pair of "
+                                         "pair 0 of the corpus"):
+        _C.wa_train(model.c_model, *ids, iterations=1)
+    with pytest.raises(ValueError, match="no translation table: start it on a corpus first"):
+        _C.wa_train(_C.wa_model_new(kind="ibm1"), *arrays, iterations=1)
+    with pytest.raises(ValueError, match="Viterbi decoding needs an HMM, not ibm2"):
+        _C.wa_viterbi(wa.IBM2().fit(SMALL, 1).c_model, *arrays)
+    with pytest.raises(ValueError, match="the fertility sampler needs an HMM, not ibm1"):
+        _C.wa_fertility_sample(wa.IBM1().fit(SMALL, 1).c_model, *arrays, max_fertility=3,
+                               fertility_prior=1.0, burn_in=0, samples=1, seed=0)
+    with pytest.raises(ValueError, match="forward and reverse must be two models"):
+        _C.wa_train_joint(model.c_model, model.c_model, *arrays, iterations=1)
+    ibm = wa.IBM1().fit(SMALL, 1)
+    with pytest.raises(ValueError, match="forward and reverse must be HMMs"):
+        _C.wa_train_joint(ibm.c_model, model.c_model, *arrays, iterations=1)
+
+
+def test_ot_bad_arguments_are_named():
+    from calign import _C
+
+    cost, a, b = ot_problem(5, n=3, m=4)
+    args = dict(cost=cost, a=a, b=b, kind="balanced", reg=0.1, reg_m=1.0, mass=1.0,
+                max_iterations=100, tolerance=1e-9)
+    for change, error, message in (
+            ({"kind": "sliced"}, ValueError, "kind must be one of 'balanced', 'unbalanced', "
+                                             "'partial', got 'sliced'"),
+            ({"kind": 2}, TypeError, "must be str, not int"),
+            ({"reg": 0.0}, ValueError, "reg must be a finite number > 0, got 0"),
+            ({"reg_m": -1.0, "kind": "unbalanced"}, ValueError,
+             "reg_m must be a finite number > 0"),
+            ({"mass": 0.0, "kind": "partial"}, ValueError, "mass must be a finite number > 0"),
+            ({"mass": np.nan}, ValueError, "mass must be a finite number, got nan"),
+            ({"a": np.zeros(3)}, ValueError, r"the masses must be > 0, but a\[0\] = 0"),
+            ({"b": b[:2]}, ValueError, "b has length 2 but cost's columns has length 4"),
+            ({"max_iterations": -1}, ValueError, r"max_iterations must be an integer in \[0, "),
+            ({"tolerance": -1.0}, ValueError, "max_iterations and tolerance must be >= 0"),
+            ({"cost": np.zeros((2**31, 0))}, ValueError,
+             "cost has 2147483648 rows, more than a C int holds")):
+        with pytest.raises(error, match=message):
+            _C.ot_transport(**{**args, **change})
+    with pytest.raises(ValueError, match="distortion must be a finite number, got inf"):
+        _C.ot_cost(np.ones((2, 3)), np.ones((2, 3)), distortion=np.inf)
+    with pytest.raises(ValueError, match="source_embeddings has 2147483648 rows, more than a C"):
+        _C.ot_cost(np.zeros((2**31, 0)), np.ones((2, 0)), distortion=0.0)
+    with pytest.raises(ValueError, match=r"b must be positive masses"):
+        wa.transport_plan(cost, a, -b)
+    assert set(wa.optimal_transport.KINDS) == {"balanced", "unbalanced", "partial"}
+    for kind in wa.optimal_transport.KINDS:  # every Python name is one the C solvers know
+        _C.ot_transport(**{**args, "kind": kind, "mass": 0.5})
+
+
+def test_a_model_in_use_by_another_thread_is_refused_not_shared():
+    import threading
+
+    from calign import _C
+    from calign.wordalign.corpus import flatten
+
+    pairs, _, _ = wa.synthetic_corpus(2000, seed=8)
+    model = wa.HMM().fit(pairs, 1)
+    arrays = flatten(pairs, model.source_vocab, model.target_vocab)
+    trainer = threading.Thread(target=_C.wa_train, args=(model.c_model, *arrays),
+                               kwargs={"iterations": 40})
+    trainer.start()
+    refused = None
+    while trainer.is_alive() and refused is None:  # the training call releases the GIL
+        try:
+            _C.wa_model_table(model.c_model)
+        except RuntimeError as exc:
+            refused = exc
+    trainer.join()
+    assert "model is being used by another thread" in str(refused)
+    assert len(_C.wa_model_table(model.c_model)) == 3  # free again once the call returned

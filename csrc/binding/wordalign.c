@@ -1,769 +1,782 @@
-/* Bindings of the word-alignment kernels (calign.wordalign). The translation
- * table lives in three NumPy arrays owned by Python (row_start, cols, prob);
- * the corpus is four flat arrays (source ids, source offsets, target ids,
- * target offsets) that calign.wordalign builds and checks. */
+/* Bindings of word alignment (calign.wordalign).
+ *
+ * A model (IBM1, IBM2 or HMM) is a capsule holding a wa_model
+ * (wordalign/model.h): settings, translation table and jump weights live in
+ * C; wa_model_settings and wa_model_table export copies for save(), and
+ * wa_model_new and wa_model_set_table build one back for load(). One call at
+ * a time per model: a second thread gets a RuntimeError. A corpus is four
+ * flat arrays (source ids, source offsets, target ids, target offsets) that
+ * calign.wordalign.corpus builds. */
 #include "binding/common.h"
 
 #include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/status.h"
 #include "core/threads.h"
 #include "wordalign/combine.h"
-#include "wordalign/fertility.h"
-#include "wordalign/hmm.h"
-#include "wordalign/ibm.h"
+#include "wordalign/decode.h"
 #include "wordalign/sinkhorn.h"
+#include "wordalign/train.h"
 
+#define MODEL_CAPSULE "calign.wordalign.model"
+
+/* ---- converters this file adds (candidates for common.h) --------------------- */
+
+/* real_arg: a Python or NumPy real (never a bool), finite, within [low,
+ * high] (open_low/open_high exclude the bound; +-INFINITY: unbounded), into
+ * a double; errors name the argument. */
 typedef struct {
-    PyArrayObject *src, *src_off, *tgt, *tgt_off;
-    wa_corpus corpus;
-} corpus_args;
+    const char *name;
+    double low, high;
+    int open_low, open_high;
+    double value;
+} real_arg;
 
-static void release_corpus(corpus_args *a) {
-    Py_XDECREF(a->src);
-    Py_XDECREF(a->src_off);
-    Py_XDECREF(a->tgt);
-    Py_XDECREF(a->tgt_off);
-}
-
-static int check_offsets(PyArrayObject *off, PyArrayObject *ids, const char *name) {
-    const int64_t *o = PyArray_DATA(off);
-    npy_intp n = PyArray_DIM(off, 0);
-    if (n < 1 || o[0] != 0 || o[n - 1] != PyArray_DIM(ids, 0)) {
-        PyErr_Format(PyExc_ValueError, "%s must start at 0 and end at the token count", name);
-        return -1;
-    }
-    for (npy_intp k = 1; k < n; k++) {
-        if (o[k] < o[k - 1]) {
-            PyErr_Format(PyExc_ValueError, "%s must not decrease", name);
-            return -1;
-        }
-    }
-    return 0;
-}
-
-static int parse_corpus(corpus_args *a, PyObject *src, PyObject *src_off, PyObject *tgt,
-                        PyObject *tgt_off, int src_vocab, int tgt_vocab) {
-    if (!(a->src = arg_int32_vector(src, "source_ids")) ||
-        !(a->src_off = arg_int64_vector(src_off, "source_offsets")) ||
-        !(a->tgt = arg_int32_vector(tgt, "target_ids")) ||
-        !(a->tgt_off = arg_int64_vector(tgt_off, "target_offsets")))
-        return -1;
-    if (check_offsets(a->src_off, a->src, "source_offsets") < 0 ||
-        check_offsets(a->tgt_off, a->tgt, "target_offsets") < 0 ||
-        check_length(a->tgt_off, "target_offsets", PyArray_DIM(a->src_off, 0), "source_offsets") < 0)
-        return -1;
-    const int32_t *s = PyArray_DATA(a->src), *t = PyArray_DATA(a->tgt);
-    for (npy_intp i = 0; i < PyArray_DIM(a->src, 0); i++)
-        if (s[i] < 1 || s[i] >= src_vocab) {
-            PyErr_SetString(PyExc_ValueError, "source ids must be in [1, source vocabulary)");
-            return -1;
-        }
-    for (npy_intp i = 0; i < PyArray_DIM(a->tgt, 0); i++)
-        if (t[i] < 0 || t[i] >= tgt_vocab) {
-            PyErr_SetString(PyExc_ValueError, "target ids must be in [0, target vocabulary)");
-            return -1;
-        }
-    a->corpus = (wa_corpus){s, t, PyArray_DATA(a->src_off), PyArray_DATA(a->tgt_off),
-                            (long)PyArray_DIM(a->src_off, 0) - 1, src_vocab, tgt_vocab};
-    return 0;
-}
-
-/* The table from Python's three arrays (checked for consistent sizes). */
-static int table_view(wa_table *t, PyObject *row_start, PyObject *cols, PyObject *prob,
-                      PyArrayObject **held, int src_vocab, int tgt_vocab) {
-    /* held[0..2] own the three arrays on return (also on failure) */
-    if (!(held[0] = arg_int64_vector(row_start, "row_start")) ||
-        !(held[1] = arg_int32_vector(cols, "cols")))
-        return -1;
-    if (!PyArray_Check(prob) || PyArray_TYPE((PyArrayObject *)prob) != NPY_FLOAT64 ||
-        PyArray_NDIM((PyArrayObject *)prob) != 1 ||
-        !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)prob) ||
-        !PyArray_ISWRITEABLE((PyArrayObject *)prob)) {
-        PyErr_SetString(PyExc_TypeError, "prob must be a writable contiguous float64 vector");
-        return -1;
-    }
-    held[2] = (PyArrayObject *)prob;
-    Py_INCREF(prob);
-    npy_intp n = PyArray_DIM(held[1], 0);
-    const int64_t *rs = PyArray_DATA(held[0]);
-    if (PyArray_DIM(held[0], 0) != src_vocab + 1 || rs[0] != 0 || rs[src_vocab] != n ||
-        PyArray_DIM(held[2], 0) != n) {
-        PyErr_SetString(PyExc_ValueError, "the translation table does not fit the vocabulary");
-        return -1;
-    }
-    const int32_t *cols_data = PyArray_DATA(held[1]);
-    for (npy_intp x = 0; x < n; x++)
-        if (cols_data[x] < 0 || cols_data[x] >= tgt_vocab) {
-            PyErr_SetString(PyExc_ValueError,
-                            "cols must hold target ids in [0, target vocabulary)");
-            return -1;
-        }
-    for (int e = 0; e < src_vocab; e++)
-        if (rs[e + 1] < rs[e]) {
-            PyErr_SetString(PyExc_ValueError, "row_start must not decrease");
-            return -1;
-        }
-    *t = (wa_table){(int64_t *)rs, PyArray_DATA(held[1]), PyArray_DATA(held[2]), n, src_vocab};
-    return 0;
-}
-
-static PyObject *py_wa_build_table(PyObject *self, PyObject *args) {
-    PyObject *src, *src_off, *tgt, *tgt_off;
-    int src_vocab, tgt_vocab;
-    if (!PyArg_ParseTuple(args, "OOOOii", &src, &src_off, &tgt, &tgt_off, &src_vocab, &tgt_vocab))
-        return NULL;
-    corpus_args a = {0};
-    PyObject *result = NULL;
-    if (parse_corpus(&a, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab) < 0) goto done;
-    wa_table t;
-    int status;
-    Py_BEGIN_ALLOW_THREADS
-    status = wa_table_build(&t, &a.corpus);
-    Py_END_ALLOW_THREADS
-    if (status == -2) {
-        PyErr_SetString(PyExc_ValueError, "the corpus has more than 2**31 - 1 distinct "
-                                          "(source word, target word) pairs");
-        goto done;
-    }
-    if (status < 0) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    npy_intp rows = t.rows + 1, n = t.n_entries;
-    PyObject *rs = PyArray_SimpleNew(1, &rows, NPY_INT64);
-    PyObject *cols = PyArray_SimpleNew(1, &n, NPY_INT32);
-    PyObject *prob = PyArray_SimpleNew(1, &n, NPY_FLOAT64);
-    if (rs && cols && prob) {
-        memcpy(PyArray_DATA((PyArrayObject *)rs), t.row_start, sizeof(int64_t) * rows);
-        memcpy(PyArray_DATA((PyArrayObject *)cols), t.cols, sizeof(int32_t) * n);
-        memcpy(PyArray_DATA((PyArrayObject *)prob), t.prob, sizeof(double) * n);
-        result = Py_BuildValue("(OOO)", rs, cols, prob);
-    }
-    Py_XDECREF(rs);
-    Py_XDECREF(cols);
-    Py_XDECREF(prob);
-    wa_table_free(&t);
-done:
-    release_corpus(&a);
-    return result;
-}
-
-/* A corpus, its table and (optionally) its cached link indices: what every
- * EM and decoding call takes. */
-typedef struct {
-    corpus_args corpus;
-    PyArrayObject *held[4]; /* row_start, cols, prob, links */
-    wa_table table;
-    int64_t *link_off;      /* [n_pairs + 1] */
-    wa_links links;
-} model_args;
-
-static void release_model(model_args *m) {
-    release_corpus(&m->corpus);
-    for (int i = 0; i < 4; i++) Py_XDECREF(m->held[i]);
-    free(m->link_off);
-}
-
-/* links: None, or the int32 vector wa_links returned for this corpus and table
- * (used in place; every index checked to be in [-1, n_entries)). */
-static int parse_model(model_args *m, PyObject *rs, PyObject *cols, PyObject *prob, PyObject *src,
-                       PyObject *src_off, PyObject *tgt, PyObject *tgt_off, int src_vocab,
-                       int tgt_vocab, PyObject *links) {
-    if (parse_corpus(&m->corpus, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab) < 0 ||
-        table_view(&m->table, rs, cols, prob, m->held, src_vocab, tgt_vocab) < 0)
-        return -1;
-    if (m->table.n_entries > INT32_MAX) {
-        PyErr_SetString(PyExc_ValueError, "the translation table has more than 2**31 - 1 entries");
-        return -1;
-    }
-    const wa_corpus *c = &m->corpus.corpus;
-    if (!(m->link_off = malloc(sizeof(int64_t) * (c->n_pairs + 1)))) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    wa_link_offsets(m->link_off, c);
-    m->links = (wa_links){m->link_off, NULL};
-    if (!links || links == Py_None) return 0;
-    PyArrayObject *l = (PyArrayObject *)links;
-    if (!PyArray_Check(links) || PyArray_TYPE(l) != NPY_INT32 || PyArray_NDIM(l) != 1 ||
-        !PyArray_IS_C_CONTIGUOUS(l)) {
-        PyErr_SetString(PyExc_TypeError, "links must be a contiguous int32 vector (or None)");
-        return -1;
-    }
-    m->held[3] = l;
-    Py_INCREF(links);
-    if (PyArray_DIM(l, 0) != m->link_off[c->n_pairs]) {
-        PyErr_SetString(PyExc_ValueError, "links does not fit the corpus");
-        return -1;
-    }
-    const int32_t *x = PyArray_DATA(l);
-    for (npy_intp i = 0; i < PyArray_DIM(l, 0); i++)
-        if (x[i] < -1 || x[i] >= m->table.n_entries) {
-            PyErr_SetString(PyExc_ValueError, "links does not fit the translation table");
-            return -1;
-        }
-    m->links.index = x;
-    return 0;
-}
-
-/* For training: every link of the corpus must be in the table (the table was
- * built from this corpus). */
-static int check_training_links(model_args *m) {
-    const wa_corpus *c = &m->corpus.corpus;
-    if (m->links.index) {
-        for (int64_t x = 0; x < m->link_off[c->n_pairs]; x++)
-            if (m->links.index[x] < 0) goto missing;
+static int to_real(PyObject *obj, void *arg) {
+    real_arg *a = arg;
+    if (PyBool_Check(obj) || PyArray_IsScalar(obj, Bool) || PyUnicode_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a real number, not %.200s", a->name,
+                     Py_TYPE(obj)->tp_name);
         return 0;
     }
-    for (long k = 0; k < c->n_pairs; k++)
-        for (int64_t j = c->tgt_off[k]; j < c->tgt_off[k + 1]; j++) {
-            if (wa_table_find(&m->table, 0, c->tgt[j]) < 0) goto missing;
-            for (int64_t i = c->src_off[k]; i < c->src_off[k + 1]; i++)
-                if (wa_table_find(&m->table, c->src[i], c->tgt[j]) < 0) goto missing;
+    double v = PyFloat_AsDouble(obj);
+    if (v == -1.0 && PyErr_Occurred()) {
+        int overflow = PyErr_ExceptionMatches(PyExc_OverflowError);
+        PyErr_Clear();
+        if (!overflow) {
+            PyErr_Format(PyExc_TypeError, "%s must be a real number, not %.200s", a->name,
+                         Py_TYPE(obj)->tp_name);
+            return 0;
         }
+        v = INFINITY; /* an integer beyond a double's range: not finite */
+    }
+    if (isfinite(v) && (a->open_low ? v > a->low : v >= a->low) &&
+        (a->open_high ? v < a->high : v <= a->high)) {
+        a->value = v;
+        return 1;
+    }
+    char bounds[96] = "";
+    if (isfinite(a->low) && isfinite(a->high))
+        snprintf(bounds, sizeof bounds, " in %c%g, %g%c", a->open_low ? '(' : '[', a->low,
+                 a->high, a->open_high ? ')' : ']');
+    else if (isfinite(a->low))
+        snprintf(bounds, sizeof bounds, " %s %g", a->open_low ? ">" : ">=", a->low);
+    else if (isfinite(a->high))
+        snprintf(bounds, sizeof bounds, " %s %g", a->open_high ? "<" : "<=", a->high);
+    raise_printf(PyExc_ValueError, "%s must be a finite number%s, got %g", a->name, bounds, v);
     return 0;
-missing:
-    PyErr_SetString(PyExc_ValueError, "the translation table lacks a word pair of the corpus");
-    return -1;
 }
 
-/* The iteration count and Dirichlet alpha of an EM call: ValueError unless
- * iterations >= 0 and alpha is finite and >= 0. */
-static int check_em_args(int iterations, double alpha) {
-    if (iterations < 0) {
-        PyErr_Format(PyExc_ValueError, "iterations must be >= 0, got %d", iterations);
-        return -1;
+/* A seed: a Python or NumPy integer (never a bool) in [0, 2**64 - 1]. */
+static int to_seed(PyObject *obj, void *arg) {
+    unsigned long long *seed = arg;
+    PyObject *as_int = PyBool_Check(obj) || !PyIndex_Check(obj) ? NULL : PyNumber_Index(obj);
+    if (as_int) {
+        *seed = PyLong_AsUnsignedLongLong(as_int);
+        Py_DECREF(as_int);
+        if (!PyErr_Occurred()) return 1;
     }
-    if (!isfinite(alpha) || alpha < 0) {
-        PyErr_SetString(PyExc_ValueError, "alpha must be a finite number >= 0");
-        return -1;
-    }
+    PyErr_Clear();
+    PyErr_Format(PyExc_ValueError, "seed must be an integer in [0, 2**64 - 1], got %R", obj);
     return 0;
 }
 
-/* After EM iteration `it` (from 0): MemoryError when the kernel could not
- * allocate (status < 0), FloatingPointError when the log-likelihood is not
- * finite (the probabilities broke down: the table is then unusable). */
-static int check_em_step(int status, double loglik, int it, int iterations, double alpha) {
-    if (status < 0) {
-        PyErr_NoMemory();
-        return -1;
+/* A rank-1 float64 array used in place and only read (posteriors are
+ * corpus-sized: no copy). */
+static int to_f64_vector_in_place(PyObject *obj, void *arg) {
+    array_arg *a = arg;
+    if (!obj) {
+        arg_release(a);
+        return 0;
     }
-    if (isfinite(loglik)) return 0;
-    /* alpha > 0's update is exp(digamma(count + alpha) - ...), and
-     * exp(digamma(x)) ~ exp(-1 / x) underflows to 0 below x ~ 1 / 745: with a
-     * tiny alpha, every rarely counted link of a word can get probability 0 */
-    char message[640];
-    snprintf(message, sizeof message,
-             "EM iteration %d of %d: the log-likelihood is %s: the model's probabilities broke "
-             "down (some sentence pair got probability 0, or a value overflowed), and its "
-             "parameters are no longer usable%s",
-             it + 1, iterations, isnan(loglik) ? "NaN" : "-inf",
-             alpha > 0 && alpha < 0.002
-                 ? "; an alpha below about 0.0015 rounds the translation probabilities of "
-                   "rarely counted links to 0 (exp(digamma(alpha)) underflows): use alpha=0 "
-                   "(plain EM) or alpha >= 0.002"
-                 : "");
-    PyErr_SetString(PyExc_FloatingPointError, message);
-    return -1;
+    PyArrayObject *arr = (PyArrayObject *)obj;
+    if (!PyArray_Check(obj) || PyArray_TYPE(arr) != NPY_FLOAT64 || PyArray_NDIM(arr) != 1 ||
+        !PyArray_IS_C_CONTIGUOUS(arr)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a contiguous float64 vector", a->name);
+        return 0;
+    }
+    a->array = (PyArrayObject *)Py_NewRef(obj);
+    return Py_CLEANUP_SUPPORTED;
 }
 
-/* wa_links(table..., corpus..., vocabs) -> int32 [sum over pairs (I + 1) J]:
- * the table index of every link, to cache across EM iterations */
-static PyObject *py_wa_links(PyObject *self, PyObject *args) {
-    PyObject *rs, *cols, *prob, *src, *src_off, *tgt, *tgt_off;
-    int src_vocab, tgt_vocab;
-    if (!PyArg_ParseTuple(args, "OOOOOOOii", &rs, &cols, &prob, &src, &src_off, &tgt, &tgt_off,
-                          &src_vocab, &tgt_vocab))
+/* The length of axis `axis` of a converted array as a C int, else ValueError. */
+static int dim_as_int(int *out, const array_arg *a, int axis, const char *what) {
+    npy_intp n = PyArray_DIM(a->array, axis);
+    if (n > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "%s has %zd %s, more than a C int holds (%d)", a->name,
+                     (Py_ssize_t)n, what, INT_MAX);
+        return -1;
+    }
+    *out = (int)n;
+    return 0;
+}
+
+/* A new rank-1 array of type `type` holding a copy of n values at data. */
+static PyObject *vector_copy(const void *data, npy_intp n, int type) {
+    PyObject *out = PyArray_SimpleNew(1, &n, type);
+    if (out) memcpy(PyArray_DATA((PyArrayObject *)out), data, PyArray_NBYTES((PyArrayObject *)out));
+    return out;
+}
+
+/* ValueError "kind must be one of 'a', 'b', got 'x'" from a C table of names. */
+static void raise_unknown_kind(const char *name, const char *const *names, int n) {
+    char choices[128] = "";
+    for (int k = 0; k < n; k++)
+        snprintf(choices + strlen(choices), sizeof choices - strlen(choices), "%s'%s'",
+                 k ? ", " : "", names[k]);
+    PyErr_Format(PyExc_ValueError, "kind must be one of %s, got '%s'", choices, name);
+}
+
+/* ---- models --------------------------------------------------------------------- */
+
+typedef struct {
+    wa_model m;
+    int busy; /* a call is using the model (and may have released the GIL) */
+} model_handle;
+
+typedef struct {
+    const char *name;
+    model_handle *h;
+    int held; /* this call marked the model busy */
+} model_arg;
+
+static void model_destructor(PyObject *capsule) {
+    model_handle *h = PyCapsule_GetPointer(capsule, MODEL_CAPSULE);
+    if (h) {
+        wa_model_free(&h->m);
+        free(h);
+    }
+}
+
+/* O& converter: a capsule of wa_model_new's. */
+static int to_model(PyObject *obj, void *arg) {
+    model_arg *a = arg;
+    if (!PyCapsule_IsValid(obj, MODEL_CAPSULE)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a word-alignment model (wa_model_new's), not "
+                                      "%.200s", a->name, Py_TYPE(obj)->tp_name);
+        return 0;
+    }
+    a->h = PyCapsule_GetPointer(obj, MODEL_CAPSULE);
+    return 1;
+}
+
+/* Marks the model busy for the rest of the call, from right after parsing
+ * (so that no other call changes it under the checks that follow);
+ * RuntimeError while another thread's call has it. */
+static int hold(model_arg *a) {
+    if (a->h->busy) {
+        PyErr_Format(PyExc_RuntimeError, "%s is being used by another thread; calls on one model "
+                                         "must not overlap", a->name);
+        return -1;
+    }
+    a->h->busy = a->held = 1;
+    return 0;
+}
+
+static void unhold(model_arg *a) {
+    if (a->held) a->h->busy = a->held = 0;
+}
+
+/* wa_model_new(kind, p0=0, tension=0, learn_tension=False, alpha=0, max_jump=0,
+ * jump=None) -> model; kind "ibm1", "ibm2" or "hmm"; jump None: uniform */
+static PyObject *py_wa_model_new(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"kind", "p0", "tension", "learn_tension", "alpha", "max_jump",
+                             "jump", NULL};
+    const char *kind_name;
+    real_arg p0 = {"p0", 0.0, 1.0, 0, 1, 0.0}, tension = {"tension", 0.0, INFINITY, 0, 0, 0.0};
+    real_arg alpha = {"alpha", 0.0, INFINITY, 0, 0, 0.0};
+    int learn_tension = 0;
+    int_arg max_jump = {"max_jump", 0, WA_MAX_JUMP, 0};
+    array_arg jump = {"jump"};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "s|O&O&pO&O&O&:wa_model_new", kwlist,
+                                     &kind_name, to_real, &p0, to_real, &tension, &learn_tension,
+                                     to_real, &alpha, to_int, &max_jump, to_f64_vector_or_none,
+                                     &jump))
         return NULL;
-    model_args m = {0};
-    PyObject *result = NULL;
-    if (parse_model(&m, rs, cols, prob, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab, NULL) < 0)
+    PyObject *capsule = NULL;
+    int kind = wa_kind_of_name(kind_name);
+    model_handle *h = NULL;
+    char err[CALIGN_ERR_LEN] = "";
+    if (kind < 0) {
+        raise_unknown_kind(kind_name, wa_kind_names, WA_N_KINDS);
         goto done;
-    npy_intp n = m.link_off[m.corpus.corpus.n_pairs];
-    if (!(result = PyArray_SimpleNew(1, &n, NPY_INT32))) goto done;
-    int32_t *index = PyArray_DATA((PyArrayObject *)result);
+    }
+    if (!(h = calloc(1, sizeof *h))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int status = wa_model_init(&h->m, kind, p0.value, tension.value, learn_tension, alpha.value,
+                               (int)max_jump.value, jump.array ? ARG_DATA(double, jump) : NULL,
+                               jump.array ? ARG_LEN(jump) : 0, err);
+    if (raise_status(status, err) < 0) goto done;
+    if ((capsule = PyCapsule_New(h, MODEL_CAPSULE, model_destructor))) h = NULL;
+done:
+    if (h) {
+        wa_model_free(&h->m);
+        free(h);
+    }
+    arg_release(&jump);
+    return capsule;
+}
+
+/* wa_model_settings(model) -> {kind, p0, tension, learn_tension, alpha,
+ * max_jump, jump (a copy; None but for an HMM)} */
+static PyObject *py_wa_model_settings(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"model", NULL};
+    model_arg model = {"model"};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&:wa_model_settings", kwlist, to_model,
+                                     &model) ||
+        hold(&model) < 0)
+        return NULL;
+    const wa_model *m = &model.h->m;
+    PyObject *jump = m->kind == WA_HMM ? vector_copy(m->jump, 2 * m->max_jump + 1, NPY_FLOAT64)
+                                       : Py_NewRef(Py_None);
+    unhold(&model);
+    if (!jump) return NULL;
+    return Py_BuildValue("{s:s,s:d,s:d,s:O,s:d,s:i,s:N}", "kind", wa_kind_names[m->kind], "p0",
+                         m->p0, "tension", m->tension, "learn_tension",
+                         m->learn_tension ? Py_True : Py_False, "alpha", m->alpha, "max_jump",
+                         m->max_jump, "jump", jump);
+}
+
+/* wa_model_table(model) -> (row_start int64 [rows + 1], cols int32, prob
+ * float64), copies; None before the model has a table */
+static PyObject *py_wa_model_table(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"model", NULL};
+    model_arg model = {"model"};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&:wa_model_table", kwlist, to_model,
+                                     &model) ||
+        hold(&model) < 0)
+        return NULL;
+    const wa_table *t = &model.h->m.table;
+    if (t->rows == 0) {
+        unhold(&model);
+        Py_RETURN_NONE;
+    }
+    PyObject *arrays[3] = {vector_copy(t->row_start, t->rows + 1, NPY_INT64),
+                           vector_copy(t->cols, t->n_entries, NPY_INT32),
+                           vector_copy(t->prob, t->n_entries, NPY_FLOAT64)};
+    unhold(&model);
+    PyObject *result = arrays[0] && arrays[1] && arrays[2]
+                           ? PyTuple_Pack(3, arrays[0], arrays[1], arrays[2])
+                           : NULL;
+    for (int i = 0; i < 3; i++) Py_XDECREF(arrays[i]);
+    return result;
+}
+
+/* wa_model_set_table(model, row_start, cols, prob, target_vocabulary_size):
+ * the model's table becomes a copy of a saved one (wa_model_table's arrays) */
+static PyObject *py_wa_model_set_table(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"model", "row_start", "cols", "prob", "target_vocabulary_size",
+                             NULL};
+    model_arg model = {"model"};
+    array_arg row_start = {"row_start"}, cols = {"cols"}, prob = {"prob"};
+    int_arg tgt_vocab = {"target_vocabulary_size", 1, INT32_MAX, 0};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&O&O&O&:wa_model_set_table", kwlist,
+                                     to_model, &model, to_int64_vector, &row_start,
+                                     to_int64_vector, &cols, to_f64_vector, &prob, to_int,
+                                     &tgt_vocab))
+        return NULL;
+    PyObject *result = NULL;
+    char err[CALIGN_ERR_LEN] = "";
+    if (hold(&model) < 0) goto done;
+    if (ARG_LEN(row_start) < 1) {
+        PyErr_SetString(PyExc_ValueError, "row_start must hold at least one offset");
+        goto done;
+    }
+    if (check_rows(&prob, ARG_LEN(cols), "cols") < 0 ||
+        narrow_to_int32(&cols, 1, tgt_vocab.value, "target ids of target_vocabulary_size") < 0)
+        goto done;
+    int status = wa_model_set_table(&model.h->m, ARG_DATA(int64_t, row_start),
+                                    ARG_LEN(row_start) - 1, ARG_DATA(int32_t, cols),
+                                    ARG_DATA(double, prob), ARG_LEN(cols), (int)tgt_vocab.value,
+                                    err);
+    if (raise_status(status, err) == 0) result = Py_NewRef(Py_None);
+done:
+    unhold(&model);
+    arg_release(&row_start);
+    arg_release(&cols);
+    arg_release(&prob);
+    return result;
+}
+
+/* ---- corpora -------------------------------------------------------------------- */
+
+typedef struct {
+    array_arg src, src_off, tgt, tgt_off;
+    wa_corpus corpus;
+} corpus_arg;
+
+#define CORPUS_ARG {{"source_ids"}, {"source_offsets"}, {"target_ids"}, {"target_offsets"}}
+#define CORPUS_KEYWORDS "source_ids", "source_offsets", "target_ids", "target_offsets"
+#define CORPUS_FORMAT "O&O&O&O&"
+#define CORPUS_CONVERTERS(a)                                                                  \
+    to_int64_vector, &(a).src, to_int64_vector, &(a).src_off, to_int64_vector, &(a).tgt,     \
+        to_int64_vector, &(a).tgt_off
+
+static void corpus_release(corpus_arg *a) {
+    arg_release(&a->src);
+    arg_release(&a->src_off);
+    arg_release(&a->tgt);
+    arg_release(&a->tgt_off);
+}
+
+/* The corpus view, with source ids narrowed to [src_low, src_vocab) and
+ * target ids to [tgt_low, tgt_vocab) (src_what, tgt_what: what the ranges
+ * are) and the offsets checked. */
+static int corpus_view(corpus_arg *a, int src_low, int src_vocab, const char *src_what,
+                       int tgt_low, int tgt_vocab, const char *tgt_what) {
+    if (narrow_to_int32(&a->src, src_low, src_vocab, src_what) < 0 ||
+        narrow_to_int32(&a->tgt, tgt_low, tgt_vocab, tgt_what) < 0)
+        return -1;
+    if (ARG_LEN(a->src_off) < 1) {
+        PyErr_SetString(PyExc_ValueError, "source_offsets must hold at least one offset (0)");
+        return -1;
+    }
+    if (check_rows(&a->tgt_off, ARG_LEN(a->src_off), "source_offsets") < 0) return -1;
+    a->corpus = (wa_corpus){ARG_DATA(int32_t, a->src), ARG_DATA(int32_t, a->tgt),
+                            ARG_DATA(int64_t, a->src_off), ARG_DATA(int64_t, a->tgt_off),
+                            (long)ARG_LEN(a->src_off) - 1, src_vocab, tgt_vocab};
+    char err[CALIGN_ERR_LEN] = "";
+    return raise_status(wa_corpus_check(&a->corpus, ARG_LEN(a->src), ARG_LEN(a->tgt), err), err);
+}
+
+/* A training corpus of the model: every id in its vocabularies. */
+static int training_corpus(corpus_arg *a, const wa_model *m) {
+    if (m->table.rows == 0) {
+        PyErr_SetString(PyExc_ValueError, "the model has no translation table: start it on a "
+                                          "corpus first (wa_start)");
+        return -1;
+    }
+    return corpus_view(a, 1, m->table.rows, "the model's source vocabulary", 1, m->tgt_vocab,
+                       "the model's target vocabulary");
+}
+
+/* A corpus to decode: source id rows (the table's row count) is a word never
+ * seen in training, target id 0 one too. */
+static int decoding_corpus(corpus_arg *a, const wa_model *m) {
+    if (m->table.rows == 0) {
+        PyErr_SetString(PyExc_ValueError, "the model has no translation table: train or load it");
+        return -1;
+    }
+    return corpus_view(a, 1, m->table.rows + 1,
+                       "the model's source vocabulary, its size for a word unseen in training",
+                       0, m->tgt_vocab, "the model's target vocabulary, 0 for an unseen word");
+}
+
+/* A list of n doubles. */
+static PyObject *float_list(const double *x, int n) {
+    PyObject *list = PyList_New(n);
+    for (int i = 0; list && i < n; i++) {
+        PyObject *v = PyFloat_FromDouble(x[i]);
+        if (!v) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, i, v);
+    }
+    return list;
+}
+
+/* ---- training ------------------------------------------------------------------- */
+
+/* wa_start(model, corpus..., source_vocabulary_size, target_vocabulary_size):
+ * the model's table becomes a uniform one over the corpus's word pairs */
+static PyObject *py_wa_start(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"model", CORPUS_KEYWORDS, "source_vocabulary_size",
+                             "target_vocabulary_size", NULL};
+    model_arg model = {"model"};
+    corpus_arg c = CORPUS_ARG;
+    int_arg src_vocab = {"source_vocabulary_size", 1, INT32_MAX - 1, 0};
+    int_arg tgt_vocab = {"target_vocabulary_size", 1, INT32_MAX, 0};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&" CORPUS_FORMAT "O&O&:wa_start", kwlist,
+                                     to_model, &model, CORPUS_CONVERTERS(c), to_int, &src_vocab,
+                                     to_int, &tgt_vocab))
+        return NULL;
+    PyObject *result = NULL;
+    if (hold(&model) < 0 ||
+        corpus_view(&c, 1, (int)src_vocab.value, "source_vocabulary_size", 1,
+                    (int)tgt_vocab.value, "target_vocabulary_size") < 0)
+        goto done;
+    char err[CALIGN_ERR_LEN] = "";
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = wa_model_start(&model.h->m, &c.corpus, err);
+    Py_END_ALLOW_THREADS
+    if (raise_status(status, err) == 0) result = Py_NewRef(Py_None);
+done:
+    unhold(&model);
+    corpus_release(&c);
+    return result;
+}
+
+/* wa_train(model, corpus..., iterations, ibm1_iterations=0, link_cache_bytes=2**30)
+ * -> [log-likelihood of each iteration]: ibm1_iterations of IBM Model 1 EM,
+ * then iterations of the model's own, on the corpus the model was started on */
+static PyObject *py_wa_train(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"model", CORPUS_KEYWORDS, "iterations", "ibm1_iterations",
+                             "link_cache_bytes", NULL};
+    model_arg model = {"model"};
+    corpus_arg c = CORPUS_ARG;
+    int_arg iterations = {"iterations", 0, INT_MAX, 0};
+    int_arg ibm1_iterations = {"ibm1_iterations", 0, INT_MAX, 0};
+    int_arg cache_bytes = {"link_cache_bytes", 0, INT64_MAX, 1 << 30};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&" CORPUS_FORMAT "O&|$O&O&:wa_train", kwlist,
+                                     to_model, &model, CORPUS_CONVERTERS(c), to_int, &iterations,
+                                     to_int, &ibm1_iterations, to_int, &cache_bytes))
+        return NULL;
+    PyObject *result = NULL;
+    double *logliks = NULL;
+    const long long n = iterations.value + ibm1_iterations.value;
+    if (hold(&model) < 0 || training_corpus(&c, &model.h->m) < 0) goto done;
+    if (n > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "ibm1_iterations + iterations must be at most %d, got %lld",
+                     INT_MAX, n);
+        goto done;
+    }
+    if (!(logliks = malloc(sizeof(double) * (n + 1)))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    char err[CALIGN_ERR_LEN] = "";
     int threads = calign_num_threads(), status;
     Py_BEGIN_ALLOW_THREADS
-    status = wa_links_fill(index, m.link_off, &m.table, &m.corpus.corpus, threads);
+    status = wa_model_train(&model.h->m, &c.corpus, (int)ibm1_iterations.value,
+                            (int)iterations.value, cache_bytes.value, logliks, threads, err);
     Py_END_ALLOW_THREADS
-    if (status < 0) {
-        Py_CLEAR(result);
-        PyErr_NoMemory();
-    }
+    if (raise_status(status, err) == 0) result = float_list(logliks, (int)n);
 done:
-    release_model(&m);
+    unhold(&model);
+    free(logliks);
+    corpus_release(&c);
     return result;
 }
 
-/* wa_em(table..., corpus..., vocabs, model2, p0, tension, learn_tension,
- *       iterations, alpha, links) -> ([loglik], tension) */
-static PyObject *py_wa_em(PyObject *self, PyObject *args) {
-    PyObject *rs, *cols, *prob, *src, *src_off, *tgt, *tgt_off, *links;
-    int src_vocab, tgt_vocab, iterations;
-    wa_settings s = {0};
-    if (!PyArg_ParseTuple(args, "OOOOOOOiipddpidO", &rs, &cols, &prob, &src, &src_off, &tgt,
-                          &tgt_off, &src_vocab, &tgt_vocab, &s.model2, &s.p0, &s.tension,
-                          &s.learn_tension, &iterations, &s.alpha, &links))
+/* wa_train_joint(forward, reverse, corpus..., iterations, ibm1_iterations=0,
+ * agreement=True, link_cache_bytes=2**30) -> (forward's IBM1 log-likelihoods,
+ * reverse's, the HMM iterations' summed over both): forward started on the
+ * corpus, reverse on it with its sides swapped */
+static PyObject *py_wa_train_joint(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"forward", "reverse", CORPUS_KEYWORDS, "iterations",
+                             "ibm1_iterations", "agreement", "link_cache_bytes", NULL};
+    model_arg forward = {"forward"}, reverse = {"reverse"};
+    corpus_arg c = CORPUS_ARG;
+    int_arg iterations = {"iterations", 0, INT_MAX, 0};
+    int_arg ibm1_iterations = {"ibm1_iterations", 0, INT_MAX / 2, 0};
+    int_arg cache_bytes = {"link_cache_bytes", 0, INT64_MAX, 1 << 30};
+    int agreement = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs,
+                                     "O&O&" CORPUS_FORMAT "O&|$O&pO&:wa_train_joint", kwlist,
+                                     to_model, &forward, to_model, &reverse, CORPUS_CONVERTERS(c),
+                                     to_int, &iterations, to_int, &ibm1_iterations, &agreement,
+                                     to_int, &cache_bytes))
         return NULL;
-    model_args m = {0};
-    PyObject *result = NULL, *logliks = NULL;
-    double *counts = NULL;
-    if (check_em_args(iterations, s.alpha) < 0 ||
-        parse_model(&m, rs, cols, prob, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab,
-                    links) < 0 ||
-        check_training_links(&m) < 0)
-        goto done;
-    int threads = calign_num_threads();
-    if (!(counts = malloc(sizeof(double) * (m.table.n_entries + 1) * threads)) ||
-        !(logliks = PyList_New(iterations))) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    for (int it = 0; it < iterations; it++) {
-        double ll = NAN;
-        int status;
-        Py_BEGIN_ALLOW_THREADS
-        status = wa_em_iteration(&m.table, &s, &m.corpus.corpus, &m.links, counts, threads, &ll);
-        Py_END_ALLOW_THREADS
-        if (check_em_step(status, ll, it, iterations, s.alpha) < 0) goto done;
-        PyList_SET_ITEM(logliks, it, PyFloat_FromDouble(ll));
-    }
-    result = Py_BuildValue("(Od)", logliks, s.tension);
-done:
-    free(counts);
-    Py_XDECREF(logliks);
-    release_model(&m);
-    return result;
-}
-
-/* wa_posteriors(table..., corpus..., vocabs, model2, p0, tension) -> float64
- * [sum over pairs J (I + 1)]: pair k's [J, I + 1] block (column 0 NULL) after
- * the blocks of the pairs before it */
-static PyObject *py_wa_posteriors(PyObject *self, PyObject *args) {
-    PyObject *rs, *cols, *prob, *src, *src_off, *tgt, *tgt_off;
-    int src_vocab, tgt_vocab;
-    wa_settings s = {0};
-    if (!PyArg_ParseTuple(args, "OOOOOOOiipdd", &rs, &cols, &prob, &src, &src_off, &tgt,
-                          &tgt_off, &src_vocab, &tgt_vocab, &s.model2, &s.p0, &s.tension))
-        return NULL;
-    model_args m = {0};
     PyObject *result = NULL;
-    if (parse_model(&m, rs, cols, prob, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab, NULL) < 0)
+    double *logliks = NULL;
+    const int n_ibm1 = (int)ibm1_iterations.value, n_hmm = (int)iterations.value;
+    if (forward.h == reverse.h) {
+        PyErr_SetString(PyExc_ValueError, "forward and reverse must be two models");
         goto done;
-    npy_intp n = m.link_off[m.corpus.corpus.n_pairs];
-    if (!(result = PyArray_SimpleNew(1, &n, NPY_FLOAT64))) goto done;
-    double *out = PyArray_DATA((PyArrayObject *)result);
-    int threads = calign_num_threads();
+    }
+    if (hold(&forward) < 0 || hold(&reverse) < 0 || training_corpus(&c, &forward.h->m) < 0)
+        goto done;
+    if (!(logliks = malloc(sizeof(double) * (2 * (size_t)n_ibm1 + n_hmm + 1)))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    char err[CALIGN_ERR_LEN] = "";
+    int threads = calign_num_threads(), status;
     Py_BEGIN_ALLOW_THREADS
-    wa_posteriors(out, m.link_off, &m.table, &s, &m.corpus.corpus, threads);
+    status = wa_joint_train(&forward.h->m, &reverse.h->m, &c.corpus, n_ibm1, n_hmm, agreement,
+                            cache_bytes.value, logliks, logliks + 2 * n_ibm1, threads, err);
     Py_END_ALLOW_THREADS
+    if (raise_status(status, err) < 0) goto done;
+    PyObject *lists[3] = {float_list(logliks, n_ibm1), float_list(logliks + n_ibm1, n_ibm1),
+                          float_list(logliks + 2 * n_ibm1, n_hmm)};
+    if (lists[0] && lists[1] && lists[2])
+        result = PyTuple_Pack(3, lists[0], lists[1], lists[2]);
+    for (int i = 0; i < 3; i++) Py_XDECREF(lists[i]);
 done:
-    release_model(&m);
+    unhold(&forward);
+    unhold(&reverse);
+    free(logliks);
+    corpus_release(&c);
     return result;
 }
 
-/* The HMM's jump weights: a writable float64 vector of 2 * max_jump + 1. */
-static int jump_view(wa_hmm *h, PyObject *jump, double p0, double alpha, PyArrayObject **held) {
-    if (!PyArray_Check(jump) || PyArray_TYPE((PyArrayObject *)jump) != NPY_FLOAT64 ||
-        PyArray_NDIM((PyArrayObject *)jump) != 1 || !PyArray_ISWRITEABLE((PyArrayObject *)jump) ||
-        !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)jump) ||
-        PyArray_DIM((PyArrayObject *)jump, 0) % 2 != 1 ||
-        PyArray_DIM((PyArrayObject *)jump, 0) < 3 ||
-        PyArray_DIM((PyArrayObject *)jump, 0) > 2 * WA_MAX_JUMP + 1) {
-        PyErr_Format(PyExc_TypeError, "jump must be a writable float64 vector of odd length "
-                                      "3 to %d", 2 * WA_MAX_JUMP + 1);
-        return -1;
-    }
-    *held = (PyArrayObject *)jump;
-    Py_INCREF(jump);
-    *h = (wa_hmm){p0, (int)(PyArray_DIM(*held, 0) / 2), PyArray_DATA(*held), alpha};
-    return 0;
-}
+/* ---- decoding ------------------------------------------------------------------- */
 
-/* wa_hmm_em(table..., corpus..., vocabs, p0, jump, iterations, alpha, links) -> [loglik] */
-static PyObject *py_wa_hmm_em(PyObject *self, PyObject *args) {
-    PyObject *rs, *cols, *prob, *src, *src_off, *tgt, *tgt_off, *jump, *links;
-    int src_vocab, tgt_vocab, iterations;
-    double p0, alpha;
-    if (!PyArg_ParseTuple(args, "OOOOOOOiidOidO", &rs, &cols, &prob, &src, &src_off, &tgt,
-                          &tgt_off, &src_vocab, &tgt_vocab, &p0, &jump, &iterations, &alpha,
-                          &links))
+/* wa_posteriors(model, corpus...) -> float64 [sum over pairs J (I + 1)]: pair
+ * k's [J, I + 1] block of link posteriors (column 0 NULL) after the blocks of
+ * the pairs before it; wa_viterbi(model, corpus...) -> int32 [target words]:
+ * the HMM's best links, source position 1..I, or 0 for NULL */
+static PyObject *decode(PyObject *args, PyObject *kwargs, int viterbi) {
+    static char *kwlist[] = {"model", CORPUS_KEYWORDS, NULL};
+    model_arg model = {"model"};
+    corpus_arg c = CORPUS_ARG;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs,
+                                     viterbi ? "O&" CORPUS_FORMAT ":wa_viterbi"
+                                             : "O&" CORPUS_FORMAT ":wa_posteriors",
+                                     kwlist, to_model, &model, CORPUS_CONVERTERS(c)))
         return NULL;
-    model_args m = {0};
-    PyArrayObject *held_jump = NULL;
     PyObject *result = NULL;
-    double *counts = NULL;
-    wa_hmm h;
-    if (check_em_args(iterations, alpha) < 0 ||
-        parse_model(&m, rs, cols, prob, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab,
-                    links) < 0 ||
-        check_training_links(&m) < 0 || jump_view(&h, jump, p0, alpha, &held_jump) < 0)
-        goto done;
-    int threads = calign_num_threads();
-    if (!(counts = malloc(sizeof(double) * (m.table.n_entries + 1) * threads)) ||
-        !(result = PyList_New(iterations))) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    for (int it = 0; it < iterations; it++) {
-        double ll = NAN;
-        int status;
-        Py_BEGIN_ALLOW_THREADS
-        status = wa_hmm_em_iteration(&m.table, &h, &m.corpus.corpus, &m.links, counts, threads,
-                                     &ll);
-        Py_END_ALLOW_THREADS
-        if (check_em_step(status, ll, it, iterations, alpha) < 0) {
-            Py_CLEAR(result);
-            goto done;
-        }
-        PyList_SET_ITEM(result, it, PyFloat_FromDouble(ll));
-    }
+    if (hold(&model) < 0 || decoding_corpus(&c, &model.h->m) < 0) goto done;
+    npy_intp n = viterbi ? ARG_LEN(c.tgt) : wa_corpus_links(&c.corpus);
+    if (!(result = PyArray_SimpleNew(1, &n, viterbi ? NPY_INT32 : NPY_FLOAT64))) goto done;
+    void *out = PyArray_DATA((PyArrayObject *)result);
+    char err[CALIGN_ERR_LEN] = "";
+    int threads = calign_num_threads(), status;
+    Py_BEGIN_ALLOW_THREADS
+    status = viterbi ? wa_model_viterbi(out, &model.h->m, &c.corpus, threads, err)
+                     : wa_model_posteriors(out, &model.h->m, &c.corpus, threads, err);
+    Py_END_ALLOW_THREADS
+    if (raise_status(status, err) < 0) Py_CLEAR(result);
 done:
-    free(counts);
-    Py_XDECREF(held_jump);
-    release_model(&m);
+    unhold(&model);
+    corpus_release(&c);
     return result;
 }
 
-/* wa_hmm_agreement(forward: table..., corpus..., vocabs, p0, jump, alpha, links,
- *                  reverse: the same, iterations) -> [loglik forward + reverse] */
-static PyObject *py_wa_hmm_agreement(PyObject *self, PyObject *args) {
-    PyObject *o[2][10];
-    int vocab[2][2], iterations;
-    double p0[2], alpha[2];
-    if (!PyArg_ParseTuple(args, "OOOOOOOiidOdOOOOOOOOiidOdOi", &o[0][0], &o[0][1], &o[0][2],
-                          &o[0][3], &o[0][4], &o[0][5], &o[0][6], &vocab[0][0], &vocab[0][1],
-                          &p0[0], &o[0][7], &alpha[0], &o[0][8], &o[1][0], &o[1][1], &o[1][2],
-                          &o[1][3], &o[1][4], &o[1][5], &o[1][6], &vocab[1][0], &vocab[1][1],
-                          &p0[1], &o[1][7], &alpha[1], &o[1][8], &iterations))
-        return NULL;
-    model_args m[2];
-    memset(m, 0, sizeof m);
-    PyArrayObject *held_jump[2] = {NULL, NULL};
-    PyObject *result = NULL;
-    double *counts[2] = {NULL, NULL};
-    wa_hmm h[2];
-    if (check_em_args(iterations, alpha[0]) < 0 || check_em_args(iterations, alpha[1]) < 0)
-        goto done;
-    for (int d = 0; d < 2; d++)
-        if (parse_model(&m[d], o[d][0], o[d][1], o[d][2], o[d][3], o[d][4], o[d][5], o[d][6],
-                        vocab[d][0], vocab[d][1], o[d][8]) < 0 ||
-            check_training_links(&m[d]) < 0 ||
-            jump_view(&h[d], o[d][7], p0[d], alpha[d], &held_jump[d]) < 0)
-            goto done;
-    const wa_corpus *cf = &m[0].corpus.corpus, *cr = &m[1].corpus.corpus;
-    if (cf->n_pairs != cr->n_pairs) {
-        PyErr_SetString(PyExc_ValueError, "the two directions' corpora differ in pairs");
-        goto done;
-    }
-    for (long k = 0; k < cf->n_pairs; k++)
-        if (cf->src_off[k + 1] - cf->src_off[k] != cr->tgt_off[k + 1] - cr->tgt_off[k] ||
-            cf->tgt_off[k + 1] - cf->tgt_off[k] != cr->src_off[k + 1] - cr->src_off[k]) {
-            PyErr_Format(PyExc_ValueError, "pair %ld: the reverse corpus must be the forward "
-                                           "one with its sides swapped", k);
-            goto done;
-        }
-    int threads = calign_num_threads();
-    if (!(counts[0] = malloc(sizeof(double) * (m[0].table.n_entries + 1) * threads)) ||
-        !(counts[1] = malloc(sizeof(double) * (m[1].table.n_entries + 1) * threads)) ||
-        !(result = PyList_New(iterations))) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    for (int it = 0; it < iterations; it++) {
-        double ll = NAN;
-        int status;
-        Py_BEGIN_ALLOW_THREADS
-        status = wa_hmm_agreement_iteration(&m[0].table, &h[0], cf, &m[0].links, counts[0],
-                                            &m[1].table, &h[1], cr, &m[1].links, counts[1],
-                                            threads, &ll);
-        Py_END_ALLOW_THREADS
-        if (check_em_step(status, ll, it, iterations, alpha[0] < alpha[1] ? alpha[0] : alpha[1])
-            < 0) {
-            Py_CLEAR(result);
-            goto done;
-        }
-        PyList_SET_ITEM(result, it, PyFloat_FromDouble(ll));
-    }
-done:
-    for (int d = 0; d < 2; d++) {
-        free(counts[d]);
-        Py_XDECREF(held_jump[d]);
-        release_model(&m[d]);
-    }
-    return result;
+static PyObject *py_wa_posteriors(PyObject *self, PyObject *args, PyObject *kwargs) {
+    return decode(args, kwargs, 0);
 }
 
-/* wa_fertility_sample(table..., corpus..., vocabs, p0, jump, links, align,
- *                     max_fertility, prior, sweeps, burn_in, seed) -> float64 link
- * frequencies laid out as wa_posteriors'; align (int32, one per target word)
- * ends as the last sample */
-static PyObject *py_wa_fertility_sample(PyObject *self, PyObject *args) {
-    PyObject *rs, *cols, *prob, *src, *src_off, *tgt, *tgt_off, *jump, *links, *align_obj;
-    int src_vocab, tgt_vocab;
-    double p0;
+static PyObject *py_wa_viterbi(PyObject *self, PyObject *args, PyObject *kwargs) {
+    return decode(args, kwargs, 1);
+}
+
+/* wa_fertility_sample(model, corpus..., max_fertility, fertility_prior, burn_in,
+ * samples, seed, start=None, link_cache_bytes=2**30) -> (link frequencies laid
+ * out as wa_posteriors', the last sample as wa_viterbi's links); start: the
+ * links to start from (wa_viterbi's layout), None for the HMM's Viterbi links */
+static PyObject *py_wa_fertility_sample(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"model",   CORPUS_KEYWORDS, "max_fertility", "fertility_prior",
+                             "burn_in", "samples",       "seed",          "start",
+                             "link_cache_bytes",         NULL};
+    model_arg model = {"model"};
+    corpus_arg c = CORPUS_ARG;
+    int_arg max_fertility = {"max_fertility", 1, WA_MAX_FERTILITY, 0};
+    real_arg prior = {"fertility_prior", 0.0, INFINITY, 1, 0, 0.0};
+    int_arg burn_in = {"burn_in", 0, INT_MAX, 0}, samples = {"samples", 1, INT_MAX, 0};
+    int_arg cache_bytes = {"link_cache_bytes", 0, INT64_MAX, 1 << 30};
     unsigned long long seed;
-    wa_fertility fs;
-    if (!PyArg_ParseTuple(args, "OOOOOOOiidOOOidiiK", &rs, &cols, &prob, &src, &src_off, &tgt,
-                          &tgt_off, &src_vocab, &tgt_vocab, &p0, &jump, &links, &align_obj,
-                          &fs.max_fertility, &fs.prior, &fs.sweeps, &fs.burn_in, &seed))
+    array_arg start = {"start"};
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwargs, "O&" CORPUS_FORMAT "O&O&O&O&O&|$O&O&:wa_fertility_sample", kwlist,
+            to_model, &model, CORPUS_CONVERTERS(c), to_int, &max_fertility, to_real, &prior,
+            to_int, &burn_in, to_int, &samples, to_seed, &seed, to_int64_vector_or_none, &start,
+            to_int, &cache_bytes))
         return NULL;
-    fs.seed = seed;
-    model_args m;
-    memset(&m, 0, sizeof m);
-    PyArrayObject *held_jump = NULL;
-    PyObject *post = NULL;
-    wa_hmm h;
-    if (parse_model(&m, rs, cols, prob, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab,
-                    links) < 0 ||
-        jump_view(&h, jump, p0, 0.0, &held_jump) < 0)
-        goto done;
-    if (fs.max_fertility < 1 || fs.max_fertility > 64 || !(fs.prior > 0) || fs.sweeps < 0 ||
-        fs.burn_in < 0) {
-        PyErr_SetString(PyExc_ValueError, "max_fertility must be in [1, 64], prior > 0, "
-                                          "sweeps >= 0 and burn_in >= 0");
+    PyObject *post = NULL, *last = NULL, *result = NULL;
+    if (hold(&model) < 0 || decoding_corpus(&c, &model.h->m) < 0) goto done;
+    if (burn_in.value + samples.value > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "burn_in + samples must be at most %d, got %lld + %lld",
+                     INT_MAX, burn_in.value, samples.value);
         goto done;
     }
-    const wa_corpus *c = &m.corpus.corpus;
-    PyArrayObject *align = (PyArrayObject *)align_obj;
-    if (!PyArray_Check(align_obj) || PyArray_TYPE(align) != NPY_INT32 || PyArray_NDIM(align) != 1 ||
-        !PyArray_IS_C_CONTIGUOUS(align) || !PyArray_ISWRITEABLE(align)) {
-        PyErr_SetString(PyExc_TypeError, "align must be a writable contiguous int32 vector");
+    npy_intp n_links = wa_corpus_links(&c.corpus), n_words = ARG_LEN(c.tgt);
+    if (start.array) { /* a fresh int32 copy: the sampler's links, returned as the last sample */
+        if (check_rows(&start, n_words, "target_ids") < 0 ||
+            narrow_to_int32(&start, 0, INT32_MAX, "source positions") < 0)
+            goto done;
+        last = Py_NewRef((PyObject *)start.array);
+    } else if (!(last = PyArray_SimpleNew(1, &n_words, NPY_INT32))) {
         goto done;
     }
-    if (PyArray_DIM(align, 0) != c->tgt_off[c->n_pairs]) {
-        PyErr_SetString(PyExc_ValueError, "align must hold one link per target word");
-        goto done;
-    }
-    int32_t *a = PyArray_DATA(align);
-    for (long k = 0; k < c->n_pairs; k++)
-        for (int64_t j = c->tgt_off[k]; j < c->tgt_off[k + 1]; j++)
-            if (a[j] < 0 || a[j] > c->src_off[k + 1] - c->src_off[k]) {
-                PyErr_Format(PyExc_ValueError, "align: pair %ld links a target word to source "
-                                               "position %d of %lld", k, (int)a[j],
-                             (long long)(c->src_off[k + 1] - c->src_off[k]));
-                goto done;
-            }
-    npy_intp size = m.link_off[c->n_pairs];
-    if (!(post = PyArray_SimpleNew(1, &size, NPY_FLOAT64))) goto done;
-    int threads = calign_num_threads(), status;
+    if (!(post = PyArray_SimpleNew(1, &n_links, NPY_FLOAT64))) goto done;
+    wa_fertility fs = {(int)max_fertility.value, prior.value,
+                       (int)(burn_in.value + samples.value), (int)burn_in.value, seed};
     double *out = PyArray_DATA((PyArrayObject *)post);
+    int32_t *align = PyArray_DATA((PyArrayObject *)last);
+    char err[CALIGN_ERR_LEN] = "";
+    int threads = calign_num_threads(), status, start_given = start.array != NULL;
     Py_BEGIN_ALLOW_THREADS
-    status = wa_fertility_sample(out, a, &m.table, &h, c, &m.links, &fs, threads);
+    status = wa_model_fertility(out, align, start_given, &model.h->m, &c.corpus, &fs,
+                                cache_bytes.value, threads, err);
     Py_END_ALLOW_THREADS
-    if (status < 0) {
-        Py_CLEAR(post);
-        PyErr_NoMemory();
-    }
+    if (raise_status(status, err) == 0) result = Py_BuildValue("(OO)", post, last);
 done:
-    Py_XDECREF(held_jump);
-    release_model(&m);
-    return post;
-}
-
-/* A contiguous float64 vector, used in place (posteriors are corpus-sized). */
-static PyArrayObject *f64_in_place(PyObject *obj, const char *name) {
-    PyArrayObject *a = (PyArrayObject *)obj;
-    if (!PyArray_Check(obj) || PyArray_TYPE(a) != NPY_FLOAT64 || PyArray_NDIM(a) != 1 ||
-        !PyArray_IS_C_CONTIGUOUS(a)) {
-        PyErr_Format(PyExc_TypeError, "%s must be a contiguous float64 vector", name);
-        return NULL;
-    }
-    Py_INCREF(obj);
-    return a;
+    unhold(&model);
+    Py_XDECREF(post);
+    Py_XDECREF(last);
+    arg_release(&start);
+    corpus_release(&c);
+    return result;
 }
 
 /* wa_soft_union(source_offsets, target_offsets, forward, reverse, threshold) ->
  * uint8 [sum over pairs I J]: pair k's [I, J] links after the pairs before
  * it; forward and reverse are the posteriors of the two directions laid out
  * as wa_posteriors' ([J, I + 1] and [I, J + 1] blocks) */
-static PyObject *py_wa_soft_union(PyObject *self, PyObject *args) {
-    PyObject *src_off_obj, *tgt_off_obj, *fwd_obj, *rev_obj;
-    double threshold;
-    if (!PyArg_ParseTuple(args, "OOOOd", &src_off_obj, &tgt_off_obj, &fwd_obj, &rev_obj,
-                          &threshold))
+static PyObject *py_wa_soft_union(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"source_offsets", "target_offsets", "forward", "reverse",
+                             "threshold", NULL};
+    array_arg src_off = {"source_offsets"}, tgt_off = {"target_offsets"};
+    array_arg fwd = {"forward"}, rev = {"reverse"};
+    real_arg threshold = {"threshold", 0.0, 1.0, 0, 0, 0.0};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&O&O&O&:wa_soft_union", kwlist,
+                                     to_int64_vector, &src_off, to_int64_vector, &tgt_off,
+                                     to_f64_vector_in_place, &fwd, to_f64_vector_in_place, &rev,
+                                     to_real, &threshold))
         return NULL;
-    PyArrayObject *src_off = NULL, *tgt_off = NULL, *fwd = NULL, *rev = NULL;
     PyObject *keep = NULL;
-    if (!(src_off = arg_int64_vector(src_off_obj, "source_offsets")) ||
-        !(tgt_off = arg_int64_vector(tgt_off_obj, "target_offsets")) ||
-        !(fwd = f64_in_place(fwd_obj, "forward")) || !(rev = f64_in_place(rev_obj, "reverse")))
-        goto done;
-    npy_intp n = PyArray_DIM(src_off, 0);
-    const int64_t *so = PyArray_DATA(src_off), *to = PyArray_DATA(tgt_off);
-    if (n < 1 || PyArray_DIM(tgt_off, 0) != n || so[0] != 0 || to[0] != 0) {
-        PyErr_SetString(PyExc_ValueError, "source_offsets and target_offsets must have the same "
-                                          "length and start at 0");
+    if (ARG_LEN(src_off) < 1) {
+        PyErr_SetString(PyExc_ValueError, "source_offsets must hold at least one offset (0)");
         goto done;
     }
-    int64_t n_f = 0, n_r = 0, n_keep = 0;
-    for (npy_intp k = 0; k + 1 < n; k++) {
-        int64_t n_src = so[k + 1] - so[k], n_tgt = to[k + 1] - to[k];
-        if (n_src < 0 || n_tgt < 0) {
-            PyErr_SetString(PyExc_ValueError,
-                            "source_offsets and target_offsets must not decrease");
-            goto done;
-        }
-        n_f += (n_src + 1) * n_tgt;
-        n_r += (n_tgt + 1) * n_src;
-        n_keep += n_src * n_tgt;
-    }
-    if (PyArray_DIM(fwd, 0) != n_f || PyArray_DIM(rev, 0) != n_r) {
-        int bad_fwd = PyArray_DIM(fwd, 0) != n_f;
+    if (check_rows(&tgt_off, ARG_LEN(src_off), "source_offsets") < 0) goto done;
+    /* the offsets of a corpus of that many words on each side */
+    wa_corpus c = {NULL, NULL, ARG_DATA(int64_t, src_off), ARG_DATA(int64_t, tgt_off),
+                   (long)ARG_LEN(src_off) - 1, 0, 0};
+    char err[CALIGN_ERR_LEN] = "";
+    int status = wa_corpus_check(&c, c.src_off[c.n_pairs], c.tgt_off[c.n_pairs], err);
+    if (raise_status(status, err) < 0) goto done;
+    wa_corpus swapped = wa_corpus_swapped(&c);
+    const int64_t n_f = wa_corpus_links(&c), n_r = wa_corpus_links(&swapped);
+    if (ARG_LEN(fwd) != n_f || ARG_LEN(rev) != n_r) {
+        int bad_fwd = ARG_LEN(fwd) != n_f;
         PyErr_Format(PyExc_ValueError, "%s has %zd posteriors but the offsets need %lld",
                      bad_fwd ? "forward" : "reverse",
-                     (Py_ssize_t)PyArray_DIM(bad_fwd ? fwd : rev, 0),
+                     (Py_ssize_t)(bad_fwd ? ARG_LEN(fwd) : ARG_LEN(rev)),
                      (long long)(bad_fwd ? n_f : n_r));
         goto done;
     }
-    npy_intp dims = n_keep;
-    if (!(keep = PyArray_SimpleNew(1, &dims, NPY_UINT8))) goto done;
-    wa_corpus c = {NULL, NULL, so, to, (long)n - 1, 0, 0};
+    npy_intp n_keep = n_f - c.tgt_off[c.n_pairs]; /* sum of I J */
+    if (!(keep = PyArray_SimpleNew(1, &n_keep, NPY_UINT8))) goto done;
     uint8_t *out = PyArray_DATA((PyArrayObject *)keep);
-    const double *f = PyArray_DATA(fwd), *r = PyArray_DATA(rev);
+    const double *f = ARG_DATA(double, fwd), *r = ARG_DATA(double, rev);
     Py_BEGIN_ALLOW_THREADS
-    wa_soft_union(out, f, r, &c, threshold);
+    wa_soft_union(out, f, r, &c, threshold.value);
     Py_END_ALLOW_THREADS
 done:
-    Py_XDECREF(src_off);
-    Py_XDECREF(tgt_off);
-    Py_XDECREF(fwd);
-    Py_XDECREF(rev);
+    arg_release(&src_off);
+    arg_release(&tgt_off);
+    arg_release(&fwd);
+    arg_release(&rev);
     return keep;
 }
 
-/* wa_hmm_decode(table..., corpus..., vocabs, p0, jump, viterbi, links) -> int32
- * [all target words] (viterbi: source position 1..I, or 0 for NULL) or
- * float64 posteriors laid out as wa_posteriors' */
-static PyObject *py_wa_hmm_decode(PyObject *self, PyObject *args) {
-    PyObject *rs, *cols, *prob, *src, *src_off, *tgt, *tgt_off, *jump, *links;
-    int src_vocab, tgt_vocab, viterbi;
-    double p0;
-    if (!PyArg_ParseTuple(args, "OOOOOOOiidOpO", &rs, &cols, &prob, &src, &src_off, &tgt,
-                          &tgt_off, &src_vocab, &tgt_vocab, &p0, &jump, &viterbi, &links))
-        return NULL;
-    model_args m = {0};
-    PyArrayObject *held_jump = NULL;
-    PyObject *result = NULL;
-    wa_hmm h;
-    if (parse_model(&m, rs, cols, prob, src, src_off, tgt, tgt_off, src_vocab, tgt_vocab,
-                    links) < 0 ||
-        jump_view(&h, jump, p0, 0.0, &held_jump) < 0)
-        goto done;
-    const wa_corpus *c = &m.corpus.corpus;
-    npy_intp n = viterbi ? c->tgt_off[c->n_pairs] : m.link_off[c->n_pairs];
-    if (!(result = PyArray_SimpleNew(1, &n, viterbi ? NPY_INT32 : NPY_FLOAT64))) goto done;
-    void *out = PyArray_DATA((PyArrayObject *)result);
-    int threads = calign_num_threads(), status;
-    Py_BEGIN_ALLOW_THREADS
-    status = viterbi ? wa_hmm_viterbi(out, &m.table, &h, c, &m.links, threads)
-                     : wa_hmm_posteriors(out, &m.table, &h, c, &m.links, threads);
-    Py_END_ALLOW_THREADS
-    if (status < 0) {
-        Py_CLEAR(result);
-        PyErr_NoMemory();
-    }
-done:
-    Py_XDECREF(held_jump);
-    release_model(&m);
-    return result;
-}
+/* ---- optimal transport ---------------------------------------------------------- */
 
-/* ot_cost(x [n, d], y [m, d], distortion) -> cost [n, m] */
-static PyObject *py_ot_cost(PyObject *self, PyObject *args) {
-    PyObject *x_obj, *y_obj;
-    double distortion;
-    if (!PyArg_ParseTuple(args, "OOd", &x_obj, &y_obj, &distortion)) return NULL;
-    PyArrayObject *x = NULL, *y = NULL;
+/* ot_cost(source_embeddings [n, d], target_embeddings [m, d], distortion) -> cost [n, m] */
+static PyObject *py_ot_cost(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"source_embeddings", "target_embeddings", "distortion", NULL};
+    array_arg x = {"source_embeddings"}, y = {"target_embeddings"};
+    real_arg distortion = {"distortion", -INFINITY, INFINITY, 0, 0, 0.0};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&O&:ot_cost", kwlist, to_f64_matrix, &x,
+                                     to_f64_matrix, &y, to_real, &distortion))
+        return NULL;
     PyObject *cost = NULL;
-    if (!(x = arg_f64_matrix(x_obj, "source_embeddings", 1)) ||
-        !(y = arg_f64_matrix(y_obj, "target_embeddings", 1)))
+    int n, m, d;
+    if (dim_as_int(&n, &x, 0, "rows") < 0 || dim_as_int(&m, &y, 0, "rows") < 0 ||
+        dim_as_int(&d, &x, 1, "columns") < 0)
         goto done;
-    if (PyArray_DIM(x, 1) != PyArray_DIM(y, 1)) {
+    if (PyArray_DIM(y.array, 1) != d) {
         PyErr_SetString(PyExc_ValueError,
                         "source_embeddings and target_embeddings differ in dimension");
         goto done;
     }
-    npy_intp dims[2] = {PyArray_DIM(x, 0), PyArray_DIM(y, 0)};
+    npy_intp dims[2] = {n, m};
     if (!(cost = PyArray_ZEROS(2, dims, NPY_FLOAT64, 0))) goto done;
-    ot_cosine_cost(PyArray_DATA((PyArrayObject *)cost), PyArray_DATA(x), PyArray_DATA(y),
-                   (int)dims[0], (int)dims[1], (int)PyArray_DIM(x, 1), distortion);
+    double *out = PyArray_DATA((PyArrayObject *)cost);
+    const double *xs = ARG_DATA(double, x), *ys = ARG_DATA(double, y);
+    Py_BEGIN_ALLOW_THREADS
+    ot_cosine_cost(out, xs, ys, n, m, d, distortion.value);
+    Py_END_ALLOW_THREADS
 done:
-    Py_XDECREF(x);
-    Py_XDECREF(y);
+    arg_release(&x);
+    arg_release(&y);
     return cost;
 }
 
-/* ot_transport(cost [n, m], a [n], b [m], kind, eps, tau, mass, max_iterations,
- * tolerance) -> (plan, iterations); kind 0 balanced, 1 unbalanced, 2 partial */
-static PyObject *py_ot_transport(PyObject *self, PyObject *args) {
-    PyObject *cost_obj, *a_obj, *b_obj;
-    int kind, max_iterations;
-    double eps, tau, mass, tolerance;
-    if (!PyArg_ParseTuple(args, "OOOidddid", &cost_obj, &a_obj, &b_obj, &kind, &eps, &tau, &mass,
-                          &max_iterations, &tolerance))
+/* ot_transport(cost [n, m], a [n], b [m], kind, reg, reg_m, mass, max_iterations,
+ * tolerance) -> (plan [n, m], iterations); kind "balanced", "unbalanced" or
+ * "partial" (see wordalign/sinkhorn.h) */
+static PyObject *py_ot_transport(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"cost", "a", "b", "kind", "reg", "reg_m", "mass",
+                             "max_iterations", "tolerance", NULL};
+    array_arg cost = {"cost"}, a = {"a"}, b = {"b"};
+    const char *kind_name;
+    /* finite here; their ranges, which depend on the kind, checked by ot_transport */
+    real_arg reg = {"reg", -INFINITY, INFINITY, 0, 0, 0.0};
+    real_arg reg_m = {"reg_m", -INFINITY, INFINITY, 0, 0, 0.0};
+    real_arg mass = {"mass", -INFINITY, INFINITY, 0, 0, 0.0};
+    real_arg tolerance = {"tolerance", -INFINITY, INFINITY, 0, 0, 0.0};
+    int_arg max_iterations = {"max_iterations", 0, INT_MAX, 0};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&O&sO&O&O&O&O&:ot_transport", kwlist,
+                                     to_f64_matrix, &cost, to_f64_vector, &a, to_f64_vector, &b,
+                                     &kind_name, to_real, &reg, to_real, &reg_m, to_real, &mass,
+                                     to_int, &max_iterations, to_real, &tolerance))
         return NULL;
-    PyArrayObject *cost = NULL, *a = NULL, *b = NULL;
     PyObject *plan = NULL, *result = NULL;
-    double *work = NULL;
-    if (!(cost = arg_f64_matrix(cost_obj, "cost", 1)) || !(a = arg_f64_vector(a_obj, "a", 1)) ||
-        !(b = arg_f64_vector(b_obj, "b", 1)))
+    int n, m, kind = ot_kind_of_name(kind_name);
+    if (kind < 0) {
+        raise_unknown_kind(kind_name, ot_kind_names, OT_N_KINDS);
         goto done;
-    int n = (int)PyArray_DIM(cost, 0), m = (int)PyArray_DIM(cost, 1);
-    if (check_length(a, "a", n, "cost's rows") < 0 || check_length(b, "b", m, "cost's columns") < 0)
+    }
+    if (dim_as_int(&n, &cost, 0, "rows") < 0 || dim_as_int(&m, &cost, 1, "columns") < 0 ||
+        check_rows(&a, n, "cost's rows") < 0 || check_rows(&b, m, "cost's columns") < 0)
         goto done;
     npy_intp dims[2] = {n, m};
     if (!(plan = PyArray_ZEROS(2, dims, NPY_FLOAT64, 0))) goto done;
-    if (n == 0 || m == 0) {
-        result = Py_BuildValue("(Oi)", plan, 0);
-        goto done;
-    }
-    int iterations;
-    if (kind == 2 && !(work = malloc(sizeof(double) * 5 * (size_t)n * m))) {
-        PyErr_NoMemory();
-        goto done;
-    }
     double *P = PyArray_DATA((PyArrayObject *)plan);
-    const double *C = PyArray_DATA(cost), *A = PyArray_DATA(a), *B = PyArray_DATA(b);
+    const double *C = ARG_DATA(double, cost), *A = ARG_DATA(double, a), *B = ARG_DATA(double, b);
+    char err[CALIGN_ERR_LEN] = "";
+    int iterations, status;
     Py_BEGIN_ALLOW_THREADS
-    iterations = kind == 0 ? ot_sinkhorn(P, C, A, B, n, m, eps, max_iterations, tolerance)
-                 : kind == 1 ? ot_sinkhorn_unbalanced(P, C, A, B, n, m, eps, tau, max_iterations,
-                                                      tolerance)
-                             : ot_sinkhorn_partial(P, C, A, B, n, m, eps, mass, max_iterations,
-                                                   tolerance, work);
+    status = ot_transport(P, &iterations, C, A, B, n, m, kind, reg.value, reg_m.value, mass.value,
+                          (int)max_iterations.value, tolerance.value, err);
     Py_END_ALLOW_THREADS
-    if (iterations < 0) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    result = Py_BuildValue("(Oi)", plan, iterations);
+    if (raise_status(status, err) == 0) result = Py_BuildValue("(Oi)", plan, iterations);
 done:
-    free(work);
     Py_XDECREF(plan);
-    Py_XDECREF(cost);
-    Py_XDECREF(a);
-    Py_XDECREF(b);
+    arg_release(&cost);
+    arg_release(&a);
+    arg_release(&b);
     return result;
 }
 
+/* ---- names for calign._C.describe() ----------------------------------------------- */
+
+static int add_names(PyObject *d, const char *key, const char *const *names, int n) {
+    PyObject *tuple = PyTuple_New(n);
+    for (int i = 0; tuple && i < n; i++) {
+        PyObject *name = PyUnicode_FromString(names[i]);
+        if (!name) Py_CLEAR(tuple);
+        else PyTuple_SET_ITEM(tuple, i, name);
+    }
+    int status = tuple ? PyDict_SetItemString(d, key, tuple) : -1;
+    Py_XDECREF(tuple);
+    return status;
+}
+
+/* The word-alignment model kinds and optimal-transport kinds by name. */
+int describe_wordalign(PyObject *d) {
+    return add_names(d, "wordalign_models", wa_kind_names, WA_N_KINDS) < 0 ||
+                   add_names(d, "ot_kinds", ot_kind_names, OT_N_KINDS) < 0
+               ? -1
+               : 0;
+}
+
+#define KEYWORDS(f) (PyCFunction)(void (*)(void))(f), METH_VARARGS | METH_KEYWORDS
+
 PyMethodDef calign_wordalign_methods[] = {
-    {"ot_cost", py_ot_cost, METH_VARARGS, "1 - cosine (+ distortion) between two embedding sets."},
-    {"ot_transport", py_ot_transport, METH_VARARGS, "Entropic OT plan in the log domain."},
-    {"wa_hmm_em", py_wa_hmm_em, METH_VARARGS, "EM iterations of the HMM aligner, in place."},
-    {"wa_hmm_agreement", py_wa_hmm_agreement, METH_VARARGS,
-     "EM iterations of two HMM aligners trained by agreement, in place."},
-    {"wa_fertility_sample", py_wa_fertility_sample, METH_VARARGS,
+    {"wa_model_new", KEYWORDS(py_wa_model_new), "A word-alignment model without a table."},
+    {"wa_model_settings", KEYWORDS(py_wa_model_settings), "A model's settings and jumps."},
+    {"wa_model_table", KEYWORDS(py_wa_model_table), "Copies of a model's translation table."},
+    {"wa_model_set_table", KEYWORDS(py_wa_model_set_table), "A model's table from saved arrays."},
+    {"wa_start", KEYWORDS(py_wa_start), "A uniform translation table over a corpus."},
+    {"wa_train", KEYWORDS(py_wa_train), "EM iterations of a model on its corpus."},
+    {"wa_train_joint", KEYWORDS(py_wa_train_joint), "EM of a JointHMM's two directions."},
+    {"wa_posteriors", KEYWORDS(py_wa_posteriors), "Link posteriors of each pair."},
+    {"wa_viterbi", KEYWORDS(py_wa_viterbi), "The HMM's Viterbi links."},
+    {"wa_fertility_sample", KEYWORDS(py_wa_fertility_sample),
      "Gibbs sampling of the fertility HMM from HMM links."},
-    {"wa_soft_union", py_wa_soft_union, METH_VARARGS,
+    {"wa_soft_union", KEYWORDS(py_wa_soft_union),
      "Links whose two directional posteriors average above a threshold."},
-    {"wa_links", py_wa_links, METH_VARARGS, "Table index of every link of a corpus."},
-    {"wa_hmm_decode", py_wa_hmm_decode, METH_VARARGS, "Viterbi links or posteriors of the HMM."},
-    {"wa_build_table", py_wa_build_table, METH_VARARGS, "Sparse translation table of a corpus."},
-    {"wa_em", py_wa_em, METH_VARARGS, "EM iterations of IBM Model 1 or 2, in place."},
-    {"wa_posteriors", py_wa_posteriors, METH_VARARGS, "Link posteriors of each pair."},
+    {"ot_cost", KEYWORDS(py_ot_cost), "1 - cosine (+ distortion) between two embedding sets."},
+    {"ot_transport", KEYWORDS(py_ot_transport), "Entropic OT plan in the log domain."},
     {NULL, NULL, 0, NULL},
 };

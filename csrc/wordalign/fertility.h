@@ -24,8 +24,11 @@
 
 #include "wordalign/hmm.h"
 
+/* The widest fertility class the sampler takes. */
+#define WA_MAX_FERTILITY 64
+
 typedef struct {
-    int max_fertility; /* F >= 1: fertilities >= F share one class */
+    int max_fertility; /* F in [1, WA_MAX_FERTILITY]: fertilities >= F share one class */
     double prior;      /* > 0: Dirichlet pseudo-counts towards the corpus-wide distribution */
     int sweeps;        /* Gibbs sweeps over the corpus */
     int burn_in;       /* the first sweeps, whose links are not counted in post */

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/status.h"
+
 static int compare_int32(const void *a, const void *b) {
     int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
     return (x > y) - (x < y);
@@ -38,7 +40,7 @@ int wa_table_build(wa_table *t, const wa_corpus *c) {
     int64_t *occ_start = calloc((size_t)c->src_vocab + 1, sizeof(int64_t));
     int64_t *occ = malloc(sizeof(int64_t) * (c->src_off[c->n_pairs] + 1));
     int32_t *stamp = malloc(sizeof(int32_t) * ((size_t)c->tgt_vocab + 1));
-    t->row_start = calloc((size_t)c->src_vocab + 1, sizeof(int64_t));
+    t->row_start = calloc((size_t)c->src_vocab + 2, sizeof(int64_t)); /* + the empty row */
     if (!occ_start || !occ || !stamp || !t->row_start) goto fail;
     for (int64_t i = 0; i < c->src_off[c->n_pairs]; i++) occ_start[c->src[i] + 1]++;
     for (int e = 0; e < c->src_vocab; e++) occ_start[e + 1] += occ_start[e];
@@ -54,13 +56,13 @@ int wa_table_build(wa_table *t, const wa_corpus *c) {
         t->row_start[e + 1] = t->row_start[e] + row_support(NULL, stamp, e, pairs, n_pairs, c);
     }
     t->rows = c->src_vocab;
-    t->n_entries = t->row_start[c->src_vocab];
+    t->n_entries = t->row_start[c->src_vocab + 1] = t->row_start[c->src_vocab];
     if (t->n_entries > INT32_MAX) {
         free(occ_start);
         free(occ);
         free(stamp);
         wa_table_free(t);
-        return -2;
+        return CALIGN_EINVAL;
     }
     t->cols = malloc(sizeof(int32_t) * (t->n_entries > 0 ? t->n_entries : 1));
     t->prob = malloc(sizeof(double) * (t->n_entries > 0 ? t->n_entries : 1));
@@ -77,13 +79,13 @@ int wa_table_build(wa_table *t, const wa_corpus *c) {
     free(occ_start);
     free(occ);
     free(stamp);
-    return 0;
+    return CALIGN_OK;
 fail:
     free(occ_start);
     free(occ);
     free(stamp);
     wa_table_free(t);
-    return -1;
+    return CALIGN_ENOMEM;
 }
 
 /* digamma(x) for x > 0: recurrence up to x >= 6, then the asymptotic series. */

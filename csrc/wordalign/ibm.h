@@ -17,7 +17,8 @@ typedef struct {
 } wa_corpus;
 
 typedef struct {
-    int64_t *row_start; /* [src_vocab + 1] */
+    int64_t *row_start; /* [rows + 2]: after the last row, an empty one (decoding gives it the
+                           source words never seen in training) */
     int32_t *cols;      /* target ids, sorted within a row */
     double *prob;       /* t(f | e) */
     int64_t n_entries;
@@ -33,8 +34,8 @@ typedef struct {
 } wa_settings;
 
 /* Every (source word or NULL, target word) pair that co-occurs, t uniform over
- * each row. Returns 0, -1 when out of memory, -2 when the table would have
- * more than INT32_MAX entries (link indices are int32). */
+ * each row. Returns CALIGN_OK, CALIGN_ENOMEM, or CALIGN_EINVAL when the table
+ * would have more than INT32_MAX entries (link indices are int32). */
 int wa_table_build(wa_table *t, const wa_corpus *c);
 void wa_table_free(wa_table *t);
 

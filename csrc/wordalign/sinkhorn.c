@@ -1,8 +1,19 @@
 #include "wordalign/sinkhorn.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "core/status.h"
+
+const char *const ot_kind_names[OT_N_KINDS] = {"balanced", "unbalanced", "partial"};
+
+int ot_kind_of_name(const char *name) {
+    for (int k = 0; k < OT_N_KINDS; k++)
+        if (strcmp(name, ot_kind_names[k]) == 0) return k;
+    return -1;
+}
 
 void ot_cosine_cost(double *cost, const double *x, const double *y, int n, int m, int d,
                     double distortion) {
@@ -143,4 +154,54 @@ int ot_sinkhorn_partial(double *plan, const double *cost, const double *a, const
         if (it > 0 && change < tolerance) break;
     }
     return it;
+}
+
+/* A setting that must be a finite number > 0: else EINVAL naming it. */
+static int check_positive(double value, const char *name, char *err) {
+    if (value > 0.0 && isfinite(value)) return CALIGN_OK;
+    snprintf(err, CALIGN_ERR_LEN, "%s must be a finite number > 0, got %g", name, value);
+    return CALIGN_EINVAL;
+}
+
+int ot_transport(double *plan, int *iterations, const double *cost, const double *a,
+                 const double *b, int n, int m, ot_kind kind, double eps, double tau,
+                 double mass, int max_iterations, double tolerance, char *err) {
+    *iterations = 0;
+    int status = check_positive(eps, "reg", err);
+    if (status == CALIGN_OK && kind == OT_UNBALANCED) status = check_positive(tau, "reg_m", err);
+    if (status != CALIGN_OK) return status;
+    for (int side = 0; side < 2; side++) /* the solvers take their logarithms */
+        for (int i = 0; i < (side ? m : n); i++)
+            if (!((side ? b : a)[i] > 0.0)) {
+                snprintf(err, CALIGN_ERR_LEN, "the masses must be > 0, but %s[%d] = %g",
+                         side ? "b" : "a", i, (side ? b : a)[i]);
+                return CALIGN_EINVAL;
+            }
+    if (max_iterations < 0 || !(tolerance >= 0.0)) {
+        snprintf(err, CALIGN_ERR_LEN, "max_iterations and tolerance must be >= 0, got %d and %g",
+                 max_iterations, tolerance);
+        return CALIGN_EINVAL;
+    }
+    if (n == 0 || m == 0) return CALIGN_OK; /* nothing to transport */
+    if (kind == OT_PARTIAL && (status = check_positive(mass, "mass", err)) != CALIGN_OK)
+        return status;
+    double *work = NULL; /* partial: Dykstra's 5 n m */
+    if (kind == OT_PARTIAL && !(work = malloc(sizeof(double) * 5 * (size_t)n * m))) {
+        snprintf(err, CALIGN_ERR_LEN, "no memory for a partial transport of %d x %d", n, m);
+        return CALIGN_ENOMEM;
+    }
+    int it = kind == OT_BALANCED
+                 ? ot_sinkhorn(plan, cost, a, b, n, m, eps, max_iterations, tolerance)
+             : kind == OT_UNBALANCED
+                 ? ot_sinkhorn_unbalanced(plan, cost, a, b, n, m, eps, tau, max_iterations,
+                                          tolerance)
+                 : ot_sinkhorn_partial(plan, cost, a, b, n, m, eps, mass, max_iterations,
+                                       tolerance, work);
+    free(work);
+    if (it < 0) {
+        snprintf(err, CALIGN_ERR_LEN, "no memory for a transport of %d x %d", n, m);
+        return CALIGN_ENOMEM;
+    }
+    *iterations = it;
+    return CALIGN_OK;
 }

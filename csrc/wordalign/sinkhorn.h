@@ -7,6 +7,22 @@
 #ifndef CALIGN_WA_SINKHORN_H
 #define CALIGN_WA_SINKHORN_H
 
+typedef enum { OT_BALANCED, OT_UNBALANCED, OT_PARTIAL, OT_N_KINDS } ot_kind;
+
+/* "balanced", "unbalanced", "partial": the names the kinds cross into Python by. */
+extern const char *const ot_kind_names[OT_N_KINDS];
+/* The kind of a name, -1 for none. */
+int ot_kind_of_name(const char *name);
+
+/* The plan of the problem `kind` (the solvers below) between a [n] and b [m]
+ * under cost [n, m], n, m >= 0; *iterations gets the iterations used.
+ * Returns a status of core/status.h with a message in err (CALIGN_ERR_LEN
+ * bytes): EINVAL unless eps > 0, the masses > 0, tau > 0 (unbalanced), mass
+ * > 0 (partial, n and m > 0), max_iterations >= 0 and tolerance >= 0. */
+int ot_transport(double *plan, int *iterations, const double *cost, const double *a,
+                 const double *b, int n, int m, ot_kind kind, double eps, double tau,
+                 double mass, int max_iterations, double tolerance, char *err);
+
 /* cost[i, j] = 1 - cos(x_i, y_j) + distortion |i/n - j/m| (x [n, d], y [m, d]). */
 void ot_cosine_cost(double *cost, const double *x, const double *y, int n, int m, int d,
                     double distortion);

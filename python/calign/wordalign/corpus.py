@@ -75,3 +75,17 @@ def flatten(pairs, source_vocab, target_vocab, grow=True):
                   out=offsets[1:])
         arrays += [ids, offsets]
     return tuple(arrays)
+
+
+def swapped(arrays):
+    """The corpus arrays of the other direction: the sides exchanged."""
+    return arrays[2], arrays[3], arrays[0], arrays[1]
+
+
+def with_unseen_sources(arrays, unseen_id):
+    """The arrays of flatten(grow=False) as decoding takes them: source words
+    never seen in training (id 0 there, the id of NULL) get unseen_id, the
+    vocabulary's size, whose row of the model's table is empty. (Unseen
+    target words keep id 0, which no table row holds.)"""
+    source_ids = np.where(arrays[0] == 0, unseen_id, arrays[0]).astype(np.int32)
+    return (source_ids,) + tuple(arrays[1:])

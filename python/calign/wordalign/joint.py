@@ -23,11 +23,10 @@ On the synthetic benchmark corpus each part pays: see README, Word alignment.
 
 import numpy as np
 
-from calign import _C
-from calign.wordalign.corpus import Vocabulary, check_pairs, flatten
+from calign import _C, checks
+from calign.wordalign.corpus import (Vocabulary, check_pairs, flatten, swapped,
+                                     with_unseen_sources)
 from calign.wordalign.hmm import HMM
-from calign.wordalign.checks import (INT_MAX, check_integer, check_iterations, check_real,
-                                     check_threshold)
 from calign.wordalign.ibm import LINK_CACHE_BYTES
 from calign.wordalign.links import above_threshold, links_per_pair
 from calign.wordalign.saved import read_npz, write_npz
@@ -65,16 +64,15 @@ class JointHMM:
         self.reverse = HMM(True, p0, max_jump, ibm1_iterations, alpha)
         self.agreement = bool(agreement)
         self.fertility = bool(fertility)
-        self.burn_in = check_integer("burn_in", burn_in, 0)
-        self.samples = check_integer("samples", samples, 1)
-        if self.burn_in + self.samples > INT_MAX:
-            # the sampler counts its sweeps in a C int
-            raise ValueError(f"burn_in + samples must be at most {INT_MAX}, got "
-                             f"{self.burn_in} + {self.samples}")
-        self.max_fertility = check_integer("max_fertility", max_fertility, 1, MAX_FERTILITY)
-        self.fertility_prior = check_real("fertility_prior", fertility_prior, 0.0, open_low=True)
-        self.seed = check_integer("seed", seed, 0, SEED_MAX)
-        self.threshold = check_threshold(threshold, open_high=True)
+        self.burn_in = checks.integer("burn_in", burn_in, 0, checks.C_INT_MAX)
+        self.samples = checks.integer("samples", samples, 1, checks.C_INT_MAX)
+        # the sampler counts its sweeps in a C int
+        checks.require(self.burn_in + self.samples <= checks.C_INT_MAX, "burn_in + samples",
+                       self.burn_in + self.samples, f"at most {checks.C_INT_MAX}")
+        self.max_fertility = checks.integer("max_fertility", max_fertility, 1, MAX_FERTILITY)
+        self.fertility_prior = checks.real("fertility_prior", fertility_prior, 0.0, open_low=True)
+        self.seed = checks.integer("seed", seed, 0, SEED_MAX)
+        self.threshold = checks.real("threshold", threshold, 0.0, 1.0, open_high=True)
         self.log_likelihoods = []  # per HMM iteration, both directions' summed
 
     # ---- training ----------------------------------------------------------------------------
@@ -82,35 +80,24 @@ class JointHMM:
     def fit(self, pairs, iterations=5):
         """IBM1 (each direction), then `iterations` HMM EM iterations (by
         agreement unless agreement=False)."""
-        iterations = check_iterations(iterations)
+        iterations = checks.integer("iterations", iterations, 1, checks.C_INT_MAX)
         pairs = check_pairs(pairs)
         source_vocab, target_vocab = Vocabulary(), Vocabulary()
         arrays = flatten(pairs, source_vocab, target_vocab)
-        sides = []
         for model, oriented, (sv, tv) in ((self.forward, arrays, (source_vocab, target_vocab)),
-                                          (self.reverse, _swapped(arrays),
+                                          (self.reverse, swapped(arrays),
                                            (target_vocab, source_vocab))):
             model.source_vocab, model.target_vocab = sv, tv
-            model.log_likelihoods = []
-            vocabs = (len(sv), len(tv))
-            model.table = _C.wa_build_table(*oriented, *vocabs)
-            links = _C.wa_links(*model.table, *oriented, *vocabs) \
-                if 4 * _n_links(oriented) <= LINK_CACHE_BYTES else None
-            model._ibm1(oriented, vocabs, links)
-            sides.append((model, oriented, vocabs, links))
-        (f, fa, fv, fl), (r, ra, rv, rl) = sides
-        if self.agreement:
-            self.log_likelihoods = _C.wa_hmm_agreement(
-                *f.table, *fa, *fv, f.p0, f.jump, f.alpha, fl,
-                *r.table, *ra, *rv, r.p0, r.jump, r.alpha, rl, iterations)
-        else:
-            lls = [_C.wa_hmm_em(*model.table, *oriented, *vocabs, model.p0, model.jump, iterations,
-                                model.alpha, links) for model, oriented, vocabs, links in sides]
-            self.log_likelihoods = [a + b for a, b in zip(*lls)]
+            _C.wa_start(model.c_model, *oriented, source_vocabulary_size=len(sv),
+                        target_vocabulary_size=len(tv))
+        self.forward.log_likelihoods, self.reverse.log_likelihoods, self.log_likelihoods = \
+            _C.wa_train_joint(self.forward.c_model, self.reverse.c_model, *arrays,
+                              iterations=iterations, ibm1_iterations=self.forward.ibm1_iterations,
+                              agreement=self.agreement, link_cache_bytes=LINK_CACHE_BYTES)
         return self
 
     def _require_fit(self):
-        if self.forward.table is None:
+        if self.forward.source_vocab is None:
             raise ValueError("the model is not trained: call fit() or load() first")
 
     # ---- aligning ----------------------------------------------------------------------------
@@ -123,20 +110,16 @@ class JointHMM:
         arrays = flatten(pairs, self.forward.source_vocab, self.forward.target_vocab, grow=False)
         posts = []
         for d, (model, oriented) in enumerate(((self.forward, arrays),
-                                               (self.reverse, _swapped(arrays)))):
-            table, oriented, vocabs = _with_unknown_row(model, oriented)
-            links = _C.wa_links(*table, *oriented, *vocabs) \
-                if self.fertility and 4 * _n_links(oriented) <= LINK_CACHE_BYTES else None
+                                               (self.reverse, swapped(arrays)))):
+            oriented = with_unseen_sources(oriented, len(model.source_vocab))
             if not self.fertility:
-                posts.append(_C.wa_hmm_decode(*table, *oriented, *vocabs, model.p0, model.jump,
-                                              False, None))
+                posts.append(_C.wa_posteriors(model.c_model, *oriented))
                 continue
-            align = _C.wa_hmm_decode(*table, *oriented, *vocabs, model.p0, model.jump, True, links)
-            posts.append(_C.wa_fertility_sample(*table, *oriented, *vocabs, model.p0, model.jump,
-                                                links, align, self.max_fertility,
-                                                self.fertility_prior,
-                                                self.burn_in + self.samples, self.burn_in,
-                                                self.seed + d))
+            post, _ = _C.wa_fertility_sample(
+                model.c_model, *oriented, max_fertility=self.max_fertility,
+                fertility_prior=self.fertility_prior, burn_in=self.burn_in, samples=self.samples,
+                seed=self.seed + d, link_cache_bytes=LINK_CACHE_BYTES)
+            posts.append(post)
         return arrays, posts[0], posts[1]
 
     def posteriors(self, pair):
@@ -157,7 +140,7 @@ class JointHMM:
         if method not in ALIGN_METHODS:
             raise ValueError(f"method must be one of {list(ALIGN_METHODS)}, got {method!r}")
         threshold = self.threshold if threshold is None else \
-            check_threshold(threshold, open_high=True)
+            checks.real("threshold", threshold, 0.0, 1.0, open_high=True)
         arrays, forward, reverse = self._directional_posteriors(pairs)
         n_pairs = len(arrays[1]) - 1
         if method == "soft-union":
@@ -169,7 +152,7 @@ class JointHMM:
             if method != "reverse" else None
         if method == "forward":
             return f
-        pair, source, target = above_threshold(_swapped(arrays), reverse, 0.5)
+        pair, source, target = above_threshold(swapped(arrays), reverse, 0.5)
         r = links_per_pair(pair, target, source, n_pairs)
         if method == "reverse":
             return r
@@ -182,7 +165,7 @@ class JointHMM:
         self._require_fit()
         arrays, meta = {}, {"model": "JointHMM", "settings": self._settings()}
         for name, model in (("forward", self.forward), ("reverse", self.reverse)):
-            model_arrays, meta[name] = model._state()
+            model_arrays, meta[name] = model.saved_state()
             arrays.update({f"{name}_{key}": value for key, value in model_arrays.items()})
         write_npz(path, arrays, meta)
 
@@ -206,7 +189,7 @@ class JointHMM:
         for name in ("forward", "reverse"):
             state = {key[len(name) + 1:]: value for key, value in arrays.items()
                      if key.startswith(name + "_")}
-            setattr(model, name, HMM._from_state(state, meta[name], path, prefix=name + "_"))
+            setattr(model, name, HMM.from_saved_state(state, meta[name], path, prefix=name + "_"))
         return model
 
     def _settings(self):
@@ -216,24 +199,6 @@ class JointHMM:
                 "burn_in": self.burn_in, "samples": self.samples,
                 "max_fertility": self.max_fertility, "fertility_prior": self.fertility_prior,
                 "seed": self.seed, "threshold": self.threshold}
-
-
-def _swapped(arrays):
-    """The corpus arrays of the other direction: the sides exchanged."""
-    return arrays[2], arrays[3], arrays[0], arrays[1]
-
-
-def _n_links(arrays):
-    return int(((np.diff(arrays[1]) + 1) * np.diff(arrays[3])).sum())
-
-
-def _with_unknown_row(model, arrays):
-    """(table, arrays, vocabulary sizes) for aligning: source words unseen in
-    training (id 0 from flatten(grow=False)) get an extra, empty table row."""
-    unknown = len(model.source_vocab)
-    src = np.where(arrays[0] == 0, unknown, arrays[0]).astype(np.int32)
-    table = (np.append(model.table[0], model.table[0][-1]), model.table[1], model.table[2])
-    return table, (src,) + tuple(arrays[1:]), (unknown + 1, len(model.target_vocab))
 
 
 def _grid_links(arrays, at):

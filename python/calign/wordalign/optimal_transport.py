@@ -6,10 +6,9 @@ partial and unbalanced variants leave words unaligned (NULL alignment)."""
 
 import numpy as np
 
-from calign import _C
-from calign.wordalign.checks import check_real, check_threshold
+from calign import _C, checks
 
-KINDS = {"balanced": 0, "unbalanced": 1, "partial": 2}
+KINDS = ("balanced", "unbalanced", "partial")  # the C solvers' names (wordalign/sinkhorn.h)
 
 
 def transport_plan(cost, a, b, kind="balanced", reg=0.1, reg_m=1.0, mass=None,
@@ -18,19 +17,20 @@ def transport_plan(cost, a, b, kind="balanced", reg=0.1, reg_m=1.0, mass=None,
 
     kind: "balanced" (P 1 = a, P^T 1 = b), "unbalanced" (marginals relaxed by
     reg_m KL) or "partial" (P 1 <= a, P^T 1 <= b, total mass `mass`)."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
-    reg = check_real("reg", reg, 0.0, open_low=True)
-    reg_m = check_real("reg_m", reg_m, 0.0, open_low=True)
+    kind = checks.choice("kind", kind, KINDS)
+    reg = checks.real("reg", reg, 0.0, open_low=True)
+    reg_m = checks.real("reg_m", reg_m, 0.0, open_low=True)
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if (a <= 0).any() or (b <= 0).any():
-        raise ValueError("the masses a and b must be positive")
+    for name, masses in (("a", a), ("b", b)):
+        checks.require(bool((masses > 0).all()), name, masses, "positive masses")
+    most = float(min(a.sum(), b.sum()))
     if mass is None:
-        mass = min(a.sum(), b.sum())
-    if kind == "partial" and not 0 < mass <= min(a.sum(), b.sum()) + 1e-12:
-        raise ValueError(f"mass must be in (0, min(sum a, sum b)], got {mass!r}")
-    plan, _ = _C.ot_transport(cost, a, b, KINDS[kind], float(reg), float(reg_m), float(mass),
-                              int(max_iterations), float(tolerance))
+        mass = most
+    elif kind == "partial":
+        mass = checks.real("mass", mass, 0.0, most + 1e-12, open_low=True,
+                           note=" (0 to the smaller of sum(a) and sum(b))")
+    plan, _ = _C.ot_transport(cost, a, b, kind=kind, reg=reg, reg_m=reg_m, mass=mass,
+                              max_iterations=max_iterations, tolerance=tolerance)
     return plan
 
 
@@ -43,10 +43,9 @@ class OTAligner:
 
     def __init__(self, kind="partial", reg=0.1, reg_m=1.0, mass_fraction=0.9, distortion=0.0,
                  threshold=0.5):
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
-        threshold = check_threshold(threshold)
-        mass_fraction = check_real("mass_fraction", mass_fraction, 0.0, 1.0, open_low=True)
+        kind = checks.choice("kind", kind, KINDS)
+        threshold = checks.real("threshold", threshold, 0.0, 1.0)
+        mass_fraction = checks.real("mass_fraction", mass_fraction, 0.0, 1.0, open_low=True)
         self.kind, self.reg, self.reg_m = kind, reg, reg_m
         self.mass_fraction, self.distortion, self.threshold = mass_fraction, distortion, threshold
 
@@ -59,7 +58,7 @@ class OTAligner:
                 raise ValueError(f"{name} must be a 2-D [words, dimension] array")
             if not np.isfinite(e).all():
                 raise ValueError(f"{name} contains NaN or infinity")
-        cost = _C.ot_cost(x, y, float(self.distortion))
+        cost = _C.ot_cost(x, y, distortion=self.distortion)
         n, m = cost.shape
         if n == 0 or m == 0:
             return np.zeros((n, m))
