@@ -9,6 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 import calign
 from calign import _C, losses
+from calign import wordalign as wa
 from calign.model.config import engine_config
 
 VOCAB = 211
@@ -32,7 +33,9 @@ def test_python_names_come_from_c():
     assert losses.F_DIVERGENCE_TYPES == tuple(names["f_divergence_types"])
     assert set(losses.dpo_settings()) == set(names["dpo_settings"])
     assert set(engine_config(CONFIG)) == set(names["engine_config"])
-    assert names["forward_modes"] == ["inference", "train", "train_checkpointed"]
+    assert names["forward_modes"] == ("inference", "train", "train_checkpointed")
+    assert wa.optimal_transport.KINDS == names["ot_kinds"]
+    assert set(names["wordalign_models"]) == {"ibm1", "ibm2", "hmm"}
     # the groups the trainers and wrappers rely on, as the C table states them
     assert set(losses.BATCH_COUPLED_DPO_LOSS_TYPES) == {"aot", "aot_unpaired", "sft"}
     assert set(losses.LENGTH_NORMALISED_DPO_LOSS_TYPES) == {"ipo", "sigmoid_norm", "sft", "scpo"}
@@ -41,7 +44,7 @@ def test_python_names_come_from_c():
 
 def test_settings_and_modes_cross_by_name(model):
     batch = calign.pack_shared_prefix([([1, 2], [[3], [4]])])
-    with pytest.raises(ValueError, match="mode must be 'inference', 'train' or"):
+    with pytest.raises(ValueError, match=r"mode must be one of \['inference', 'train', "):
         _C.model_forward(model._handle, model._engine_params, batch.input_ids,
                          batch.position_ids, batch.sequence_starts, batch.branch_ids,
                          mode="training")

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "core/status.h"
 
@@ -69,20 +70,22 @@ int to_f32_vector(PyObject *obj, void *arg) { return f32_in_place(obj, arg, 1, 0
 int to_f32_vector_out(PyObject *obj, void *arg) { return f32_in_place(obj, arg, 1, 1); }
 int to_f32_matrix(PyObject *obj, void *arg) { return f32_in_place(obj, arg, 2, 0); }
 
-int to_f64_vector_out(PyObject *obj, void *arg) {
-    array_arg *a = arg;
+static int f64_vector_in_place(PyObject *obj, array_arg *a, int writable) {
     int ret;
     if (converter_prologue(obj, a, 0, &ret)) return ret;
     PyArrayObject *arr = (PyArrayObject *)obj;
     if (!PyArray_Check(obj) || PyArray_TYPE(arr) != NPY_FLOAT64 || PyArray_NDIM(arr) != 1 ||
-        !PyArray_IS_C_CONTIGUOUS(arr) || !PyArray_ISWRITEABLE(arr)) {
-        PyErr_Format(PyExc_TypeError, "%s must be a writable, contiguous float64 vector",
-                     a->name);
+        !PyArray_IS_C_CONTIGUOUS(arr) || (writable && !PyArray_ISWRITEABLE(arr))) {
+        PyErr_Format(PyExc_TypeError, "%s must be a %scontiguous float64 vector", a->name,
+                     writable ? "writable, " : "");
         return 0;
     }
     a->array = (PyArrayObject *)Py_NewRef(obj);
     return Py_CLEANUP_SUPPORTED;
 }
+
+int to_f64_vector_view(PyObject *obj, void *arg) { return f64_vector_in_place(obj, arg, 0); }
+int to_f64_vector_out(PyObject *obj, void *arg) { return f64_vector_in_place(obj, arg, 1); }
 
 /* ---- float64 copies ------------------------------------------------------------- */
 
@@ -284,6 +287,23 @@ int to_bool_vector(PyObject *obj, void *arg) {
     return a->array ? Py_CLEANUP_SUPPORTED : 0;
 }
 
+int dim_as_int(int *out, const array_arg *a, int axis, const char *what) {
+    npy_intp n = PyArray_DIM(a->array, axis);
+    if (n > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "%s has %zd %s, more than a C int holds (%d)", a->name,
+                     (Py_ssize_t)n, what, INT_MAX);
+        return -1;
+    }
+    *out = (int)n;
+    return 0;
+}
+
+PyObject *vector_copy(const void *data, npy_intp n, int type) {
+    PyObject *out = PyArray_SimpleNew(1, &n, type);
+    if (out) memcpy(PyArray_DATA((PyArrayObject *)out), data, PyArray_NBYTES((PyArrayObject *)out));
+    return out;
+}
+
 int check_rows(const array_arg *a, npy_intp expected, const char *expected_from) {
     if (ARG_LEN(*a) != expected) {
         PyErr_Format(PyExc_ValueError, "%s has length %zd but %s has length %zd", a->name,
@@ -317,6 +337,91 @@ int to_int(PyObject *obj, void *arg) {
     Py_DECREF(as_int);
     a->value = v;
     return 1;
+}
+
+int to_real(PyObject *obj, void *arg) {
+    real_arg *a = arg;
+    if (!obj) return 0;
+    if (PyBool_Check(obj) || PyArray_IsScalar(obj, Bool) || PyUnicode_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a real number, not %.200s", a->name,
+                     Py_TYPE(obj)->tp_name);
+        return 0;
+    }
+    double v = PyFloat_AsDouble(obj);
+    if (v == -1.0 && PyErr_Occurred()) {
+        int overflow = PyErr_ExceptionMatches(PyExc_OverflowError);
+        PyErr_Clear();
+        if (!overflow) {
+            PyErr_Format(PyExc_TypeError, "%s must be a real number, not %.200s", a->name,
+                         Py_TYPE(obj)->tp_name);
+            return 0;
+        }
+        v = INFINITY; /* an integer beyond a double's range: not finite */
+    }
+    if (isfinite(v) && (a->open_low ? v > a->low : v >= a->low) &&
+        (a->open_high ? v < a->high : v <= a->high)) {
+        a->value = v;
+        return 1;
+    }
+    char bounds[96] = "";
+    if (isfinite(a->low) && isfinite(a->high))
+        snprintf(bounds, sizeof bounds, " in %c%g, %g%c", a->open_low ? '(' : '[', a->low,
+                 a->high, a->open_high ? ')' : ']');
+    else if (isfinite(a->low))
+        snprintf(bounds, sizeof bounds, " %s %g", a->open_low ? ">" : ">=", a->low);
+    else if (isfinite(a->high))
+        snprintf(bounds, sizeof bounds, " %s %g", a->open_high ? "<" : "<=", a->high);
+    raise_printf(PyExc_ValueError, "%s must be a finite number%s, got %g", a->name, bounds, v);
+    return 0;
+}
+
+int to_seed(PyObject *obj, void *arg) {
+    unsigned long long *seed = arg;
+    if (!obj) return 0;
+    PyObject *as_int = PyBool_Check(obj) || !PyIndex_Check(obj) ? NULL : PyNumber_Index(obj);
+    if (as_int) {
+        *seed = PyLong_AsUnsignedLongLong(as_int);
+        Py_DECREF(as_int);
+        if (!PyErr_Occurred()) return 1;
+    }
+    PyErr_Clear();
+    PyErr_Format(PyExc_ValueError, "seed must be an integer in [0, 2**64 - 1], got %R", obj);
+    return 0;
+}
+
+/* ---- names ------------------------------------------------------------------------ */
+
+int name_index(const char *given, const char *arg, const char *const *names, int n) {
+    for (int i = 0; given && i < n; i++)
+        if (strcmp(given, names[i]) == 0) return i;
+    PyObject *choices = PyList_New(n);
+    for (int i = 0; choices && i < n; i++) {
+        PyObject *s = PyUnicode_FromString(names[i]);
+        if (!s) Py_CLEAR(choices);
+        else PyList_SET_ITEM(choices, i, s);
+    }
+    if (choices)
+        PyErr_Format(PyExc_ValueError, "%s must be one of %R, got '%s'", arg, choices,
+                     given ? given : "(not a string)");
+    Py_XDECREF(choices);
+    return -1;
+}
+
+PyObject *names_tuple(const char *const *names, int n) {
+    PyObject *tuple = PyTuple_New(n);
+    for (int i = 0; tuple && i < n; i++) {
+        PyObject *name = PyUnicode_FromString(names[i]);
+        if (!name) Py_CLEAR(tuple);
+        else PyTuple_SET_ITEM(tuple, i, name);
+    }
+    return tuple;
+}
+
+int describe_names(PyObject *d, const char *key, const char *const *names, int n) {
+    PyObject *tuple = names_tuple(names, n);
+    int status = tuple ? PyDict_SetItemString(d, key, tuple) : -1;
+    Py_XDECREF(tuple);
+    return status;
 }
 
 /* ---- errors ----------------------------------------------------------------------- */
@@ -355,45 +460,4 @@ int raise_status(int status, const char *message) {
         PyErr_SetString(PyExc_ValueError, message && *message ? message : "invalid input");
         return -1;
     }
-}
-
-/* ---- being retired (see common.h) ---------------------------------------------------- */
-
-static PyArrayObject *retired(int (*convert)(PyObject *, void *), PyObject *obj,
-                              const char *name) {
-    array_arg a = {name, NULL};
-    return convert(obj, &a) ? a.array : NULL;
-}
-
-PyArrayObject *arg_f32_array(PyObject *obj, const char *name, int ndim) {
-    array_arg a = {name, NULL};
-    return f32_in_place(obj, &a, ndim, 0) ? a.array : NULL;
-}
-
-PyArrayObject *arg_int64_vector(PyObject *obj, const char *name) {
-    return retired(to_int64_vector, obj, name);
-}
-
-PyArrayObject *arg_int32_vector(PyObject *obj, const char *name) {
-    array_arg a = {name, retired(to_int64_vector, obj, name)};
-    if (!a.array) return NULL;
-    if (narrow_to_int32(&a, INT32_MIN, (int64_t)INT32_MAX + 1, "32-bit integers") < 0) {
-        arg_release(&a);
-        return NULL;
-    }
-    return a.array;
-}
-
-PyArrayObject *arg_f64_vector(PyObject *obj, const char *name, int finite) {
-    return retired(to_f64_vector, obj, name);
-}
-
-PyArrayObject *arg_f64_matrix(PyObject *obj, const char *name, int finite) {
-    return retired(to_f64_matrix, obj, name);
-}
-
-int check_length(PyArrayObject *arr, const char *name, npy_intp expected,
-                 const char *expected_from) {
-    array_arg a = {name, arr};
-    return check_rows(&a, expected, expected_from);
 }

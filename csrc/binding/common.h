@@ -44,7 +44,9 @@ void arg_release(array_arg *a);
 int to_f32_vector(PyObject *obj, void *arg);
 int to_f32_vector_out(PyObject *obj, void *arg);
 int to_f32_matrix(PyObject *obj, void *arg);
-/* float64, C-contiguous, rank 1, writable, used in place (tables C updates). */
+/* float64, C-contiguous, rank 1, used in place: only read (_view; corpus-
+ * sized posteriors) or also written (_out; tables C updates). */
+int to_f64_vector_view(PyObject *obj, void *arg);
 int to_f64_vector_out(PyObject *obj, void *arg);
 
 /* Any real array (or sequence of numbers) as a contiguous float64 COPY, every
@@ -72,6 +74,13 @@ int narrow_to_int32(array_arg *a, int64_t low, int64_t high, const char *what);
 int narrow_to_int32_described(array_arg *a, int64_t low, int64_t high, const char *noun,
                               const char *why);
 
+/* The length of axis `axis` of a converted array as a C int, else ValueError
+ * "<name> has n <what>, more than a C int holds". */
+int dim_as_int(int *out, const array_arg *a, int axis, const char *what);
+
+/* A new rank-1 array of NumPy type `type` holding a copy of n values at data. */
+PyObject *vector_copy(const void *data, npy_intp n, int type);
+
 /* Length along axis 0, and the data, of a converted argument. */
 #define ARG_LEN(a) (PyArray_DIM((a).array, 0))
 #define ARG_DATA(type, a) ((type *)PyArray_DATA((a).array))
@@ -91,6 +100,36 @@ typedef struct {
 
 int to_int(PyObject *obj, void *arg);
 
+/* real_arg: a Python or NumPy real (never a bool), finite, within [low, high]
+ * (open_low/open_high exclude the bound; +-INFINITY: unbounded), into a
+ * double; errors name the argument. */
+typedef struct {
+    const char *name;
+    double low, high;
+    int open_low, open_high;
+    double value;
+} real_arg;
+
+int to_real(PyObject *obj, void *arg);
+
+/* A seed: a Python or NumPy integer (never a bool) in [0, 2**64 - 1], into
+ * an unsigned long long. */
+int to_seed(PyObject *obj, void *arg);
+
+/* ---- names ---------------------------------------------------------------------
+ * Enums cross the language line by name: the C tables beside each enum are the
+ * one list. */
+
+/* The index of `given` among names[0..n); -1 with ValueError "<arg> must be
+ * one of [...], got '<given>'". */
+int name_index(const char *given, const char *arg, const char *const *names, int n);
+
+/* A tuple of the names, or NULL with an exception. */
+PyObject *names_tuple(const char *const *names, int n);
+
+/* d[key] = names_tuple(names, n); -1 with an exception. */
+int describe_names(PyObject *d, const char *key, const char *const *names, int n);
+
 /* ---- errors ------------------------------------------------------------------- */
 
 /* Sets exception `type` with a message formatted by C's printf rules
@@ -104,16 +143,6 @@ int check_temperature(double temperature);
  * see core/status.h) with its message as the matching Python exception;
  * returns -1 when it raised. */
 int raise_status(int status, const char *message);
-
-/* ---- being retired: the converters before array_arg (until every binding
- * file has moved to array_arg); each returns a NEW reference or NULL with an exception naming `name`. */
-PyArrayObject *arg_f32_array(PyObject *obj, const char *name, int ndim);
-PyArrayObject *arg_int64_vector(PyObject *obj, const char *name);
-PyArrayObject *arg_int32_vector(PyObject *obj, const char *name);
-PyArrayObject *arg_f64_vector(PyObject *obj, const char *name, int finite);
-PyArrayObject *arg_f64_matrix(PyObject *obj, const char *name, int finite);
-int check_length(PyArrayObject *arr, const char *name, npy_intp expected,
-                 const char *expected_from);
 
 /* calign.losses' DPO settings (see losses.py, dpo_settings) into p; types
  * and loss_weights hold DPO_MAX_LOSS_TYPES entries. -1 with an exception. */
@@ -135,5 +164,6 @@ extern PyMethodDef calign_optim_methods[];
  * returns: names of enums and settings, defined once in the C headers. */
 int describe_losses(PyObject *d);
 int describe_model(PyObject *d);
+int describe_wordalign(PyObject *d);
 
 #endif

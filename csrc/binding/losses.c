@@ -14,50 +14,31 @@
 
 /* ---- names ----------------------------------------------------------------------- */
 
-static const char *dpo_name(int i) { return DPO_LOSS_INFO[i].name; }
-static const char *divergence_name(int i) { return F_DIVERGENCE_NAMES[i]; }
-static const char *kto_name(int i) { return KTO_LOSS_NAMES[i]; }
-static const char *cpo_name(int i) { return CPO_LOSS_NAMES[i]; }
+static const char *DPO_LOSS_NAMES[DPO_N_LOSS_TYPES]; /* DPO_LOSS_INFO's names, see dpo_names */
 
-/* The index of the name obj among name(0..n-1); -1 with a ValueError naming
- * `arg` and the choices. */
-static int name_index(PyObject *obj, const char *arg, const char *(*name)(int), int n) {
+static const char *const *dpo_names(void) {
+    for (int i = 0; i < DPO_N_LOSS_TYPES; i++) DPO_LOSS_NAMES[i] = DPO_LOSS_INFO[i].name;
+    return DPO_LOSS_NAMES;
+}
+
+/* The index of the name obj (a str) in names; -1 with a ValueError naming arg. */
+static int loss_name_index(PyObject *obj, const char *arg, const char *const *names, int n) {
     const char *text = PyUnicode_Check(obj) ? PyUnicode_AsUTF8(obj) : NULL;
-    if (text)
-        for (int i = 0; i < n; i++)
-            if (strcmp(text, name(i)) == 0) return i;
-    PyErr_Clear();
-    PyObject *choices = PyList_New(n);
-    for (int i = 0; choices && i < n; i++)
-        PyList_SET_ITEM(choices, i, PyUnicode_FromString(name(i)));
-    if (choices) PyErr_Format(PyExc_ValueError, "%s must be one of %R, got %R", arg, choices, obj);
-    Py_XDECREF(choices);
-    return -1;
+    if (!text) PyErr_Clear();
+    return name_index(text, arg, names, n);
 }
 
-static PyObject *name_list(const char *(*name)(int), int n) {
-    PyObject *list = PyList_New(n);
-    for (int i = 0; list && i < n; i++) {
-        PyObject *s = PyUnicode_FromString(name(i));
-        if (!s) Py_CLEAR(list);
-        else PyList_SET_ITEM(list, i, s);
-    }
-    return list;
-}
-
-/* Names of the DPO loss types with a property, for describe(). */
-static PyObject *dpo_names_where(int field) {
-    PyObject *list = PyList_New(0);
-    for (int i = 0; list && i < DPO_N_LOSS_TYPES; i++) {
+/* The names of the DPO loss types with a property, for describe(). */
+static int describe_dpo_names_where(PyObject *d, const char *key, int field) {
+    const char *names[DPO_N_LOSS_TYPES];
+    int n = 0;
+    for (int i = 0; i < DPO_N_LOSS_TYPES; i++) {
         const dpo_loss_info *info = &DPO_LOSS_INFO[i];
-        int has = field == 0 ? info->needs_chosen_lengths
-                : field == 1 ? info->needs_rejected_lengths : info->couples_batch;
-        if (!has) continue;
-        PyObject *s = PyUnicode_FromString(info->name);
-        if (!s || PyList_Append(list, s) < 0) Py_CLEAR(list);
-        Py_XDECREF(s);
+        if (field == 0 ? info->needs_chosen_lengths
+            : field == 1 ? info->needs_rejected_lengths : info->couples_batch)
+            names[n++] = info->name;
     }
-    return list;
+    return describe_names(d, key, names, n);
 }
 
 /* ---- DPO settings ------------------------------------------------------------------- */
@@ -102,8 +83,8 @@ int parse_dpo_settings(PyObject *settings, dpo_params *p, int *types, double *lo
         setting_double(settings, "bco_reward_shift", &p->bco_reward_shift) < 0 ||
         setting_double(settings, "scpo_alpha", &p->scpo_alpha) < 0)
         return -1;
-    int divergence = name_index(PyDict_GetItemString(settings, "f_divergence_type"),
-                                "f_divergence_type", divergence_name, F_N_DIVERGENCES);
+    int divergence = loss_name_index(PyDict_GetItemString(settings, "f_divergence_type"),
+                                     "f_divergence_type", F_DIVERGENCE_NAMES, F_N_DIVERGENCES);
     if (divergence < 0) return -1;
     p->divergence = (f_divergence)divergence;
     PyObject *type_list = PyDict_GetItemString(settings, "loss_type");
@@ -121,8 +102,8 @@ int parse_dpo_settings(PyObject *settings, dpo_params *p, int *types, double *lo
         return -1;
     }
     for (int t = 0; t < n; t++) {
-        types[t] = name_index(PyList_GET_ITEM(type_list, t), "loss_type", dpo_name,
-                              DPO_N_LOSS_TYPES);
+        types[t] = loss_name_index(PyList_GET_ITEM(type_list, t), "loss_type", dpo_names(),
+                                   DPO_N_LOSS_TYPES);
         if (types[t] < 0) return -1;
         PyObject *w = PyList_GET_ITEM(weight_list, t);
         if (!PyFloat_Check(w) && !PyLong_Check(w)) {
@@ -281,7 +262,7 @@ static PyObject *py_kto_loss(PyObject *self, PyObject *args, PyObject *kwargs) {
         return NULL;
     PyObject *result = NULL, *out[3];
     npy_intp B;
-    int type = name_index(type_obj, "loss_type", kto_name, KTO_N_LOSS_TYPES);
+    int type = loss_name_index(type_obj, "loss_type", KTO_LOSS_NAMES, KTO_N_LOSS_TYPES);
     if (type < 0 || (B = check_batch(in, rules, 2)) < 0 || check_rows(&labels, B, in[0].name) < 0)
         goto done;
     int n_out = return_grad ? 3 : 2;
@@ -333,7 +314,7 @@ static PyObject *py_cpo_loss(PyObject *self, PyObject *args, PyObject *kwargs) {
         return NULL;
     PyObject *result = NULL, *out[5];
     npy_intp B;
-    int type = name_index(type_obj, "loss_type", cpo_name, CPO_N_LOSS_TYPES);
+    int type = loss_name_index(type_obj, "loss_type", CPO_LOSS_NAMES, CPO_N_LOSS_TYPES);
     int n_out = return_grad ? 5 : 3;
     if (type < 0 || (B = check_batch(in, rules, 2)) < 0 || new_outputs(out, n_out, B) < 0)
         goto done;
@@ -436,31 +417,19 @@ done:
 }
 
 int describe_losses(PyObject *d) {
-    PyObject *keys = PyList_New(0);
-    for (const char *const *key = DPO_SETTING_KEYS; keys && *key; key++) {
-        PyObject *s = PyUnicode_FromString(*key);
-        if (!s || PyList_Append(keys, s) < 0) Py_CLEAR(keys);
-        Py_XDECREF(s);
-    }
-    PyObject *items[][2] = {
-        {PyUnicode_FromString("dpo_loss_types"), name_list(dpo_name, DPO_N_LOSS_TYPES)},
-        {PyUnicode_FromString("dpo_loss_types_needing_chosen_lengths"), dpo_names_where(0)},
-        {PyUnicode_FromString("dpo_loss_types_needing_rejected_lengths"), dpo_names_where(1)},
-        {PyUnicode_FromString("dpo_loss_types_coupling_the_batch"), dpo_names_where(2)},
-        {PyUnicode_FromString("f_divergence_types"), name_list(divergence_name, F_N_DIVERGENCES)},
-        {PyUnicode_FromString("kto_loss_types"), name_list(kto_name, KTO_N_LOSS_TYPES)},
-        {PyUnicode_FromString("cpo_loss_types"), name_list(cpo_name, CPO_N_LOSS_TYPES)},
-        {PyUnicode_FromString("dpo_settings"), keys},
-    };
-    int status = 0;
-    for (size_t i = 0; i < sizeof items / sizeof items[0]; i++) {
-        if (status == 0 && (!items[i][0] || !items[i][1] ||
-                            PyDict_SetItem(d, items[i][0], items[i][1]) < 0))
-            status = -1;
-        Py_XDECREF(items[i][0]);
-        Py_XDECREF(items[i][1]);
-    }
-    return status;
+    int n_keys = 0;
+    while (DPO_SETTING_KEYS[n_keys]) n_keys++;
+    return describe_names(d, "dpo_loss_types", dpo_names(), DPO_N_LOSS_TYPES) < 0 ||
+                   describe_dpo_names_where(d, "dpo_loss_types_needing_chosen_lengths", 0) < 0 ||
+                   describe_dpo_names_where(d, "dpo_loss_types_needing_rejected_lengths", 1) < 0 ||
+                   describe_dpo_names_where(d, "dpo_loss_types_coupling_the_batch", 2) < 0 ||
+                   describe_names(d, "f_divergence_types", F_DIVERGENCE_NAMES,
+                                  F_N_DIVERGENCES) < 0 ||
+                   describe_names(d, "kto_loss_types", KTO_LOSS_NAMES, KTO_N_LOSS_TYPES) < 0 ||
+                   describe_names(d, "cpo_loss_types", CPO_LOSS_NAMES, CPO_N_LOSS_TYPES) < 0 ||
+                   describe_names(d, "dpo_settings", DPO_SETTING_KEYS, n_keys) < 0
+               ? -1
+               : 0;
 }
 
 PyMethodDef calign_losses_methods[] = {

@@ -11,7 +11,6 @@
 
 #include <math.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "core/gemm.h"
 #include "core/status.h"
@@ -309,14 +308,8 @@ static PyObject *py_model_forward(PyObject *self, PyObject *args, PyObject *kwar
         return NULL;
     PyObject *hidden = NULL;
     model_handle *h = NULL;
-    int mode = 0;
-    while (mode < FORWARD_N_MODES && strcmp(mode_name, FORWARD_MODE_NAMES[mode]) != 0) mode++;
-    if (mode == FORWARD_N_MODES) {
-        PyErr_Format(PyExc_ValueError, "mode must be 'inference', 'train' or "
-                     "'train_checkpointed', got '%s'", mode_name);
-        goto done;
-    }
-    if (!(h = claim_model(capsule)) || check_param_vector(&params, h->m) < 0 ||
+    int mode = name_index(mode_name, "mode", FORWARD_MODE_NAMES, FORWARD_N_MODES);
+    if (mode < 0 || !(h = claim_model(capsule)) || check_param_vector(&params, h->m) < 0 ||
         check_batch(&a, h->m) < 0)
         goto done;
     if (model_prepare(h->m, &a.b, mode) < 0) {
@@ -631,11 +624,11 @@ static PyObject *py_model_generate(PyObject *self, PyObject *args, PyObject *kwa
     int do_sample;
     double temperature, top_p, repetition_penalty;
     unsigned long long seed;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&O&O&$O&pdO&ddO&O&K", kwlist, &capsule,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&O&O&$O&pdO&ddO&O&O&", kwlist, &capsule,
                                      to_f32_vector, &params, to_int64_vector, &tokens,
                                      to_int64_vector, &starts, to_int, &max_new, &do_sample,
                                      &temperature, to_int, &top_k, &top_p, &repetition_penalty,
-                                     to_int64_vector, &eos, to_int, &n_return, &seed))
+                                     to_int64_vector, &eos, to_int, &n_return, to_seed, &seed))
         return NULL;
     PyObject *out = NULL, *lengths = NULL, *result = NULL;
     model_handle *h = NULL;
@@ -716,27 +709,13 @@ done:
     return result;
 }
 
-static PyObject *string_list(char *const *names, int n) {
-    PyObject *list = PyList_New(n);
-    for (int i = 0; list && i < n; i++) {
-        PyObject *s = PyUnicode_FromString(names[i]);
-        if (!s) Py_CLEAR(list);
-        else PyList_SET_ITEM(list, i, s);
-    }
-    return list;
-}
-
 int describe_model(PyObject *d) {
     int n_keys = 0;
     while (ENGINE_CONFIG_KEYS[n_keys]) n_keys++;
-    PyObject *keys = string_list(ENGINE_CONFIG_KEYS, n_keys);
-    PyObject *modes = string_list((char *const *)FORWARD_MODE_NAMES, FORWARD_N_MODES);
-    int status = keys && modes && PyDict_SetItemString(d, "engine_config", keys) == 0 &&
-                         PyDict_SetItemString(d, "forward_modes", modes) == 0
-                     ? 0 : -1;
-    Py_XDECREF(keys);
-    Py_XDECREF(modes);
-    return status;
+    return describe_names(d, "engine_config", (const char *const *)ENGINE_CONFIG_KEYS, n_keys) < 0 ||
+                   describe_names(d, "forward_modes", FORWARD_MODE_NAMES, FORWARD_N_MODES) < 0
+               ? -1
+               : 0;
 }
 
 PyMethodDef calign_model_methods[] = {

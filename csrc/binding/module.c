@@ -88,7 +88,8 @@ static PyObject *py_profile(PyObject *self, PyObject *args, PyObject *kwargs) {
  * the Python side builds its tuples from these. */
 static PyObject *py_describe(PyObject *self, PyObject *unused) {
     PyObject *d = PyDict_New();
-    if (d && (describe_losses(d) < 0 || describe_model(d) < 0)) Py_CLEAR(d);
+    if (d && (describe_losses(d) < 0 || describe_model(d) < 0 || describe_wordalign(d) < 0))
+        Py_CLEAR(d);
     return d;
 }
 

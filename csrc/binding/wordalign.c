@@ -22,113 +22,6 @@
 
 #define MODEL_CAPSULE "calign.wordalign.model"
 
-/* ---- converters this file adds (candidates for common.h) --------------------- */
-
-/* real_arg: a Python or NumPy real (never a bool), finite, within [low,
- * high] (open_low/open_high exclude the bound; +-INFINITY: unbounded), into
- * a double; errors name the argument. */
-typedef struct {
-    const char *name;
-    double low, high;
-    int open_low, open_high;
-    double value;
-} real_arg;
-
-static int to_real(PyObject *obj, void *arg) {
-    real_arg *a = arg;
-    if (PyBool_Check(obj) || PyArray_IsScalar(obj, Bool) || PyUnicode_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s must be a real number, not %.200s", a->name,
-                     Py_TYPE(obj)->tp_name);
-        return 0;
-    }
-    double v = PyFloat_AsDouble(obj);
-    if (v == -1.0 && PyErr_Occurred()) {
-        int overflow = PyErr_ExceptionMatches(PyExc_OverflowError);
-        PyErr_Clear();
-        if (!overflow) {
-            PyErr_Format(PyExc_TypeError, "%s must be a real number, not %.200s", a->name,
-                         Py_TYPE(obj)->tp_name);
-            return 0;
-        }
-        v = INFINITY; /* an integer beyond a double's range: not finite */
-    }
-    if (isfinite(v) && (a->open_low ? v > a->low : v >= a->low) &&
-        (a->open_high ? v < a->high : v <= a->high)) {
-        a->value = v;
-        return 1;
-    }
-    char bounds[96] = "";
-    if (isfinite(a->low) && isfinite(a->high))
-        snprintf(bounds, sizeof bounds, " in %c%g, %g%c", a->open_low ? '(' : '[', a->low,
-                 a->high, a->open_high ? ')' : ']');
-    else if (isfinite(a->low))
-        snprintf(bounds, sizeof bounds, " %s %g", a->open_low ? ">" : ">=", a->low);
-    else if (isfinite(a->high))
-        snprintf(bounds, sizeof bounds, " %s %g", a->open_high ? "<" : "<=", a->high);
-    raise_printf(PyExc_ValueError, "%s must be a finite number%s, got %g", a->name, bounds, v);
-    return 0;
-}
-
-/* A seed: a Python or NumPy integer (never a bool) in [0, 2**64 - 1]. */
-static int to_seed(PyObject *obj, void *arg) {
-    unsigned long long *seed = arg;
-    PyObject *as_int = PyBool_Check(obj) || !PyIndex_Check(obj) ? NULL : PyNumber_Index(obj);
-    if (as_int) {
-        *seed = PyLong_AsUnsignedLongLong(as_int);
-        Py_DECREF(as_int);
-        if (!PyErr_Occurred()) return 1;
-    }
-    PyErr_Clear();
-    PyErr_Format(PyExc_ValueError, "seed must be an integer in [0, 2**64 - 1], got %R", obj);
-    return 0;
-}
-
-/* A rank-1 float64 array used in place and only read (posteriors are
- * corpus-sized: no copy). */
-static int to_f64_vector_in_place(PyObject *obj, void *arg) {
-    array_arg *a = arg;
-    if (!obj) {
-        arg_release(a);
-        return 0;
-    }
-    PyArrayObject *arr = (PyArrayObject *)obj;
-    if (!PyArray_Check(obj) || PyArray_TYPE(arr) != NPY_FLOAT64 || PyArray_NDIM(arr) != 1 ||
-        !PyArray_IS_C_CONTIGUOUS(arr)) {
-        PyErr_Format(PyExc_TypeError, "%s must be a contiguous float64 vector", a->name);
-        return 0;
-    }
-    a->array = (PyArrayObject *)Py_NewRef(obj);
-    return Py_CLEANUP_SUPPORTED;
-}
-
-/* The length of axis `axis` of a converted array as a C int, else ValueError. */
-static int dim_as_int(int *out, const array_arg *a, int axis, const char *what) {
-    npy_intp n = PyArray_DIM(a->array, axis);
-    if (n > INT_MAX) {
-        PyErr_Format(PyExc_ValueError, "%s has %zd %s, more than a C int holds (%d)", a->name,
-                     (Py_ssize_t)n, what, INT_MAX);
-        return -1;
-    }
-    *out = (int)n;
-    return 0;
-}
-
-/* A new rank-1 array of type `type` holding a copy of n values at data. */
-static PyObject *vector_copy(const void *data, npy_intp n, int type) {
-    PyObject *out = PyArray_SimpleNew(1, &n, type);
-    if (out) memcpy(PyArray_DATA((PyArrayObject *)out), data, PyArray_NBYTES((PyArrayObject *)out));
-    return out;
-}
-
-/* ValueError "kind must be one of 'a', 'b', got 'x'" from a C table of names. */
-static void raise_unknown_kind(const char *name, const char *const *names, int n) {
-    char choices[128] = "";
-    for (int k = 0; k < n; k++)
-        snprintf(choices + strlen(choices), sizeof choices - strlen(choices), "%s'%s'",
-                 k ? ", " : "", names[k]);
-    PyErr_Format(PyExc_ValueError, "kind must be one of %s, got '%s'", choices, name);
-}
-
 /* ---- models --------------------------------------------------------------------- */
 
 typedef struct {
@@ -196,13 +89,10 @@ static PyObject *py_wa_model_new(PyObject *self, PyObject *args, PyObject *kwarg
                                      &jump))
         return NULL;
     PyObject *capsule = NULL;
-    int kind = wa_kind_of_name(kind_name);
+    int kind = name_index(kind_name, "kind", wa_kind_names, WA_N_KINDS);
     model_handle *h = NULL;
     char err[CALIGN_ERR_LEN] = "";
-    if (kind < 0) {
-        raise_unknown_kind(kind_name, wa_kind_names, WA_N_KINDS);
-        goto done;
-    }
+    if (kind < 0) goto done;
     if (!(h = calloc(1, sizeof *h))) {
         PyErr_NoMemory();
         goto done;
@@ -618,7 +508,7 @@ static PyObject *py_wa_soft_union(PyObject *self, PyObject *args, PyObject *kwar
     real_arg threshold = {"threshold", 0.0, 1.0, 0, 0, 0.0};
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&O&O&O&:wa_soft_union", kwlist,
                                      to_int64_vector, &src_off, to_int64_vector, &tgt_off,
-                                     to_f64_vector_in_place, &fwd, to_f64_vector_in_place, &rev,
+                                     to_f64_vector_view, &fwd, to_f64_vector_view, &rev,
                                      to_real, &threshold))
         return NULL;
     PyObject *keep = NULL;
@@ -711,11 +601,8 @@ static PyObject *py_ot_transport(PyObject *self, PyObject *args, PyObject *kwarg
                                      to_int, &max_iterations, to_real, &tolerance))
         return NULL;
     PyObject *plan = NULL, *result = NULL;
-    int n, m, kind = ot_kind_of_name(kind_name);
-    if (kind < 0) {
-        raise_unknown_kind(kind_name, ot_kind_names, OT_N_KINDS);
-        goto done;
-    }
+    int n, m, kind = name_index(kind_name, "kind", ot_kind_names, OT_N_KINDS);
+    if (kind < 0) goto done;
     if (dim_as_int(&n, &cost, 0, "rows") < 0 || dim_as_int(&m, &cost, 1, "columns") < 0 ||
         check_rows(&a, n, "cost's rows") < 0 || check_rows(&b, m, "cost's columns") < 0)
         goto done;
@@ -740,43 +627,27 @@ done:
 
 /* ---- names for calign._C.describe() ----------------------------------------------- */
 
-static int add_names(PyObject *d, const char *key, const char *const *names, int n) {
-    PyObject *tuple = PyTuple_New(n);
-    for (int i = 0; tuple && i < n; i++) {
-        PyObject *name = PyUnicode_FromString(names[i]);
-        if (!name) Py_CLEAR(tuple);
-        else PyTuple_SET_ITEM(tuple, i, name);
-    }
-    int status = tuple ? PyDict_SetItemString(d, key, tuple) : -1;
-    Py_XDECREF(tuple);
-    return status;
-}
-
 /* The word-alignment model kinds and optimal-transport kinds by name. */
 int describe_wordalign(PyObject *d) {
-    return add_names(d, "wordalign_models", wa_kind_names, WA_N_KINDS) < 0 ||
-                   add_names(d, "ot_kinds", ot_kind_names, OT_N_KINDS) < 0
+    return describe_names(d, "wordalign_models", wa_kind_names, WA_N_KINDS) < 0 ||
+                   describe_names(d, "ot_kinds", ot_kind_names, OT_N_KINDS) < 0
                ? -1
                : 0;
 }
 
-#define KEYWORDS(f) (PyCFunction)(void (*)(void))(f), METH_VARARGS | METH_KEYWORDS
-
 PyMethodDef calign_wordalign_methods[] = {
-    {"wa_model_new", KEYWORDS(py_wa_model_new), "A word-alignment model without a table."},
-    {"wa_model_settings", KEYWORDS(py_wa_model_settings), "A model's settings and jumps."},
-    {"wa_model_table", KEYWORDS(py_wa_model_table), "Copies of a model's translation table."},
-    {"wa_model_set_table", KEYWORDS(py_wa_model_set_table), "A model's table from saved arrays."},
-    {"wa_start", KEYWORDS(py_wa_start), "A uniform translation table over a corpus."},
-    {"wa_train", KEYWORDS(py_wa_train), "EM iterations of a model on its corpus."},
-    {"wa_train_joint", KEYWORDS(py_wa_train_joint), "EM of a JointHMM's two directions."},
-    {"wa_posteriors", KEYWORDS(py_wa_posteriors), "Link posteriors of each pair."},
-    {"wa_viterbi", KEYWORDS(py_wa_viterbi), "The HMM's Viterbi links."},
-    {"wa_fertility_sample", KEYWORDS(py_wa_fertility_sample),
-     "Gibbs sampling of the fertility HMM from HMM links."},
-    {"wa_soft_union", KEYWORDS(py_wa_soft_union),
-     "Links whose two directional posteriors average above a threshold."},
-    {"ot_cost", KEYWORDS(py_ot_cost), "1 - cosine (+ distortion) between two embedding sets."},
-    {"ot_transport", KEYWORDS(py_ot_transport), "Entropic OT plan in the log domain."},
+    KEYWORDS_METHOD("wa_model_new", py_wa_model_new, "A word-alignment model without a table."),
+    KEYWORDS_METHOD("wa_model_settings", py_wa_model_settings, "A model's settings and jumps."),
+    KEYWORDS_METHOD("wa_model_table", py_wa_model_table, "Copies of a model's translation table."),
+    KEYWORDS_METHOD("wa_model_set_table", py_wa_model_set_table, "A model's table from saved arrays."),
+    KEYWORDS_METHOD("wa_start", py_wa_start, "A uniform translation table over a corpus."),
+    KEYWORDS_METHOD("wa_train", py_wa_train, "EM iterations of a model on its corpus."),
+    KEYWORDS_METHOD("wa_train_joint", py_wa_train_joint, "EM of a JointHMM's two directions."),
+    KEYWORDS_METHOD("wa_posteriors", py_wa_posteriors, "Link posteriors of each pair."),
+    KEYWORDS_METHOD("wa_viterbi", py_wa_viterbi, "The HMM's Viterbi links."),
+    KEYWORDS_METHOD("wa_fertility_sample", py_wa_fertility_sample, "Gibbs sampling of the fertility HMM from HMM links."),
+    KEYWORDS_METHOD("wa_soft_union", py_wa_soft_union, "Links whose two directional posteriors average above a threshold."),
+    KEYWORDS_METHOD("ot_cost", py_ot_cost, "1 - cosine (+ distortion) between two embedding sets."),
+    KEYWORDS_METHOD("ot_transport", py_ot_transport, "Entropic OT plan in the log domain."),
     {NULL, NULL, 0, NULL},
 };

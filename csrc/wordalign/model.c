@@ -10,12 +10,6 @@
 
 const char *const wa_kind_names[WA_N_KINDS] = {"ibm1", "ibm2", "hmm"};
 
-int wa_kind_of_name(const char *name) {
-    for (int k = 0; k < WA_N_KINDS; k++)
-        if (strcmp(name, wa_kind_names[k]) == 0) return k;
-    return -1;
-}
-
 int wa_fail(char *err, int status, const char *format, ...) {
     va_list args;
     va_start(args, format);

@@ -18,8 +18,6 @@ typedef enum { WA_IBM1, WA_IBM2, WA_HMM, WA_N_KINDS } wa_kind;
 
 /* "ibm1", "ibm2", "hmm": the names the kinds cross into Python by. */
 extern const char *const wa_kind_names[WA_N_KINDS];
-/* The kind of a name, -1 for none. */
-int wa_kind_of_name(const char *name);
 
 typedef struct {
     wa_kind kind;

@@ -9,12 +9,6 @@
 
 const char *const ot_kind_names[OT_N_KINDS] = {"balanced", "unbalanced", "partial"};
 
-int ot_kind_of_name(const char *name) {
-    for (int k = 0; k < OT_N_KINDS; k++)
-        if (strcmp(name, ot_kind_names[k]) == 0) return k;
-    return -1;
-}
-
 void ot_cosine_cost(double *cost, const double *x, const double *y, int n, int m, int d,
                     double distortion) {
     for (int i = 0; i < n; i++) {

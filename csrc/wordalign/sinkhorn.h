@@ -11,8 +11,6 @@ typedef enum { OT_BALANCED, OT_UNBALANCED, OT_PARTIAL, OT_N_KINDS } ot_kind;
 
 /* "balanced", "unbalanced", "partial": the names the kinds cross into Python by. */
 extern const char *const ot_kind_names[OT_N_KINDS];
-/* The kind of a name, -1 for none. */
-int ot_kind_of_name(const char *name);
 
 /* The plan of the problem `kind` (the solvers below) between a [n] and b [m]
  * under cost [n, m], n, m >= 0; *iterations gets the iterations used.

@@ -8,7 +8,7 @@ import numpy as np
 
 from calign import _C, checks
 
-KINDS = ("balanced", "unbalanced", "partial")  # the C solvers' names (wordalign/sinkhorn.h)
+KINDS = tuple(_C.describe()["ot_kinds"])  # the C solvers' names (wordalign/sinkhorn.h)
 
 
 def transport_plan(cost, a, b, kind="balanced", reg=0.1, reg_m=1.0, mass=None,
