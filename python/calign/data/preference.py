@@ -11,9 +11,9 @@ Optional: "margin" (reward models), "ref_chosen_logps" / "ref_rejected_logps"
 loss, as calign.selfimprove.scpo_pairs writes).
 """
 
-import math
 from dataclasses import dataclass
 
+from calign import checks
 from calign.data.records import load_records, report_skipped, require_field
 from calign.data.tokenize import (is_conversational, split_implicit_prompt, token_ids,
                                   tokenize_prompt_and_completions, with_eos)
@@ -63,20 +63,11 @@ def tokenize_record(record, index, tokenizer, name="dataset"):
     return tokenize_prompt_and_completions(tokenizer, prompt, completions)
 
 
-def _number(record, field, index, name, at_least=-math.inf, at_most=math.inf):
-    """record[field] as a finite float in [at_least, at_most], or None when absent."""
+def _number(record, field, index, name, low=None, high=None):
+    """record[field] as a float (a finite real within the bounds), or None when absent."""
     value = record.get(field)
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} record {index}: {field!r} must be a number, got "
-                        f"{value!r}") from None
-    if isinstance(value, bool) or not math.isfinite(number) or not at_least <= number <= at_most:
-        raise ValueError(f"{name} record {index}: {field!r} must be a finite number in "
-                         f"[{at_least}, {at_most}], got {value!r}")
-    return number
+    return None if value is None else checks.real(f"{name} record {index}: {field!r}", value,
+                                                  low, high)
 
 
 def prepare_preference_data(source, tokenizer, truncation=Truncation(), name="train_dataset",
@@ -99,9 +90,9 @@ def prepare_preference_data(source, tokenizer, truncation=Truncation(), name="tr
             continue
         ref = None
         if "ref_chosen_logps" in record and "ref_rejected_logps" in record:
-            ref = [_number(record, field, index, name, at_most=0.0)
+            ref = [_number(record, field, index, name, high=0.0)
                    for field in ("ref_chosen_logps", "ref_rejected_logps")]
         margin = _number(record, "margin", index, name)
-        weight = _number(record, "weight", index, name, at_least=0.0)
+        weight = _number(record, "weight", index, name, low=0.0)
         examples.append(PreferenceExample(prompt, completions, margin, ref, index, weight))
     return report_skipped(examples, skipped, len(records), name)
