@@ -583,6 +583,15 @@ def test_online_dpo_checks_prompt_lengths_when_built(model, tmp_path):
     trainer.train()  # the truncated prompts sample and train
     with pytest.raises(ValueError, match=r"max_new_tokens must be below max_length \(8\)"):
         calign.OnlineDPOConfig(max_length=8, max_new_tokens=8)
+    short = calign.Model(dict(model.config, max_position_embeddings=8))  # a reference
+    with pytest.raises(ValueError, match=r"train_dataset record 1: the prompt \(6 tokens\) plus "
+                                         r"max_new_tokens \(3\) exceeds the ref_model's maximum "
+                                         r"positions \(8\)"):
+        calign.OnlineDPOTrainer(model, reward_model=count_high, ref_model=short,
+                                args=calign.OnlineDPOConfig(output_dir=str(tmp_path),
+                                                            max_new_tokens=3),
+                                train_dataset=[{"prompt_input_ids": [1]},
+                                               {"prompt_input_ids": [1] * 6}])
 
 
 def test_a_transformers_tokenizer_works_like_calign_s(model, tmp_path):

@@ -97,6 +97,28 @@ class BaseTrainer:
         """The examples (calign.data's) of a dataset, tokenized and truncated."""
         raise NotImplementedError
 
+    def _window_size(self, examples):
+        """The normaliser of a gradient-accumulation window: the loss of a window
+        is sum(per-unit losses) / this, whatever the micro-batch split."""
+        return len(examples)
+
+    def _micro_step(self, examples, normaliser, train):
+        """Runs one micro-batch; with train, adds d(loss sum / normaliser) to the
+        model's gradient buffer. Returns (metrics dict, tokens processed)."""
+        raise NotImplementedError
+
+    def _after_optimizer_step(self):
+        """Hook for trainers that update state after each step (TR-DPO); runs
+        with state.global_step already counting the step."""
+
+    # ---- the data against the models ---------------------------------------------
+
+    def _examples(self, source, name):
+        """The prepared examples of a dataset, each checked to fit the models."""
+        examples = self._prepare_examples(source, name)
+        self._check_fits(examples, name)
+        return examples
+
     def _check_fits(self, examples, name):
         """Raises, naming the record, if an example does not fit the model (its
         positions, its vocabulary): when the data is prepared, not when its
@@ -116,25 +138,6 @@ class BaseTrainer:
             if examples and reference is not self.model:
                 check_fits(reference, examples, name, "ref_model")
         return reference
-
-    def _window_size(self, examples):
-        """The normaliser of a gradient-accumulation window: the loss of a window
-        is sum(per-unit losses) / this, whatever the micro-batch split."""
-        return len(examples)
-
-    def _micro_step(self, examples, normaliser, train):
-        """Runs one micro-batch; with train, adds d(loss sum / normaliser) to the
-        model's gradient buffer. Returns (metrics dict, tokens processed)."""
-        raise NotImplementedError
-
-    def _after_optimizer_step(self):
-        """Hook for trainers that update state after each step (TR-DPO); runs
-        with state.global_step already counting the step."""
-
-    def _examples(self, source, name):
-        examples = self._prepare_examples(source, name)
-        self._check_fits(examples, name)
-        return examples
 
     # ---- optimizer and data order ----------------------------------------------
 

@@ -28,8 +28,9 @@ class OnlineDPOTrainer(DPOTrainer):
 
     Prompts keep their end when they are longer than max_prompt_length, or than
     max_length less max_new_tokens (the room a completion needs), as TRL cuts
-    them. Each prompt plus max_new_tokens must then fit the model's positions,
-    which is checked for every record when the trainer is built."""
+    them. Each prompt plus max_new_tokens must then fit the positions of the
+    model (and of a separate ref_model), which is checked for every record when
+    the trainer is built."""
 
     config_class = OnlineDPOConfig
 
@@ -74,6 +75,20 @@ class OnlineDPOTrainer(DPOTrainer):
                     "prompts keep their end), or a smaller max_new_tokens")
             examples.append(PreferenceExample(prompt, [], index=index))
         return examples
+
+    def _load_reference(self, ref_model):
+        """A reference model other than the policy, whose positions must hold
+        each prompt plus max_new_tokens too (it scores the samples)."""
+        reference = super()._load_reference(ref_model)
+        limit, room = max_positions(reference), self.args.max_new_tokens
+        for examples, name in ((self.train_examples, "train_dataset"),
+                               (self.eval_examples, "eval_dataset")):
+            for e in examples or ():
+                if len(e.prompt_ids) + room > limit:
+                    raise ValueError(f"{name} record {e.index}: the prompt ({len(e.prompt_ids)} "
+                                     f"tokens) plus max_new_tokens ({room}) exceeds the "
+                                     f"ref_model's maximum positions ({limit})")
+        return reference
 
     def _score(self, prompt, completion):
         eos = self.processing_class.eos_token_id if self.processing_class else None
