@@ -26,7 +26,7 @@ def on_policy_pairs(model, prompts, scorer, n=4, tokenizer=None, **sampling):
             ties += 1
             continue
         records.append(dpo_record(p, completions[best], completions[worst], tokenizer,
-                               score_chosen=scores[best], score_rejected=scores[worst]))
+                                  score_chosen=scores[best], score_rejected=scores[worst]))
     return records, {"prompts": len(prompt_ids), "pairs": len(records), "skipped_ties": ties}
 
 

@@ -132,6 +132,6 @@ def self_rewarding_pairs(model, prompts, tokenizer, judge_template=DEFAULT_JUDGE
         best = max(judged, key=lambda j: j[0])
         worst = min(judged, key=lambda j: j[0])
         records.append(dpo_record(p, best[1], worst[1], tokenizer, score_chosen=best[0],
-                               score_rejected=worst[0]))
+                                  score_rejected=worst[0]))
     return records, {"prompts": len(prompt_ids), "pairs": len(records),
                      "unparsable_samples": unparsable, "skipped": ties}
