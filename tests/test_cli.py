@@ -89,6 +89,12 @@ def test_train_dpo_from_yaml_with_flag_override(workspace):
      "config file '/nope.yaml' does not exist"),
     (["train", "xyz", "--model", "MODEL", "--dataset", "DATA"], "invalid choice"),
     (["generate", "--model", "MODEL"], "required"),
+    (["eval", "--model", "MODEL", "--ref_model", "MODEL", "--dataset", "DATA", "--beta", "0"],
+     "--beta must be a finite number > 0"),
+    (["eval", "--model", "MODEL", "--ref_model", "MODEL", "--dataset", "DATA", "--batch_size",
+      "0"], "--batch_size must be an integer >= 1"),
+    (["eval", "--model", "MODEL", "--ref_model", "MODEL", "--dataset", "DATA", "--max_length",
+      "1"], "max_length must be None or an integer >= 2"),
 ])
 def test_user_errors_exit_2_with_one_line(workspace, args, message):
     args = [str(workspace / "model") if a == "MODEL" else

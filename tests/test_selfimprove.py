@@ -445,10 +445,12 @@ def test_prompts_tokenizer_and_numbers_are_checked_before_sampling(no_sampling, 
     with pytest.raises(TypeError, match="extract_answer must be a callable"):
         si.scpo_pairs(model, PROMPTS, "first token")
     for value in (float("nan"), "a", -1, 1.5, True, None):
-        with pytest.raises(ValueError, match=r"min_margin must be a number in \[0, 1\]"):
+        with pytest.raises(ValueError, match=r"min_margin must be a finite number in \[0, 1\] "
+                                             r"\(a fraction"):
             si.scpo_pairs(model, PROMPTS, lambda c: c[0], min_margin=value)
     for value in (float("nan"), "50", -1, 101, True):
-        with pytest.raises(ValueError, match=r"quality_percentile must be a number in \[0, 100\]"):
+        with pytest.raises(ValueError, match=r"quality_percentile must be a finite number in "
+                                             r"\[0, 100\]"):
             si.divpo_pairs(model, PROMPTS, count_high, quality_percentile=value)
     for name, value in [("max_new_tokens", 0), ("temperature", 0), ("temperature", "1"),
                         ("top_p", 1.5), ("seed", 1.5)]:
@@ -458,11 +460,24 @@ def test_prompts_tokenizer_and_numbers_are_checked_before_sampling(no_sampling, 
     for value in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
             si.select_by_reward_gap(model, model, data, beta=0.1, batch_size=value)
-    with pytest.raises(ValueError, match=r"fraction must be a number in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"fraction must be a finite number in \(0, 1\]"):
         si.select_by_reward_gap(model, model, data, beta=0.1, fraction="0.5")
     with pytest.raises(ValueError, match="dataset record 0 holds text: pass tokenizer="):
         si.select_by_reward_gap(model, model, [{"prompt": "w1", "chosen": "w2",
                                                 "rejected": "w3"}], beta=0.1)
+
+
+def test_select_by_reward_gap_checks_records_fit_the_models(model):
+    """A pair longer than the model's 256 positions is named before any scoring."""
+    data = [{"prompt_input_ids": [1, 2], "chosen_input_ids": [3], "rejected_input_ids": [4]},
+            {"prompt_input_ids": [1] * 250, "chosen_input_ids": [3] * 7,
+             "rejected_input_ids": [4]}]
+    with pytest.raises(ValueError, match=r"dataset record 1: the prompt \(250 tokens\) plus its "
+                                         r"longest completion \(7 tokens\) needs 257 positions, "
+                                         r"more than the policy's maximum positions \(256\)"):
+        si.select_by_reward_gap(model, model, data, beta=0.1)
+    with pytest.raises(ValueError, match="beta must be a finite number > 0"):
+        si.select_by_reward_gap(model, model, data[:1], beta=0.0)
 
 
 def test_scpo_unhashable_answer_names_extract_answer(model):
@@ -568,6 +583,15 @@ def test_online_dpo_checks_prompt_lengths_when_built(model, tmp_path):
     trainer.train()  # the truncated prompts sample and train
     with pytest.raises(ValueError, match=r"max_new_tokens must be below max_length \(8\)"):
         calign.OnlineDPOConfig(max_length=8, max_new_tokens=8)
+    short = calign.Model(dict(model.config, max_position_embeddings=8))  # a reference
+    with pytest.raises(ValueError, match=r"train_dataset record 1: the prompt \(6 tokens\) plus "
+                                         r"max_new_tokens \(3\) exceeds the ref_model's maximum "
+                                         r"positions \(8\)"):
+        calign.OnlineDPOTrainer(model, reward_model=count_high, ref_model=short,
+                                args=calign.OnlineDPOConfig(output_dir=str(tmp_path),
+                                                            max_new_tokens=3),
+                                train_dataset=[{"prompt_input_ids": [1]},
+                                               {"prompt_input_ids": [1] * 6}])
 
 
 def test_a_transformers_tokenizer_works_like_calign_s(model, tmp_path):

@@ -21,7 +21,7 @@ import sys
 import numpy as np
 
 import calign
-from calign import selfcheck
+from calign import checks, selfcheck
 
 TRAINERS = {
     "sft": ("SFTTrainer", "SFTConfig"),
@@ -207,9 +207,9 @@ def command_generate(args):
 
 
 def command_eval(args):
-    from calign.data.preference import prepare_preference_data
+    from calign.data import Truncation, prepare_preference_data
     from calign.model.config import load_config_file
-    from calign.trainers.packed import PackedPreferences
+    from calign.model.preference_batch import PackedPreferences, check_fits, reward_margins
 
     if not os.path.exists(args.dataset):
         raise UsageError(f"--dataset {args.dataset!r} does not exist")
@@ -217,30 +217,30 @@ def command_eval(args):
         architectures = load_config_file(args.model).get("architectures") or []
         tokenizer = load_tokenizer(args.tokenizer or args.model) if os.path.isfile(
             os.path.join(args.tokenizer or args.model, "tokenizer.json")) else None
-        settings = calign.DPOConfig(output_dir="unused", max_length=args.max_length)
-        examples = prepare_preference_data(args.dataset, tokenizer, settings, "dataset")
+        examples = prepare_preference_data(args.dataset, tokenizer,
+                                           Truncation(max_length=args.max_length), "dataset")
+        batch_size = checks.integer("--batch_size", args.batch_size, 1)
         is_reward_model = any(a.endswith("ForSequenceClassification") for a in architectures)
         model = (calign.RewardModel if is_reward_model else calign.Model).from_pretrained(
             args.model)
-        reference = None
+        check_fits(model, examples, "dataset")
         if not is_reward_model:
             if not args.ref_model:
                 raise UsageError("evaluating a policy needs --ref_model (its implicit reward "
                                  "is beta * log(policy / reference))")
             reference = calign.Model.from_pretrained(args.ref_model)
-    margins = []
-    for i in range(0, len(examples), args.batch_size):
-        packed = PackedPreferences(examples[i:i + args.batch_size])
-        hidden = model.forward_packed(packed.batch)
-        if is_reward_model:
+            check_fits(reference, examples, "dataset", "ref_model")
+            beta = checks.real("--beta", args.beta, 0.0, open_low=True)
+    if is_reward_model:
+        margins = []
+        for i in range(0, len(examples), batch_size):
+            packed = PackedPreferences(examples[i:i + batch_size])
+            hidden = model.forward_packed(packed.batch)
             rewards = model.rewards_of(hidden, model.reward_rows(packed.batch)).reshape(-1, 2)
-        else:
-            ref_hidden = reference.forward_packed(packed.batch)
-            rewards = args.beta * (packed.sequence_sums(model.packed_scores(hidden, packed.batch)) -
-                                   packed.sequence_sums(reference.packed_scores(ref_hidden,
-                                                                                packed.batch)))
-        margins.append(rewards[:, 0] - rewards[:, 1])
-    margins = np.concatenate(margins)
+            margins.append(rewards[:, 0] - rewards[:, 1])
+        margins = np.concatenate(margins)
+    else:
+        margins = reward_margins(model, reference, examples, beta, batch_size)
     print(json.dumps({"pairs": int(margins.size), "accuracy": float((margins > 0).mean()),
                       "mean_margin": float(margins.mean())}))
     return 0

@@ -11,12 +11,13 @@ Optional: "margin" (reward models), "ref_chosen_logps" / "ref_rejected_logps"
 loss, as calign.selfimprove.scpo_pairs writes).
 """
 
-import math
 from dataclasses import dataclass
 
+from calign import checks
 from calign.data.records import load_records, report_skipped, require_field
-from calign.data.tokenize import is_conversational, split_implicit_prompt, \
-    tokenize_prompt_and_completions
+from calign.data.tokenize import (is_conversational, split_implicit_prompt, token_ids,
+                                  tokenize_prompt_and_completions, with_eos)
+from calign.data.truncation import Truncation
 
 
 @dataclass
@@ -29,100 +30,49 @@ class PreferenceExample:
     weight: float = None    # per-pair loss weight ("weight" field, e.g. ScPO's vote margin)
 
 
-def _ids(value, index, field):
-    if not isinstance(value, (list, tuple)) or not all(
-            isinstance(t, int) and not isinstance(t, bool) for t in value):
-        raise TypeError(f"record {index}: {field} must be a list of integer token ids")
-    if any(t < 0 for t in value):
-        raise ValueError(f"record {index}: {field} holds a negative token id")
-    return list(value)
-
-
-def _with_eos(text, tokenizer):
-    """TRL appends the EOS token to text completions that lack it."""
-    eos = tokenizer.eos_token
-    if eos and isinstance(text, str) and not text.endswith(eos):
-        return text + eos
-    return text
-
-
-def tokenize_record(record, index, tokenizer):
+def tokenize_record(record, index, tokenizer, name="dataset"):
     """(prompt_ids, [completion_ids, ...]) of one record."""
     if "chosen_input_ids" in record or "prompt_input_ids" in record:
-        prompt = _ids(require_field(record, "prompt_input_ids", index), index, "prompt_input_ids")
-        chosen = _ids(require_field(record, "chosen_input_ids", index), index, "chosen_input_ids")
-        rejected = _ids(require_field(record, "rejected_input_ids", index), index,
-                        "rejected_input_ids")
+        prompt, chosen, rejected = (
+            token_ids(field, require_field(record, field, index, name), index, name)
+            for field in ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids"))
         return prompt, [chosen, rejected]
     if tokenizer is None:
-        raise ValueError(f"record {index} holds text: pass processing_class (a Tokenizer), or "
-                         "pre-tokenized fields")
+        raise ValueError(f"{name} record {index} holds text: pass processing_class (a "
+                         "Tokenizer), or pre-tokenized fields")
     if "responses" in record:
-        prompt = require_field(record, "prompt", index)
-        responses = require_field(record, "responses", index)
+        prompt = require_field(record, "prompt", index, name)
+        responses = require_field(record, "responses", index, name)
         if not isinstance(responses, list) or len(responses) < 2:
-            raise ValueError(f"record {index}: responses must list at least 2 completions")
+            raise ValueError(f"{name} record {index}: responses must list at least 2 "
+                             "completions")
         completions = responses
     else:
-        chosen = require_field(record, "chosen", index)
-        rejected = require_field(record, "rejected", index)
+        chosen = require_field(record, "chosen", index, name)
+        rejected = require_field(record, "rejected", index, name)
         prompt = record.get("prompt")
         if prompt is None or is_conversational(prompt) != is_conversational(chosen):
             prompt, chosen, rejected = split_implicit_prompt(chosen, rejected)
         completions = [chosen, rejected]
     for c in completions:
         if not isinstance(c, str) and not is_conversational(c):
-            raise TypeError(f"record {index}: completions must be strings or lists of messages")
+            raise TypeError(f"{name} record {index}: completions must be strings or lists of "
+                            "messages")
     if not is_conversational(completions[0]):
-        completions = [_with_eos(c, tokenizer) for c in completions]
+        completions = [with_eos(c, tokenizer) for c in completions]
     return tokenize_prompt_and_completions(tokenizer, prompt, completions)
 
 
-def truncate(prompt, completions, config):
-    """Applies max_prompt_length, max_completion_length and max_length.
-
-    Returns (prompt, completions, None) or (None, None, reason) when the
-    example must be skipped (it would train on nothing, or give NaN)."""
-    if config.max_prompt_length is not None:
-        prompt = prompt[-config.max_prompt_length:]
-    if config.max_completion_length is not None:
-        completions = [c[:config.max_completion_length] for c in completions]
-    max_length = config.max_length
-    if max_length is not None:
-        if config.truncation_mode == "keep_start":
-            if len(prompt) >= max_length:
-                return None, None, "prompt alone reaches max_length"
-            completions = [c[:max_length - len(prompt)] for c in completions]
-        else:
-            longest = max(len(c) for c in completions)
-            if longest >= max_length:
-                return None, None, "a completion alone reaches max_length"
-            prompt = prompt[len(prompt) - min(len(prompt), max_length - longest):]
-    if len(prompt) == 0:
-        return None, None, "empty prompt"
-    if any(len(c) == 0 for c in completions):
-        return None, None, "empty completion"
-    return prompt, completions, None
-
-
-def _number(record, field, index, name, at_least=-math.inf, at_most=math.inf):
-    """record[field] as a finite float in [at_least, at_most], or None when absent."""
+def _number(record, field, index, name, low=None, high=None):
+    """record[field] as a float (a finite real within the bounds), or None when absent."""
     value = record.get(field)
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} record {index}: {field!r} must be a number, got "
-                        f"{value!r}") from None
-    if isinstance(value, bool) or not math.isfinite(number) or not at_least <= number <= at_most:
-        raise ValueError(f"{name} record {index}: {field!r} must be a finite number in "
-                         f"[{at_least}, {at_most}], got {value!r}")
-    return number
+    return None if value is None else checks.real(f"{name} record {index}: {field!r}", value,
+                                                  low, high)
 
 
-def prepare_preference_data(source, tokenizer, config, name="train_dataset", listwise=False):
-    """Loads, tokenizes and truncates preference records.
+def prepare_preference_data(source, tokenizer, truncation=Truncation(), name="train_dataset",
+                            listwise=False):
+    """Loads, tokenizes and truncates (a calign.data.Truncation) preference records.
 
     Records that would leave an empty completion or a prompt filling
     max_length are skipped and counted in one warning; a missing field raises
@@ -133,16 +83,16 @@ def prepare_preference_data(source, tokenizer, config, name="train_dataset", lis
         if listwise and "responses" not in record:
             raise KeyError(f"{name} record {index} lacks the field 'responses' "
                            "(loss_type='listwise' needs prompt + ranked responses)")
-        prompt, completions = tokenize_record(record, index, tokenizer)
-        prompt, completions, reason = truncate(prompt, completions, config)
+        prompt, completions = tokenize_record(record, index, tokenizer, name)
+        prompt, completions, reason = truncation.apply(prompt, completions)
         if reason:
             skipped[reason] = skipped.get(reason, 0) + 1
             continue
         ref = None
         if "ref_chosen_logps" in record and "ref_rejected_logps" in record:
-            ref = [_number(record, field, index, name, at_most=0.0)
+            ref = [_number(record, field, index, name, high=0.0)
                    for field in ("ref_chosen_logps", "ref_rejected_logps")]
         margin = _number(record, "margin", index, name)
-        weight = _number(record, "weight", index, name, at_least=0.0)
+        weight = _number(record, "weight", index, name, low=0.0)
         examples.append(PreferenceExample(prompt, completions, margin, ref, index, weight))
     return report_skipped(examples, skipped, len(records), name)

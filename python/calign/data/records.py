@@ -59,10 +59,14 @@ def _read_jsonl(path, name):
 
 
 def require_field(record, field, index, name="dataset"):
-    """record[field], or a KeyError naming the record index and the field."""
-    if field not in record or record[field] is None:
-        raise KeyError(f"{name} record {index} lacks the field {field!r} "
-                       f"(it has {sorted(record)})")
+    """record[field], or a KeyError naming the record index and the field. A
+    field set to None (how datasets.Dataset fills a row that lacks a column)
+    has no value either, and the message says so."""
+    if record.get(field) is None:
+        given = sorted(k for k, v in record.items() if v is not None)
+        problem = "is None" if field in record else "is missing"
+        raise KeyError(f"{name} record {index} lacks the field {field!r}: it {problem} "
+                       f"(the fields with a value are {given})")
     return record[field]
 
 

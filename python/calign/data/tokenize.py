@@ -1,4 +1,32 @@
-"""Turning text or conversations into token ids, as TRL does."""
+"""Turning text or conversations into token ids, as TRL does, and checking
+the token ids a record gives directly."""
+
+import numpy as np
+
+from calign.checks import is_int
+
+
+def token_ids(field, value, index, name="dataset"):
+    """record[field] of record `index` as a list of token ids: a list, tuple or
+    1-D array of non-negative integers (Python's or NumPy's, not bools)."""
+    if not (isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and
+                                                 value.ndim == 1)) or \
+            not all(is_int(t) for t in value):
+        raise TypeError(f"{name} record {index}: {field} must be a list of integer token ids, "
+                        f"got {type(value).__name__}")
+    ids = [int(t) for t in value]
+    if any(t < 0 for t in ids):
+        raise ValueError(f"{name} record {index}: {field} holds a negative token id "
+                         f"({min(ids)})")
+    return ids
+
+
+def with_eos(text, tokenizer):
+    """TRL appends the EOS token to text completions that lack it."""
+    eos = tokenizer.eos_token
+    if eos and isinstance(text, str) and not text.endswith(eos):
+        return text + eos
+    return text
 
 
 def is_conversational(value):

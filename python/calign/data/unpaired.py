@@ -6,10 +6,10 @@ are used verbatim."""
 
 from dataclasses import dataclass
 
-from calign.data.preference import _ids, _with_eos, truncate
 from calign.data.records import load_records, report_skipped, require_field
-from calign.data.tokenize import is_conversational, split_implicit_prompt, \
-    tokenize_prompt_and_completions
+from calign.data.tokenize import (is_conversational, split_implicit_prompt, token_ids,
+                                  tokenize_prompt_and_completions, with_eos)
+from calign.data.truncation import Truncation
 
 
 @dataclass
@@ -20,12 +20,13 @@ class UnpairedExample:
     index: int = -1
 
 
-def _unpair(records):
+def _unpair(records, name):
     out = []
     for index, record in enumerate(records):
         if "chosen" in record and "rejected" in record and "completion" not in record:
             prompt = record.get("prompt")
-            chosen, rejected = record["chosen"], record["rejected"]
+            chosen = require_field(record, "chosen", index, name)
+            rejected = require_field(record, "rejected", index, name)
             if prompt is None:
                 prompt, chosen, rejected = split_implicit_prompt(chosen, rejected)
             out.append((index, {"prompt": prompt, "completion": chosen, "label": True}))
@@ -35,27 +36,28 @@ def _unpair(records):
     return out
 
 
-def prepare_unpaired_data(source, tokenizer, config, name="train_dataset"):
+def prepare_unpaired_data(source, tokenizer, truncation=Truncation(), name="train_dataset"):
+    """KTO examples, truncated by `truncation` (a calign.data.Truncation)."""
     records = load_records(source, name)
     examples, skipped = [], {}
-    for index, record in _unpair(records):
+    for index, record in _unpair(records, name):
         label = require_field(record, "label", index, name)
         if not isinstance(label, bool):
             raise TypeError(f"{name} record {index}: label must be true or false, not {label!r}")
         if "completion_input_ids" in record:
-            prompt = _ids(require_field(record, "prompt_input_ids", index, name), index,
-                          "prompt_input_ids")
-            completion = _ids(record["completion_input_ids"], index, "completion_input_ids")
+            prompt, completion = (
+                token_ids(field, require_field(record, field, index, name), index, name)
+                for field in ("prompt_input_ids", "completion_input_ids"))
         else:
             if tokenizer is None:
                 raise ValueError(f"{name} record {index} holds text: pass processing_class")
             prompt_text = require_field(record, "prompt", index, name)
             completion_text = require_field(record, "completion", index, name)
             if not is_conversational(completion_text):
-                completion_text = _with_eos(completion_text, tokenizer)
+                completion_text = with_eos(completion_text, tokenizer)
             prompt, (completion,) = tokenize_prompt_and_completions(tokenizer, prompt_text,
                                                                     [completion_text])
-        prompt, completions, reason = truncate(prompt, [completion], config)
+        prompt, completions, reason = truncation.apply(prompt, [completion])
         if reason:
             skipped[reason] = skipped.get(reason, 0) + 1
             continue

@@ -10,6 +10,7 @@ import json
 import os
 
 import calign
+from calign import checks
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 
@@ -70,8 +71,7 @@ def plot(path, sft_history, stage_history, accuracies, method):
 
 def run(output_dir="calign_demo", method="dpo", quick=False, say=print):
     """Runs the demo; returns {"base": ..., "sft": ..., method: ...} accuracies."""
-    if method not in STAGES:
-        raise ValueError(f"method must be one of {sorted(STAGES)}, got {method!r}")
+    checks.choice("method", method, sorted(STAGES))
     sft_steps, stage_steps, n_heldout = (150, 100, 200) if quick else (1500, 400, 500)
     tokenizer = calign.Tokenizer.from_pretrained(os.path.join(ASSETS, "base"))
     heldout = read_jsonl(os.path.join(ASSETS, "heldout.jsonl"))[:n_heldout]

@@ -5,28 +5,28 @@ from collections import Counter
 
 import numpy as np
 
+from calign import checks
 from calign.model import pack_shared_prefix
-from calign.selfimprove.checks import (_check_callable, _check_n, _check_real, _check_scorer,
-                                       _tokenizer)
-from calign.selfimprove.sampling import _record, _scores, _text, sample
+from calign.selfimprove.checks import check_callable, check_scorer, check_tokenizer
+from calign.selfimprove.sampling import completion_text, dpo_record, sample, score_completions
 
 
 def on_policy_pairs(model, prompts, scorer, n=4, tokenizer=None, **sampling):
     """Best vs worst of n samples by score; prompts whose samples all score the
     same are skipped (no preference to learn)."""
-    n = _check_n(n)
-    _check_scorer(scorer)
-    tokenizer = _tokenizer(tokenizer)
+    n = checks.integer("n", n, 2)
+    check_scorer("scorer", scorer)
+    tokenizer = check_tokenizer("tokenizer", tokenizer)
     prompt_ids, samples = sample(model, prompts, n, tokenizer, **sampling)
     records, ties = [], 0
     for p, completions in zip(prompt_ids, samples):
-        scores = _scores(scorer, p, completions, tokenizer)
+        scores = score_completions(scorer, p, completions, tokenizer)
         best, worst = int(np.argmax(scores)), int(np.argmin(scores))
         if scores[best] == scores[worst]:
             ties += 1
             continue
-        records.append(_record(p, completions[best], completions[worst], tokenizer,
-                               score_chosen=scores[best], score_rejected=scores[worst]))
+        records.append(dpo_record(p, completions[best], completions[worst], tokenizer,
+                                  score_chosen=scores[best], score_rejected=scores[worst]))
     return records, {"prompts": len(prompt_ids), "pairs": len(records), "skipped_ties": ties}
 
 
@@ -37,15 +37,15 @@ def scpo_pairs(model, prompts, extract_answer, n=8, min_margin=0.0, tokenizer=No
     least-voted; weight = (votes_chosen - votes_rejected) / n, pairs below
     min_margin dropped. Samples whose answer cannot be extracted (None) do not
     vote and are never chosen. min_margin is a fraction of the n votes, in [0, 1]."""
-    n = _check_n(n)
-    _check_callable(extract_answer, "extract_answer", "callable(completion) -> answer")
-    min_margin = _check_real(min_margin, "min_margin", 0.0, 1.0, "a number in [0, 1] (a "
-                             "fraction of the n votes)")
-    tokenizer = _tokenizer(tokenizer)
+    n = checks.integer("n", n, 2)
+    check_callable("extract_answer", extract_answer, "callable(completion) -> answer")
+    min_margin = checks.real("min_margin", min_margin, 0.0, 1.0,
+                             note=" (a fraction of the n votes)")
+    tokenizer = check_tokenizer("tokenizer", tokenizer)
     prompt_ids, samples = sample(model, prompts, n, tokenizer, **sampling)
     records, dropped = [], 0
     for p, completions in zip(prompt_ids, samples):
-        answers = [extract_answer(_text(tokenizer, c) if tokenizer is not None else c)
+        answers = [extract_answer(completion_text(tokenizer, c) if tokenizer is not None else c)
                    for c in completions]
         for a in answers:
             try:
@@ -66,7 +66,7 @@ def scpo_pairs(model, prompts, extract_answer, n=8, min_margin=0.0, tokenizer=No
             continue
         chosen = completions[answers.index(top[0])]
         rejected = completions[answers.index(bottom[0])]
-        records.append(_record(p, chosen, rejected, tokenizer, weight=weight))
+        records.append(dpo_record(p, chosen, rejected, tokenizer, weight=weight))
     return records, {"prompts": len(prompt_ids), "pairs": len(records), "dropped": dropped}
 
 
@@ -93,18 +93,16 @@ def divpo_pairs(model, prompts, scorer, n=16, quality_percentile=50.0, diversity
     quality percentile, chosen = the most diverse (lowest model log-probability,
     or rarest n-grams in the pool); among those below, rejected = the least
     diverse. Prompts with an empty side are skipped."""
-    n = _check_n(n)
-    _check_scorer(scorer)
-    if diversity not in ("logprob", "ngram"):
-        raise ValueError(f"diversity must be 'logprob' or 'ngram', got {diversity!r}")
-    quality_percentile = _check_real(quality_percentile, "quality_percentile", 0.0, 100.0,
-                                     "a number in [0, 100]")
-    tokenizer = _tokenizer(tokenizer)
+    n = checks.integer("n", n, 2)
+    check_scorer("scorer", scorer)
+    checks.choice("diversity", diversity, ("logprob", "ngram"))
+    quality_percentile = checks.real("quality_percentile", quality_percentile, 0.0, 100.0)
+    tokenizer = check_tokenizer("tokenizer", tokenizer)
     prompt_ids, samples = sample(model, prompts, n, tokenizer, **sampling)
     records, skipped = [], 0
     for p, completions in zip(prompt_ids, samples):
         completions = [c if c else [] for c in completions]
-        scores = np.array(_scores(scorer, p, completions, tokenizer))
+        scores = np.array(score_completions(scorer, p, completions, tokenizer))
         threshold = np.percentile(scores, quality_percentile)
         good, bad = np.nonzero(scores >= threshold)[0], np.nonzero(scores < threshold)[0]
         usable = [i for i in range(n) if completions[i]]
@@ -120,5 +118,5 @@ def divpo_pairs(model, prompts, scorer, n=16, quality_percentile=50.0, diversity
             div = dict(zip(usable, _ngram_rarity([completions[i] for i in usable])))
         chosen = max(good, key=lambda i: div[i])
         rejected = min(bad, key=lambda i: div[i])
-        records.append(_record(p, completions[chosen], completions[rejected], tokenizer))
+        records.append(dpo_record(p, completions[chosen], completions[rejected], tokenizer))
     return records, {"prompts": len(prompt_ids), "pairs": len(records), "skipped": skipped}

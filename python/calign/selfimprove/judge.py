@@ -5,9 +5,10 @@ import string
 
 import numpy as np
 
-from calign.selfimprove.checks import (_check_int, _check_model, _check_n, _check_seed,
-                                       _prompt_ids, _tokenizer)
-from calign.selfimprove.sampling import _record, _text, sample
+from calign import checks
+from calign.model.loading import max_positions
+from calign.selfimprove.checks import check_model, check_prompts, check_tokenizer
+from calign.selfimprove.sampling import completion_text, dpo_record, sample
 
 
 DEFAULT_JUDGE_TEMPLATE = (
@@ -69,7 +70,7 @@ def _judge_prompt_ids(model, tokenizer, template, prompt_text, response_text,
     the up-front check with an empty response), or a ValueError saying it does
     not fit the model with judge_max_new_tokens."""
     ids = tokenizer.encode(template.format(prompt=prompt_text, response=response_text))
-    limit = model._engine["max_positions"]
+    limit = max_positions(model)
     if len(ids) + judge_max_new_tokens > limit:
         which = (f"the judge prompt for prompt {index} (judge_template filled in with the "
                  f"prompt and an empty response) already has {len(ids)} tokens"
@@ -91,17 +92,17 @@ def self_rewarding_pairs(model, prompts, tokenizer, judge_template=DEFAULT_JUDGE
     The judge prompt is text, so a tokenizer is required (token-id prompts are
     decoded with it). The judgements are seeded from sampling's seed (None:
     unseeded)."""
-    n = _check_n(n)
-    judge_samples = _check_int(judge_samples, "judge_samples", 1)
-    judge_max_new_tokens = _check_int(judge_max_new_tokens, "judge_max_new_tokens", 1)
+    n = checks.integer("n", n, 2)
+    judge_samples = checks.integer("judge_samples", judge_samples, 1)
+    judge_max_new_tokens = checks.integer("judge_max_new_tokens", judge_max_new_tokens, 1)
     _check_judge_template(judge_template)
     if tokenizer is None:
         raise ValueError("self_rewarding_pairs needs tokenizer=: the judge prompt is text built "
                          "from judge_template, and the judgements are parsed as text")
-    tokenizer = _tokenizer(tokenizer)
-    _check_model(model)
-    seed = _check_seed(sampling.get("seed", 0))
-    prompt_ids = _prompt_ids(prompts, tokenizer, model)
+    tokenizer = check_tokenizer("tokenizer", tokenizer)
+    check_model("model", model)
+    seed = checks.seed("seed", sampling.get("seed", 0), allow_none=True)
+    prompt_ids = check_prompts("prompts", prompts, tokenizer, model)
     for index, p in enumerate(prompt_ids):  # before sampling: would the judge prompt fit?
         _judge_prompt_ids(model, tokenizer, judge_template, tokenizer.decode(p), "",
                           judge_max_new_tokens, index)
@@ -112,14 +113,15 @@ def self_rewarding_pairs(model, prompts, tokenizer, judge_template=DEFAULT_JUDGE
         judged = []
         for k, c in enumerate(completions):
             judge_ids = _judge_prompt_ids(model, tokenizer, judge_template, prompt_text,
-                                          _text(tokenizer, c), judge_max_new_tokens, index, k)
+                                          completion_text(tokenizer, c), judge_max_new_tokens,
+                                          index, k)
             outputs = model.generate([judge_ids],
                                      max_new_tokens=judge_max_new_tokens, do_sample=True,
                                      num_return_sequences=judge_samples,
                                      eos_token_id=tokenizer.eos_token_id,
                                      seed=None if seed is None else seed + 1000 * index + k)
-            scores = [s for s in (parse_judge_score(_text(tokenizer, o)) for o in outputs)
-                      if s is not None]
+            scores = [s for s in (parse_judge_score(completion_text(tokenizer, o))
+                                  for o in outputs) if s is not None]
             if not scores:
                 unparsable += 1
                 continue
@@ -129,7 +131,7 @@ def self_rewarding_pairs(model, prompts, tokenizer, judge_template=DEFAULT_JUDGE
             continue
         best = max(judged, key=lambda j: j[0])
         worst = min(judged, key=lambda j: j[0])
-        records.append(_record(p, best[1], worst[1], tokenizer, score_chosen=best[0],
-                               score_rejected=worst[0]))
+        records.append(dpo_record(p, best[1], worst[1], tokenizer, score_chosen=best[0],
+                                  score_rejected=worst[0]))
     return records, {"prompts": len(prompt_ids), "pairs": len(records),
                      "unparsable_samples": unparsable, "skipped": ties}

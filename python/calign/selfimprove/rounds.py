@@ -4,8 +4,9 @@ import dataclasses
 import os
 import reprlib
 
+from calign import checks
 from calign.model import Model
-from calign.selfimprove.checks import _check_int, _check_seed, _tokenizer
+from calign.selfimprove.checks import check_model, check_tokenizer
 from calign.selfimprove.judge import self_rewarding_pairs
 
 
@@ -40,13 +41,12 @@ def iterate(model, prompts, args, iterations=2, pairs=self_rewarding_pairs, toke
     from calign.trainers.config import DPOConfig
     from calign.trainers.dpo import DPOTrainer
 
-    if not isinstance(model, Model):
-        raise TypeError(f"model must be a calign.Model, not {type(model).__name__}")
+    check_model("model", model)
     if not isinstance(args, DPOConfig):
         raise TypeError(f"args must be a calign.DPOConfig, not {type(args).__name__}")
-    iterations = _check_int(iterations, "iterations", 1)
-    seed = _check_seed(seed)
-    tokenizer = _tokenizer(tokenizer)
+    iterations = checks.integer("iterations", iterations, 1)
+    seed = checks.seed("seed", seed, allow_none=True)
+    tokenizer = check_tokenizer("tokenizer", tokenizer)
     if not callable(pairs):
         raise TypeError("pairs must be a pair builder such as selfimprove.self_rewarding_pairs")
     if evaluate is not None and not callable(evaluate):

@@ -1,10 +1,10 @@
 """Trainers configured like TRL's, running on the C engine."""
 
-from calign.trainers.config import (CPOConfig, DPOConfig, KTOConfig, ORPOConfig, RewardConfig,
-                                    SFTConfig, TrainingConfig)
+from calign.trainers.config import (CPOConfig, DPOConfig, KTOConfig, OnlineDPOConfig, ORPOConfig,
+                                    RewardConfig, SFTConfig, TrainingConfig)
 from calign.trainers.dpo import DPOTrainer
 from calign.trainers.kto import KTOTrainer
-from calign.trainers.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+from calign.trainers.online_dpo import OnlineDPOTrainer
 from calign.trainers.pair_nll import CPOTrainer, ORPOTrainer
 from calign.trainers.reward import RewardTrainer
 from calign.trainers.sft import SFTTrainer

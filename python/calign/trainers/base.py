@@ -13,7 +13,8 @@ import os
 import numpy as np
 
 from calign import _C
-from calign.model import Model
+from calign.model.loading import load_model
+from calign.model.preference_batch import check_fits
 from calign.optim import SGD, AdamW, clip_grad_norm
 from calign.tokenizer import Tokenizer
 from calign.trainers import checkpoints
@@ -46,15 +47,6 @@ def _accumulate(sums, counts, metrics):
     for k, v in metrics.items():
         sums[k] = sums.get(k, 0.0) + v
         counts[k] = counts.get(k, 0) + 1
-
-
-def _load_model(model):
-    if isinstance(model, Model):
-        return model
-    if isinstance(model, (str, os.PathLike)):
-        return Model.from_pretrained(os.fspath(model))
-    raise TypeError(f"model must be a calign.Model or a checkpoint folder, not "
-                    f"{type(model).__name__}")
 
 
 def _load_tokenizer(processing_class, model_source):
@@ -90,8 +82,8 @@ class BaseTrainer:
         self.processing_class = _load_tokenizer(processing_class, model)
         self.model = self._load_model(model)
         self.model.gradient_checkpointing = args.gradient_checkpointing
-        self.train_examples = self._prepare_examples(train_dataset, "train_dataset")
-        self.eval_examples = (self._prepare_examples(eval_dataset, "eval_dataset")
+        self.train_examples = self._examples(train_dataset, "train_dataset")
+        self.eval_examples = (self._examples(eval_dataset, "eval_dataset")
                               if eval_dataset is not None else None)
         self.state = TrainerState()
         self.optimizer = self._make_optimizer()
@@ -99,9 +91,10 @@ class BaseTrainer:
     # ---- to be provided by each trainer ----------------------------------------
 
     def _load_model(self, model):
-        return _load_model(model)
+        return load_model(model)
 
     def _prepare_examples(self, source, name):
+        """The examples (calign.data's) of a dataset, tokenized and truncated."""
         raise NotImplementedError
 
     def _window_size(self, examples):
@@ -117,6 +110,34 @@ class BaseTrainer:
     def _after_optimizer_step(self):
         """Hook for trainers that update state after each step (TR-DPO); runs
         with state.global_step already counting the step."""
+
+    # ---- the data against the models ---------------------------------------------
+
+    def _examples(self, source, name):
+        """The prepared examples of a dataset, each checked to fit the models."""
+        examples = self._prepare_examples(source, name)
+        self._check_fits(examples, name)
+        return examples
+
+    def _check_fits(self, examples, name):
+        """Raises, naming the record, if an example does not fit the model (its
+        positions, its vocabulary): when the data is prepared, not when its
+        batch comes up. A reference model other than the policy (ref_model) is
+        checked too."""
+        check_fits(self.model, examples, name)
+        reference = getattr(self, "ref_model", None)
+        if reference is not None and reference is not self.model:
+            check_fits(reference, examples, name, "ref_model")
+
+    def _load_reference(self, ref_model):
+        """The reference model given (a Model or a folder), checked against the
+        data already prepared as the policy was."""
+        reference = load_model(ref_model, "ref_model")
+        for examples, name in ((self.train_examples, "train_dataset"),
+                               (self.eval_examples, "eval_dataset")):
+            if examples and reference is not self.model:
+                check_fits(reference, examples, name, "ref_model")
+        return reference
 
     # ---- optimizer and data order ----------------------------------------------
 
@@ -209,7 +230,7 @@ class BaseTrainer:
 
     def evaluate(self, eval_dataset=None):
         """Metrics of the eval set (no update), prefixed with eval_ and logged."""
-        examples = (self._prepare_examples(eval_dataset, "eval_dataset")
+        examples = (self._examples(eval_dataset, "eval_dataset")
                     if eval_dataset is not None else self.eval_examples)
         if not examples:
             raise ValueError("no eval_dataset to evaluate on")

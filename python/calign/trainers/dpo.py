@@ -20,14 +20,11 @@ import numpy as np
 
 from calign import losses
 from calign.data.preference import prepare_preference_data
+from calign.data.truncation import Truncation
 from calign.model import Model
-from calign.trainers.base import BaseTrainer, _load_model
+from calign.model.preference_batch import PackedPreferences, completion_logps
+from calign.trainers.base import BaseTrainer
 from calign.trainers.config import DPOConfig
-from calign.trainers.packed import PackedPreferences
-
-
-# loss types whose value for a pair depends on the rest of the batch
-BATCH_COUPLED_LOSS_TYPES = ("aot", "aot_unpaired", "sft")
 
 
 def _load_cached_reference(path, shape):
@@ -69,21 +66,21 @@ class DPOTrainer(BaseTrainer):
         a = self.args
         self.listwise = a.loss_types == ["listwise"]
         if not self.listwise:
-            self._loss_settings = losses.dpo_settings(
-                beta=a.beta, loss_type=a.loss_types, loss_weights=a.loss_weights,
-                label_smoothing=a.label_smoothing, f_divergence_type=a.f_divergence_type,
-                f_alpha_divergence_coef=a.f_alpha_divergence_coef, discopop_tau=a.discopop_tau,
-                scpo_alpha=a.scpo_alpha)
+            self._loss_settings = a.loss_settings()
         # pairs scored with their loss inside the kernel (see the module docstring)
         self.fused_pairs = not (self.listwise or a.rpo_alpha is not None or a.use_weighting or
-                                set(a.loss_types) & set(BATCH_COUPLED_LOSS_TYPES))
+                                set(a.loss_types) & set(losses.BATCH_COUPLED_DPO_LOSS_TYPES))
         every_example_has_ref = all(e.ref_logps is not None for e in self.train_examples)
         if a.reference_free or (every_example_has_ref and ref_model is None):
             self.ref_model = None
+            if a.sync_ref_model:
+                raise ValueError("sync_ref_model must be False when every train_dataset record "
+                                 "gives ref_chosen_logps/ref_rejected_logps and there is no "
+                                 "ref_model: TR-DPO moves a reference model, not fixed numbers")
         elif a.precompute_ref_log_probs:
             # Before the first update the policy is the reference, so it scores the
             # data itself: no copy of the weights is ever made (as TRL does).
-            self.ref_model = self.model if ref_model is None else _load_model(ref_model)
+            self.ref_model = self.model if ref_model is None else self._load_reference(ref_model)
             self._precompute_reference(self.train_examples, "train")
             if self.eval_examples:
                 self._precompute_reference(self.eval_examples, "eval")
@@ -92,20 +89,27 @@ class DPOTrainer(BaseTrainer):
             self.ref_model = Model(self.model.config)
             self.ref_model.params[...] = self.model.params
         else:
-            self.ref_model = _load_model(ref_model)
+            self.ref_model = self._load_reference(ref_model)
             if self.ref_model.params.size != self.model.params.size and a.sync_ref_model:
                 raise ValueError("sync_ref_model needs a reference of the policy's shape")
 
     def _prepare_examples(self, source, name):
-        listwise = self.args.loss_types == ["listwise"]
-        return prepare_preference_data(source, self.processing_class, self.args, name, listwise)
+        types = self.args.loss_types
+        examples = prepare_preference_data(source, self.processing_class,
+                                           Truncation.of(self.args), name,
+                                           listwise=types == ["listwise"])
+        # a per-pair weight is lost by the losses that sort or rank the pairs
+        unweighted = [t for t in types if t in ("aot", "aot_unpaired", "listwise")]
+        weighted = next((e for e in examples if e.weight is not None), None)
+        if unweighted and weighted is not None:
+            raise ValueError(f"{name} record {weighted.index}: the field 'weight' cannot be "
+                             f"used with loss_type {unweighted[0]!r}, which "
+                             + ("ranks the responses" if unweighted[0] == "listwise" else
+                                "sorts the pairs (a weight would land on another pair)")
+                             + ": drop the field or choose another loss_type")
+        return examples
 
     # ---- reference log-probs ---------------------------------------------------
-
-    def _reference_sums(self, packed):
-        """[B, K] reference log-probs of a packed batch (forward only, no activations kept)."""
-        hidden = self.ref_model.forward_packed(packed.batch, train=False)
-        return packed.sequence_sums(self.ref_model.packed_scores(hidden, packed.batch))
 
     def _precompute_reference(self, examples, split):
         """Reference log-probs of every example, once, cached in output_dir keyed by
@@ -119,10 +123,8 @@ class DPOTrainer(BaseTrainer):
         path = os.path.join(self.args.output_dir, f"ref_logps-{split}-{digest.hexdigest()[:16]}.npy")
         values = _load_cached_reference(path, (len(examples), len(examples[0].completions)))
         if values is None:
-            bs = self.args.per_device_eval_batch_size
-            values = np.concatenate([
-                self._reference_sums(PackedPreferences(examples[i:i + bs], self.args.ld_alpha))
-                for i in range(0, len(examples), bs)])
+            values = completion_logps(self.ref_model, examples,
+                                      self.args.per_device_eval_batch_size, self.args.ld_alpha)
             os.makedirs(self.args.output_dir, exist_ok=True)
             tmp = path + ".tmp.npy"
             np.save(tmp, values)
@@ -141,7 +143,7 @@ class DPOTrainer(BaseTrainer):
                     if self.args.precompute_ref_log_probs else "")
             raise ValueError("some examples lack ref_chosen_logps/ref_rejected_logps and there "
                              "is no reference model" + hint)
-        return self._reference_sums(packed)
+        return packed.logps(self.ref_model)
 
     # ---- one micro-batch -----------------------------------------------------------
 

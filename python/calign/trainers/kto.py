@@ -2,19 +2,23 @@
 APO-zero unpaired, as TRL 1.16's KTOTrainer.
 
 The KL reference point z0 is estimated on each micro-batch from mismatched
-pairs: prompt i with the completion of example i - 1 (cyclically), TRL's
-construction. Those pairs are packed as a second branch of prompt i, so the
-prompt is computed once; they take no gradient (z0 is a constant), and the
-estimate depends only on the micro-batch's own examples."""
+pairs: prompt i with the completion of example i - 1 (cyclically; a
+micro-batch of one example pairs it with itself), TRL's construction, the
+borrowed completion cut to fit max_length and the model's positions as TRL
+cuts its KL sequences. Those pairs are packed as a second branch of prompt i,
+so the prompt is computed once; they take no gradient (z0 is a constant), and
+the estimate depends only on the micro-batch's own examples."""
 
 import numpy as np
 
 from calign import losses
+from calign.data.truncation import Truncation
 from calign.data.unpaired import UnpairedExample, prepare_unpaired_data
 from calign.model import Model
-from calign.trainers.base import BaseTrainer, _load_model
+from calign.model.loading import max_positions
+from calign.model.preference_batch import PackedPreferences
+from calign.trainers.base import BaseTrainer
 from calign.trainers.config import KTOConfig
-from calign.trainers.packed import PackedPreferences
 
 
 class KTOTrainer(BaseTrainer):
@@ -25,28 +29,32 @@ class KTOTrainer(BaseTrainer):
     def __init__(self, model, ref_model=None, args=None, train_dataset=None, eval_dataset=None,
                  processing_class=None):
         super().__init__(model, args, train_dataset, eval_dataset, processing_class)
-        if self.args.loss_type == "kto" and self.args.per_device_train_batch_size < 2:
-            raise ValueError("per_device_train_batch_size must be >= 2 for loss_type 'kto': the "
-                             "KL estimate pairs each prompt with another example's completion")
         if ref_model is None:
             self.ref_model = Model(self.model.config)
             self.ref_model.params[...] = self.model.params
         else:
-            self.ref_model = _load_model(ref_model)
+            self.ref_model = self._load_reference(ref_model)
 
     def _prepare_examples(self, source, name):
-        return prepare_unpaired_data(source, self.processing_class, self.args, name)
+        return prepare_unpaired_data(source, self.processing_class, Truncation.of(self.args),
+                                     name)
 
     def _with_mismatched(self, examples):
-        """Each example with a second branch: the previous example's completion."""
+        """Each example with a second branch: the previous example's completion,
+        cut where prompt + completion would pass max_length or the positions of
+        the models (TRL truncates its KL sequences to max_length)."""
+        limit = min(max_positions(self.model), max_positions(self.ref_model))
+        if self.args.max_length is not None:
+            limit = min(limit, self.args.max_length)
         n = len(examples)
-        return [UnpairedExample(e.prompt_ids, [e.completions[0],
-                                               examples[(i - 1) % n].completions[0]], e.label)
-                for i, e in enumerate(examples)]
+        # every prompt leaves room: its own example fits limit with a completion
+        return [UnpairedExample(e.prompt_ids, [
+            e.completions[0], examples[(i - 1) % n].completions[0][:limit - len(e.prompt_ids)]],
+            e.label) for i, e in enumerate(examples)]
 
     def _micro_step(self, examples, normaliser, train):
         a = self.args
-        use_kl = a.loss_type == "kto" and len(examples) > 1
+        use_kl = a.loss_type == "kto"
         packed = PackedPreferences(self._with_mismatched(examples) if use_kl else examples)
         hidden = self.model.forward_packed(packed.batch, train=train)
         token_logps, stats = self.model.packed_scores(hidden, packed.batch, return_stats=True)

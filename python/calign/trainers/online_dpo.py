@@ -2,40 +2,15 @@
 samples two completions per prompt from the current policy, ranks them with a
 reward model or a scoring function, and takes a DPO step on the pair."""
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from calign.checks import is_finite_real, is_int
 from calign.data.preference import PreferenceExample
 from calign.data.records import load_records, require_field
+from calign.data.tokenize import token_ids
 from calign.model import RewardModel
-from calign.trainers.config import DPOConfig, _check, _help
+from calign.model.loading import max_positions
+from calign.trainers.config import OnlineDPOConfig
 from calign.trainers.dpo import DPOTrainer
-
-
-@dataclass
-class OnlineDPOConfig(DPOConfig):
-    """DPOConfig plus the sampling settings of TRL's OnlineDPOConfig."""
-
-    max_new_tokens: int = _help("Tokens to sample per completion.", default=64)
-    temperature: float = _help("Sampling temperature.", default=0.9)
-    missing_eos_penalty: float = _help("Subtracted from the score of a completion that does "
-                                       "not end with EOS (None: off).", default=None)
-
-    def __post_init__(self):
-        super().__post_init__()
-        _check(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
-               "max_new_tokens", self.max_new_tokens, "an integer >= 1")
-        _check(is_finite_real(self.temperature) and self.temperature > 0, "temperature",
-               self.temperature, "a number > 0")
-        _check(self.missing_eos_penalty is None or is_finite_real(self.missing_eos_penalty),
-               "missing_eos_penalty", self.missing_eos_penalty, "None or a number")
-        _check(not self.precompute_ref_log_probs, "precompute_ref_log_probs",
-               self.precompute_ref_log_probs, "False (the completions do not exist before)")
-        _check(self.max_length is None or self.max_new_tokens < self.max_length,
-               "max_new_tokens", self.max_new_tokens,
-               f"below max_length ({self.max_length}), which bounds prompt + completion")
 
 
 def _reward_name(reward_model):
@@ -53,8 +28,9 @@ class OnlineDPOTrainer(DPOTrainer):
 
     Prompts keep their end when they are longer than max_prompt_length, or than
     max_length less max_new_tokens (the room a completion needs), as TRL cuts
-    them. Each prompt plus max_new_tokens must then fit the model's positions,
-    which is checked for every record when the trainer is built."""
+    them. Each prompt plus max_new_tokens must then fit the positions of the
+    model (and of a separate ref_model), which is checked for every record when
+    the trainer is built."""
 
     config_class = OnlineDPOConfig
 
@@ -70,18 +46,11 @@ class OnlineDPOTrainer(DPOTrainer):
 
     def _prepare_examples(self, source, name):
         a = self.args
-        vocab = self.model.vocab_size
-        positions = self.model._engine["max_positions"]
+        positions = max_positions(self.model)
         examples = []
         for index, record in enumerate(load_records(source, name)):
             if "prompt_input_ids" in record:
-                prompt = record["prompt_input_ids"]
-                if not (isinstance(prompt, (list, tuple)) or
-                        (isinstance(prompt, np.ndarray) and prompt.ndim == 1)) or \
-                        not all(is_int(t) for t in prompt):
-                    raise TypeError(f"{name} record {index}: prompt_input_ids must be a list of "
-                                    f"integer token ids, got {type(prompt).__name__}")
-                prompt = [int(t) for t in prompt]
+                prompt = token_ids("prompt_input_ids", record["prompt_input_ids"], index, name)
             else:
                 text = require_field(record, "prompt", index, name)
                 if not isinstance(text, str):
@@ -93,10 +62,6 @@ class OnlineDPOTrainer(DPOTrainer):
             if not prompt:
                 raise ValueError(f"{name} record {index} has an empty prompt")
             original = len(prompt)
-            bad = [t for t in prompt if not 0 <= t < vocab]
-            if bad:
-                raise ValueError(f"{name} record {index}: the prompt holds token id {bad[0]}, "
-                                 f"outside the model's vocabulary [0, {vocab})")
             if a.max_prompt_length is not None:  # keep the end, as DPOTrainer
                 prompt = prompt[-a.max_prompt_length:]
             if a.max_length is not None:  # room for the completion: the end kept, as TRL
@@ -110,6 +75,20 @@ class OnlineDPOTrainer(DPOTrainer):
                     "prompts keep their end), or a smaller max_new_tokens")
             examples.append(PreferenceExample(prompt, [], index=index))
         return examples
+
+    def _load_reference(self, ref_model):
+        """A reference model other than the policy, whose positions must hold
+        each prompt plus max_new_tokens too (it scores the samples)."""
+        reference = super()._load_reference(ref_model)
+        limit, room = max_positions(reference), self.args.max_new_tokens
+        for examples, name in ((self.train_examples, "train_dataset"),
+                               (self.eval_examples, "eval_dataset")):
+            for e in examples or ():
+                if len(e.prompt_ids) + room > limit:
+                    raise ValueError(f"{name} record {e.index}: the prompt ({len(e.prompt_ids)} "
+                                     f"tokens) plus max_new_tokens ({room}) exceeds the "
+                                     f"ref_model's maximum positions ({limit})")
+        return reference
 
     def _score(self, prompt, completion):
         eos = self.processing_class.eos_token_id if self.processing_class else None

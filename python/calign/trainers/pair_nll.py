@@ -12,9 +12,10 @@ import numpy as np
 
 from calign import losses
 from calign.data.preference import prepare_preference_data
+from calign.data.truncation import Truncation
+from calign.model.preference_batch import PackedPreferences
 from calign.trainers.base import BaseTrainer
 from calign.trainers.config import CPOConfig, ORPOConfig
-from calign.trainers.packed import PackedPreferences
 
 
 class PairNLLTrainer(BaseTrainer):
@@ -24,7 +25,8 @@ class PairNLLTrainer(BaseTrainer):
     average_logps = False
 
     def _prepare_examples(self, source, name):
-        return prepare_preference_data(source, self.processing_class, self.args, name)
+        return prepare_preference_data(source, self.processing_class, Truncation.of(self.args),
+                                       name)
 
     def _nll_weight(self):
         raise NotImplementedError

@@ -11,10 +11,11 @@ import numpy as np
 
 from calign import losses
 from calign.data.preference import prepare_preference_data
+from calign.data.truncation import Truncation
 from calign.model import RewardModel
+from calign.model.preference_batch import PackedPreferences
 from calign.trainers.base import BaseTrainer
 from calign.trainers.config import RewardConfig
-from calign.trainers.packed import PackedPreferences
 
 
 class RewardTrainer(BaseTrainer):
@@ -39,7 +40,8 @@ class RewardTrainer(BaseTrainer):
         return RewardModel.from_causal_lm(model, seed=self.args.seed, pad_token_id=pad)
 
     def _prepare_examples(self, source, name):
-        return prepare_preference_data(source, self.processing_class, self.args, name)
+        return prepare_preference_data(source, self.processing_class, Truncation.of(self.args),
+                                       name)
 
     def _micro_step(self, examples, normaliser, train):
         packed = PackedPreferences(examples)

@@ -7,9 +7,10 @@ window is split into micro-batches (transformers' num_items_in_batch)."""
 import numpy as np
 
 from calign.data.sft import prepare_sft_data
+from calign.data.truncation import Truncation
+from calign.model.preference_batch import PackedPreferences
 from calign.trainers.base import BaseTrainer
 from calign.trainers.config import SFTConfig
-from calign.trainers.packed import PackedPreferences
 
 
 class SFTTrainer(BaseTrainer):
@@ -18,7 +19,8 @@ class SFTTrainer(BaseTrainer):
     config_class = SFTConfig
 
     def _prepare_examples(self, source, name):
-        return prepare_sft_data(source, self.processing_class, self.args, name)
+        return prepare_sft_data(source, self.processing_class, Truncation.of(self.args),
+                                self.args.completion_only_loss, name)
 
     def _window_size(self, examples):
         return sum(len(e.completions[0]) for e in examples)
