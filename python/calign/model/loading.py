@@ -1,5 +1,4 @@
-"""A model from what the user passed (a Model or a checkpoint folder), and
-the limits every caller checks its inputs against."""
+"""A model from what the user passed (a Model or a checkpoint folder)."""
 
 import os
 
@@ -14,9 +13,3 @@ def load_model(model, name="model"):
         return Model.from_pretrained(os.fspath(model))
     raise TypeError(f"{name} must be a calign.Model or a checkpoint folder, not "
                     f"{type(model).__name__}")
-
-
-def max_positions(model):
-    """The number of positions the model has (its config's max_position_embeddings,
-    or n_positions for GPT-2): every token's position must be below it."""
-    return model._engine["max_positions"]

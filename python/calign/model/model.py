@@ -137,6 +137,13 @@ class Model:
     def hidden_size(self):
         return self._engine["d_model"]
 
+    @property
+    def max_positions(self):
+        """The number of positions the model has (its config's
+        max_position_embeddings, or n_positions for GPT-2): every token's
+        position must be below it."""
+        return self._engine["max_positions"]
+
     def num_parameters(self):
         """Number of float32 parameters (engine and extra tensors)."""
         return int(self.params.size)
@@ -377,7 +384,7 @@ class Model:
             if row.dtype.kind not in "iu":
                 raise TypeError(f"prompt {i} must hold integer token ids, not {row.dtype}")
             rows.append(row)
-        max_positions = self._engine["max_positions"]
+        max_positions = self.max_positions
         max_new_tokens = checks.integer(
             label["max_new_tokens"], settings["max_new_tokens"], 1, max_positions - 1,
             what=f"an integer in [1, {max_positions - 1}] (the model's maximum positions less "

@@ -10,7 +10,6 @@ calign.data's PreferenceExample and UnpairedExample."""
 import numpy as np
 
 from calign import checks
-from calign.model.loading import max_positions
 from calign.model.packing import pack_shared_prefix
 
 
@@ -82,7 +81,7 @@ def check_fits(model, examples, name, model_name="model"):
     its LONGEST completion within the model's positions (each completion's
     positions continue from the end of the prompt, so the completions of an
     example do not add up). `name` is the dataset's, `model_name` the model's."""
-    vocab, limit = model.vocab_size, max_positions(model)
+    vocab, limit = model.vocab_size, model.max_positions
     for e in examples:
         longest = max((len(c) for c in e.completions), default=0)
         if len(e.prompt_ids) + longest > limit:

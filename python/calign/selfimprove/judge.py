@@ -6,7 +6,6 @@ import string
 import numpy as np
 
 from calign import checks
-from calign.model.loading import max_positions
 from calign.selfimprove.checks import check_model, check_prompts, check_tokenizer
 from calign.selfimprove.sampling import completion_text, dpo_record, sample
 
@@ -70,7 +69,7 @@ def _judge_prompt_ids(model, tokenizer, template, prompt_text, response_text,
     the up-front check with an empty response), or a ValueError saying it does
     not fit the model with judge_max_new_tokens."""
     ids = tokenizer.encode(template.format(prompt=prompt_text, response=response_text))
-    limit = max_positions(model)
+    limit = model.max_positions
     if len(ids) + judge_max_new_tokens > limit:
         which = (f"the judge prompt for prompt {index} (judge_template filled in with the "
                  f"prompt and an empty response) already has {len(ids)} tokens"

@@ -15,7 +15,6 @@ from calign import losses
 from calign.data.truncation import Truncation
 from calign.data.unpaired import UnpairedExample, prepare_unpaired_data
 from calign.model import Model
-from calign.model.loading import max_positions
 from calign.model.preference_batch import PackedPreferences
 from calign.trainers.base import BaseTrainer
 from calign.trainers.config import KTOConfig
@@ -43,7 +42,7 @@ class KTOTrainer(BaseTrainer):
         """Each example with a second branch: the previous example's completion,
         cut where prompt + completion would pass max_length or the positions of
         the models (TRL truncates its KL sequences to max_length)."""
-        limit = min(max_positions(self.model), max_positions(self.ref_model))
+        limit = min(self.model.max_positions, self.ref_model.max_positions)
         if self.args.max_length is not None:
             limit = min(limit, self.args.max_length)
         n = len(examples)

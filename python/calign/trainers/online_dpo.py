@@ -8,7 +8,6 @@ from calign.data.preference import PreferenceExample
 from calign.data.records import load_records, require_field
 from calign.data.tokenize import token_ids
 from calign.model import RewardModel
-from calign.model.loading import max_positions
 from calign.trainers.config import OnlineDPOConfig
 from calign.trainers.dpo import DPOTrainer
 
@@ -46,7 +45,7 @@ class OnlineDPOTrainer(DPOTrainer):
 
     def _prepare_examples(self, source, name):
         a = self.args
-        positions = max_positions(self.model)
+        positions = self.model.max_positions
         examples = []
         for index, record in enumerate(load_records(source, name)):
             if "prompt_input_ids" in record:
@@ -80,7 +79,7 @@ class OnlineDPOTrainer(DPOTrainer):
         """A reference model other than the policy, whose positions must hold
         each prompt plus max_new_tokens too (it scores the samples)."""
         reference = super()._load_reference(ref_model)
-        limit, room = max_positions(reference), self.args.max_new_tokens
+        limit, room = reference.max_positions, self.args.max_new_tokens
         for examples, name in ((self.train_examples, "train_dataset"),
                                (self.eval_examples, "eval_dataset")):
             for e in examples or ():
