@@ -263,7 +263,7 @@ def test_second_call_of_a_shape_allocates_nothing(model):
     ("max_new_tokens", 2**40, r"max_new_tokens must be an integer in \[1, 127\]"),
     ("num_return_sequences", 2**40, "num_return_sequences must be an integer in"),
     ("eos_token_id", 2**70, r"eos_token_id must be an integer in \[0, 2147483647\]"),
-    ("temperature", 1e-50, "temperature 1e-50 does not fit float32"),
+    ("temperature", 1e-50, "temperature = 1e-50 does not fit float32"),
     ("top_p", float("nan"), "top_p must be a finite number in"),
     ("do_sample", "yes", "do_sample must be True or False"),
 ])
@@ -278,3 +278,18 @@ def test_seeds_beyond_64_bits_are_taken_modulo_2_64(model):
     """As numpy's SeedSequence-free samplers: seed and seed + 2**64 draw alike."""
     a = model.generate([[1, 2]], max_new_tokens=4, do_sample=True, seed=5)
     assert model.generate([[1, 2]], max_new_tokens=4, do_sample=True, seed=5 + 2**64) == a
+
+
+def test_numbers_c_keeps_as_float32_must_fit_it(model):
+    """A double beyond float32 would become inf (or 0) in C without a word."""
+    optimizer = calign.optim.AdamW(model, lr=1e39)
+    with pytest.raises(ValueError, match=r"lr = 1e\+39 does not fit float32"):
+        optimizer.step()
+    with pytest.raises(ValueError, match=r"lr = 1e\+300 does not fit float32"):
+        calign.optim.SGD(model).step(lr=1e300)
+    hidden = np.ones((2, 4), np.float32)
+    weight = np.ones((5, 4), np.float32)
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        calign.ops.token_logprobs(hidden, weight, [1, 2], temperature=1e300)
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        model.token_logprobs([[1, 2, 3]], [[1, 2, 3]], temperature=1e-60)

@@ -375,6 +375,15 @@ int to_real(PyObject *obj, void *arg) {
     return 0;
 }
 
+int to_real32(PyObject *obj, void *arg) {
+    real_arg *a = arg;
+    if (!to_real(obj, arg)) return 0;
+    if (isfinite((float)a->value) && ((float)a->value != 0.0f || a->value == 0.0)) return 1;
+    raise_printf(PyExc_ValueError, "%s = %g does not fit float32 (C computes with it as a float)",
+                 a->name, a->value);
+    return 0;
+}
+
 int to_seed(PyObject *obj, void *arg) {
     unsigned long long *seed = arg;
     if (!obj) return 0;
@@ -437,7 +446,7 @@ PyObject *raise_printf(PyObject *type, const char *format, ...) {
 }
 
 int check_temperature(double temperature) {
-    if (temperature > 0.0 && isfinite(temperature)) return 0;
+    if (temperature > 0.0 && isfinite((float)temperature) && (float)temperature > 0.0f) return 0;
     raise_printf(PyExc_ValueError, "temperature must be a finite number > 0, got %g", temperature);
     return -1;
 }

@@ -111,6 +111,8 @@ typedef struct {
 } real_arg;
 
 int to_real(PyObject *obj, void *arg);
+/* The same for a value C keeps as a float: it must also be finite in float32. */
+int to_real32(PyObject *obj, void *arg);
 
 /* A seed: a Python or NumPy integer (never a bool) in [0, 2**64 - 1], into
  * an unsigned long long. */
@@ -136,7 +138,8 @@ int describe_names(PyObject *d, const char *key, const char *const *names, int n
  * (PyErr_Format knows no %g); returns NULL. */
 PyObject *raise_printf(PyObject *type, const char *format, ...);
 
-/* Raises ValueError (returns -1) unless temperature is finite and > 0. */
+/* Raises ValueError (returns -1) unless temperature is finite and > 0, in
+ * float32 too (the kernels divide float logits by it). */
 int check_temperature(double temperature);
 
 /* A C layer's status (0 ok, CALIGN_ENOMEM, CALIGN_EINVAL, CALIGN_ENONFINITE,

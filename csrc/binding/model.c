@@ -622,30 +622,18 @@ static PyObject *py_model_generate(PyObject *self, PyObject *args, PyObject *kwa
     int_arg max_new = {"max_new_tokens", 1, INT32_MAX}, top_k = {"top_k", 0, INT32_MAX},
             n_return = {"num_return_sequences", 1, INT32_MAX};
     int do_sample;
-    double temperature, top_p, repetition_penalty;
+    real_arg temperature = {"temperature", 0, INFINITY, 1}, top_p = {"top_p", 0, 1, 1},
+             repetition_penalty = {"repetition_penalty", 0, INFINITY, 1};
     unsigned long long seed;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&O&O&$O&pdO&ddO&O&O&", kwlist, &capsule,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&O&O&$O&pO&O&O&O&O&O&O&", kwlist, &capsule,
                                      to_f32_vector, &params, to_int64_vector, &tokens,
                                      to_int64_vector, &starts, to_int, &max_new, &do_sample,
-                                     &temperature, to_int, &top_k, &top_p, &repetition_penalty,
-                                     to_int64_vector, &eos, to_int, &n_return, to_seed, &seed))
+                                     to_real32, &temperature, to_int, &top_k, to_real32, &top_p,
+                                     to_real32, &repetition_penalty, to_int64_vector, &eos,
+                                     to_int, &n_return, to_seed, &seed))
         return NULL;
     PyObject *out = NULL, *lengths = NULL, *result = NULL;
     model_handle *h = NULL;
-    if (check_temperature(temperature) < 0) goto done;
-    if (!((float)temperature > 0.0f) || !isfinite((float)temperature)) {
-        raise_printf(PyExc_ValueError, "temperature %g does not fit float32", temperature);
-        goto done;
-    }
-    if (!(top_p > 0.0 && top_p <= 1.0)) {
-        raise_printf(PyExc_ValueError, "top_p must be in (0, 1], got %g", top_p);
-        goto done;
-    }
-    if (!(repetition_penalty > 0.0) || !isfinite((float)repetition_penalty)) {
-        raise_printf(PyExc_ValueError, "repetition_penalty must be a finite number > 0, got %g",
-                     repetition_penalty);
-        goto done;
-    }
     if (ARG_LEN(eos) > INT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "eos_token_ids holds more than 2**31 - 1 ids");
         goto done;
@@ -682,8 +670,8 @@ static PyObject *py_model_generate(PyObject *self, PyObject *args, PyObject *kwa
         }
     }
     generate_settings s = {(int)max_new.value, do_sample, (int)top_k.value,
-                           (int)n_return.value, (float)temperature, (float)top_p,
-                           (float)repetition_penalty, ARG_DATA(const int32_t, eos),
+                           (int)n_return.value, (float)temperature.value, (float)top_p.value,
+                           (float)repetition_penalty.value, ARG_DATA(const int32_t, eos),
                            (int)ARG_LEN(eos), seed};
     npy_intp dims[2] = {n * s.num_return_sequences, s.max_new_tokens};
     if (!(out = PyArray_ZEROS(2, dims, NPY_INT32, 0)) ||

@@ -2,6 +2,8 @@
  * float32 vectors of equal length, updated in place. */
 #include "binding/common.h"
 
+#include <math.h>
+
 #include "optim.h"
 
 /* Every converted buffer has the length of the first. */
@@ -17,13 +19,17 @@ static PyObject *py_adamw_step(PyObject *self, PyObject *args, PyObject *kwargs)
                              "beta2", "eps", "weight_decay", NULL};
     array_arg p = {"params"}, g = {"grads"}, m = {"exp_avg"}, v = {"exp_avg_sq"};
     int_arg step = {"step", 1, INT64_MAX};
-    adamw_settings s;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&O&O&$O&fffff", kwlist, to_f32_vector_out,
-                                     &p, to_f32_vector_out, &g, to_f32_vector_out, &m,
-                                     to_f32_vector_out, &v, to_int, &step, &s.lr, &s.beta1,
-                                     &s.beta2, &s.eps, &s.weight_decay))
+    real_arg lr = {"lr", 0, INFINITY}, beta1 = {"beta1", 0, 1, 0, 1},
+             beta2 = {"beta2", 0, 1, 0, 1}, eps = {"eps", 0, INFINITY, 1},
+             weight_decay = {"weight_decay", 0, INFINITY};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&O&O&$O&O&O&O&O&O&", kwlist,
+                                     to_f32_vector_out, &p, to_f32_vector_out, &g,
+                                     to_f32_vector_out, &m, to_f32_vector_out, &v, to_int, &step,
+                                     to_real32, &lr, to_real32, &beta1, to_real32, &beta2,
+                                     to_real32, &eps, to_real32, &weight_decay))
         return NULL;
-    s.step = (long)step.value;
+    adamw_settings s = {(float)lr.value, (float)beta1.value, (float)beta2.value,
+                        (float)eps.value, (float)weight_decay.value, (long)step.value};
     PyObject *result = NULL;
     array_arg *buffers[] = {&p, &g, &m, &v};
     if (same_lengths(buffers, 4) == 0) {
@@ -41,12 +47,17 @@ static PyObject *py_sgd_step(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"params", "grads", "momentum_buffer", "lr", "momentum", "dampening",
                              "weight_decay", "nesterov", "first_step", NULL};
     array_arg p = {"params"}, g = {"grads"}, b = {"momentum_buffer"};
-    sgd_settings s;
+    real_arg lr = {"lr", 0, INFINITY}, momentum = {"momentum", 0, INFINITY},
+             dampening = {"dampening", 0, INFINITY}, weight_decay = {"weight_decay", 0, INFINITY};
+    int nesterov, first_step;
     PyObject *b_obj;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&O$ffffpp", kwlist, to_f32_vector_out,
-                                     &p, to_f32_vector_out, &g, &b_obj, &s.lr, &s.momentum,
-                                     &s.dampening, &s.weight_decay, &s.nesterov, &s.first_step))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&O$O&O&O&O&pp", kwlist, to_f32_vector_out,
+                                     &p, to_f32_vector_out, &g, &b_obj, to_real32, &lr,
+                                     to_real32, &momentum, to_real32, &dampening, to_real32,
+                                     &weight_decay, &nesterov, &first_step))
         return NULL;
+    sgd_settings s = {(float)lr.value, (float)momentum.value, (float)dampening.value,
+                      (float)weight_decay.value, nesterov, first_step};
     PyObject *result = NULL;
     array_arg *buffers[] = {&p, &g, &b};
     if (b_obj != Py_None && !to_f32_vector_out(b_obj, &b)) goto done;
@@ -80,11 +91,12 @@ static PyObject *py_grad_norm(PyObject *self, PyObject *args, PyObject *kwargs) 
 static PyObject *py_scale(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"x", "factor", NULL};
     array_arg x = {"x"};
-    float factor;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&f", kwlist, to_f32_vector_out, &x, &factor))
+    real_arg factor = {"factor", -INFINITY, INFINITY};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&", kwlist, to_f32_vector_out, &x,
+                                     to_real32, &factor))
         return NULL;
     Py_BEGIN_ALLOW_THREADS
-    scale_in_place(ARG_DATA(float, x), ARG_LEN(x), factor);
+    scale_in_place(ARG_DATA(float, x), ARG_LEN(x), (float)factor.value);
     Py_END_ALLOW_THREADS
     arg_release(&x);
     Py_RETURN_NONE;
