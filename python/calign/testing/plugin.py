@@ -14,8 +14,9 @@ import os
 import pytest
 
 import calign
+from calign import checks
 from calign.testing import data
-from calign.testing.models import save_tiny_model
+from calign.testing.models import FAMILIES, save_tiny_model
 from calign.testing.report import ExperimentReport
 from calign.testing.wordtokenizer import save_word_tokenizer
 
@@ -181,6 +182,7 @@ def tiny_model(tmp_path_factory, calign_seed):
     built = {}
 
     def make(family="llama", *, seed=None, tokenizer=None, **config_overrides):
+        checks.choice("family", family, FAMILIES)  # before it names a folder
         seed = calign_seed if seed is None else seed
         key = _cache_key(family, seed, tokenizer, config_overrides)
         if key not in built:
