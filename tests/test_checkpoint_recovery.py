@@ -21,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import transformers
 from safetensors import safe_open
 
 import calign
+from calign.testing import num_threads
 from calign.trainers import checkpoints
 
 VOCAB = 37
@@ -103,22 +102,15 @@ def kill_points(changes, function, step):
 def one_thread():
     """The children run on one thread; so do the runs they are compared with
     (bit-identical results need the same reduction order)."""
-    before = calign.get_num_threads()
-    calign.set_num_threads(1)
-    yield
-    calign.set_num_threads(before)
+    with num_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        hidden_size=24, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
-        head_dim=6, intermediate_size=40, vocab_size=VOCAB, initializer_range=0.2,
-        pad_token_id=0)
-    path = tmp_path_factory.mktemp("llama")
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    return str(path)
+def llama_dir(tiny_model):
+    return str(tiny_model("llama", hidden_size=24, num_hidden_layers=2, num_attention_heads=6,
+                          num_key_value_heads=2, head_dim=6, intermediate_size=40,
+                          vocab_size=VOCAB, pad_token_id=0))
 
 
 def train(model, output_dir, resume=None, **args):

@@ -11,42 +11,47 @@ import torch
 import transformers
 
 import calign
+from calign.testing import tiny_config
 
+# Each family as tiny_model's arguments (calign.testing's defaults, spelled out so that
+# this file states what it tests). tiny_model builds the checkpoint with calign; the
+# family fixture loads that folder into transformers for the reference.
 FAMILIES = {
     # GPT-2: Conv1D layout, learned positions, tied head, vocab not a multiple of 8
-    "gpt2": lambda: transformers.GPT2Config(
-        n_embd=48, n_layer=2, n_head=4, n_positions=160, vocab_size=1003,
-        activation_function="gelu_new", initializer_range=0.2),
+    "gpt2": dict(family="gpt2", n_embd=48, n_layer=2, n_head=4, n_positions=160,
+                 vocab_size=1003, activation_function="gelu_new", initializer_range=0.2),
     # Llama: GQA with 3 query heads per kv head, head_dim != hidden/heads, biases,
     # the adaptive base frequency of 500000, untied head
-    "llama": lambda: transformers.LlamaConfig(
-        hidden_size=48, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
-        head_dim=12, intermediate_size=72, vocab_size=997, attention_bias=True, mlp_bias=True,
-        rope_theta=500000.0, initializer_range=0.2, tie_word_embeddings=False),
+    "llama": dict(family="llama", hidden_size=48, num_hidden_layers=2, num_attention_heads=6,
+                  num_key_value_heads=2, head_dim=12, intermediate_size=72, vocab_size=997,
+                  attention_bias=True, mlp_bias=True, rope_theta=500000.0,
+                  initializer_range=0.2, tie_word_embeddings=False),
     # Llama with a tied head and rope_theta 10000
-    "llama_tied": lambda: transformers.LlamaConfig(
-        hidden_size=40, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-        intermediate_size=56, vocab_size=1001, rope_theta=10000.0, initializer_range=0.2,
-        tie_word_embeddings=True),
-    "qwen2": lambda: transformers.Qwen2Config(
-        hidden_size=48, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
-        intermediate_size=64, vocab_size=1003, initializer_range=0.2),
+    "llama_tied": dict(family="llama", hidden_size=40, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=4, head_dim=None,
+                       intermediate_size=56, vocab_size=1001, attention_bias=False,
+                       mlp_bias=False, rope_theta=10000.0, initializer_range=0.2,
+                       tie_word_embeddings=True),
+    "qwen2": dict(family="qwen2", hidden_size=48, num_hidden_layers=2, num_attention_heads=6,
+                  num_key_value_heads=2, intermediate_size=64, vocab_size=1003,
+                  initializer_range=0.2),
     # Qwen3: per-head q/k norm, explicit head_dim != hidden/heads
-    "qwen3": lambda: transformers.Qwen3Config(
-        hidden_size=40, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
-        head_dim=12, intermediate_size=56, vocab_size=999, initializer_range=0.2),
+    "qwen3": dict(family="qwen3", hidden_size=40, num_hidden_layers=2, num_attention_heads=6,
+                  num_key_value_heads=2, head_dim=12, intermediate_size=56, vocab_size=999,
+                  initializer_range=0.2),
 }
 
 
+def transformers_model(path):
+    """The reference: the checkpoint in `path` as transformers runs it (eager attention)."""
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        path, attn_implementation="eager").eval()
+
+
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
-def family(request, tmp_path_factory):
-    torch.manual_seed(0)
-    config = FAMILIES[request.param]()
-    config._attn_implementation = "eager"
-    hf = transformers.AutoModelForCausalLM.from_config(config).eval()
-    path = tmp_path_factory.mktemp(request.param)
-    hf.save_pretrained(path)
-    return request.param, hf, str(path)
+def family(request, tiny_model):
+    path = tiny_model(**FAMILIES[request.param])
+    return request.param, transformers_model(path), str(path)
 
 
 def ids_batch(vocab, B=3, T=11, seed=0):
@@ -338,15 +343,10 @@ def test_sampling_is_seeded(family):
 
 
 @pytest.fixture(scope="module")
-def sampling_model(tmp_path_factory):
+def sampling_model(tiny_model):
     """A GPT-2 with peaked next-token distributions (large initial weights)."""
-    torch.manual_seed(1)
-    config = FAMILIES["gpt2"]()
-    config.initializer_range = 0.5
-    hf = transformers.AutoModelForCausalLM.from_config(config).eval()
-    path = tmp_path_factory.mktemp("sampling")
-    hf.save_pretrained(path)
-    return hf, calign.Model.from_pretrained(str(path))
+    path = tiny_model(**dict(FAMILIES["gpt2"], initializer_range=0.5), seed=1)
+    return transformers_model(path), calign.Model.from_pretrained(path)
 
 
 @pytest.mark.parametrize("temperature,top_k,top_p", [
@@ -389,8 +389,21 @@ def test_save_pretrained_loads_in_transformers(family, tmp_path):
     assert not [p for p in (tmp_path).iterdir() if p.name.startswith(".")]
 
 
+def test_loads_what_transformers_saves(family, tmp_path):
+    """The family's checkpoint was written by calign; transformers' own
+    save_pretrained of it (its config.json spelling, e.g. rope_parameters, and
+    its weight files) loads into the same tensors."""
+    name, hf, path = family
+    hf.save_pretrained(tmp_path / "saved")
+    ours = calign.Model.from_pretrained(path).state_dict()
+    again = calign.Model.from_pretrained(str(tmp_path / "saved")).state_dict()
+    assert again.keys() == ours.keys()
+    for key, tensor in ours.items():
+        np.testing.assert_array_equal(again[key], tensor, err_msg=key)
+
+
 def test_from_config_initialises_like_transformers():
-    config = FAMILIES["llama"]().to_dict()
+    config = tiny_config(**FAMILIES["llama"])
     a = calign.Model.from_config(config, seed=0)
     b = calign.Model.from_config(config, seed=0)
     np.testing.assert_array_equal(a.params, b.params)
@@ -405,7 +418,7 @@ def test_from_config_initialises_like_transformers():
 
 def test_adamw_and_sgd_match_torch():
     """One family is enough: the optimizers only see the flat buffers."""
-    config = FAMILIES["llama"]().to_dict()
+    config = tiny_config(**FAMILIES["llama"])
     rng = np.random.default_rng(5)
     for make_ours, make_theirs in [
         (lambda m: calign.optim.AdamW(m, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1),
@@ -435,7 +448,7 @@ def test_adamw_and_sgd_match_torch():
 
 
 def test_optimizer_state_round_trips(tmp_path):
-    config = FAMILIES["llama_tied"]().to_dict()
+    config = tiny_config(**FAMILIES["llama_tied"])
     a, b = calign.Model.from_config(config), calign.Model.from_config(config)
     opt_a, opt_b = calign.optim.AdamW(a), calign.optim.AdamW(b)
     rng = np.random.default_rng(0)
@@ -458,11 +471,8 @@ def test_optimizer_state_round_trips(tmp_path):
 # ---- bad input ----------------------------------------------------------------------------
 
 @pytest.fixture
-def saved(tmp_path):
-    torch.manual_seed(0)
-    hf = transformers.AutoModelForCausalLM.from_config(FAMILIES["gpt2"]())
-    hf.save_pretrained(tmp_path / "ok")
-    return tmp_path / "ok"
+def saved(tiny_model):
+    return tiny_model(**FAMILIES["gpt2"])
 
 
 def edit_config(path, **changes):
@@ -622,9 +632,8 @@ def test_more_threads_for_the_backward_than_the_forward(checkpointing):
     np.testing.assert_allclose(raised, single, atol=1e-5)
 
 
-def test_sharded_checkpoint_loads(tmp_path):
-    torch.manual_seed(0)
-    hf = transformers.AutoModelForCausalLM.from_config(FAMILIES["qwen2"]()).eval()
+def test_sharded_checkpoint_loads(tiny_model, tmp_path):
+    hf = transformers_model(tiny_model(**FAMILIES["qwen2"]))
     hf.save_pretrained(tmp_path, max_shard_size="100KB")
     assert (tmp_path / "model.safetensors.index.json").is_file()
     model = calign.Model.from_pretrained(str(tmp_path))

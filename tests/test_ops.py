@@ -124,17 +124,13 @@ def test_independent_of_chunk_size(chunk_size):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_independent_of_thread_count():
+def test_independent_of_thread_count(calign_threads):
     hidden, weight, bias, targets = make_problem(300, 40, 5000, ignore_every=7)
     g = np.ones(300)
-    previous = calign.get_num_threads()
-    try:
-        calign.set_num_threads(1)
-        one = ops.token_logprobs_backward(hidden, weight, targets, g, return_logprobs=True)
-        calign.set_num_threads(2)
-        two = ops.token_logprobs_backward(hidden, weight, targets, g, return_logprobs=True)
-    finally:
-        calign.set_num_threads(previous)
+    calign_threads(1)
+    one = ops.token_logprobs_backward(hidden, weight, targets, g, return_logprobs=True)
+    calign_threads(2)
+    two = ops.token_logprobs_backward(hidden, weight, targets, g, return_logprobs=True)
     for a, b in zip(one, two, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
