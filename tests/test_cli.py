@@ -1,12 +1,12 @@
 """The `calign` command line, end to end in subprocesses."""
 
 import json
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-import torch
 import transformers
 
 
@@ -16,32 +16,16 @@ def run(*args):
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
+def workspace(tmp_path_factory, tiny_model, tiny_tokenizer, preference_records):
     path = tmp_path_factory.mktemp("cli")
-    words = ["<pad>", "<eos>"] + [f"w{i}" for i in range(30)]
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.decoder = decoders.WordPiece()
-    backend.add_special_tokens(["<pad>", "<eos>"])
-    model_dir = path / "model"
-    torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(transformers.LlamaConfig(
-        hidden_size=24, num_hidden_layers=1, num_attention_heads=4, intermediate_size=32,
-        vocab_size=len(words), initializer_range=0.2)).save_pretrained(model_dir)
-    backend.save(str(model_dir / "tokenizer.json"))
-    (model_dir / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<eos>",
-                                                                 "pad_token": "<pad>"}))
-    rng = np.random.default_rng(0)
-
-    def text(n):
-        return " ".join(f"w{i}" for i in rng.integers(0, 30, n))
-
+    shutil.copytree(tiny_model("llama", tokenizer=tiny_tokenizer(vocab_size=32), hidden_size=24,
+                               num_hidden_layers=1, num_attention_heads=4,
+                               num_key_value_heads=4, head_dim=None, intermediate_size=32,
+                               attention_bias=False, mlp_bias=False, rope_theta=10000.0),
+                    path / "model")
     with open(path / "prefs.jsonl", "w") as f:
-        for _ in range(8):
-            f.write(json.dumps({"prompt": text(3), "chosen": " " + text(2),
-                                "rejected": " " + text(2)}) + "\n")
+        for record in preference_records(8, prompt_length=(3, 3), completion_length=(2, 2)):
+            f.write(json.dumps(record) + "\n")
     (path / "run.yaml").write_text("learning_rate: 0.01\nper_device_train_batch_size: 4\n"
                                    "max_steps: 3\nbeta: 0.5\nsave_steps: 0\nlogging_steps: 1\n"
                                    "disable_tqdm: true\n")

@@ -43,7 +43,7 @@ def exact_match(model, tokenizer, records):
     """The share of prompts whose greedy next word is the chosen answer."""
     outputs = model.generate([tokenizer.encode(r["prompt"]) for r in records], max_new_tokens=1)
     return float(np.mean([tokenizer.decode(out).strip() == r["chosen"].strip()
-                          for out, r in zip(outputs, records)]))
+                          for out, r in zip(outputs, records, strict=True)]))
 
 
 @pytest.mark.experiment

@@ -5,7 +5,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import torch
 import transformers
 
 import calign
@@ -16,13 +15,15 @@ VOCAB = 23
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("si")
-    transformers.AutoModelForCausalLM.from_config(transformers.LlamaConfig(
-        hidden_size=24, num_hidden_layers=1, num_attention_heads=4, intermediate_size=32,
-        vocab_size=VOCAB, initializer_range=0.5, max_position_embeddings=256)).save_pretrained(path)
-    return calign.Model.from_pretrained(str(path))
+def model(tiny_model):
+    # seed 10: a draw whose samples hold the cases the tests below need (on-policy
+    # pairs for a transformers tokenizer, judgements that do and do not parse);
+    # seeds 0-9 miss one of them
+    return calign.Model.from_pretrained(str(tiny_model(
+        "llama", seed=10, hidden_size=24, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=4, head_dim=None, intermediate_size=32, vocab_size=VOCAB,
+        initializer_range=0.5, max_position_embeddings=256, attention_bias=False,
+        mlp_bias=False, rope_theta=10000.0)))
 
 
 PROMPTS = [[1, 2, 3], [4, 5], [6]]
@@ -38,7 +39,7 @@ def test_on_policy_pairs_best_vs_worst_and_ties(model):
     records, summary = si.on_policy_pairs(model, PROMPTS, count_high, n=6, **SAMPLING)
     _, samples = si.sample(model, PROMPTS, 6, **SAMPLING)
     expected = 0
-    for prompt, completions in zip(PROMPTS, samples):
+    for prompt, completions in zip(PROMPTS, samples, strict=True):
         scores = [count_high(prompt, c) for c in completions]
         if max(scores) == min(scores):
             continue
@@ -57,7 +58,7 @@ def test_scpo_votes_and_weights(model):
 
     records, summary = si.scpo_pairs(model, PROMPTS, first_token, n=8, **SAMPLING)
     _, samples = si.sample(model, PROMPTS, 8, **SAMPLING)
-    for prompt, completions in zip(PROMPTS, samples):
+    for prompt, completions in zip(PROMPTS, samples, strict=True):
         votes = Counter(first_token(c) for c in completions).most_common()
         kept = [r for r in records if r["prompt_input_ids"] == prompt]
         if len(votes) < 2 or votes[0][1] == votes[-1][1]:
@@ -78,7 +79,7 @@ def test_divpo_picks_diverse_good_and_typical_bad(model, diversity):
     records, summary = si.divpo_pairs(model, PROMPTS, count_high, n=8, diversity=diversity,
                                       **SAMPLING)
     _, samples = si.sample(model, PROMPTS, 8, **SAMPLING)
-    for prompt, completions in zip(PROMPTS, samples):
+    for prompt, completions in zip(PROMPTS, samples, strict=True):
         scores = np.array([count_high(prompt, c) for c in completions])
         good = scores >= np.percentile(scores, 50)
         kept = [r for r in records if r["prompt_input_ids"] == prompt]

@@ -21,15 +21,11 @@ COMMON = dict(learning_rate=LR, per_device_train_batch_size=2, max_steps=STEPS, 
 
 
 @pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        hidden_size=24, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
-        head_dim=6, intermediate_size=40, vocab_size=VOCAB, initializer_range=0.2,
-        pad_token_id=0)
-    path = tmp_path_factory.mktemp("llama")
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    return str(path)
+def llama_dir(tiny_model):
+    return str(tiny_model("llama", hidden_size=24, num_hidden_layers=2, num_attention_heads=6,
+                          num_key_value_heads=2, head_dim=6, intermediate_size=40,
+                          vocab_size=VOCAB, pad_token_id=0, attention_bias=False,
+                          mlp_bias=False, rope_theta=10000.0))
 
 
 def random_ids(rng, low, high):
@@ -220,21 +216,12 @@ def test_reward_model_loads_as_sequence_classification(llama_dir, tmp_path):
 # ---- data ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    words = ["<pad>", "<eos>", "<", ">", "user", "assistant", "the", "sky", "is", "blue",
-             "green", "red", "what", "color", "?", ".", "grass", "sun", "yellow"]
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.add_special_tokens(["<pad>", "<eos>"])
-    path = tmp_path_factory.mktemp("tok")
-    backend.save(str(path / "tokenizer.json"))
+def tokenizer_dir(tiny_tokenizer):
     template = ("{% for m in messages %}< {{ m['role'] }} > {{ m['content'] }} <eos> "
                 "{% endfor %}{% if add_generation_prompt %}< assistant > {% endif %}")
-    (path / "tokenizer_config.json").write_text(json.dumps(
-        {"eos_token": "<eos>", "pad_token": "<pad>", "chat_template": template}))
-    return str(path)
+    return str(tiny_tokenizer(["<", ">", "user", "assistant", "the", "sky", "is", "blue",
+                               "green", "red", "what", "color", "?", ".", "grass", "sun",
+                               "yellow"], pre_tokenizer="whitespace", chat_template=template))
 
 
 def test_text_formats_tokenize_like_trl(tokenizer_dir, llama_dir, tmp_path):
@@ -660,7 +647,7 @@ def test_precomputed_reference_equals_live_reference(llama_dir, tmp_path):
         pre.evaluate(pairs(2, seed=99))  # the policy has moved: it is no reference any more
     # dataset columns are used as given
     columns = [dict(r, ref_chosen_logps=e.ref_logps[0], ref_rejected_logps=e.ref_logps[1])
-               for r, e in zip(data, pre.train_examples)]
+               for r, e in zip(data, pre.train_examples, strict=True)]
     given = calign.DPOTrainer(llama_dir, args=calign.DPOConfig(output_dir=str(tmp_path / "c"),
                                                                **settings),
                               train_dataset=columns)
@@ -709,7 +696,7 @@ def test_gradient_checkpointing_trains_the_same(llama_dir, tmp_path):
                                      dict(reference_free=True, loss_type="hinge"),
                                      dict(gradient_accumulation_steps=2)])
 def test_fused_pair_scoring_trains_as_the_three_call_path(llama_dir, tmp_path, options):
-    data = [dict(r, weight=w) for r, w in zip(pairs(8, seed=17), [1.0, 0.5] * 4)]
+    data = [dict(r, weight=w) for r, w in zip(pairs(8, seed=17), [1.0, 0.5] * 4, strict=True)]
     runs = []
     for fused in (True, False):
         trainer = calign.DPOTrainer(llama_dir, args=calign.DPOConfig(
@@ -720,7 +707,7 @@ def test_fused_pair_scoring_trains_as_the_three_call_path(llama_dir, tmp_path, o
         trainer.train()
         runs.append(([h for h in trainer.state.log_history if "loss" in h],
                      trainer.model.params.copy()))
-    for fused_log, plain_log in zip(*(r[0] for r in runs)):
+    for fused_log, plain_log in zip(*(r[0] for r in runs), strict=True):
         for key, value in plain_log.items():
             assert fused_log[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     np.testing.assert_allclose(runs[0][1], runs[1][1], rtol=1e-5, atol=1e-6)

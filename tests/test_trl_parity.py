@@ -6,47 +6,24 @@ off on both sides (TRL's default), TRL runs in float32 (its DPOConfig turns
 bf16 autocast on by default, even on CPU: that alone moves its log-probs by
 ~3e-4 relative), and three steps are taken."""
 
-import json
 
-import numpy as np
 import pytest
 import torch
 import transformers
 
 import calign
-
-WORDS = ["<pad>", "<eos>"] + [f"w{i}" for i in range(45)]
-
+from calign import testing
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    path = tmp_path_factory.mktemp("trl_parity")
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.add_special_tokens(["<pad>", "<eos>"])
-    backend.save(str(path / "tokenizer.json"))
-    (path / "tokenizer_config.json").write_text(json.dumps(
-        {"eos_token": "<eos>", "pad_token": "<pad>",
-         "tokenizer_class": "PreTrainedTokenizerFast"}))
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=48, vocab_size=len(WORDS), initializer_range=0.1, pad_token_id=0,
-        eos_token_id=1)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    return path
+def checkpoint(tiny_model, tiny_tokenizer):
+    return tiny_model("llama", tokenizer=tiny_tokenizer(vocab_size=47), hidden_size=32,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=None,
+                      intermediate_size=48, initializer_range=0.1, attention_bias=False,
+                      mlp_bias=False, rope_theta=10000.0)
 
 
 def records(n, seed=0):
-    rng = np.random.default_rng(seed)
-
-    def words(k):
-        return " ".join(f"w{i}" for i in rng.integers(0, 45, k))
-
-    return [{"prompt": words(rng.integers(2, 6)), "chosen": " " + words(rng.integers(1, 5)),
-             "rejected": " " + words(rng.integers(1, 5))} for _ in range(n)]
+    return testing.preference_records(n, seed=seed, words=testing.word_list(45))
 
 
 METRICS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies",
@@ -78,7 +55,7 @@ def test_dpo_metrics_match_trl(checkpoint, tmp_path, loss_type):
     ours_trainer.train()
     ours = [h for h in ours_trainer.state.log_history if "loss" in h]
     assert len(ours) == len(theirs) == 3
-    for step, (mine, trl_row) in enumerate(zip(ours, theirs)):
+    for step, (mine, trl_row) in enumerate(zip(ours, theirs, strict=True)):
         for name in METRICS:
             assert mine[name] == pytest.approx(trl_row[name], rel=1e-4, abs=1e-5), (step, name)
 

@@ -53,19 +53,13 @@ def test_em_on_synthetic_corpus_equals_numpy():
     assert model.tension == pytest.approx(tension, rel=1e-9)
 
 
-def test_deterministic_and_thread_independent_up_to_rounding():
-    import calign
-
+def test_deterministic_and_thread_independent_up_to_rounding(calign_threads):
     pairs, _, _ = wa.synthetic_corpus(3500, seed=4)  # above 32768 target words: 2 threads run
-    previous = calign.get_num_threads()
-    try:
-        calign.set_num_threads(2)
-        a = wa.IBM2().fit(pairs, 3)
-        b = wa.IBM2().fit(pairs, 3)
-        calign.set_num_threads(1)
-        c = wa.IBM2().fit(pairs, 3)
-    finally:
-        calign.set_num_threads(previous)
+    calign_threads(2)
+    a = wa.IBM2().fit(pairs, 3)
+    b = wa.IBM2().fit(pairs, 3)
+    calign_threads(1)
+    c = wa.IBM2().fit(pairs, 3)
     np.testing.assert_array_equal(a.table[2], b.table[2])
     np.testing.assert_allclose(a.table[2], c.table[2], rtol=1e-12)
 
@@ -78,7 +72,7 @@ def test_model_quality_ordering_on_synthetic_data():
         reverse = make(reverse=True).fit(pairs, 5)
         f, r = forward.align(pairs), reverse.align(pairs)
         scores[name] = wa.aer(f, sure, possible)
-        scores[name + "+gdfa"] = wa.aer([wa.symmetrize(x, y) for x, y in zip(f, r)], sure,
+        scores[name + "+gdfa"] = wa.aer([wa.symmetrize(x, y) for x, y in zip(f, r, strict=True)], sure,
                                         possible)
     assert scores["ibm2"] < scores["ibm1"]
     assert scores["ibm2"] < 0.15 and scores["ibm1+gdfa"] < scores["ibm1"]
@@ -214,7 +208,7 @@ def test_hmm_beats_ibm2_beats_ibm1_on_synthetic_data():
               for name, make in (("ibm1", wa.IBM1), ("ibm2", wa.IBM2), ("hmm", wa.HMM))}
     assert scores["ibm1"] > scores["ibm2"] > scores["hmm"], scores
     forward, reverse = wa.HMM().fit(pairs, 5), wa.HMM(reverse=True).fit(pairs, 5)
-    gdfa = [wa.symmetrize(f, r) for f, r in zip(forward.align(pairs), reverse.align(pairs))]
+    gdfa = [wa.symmetrize(f, r) for f, r in zip(forward.align(pairs), reverse.align(pairs), strict=True)]
     assert wa.aer(gdfa, sure, possible) < 0.12
 
 
@@ -309,7 +303,7 @@ def test_hand_made_gold_set():
     for name, make in (("ibm1", wa.IBM1), ("ibm2", wa.IBM2), ("hmm", wa.HMM)):
         forward = make().fit(pairs, 5).align(pairs)
         reverse = make(reverse=True).fit(pairs, 5).align(pairs)
-        scores[name] = wa.aer([wa.symmetrize(f, r) for f, r in zip(forward, reverse)], sure,
+        scores[name] = wa.aer([wa.symmetrize(f, r) for f, r in zip(forward, reverse, strict=True)], sure,
                               possible)
     scores["joint"] = wa.aer(wa.JointHMM().fit(pairs, 5).align(pairs), sure, possible)
     # measured: ibm1 0.413, ibm2 0.193, hmm 0.178, joint 0.120 (eflomal 2.0, one run: model 3 0.139)
@@ -352,7 +346,7 @@ def test_hmm_viterbi_and_posteriors_equal_enumeration(max_jump):
     model = wa.HMM(p0=0.15, max_jump=max_jump, alpha=0.0).fit(pairs, 2)
     t = dense_table(model)
     paths = model.align(pairs)
-    for (s, g), (src, tgt), links in zip(pairs, id_pairs(model, pairs), paths):
+    for (s, g), (src, tgt), links in zip(pairs, id_pairs(model, pairs), paths, strict=True):
         probs = ref.hmm_paths(src, tgt, t, model.jump, model.p0)
         path = [0] * len(tgt)
         for i, j in links:
@@ -432,21 +426,16 @@ def test_fertility_sampler_equals_numpy(cached):
     np.testing.assert_array_equal(again, post)
 
 
-def test_fertility_sampler_does_not_depend_on_threads():
-    import calign
+def test_fertility_sampler_does_not_depend_on_threads(calign_threads):
     from calign import _C
 
     _, hmm, arrays, start = sampler_inputs(4500)  # above 32768 target words
-    previous = calign.get_num_threads()
     results = []
-    try:
-        for threads in (1, 2):
-            calign.set_num_threads(threads)
-            results.append(_C.wa_fertility_sample(hmm.c_model, *arrays, max_fertility=3,
-                                                  fertility_prior=1.0, burn_in=1, samples=3,
-                                                  seed=7, link_cache_bytes=0)[0])
-    finally:
-        calign.set_num_threads(previous)
+    for threads in (1, 2):
+        calign_threads(threads)
+        results.append(_C.wa_fertility_sample(hmm.c_model, *arrays, max_fertility=3,
+                                              fertility_prior=1.0, burn_in=1, samples=3,
+                                              seed=7, link_cache_bytes=0)[0])
     np.testing.assert_array_equal(results[0], results[1])
 
 
@@ -461,7 +450,7 @@ def test_soft_union_equals_numpy():
     reverse = [rng.random((i, j + 1)) for i, j in lengths]
     keep = _C.wa_soft_union(src_off, tgt_off, np.concatenate([f.ravel() for f in forward]),
                             np.concatenate([r.ravel() for r in reverse]), 0.45)
-    expected = [((f[:, 1:].T + r[:, 1:]) / 2 > 0.45).ravel() for f, r in zip(forward, reverse)]
+    expected = [((f[:, 1:].T + r[:, 1:]) / 2 > 0.45).ravel() for f, r in zip(forward, reverse, strict=True)]
     np.testing.assert_array_equal(keep.astype(bool), np.concatenate(expected))
 
 
@@ -483,10 +472,10 @@ def test_joint_hmm_align_methods_save_load_and_unknown_words(tmp_path):
     links = model.align(pairs[:20])
     forward, reverse = model.align(pairs[:20], "forward"), model.align(pairs[:20], "reverse")
     assert model.align(pairs[:20], "intersect") == [wa.symmetrize(f, r, "intersect")
-                                                    for f, r in zip(forward, reverse)]
+                                                    for f, r in zip(forward, reverse, strict=True)]
     post = model.posteriors(pairs[0])  # fertility learned on this pair alone, as align([pair])
     assert post.shape == (len(pairs[0][0]), len(pairs[0][1]))
-    assert [tuple(map(int, x)) for x in zip(*np.nonzero(post > model.threshold))] == \
+    assert [tuple(map(int, x)) for x in zip(*np.nonzero(post > model.threshold), strict=True)] == \
         model.align(pairs[:1])[0]
     model.save(str(tmp_path / "joint.npz"))
     again = wa.JointHMM.load(str(tmp_path / "joint.npz"))
@@ -735,7 +724,7 @@ SAVED_V1 = __import__("os").path.join(__import__("os").path.dirname(__file__), "
 
 def assert_same_state(a, b):
     """Two models' tables, settings and vocabularies are identical, bit for bit."""
-    for x, y in zip(a.table, b.table):
+    for x, y in zip(a.table, b.table, strict=True):
         assert x.dtype == y.dtype
         np.testing.assert_array_equal(x, y)
     from calign import _C
@@ -901,7 +890,7 @@ def test_c_corpus_and_training_errors_are_named():
 
     model = wa.HMM().fit(SMALL, 1)
     arrays = flatten(SMALL, model.source_vocab, model.target_vocab, grow=False)
-    corpus = dict(zip(("source_ids", "source_offsets", "target_ids", "target_offsets"), arrays))
+    corpus = dict(zip(("source_ids", "source_offsets", "target_ids", "target_offsets"), arrays, strict=True))
     n_source = len(model.source_vocab)
     for change, message in (
             ({"source_ids": np.full_like(arrays[0], n_source)},
