@@ -71,18 +71,27 @@ static int kernel_status(long bad_row, char *err) {
     return CALIGN_ENONFINITE;
 }
 
+/* Carves the score buffers from the model's workspace, gathers the scored
+ * rows of hidden and sets up the kernel's problem over them. */
+static int prepare_scores(score_buffers *s, logprob_problem *p, model *m, const float *params,
+                          const float *hidden, const score_request *r, char *err) {
+    bump b = {NULL, 0};
+    plan_score_buffers(s, &b, m, r, 0);
+    if (!(b.base = model_workspace(m, b.used))) return out_of_memory(err);
+    b.used = 0;
+    plan_score_buffers(s, &b, m, r, 0);
+    gather_rows(s->rows, hidden, r->rows, r->M, model_get_config(m)->d_model);
+    *p = problem_of(m, params, s->rows, r);
+    return CALIGN_OK;
+}
+
 int model_score_forward(float *logprobs, const logprob_stats *stats, model *m,
                         const float *params, const float *hidden, const score_request *r,
                         char *err) {
     score_buffers s;
-    bump b = {NULL, 0};
-    plan_score_buffers(&s, &b, m, r, 0);
-    if (!(b.base = model_workspace(m, b.used))) return out_of_memory(err);
-    b.used = 0;
-    plan_score_buffers(&s, &b, m, r, 0);
-    const int d = model_get_config(m)->d_model;
-    gather_rows(s.rows, hidden, r->rows, r->M, d);
-    logprob_problem p = problem_of(m, params, s.rows, r);
+    logprob_problem p;
+    int status = prepare_scores(&s, &p, m, params, hidden, r, err);
+    if (status != CALIGN_OK) return status;
     return kernel_status(token_logprobs_forward(logprobs, stats, &p, s.kernel), err);
 }
 
@@ -91,20 +100,15 @@ int model_score_backward(float *d_hidden, float *grads, float *logprobs,
                          const float *hidden, const double *grad_logprobs,
                          const score_request *r, char *err) {
     score_buffers s;
-    bump b = {NULL, 0};
-    plan_score_buffers(&s, &b, m, r, 0);
-    if (!(b.base = model_workspace(m, b.used))) return out_of_memory(err);
-    b.used = 0;
-    plan_score_buffers(&s, &b, m, r, 0);
-    const int d = model_get_config(m)->d_model;
+    logprob_problem p;
+    int status = prepare_scores(&s, &p, m, params, hidden, r, err);
+    if (status != CALIGN_OK) return status;
     for (long i = 0; i < r->M; i++) s.grad32[i] = (float)grad_logprobs[i];
-    gather_rows(s.rows, hidden, r->rows, r->M, d);
-    logprob_problem p = problem_of(m, params, s.rows, r);
-    int status = kernel_status(token_logprobs_backward(s.d_rows, grads + model_lm_head_offset(m),
-                                                       NULL, logprobs, stats, s.grad32, &p,
-                                                       s.kernel),
-                               err);
-    if (status == CALIGN_OK) scatter_add_rows(d_hidden, s.d_rows, r->rows, r->M, d);
+    status = kernel_status(token_logprobs_backward(s.d_rows, grads + model_lm_head_offset(m), NULL,
+                                                   logprobs, stats, s.grad32, &p, s.kernel),
+                           err);
+    if (status == CALIGN_OK)
+        scatter_add_rows(d_hidden, s.d_rows, r->rows, r->M, model_get_config(m)->d_model);
     return status;
 }
 
