@@ -304,8 +304,9 @@ static long logprobs_backward(float *grad_hidden, float *grad_weight, float *gra
         if (!consecutive)
             for (long r = 0; r < n; r++)
                 memcpy(grad_hidden + (size_t)rows[r] * d, gh + (size_t)r * d, sizeof(float) * d);
-        /* grad_W [V, d] += G^T [V, n] @ h [n, d] */
-        gemm_f32(true, false, V, d, (int)n, 1.0f, s.logits, V, h, d, 1.0f, grad_weight, d);
+        /* grad_W [V, d] += G^T [V, n] @ h [n, d] (none for a frozen lm_head) */
+        if (grad_weight)
+            gemm_f32(true, false, V, d, (int)n, 1.0f, s.logits, V, h, d, 1.0f, grad_weight, d);
         if (grad_bias) accumulate_bias_grad(grad_bias, s.logits, n, V);
     }
     return -1;
@@ -399,8 +400,9 @@ static void chunk_backward(float *grad_hidden, float *grad_weight, float *logits
     }
     gemm_f32(false, false, (int)n, d, V, 1.0f, logits, V, p->weight, d, 0.0f,
              grad_hidden + (size_t)r0 * d, d);
-    gemm_f32(true, false, V, d, (int)n, 1.0f, logits, V, p->hidden + (size_t)r0 * d, d, 1.0f,
-             grad_weight, d);
+    if (grad_weight) /* none for a frozen lm_head */
+        gemm_f32(true, false, V, d, (int)n, 1.0f, logits, V, p->hidden + (size_t)r0 * d, d,
+                 1.0f, grad_weight, d);
 }
 
 /* seq_sums[s] = sum of weight * logp over the rows of sequences [s0, s1). */

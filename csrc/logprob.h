@@ -49,7 +49,7 @@ long token_logprobs_forward(float *logprobs, const logprob_stats *stats,
 
 /* Backward for upstream gradient grad_logprobs[N]:
  *   grad_hidden[N, d]  is written (zero on ignored rows),
- *   grad_weight[V, d]  is ACCUMULATED into (+=),
+ *   grad_weight[V, d]  is ACCUMULATED into (+=) unless NULL (a frozen lm_head),
  *   grad_bias[V]       is accumulated into when not NULL,
  *   logprobs[N], stats are written when not NULL (the forward's values, for
  *                      free when the upstream gradient is known beforehand).
@@ -91,7 +91,7 @@ size_t logprob_grouped_scratch_bytes(const logprob_problem *p);
 
 /* Forward, loss gradient and backward in one pass: writes logprobs[N],
  * the stats (when not NULL), seq_sums[n_seq] (weighted log-prob sums) and
- * seq_grads[n_seq], writes grad_hidden[N, d] and ADDS into grad_weight[V, d].
+ * seq_grads[n_seq], writes grad_hidden[N, d] and ADDS into grad_weight[V, d] (unless NULL).
  * Returns -1 or the first row whose logits were not finite. */
 long token_logprobs_grouped(float *grad_hidden, float *grad_weight, float *logprobs,
                             const logprob_stats *stats, double *seq_sums, double *seq_grads,

@@ -68,6 +68,16 @@ static int f32_in_place(PyObject *obj, array_arg *a, int ndim, int writable) {
 
 int to_f32_vector(PyObject *obj, void *arg) { return f32_in_place(obj, arg, 1, 0); }
 int to_f32_vector_out(PyObject *obj, void *arg) { return f32_in_place(obj, arg, 1, 1); }
+
+int to_f32_vector_or_none(PyObject *obj, void *arg) {
+    if (obj == Py_None) return Py_CLEANUP_SUPPORTED;
+    return to_f32_vector(obj, arg);
+}
+
+int to_f32_vector_out_or_none(PyObject *obj, void *arg) {
+    if (obj == Py_None) return Py_CLEANUP_SUPPORTED;
+    return to_f32_vector_out(obj, arg);
+}
 int to_f32_matrix(PyObject *obj, void *arg) { return f32_in_place(obj, arg, 2, 0); }
 
 static int f64_vector_in_place(PyObject *obj, array_arg *a, int writable) {

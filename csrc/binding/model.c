@@ -116,6 +116,84 @@ static PyObject *py_model_create(PyObject *self, PyObject *args, PyObject *kwarg
     return capsule;
 }
 
+/* model_set_adapters(model, layer, site, out_offset, out_dim, in_dim, r, a_offset, b_offset,
+ * scale, n_floats): one entry per adapter in each sequence (site by name,
+ * _C.describe()["lora_sites"]); n_floats, the adapter vector's length.
+ * Empty sequences remove the adapters. */
+static PyObject *py_model_set_adapters(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"model", "layer", "site", "out_offset", "out_dim", "in_dim", "r",
+                             "a_offset", "b_offset", "scale", "n_floats", NULL};
+    PyObject *capsule, *sites;
+    array_arg ints[8] = {{"layer"}, {"out_offset"}, {"out_dim"}, {"in_dim"}, {"r"},
+                         {"a_offset"}, {"b_offset"}}, scale = {"scale"};
+    int_arg n_floats = {"n_floats", 0, INT64_MAX};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O$O&OO&O&O&O&O&O&O&O&", kwlist, &capsule,
+                                     to_int64_vector, &ints[0], &sites, to_int64_vector, &ints[1],
+                                     to_int64_vector, &ints[2], to_int64_vector, &ints[3],
+                                     to_int64_vector, &ints[4], to_int64_vector, &ints[5],
+                                     to_int64_vector, &ints[6], to_f64_vector, &scale, to_int,
+                                     &n_floats))
+        return NULL;
+    PyObject *result = NULL, *fast = NULL;
+    lora_adapter *list = NULL;
+    model_handle *h = NULL;
+    npy_intp n = ARG_LEN(ints[0]);
+    if (!(fast = PySequence_Fast(sites, "site must be a sequence of names"))) goto done;
+    if (PySequence_Fast_GET_SIZE(fast) != n || check_rows(&scale, n, "layer") < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "site has another length than layer");
+        goto done;
+    }
+    for (int k = 1; k < 7; k++)
+        if (check_rows(&ints[k], n, "layer") < 0) goto done;
+    if (n > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "more than 2**31 - 1 adapters");
+        goto done;
+    }
+    if (!(list = calloc(n > 0 ? n : 1, sizeof(lora_adapter)))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (npy_intp i = 0; i < n; i++) {
+        PyObject *name = PySequence_Fast_GET_ITEM(fast, i);
+        const char *text = PyUnicode_Check(name) ? PyUnicode_AsUTF8(name) : NULL;
+        if (!text) PyErr_Clear();
+        int site = name_index(text, "site", LORA_SITE_NAMES, LORA_N_SITES);
+        if (site < 0) goto done;
+        int64_t v[7];
+        for (int k = 0; k < 7; k++) {
+            v[k] = ARG_DATA(const int64_t, ints[k])[i];
+            if (v[k] < 0 || (k < 5 && v[k] > INT32_MAX)) {
+                PyErr_Format(PyExc_ValueError, "%s[%zd] = %lld is out of range", ints[k].name,
+                             (Py_ssize_t)i, (long long)v[k]);
+                goto done;
+            }
+        }
+        list[i] = (lora_adapter){(int)v[0], (lora_site)site, (int)v[1], (int)v[2], (int)v[3],
+                                 (int)v[4], (long)v[5], (long)v[6],
+                                 (float)ARG_DATA(const double, scale)[i]};
+    }
+    if (!(h = claim_model(capsule))) goto done;
+    char err[CALIGN_ERR_LEN] = "";
+    int status = model_set_adapters(h->m, list, (int)n, (long)n_floats.value, err);
+    if (status == -2) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (status < 0) {
+        PyErr_SetString(PyExc_ValueError, err);
+        goto done;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    release_model(h);
+    free(list);
+    Py_XDECREF(fast);
+    for (int k = 0; k < 7; k++) arg_release(&ints[k]);
+    arg_release(&scale);
+    return result;
+}
+
 static PyObject *py_model_arena_bytes(PyObject *self, PyObject *capsule) {
     model_handle *h = model_of(capsule);
     return h ? PyLong_FromSize_t(model_arena_bytes(h->m)) : NULL;
@@ -159,6 +237,22 @@ static int check_param_vector(const array_arg *a, const model *m) {
     if (ARG_LEN(*a) != model_param_count(m)) {
         PyErr_Format(PyExc_ValueError, "%s has %zd floats but the model has %ld parameters",
                      a->name, (Py_ssize_t)ARG_LEN(*a), model_param_count(m));
+        return -1;
+    }
+    return 0;
+}
+
+/* adapters or adapter_grads: None, or a float32 vector of the model's adapter
+ * vector length (model_set_adapters). */
+static int check_adapter_vector(const array_arg *a, const model *m) {
+    if (!a->array) return 0;
+    if (!model_adapter_floats(m)) {
+        PyErr_Format(PyExc_ValueError, "%s given but the model has no adapters", a->name);
+        return -1;
+    }
+    if (ARG_LEN(*a) != model_adapter_floats(m)) {
+        PyErr_Format(PyExc_ValueError, "%s has %zd floats but the model's adapters have %ld",
+                     a->name, (Py_ssize_t)ARG_LEN(*a), model_adapter_floats(m));
         return -1;
     }
     return 0;
@@ -296,21 +390,22 @@ static void release_stats(stats_arrays *s) {
 
 static PyObject *py_model_forward(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"model", "params", "input_ids", "position_ids", "sequence_starts",
-                             "branch_ids", "mode", NULL};
+                             "branch_ids", "mode", "adapters", NULL};
     PyObject *capsule;
-    const char *mode_name;
-    array_arg params = {"params"};
+    const char *mode_name = "inference";
+    array_arg params = {"params"}, adapters = {"adapters"};
     batch_args a = BATCH_ARGS;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&O&O&O&O&$s", kwlist, &capsule,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&O&O&O&O&|$sO&", kwlist, &capsule,
                                      to_f32_vector, &params, to_int64_vector, &a.ids,
                                      to_int64_vector, &a.positions, to_int64_vector, &a.starts,
-                                     to_int64_vector, &a.branch, &mode_name))
+                                     to_int64_vector, &a.branch, &mode_name,
+                                     to_f32_vector_or_none, &adapters))
         return NULL;
     PyObject *hidden = NULL;
     model_handle *h = NULL;
     int mode = name_index(mode_name, "mode", FORWARD_MODE_NAMES, FORWARD_N_MODES);
     if (mode < 0 || !(h = claim_model(capsule)) || check_param_vector(&params, h->m) < 0 ||
-        check_batch(&a, h->m) < 0)
+        check_adapter_vector(&adapters, h->m) < 0 || check_batch(&a, h->m) < 0)
         goto done;
     if (model_prepare(h->m, &a.b, mode) < 0) {
         PyErr_NoMemory();
@@ -318,47 +413,67 @@ static PyObject *py_model_forward(PyObject *self, PyObject *args, PyObject *kwar
     }
     if (!(hidden = new_f32_2d(a.b.T, model_get_config(h->m)->d_model))) goto done;
     Py_BEGIN_ALLOW_THREADS
-    model_forward(h->m, f32(hidden), ARG_DATA(const float, params), &a.b, mode);
+    model_forward(h->m, f32(hidden), ARG_DATA(const float, params),
+                  adapters.array ? ARG_DATA(const float, adapters) : NULL, &a.b, mode);
     Py_END_ALLOW_THREADS
 done:
     release_model(h);
     arg_release(&params);
+    arg_release(&adapters);
     release_batch(&a);
     return hidden;
 }
 
 static PyObject *py_model_backward(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"model", "params", "grads", "d_hidden", "input_ids", "position_ids",
-                             "sequence_starts", "branch_ids", NULL};
+                             "sequence_starts", "branch_ids", "adapters", "adapter_grads", NULL};
     PyObject *capsule;
-    array_arg params = {"params"}, grads = {"grads"}, d_hidden = {"d_hidden"};
+    array_arg params = {"params"}, grads = {"grads"}, d_hidden = {"d_hidden"},
+              adapters = {"adapters"}, adapter_grads = {"adapter_grads"};
     batch_args a = BATCH_ARGS;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&O&O&O&O&O&O&", kwlist, &capsule,
-                                     to_f32_vector, &params, to_f32_vector_out, &grads,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&O&O&O&O&O&O&|$O&O&", kwlist, &capsule,
+                                     to_f32_vector, &params, to_f32_vector_out_or_none, &grads,
                                      to_f32_matrix, &d_hidden, to_int64_vector, &a.ids,
                                      to_int64_vector, &a.positions, to_int64_vector, &a.starts,
-                                     to_int64_vector, &a.branch))
+                                     to_int64_vector, &a.branch, to_f32_vector_or_none,
+                                     &adapters, to_f32_vector_out_or_none, &adapter_grads))
         return NULL;
     PyObject *result = NULL;
     PyArrayObject *d_copy = NULL;
     model_handle *h = claim_model(capsule);
-    if (!h || check_param_vector(&params, h->m) < 0 || check_param_vector(&grads, h->m) < 0 ||
-        check_batch(&a, h->m) < 0 || check_hidden(&d_hidden, h->m) < 0)
+    if (!h || check_param_vector(&params, h->m) < 0 ||
+        (grads.array && check_param_vector(&grads, h->m) < 0) ||
+        check_adapter_vector(&adapters, h->m) < 0 ||
+        check_adapter_vector(&adapter_grads, h->m) < 0 || check_batch(&a, h->m) < 0 ||
+        check_hidden(&d_hidden, h->m) < 0)
         goto done;
+    if (!adapters.array != !adapter_grads.array) {
+        PyErr_SetString(PyExc_ValueError, "adapters and adapter_grads go together (None for "
+                                          "neither)");
+        goto done;
+    }
+    if (!grads.array && !adapter_grads.array) {
+        PyErr_SetString(PyExc_ValueError, "grads is None (the base frozen) and there are no "
+                                          "adapter_grads: the backward would compute nothing");
+        goto done;
+    }
     if (PyArray_DIM(d_hidden.array, 0) != a.b.T) {
         PyErr_SetString(PyExc_ValueError, "d_hidden must have shape [tokens, hidden_size]");
         goto done;
     }
-    if (!model_ready_for_backward(h->m, &a.b)) {
+    const float *lora = adapters.array ? ARG_DATA(const float, adapters) : NULL;
+    if (!model_ready_for_backward(h->m, &a.b, lora)) {
         PyErr_SetString(PyExc_RuntimeError,
-                        "backward needs a training forward of the same batch just before it");
+                        "backward needs a training forward of the same batch, with the same "
+                        "adapters, just before it");
         goto done;
     }
     /* the backward uses d_hidden as scratch: work on a copy */
     if (!(d_copy = (PyArrayObject *)PyArray_NewCopy(d_hidden.array, NPY_CORDER))) goto done;
     Py_BEGIN_ALLOW_THREADS
-    model_backward(h->m, ARG_DATA(float, grads), ARG_DATA(const float, params),
-                   PyArray_DATA(d_copy), &a.b);
+    model_backward(h->m, grads.array ? ARG_DATA(float, grads) : NULL,
+                   adapter_grads.array ? ARG_DATA(float, adapter_grads) : NULL,
+                   ARG_DATA(const float, params), lora, PyArray_DATA(d_copy), &a.b);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:
@@ -366,6 +481,8 @@ done:
     Py_XDECREF(d_copy);
     arg_release(&params);
     arg_release(&grads);
+    arg_release(&adapters);
+    arg_release(&adapter_grads);
     arg_release(&d_hidden);
     release_batch(&a);
     return result;
@@ -465,7 +582,7 @@ static PyObject *py_model_score_backward(PyObject *self, PyObject *args, PyObjec
     double temperature = 1.0;
     int return_stats = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&O&O&O&O&O&|$dp", kwlist, &capsule,
-                                     to_f32_vector, &params, to_f32_vector_out, &grads,
+                                     to_f32_vector, &params, to_f32_vector_out_or_none, &grads,
                                      to_f32_matrix, &hidden, to_int64_vector, &rows,
                                      to_int64_vector, &targets, to_f64_vector, &grad,
                                      &temperature, &return_stats))
@@ -474,7 +591,8 @@ static PyObject *py_model_score_backward(PyObject *self, PyObject *args, PyObjec
     stats_arrays stats = {0};
     model_handle *h = NULL;
     if (check_temperature(temperature) < 0 || !(h = claim_model(capsule)) ||
-        check_param_vector(&params, h->m) < 0 || check_param_vector(&grads, h->m) < 0 ||
+        check_param_vector(&params, h->m) < 0 ||
+        (grads.array && check_param_vector(&grads, h->m) < 0) ||
         check_hidden(&hidden, h->m) < 0 ||
         check_scores(&rows, &targets, PyArray_DIM(hidden.array, 0), h->m) < 0 ||
         check_rows(&grad, ARG_LEN(rows), rows.name) < 0)
@@ -488,7 +606,8 @@ static PyObject *py_model_score_backward(PyObject *self, PyObject *args, PyObjec
     char err[CALIGN_ERR_LEN] = "";
     int status;
     Py_BEGIN_ALLOW_THREADS
-    status = model_score_backward(f32(d_hidden), ARG_DATA(float, grads), f32(logprobs),
+    status = model_score_backward(f32(d_hidden), grads.array ? ARG_DATA(float, grads) : NULL,
+                                  f32(logprobs),
                                   return_stats ? &stats.view : NULL, h->m,
                                   ARG_DATA(const float, params), ARG_DATA(const float, hidden),
                                   ARG_DATA(const double, grad), &r, err);
@@ -533,7 +652,7 @@ static PyObject *py_model_score_dpo(PyObject *self, PyObject *args, PyObject *kw
     double grad_scale = 1.0;
     if (!PyArg_ParseTupleAndKeywords(
             args, kwargs, "OO&O&O&O&O&O&O&O&O!|$O&O&d", kwlist, &capsule, to_f32_vector, &params,
-            to_f32_vector_out, &grads, to_f32_matrix, &hidden, to_int64_vector, &rows,
+            to_f32_vector_out_or_none, &grads, to_f32_matrix, &hidden, to_int64_vector, &rows,
             to_int64_vector, &targets, to_int64_vector, &lengths, to_f64_vector, &ref_c,
             to_f64_vector, &ref_r, &PyDict_Type, &settings, to_f64_vector_or_none,
             &token_weights, to_f64_vector_or_none, &weights, &grad_scale))
@@ -560,7 +679,8 @@ static PyObject *py_model_score_dpo(PyObject *self, PyObject *args, PyObject *kw
         (token_weights.array && check_rows(&token_weights, M, rows.name) < 0) ||
         (weights.array && check_rows(&weights, B, "pairs") < 0) ||
         !(h = claim_model(capsule)) || check_param_vector(&params, h->m) < 0 ||
-        check_param_vector(&grads, h->m) < 0 || check_hidden(&hidden, h->m) < 0 ||
+        (grads.array && check_param_vector(&grads, h->m) < 0) ||
+        check_hidden(&hidden, h->m) < 0 ||
         check_scores(&rows, &targets, PyArray_DIM(hidden.array, 0), h->m) < 0)
         goto done;
     npy_intp pair_dims[2] = {B, 2};
@@ -585,7 +705,7 @@ static PyObject *py_model_score_dpo(PyObject *self, PyObject *args, PyObject *kw
     char err[CALIGN_ERR_LEN] = "";
     int status;
     Py_BEGIN_ALLOW_THREADS
-    status = model_score_dpo_pairs(&out, ARG_DATA(float, grads), h->m,
+    status = model_score_dpo_pairs(&out, grads.array ? ARG_DATA(float, grads) : NULL, h->m,
                                    ARG_DATA(const float, params), ARG_DATA(const float, hidden),
                                    &r, &q, err);
     Py_END_ALLOW_THREADS
@@ -615,22 +735,23 @@ done:
 static PyObject *py_model_generate(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"model", "params", "input_ids", "prompt_starts", "max_new_tokens",
                              "do_sample", "temperature", "top_k", "top_p", "repetition_penalty",
-                             "eos_token_ids", "num_return_sequences", "seed", NULL};
+                             "eos_token_ids", "num_return_sequences", "seed", "adapters", NULL};
     PyObject *capsule;
     array_arg params = {"params"}, tokens = {"input_ids"}, starts = {"prompt_starts"},
-              eos = {"eos_token_ids"};
+              eos = {"eos_token_ids"}, adapters = {"adapters"};
     int_arg max_new = {"max_new_tokens", 1, INT32_MAX}, top_k = {"top_k", 0, INT32_MAX},
             n_return = {"num_return_sequences", 1, INT32_MAX};
     int do_sample;
     real_arg temperature = {"temperature", 0, INFINITY, 1}, top_p = {"top_p", 0, 1, 1},
              repetition_penalty = {"repetition_penalty", 0, INFINITY, 1};
     unsigned long long seed;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&O&O&$O&pO&O&O&O&O&O&O&", kwlist, &capsule,
-                                     to_f32_vector, &params, to_int64_vector, &tokens,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&O&O&$O&pO&O&O&O&O&O&O&O&", kwlist,
+                                     &capsule, to_f32_vector, &params, to_int64_vector, &tokens,
                                      to_int64_vector, &starts, to_int, &max_new, &do_sample,
                                      to_real32, &temperature, to_int, &top_k, to_real32, &top_p,
                                      to_real32, &repetition_penalty, to_int64_vector, &eos,
-                                     to_int, &n_return, to_seed, &seed))
+                                     to_int, &n_return, to_seed, &seed, to_f32_vector_or_none,
+                                     &adapters))
         return NULL;
     PyObject *out = NULL, *lengths = NULL, *result = NULL;
     model_handle *h = NULL;
@@ -640,7 +761,9 @@ static PyObject *py_model_generate(PyObject *self, PyObject *args, PyObject *kwa
     }
     if (narrow_to_int32_described(&eos, 0, INT32_MAX, "token id", " (an eos token id)") < 0)
         goto done;
-    if (!(h = claim_model(capsule)) || check_param_vector(&params, h->m) < 0) goto done;
+    if (!(h = claim_model(capsule)) || check_param_vector(&params, h->m) < 0 ||
+        check_adapter_vector(&adapters, h->m) < 0)
+        goto done;
     const model_config *c = model_get_config(h->m);
     npy_intp T = ARG_LEN(tokens), n = ARG_LEN(starts) - 1;
     if (T > INT32_MAX || n < 1 || n * n_return.value > INT32_MAX) {
@@ -680,7 +803,9 @@ static PyObject *py_model_generate(PyObject *self, PyObject *args, PyObject *kwa
     char err[CALIGN_ERR_LEN] = "";
     int status;
     Py_BEGIN_ALLOW_THREADS
-    status = model_generate(h->m, ARG_DATA(const float, params), ARG_DATA(const int32_t, tokens),
+    status = model_generate(h->m, ARG_DATA(const float, params),
+                            adapters.array ? ARG_DATA(const float, adapters) : NULL,
+                            ARG_DATA(const int32_t, tokens),
                             st, (int)n, &s, PyArray_DATA((PyArrayObject *)out),
                             PyArray_DATA((PyArrayObject *)lengths), err);
     Py_END_ALLOW_THREADS
@@ -694,6 +819,7 @@ done:
     arg_release(&tokens);
     arg_release(&starts);
     arg_release(&eos);
+    arg_release(&adapters);
     return result;
 }
 
@@ -701,7 +827,8 @@ int describe_model(PyObject *d) {
     int n_keys = 0;
     while (ENGINE_CONFIG_KEYS[n_keys]) n_keys++;
     return describe_names(d, "engine_config", (const char *const *)ENGINE_CONFIG_KEYS, n_keys) < 0 ||
-                   describe_names(d, "forward_modes", FORWARD_MODE_NAMES, FORWARD_N_MODES) < 0
+                   describe_names(d, "forward_modes", FORWARD_MODE_NAMES, FORWARD_N_MODES) < 0 ||
+                   describe_names(d, "lora_sites", LORA_SITE_NAMES, LORA_N_SITES) < 0
                ? -1
                : 0;
 }
@@ -712,6 +839,8 @@ PyMethodDef calign_model_methods[] = {
                     "Engine model from the engine config's fields (keywords)."),
     {"model_layout", py_model_layout, METH_O, "(n_params, [(role, layer, offset, shape)])."},
     KEYWORDS_METHOD("model_forward", py_model_forward, "Final hidden states of a packed batch."),
+    KEYWORDS_METHOD("model_set_adapters", py_model_set_adapters,
+                    "LoRA adapters on the model's projections."),
     {"model_arena_bytes", py_model_arena_bytes, METH_O, "Bytes of the activation arena."},
     {"model_workspace_allocations", py_model_workspace_allocations, METH_O,
      "Times the activation arena or the workspace was (re)allocated."},

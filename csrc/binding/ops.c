@@ -74,12 +74,6 @@ static int check_problem(logprob_args *a, double temperature, long long ignore_i
     return 0;
 }
 
-/* A float32 bias or None. */
-static int to_f32_vector_or_none(PyObject *obj, void *arg) {
-    if (obj == Py_None) return Py_CLEANUP_SUPPORTED;
-    return to_f32_vector(obj, arg);
-}
-
 static PyObject *new_f32(int ndim, npy_intp d0, npy_intp d1) {
     npy_intp dims[2] = {d0, d1};
     return PyArray_ZEROS(ndim, dims, NPY_FLOAT32, 0);

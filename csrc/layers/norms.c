@@ -52,6 +52,7 @@ static float *thread_partials(float *scratch, int n_threads, int dim) {
 
 static void add_partials(float *d_weight, float *d_bias, const float *partial, int n_threads,
                          int dim) {
+    if (!d_weight) return; /* a frozen norm (LoRA): only d_inp was wanted */
     for (int t = 0; t < n_threads; t++) {
         const float *pw = partial + (size_t)t * dim * 2;
         for (int i = 0; i < dim; i++) d_weight[i] += pw[i];

@@ -12,7 +12,8 @@ void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
  * so the backward need not keep the normalised activations. */
 void layernorm_recompute(float *out, const float *inp, const float *weight, const float *bias,
                          const float *mean, const float *rstd, long n_rows, int dim);
-/* d_inp is ADDED to (residual streams accumulate); d_weight, d_bias += */
+/* d_inp is ADDED to (residual streams accumulate); d_weight, d_bias += (both
+ * NULL: a frozen norm) */
 void layernorm_backward(float *d_inp, float *d_weight, float *d_bias, const float *d_out,
                         const float *inp, const float *weight, const float *mean,
                         const float *rstd, long n_rows, int dim, float *scratch,
@@ -24,7 +25,8 @@ void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *wei
                      long n_rows, int dim, float eps);
 void rmsnorm_recompute(float *out, const float *inp, const float *weight, const float *rstd,
                        long n_rows, int dim);
-/* d_inp is written when overwrite_d_inp, else added to. d_weight += */
+/* d_inp is written when overwrite_d_inp, else added to. d_weight += (NULL:
+ * a frozen norm) */
 void rmsnorm_backward(float *d_inp, float *d_weight, const float *d_out, const float *inp,
                       const float *weight, const float *rstd, long n_rows, int dim,
                       int overwrite_d_inp, float *scratch, int scratch_threads);

@@ -235,7 +235,7 @@ static void plan_generate_buffers(generate_buffers *g, bump *b, const model *m, 
     g->seen = penalised ? bump_take(b, sizeof(uint64_t) * slots * seen_words(c->vocab)) : NULL;
 }
 
-int model_generate(model *m, const float *params, const int32_t *prompt_tokens,
+int model_generate(model *m, const float *params, const float *lora, const int32_t *prompt_tokens,
                    const int32_t *prompt_start, int n_prompts, const generate_settings *s,
                    int32_t *out_tokens, int32_t *out_lengths, char *err) {
     const model_config *c = model_get_config(m);
@@ -299,7 +299,7 @@ int model_generate(model *m, const float *params, const int32_t *prompt_tokens,
         snprintf(err, CALIGN_ERR_LEN, "out of memory for the activations");
         return CALIGN_ENOMEM;
     }
-    model_forward_cached(m, hidden, params, &batch, &cache);
+    model_forward_cached(m, hidden, params, lora, &batch, &cache);
     /* The prompt's cache is copied to the other slots of its group. */
     for (int i = 0; i < n_prompts; i++) {
         int L = prompt_start[i + 1] - prompt_start[i];
@@ -370,7 +370,7 @@ int model_generate(model *m, const float *params, const int32_t *prompt_tokens,
             snprintf(err, CALIGN_ERR_LEN, "out of memory for the activations");
             return CALIGN_ENOMEM;
         }
-        model_forward_cached(m, last_hidden, params, &batch, &cache);
+        model_forward_cached(m, last_hidden, params, lora, &batch, &cache);
     }
     return CALIGN_OK;
 }

@@ -24,11 +24,12 @@ typedef struct {
  * of prompt i is written to out_tokens[(i * R + r) * max_new_tokens ...] with
  * its length in out_lengths[i * R + r] (it stops after an eos token, which is
  * included).
- * Its buffers (the KV cache among them) come from the model's workspace.
+ * lora: the adapter vector (NULL: the base model alone). Its buffers (the KV
+ * cache among them) come from the model's workspace.
  * Returns CALIGN_OK, or with a message in err (CALIGN_ERR_LEN bytes)
  * CALIGN_ENOMEM, CALIGN_ENONFINITE when the logits are not finite, or
  * CALIGN_EINVAL when logits / temperature overflow float32. */
-int model_generate(model *m, const float *params, const int32_t *prompt_tokens,
+int model_generate(model *m, const float *params, const float *lora, const int32_t *prompt_tokens,
                    const int32_t *prompt_start, int n_prompts, const generate_settings *s,
                    int32_t *out_tokens, int32_t *out_lengths, char *err);
 

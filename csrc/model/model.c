@@ -11,6 +11,7 @@
 #include "layers/activations.h"
 #include "layers/attention.h"
 #include "layers/embedding.h"
+#include "layers/lora.h"
 #include "layers/norms.h"
 #include "layers/rope.h"
 
@@ -36,6 +37,7 @@ typedef struct {
     float *act;                 /* [T, ff] the MLP activation */
     float *qk_normed;           /* [T, nq*hd + nkv*hd] q, k after q/k norm (Qwen3) */
     float *attention_scratch;   /* per thread, ATTENTION_SCRATCH_PER_THREAD(longest) */
+    float *lora_xa, *lora_d_xa; /* [T, max r] each, when the model has adapters */
 } forward_scratch;
 
 /* Gradient scratch shared by all layers in the backward. */
@@ -65,6 +67,13 @@ struct model {
     int forward_checkpointed; /* that forward kept only the residual streams */
     void *workspace;    /* model_workspace */
     size_t workspace_bytes;
+    /* LoRA adapters (model_set_adapters), sorted by layer and site;
+     * lora_first[layer * LORA_N_SITES + site] is the first of a site's */
+    lora_adapter *adapters;
+    int n_adapters, lora_max_r, arena_lora_r;
+    int *lora_first;
+    long lora_floats;          /* the adapter vector's length */
+    const float *forward_lora; /* the adapters of the last training forward (NULL: off) */
 };
 
 const char *const FORWARD_MODE_NAMES[FORWARD_N_MODES] = {
@@ -174,6 +183,8 @@ void model_free(model *m) {
     free(m->resid);
     free(m->acts);
     free(m->workspace);
+    free(m->adapters);
+    free(m->lora_first);
     free(m);
 }
 
@@ -201,8 +212,9 @@ static uint64_t batch_fingerprint(const packed_batch *b) {
     return h;
 }
 
-int model_ready_for_backward(const model *m, const packed_batch *b) {
-    return m->forward_T >= 0 && m->forward_T == b->T && m->forward_batch == batch_fingerprint(b);
+int model_ready_for_backward(const model *m, const packed_batch *b, const float *lora) {
+    return m->forward_T >= 0 && m->forward_T == b->T && m->forward_batch == batch_fingerprint(b) &&
+           m->forward_lora == (m->n_adapters ? lora : NULL);
 }
 long model_param_count(const model *m) { return m->off.n_params; }
 long model_lm_head_offset(const model *m) { return m->off.lm_head; }
@@ -286,6 +298,8 @@ static void plan_arena(model *m, bump *b, long T, long longest, int n_acts, int 
     f->act = take(b, T * c->d_ff);
     f->qk_normed = c->qk_norm ? take(b, T * (nq + nkv) * hd) : NULL;
     f->attention_scratch = take(b, m->arena_threads * ATTENTION_SCRATCH_PER_THREAD(longest));
+    f->lora_xa = m->arena_lora_r ? take(b, T * m->arena_lora_r) : NULL;
+    f->lora_d_xa = m->arena_lora_r && train ? take(b, T * m->arena_lora_r) : NULL;
     grad_scratch *g = &m->g;
     memset(g, 0, sizeof *g);
     if (!train) return;
@@ -315,7 +329,7 @@ int model_prepare(model *m, const packed_batch *b, forward_mode mode) {
     int n_acts = layers_kept(m, mode);
     int fits = m->arena && b->T <= m->arena_T && longest <= m->arena_longest &&
                n_acts <= m->arena_layers_kept && (m->arena_train || !train) &&
-               threads <= m->arena_threads;
+               threads <= m->arena_threads && m->lora_max_r <= m->arena_lora_r;
     m->forward_T = -1;
     if (!fits) {
         free(m->arena);
@@ -327,6 +341,7 @@ int model_prepare(model *m, const packed_batch *b, forward_mode mode) {
         long T = b->T > m->arena_T ? b->T : m->arena_T;
         long lmax = longest > m->arena_longest ? longest : m->arena_longest;
         m->arena_threads = threads > m->arena_threads ? threads : m->arena_threads;
+        m->arena_lora_r = m->lora_max_r > m->arena_lora_r ? m->lora_max_r : m->arena_lora_r;
         m->resid = calloc(c->n_layer + 1, sizeof(float *));
         m->acts = calloc(c->n_layer, sizeof(layer_acts));
         if (!m->resid || !m->acts) return -1;
@@ -425,6 +440,112 @@ static void qk_norm_forward(model *m, layer_acts *a, const float *params, const 
     copy_columns(a->qkv + q_dim, m->qkv_dim, k_normed, kv_dim, T, kv_dim);
 }
 
+/* ---- LoRA adapters ----------------------------------------------------- */
+
+/* The output width and input width of a layer's projection. */
+static void site_dims(const model *m, lora_site site, int *out_dim, int *in_dim) {
+    const model_config *c = &m->cfg;
+    const int d = c->d_model, q_dim = c->n_head * c->head_dim;
+    const int outs[LORA_N_SITES] = {m->qkv_dim, d, m->up_dim, d};
+    const int ins[LORA_N_SITES] = {d, q_dim, d, c->d_ff};
+    *out_dim = outs[site];
+    *in_dim = ins[site];
+}
+
+static int adapter_order(const void *pa, const void *pb) {
+    const lora_adapter *a = pa, *b = pb;
+    if (a->layer != b->layer) return a->layer < b->layer ? -1 : 1;
+    if (a->site != b->site) return a->site < b->site ? -1 : 1;
+    return a->out_offset < b->out_offset ? -1 : a->out_offset > b->out_offset;
+}
+
+int model_set_adapters(model *m, const lora_adapter *adapters, int n, long n_floats, char *err) {
+    long end = 0;
+    int max_r = 0;
+    for (int i = 0; i < n; i++) {
+        const lora_adapter *ad = &adapters[i];
+        int out_dim, in_dim;
+        if (ad->layer < 0 || ad->layer >= m->cfg.n_layer || ad->site < 0 ||
+            ad->site >= LORA_N_SITES) {
+            snprintf(err, 256, "adapter %d: no layer %d or site %d", i, ad->layer, (int)ad->site);
+            return -1;
+        }
+        site_dims(m, ad->site, &out_dim, &in_dim);
+        if (ad->r < 1 || ad->in_dim != in_dim || ad->out_offset < 0 || ad->out_dim < 1 ||
+            ad->out_offset > out_dim - ad->out_dim || ad->a_offset < 0 || ad->b_offset < 0 ||
+            !isfinite(ad->scale)) {
+            snprintf(err, 256, "adapter %d (layer %d, %s): r %d, columns [%d, %d) of %d, "
+                     "input %d of %d do not fit the projection", i, ad->layer,
+                     LORA_SITE_NAMES[ad->site], ad->r, ad->out_offset,
+                     ad->out_offset + ad->out_dim, out_dim, ad->in_dim, in_dim);
+            return -1;
+        }
+        long a_end = ad->a_offset + (long)ad->r * ad->in_dim;
+        long b_end = ad->b_offset + (long)ad->out_dim * ad->r;
+        end = a_end > end ? a_end : end;
+        end = b_end > end ? b_end : end;
+        max_r = ad->r > max_r ? ad->r : max_r;
+    }
+    if (end > n_floats) {
+        snprintf(err, 256, "the adapters need %ld floats but the adapter vector has %ld", end,
+                 n_floats);
+        return -1;
+    }
+    lora_adapter *sorted = malloc(sizeof(lora_adapter) * (n > 0 ? n : 1));
+    int *first = malloc(sizeof(int) * ((long)m->cfg.n_layer * LORA_N_SITES + 1));
+    if (!sorted || !first) {
+        free(sorted);
+        free(first);
+        snprintf(err, 256, "out of memory");
+        return -2;
+    }
+    memcpy(sorted, adapters, sizeof(lora_adapter) * n);
+    qsort(sorted, n, sizeof(lora_adapter), adapter_order);
+    for (int k = 0, i = 0; k <= m->cfg.n_layer * LORA_N_SITES; k++) {
+        while (i < n && sorted[i].layer * LORA_N_SITES + (int)sorted[i].site < k) i++;
+        first[k] = i;
+    }
+    free(m->adapters);
+    free(m->lora_first);
+    m->adapters = sorted;
+    m->lora_first = first;
+    m->n_adapters = n;
+    m->lora_max_r = max_r;
+    m->lora_floats = n_floats;
+    m->forward_T = -1; /* a backward must follow a forward with these adapters */
+    return 0;
+}
+
+long model_adapter_floats(const model *m) { return m->n_adapters ? m->lora_floats : 0; }
+
+/* The adapters of one projection of one layer, as [*first, *last). */
+static void site_adapters(const model *m, int layer, lora_site site, int *first, int *last) {
+    const int k = layer * LORA_N_SITES + site;
+    *first = m->n_adapters ? m->lora_first[k] : 0;
+    *last = m->n_adapters ? m->lora_first[k + 1] : 0;
+}
+
+/* y += the adapters' updates on this projection (lora NULL: adapters off). */
+static void lora_site_forward(model *m, float *y, int ld_y, const float *x, const float *lora,
+                              long T, int layer, lora_site site) {
+    if (!lora) return;
+    int first, last;
+    site_adapters(m, layer, site, &first, &last);
+    for (int i = first; i < last; i++)
+        lora_forward(y, ld_y, m->f.lora_xa, x, lora, T, &m->adapters[i]);
+}
+
+static void lora_site_backward(model *m, float *d_x, float *lora_grads, const float *dy,
+                               int ld_dy, const float *x, const float *lora, long T, int layer,
+                               lora_site site) {
+    if (!lora) return;
+    int first, last;
+    site_adapters(m, layer, site, &first, &last);
+    for (int i = first; i < last; i++)
+        lora_backward(d_x, lora_grads, m->f.lora_xa, m->f.lora_d_xa, dy, ld_dy, x, lora, T,
+                      &m->adapters[i]);
+}
+
 /* One transformer block. q and k are turned in place inside qkv, so
  * attention reads q, k, v from it with the row stride qkv_dim. With a cache
  * (generation), k and v go into it and attention reads it; otherwise
@@ -432,8 +553,8 @@ static void qk_norm_forward(model *m, layer_acts *a, const float *params, const 
  * checkpointed forward) it stops once the activations the backward reads
  * are in `a`. */
 static void layer_forward(model *m, layer_acts *a, float *x_out, const float *x,
-                          const float *params, const layer_offsets *L, const packed_batch *b,
-                          kv_cache *cache, int layer) {
+                          const float *params, const float *lora, const layer_offsets *L,
+                          const packed_batch *b, kv_cache *cache, int layer) {
     const model_config *c = &m->cfg;
     const long T = b->T;
     const int d = c->d_model, hd = c->head_dim, nq = c->n_head, nkv = c->n_kv_head;
@@ -443,6 +564,7 @@ static void layer_forward(model *m, layer_acts *a, float *x_out, const float *x,
     norm_forward(m, normed, a->n1_mean, a->n1_rstd, x, params, L->attn_norm_w, L->attn_norm_b, T);
     linear_forward(a->qkv, ld, normed, params + L->qkv_w, param_or_null(params, L->qkv_b),
                    (int)T, d, ld, c->layout);
+    lora_site_forward(m, a->qkv, ld, normed, lora, T, layer, LORA_QKV);
     if (c->qk_norm) qk_norm_forward(m, a, params, L, T);
     float *q = a->qkv, *k = a->qkv + q_dim, *v = a->qkv + q_dim + kv_dim;
     if (c->rope_theta > 0) {
@@ -462,12 +584,14 @@ static void layer_forward(model *m, layer_acts *a, float *x_out, const float *x,
     }
     linear_forward(a->mid, d, a->att, params + L->o_w, param_or_null(params, L->o_b), (int)T,
                    q_dim, d, c->layout);
+    lora_site_forward(m, a->mid, d, a->att, lora, T, layer, LORA_O);
     add_into(a->mid, x, T * d);
 
     norm_forward(m, normed, a->n2_mean, a->n2_rstd, a->mid, params, L->mlp_norm_w,
                  L->mlp_norm_b, T);
     linear_forward(a->up, m->up_dim, normed, params + L->up_w, param_or_null(params, L->up_b),
                    (int)T, d, m->up_dim, c->layout);
+    lora_site_forward(m, a->up, m->up_dim, normed, lora, T, layer, LORA_UP);
     if (!x_out) return;
     if (c->mlp == MLP_SWIGLU)
         swiglu_forward(act, a->up, T, c->d_ff);
@@ -475,11 +599,12 @@ static void layer_forward(model *m, layer_acts *a, float *x_out, const float *x,
         gelu_tanh_forward(act, a->up, T * c->d_ff);
     linear_forward(x_out, d, act, params + L->down_w, param_or_null(params, L->down_b), (int)T,
                    c->d_ff, d, c->layout);
+    lora_site_forward(m, x_out, d, act, lora, T, layer, LORA_DOWN);
     add_into(x_out, a->mid, T * d);
 }
 
-static void forward(model *m, float *hidden_out, const float *params, const packed_batch *b,
-                    forward_mode mode, kv_cache *cache) {
+static void forward(model *m, float *hidden_out, const float *params, const float *lora,
+                    const packed_batch *b, forward_mode mode, kv_cache *cache) {
     const model_config *c = &m->cfg;
     const param_offsets *o = &m->off;
     const int train = mode != FORWARD_INFERENCE, every_layer = mode == FORWARD_TRAIN;
@@ -489,7 +614,7 @@ static void forward(model *m, float *hidden_out, const float *params, const pack
         layer_acts *a = &m->acts[every_layer ? l : 0];
         float *x = m->resid[train ? l : l % 2];
         float *x_out = m->resid[train ? l + 1 : (l + 1) % 2];
-        layer_forward(m, a, x_out, x, params, &o->layers[l], b, cache, l);
+        layer_forward(m, a, x_out, x, params, lora, &o->layers[l], b, cache, l);
     }
     const float *last = m->resid[train ? c->n_layer : c->n_layer % 2];
     norm_forward(m, hidden_out, m->final_mean, m->final_rstd, last, params, o->final_norm_w,
@@ -497,19 +622,26 @@ static void forward(model *m, float *hidden_out, const float *params, const pack
     m->forward_T = train ? b->T : -1;
     m->forward_batch = train ? batch_fingerprint(b) : 0;
     m->forward_checkpointed = mode == FORWARD_TRAIN_CHECKPOINTED;
+    m->forward_lora = train ? lora : NULL;
 }
 
-void model_forward(model *m, float *hidden_out, const float *params, const packed_batch *b,
-                   forward_mode mode) {
-    forward(m, hidden_out, params, b, mode, NULL);
+void model_forward(model *m, float *hidden_out, const float *params, const float *lora,
+                   const packed_batch *b, forward_mode mode) {
+    forward(m, hidden_out, params, m->n_adapters ? lora : NULL, b, mode, NULL);
 }
 
-void model_forward_cached(model *m, float *hidden_out, const float *params,
+void model_forward_cached(model *m, float *hidden_out, const float *params, const float *lora,
                           const packed_batch *b, kv_cache *cache) {
-    forward(m, hidden_out, params, b, FORWARD_INFERENCE, cache);
+    forward(m, hidden_out, params, m->n_adapters ? lora : NULL, b, FORWARD_INFERENCE, cache);
 }
 
 /* ---- backward ---------------------------------------------------------- */
+
+/* A tensor's gradient inside grads; NULL for an absent tensor or a frozen
+ * base (grads NULL: only the adapters train). */
+static float *grad_or_null(float *grads, long offset) {
+    return grads && offset >= 0 ? grads + offset : NULL;
+}
 
 /* d_inp += norm backward of d_out */
 static void norm_backward(model *m, float *d_inp, float *grads, const float *d_out,
@@ -517,11 +649,12 @@ static void norm_backward(model *m, float *d_inp, float *grads, const float *d_o
                           const float *mean, const float *rstd, long T) {
     const model_config *c = &m->cfg;
     if (c->norm == NORM_LAYERNORM)
-        layernorm_backward(d_inp, grads + w, grads + bias, d_out, inp, params + w, mean, rstd, T,
-                           c->d_model, m->g.norm_scratch, m->arena_threads);
+        layernorm_backward(d_inp, grad_or_null(grads, w), grad_or_null(grads, bias), d_out, inp,
+                           params + w, mean, rstd, T, c->d_model, m->g.norm_scratch,
+                           m->arena_threads);
     else
-        rmsnorm_backward(d_inp, grads + w, d_out, inp, params + w, rstd, T, c->d_model, 0,
-                         m->g.norm_scratch, m->arena_threads);
+        rmsnorm_backward(d_inp, grad_or_null(grads, w), d_out, inp, params + w, rstd, T,
+                         c->d_model, 0, m->g.norm_scratch, m->arena_threads);
 }
 
 /* The norm's forward output again, from its input and kept statistics. */
@@ -534,8 +667,16 @@ static void norm_recompute(const model *m, float *out, const float *inp, const f
         rmsnorm_recompute(out, inp, params + w, rstd, T, c->d_model);
 }
 
-static float *grad_or_null(float *grads, long offset) {
-    return offset >= 0 ? grads + offset : NULL;
+/* The input gradient of a linear, and its weight (and bias) gradient unless
+ * the base is frozen. */
+static void linear_backward_unless_frozen(float *d_in, float *grads, long w, long bias,
+                                          const float *d_out, int ld_d_out, const float *in,
+                                          const float *params, int T, int n_in, int n_out,
+                                          weight_layout layout) {
+    linear_backward_input(d_in, d_out, ld_d_out, params + w, T, n_in, n_out, layout, false);
+    if (grads)
+        linear_backward_weight(grads + w, grad_or_null(grads, bias), d_out, ld_d_out, in, T,
+                               n_in, n_out, layout);
 }
 
 /* Backward of Qwen3's q/k norm: d_q, d_k (after the norm) -> their columns
@@ -546,44 +687,65 @@ static void qk_norm_backward(model *m, float *grads, const float *params, const 
     const grad_scratch *g = &m->g;
     const int hd = c->head_dim, nq = c->n_head, nkv = c->n_kv_head;
     const int q_dim = nq * hd, kv_dim = nkv * hd;
-    rmsnorm_backward(g->d_q_pre, grads + L->q_norm_w, g->d_q, a->q_pre, params + L->q_norm_w,
-                     a->q_norm_rstd, T * nq, hd, 1, g->norm_scratch, m->arena_threads);
-    rmsnorm_backward(g->d_k_pre, grads + L->k_norm_w, g->d_k, a->k_pre, params + L->k_norm_w,
-                     a->k_norm_rstd, T * nkv, hd, 1, g->norm_scratch, m->arena_threads);
+    rmsnorm_backward(g->d_q_pre, grad_or_null(grads, L->q_norm_w), g->d_q, a->q_pre,
+                     params + L->q_norm_w, a->q_norm_rstd, T * nq, hd, 1, g->norm_scratch,
+                     m->arena_threads);
+    rmsnorm_backward(g->d_k_pre, grad_or_null(grads, L->k_norm_w), g->d_k, a->k_pre,
+                     params + L->k_norm_w, a->k_norm_rstd, T * nkv, hd, 1, g->norm_scratch,
+                     m->arena_threads);
     copy_columns(g->d_qkv, m->qkv_dim, g->d_q_pre, q_dim, T, q_dim);
     copy_columns(g->d_qkv + q_dim, m->qkv_dim, g->d_k_pre, kv_dim, T, kv_dim);
 }
 
-/* On entry g->d_resid holds dL/d(layer output); on exit dL/d(layer input). */
-static void layer_backward(model *m, float *grads, const float *params, const layer_acts *a,
-                           const float *x, const layer_offsets *L, const packed_batch *b) {
+/* On entry g->d_resid holds dL/d(layer output); on exit dL/d(layer input).
+ * grads NULL: the base is frozen (no weight gradients); lora_grads gets the
+ * adapters' gradients when lora is not NULL. */
+static void layer_backward(model *m, float *grads, float *lora_grads, const float *params,
+                           const float *lora, const layer_acts *a, const float *x,
+                           const layer_offsets *L, const packed_batch *b, int layer) {
     const model_config *c = &m->cfg;
     const grad_scratch *g = &m->g;
     const long T = b->T;
     const int d = c->d_model, hd = c->head_dim, nq = c->n_head, nkv = c->n_kv_head;
     const int q_dim = nq * hd, kv_dim = nkv * hd, ld = m->qkv_dim;
     float *normed = m->f.normed;
+    int first, last;
+    site_adapters(m, layer, LORA_DOWN, &first, &last);
+    const int down_adapted = lora && last > first;
 
     /* x_out = mid + down(act(up(norm2(mid)))): d_resid flows to mid as is.
-     * The activation's backward leaves act(up) in d_act for down's weights. */
+     * The activation's backward leaves act(up) in d_act for down's weights;
+     * down's adapters read act before that, so it is computed again here. */
     linear_backward_input(g->d_act, g->d_resid, d, params + L->down_w, (int)T, c->d_ff, d,
                           c->layout, false);
+    if (down_adapted) {
+        if (c->mlp == MLP_SWIGLU)
+            swiglu_forward(m->f.act, a->up, T, c->d_ff);
+        else
+            gelu_tanh_forward(m->f.act, a->up, T * c->d_ff);
+        lora_site_backward(m, g->d_act, lora_grads, g->d_resid, d, m->f.act, lora, T, layer,
+                           LORA_DOWN);
+    }
     if (c->mlp == MLP_SWIGLU)
         swiglu_backward(g->d_up, g->d_act, a->up, T, c->d_ff);
     else
         gelu_tanh_backward(g->d_up, g->d_act, a->up, T * c->d_ff);
-    linear_backward_weight(grads + L->down_w, grad_or_null(grads, L->down_b), g->d_resid, d,
-                           g->d_act, (int)T, c->d_ff, d, c->layout);
+    if (grads)
+        linear_backward_weight(grads + L->down_w, grad_or_null(grads, L->down_b), g->d_resid, d,
+                               g->d_act, (int)T, c->d_ff, d, c->layout);
     norm_recompute(m, normed, a->mid, params, L->mlp_norm_w, L->mlp_norm_b, a->n2_mean,
                    a->n2_rstd, T);
-    linear_backward(g->d_norm, grads + L->up_w, grad_or_null(grads, L->up_b), g->d_up, m->up_dim,
-                    normed, params + L->up_w, (int)T, d, m->up_dim, c->layout, false);
+    linear_backward_unless_frozen(g->d_norm, grads, L->up_w, L->up_b, g->d_up, m->up_dim, normed,
+                                  params, (int)T, d, m->up_dim, c->layout);
+    lora_site_backward(m, g->d_norm, lora_grads, g->d_up, m->up_dim, normed, lora, T, layer,
+                       LORA_UP);
     norm_backward(m, g->d_resid, grads, g->d_norm, a->mid, params, L->mlp_norm_w, L->mlp_norm_b,
                   a->n2_mean, a->n2_rstd, T);
 
     /* mid = x + o(attention(q, k, v)): d_resid flows to x as is */
-    linear_backward(g->d_att, grads + L->o_w, grad_or_null(grads, L->o_b), g->d_resid, d, a->att,
-                    params + L->o_w, (int)T, q_dim, d, c->layout, false);
+    linear_backward_unless_frozen(g->d_att, grads, L->o_w, L->o_b, g->d_resid, d, a->att, params,
+                                  (int)T, q_dim, d, c->layout);
+    lora_site_backward(m, g->d_att, lora_grads, g->d_resid, d, a->att, lora, T, layer, LORA_O);
     attention_shape shape = attention_shape_of(m, b);
     const float *q = a->qkv, *k = a->qkv + q_dim, *v = a->qkv + q_dim + kv_dim;
     /* with q/k norm, d_q and d_k go through its backward first */
@@ -598,27 +760,30 @@ static void layer_backward(model *m, float *grads, const float *params, const la
     if (c->qk_norm) qk_norm_backward(m, grads, params, a, L, T);
     norm_recompute(m, normed, x, params, L->attn_norm_w, L->attn_norm_b, a->n1_mean, a->n1_rstd,
                    T);
-    linear_backward(g->d_norm, grads + L->qkv_w, grad_or_null(grads, L->qkv_b), g->d_qkv, ld,
-                    normed, params + L->qkv_w, (int)T, d, ld, c->layout, false);
+    linear_backward_unless_frozen(g->d_norm, grads, L->qkv_w, L->qkv_b, g->d_qkv, ld, normed,
+                                  params, (int)T, d, ld, c->layout);
+    lora_site_backward(m, g->d_norm, lora_grads, g->d_qkv, ld, normed, lora, T, layer, LORA_QKV);
     norm_backward(m, g->d_resid, grads, g->d_norm, x, params, L->attn_norm_w, L->attn_norm_b,
                   a->n1_mean, a->n1_rstd, T);
 }
 
-void model_backward(model *m, float *grads, const float *params, float *d_hidden,
-                    const packed_batch *b) {
+void model_backward(model *m, float *grads, float *lora_grads, const float *params,
+                    const float *lora, float *d_hidden, const packed_batch *b) {
     const model_config *c = &m->cfg;
     const param_offsets *o = &m->off;
     const long T = b->T;
+    lora = m->n_adapters ? lora : NULL;
     memset(m->g.d_resid, 0, sizeof(float) * T * c->d_model);
     norm_backward(m, m->g.d_resid, grads, d_hidden, m->resid[c->n_layer], params,
                   o->final_norm_w, o->final_norm_b, m->final_mean, m->final_rstd, T);
     for (int l = c->n_layer - 1; l >= 0; l--) {
         layer_acts *a = &m->acts[m->forward_checkpointed ? 0 : l];
         if (m->forward_checkpointed) /* this layer's activations again, from its input */
-            layer_forward(m, a, NULL, m->resid[l], params, &o->layers[l], b, NULL, l);
-        layer_backward(m, grads, params, a, m->resid[l], &o->layers[l], b);
+            layer_forward(m, a, NULL, m->resid[l], params, lora, &o->layers[l], b, NULL, l);
+        layer_backward(m, grads, lora_grads, params, lora, a, m->resid[l], &o->layers[l], b, l);
     }
-    embedding_backward(grads + o->wte, grad_or_null(grads, o->wpe), m->g.d_resid, b->tokens,
-                       b->positions, T, c->d_model);
+    if (grads)
+        embedding_backward(grads + o->wte, grad_or_null(grads, o->wpe), m->g.d_resid, b->tokens,
+                           b->positions, T, c->d_model);
     m->forward_T = -1;
 }

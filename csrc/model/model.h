@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "layers/linear.h"
+#include "layers/lora.h"
 
 typedef enum { NORM_LAYERNORM, NORM_RMSNORM } norm_kind;
 typedef enum { MLP_GELU_TANH, MLP_SWIGLU } mlp_kind;
@@ -84,10 +85,19 @@ extern const char *const FORWARD_MODE_NAMES[FORWARD_N_MODES];
  * could not be had. Call before forward. */
 int model_prepare(model *m, const packed_batch *b, forward_mode mode);
 
+/* LoRA adapters (layers/lora.h) on the model's projections, their A and B
+ * in an adapter vector of n_floats floats the caller owns and passes to each
+ * call; replaces any earlier set (n 0: none). Returns 0, -1 with a message in
+ * err (256 bytes) when an adapter does not fit the model, -2 out of memory. */
+int model_set_adapters(model *m, const lora_adapter *adapters, int n, long n_floats, char *err);
+/* The adapter vector's length (0 without adapters). */
+long model_adapter_floats(const model *m);
+
 /* Writes the final normed hidden states [T, d] into hidden_out. A training
- * mode keeps in the arena what model_backward needs. */
-void model_forward(model *m, float *hidden_out, const float *params, const packed_batch *b,
-                   forward_mode mode);
+ * mode keeps in the arena what model_backward needs. lora: the adapter
+ * vector, or NULL to run the base model alone (adapters off). */
+void model_forward(model *m, float *hidden_out, const float *params, const float *lora,
+                   const packed_batch *b, forward_mode mode);
 
 /* Bytes of the activation arena as now sized. */
 size_t model_arena_bytes(const model *m);
@@ -98,11 +108,13 @@ size_t model_arena_bytes(const model *m);
 long model_workspace_allocations(const model *m);
 
 /* Given d_hidden [T, d] (gradient of the loss at the final normed hidden
- * states), ADDS the parameter gradients into grads. Needs the previous
- * model_forward in a training mode on the same batch with the same params.
- * d_hidden is used as scratch. */
-void model_backward(model *m, float *grads, const float *params, float *d_hidden,
-                    const packed_batch *b);
+ * states), ADDS the parameter gradients into grads, and the adapters'
+ * gradients into lora_grads when lora is not NULL. grads NULL: the base is
+ * frozen, and none of its weight gradients is computed (LoRA). Needs the
+ * previous model_forward in a training mode on the same batch with the same
+ * params and adapters. d_hidden is used as scratch. */
+void model_backward(model *m, float *grads, float *lora_grads, const float *params,
+                    const float *lora, float *d_hidden, const packed_batch *b);
 
 /* A KV cache for generation: for each layer, k and v of n_slots sequences
  * of up to capacity positions, [n_layer][n_slots][capacity][n_kv_head * head_dim]. */
@@ -117,7 +129,7 @@ typedef struct {
 /* Forward of new tokens appended to the cache: run s of the batch continues
  * slot run_slot[s], each token at cache index = its position. Writes the
  * final hidden states; needs model_prepare(FORWARD_INFERENCE) first. */
-void model_forward_cached(model *m, float *hidden_out, const float *params,
+void model_forward_cached(model *m, float *hidden_out, const float *params, const float *lora,
                           const packed_batch *b, kv_cache *cache);
 
 /* Floats one layer of a cache holds (k or v). */
@@ -129,8 +141,8 @@ long kv_cache_layer_floats(const model *m, int n_slots, int capacity);
  * Its contents do not survive the next call. NULL when memory could not be had. */
 void *model_workspace(model *m, size_t bytes);
 
-/* Whether model_backward may run for batch b (a training forward of the
- * same batch came last). */
-int model_ready_for_backward(const model *m, const packed_batch *b);
+/* Whether model_backward may run for batch b with adapters lora (a training
+ * forward of the same batch with the same adapters came last). */
+int model_ready_for_backward(const model *m, const packed_batch *b, const float *lora);
 
 #endif

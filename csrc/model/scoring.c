@@ -58,6 +58,12 @@ static void scatter_add_rows(float *d_hidden, const float *d_rows, const int64_t
     }
 }
 
+/* The lm_head's gradient inside grads, or NULL when the base is frozen
+ * (grads NULL: LoRA trains adapters only). */
+static float *lm_head_grad(float *grads, const model *m) {
+    return grads ? grads + model_lm_head_offset(m) : NULL;
+}
+
 static int out_of_memory(char *err) {
     snprintf(err, CALIGN_ERR_LEN, "out of memory for the scoring workspace");
     return CALIGN_ENOMEM;
@@ -104,7 +110,7 @@ int model_score_backward(float *d_hidden, float *grads, float *logprobs,
     int status = prepare_scores(&s, &p, m, params, hidden, r, err);
     if (status != CALIGN_OK) return status;
     for (long i = 0; i < r->M; i++) s.grad32[i] = (float)grad_logprobs[i];
-    status = kernel_status(token_logprobs_backward(s.d_rows, grads + model_lm_head_offset(m), NULL,
+    status = kernel_status(token_logprobs_backward(s.d_rows, lm_head_grad(grads, m), NULL,
                                                    logprobs, stats, s.grad32, &p, s.kernel),
                            err);
     if (status == CALIGN_OK)
@@ -207,7 +213,7 @@ int model_score_dpo_pairs(const dpo_pair_scores *out, float *grads, model *m,
     gather_rows(w.score.rows, hidden, r->rows, r->M, d);
     logprob_problem p = problem_of(m, params, w.score.rows, r);
     status = kernel_status(token_logprobs_grouped(w.score.d_rows,
-                                                  grads + model_lm_head_offset(m),
+                                                  lm_head_grad(grads, m),
                                                   out->logprobs, &out->stats, out->policy_sums,
                                                   w.seq_grads, &p, &groups, w.score.kernel),
                            err);

@@ -46,7 +46,8 @@ def _load_state(path, kind, n_params):
 
 
 class AdamW:
-    """torch.optim.AdamW on the model's gradient vector (decoupled weight decay)."""
+    """torch.optim.AdamW on what the model trains (model.train_params: every
+    parameter, or with LoRA the adapters' alone), decoupled weight decay."""
 
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
         self.model = model
@@ -56,14 +57,14 @@ class AdamW:
         self.betas = tuple(checks.real("betas", b, 0.0, 1.0, open_high=True) for b in betas)
         self.eps = checks.real("eps", eps, 0.0, open_low=True)
         self.weight_decay = checks.real("weight_decay", weight_decay, 0.0)
-        self.exp_avg = np.zeros_like(model.params)
-        self.exp_avg_sq = np.zeros_like(model.params)
+        self.exp_avg = np.zeros_like(model.train_params)
+        self.exp_avg_sq = np.zeros_like(model.train_params)
         self.step_count = 0
 
     def step(self, lr=None):
         """One update from the gradients in model.grads(); lr overrides self.lr once."""
         self.step_count += 1
-        _C.adamw_step(self.model.params, self.model.grad_buffer, self.exp_avg, self.exp_avg_sq,
+        _C.adamw_step(self.model.train_params, self.model.train_grads, self.exp_avg, self.exp_avg_sq,
                       step=self.step_count, lr=self.lr if lr is None else checks.real("lr", lr, 0.0),
                       beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
                       weight_decay=self.weight_decay)
@@ -75,7 +76,7 @@ class AdamW:
 
     def load(self, path):
         """Restores what save() wrote; refuses another optimizer's or model's state."""
-        tensors, metadata = _load_state(path, "adamw", self.model.params.size)
+        tensors, metadata = _load_state(path, "adamw", self.model.train_params.size)
         self.exp_avg[...] = tensors["exp_avg"]
         self.exp_avg_sq[...] = tensors["exp_avg_sq"]
         self.step_count = int(metadata["step"])
@@ -94,13 +95,13 @@ class SGD:
         if nesterov and (self.momentum == 0 or self.dampening != 0):
             raise ValueError("nesterov needs momentum > 0 and dampening = 0")
         self.nesterov = bool(nesterov)
-        self.momentum_buffer = np.zeros_like(model.params) if self.momentum else None
+        self.momentum_buffer = np.zeros_like(model.train_params) if self.momentum else None
         self.step_count = 0
 
     def step(self, lr=None):
         """One update from the gradients in model.grads(); lr overrides self.lr once."""
         self.step_count += 1
-        _C.sgd_step(self.model.params, self.model.grad_buffer, self.momentum_buffer,
+        _C.sgd_step(self.model.train_params, self.model.train_grads, self.momentum_buffer,
                     lr=self.lr if lr is None else checks.real("lr", lr, 0.0), momentum=self.momentum,
                     dampening=self.dampening, weight_decay=self.weight_decay,
                     nesterov=self.nesterov, first_step=self.step_count == 1)
@@ -112,7 +113,7 @@ class SGD:
 
     def load(self, path):
         """Restores what save() wrote; refuses another optimizer's or model's state."""
-        tensors, metadata = _load_state(path, "sgd", self.model.params.size)
+        tensors, metadata = _load_state(path, "sgd", self.model.train_params.size)
         if self.momentum_buffer is not None:
             if "momentum_buffer" not in tensors:
                 raise ValueError(f"{path!r} has no momentum buffer")
@@ -125,10 +126,10 @@ def clip_grad_norm(model, max_norm):
     (torch's clip_grad_norm_: factor min(1, max_norm / (norm + 1e-6))).
     Returns the norm before clipping."""
     max_norm = checks.real("max_norm", max_norm, 0.0, open_low=True)
-    norm = _C.grad_norm(model.grad_buffer)
+    norm = _C.grad_norm(model.train_grads)
     if not np.isfinite(norm):
         raise FloatingPointError(f"the gradient norm is {norm}: NaN or infinity in the gradients")
     factor = max_norm / (norm + 1e-6)
     if factor < 1.0:
-        _C.scale_in_place(model.grad_buffer, factor)
+        _C.scale_in_place(model.train_grads, factor)
     return norm

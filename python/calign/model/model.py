@@ -1,5 +1,6 @@
 """calign.Model: a Hugging Face causal LM whose forward and backward run in C."""
 
+import contextlib
 import copy
 import functools
 import threading
@@ -11,7 +12,7 @@ from calign import _C, checks
 from calign.model import checkpoint
 from calign.model import generation
 from calign.model.config import engine_config, load_config_file
-from calign.model.names import tensor_names
+from calign.model.names import linear_modules, tensor_names
 from calign.model.packing import as_id_matrix, pack_rows
 
 
@@ -57,6 +58,11 @@ class Model:
     `gradient_checkpointing = True` makes a training forward keep only the
     residual stream entering each layer; the backward runs each layer's
     forward again (one more forward's worth of compute, the same gradients).
+
+    With LoRA adapters (add_adapter, load_adapter) the base weights are
+    frozen: training computes no gradient for them (`self.grad_buffer` is
+    never written), only for the adapters (`self.adapters.params` and
+    `.grads`); `train_params` and `train_grads` name what trains either way.
     """
 
     def __init__(self, config, extra_tensors=None, engine_overrides=None):
@@ -72,6 +78,8 @@ class Model:
         self._extra = dict(extra_tensors or {})
         n_extra = sum(int(np.prod(shape)) for shape in self._extra.values())
         self._gradient_checkpointing = False
+        self.adapters = None          # calign.lora.LoraAdapters, or None
+        self._adapters_on = True      # False inside disable_adapter()
         self.params = np.zeros(n_engine + n_extra, np.float32)
         self.grad_buffer = np.zeros(n_engine + n_extra, np.float32)
         self._engine_params = self.params[:n_engine]
@@ -123,8 +131,22 @@ class Model:
             model.state_dict()[_embedding_name(config)][pad] = 0.0
         return model
 
-    def save_pretrained(self, path):
-        """Writes model.safetensors + config.json; transformers loads them unchanged."""
+    def save_pretrained(self, path, merged=False):
+        """Writes model.safetensors + config.json; transformers loads them unchanged.
+        A model with adapters writes the adapters alone, as PEFT does
+        (adapter_config.json + adapter_model.safetensors; peft.PeftModel loads
+        them onto the base), or with merged=True the weights with the adapters'
+        updates folded in (the model itself keeps its adapters)."""
+        if self.adapters is not None and not merged:
+            self.adapters.save(path, self.config["model_type"])
+            return
+        if self.adapters is not None:
+            copy_ = Model(self.config, self._extra)
+            copy_.params[...] = self.params
+            copy_.add_adapter(self.adapters.config)
+            copy_.adapters.params[...] = self.adapters.params
+            copy_.merge_and_unload().save_pretrained(path)
+            return
         checkpoint.write_checkpoint(path, self.state_dict(), self.config)
 
     # ---- parameters ---------------------------------------------------------
@@ -167,8 +189,105 @@ class Model:
 
     @exclusive
     def zero_grad(self):
-        """Sets every gradient to 0 (the backward passes add into them)."""
-        self.grad_buffer[...] = 0.0
+        """Sets every gradient of what trains to 0 (the backward passes add into
+        them): the adapters' alone when the model has adapters."""
+        self.train_grads[...] = 0.0
+
+    @property
+    def train_params(self):
+        """The vector training updates: the adapters' when the model has
+        adapters (the base is frozen), else every parameter."""
+        return self.adapters.params if self.adapters is not None else self.params
+
+    @property
+    def train_grads(self):
+        """The gradients of train_params."""
+        return self.adapters.grads if self.adapters is not None else self.grad_buffer
+
+    # ---- LoRA adapters --------------------------------------------------------
+
+    def linear_modules(self):
+        """[LinearModule]: transformers' name, layer and engine block of every
+        linear module inside the layers (what LoRA can adapt)."""
+        return linear_modules(self.config["model_type"], self._engine, self._layout)
+
+    @exclusive
+    def add_adapter(self, lora_config, seed=0):
+        """Adds LoRA adapters (a calign.LoraConfig) to the modules it targets,
+        initialised as PEFT does (B zero: the model is unchanged until they
+        train) from `seed`; the base weights are frozen from then on."""
+        from calign.lora import LoraAdapters, select_modules
+
+        if self.adapters is not None:
+            raise ValueError("the model already has adapters (one adapter at a time: "
+                             "merge_and_unload() it first)")
+        modules = select_modules(lora_config, self.config["model_type"], self.linear_modules())
+        adapters = LoraAdapters(lora_config, modules, seed=checks.seed("seed", seed))
+        _C.model_set_adapters(self._handle, **adapters.engine_table())
+        self.adapters = adapters
+        return adapters
+
+    def load_adapter(self, path):
+        """Adds the PEFT LoRA adapter saved in `path` (adapter_config.json +
+        adapter_model.safetensors, PEFT-trained or calign-trained); its tensors
+        must be exactly those its config gives this model."""
+        from calign.lora import read_adapter_config, read_adapter_tensors
+
+        config = read_adapter_config(path)
+        adapters = self.add_adapter(config)
+        try:
+            read_adapter_tensors(path, adapters)
+        except Exception:
+            self._remove_adapters()
+            raise
+        return adapters
+
+    @exclusive
+    def _remove_adapters(self):
+        _C.model_set_adapters(self._handle, layer=[], site=[], out_offset=[], out_dim=[],
+                              in_dim=[], r=[], a_offset=[], b_offset=[], scale=[], n_floats=0)
+        self.adapters = None
+
+    @contextlib.contextmanager
+    def disable_adapter(self):
+        """Within it the model runs without its adapters (PEFT's
+        disable_adapter): the base model, as LoRA training's reference."""
+        previous, self._adapters_on = self._adapters_on, False
+        try:
+            yield self
+        finally:
+            self._adapters_on = previous
+
+    def merge_and_unload(self):
+        """Folds each adapter's update scale * B A into its weight and removes
+        the adapters (PEFT's merge_and_unload); returns the model."""
+        if self.adapters is None:
+            raise ValueError("the model has no adapters to merge")
+        with self._in_use:
+            for i, module in enumerate(self.adapters.modules):
+                view = self._projection(module)
+                delta = self.adapters.delta(i)
+                view[...] = (view.astype(np.float64) + (
+                    delta.T if self.config["model_type"] == "gpt2" else delta)).astype(np.float32)
+            self._remove_adapters()
+        return self
+
+    def _projection(self, module):
+        """The weight rows (Conv1D: columns) of a LinearModule, a writable view."""
+        role = {"qkv": "qkv_w", "o": "o_w", "up": "up_w", "down": "down_w"}[module.site]
+        offset, shape = self._tensor_of[(role, module.layer)]
+        weight = self.params[offset:offset + int(np.prod(shape))].reshape(shape)
+        stop = module.out_offset + module.out_dim
+        return weight[:, module.out_offset:stop] if self.config["model_type"] == "gpt2" \
+            else weight[module.out_offset:stop]
+
+    def _active_adapters(self):
+        """The adapter vector the engine runs with, or None (none, or off)."""
+        return self.adapters.params if self.adapters is not None and self._adapters_on else None
+
+    def _base_grads(self):
+        """The base's gradient vector, or None when it is frozen (adapters)."""
+        return None if self.adapters is not None else self._engine_grads
 
     # ---- running the engine -------------------------------------------------
 
@@ -181,7 +300,7 @@ class Model:
             else "inference"
         return _C.model_forward(self._handle, self._engine_params, batch.input_ids,
                                 batch.position_ids, batch.sequence_starts, batch.branch_ids,
-                                mode=mode)
+                                mode=mode, adapters=self._active_adapters())
 
     @property
     def gradient_checkpointing(self):
@@ -219,7 +338,7 @@ class Model:
         gradient buffer; returns (d_hidden [T, d], logprobs [M]), plus the
         statistics of packed_scores with return_stats: when the gradient is known
         before the log-probs (SFT), one pass gives both."""
-        return _C.model_score_backward(self._handle, self._engine_params, self._engine_grads,
+        return _C.model_score_backward(self._handle, self._engine_params, self._base_grads(),
                                        hidden, batch.score_rows, batch.score_targets,
                                        grad_logprobs, temperature=temperature,
                                        return_stats=return_stats)
@@ -245,7 +364,7 @@ class Model:
             raise ValueError(f"ref_logps must have shape [pairs, 2] (chosen, rejected), got "
                              f"{ref_logps.shape}")
         return PairScores(*_C.model_score_dpo(
-            self._handle, self._engine_params, self._engine_grads, hidden, batch.score_rows,
+            self._handle, self._engine_params, self._base_grads(), hidden, batch.score_rows,
             batch.score_targets, completion_lengths, ref_logps[:, 0], ref_logps[:, 1],
             settings, token_weights=token_weights, weights=weights,
             grad_scale=checks.real("grad_scale", grad_scale)))
@@ -255,9 +374,11 @@ class Model:
         """Adds the parameter gradients for d_hidden (the loss gradient at the
         final hidden states) to the gradient buffer; needs forward_packed(train=True)
         of the same batch just before."""
-        _C.model_backward(self._handle, self._engine_params, self._engine_grads, d_hidden,
+        adapters = self._active_adapters()
+        _C.model_backward(self._handle, self._engine_params, self._base_grads(), d_hidden,
                           batch.input_ids, batch.position_ids, batch.sequence_starts,
-                          batch.branch_ids)
+                          batch.branch_ids, adapters=adapters,
+                          adapter_grads=None if adapters is None else self.adapters.grads)
 
     @exclusive
     def hidden_states(self, input_ids, attention_mask=None):
@@ -411,7 +532,7 @@ class Model:
             max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
             top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
             eos_token_ids=np.asarray(eos, np.int64), num_return_sequences=num_return_sequences,
-            seed=seed)
+            seed=seed, adapters=self._active_adapters())
         return [tokens[i, :lengths[i]].tolist() for i in range(tokens.shape[0])]
 
 

@@ -4,6 +4,8 @@ The engine stores some tensors fused (q, k and v projections one after the
 other; gate and up projections likewise), so a name maps to a block of rows
 of one engine tensor: (name, role, layer, first_row, last_row)."""
 
+from typing import NamedTuple
+
 
 def tensor_names(model_type, engine, layout):
     """[(hf_name, role, layer, row_start, row_stop)] for every tensor of `layout`.
@@ -63,3 +65,36 @@ def _gpt2_name(role, layer):
     if layer < 0:
         return _GPT2_GLOBAL[role]
     return f"transformer.h.{layer}.{_GPT2_LAYER[role]}"
+
+
+class LinearModule(NamedTuple):
+    """A linear module of transformers' model (q_proj, c_attn, ...) as the
+    engine holds it: a block of output rows of one of a layer's projections."""
+    name: str        # transformers' module name, e.g. model.layers.0.self_attn.q_proj
+    layer: int
+    site: str        # the engine projection: "qkv", "o", "up" or "down"
+    out_offset: int  # its rows are [out_offset, out_offset + out_dim) of the projection
+    out_dim: int
+    in_dim: int
+
+
+_SITE_OF_ROLE = {"qkv_w": "qkv", "o_w": "o", "up_w": "up", "down_w": "down"}
+
+
+def linear_modules(model_type, engine, layout):
+    """[LinearModule] of every linear module inside the layers, in layer order."""
+    q_dim = engine["n_head"] * engine["head_dim"]
+    in_dims = {"qkv": engine["d_model"], "o": q_dim, "up": engine["d_model"],
+               "down": engine["d_ff"]}
+    shapes = {(role, layer): shape for role, layer, _, shape in layout}
+    gpt2 = model_type == "gpt2"
+    modules = []
+    for name, role, layer, start, stop in tensor_names(model_type, engine, layout):
+        if role not in _SITE_OF_ROLE:
+            continue
+        site = _SITE_OF_ROLE[role]
+        rows = shapes[(role, layer)][1 if gpt2 else 0]  # Conv1D stores [in, out]
+        start, stop = (0, rows) if start is None else (start, stop)
+        modules.append(LinearModule(name[:-len(".weight")], layer, site, start, stop - start,
+                                    in_dims[site]))
+    return modules
