@@ -184,3 +184,32 @@ def test_wrong_adapter_for_the_base_is_refused(tiny_model, tmp_path):
         small.add_adapter(LoraConfig())
     with pytest.raises(FileNotFoundError, match="not a PEFT adapter"):
         other.load_adapter(tmp_path)
+
+
+def test_the_reference_is_the_same_weights_with_adapters_off_or_frozen(tiny_model):
+    """A LoRA run's reference needs no copy of the base: the model with its
+    adapters off, or run with a frozen copy of the adapter it started from."""
+    from calign.lora import AdapterReference
+
+    path = tiny_model("llama")
+    model = adapted(path, r=2, target_modules="all-linear")
+    base = calign.Model.from_pretrained(str(path))
+    batch = calign.pack_shared_prefix([([1, 2, 3], [[4, 5], [6]]), ([7], [[8], [9, 10]])])
+    start = model.adapters.params.copy()
+    adapted_logps = model.packed_token_logprobs(batch)
+    off, frozen = AdapterReference(model), AdapterReference(model, start)
+    np.testing.assert_array_equal(off.packed_scores(off.forward_packed(batch), batch),
+                                  base.packed_token_logprobs(batch))
+    model.adapters.params[...] *= 1.5  # training moves the adapters; the frozen copy stays
+    np.testing.assert_array_equal(frozen.packed_scores(frozen.forward_packed(batch), batch),
+                                  adapted_logps)
+    assert not np.array_equal(model.packed_token_logprobs(batch), adapted_logps)
+    with pytest.raises(ValueError, match="does not train"):
+        off.forward_packed(batch, train=True)
+    with model.disable_adapter():
+        hidden = model.forward_packed(batch, train=True)
+        with pytest.raises(RuntimeError, match="no backward inside disable_adapter"):
+            model.backward_packed(batch, np.ones_like(hidden))
+    with pytest.raises(ValueError, match="running_adapters needs a float32 vector"):
+        with model.running_adapters(np.zeros(3, np.float32)):
+            pass

@@ -11,7 +11,8 @@ frozen and without gradients), adapter files PEFT loads and writes.
 
 from calign.lora.adapters import LoraAdapters, read_adapter_config, read_adapter_tensors
 from calign.lora.config import LoraConfig
+from calign.lora.reference import AdapterReference
 from calign.lora.targets import DEFAULT_TARGETS, select_modules
 
-__all__ = ["DEFAULT_TARGETS", "LoraAdapters", "LoraConfig", "read_adapter_config",
+__all__ = ["AdapterReference", "DEFAULT_TARGETS", "LoraAdapters", "LoraConfig", "read_adapter_config",
            "read_adapter_tensors", "select_modules"]

@@ -79,7 +79,8 @@ class Model:
         n_extra = sum(int(np.prod(shape)) for shape in self._extra.values())
         self._gradient_checkpointing = False
         self.adapters = None          # calign.lora.LoraAdapters, or None
-        self._adapters_on = True      # False inside disable_adapter()
+        self._adapter_vector = None   # what the engine runs with inside running_adapters()
+        self._adapter_override = False
         self.params = np.zeros(n_engine + n_extra, np.float32)
         self.grad_buffer = np.zeros(n_engine + n_extra, np.float32)
         self._engine_params = self.params[:n_engine]
@@ -248,15 +249,30 @@ class Model:
                               in_dim=[], r=[], a_offset=[], b_offset=[], scale=[], n_floats=0)
         self.adapters = None
 
-    @contextlib.contextmanager
     def disable_adapter(self):
-        """Within it the model runs without its adapters (PEFT's
+        """A context within which the model runs without its adapters (PEFT's
         disable_adapter): the base model, as LoRA training's reference."""
-        previous, self._adapters_on = self._adapters_on, False
+        return self.running_adapters(None)
+
+    @contextlib.contextmanager
+    def running_adapters(self, vector):
+        """Within it the engine runs with `vector` as the adapters' A and B (a
+        float32 vector of the adapters' layout: a frozen copy of them, as the
+        reference of training that continues an adapter), or None for none.
+        Nothing trains inside it."""
+        if vector is not None:
+            if self.adapters is None:
+                raise ValueError("running_adapters: the model has no adapters")
+            if not (isinstance(vector, np.ndarray) and vector.dtype == np.float32 and
+                    vector.shape == self.adapters.params.shape):
+                raise ValueError(f"running_adapters needs a float32 vector of "
+                                 f"{self.adapters.params.size} values")
+        previous = (self._adapter_override, self._adapter_vector)
+        self._adapter_override, self._adapter_vector = True, vector
         try:
             yield self
         finally:
-            self._adapters_on = previous
+            self._adapter_override, self._adapter_vector = previous
 
     def merge_and_unload(self):
         """Folds each adapter's update scale * B A into its weight and removes
@@ -283,7 +299,9 @@ class Model:
 
     def _active_adapters(self):
         """The adapter vector the engine runs with, or None (none, or off)."""
-        return self.adapters.params if self.adapters is not None and self._adapters_on else None
+        if self._adapter_override:
+            return self._adapter_vector
+        return self.adapters.params if self.adapters is not None else None
 
     def _base_grads(self):
         """The base's gradient vector, or None when it is frozen (adapters)."""
@@ -375,6 +393,9 @@ class Model:
         final hidden states) to the gradient buffer; needs forward_packed(train=True)
         of the same batch just before."""
         adapters = self._active_adapters()
+        if self._adapter_override:
+            raise RuntimeError("no backward inside disable_adapter() or running_adapters(): "
+                               "only the model's own adapters train")
         _C.model_backward(self._handle, self._engine_params, self._base_grads(), d_hidden,
                           batch.input_ids, batch.position_ids, batch.sequence_starts,
                           batch.branch_ids, adapters=adapters,
