@@ -337,7 +337,9 @@ def test_word_tokenizer_options(tmp_path):
         tmp_path / "b", testing.word_list(23), eos_token="w1", pad_token=None, unk_token="w0")))
     assert own_eos.vocab_size == 23 and own_eos.eos_token_id == 1 and own_eos.pad_token is None
     assert own_eos.encode("w5 what") == [5, 0]
-    assert own_eos.decode([1, 5], skip_special_tokens=True) == "w1 w5"  # a word stays a word
+    assert own_eos.decode([1, 5]) == "w1 w5"  # a word stays a word in the vocabulary, but
+    assert own_eos.decode([1, 5], skip_special_tokens=True) == "w5"  # eos is special (as in
+    # transformers, which makes the config's named tokens special whatever tokenizer.json says)
     for words, options, match in [
             (["a", "a"], {}, r"words\[1\] must be a word not listed before"),
             (["a b"], {}, r"words\[0\] must be a non-empty string without whitespace"),

@@ -3,7 +3,8 @@
     calign                      build information and a self-check of the kernels
     calign info                 the same
     calign train METHOD ...     METHOD in sft, rm, dpo, kto, orpo, cpo
-    calign generate ...         text from a checkpoint
+    calign generate ...         an answer from a checkpoint (through its chat template)
+    calign chat ...             a conversation with a checkpoint in the terminal
     calign eval ...             preference accuracy of a policy (against a reference) or of a reward model
     calign align ...            word alignment of a `source ||| target` corpus, Pharaoh links out
     calign demo [--method M]    SFT then DPO (or kto, orpo, simpo) on the bundled addition task
@@ -21,7 +22,7 @@ import sys
 import numpy as np
 
 import calign
-from calign import checks, selfcheck
+from calign import chat, checks, selfcheck
 
 TRAINERS = {
     "sft": ("SFTTrainer", "SFTConfig"),
@@ -186,24 +187,53 @@ def load_tokenizer(path):
     return calign.Tokenizer.from_pretrained(path)
 
 
-def command_generate(args):
+def open_assistant(args):
+    """The model, tokenizer and generation flags `generate` and `chat` answer with."""
     if not os.path.isdir(args.model):
         raise UsageError(f"--model {args.model!r} is not a folder")
+    raw_text = getattr(args, "no_chat_template", False)
+    if raw_text and args.chat_template is not None:
+        raise UsageError("--chat_template cannot go with --no-chat-template")
     with inputs_checked():
+        flags = chat.check_generation_flags({name: getattr(args, name)
+                                             for name in chat.GENERATION_FLAGS})
         model = calign.Model.from_pretrained(args.model)
         tokenizer = load_tokenizer(args.tokenizer or args.model)
-    prompt_ids = tokenizer.encode(args.prompt)
-    if not prompt_ids:
-        raise UsageError("--prompt is empty after tokenization")
+        assistant = chat.Assistant(model, tokenizer, flags, use_chat_template=not raw_text,
+                                   chat_template=args.chat_template)
+    if args.system is not None and not assistant.uses_chat_template:
+        raise UsageError("--system needs the chat template, " + (
+            "which --no-chat-template turns off" if raw_text else
+            f"and the tokenizer of {args.tokenizer or args.model!r} has none"))
+    return assistant
+
+
+def command_generate(args):
+    assistant = open_assistant(args)
     with inputs_checked():
-        outputs = model.generate([prompt_ids], max_new_tokens=args.max_new_tokens,
-                                 do_sample=args.do_sample, temperature=args.temperature,
-                                 top_k=args.top_k, top_p=args.top_p,
-                                 eos_token_id=tokenizer.eos_token_id,
-                                 num_return_sequences=args.num_return_sequences, seed=args.seed)
+        prompt_ids = assistant.prompt_ids(chat.Conversation(args.system).asked(args.prompt))
+        if args.show_prompt:
+            print(assistant.show(prompt_ids), file=sys.stderr)
+        outputs = assistant.generate(prompt_ids, seed=args.seed,
+                                     num_return_sequences=args.num_return_sequences)
     for tokens in outputs:
-        print(tokenizer.decode(tokens, skip_special_tokens=True))
+        answer, warning = assistant.answer_text(tokens)
+        if warning:
+            chat.warn(warning)
+        print(answer)
     return 0
+
+
+def command_chat(args):
+    assistant = open_assistant(args)
+    if not assistant.uses_chat_template:
+        raise UsageError(f"the tokenizer of {args.tokenizer or args.model!r} has no chat "
+                         f"template, which calign chat needs (calign generate --prompt sends "
+                         f"raw text)")
+    with inputs_checked():
+        return chat.run_chat(assistant, chat.Conversation(args.system), seed=args.seed,
+                             show_prompt=args.show_prompt,
+                             banner=f"calign chat with {args.model}: ")
 
 
 def command_eval(args):
@@ -295,6 +325,33 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def add_conversation_flags(parser):
+    parser.add_argument("--tokenizer", help="tokenizer folder (default: the model's)")
+    parser.add_argument("--system", help="a system message opening the conversation")
+    parser.add_argument("--chat_template", metavar="NAME",
+                        help="which of the tokenizer's named chat templates (default: "
+                             "'default')")
+    parser.add_argument("--show_prompt", action="store_true",
+                        help="print each prompt as the model sees it (stderr)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler")
+
+
+def add_generation_flags(parser):
+    """The settings of generation_config.json: None (not given) leaves the file's."""
+    parser.add_argument("--max_new_tokens", type=int,
+                        help=f"default: generation_config.json's (or the room its max_length "
+                             f"leaves after the prompt), else {chat.DEFAULT_MAX_NEW_TOKENS}")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--do_sample", action="store_const", const=True, dest="do_sample",
+                      help="sample (default: generation_config.json's do_sample, else greedy)")
+    mode.add_argument("--greedy", action="store_const", const=False, dest="do_sample",
+                      help="take the most likely token")
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument("--top_k", type=int)
+    parser.add_argument("--top_p", type=float)
+    parser.add_argument("--repetition_penalty", type=float)
+
+
 def build_parser():
     parser = _Parser(prog="calign", description="Alignment training with a C core.")
     commands = parser.add_subparsers(dest="command")
@@ -310,17 +367,28 @@ def build_parser():
     train.add_argument("--tokenizer", help="tokenizer folder (default: the model's)")
     train.add_argument("--ref_model", help="reference checkpoint (dpo, kto)")
     train.add_argument("--resume", help="checkpoint folder to resume from")
-    generate = commands.add_parser("generate", help="generate text from a checkpoint")
-    generate.add_argument("--model", required=True)
-    generate.add_argument("--prompt", required=True)
-    generate.add_argument("--tokenizer")
-    generate.add_argument("--max_new_tokens", type=int, default=32)
-    generate.add_argument("--do_sample", action="store_true")
-    generate.add_argument("--temperature", type=float, default=1.0)
-    generate.add_argument("--top_k", type=int, default=0)
-    generate.add_argument("--top_p", type=float, default=1.0)
-    generate.add_argument("--num_return_sequences", type=int, default=1)
-    generate.add_argument("--seed", type=int, default=0)
+    generate = commands.add_parser(
+        "generate", help="answer a prompt (through the tokenizer's chat template)",
+        description="Answers --prompt, put through the tokenizer's chat template when it has "
+                    "one. Generation settings come from the checkpoint's "
+                    "generation_config.json; a flag overrides the file. Without either, "
+                    f"max_new_tokens is {chat.DEFAULT_MAX_NEW_TOKENS} and decoding greedy.")
+    generate.add_argument("--model", required=True, help="checkpoint folder")
+    generate.add_argument("--prompt", required=True, help="the user's message")
+    add_conversation_flags(generate)
+    generate.add_argument("--no-chat-template", "--no_chat_template", dest="no_chat_template",
+                          action="store_true", help="send --prompt as raw text")
+    add_generation_flags(generate)
+    generate.add_argument("--num_return_sequences", type=int, default=1,
+                          help="answers to sample (with --do_sample)")
+    chat_command = commands.add_parser(
+        "chat", help="a conversation in the terminal",
+        description=f"A multi-turn chat: each turn goes to the model with the whole "
+                    f"conversation through the chat template. {chat.HELP}. Generation "
+                    f"settings as for generate.")
+    chat_command.add_argument("--model", required=True, help="checkpoint folder")
+    add_conversation_flags(chat_command)
+    add_generation_flags(chat_command)
     evaluate = commands.add_parser("eval", help="preference accuracy and margins")
     evaluate.add_argument("--model", required=True)
     evaluate.add_argument("--dataset", required=True)
@@ -359,6 +427,8 @@ def main(argv=None):
             raise UsageError(f"unexpected arguments {' '.join(rest)}")
         if args.command == "generate":
             return command_generate(args)
+        if args.command == "chat":
+            return command_chat(args)
         if args.command == "align":
             return command_align(args)
         if args.command == "demo":

@@ -10,6 +10,11 @@ import numpy as np
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 SPECIAL_TOKEN_FIELDS = ("bos_token", "eos_token", "pad_token")
+# transformers' named special tokens (SPECIAL_TOKENS_ATTRIBUTES): each is special
+# in decode(skip_special_tokens=True) whatever tokenizer.json says of it
+NAMED_SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token",
+                        "cls_token", "mask_token")
+EXTRA_SPECIAL_TOKEN_FIELDS = ("extra_special_tokens", "additional_special_tokens")
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 CHAT_TEMPLATE_DIR = "additional_chat_templates"  # transformers' folder of named templates
 
@@ -22,6 +27,34 @@ def _token_content(key, value, where="tokenizer config"):
         raise ValueError(f"{where} field {key!r} must be a token string or an AddedToken "
                          f"object {{'content': string, ...}}, got {value!r}")
     return content
+
+
+def _config_special_tokens(config):
+    """The token strings a tokenizer config makes special, as transformers
+    reads them (it adds them to the backend as special tokens on loading): the
+    named special tokens, any other "*_token" field holding a token (a model's
+    own, e.g. image_token), the extra_special_tokens (additional_special_tokens
+    before transformers 5) as a list or a {name: token} mapping, and the
+    entries of added_tokens_decoder marked special."""
+    tokens = [_token_content(key, config.get(key)) for key in NAMED_SPECIAL_TOKENS]
+    tokens += [_token_content(key, value) for key, value in config.items()
+               if key.endswith("_token") and key not in NAMED_SPECIAL_TOKENS and
+               (isinstance(value, str) or isinstance(value, dict) and "content" in value)]
+    for key in EXTRA_SPECIAL_TOKEN_FIELDS:
+        extra = config.get(key)
+        if isinstance(extra, dict):
+            extra = list(extra.values())
+        if extra is not None and not isinstance(extra, list):
+            raise ValueError(f"tokenizer config field {key!r} must be a list of tokens or a "
+                             f"{{name: token}} mapping, got {extra!r:.200}")
+        tokens += [_token_content(f"{key}[{i}]", token) for i, token in enumerate(extra or [])]
+    decoder = config.get("added_tokens_decoder") or {}
+    if not isinstance(decoder, dict):
+        raise ValueError(f"tokenizer config field 'added_tokens_decoder' must map ids to "
+                         f"AddedToken objects, got {decoder!r:.200}")
+    tokens += [_token_content(f"added_tokens_decoder[{key!r}]", token) for key, token in
+               decoder.items() if isinstance(token, dict) and token.get("special") is True]
+    return [token for token in dict.fromkeys(tokens) if token is not None]
 
 
 def _chat_templates(value):
@@ -94,6 +127,12 @@ class Tokenizer:
         self.pad_token = _token_content("pad_token", self.config.get("pad_token"))
         self.chat_template = _chat_templates(self.config.get("chat_template"))
         self._compiled = {}
+        # ids decode(skip_special_tokens=True) drops besides tokenizer.json's
+        # special tokens: those the config makes special (see
+        # _config_special_tokens) that the vocabulary has
+        self.all_special_tokens = _config_special_tokens(self.config)
+        ids = (self.token_to_id(token) for token in self.all_special_tokens)
+        self.all_special_ids = [i for i in ids if i is not None]
 
     @classmethod
     def from_pretrained(cls, path):
@@ -114,9 +153,12 @@ class Tokenizer:
         map_file = os.path.join(path, "special_tokens_map.json")
         if "added_tokens_decoder" not in config and os.path.isfile(map_file):
             special = _read_json_object(map_file)
-            for key in SPECIAL_TOKEN_FIELDS:
+            for key in NAMED_SPECIAL_TOKENS:
                 if key in special:
                     _token_content(key, special[key], where=repr(map_file))
+                    config[key] = special[key]
+            for key in EXTRA_SPECIAL_TOKEN_FIELDS:
+                if key in special and not any(config.get(k) for k in EXTRA_SPECIAL_TOKEN_FIELDS):
                     config[key] = special[key]
         templates = _template_files(path)
         if templates:
@@ -169,10 +211,21 @@ class Tokenizer:
     def __call__(self, text, add_special_tokens=True):
         return {"input_ids": self.encode(text, add_special_tokens)}
 
-    def decode(self, ids, skip_special_tokens=False):
-        """Text of a list of token ids (an id the vocabulary lacks decodes to
-        nothing, as in transformers; a float, a bool or a negative id is refused,
-        not rounded or wrapped)."""
+    def decode(self, ids, skip_special_tokens=False, clean_up_tokenization_spaces=None):
+        """Text of a list of token ids, as transformers decodes it (an id the
+        vocabulary lacks decodes to nothing; a float, a bool or a negative id
+        is refused, not rounded or wrapped).
+
+        skip_special_tokens: leave out tokenizer.json's special tokens and
+            those the config names (all_special_tokens: bos, eos, pad, unk,
+            ..., extra_special_tokens, added tokens marked special), even
+            where tokenizer.json holds one as an ordinary token.
+        clean_up_tokenization_spaces: remove the space before punctuation and
+            English contractions (" ." -> ".", " n't" -> "n't"); None takes
+            the config's setting (default False). Not applied to a BPE model
+            unless the config sets
+            clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output,
+            as in transformers."""
         array = np.asarray(ids)
         if array.size == 0:
             return ""
@@ -180,7 +233,16 @@ class Tokenizer:
             raise ValueError(f"ids must be a list of integer token ids, got {ids!r:.200}")
         if array.min() < 0 or array.max() > np.iinfo(np.uint32).max:
             raise ValueError(f"ids must be token ids in [0, 2**32), got {ids!r:.200}")
-        return self._backend.decode(array.tolist(), skip_special_tokens=skip_special_tokens)
+        if skip_special_tokens:
+            array = array[~np.isin(array, self.all_special_ids)]
+        text = self._backend.decode(array.tolist(), skip_special_tokens=skip_special_tokens)
+        if clean_up_tokenization_spaces is None:
+            clean_up_tokenization_spaces = self.config.get("clean_up_tokenization_spaces", False)
+        if clean_up_tokenization_spaces and not (
+                type(self._backend.model).__name__ == "BPE" and not self.config.get(
+                    "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output")):
+            text = _clean_up_tokenization(text)
+        return text
 
     # ---- chat ----------------------------------------------------------------
 
@@ -228,6 +290,16 @@ class Tokenizer:
             messages=messages, tools=tools, add_generation_prompt=add_generation_prompt,
             bos_token=self.bos_token or "", eos_token=self.eos_token or "", **kwargs)
         return self.encode(text, add_special_tokens=False) if tokenize else text
+
+
+def _clean_up_tokenization(text):
+    """transformers' clean_up_tokenization: no space before punctuation and
+    English contractions."""
+    for spaced, joined in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
+                           (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"),
+                           (" 're", "'re")):
+        text = text.replace(spaced, joined)
+    return text
 
 
 def _compile_template(source):
