@@ -42,7 +42,9 @@ def save_word_tokenizer(path, words=None, *, vocab_size=None, eos_token="<eos>",
     eos_token, pad_token, bos_token, unk_token: special tokens (None: none).
         Those not among `words` are put in front of the words, in the order
         pad, eos, bos, unk, as special tokens (decode(skip_special_tokens=True)
-        drops them); one listed in `words` stays an ordinary word. Unknown words
+        drops them); one listed in `words` keeps its place in the vocabulary
+        and encodes as a word, but decode(skip_special_tokens=True) drops it
+        too, as transformers drops every token the config names. Unknown words
         encode as unk_token, by default the pad token (else the first token).
     chat_template: None (none), True (CHAT_TEMPLATE, whose markers <system>,
         <user> and <assistant> are added as words after the special tokens) or
