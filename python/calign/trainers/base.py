@@ -274,9 +274,9 @@ class BaseTrainer:
                 progress.update(1)
             done = self.state.global_step
             epoch_end = done % per_epoch == 0 or done == total
-            log = a.logging_strategy != "no" and (
-                (a.logging_strategy == "steps" and done % logging_every == 0) or epoch_end
-                or (done == 1 and a.logging_first_step))
+            log = (done == 1 and a.logging_first_step) or a.logging_strategy != "no" and (
+                done == total or (a.logging_strategy == "epoch" and epoch_end) or
+                (a.logging_strategy == "steps" and done % logging_every == 0))
             if log:
                 entry = {k: v / counts[k] for k, v in sums.items()}
                 entry.update(grad_norm=grad_norm, learning_rate=lr)
