@@ -289,6 +289,16 @@ def test_settings_that_contradict_or_ask_the_impossible_name_the_field(kwargs, n
         calign.DPOConfig(**kwargs)
 
 
+@pytest.mark.parametrize("name,value", [("sync_ref_model", True),
+                                        ("precompute_ref_log_probs", np.True_),
+                                        ("precompute_ref_batch_size", 4),
+                                        ("ref_model_sync_steps", 8)])
+def test_kto_refuses_the_reference_fields_it_does_not_implement_yet(name, value):
+    with pytest.raises(ValueError, match=f"^{name} must be .*not supported yet for KTO"):
+        calign.KTOConfig(**{name: value})
+    calign.KTOConfig(sync_ref_model=np.False_, ref_model_mixup_alpha=np.float64(0.6))
+
+
 def test_model_init_kwargs_apply_to_a_folder(llama_dir, tmp_path):
     kwargs = {"dtype": "float32", "attn_implementation": "sdpa", "device_map": "auto"}
     dpo(llama_dir, tmp_path, max_steps=1, model_init_kwargs=kwargs).train()

@@ -306,9 +306,9 @@ class KTOConfig(TrainingConfig, KTOPart):
                               ("precompute_ref_batch_size", None),
                               ("ref_model_mixup_alpha", 0.6), ("ref_model_sync_steps", 512)):
             value = getattr(self, name)
-            checks.require(value is default or value == default and not isinstance(
-                value, (bool, np.bool_)) or value is np.bool_(default), name, value,
-                f"{default!r} (not supported yet for KTO)")
+            same_kind = isinstance(value, (bool, np.bool_)) == isinstance(default, bool)
+            checks.require(same_kind and value == default, name, value,
+                           f"{default!r} (not supported yet for KTO)")
 
 
 @dataclass

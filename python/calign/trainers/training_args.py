@@ -355,6 +355,3 @@ class TrainingConfig(TrainingArgumentsPart):
     def field_help(cls):
         """{field name: help text}, for documentation and the command line."""
         return {f.name: f.metadata.get("help", "") for f in fields(cls)}
-
-    def save_steps_in(self, total_steps):
-        return steps_of(self.save_steps, total_steps)
