@@ -95,3 +95,47 @@ def test_bad_record_is_a_user_error(workspace, tmp_path):
     out = run("train", "dpo", "--model", workspace / "model", "--dataset", bad, "--output_dir",
               tmp_path / "o")
     assert out.returncode == 2 and "record 0 lacks the field 'rejected'" in out.stderr
+
+
+def test_train_from_a_trl_recipe(workspace, tmp_path):
+    """A YAML written for `trl dpo`: model_name_or_path and dataset_name stand for
+    --model and --dataset, the script's model-loading settings are named in one
+    warning, TRL's own fields (report_to, save_strategy, bf16 ...) are taken."""
+    recipe = tmp_path / "trl_recipe.yaml"
+    recipe.write_text(
+        f"model_name_or_path: {workspace / 'model'}\n"
+        f"dataset_name: {workspace / 'prefs.jsonl'}\n"
+        "dataset_train_split: train\nattn_implementation: sdpa\ntorch_dtype: bfloat16\n"
+        "use_peft: false\nlora_r: 16\n"
+        "learning_rate: 5.0e-3\nbeta: 0.5\nper_device_train_batch_size: 4\nmax_steps: 2\n"
+        "logging_steps: 1\nreport_to: none\nsave_strategy: 'no'\nbf16: null\n"
+        "gradient_checkpointing: true\ndataloader_num_workers: 4\nuse_cpu: true\n"
+        f"output_dir: {tmp_path / 'out'}\ndisable_tqdm: true\n")
+    out = run("train", "dpo", "--config", recipe)
+    assert out.returncode == 0, out.stderr
+    warnings = [line for line in out.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1, out.stderr
+    assert "dataset_train_split, torch_dtype, attn_implementation, lora_r" in warnings[0]
+    assert len((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()) == 2
+    assert not [n for n in (tmp_path / "out").iterdir() if n.name.startswith("checkpoint")]
+
+    recipe.write_text(recipe.read_text().replace("use_peft: false", "use_peft: true"))
+    refused = run("train", "dpo", "--config", recipe)
+    assert refused.returncode == 2 and "use_peft must be false" in refused.stderr
+    hub = tmp_path / "hub.yaml"
+    hub.write_text("model_name_or_path: Qwen/Qwen2-0.5B\ndataset_name: trl-lib/ultrafeedback\n")
+    missing = run("train", "dpo", "--config", hub, "--model", workspace / "model")
+    assert missing.returncode == 2
+    assert "dataset_name in" in missing.stderr and "does not exist" in missing.stderr
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--fp16", "true"], "fp16 must be False"),
+    (["--bf16", "true"], "bf16 must be None or False"),
+    (["--report_to", "mlflow"], "report_to must be"),
+    (["--push_to_hub", "true"], "push_to_hub must be False"),
+])
+def test_train_refusals_name_the_field(workspace, flags, message):
+    out = run("train", "dpo", "--model", workspace / "model", "--dataset",
+              workspace / "prefs.jsonl", *flags)
+    assert out.returncode == 2 and message in out.stderr, out.stderr

@@ -58,8 +58,8 @@ def test_dpo_learns_the_successor_rule(tiny_model, tiny_tokenizer, calign_seed, 
 
     trainer = calign.DPOTrainer(model, args=calign.DPOConfig(
         output_dir=str(tmp_path), learning_rate=2e-2, beta=0.2, max_steps=100,
-        per_device_train_batch_size=16, logging_steps=10, eval_steps=10, save_steps=0,
-        seed=calign_seed, disable_tqdm=True),
+        per_device_train_batch_size=16, logging_steps=10, eval_strategy="steps", eval_steps=10,
+        save_steps=0, seed=calign_seed, disable_tqdm=True),
         train_dataset=train, eval_dataset=heldout, processing_class=tokenizer)
     trainer.train()
     after = exact_match(trainer.model, tokenizer, heldout)

@@ -541,7 +541,7 @@ def test_config_numbers_take_numpy_scalars_as_python_numbers():
     (calign.DPOConfig, dict(loss_type="listwise", label_smoothing=0.1), "label_smoothing"),
     (calign.DPOConfig, dict(loss_type="nca_pair", f_divergence_type="js_divergence"),
      "f_divergence_type"),
-    (calign.DPOConfig, dict(f_alpha_divergence_coef=0.5), "f_alpha_divergence_coef"),
+    (calign.DPOConfig, dict(f_alpha_divergence_coef=0.3), "f_alpha_divergence_coef"),
     (calign.DPOConfig, dict(discopop_tau=0.1), "discopop_tau"),
     (calign.DPOConfig, dict(scpo_alpha=0.5), "scpo_alpha"),
     (calign.DPOConfig, dict(ref_model_sync_steps=8), "ref_model_sync_steps"),
@@ -792,7 +792,8 @@ def test_datasets_dataset_and_kto_from_pairs(llama_dir, tmp_path):
 
 def test_evaluate_logs_eval_metrics(llama_dir, tmp_path):
     trainer = calign.DPOTrainer(llama_dir, args=calign.DPOConfig(
-        output_dir=str(tmp_path), eval_steps=2, **dict(COMMON, max_steps=4)),
+        output_dir=str(tmp_path), eval_strategy="steps", eval_steps=2,
+        **dict(COMMON, max_steps=4)),
         train_dataset=pairs(4, seed=16), eval_dataset=pairs(3, seed=17))
     trainer.train()
     evals = [h for h in trainer.state.log_history if "eval_loss" in h]

@@ -5,7 +5,7 @@ package configures it. See README.md for what is supported.
 """
 
 from calign._C import get_num_threads, set_num_threads
-from calign import losses, ops, optim, selfimprove
+from calign import losses, ops, optim, selfimprove, wordalign
 from calign._info import build_info
 from calign.model import Model, PackedBatch, RewardModel, pack_shared_prefix
 from calign.tokenizer import Tokenizer
@@ -19,4 +19,4 @@ __all__ = ["__version__", "CPOConfig", "CPOTrainer", "DPOConfig", "DPOTrainer", 
            "KTOTrainer", "OnlineDPOConfig", "OnlineDPOTrainer", "ORPOConfig", "ORPOTrainer",
            "RewardConfig", "RewardModel", "RewardTrainer", "SFTConfig", "SFTTrainer", "Tokenizer",
            "Model", "PackedBatch", "build_info", "get_num_threads", "losses", "ops", "optim",
-           "pack_shared_prefix", "selfimprove", "set_num_threads"]
+           "pack_shared_prefix", "selfimprove", "set_num_threads", "wordalign"]

@@ -84,6 +84,27 @@ def command_info(_args):
 
 # ---- train -------------------------------------------------------------------------------------
 
+# The settings of TRL's `trl dpo` (etc.) scripts that a recipe YAML holds beside
+# the config's fields (TRL's ScriptArguments, ModelConfig, DatasetMixtureConfig).
+# model_name_or_path and dataset_name stand for --model and --dataset.
+TRL_SCRIPT_USED = ("model_name_or_path", "dataset_name")
+# Only False: what they ask for calign cannot do.
+TRL_SCRIPT_REFUSED = {
+    "use_peft": "LoRA training is not supported yet",
+    "load_in_8bit": "quantized training is not supported",
+    "load_in_4bit": "quantized training is not supported",
+}
+# Ignored, named in one warning: calign loads local folders and files as float32
+# with its own kernels (a dataset split, a revision, an attention kernel, LoRA
+# settings without use_peft change nothing).
+TRL_SCRIPT_IGNORED = (
+    "dataset_config", "dataset_train_split", "dataset_test_split", "dataset_streaming",
+    "ignore_bias_buffers", "model_revision", "dtype", "torch_dtype", "attn_implementation",
+    "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_parameters",
+    "lora_modules_to_save", "lora_task_type", "use_rslora", "use_dora", "bnb_4bit_quant_type",
+    "use_bnb_nested_quant", "bnb_4bit_quant_storage", "streaming", "test_split_size")
+
+
 def read_config_file(path):
     if not os.path.isfile(path):
         raise UsageError(f"config file {path!r} does not exist")
@@ -102,6 +123,39 @@ def read_config_file(path):
     return values
 
 
+def split_script_settings(values, path):
+    """Takes TRL's script settings out of a config file's values: returns
+    {model_name_or_path, dataset_name} found, after one warning naming the
+    ignored ones; a setting calign cannot honour is a UsageError."""
+    used = {key: values.pop(key) for key in TRL_SCRIPT_USED if key in values}
+    for key, reason in TRL_SCRIPT_REFUSED.items():
+        value = values.pop(key, False)
+        if value not in (False, None):
+            raise UsageError(f"{key} must be false in {path} ({reason}), got {value!r}")
+    if values.pop("datasets", None):
+        raise UsageError(f"datasets (a dataset mixture) in {path} is not supported: give one "
+                         "local file as dataset_name or --dataset")
+    ignored = [key for key in TRL_SCRIPT_IGNORED if key in values]
+    for key in ignored:
+        values.pop(key)
+    if ignored:
+        print(f"calign: warning: {path}: ignoring TRL script settings with no meaning here "
+              f"(calign loads local files, in float32, with its own kernels): "
+              f"{', '.join(ignored)}", file=sys.stderr)
+    return used
+
+
+def parse_number(kind, text):
+    """int or float text for a field of type int or float (an integral float
+    field's text is an int, as transformers' *_steps fields take)."""
+    try:
+        return int(text)
+    except ValueError:
+        if kind in (int, "int"):
+            raise
+        return float(text)
+
+
 def parse_field_value(config_class, name, text):
     """A command-line string as the config field's type."""
     fields = {f.name: f for f in dataclasses.fields(config_class)}
@@ -116,10 +170,8 @@ def parse_field_value(config_class, name, text):
     if text.lower() == "none":
         return None
     try:
-        if kind in (int, "int"):
-            return int(text)
-        if kind in (float, "float"):
-            return float(text)
+        if kind in (int, "int", float, "float"):
+            return parse_number(kind, text)
     except ValueError:
         raise UsageError(f"--{name} takes a number, not {text!r}") from None
     if kind in (list, "list") or (name == "loss_type" and "," in text):
@@ -128,6 +180,13 @@ def parse_field_value(config_class, name, text):
             return [float(p) for p in parts]
         except ValueError:
             return parts
+    if kind in (object, "object") and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if kind in (object, "object") and text[:1] in "{[":  # a mapping or a list, as JSON
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise UsageError(f"--{name} takes JSON here, not {text!r}") from None
     return text
 
 
@@ -151,25 +210,53 @@ def split_field_flags(tokens):
     return values
 
 
+def check_file_fields(config_class, values, path):
+    """Config-file values: each key a field; a number YAML read as text (PyYAML
+    reads 5e-7 as a string) as the field's number."""
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    for name, value in values.items():
+        if name not in fields:
+            raise UsageError(f"unknown field {name!r} in {path} for {config_class.__name__}")
+        if isinstance(value, str) and fields[name].type in (int, "int", float, "float"):
+            try:
+                values[name] = parse_number(fields[name].type, value)
+            except ValueError:
+                pass  # the config names the field and the value
+
+
 def command_train(args, field_tokens):
     trainer_name, config_name = TRAINERS[args.method]
     config_class = getattr(calign, config_name)
-    values = read_config_file(args.config) if args.config else {}
+    values, script = {}, {}
+    if args.config:
+        values = read_config_file(args.config)
+        script = split_script_settings(values, args.config)
+        check_file_fields(config_class, values, args.config)
     for name, text in split_field_flags(field_tokens).items():
         values[name] = parse_field_value(config_class, name, text)
-    values["output_dir"] = args.output_dir or values.get("output_dir", "trainer_output")
+    if args.output_dir:
+        values["output_dir"] = args.output_dir
+    model = args.model or script.get("model_name_or_path")
+    dataset = args.dataset or script.get("dataset_name")
+    for value, what, key in ((model, "--model", "model_name_or_path"),
+                             (dataset, "--dataset", "dataset_name")):
+        if value is None:
+            raise UsageError(f"{what} is required (or {key} in the --config file)")
     with inputs_checked():
         config = config_class(**values)
-    for path, what in ((args.model, "--model"), (args.dataset, "--dataset")):
+    for path, what, key in ((model, "--model", "model_name_or_path"),
+                            (dataset, "--dataset", "dataset_name")):
         if not os.path.exists(path):
-            raise UsageError(f"{what} {path!r} does not exist")
-    kwargs = dict(args=config, train_dataset=args.dataset, eval_dataset=args.eval_dataset,
-                  processing_class=args.tokenizer or (args.model if os.path.isfile(
-                      os.path.join(args.model, "tokenizer.json")) else None))
+            source = what if path in (args.model, args.dataset) else f"{key} in {args.config}"
+            raise UsageError(f"{source} {path!r} does not exist (calign reads local folders "
+                             "and files)")
+    kwargs = dict(args=config, train_dataset=dataset, eval_dataset=args.eval_dataset,
+                  processing_class=args.tokenizer or (model if os.path.isfile(
+                      os.path.join(model, "tokenizer.json")) else None))
     if args.method in WITH_REFERENCE and args.ref_model:
         kwargs["ref_model"] = args.ref_model
     with inputs_checked():
-        trainer = getattr(calign, trainer_name)(args.model, **kwargs)
+        trainer = getattr(calign, trainer_name)(model, **kwargs)
     trainer.train(resume_from_checkpoint=args.resume or None)
     final = os.path.join(config.output_dir, "final")
     trainer.save_model(final)
@@ -359,14 +446,18 @@ def build_parser():
     train = commands.add_parser("train", help="train a model; other --field value flags set "
                                               "config fields (TRL's names)")
     train.add_argument("method", choices=sorted(TRAINERS))
-    train.add_argument("--model", required=True, help="checkpoint folder")
-    train.add_argument("--dataset", required=True, help="JSON Lines file or folder")
+    train.add_argument("--model", help="checkpoint folder (default: the config file's "
+                                       "model_name_or_path)")
+    train.add_argument("--dataset", help="JSON Lines file or folder (default: the config "
+                                         "file's dataset_name)")
     train.add_argument("--eval_dataset")
     train.add_argument("--output_dir")
-    train.add_argument("--config", help="YAML or JSON file of config fields (flags override)")
+    train.add_argument("--config", help="YAML or JSON file of config fields (flags override); "
+                                        "a recipe written for `trl dpo` etc. is taken")
     train.add_argument("--tokenizer", help="tokenizer folder (default: the model's)")
     train.add_argument("--ref_model", help="reference checkpoint (dpo, kto)")
-    train.add_argument("--resume", help="checkpoint folder to resume from")
+    train.add_argument("--resume", help="checkpoint folder to resume from (default: the "
+                                        "config's resume_from_checkpoint)")
     generate = commands.add_parser(
         "generate", help="answer a prompt (through the tokenizer's chat template)",
         description="Answers --prompt, put through the tokenizer's chat template when it has "

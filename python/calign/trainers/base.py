@@ -6,39 +6,52 @@ one micro-batch (`_micro_step`), which calls the C engine and the C losses.
 Python only prepares batches and keeps the books.
 """
 
+import dataclasses
 import json
 import math
 import os
+import warnings
 
 import numpy as np
 
-from calign import _C
+from calign import _C, checks
+from calign.model import Model
 from calign.model.loading import load_model
 from calign.model.preference_batch import check_fits
 from calign.optim import SGD, AdamW, clip_grad_norm
 from calign.tokenizer import Tokenizer
-from calign.trainers import checkpoints
+from calign.trainers import checkpoints, reporting
 from calign.trainers.schedules import learning_rate
+from calign.trainers.training_args import steps_of
 
 
 class TrainerState:
-    """What transformers' TrainerState holds that calign uses."""
+    """What transformers' TrainerState holds that calign uses, the best
+    checkpoint's bookkeeping among it."""
 
     def __init__(self):
         self.global_step = 0
         self.epoch = 0.0
         self.log_history = []
         self.num_tokens = 0
+        self.best_metric = None
+        self.best_global_step = None
+        self.best_model_checkpoint = None
 
     def to_dict(self):
         return {"global_step": self.global_step, "epoch": self.epoch,
-                "log_history": self.log_history, "num_tokens": self.num_tokens}
+                "log_history": self.log_history, "num_tokens": self.num_tokens,
+                "best_metric": self.best_metric, "best_global_step": self.best_global_step,
+                "best_model_checkpoint": self.best_model_checkpoint}
 
     def load(self, d):
         self.global_step = int(d["global_step"])
         self.epoch = float(d["epoch"])
         self.log_history = list(d["log_history"])
         self.num_tokens = int(d.get("num_tokens", 0))
+        self.best_metric = d.get("best_metric")
+        self.best_global_step = d.get("best_global_step")
+        self.best_model_checkpoint = d.get("best_model_checkpoint")
 
 
 def _accumulate(sums, counts, metrics):
@@ -79,14 +92,30 @@ class BaseTrainer:
         if train_dataset is None:
             raise ValueError("train_dataset is required")
         self.args = args
+        checks.require(args.model_init_kwargs is None or not isinstance(model, Model),
+                       "model_init_kwargs", args.model_init_kwargs,
+                       "None when the model is given loaded (they apply to loading a folder)")
+        needs_eval = "eval_on_start" if args.eval_on_start else (
+            "eval_strategy" if args.eval_strategy != "no" else None)
+        checks.require(eval_dataset is not None or needs_eval is None, needs_eval,
+                       getattr(args, needs_eval or "eval_strategy"),
+                       f"{'False' if args.eval_on_start else repr('no')} when there is no "
+                       "eval_dataset")
         self.processing_class = _load_tokenizer(processing_class, model)
         self.model = self._load_model(model)
         self.model.gradient_checkpointing = args.gradient_checkpointing
         self.train_examples = self._examples(train_dataset, "train_dataset")
         self.eval_examples = (self._examples(eval_dataset, "eval_dataset")
                               if eval_dataset is not None else None)
+        if args.dataloader_drop_last and len(self.train_examples) < \
+                args.per_device_train_batch_size:
+            raise ValueError(f"train_dataset has {len(self.train_examples)} examples, fewer "
+                             f"than per_device_train_batch_size "
+                             f"({args.per_device_train_batch_size}): with dataloader_drop_last "
+                             "no batch is left")
         self.state = TrainerState()
         self.optimizer = self._make_optimizer()
+        self.reporters = None
 
     # ---- to be provided by each trainer ----------------------------------------
 
@@ -148,10 +177,13 @@ class BaseTrainer:
         return AdamW(self.model, lr=a.learning_rate, betas=(a.adam_beta1, a.adam_beta2),
                      eps=a.adam_epsilon, weight_decay=a.weight_decay)
 
-    def _windows_per_epoch(self):
+    def _micro_batches_per_epoch(self):
         a = self.args
-        micro = math.ceil(len(self.train_examples) / a.per_device_train_batch_size)
-        return math.ceil(micro / a.gradient_accumulation_steps)
+        n, bs = len(self.train_examples), a.per_device_train_batch_size
+        return n // bs if a.dataloader_drop_last else math.ceil(n / bs)
+
+    def _windows_per_epoch(self):
+        return math.ceil(self._micro_batches_per_epoch() / self.args.gradient_accumulation_steps)
 
     def total_steps(self):
         if self.args.max_steps > 0:
@@ -160,16 +192,19 @@ class BaseTrainer:
 
     def _window(self, step):
         """The micro-batches (lists of examples) of optimizer step `step`; the
-        order is a function of (seed, epoch) only, so resuming replays it."""
+        order is a function of (data_seed or seed, epoch) only, so resuming
+        replays it."""
         a = self.args
         per_epoch = self._windows_per_epoch()
         epoch, position = divmod(step, per_epoch)
         n = len(self.train_examples)
-        order = (np.random.default_rng([a.seed, epoch]).permutation(n) if a.shuffle
-                 else np.arange(n))
+        seed = a.seed if a.data_seed is None else a.data_seed
+        order = (np.random.default_rng([seed, epoch]).permutation(n)
+                 if a.train_sampling_strategy == "random" else np.arange(n))
         bs, accum = a.per_device_train_batch_size, a.gradient_accumulation_steps
+        used = self._micro_batches_per_epoch() * bs if a.dataloader_drop_last else n
         start = position * accum * bs
-        stop = min(n, start + accum * bs)
+        stop = min(used, start + accum * bs)
         chosen = [self.train_examples[i] for i in order[start:stop]]
         return [chosen[i:i + bs] for i in range(0, len(chosen), bs)]
 
@@ -178,10 +213,14 @@ class BaseTrainer:
     def train(self, resume_from_checkpoint=None):
         """Trains for max_steps (or num_train_epochs); returns the state.
 
-        First cleans what an interrupted save left in output_dir. After a resume,
-        metrics.jsonl is rewritten to the resumed checkpoint's log_history, so the
-        steps run again are logged once, as in an uninterrupted run."""
+        resume_from_checkpoint (default: the config's) is a checkpoint folder,
+        or True for the latest in output_dir. First cleans what an interrupted
+        save left in output_dir. After a resume, metrics.jsonl is rewritten to
+        the resumed checkpoint's log_history, so the steps run again are logged
+        once, as in an uninterrupted run."""
         a = self.args
+        if resume_from_checkpoint is None:
+            resume_from_checkpoint = a.resume_from_checkpoint
         checkpoints.clean_interrupted(a.output_dir)
         resume = checkpoints.resolve_resume(a.output_dir, resume_from_checkpoint)
         if resume:
@@ -189,10 +228,28 @@ class BaseTrainer:
             self._rewrite_metrics()
         total = self.total_steps()
         progress = None
-        if not a.disable_tqdm:
-            from tqdm.auto import tqdm
-            progress = tqdm(total=total, initial=self.state.global_step, desc="train",
-                            dynamic_ncols=True)
+        self.reporters = reporting.Reporters(a, dataclasses.asdict(a)) if a.report_to else None
+        try:
+            if not a.disable_tqdm:
+                from tqdm.auto import tqdm
+                progress = tqdm(total=total, initial=self.state.global_step, desc="train",
+                                dynamic_ncols=True)
+            if a.eval_on_start:
+                self.evaluate()
+            self._train_steps(total, progress)
+        finally:  # the bar's last frame before any traceback; the integrations closed
+            if progress is not None:
+                progress.close()
+            if self.reporters is not None:
+                self.reporters.close()
+                self.reporters = None
+        self._finish_best_model()
+        return self.state
+
+    def _train_steps(self, total, progress):
+        a = self.args
+        logging_every = steps_of(a.logging_steps, total)
+        per_epoch = self._windows_per_epoch()
         sums, counts = {}, {}
         while self.state.global_step < total:
             step = self.state.global_step
@@ -212,21 +269,75 @@ class BaseTrainer:
             self.optimizer.step(lr=lr)
             self.state.global_step += 1
             self._after_optimizer_step()
-            self.state.epoch = self.state.global_step / self._windows_per_epoch()
+            self.state.epoch = self.state.global_step / per_epoch
             if progress is not None:
                 progress.update(1)
-            if self.state.global_step % a.logging_steps == 0 or self.state.global_step == total:
+            done = self.state.global_step
+            epoch_end = done % per_epoch == 0 or done == total
+            log = (done == 1 and a.logging_first_step) or a.logging_strategy != "no" and (
+                done == total or (a.logging_strategy == "epoch" and epoch_end) or
+                (a.logging_strategy == "steps" and done % logging_every == 0))
+            if log:
                 entry = {k: v / counts[k] for k, v in sums.items()}
                 entry.update(grad_norm=grad_norm, learning_rate=lr)
                 self._log(entry, progress)
                 sums, counts = {}, {}
-            if a.eval_steps and self.eval_examples and self.state.global_step % a.eval_steps == 0:
-                self.evaluate()
-            if a.save_steps and self.state.global_step % a.save_steps == 0:
-                self._save_checkpoint()
-        if progress is not None:
-            progress.close()
-        return self.state
+            self._evaluate_and_save(total, epoch_end)
+
+    def _evaluate_and_save(self, total, epoch_end):
+        """transformers' schedule: evaluate, then save, at the strategy's steps
+        or epoch ends; the last step evaluates and saves under 'steps' too."""
+        a = self.args
+        done, last = self.state.global_step, self.state.global_step == total
+        if a.eval_strategy == "steps":
+            evaluate = (done % steps_of(a.eval_steps, total) == 0 or last) and \
+                a.eval_delay <= done
+        else:
+            evaluate = a.eval_strategy == "epoch" and epoch_end and \
+                a.eval_delay <= self.state.epoch
+        new_best = False
+        if evaluate:
+            new_best = self._update_best(self.evaluate())
+        save_every = steps_of(a.save_steps, total)
+        if a.save_strategy == "steps":
+            save = save_every > 0 and (done % save_every == 0 or last)
+        else:
+            save = (a.save_strategy == "epoch" and epoch_end) or \
+                (a.save_strategy == "best" and new_best)
+        if save:
+            self._save_checkpoint()
+
+    # ---- the best checkpoint (transformers' bookkeeping) -----------------------------
+
+    def _update_best(self, metrics):
+        """Records a new best metric_for_best_model; True if this evaluation is it."""
+        a = self.args
+        if a.metric_for_best_model is None:
+            return False
+        name = a.metric_for_best_model
+        name = name if name.startswith("eval_") else f"eval_{name}"
+        if name not in metrics:
+            raise KeyError(f"metric_for_best_model is {a.metric_for_best_model!r}, but the "
+                           f"evaluation gives no {name!r}; it gives {sorted(metrics)}")
+        value, best = metrics[name], self.state.best_metric
+        if best is not None and not (value > best if a.greater_is_better else value < best):
+            return False
+        self.state.best_metric = value
+        self.state.best_global_step = self.state.global_step
+        return True
+
+    def _finish_best_model(self):
+        """load_best_model_at_end, and save_total_limit 1 keeping the best only."""
+        a, best = self.args, self.state.best_model_checkpoint
+        if best is None:
+            return
+        if a.load_best_model_at_end:
+            saved = type(self.model).from_pretrained(best)
+            self.model.params[...] = saved.params
+        if a.save_total_limit == 1:
+            for step, path in checkpoints.list_checkpoints(a.output_dir):
+                if not os.path.samefile(path, best):
+                    checkpoints.delete_folder(path, step)
 
     def evaluate(self, eval_dataset=None):
         """Metrics of the eval set (no update), prefixed with eval_ and logged."""
@@ -247,10 +358,14 @@ class BaseTrainer:
     def _log(self, entry, progress):
         entry = dict(entry, epoch=round(self.state.epoch, 4), step=self.state.global_step,
                      num_tokens=self.state.num_tokens)
+        if self.args.include_num_input_tokens_seen != "no":  # no padding: all tokens count
+            entry["num_input_tokens_seen"] = self.state.num_tokens
         self.state.log_history.append(entry)
         os.makedirs(self.args.output_dir, exist_ok=True)
         with open(os.path.join(self.args.output_dir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(entry) + "\n")
+        if self.reporters is not None:
+            self.reporters.log(entry, self.state.global_step)
         if progress is not None and "loss" in entry:
             progress.set_postfix(loss=f"{entry['loss']:.4f}")
 
@@ -271,12 +386,18 @@ class BaseTrainer:
         pass
 
     def _save_checkpoint(self):
+        a, step = self.args, self.state.global_step
+        if self.state.best_global_step is not None:
+            # transformers' rule: the best step's checkpoint, if it was written (or is now)
+            best = os.path.join(a.output_dir, f"checkpoint-{self.state.best_global_step}")
+            if self.state.best_global_step == step or checkpoints.is_complete(best):
+                self.state.best_model_checkpoint = best
         state = self.state.to_dict()
         state["trainer"] = self._extra_state()
-        checkpoints.write_checkpoint(self.args.output_dir, self.state.global_step, self.model,
-                                     self.processing_class, self.optimizer, state,
-                                     write_extra=self._save_extra_files)
-        checkpoints.prune_checkpoints(self.args.output_dir, self.args.save_total_limit)
+        checkpoints.write_checkpoint(a.output_dir, step, self.model, self.processing_class,
+                                     self.optimizer, state, write_extra=self._save_extra_files)
+        checkpoints.prune_checkpoints(a.output_dir, a.save_total_limit,
+                                      keep=self.state.best_model_checkpoint)
 
     def _rewrite_metrics(self):
         """metrics.jsonl := state.log_history, one JSON line per entry (atomically)."""
@@ -296,4 +417,9 @@ class BaseTrainer:
         self.optimizer.load(os.path.join(path, "optimizer.safetensors"))
         state = checkpoints.read_trainer_state(path)
         self.state.load(state)
+        best = self.state.best_model_checkpoint
+        if best is not None and not checkpoints.is_complete(best):
+            warnings.warn(f"the best checkpoint {best} recorded in {path} is gone: the best "
+                          "model is tracked afresh", stacklevel=3)
+            self.state.best_model_checkpoint = None
         self._load_extra_state(state.get("trainer", {}), path)

@@ -127,13 +127,23 @@ def write_checkpoint(output_dir, step, model, tokenizer, optimizer, trainer_stat
     return final
 
 
-def prune_checkpoints(output_dir, limit):
-    """Deletes the oldest checkpoints beyond `limit`."""
+def prune_checkpoints(output_dir, limit, keep=None):
+    """Deletes the oldest checkpoints beyond `limit`, never the latest nor
+    `keep` (the best checkpoint's path), as transformers' rotate_checkpoints."""
     if limit is None:
         return
     checkpoints = list_checkpoints(output_dir)
-    for step, path in checkpoints[:max(0, len(checkpoints) - limit)]:
-        delete_folder(path, step)
+    protected = {checkpoints[-1][1]} if checkpoints else set()
+    if keep is not None:
+        protected |= {path for _, path in checkpoints
+                      if os.path.abspath(path) == os.path.abspath(keep)}
+    remaining = len(checkpoints)
+    for step, path in checkpoints:
+        if remaining <= max(limit, len(protected)):
+            break
+        if path not in protected:
+            delete_folder(path, step)
+            remaining -= 1
 
 
 def clean_interrupted(output_dir):

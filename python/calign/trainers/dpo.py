@@ -65,8 +65,7 @@ class DPOTrainer(BaseTrainer):
         super().__init__(model, args, train_dataset, eval_dataset, processing_class)
         a = self.args
         self.listwise = a.loss_types == ["listwise"]
-        if not self.listwise:
-            self._loss_settings = a.loss_settings()
+        self._settings_by_beta = {}
         # pairs scored with their loss inside the kernel (see the module docstring)
         self.fused_pairs = not (self.listwise or a.rpo_alpha is not None or a.use_weighting or
                                 set(a.loss_types) & set(losses.BATCH_COUPLED_DPO_LOSS_TYPES))
@@ -123,14 +122,26 @@ class DPOTrainer(BaseTrainer):
         path = os.path.join(self.args.output_dir, f"ref_logps-{split}-{digest.hexdigest()[:16]}.npy")
         values = _load_cached_reference(path, (len(examples), len(examples[0].completions)))
         if values is None:
-            values = completion_logps(self.ref_model, examples,
-                                      self.args.per_device_eval_batch_size, self.args.ld_alpha)
+            a = self.args
+            batch_size = a.precompute_ref_batch_size or (
+                a.per_device_train_batch_size if split == "train" else a.per_device_eval_batch_size)
+            values = completion_logps(self.ref_model, examples, batch_size, a.ld_alpha)
             os.makedirs(self.args.output_dir, exist_ok=True)
             tmp = path + ".tmp.npy"
             np.save(tmp, values)
             os.replace(tmp, path)
         for e, v in zip(examples, values):
             e.ref_logps = [float(x) for x in v]
+
+    def beta(self):
+        """The beta of the step being taken (online DPO's may change each epoch)."""
+        return self.args.beta_of_epoch(self.state.global_step // self._windows_per_epoch())
+
+    def _loss_settings(self):
+        beta = self.beta()
+        if beta not in self._settings_by_beta:
+            self._settings_by_beta[beta] = self.args.loss_settings(beta)
+        return self._settings_by_beta[beta]
 
     def _reference(self, examples, packed):
         if self.args.reference_free:
@@ -151,7 +162,7 @@ class DPOTrainer(BaseTrainer):
         """(per-example losses, [B, K] rewards, [B, K] d losses.sum() / d policy)."""
         a = self.args
         if self.listwise:
-            out = losses.listwise_dpo_loss(policy, ref, beta=a.beta, return_grad=True)
+            out = losses.listwise_dpo_loss(policy, ref, beta=self.beta(), return_grad=True)
             return out.losses, out.rewards, out.grad
         types, weights = list(a.loss_types), list(a.loss_weights or [1.0] * len(a.loss_types))
         if a.rpo_alpha is not None:
@@ -168,7 +179,7 @@ class DPOTrainer(BaseTrainer):
             pair_weights = record_weights if pair_weights is None else pair_weights * record_weights
         lengths = packed.lengths.reshape(-1, 2)
         out = losses.dpo_loss(
-            policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=a.beta, loss_type=types,
+            policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=self.beta(), loss_type=types,
             loss_weights=weights, label_smoothing=a.label_smoothing,
             f_divergence_type=a.f_divergence_type,
             f_alpha_divergence_coef=a.f_alpha_divergence_coef, discopop_tau=a.discopop_tau,
@@ -186,7 +197,7 @@ class DPOTrainer(BaseTrainer):
         ref = self._reference(examples, packed)
         hidden = self.model.forward_packed(packed.batch, train=True)
         out = self.model.score_dpo_pairs(
-            hidden, packed.batch, packed.lengths, ref, self._loss_settings,
+            hidden, packed.batch, packed.lengths, ref, self._loss_settings(),
             token_weights=packed.token_weights if self.args.ld_alpha is not None else None,
             weights=self._record_weights(examples), grad_scale=1.0 / normaliser)
         self.model.backward_packed(packed.batch, out.d_hidden)

@@ -4,6 +4,7 @@ reward model or a scoring function, and takes a DPO step on the pair."""
 
 import numpy as np
 
+from calign import checks
 from calign.data.preference import PreferenceExample
 from calign.data.records import load_records, require_field
 from calign.data.tokenize import token_ids
@@ -22,8 +23,11 @@ def _reward_name(reward_model):
 class OnlineDPOTrainer(DPOTrainer):
     """Online DPO. train_dataset holds prompts ({"prompt": text} records, or
     {"prompt_input_ids": [...]}); reward_model is a calign.RewardModel or a
-    callable(prompt, completion) -> float. The pair of a step: the higher-scored
-    sample is chosen (the first on a tie, as TRL).
+    callable(prompt, completion) -> float, or None to load args.reward_model_path.
+    The pair of a step: the higher-scored sample is chosen (the first on a tie,
+    as TRL). The samples are drawn with the config's temperature, top_k, top_p
+    and repetition_penalty (TRL's defaults: no filter), not the checkpoint's
+    generation_config.
 
     Prompts keep their end when they are longer than max_prompt_length, or than
     max_length less max_new_tokens (the room a completion needs), as TRL cuts
@@ -33,11 +37,16 @@ class OnlineDPOTrainer(DPOTrainer):
 
     config_class = OnlineDPOConfig
 
-    def __init__(self, model, reward_model, ref_model=None, args=None, train_dataset=None,
+    def __init__(self, model, reward_model=None, ref_model=None, args=None, train_dataset=None,
                  eval_dataset=None, processing_class=None):
+        if reward_model is None and args is not None and args.reward_model_path is not None:
+            reward_model = RewardModel.from_pretrained(args.reward_model_path)
+        elif reward_model is not None and args is not None:
+            checks.require(args.reward_model_path is None, "reward_model_path",
+                           args.reward_model_path, "None when a reward_model is given")
         if not isinstance(reward_model, RewardModel) and not callable(reward_model):
             raise TypeError("reward_model must be a calign.RewardModel or a "
-                            "callable(prompt, completion)")
+                            "callable(prompt, completion) (or give args.reward_model_path)")
         self.reward_model = reward_model
         super().__init__(model, ref_model=ref_model, args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class)
@@ -116,8 +125,9 @@ class OnlineDPOTrainer(DPOTrainer):
         eos = self.processing_class.eos_token_id if self.processing_class else None
         samples = self.model.generate([e.prompt_ids for e in examples],
                                       max_new_tokens=a.max_new_tokens, do_sample=True,
-                                      temperature=a.temperature, eos_token_id=eos,
-                                      num_return_sequences=2,
+                                      temperature=a.temperature, top_k=a.top_k,
+                                      top_p=a.top_p, repetition_penalty=a.repetition_penalty,
+                                      eos_token_id=eos, num_return_sequences=2,
                                       seed=a.seed * 1_000_003 + self.state.global_step)
         pairs = []
         for i, example in enumerate(examples):
@@ -128,4 +138,5 @@ class OnlineDPOTrainer(DPOTrainer):
             else:
                 pairs.append(PreferenceExample(example.prompt_ids, [second, first]))
         self.last_pairs = pairs
-        return super()._micro_step(pairs, normaliser, train)
+        metrics, tokens = super()._micro_step(pairs, normaliser, train)
+        return dict(metrics, beta=self.beta()), tokens

@@ -6,6 +6,7 @@ window is split into micro-batches (transformers' num_items_in_batch)."""
 
 import numpy as np
 
+from calign.data.records import load_records
 from calign.data.sft import prepare_sft_data
 from calign.data.truncation import Truncation
 from calign.model.preference_batch import PackedPreferences
@@ -19,6 +20,11 @@ class SFTTrainer(BaseTrainer):
     config_class = SFTConfig
 
     def _prepare_examples(self, source, name):
+        field = self.args.dataset_text_field
+        if field != "text":  # a language-modelling record's text under another name
+            source = [{("text" if key == field else key): value for key, value in record.items()
+                       if key != "text"} if field in record else record
+                      for record in load_records(source, name)]
         return prepare_sft_data(source, self.processing_class, Truncation.of(self.args),
                                 self.args.completion_only_loss, name)
 
