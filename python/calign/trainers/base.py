@@ -83,7 +83,7 @@ class BaseTrainer:
     config_class = None
 
     def __init__(self, model, args=None, train_dataset=None, eval_dataset=None,
-                 processing_class=None):
+                 processing_class=None, peft_config=None):
         if args is None:
             args = self.config_class()
         if not isinstance(args, self.config_class):
@@ -103,6 +103,13 @@ class BaseTrainer:
                        "eval_dataset")
         self.processing_class = _load_tokenizer(processing_class, model)
         self.model = self._load_model(model)
+        # LoRA (TRL's peft_config): adapters on the model, the base frozen; a model
+        # that comes with adapters trains them, from where they are
+        self.continues_adapter = self.model.adapters is not None
+        if peft_config is not None:
+            checks.require(not self.continues_adapter, "peft_config", peft_config,
+                           "None when the model already has adapters (they are what trains)")
+            self.model.add_adapter(peft_config, seed=args.seed)
         self.model.gradient_checkpointing = args.gradient_checkpointing
         self.train_examples = self._examples(train_dataset, "train_dataset")
         self.eval_examples = (self._examples(eval_dataset, "eval_dataset")
@@ -157,6 +164,20 @@ class BaseTrainer:
         reference = getattr(self, "ref_model", None)
         if reference is not None and reference is not self.model:
             check_fits(reference, examples, name, "ref_model")
+
+    def _default_reference(self):
+        """The reference when none is given: a frozen copy of the policy; for a
+        LoRA run the policy's own weights with its adapters off (or, when it
+        continues an adapter, frozen where they start), with no copy of the
+        base, as TRL does with PEFT."""
+        from calign.lora import AdapterReference
+
+        if self.model.adapters is not None:
+            frozen = self.model.adapters.params if self.continues_adapter else None
+            return AdapterReference(self.model, frozen)
+        reference = Model(self.model.config)
+        reference.params[...] = self.model.params
+        return reference
 
     def _load_reference(self, ref_model):
         """The reference model given (a Model or a folder), checked against the
@@ -261,7 +282,7 @@ class BaseTrainer:
                 self.state.num_tokens += tokens
                 _accumulate(sums, counts, metrics)
             grad_norm = (clip_grad_norm(self.model, a.max_grad_norm) if a.max_grad_norm > 0
-                         else _C.grad_norm(self.model.grad_buffer))
+                         else _C.grad_norm(self.model.train_grads))
             if not math.isfinite(grad_norm):  # clip_grad_norm raises too; this covers no clipping
                 raise FloatingPointError(f"step {step}: the gradient norm is {grad_norm}; "
                                          "stopping before the parameters become NaN")

@@ -18,7 +18,7 @@ import warnings
 
 import numpy as np
 
-from calign import losses
+from calign import checks, losses
 from calign.data.preference import prepare_preference_data
 from calign.data.truncation import Truncation
 from calign.model import Model
@@ -61,8 +61,9 @@ class DPOTrainer(BaseTrainer):
     config_class = DPOConfig
 
     def __init__(self, model, ref_model=None, args=None, train_dataset=None, eval_dataset=None,
-                 processing_class=None):
-        super().__init__(model, args, train_dataset, eval_dataset, processing_class)
+                 processing_class=None, peft_config=None):
+        super().__init__(model, args, train_dataset, eval_dataset, processing_class,
+                         peft_config)
         a = self.args
         self.listwise = a.loss_types == ["listwise"]
         self._settings_by_beta = {}
@@ -85,8 +86,10 @@ class DPOTrainer(BaseTrainer):
                 self._precompute_reference(self.eval_examples, "eval")
             self.ref_model = None
         elif ref_model is None:
-            self.ref_model = Model(self.model.config)
-            self.ref_model.params[...] = self.model.params
+            checks.require(not (a.sync_ref_model and self.model.adapters is not None),
+                           "sync_ref_model", a.sync_ref_model, "False for a LoRA run (its "
+                           "reference is the base model, not a copy TR-DPO could move)")
+            self.ref_model = self._default_reference()
         else:
             self.ref_model = self._load_reference(ref_model)
             if self.ref_model.params.size != self.model.params.size and a.sync_ref_model:
@@ -114,7 +117,10 @@ class DPOTrainer(BaseTrainer):
         """Reference log-probs of every example, once, cached in output_dir keyed by
         the reference parameters and the tokenized data."""
         digest = hashlib.sha256()
-        digest.update(memoryview(self.ref_model.params))  # no copy of the weights
+        reference = self.ref_model
+        for weights in ([reference.params] + ([reference.adapters.params]
+                                              if reference.adapters is not None else [])):
+            digest.update(memoryview(weights))  # no copy of the weights
         digest.update(repr(self.args.ld_alpha).encode())
         for e in examples:
             digest.update(np.asarray(e.prompt_ids + [-1] + [t for c in e.completions
@@ -210,11 +216,13 @@ class DPOTrainer(BaseTrainer):
         if train and self.fused_pairs:
             return self._fused_train_step(examples, packed, normaliser)
         model = self.model
+        # the reference first: a LoRA run's reference is this model, adapters off,
+        # and its forward must not come between the policy's forward and backward
+        ref = self._reference(examples, packed)
         hidden = model.forward_packed(packed.batch, train=train)
         token_logps, stats = model.packed_scores(hidden, packed.batch, return_stats=True)
         stats["logprobs"] = token_logps
         policy = packed.sequence_sums(token_logps)
-        ref = self._reference(examples, packed)
         per_example, rewards, grad = self._loss(policy, ref, packed, stats, examples)
         if train:
             d_hidden, _ = model.score_backward(hidden, packed.batch,

@@ -14,7 +14,6 @@ import numpy as np
 from calign import losses
 from calign.data.truncation import Truncation
 from calign.data.unpaired import UnpairedExample, prepare_unpaired_data
-from calign.model import Model
 from calign.model.preference_batch import PackedPreferences
 from calign.trainers.base import BaseTrainer
 from calign.trainers.config import KTOConfig
@@ -26,11 +25,11 @@ class KTOTrainer(BaseTrainer):
     config_class = KTOConfig
 
     def __init__(self, model, ref_model=None, args=None, train_dataset=None, eval_dataset=None,
-                 processing_class=None):
-        super().__init__(model, args, train_dataset, eval_dataset, processing_class)
+                 processing_class=None, peft_config=None):
+        super().__init__(model, args, train_dataset, eval_dataset, processing_class,
+                         peft_config)
         if ref_model is None:
-            self.ref_model = Model(self.model.config)
-            self.ref_model.params[...] = self.model.params
+            self.ref_model = self._default_reference()
         else:
             self.ref_model = self._load_reference(ref_model)
 
@@ -55,11 +54,12 @@ class KTOTrainer(BaseTrainer):
         a = self.args
         use_kl = a.loss_type == "kto"
         packed = PackedPreferences(self._with_mismatched(examples) if use_kl else examples)
+        # the reference first (a LoRA run's is this model, adapters off)
+        ref_hidden = self.ref_model.forward_packed(packed.batch, train=False)
+        ref_sums = packed.sequence_sums(self.ref_model.packed_scores(ref_hidden, packed.batch))
         hidden = self.model.forward_packed(packed.batch, train=train)
         token_logps, stats = self.model.packed_scores(hidden, packed.batch, return_stats=True)
         sums = packed.sequence_sums(token_logps)
-        ref_hidden = self.ref_model.forward_packed(packed.batch, train=False)
-        ref_sums = packed.sequence_sums(self.ref_model.packed_scores(ref_hidden, packed.batch))
         labels = np.array([e.label for e in examples])
         out = losses.kto_loss(
             sums[:, 0], ref_sums[:, 0], labels,

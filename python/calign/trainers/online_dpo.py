@@ -38,7 +38,7 @@ class OnlineDPOTrainer(DPOTrainer):
     config_class = OnlineDPOConfig
 
     def __init__(self, model, reward_model=None, ref_model=None, args=None, train_dataset=None,
-                 eval_dataset=None, processing_class=None):
+                 eval_dataset=None, processing_class=None, peft_config=None):
         if reward_model is None and args is not None and args.reward_model_path is not None:
             reward_model = RewardModel.from_pretrained(args.reward_model_path)
         elif reward_model is not None and args is not None:
@@ -49,7 +49,8 @@ class OnlineDPOTrainer(DPOTrainer):
                             "callable(prompt, completion) (or give args.reward_model_path)")
         self.reward_model = reward_model
         super().__init__(model, ref_model=ref_model, args=args, train_dataset=train_dataset,
-                         eval_dataset=eval_dataset, processing_class=processing_class)
+                         eval_dataset=eval_dataset, processing_class=processing_class,
+                         peft_config=peft_config)
         self.last_pairs = []
 
     def _prepare_examples(self, source, name):

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from calign import losses
+from calign import checks, losses
 from calign.data.preference import prepare_preference_data
 from calign.data.truncation import Truncation
 from calign.model import RewardModel
@@ -23,6 +23,15 @@ class RewardTrainer(BaseTrainer):
     checkpoint, or a causal-LM checkpoint (its head is then initialised)."""
 
     config_class = RewardConfig
+
+    def __init__(self, model, args=None, train_dataset=None, eval_dataset=None,
+                 processing_class=None, peft_config=None):
+        # TRL trains the score head fully beside the adapters (modules_to_save);
+        # calign's adapters cover the layers' projections only
+        checks.require(peft_config is None, "peft_config", peft_config,
+                       "None for a reward model (LoRA of a reward model's layers with its "
+                       "score head trained fully is not implemented)")
+        super().__init__(model, args, train_dataset, eval_dataset, processing_class)
 
     def _load_model(self, model):
         if isinstance(model, RewardModel):
