@@ -220,7 +220,6 @@ def write_checkpoint(path, tensors, config, dtype="float32", extra_files=None):
         for name, content in list(extra_files.items()) + [("config.json", config)]:
             with open(os.path.join(tmp, name), "w") as f:
                 json.dump(content, f, indent=2, sort_keys=True)
-                f.write("\n")
         make_readable(tmp)
         if not os.path.exists(path):
             os.rename(tmp, path)
