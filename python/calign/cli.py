@@ -2,6 +2,7 @@
 
     calign                      build information and a self-check of the kernels
     calign info                 the same
+    calign info --model PATH    what a checkpoint is and whether calign runs it (headers only)
     calign train METHOD ...     METHOD in sft, rm, dpo, kto, orpo, cpo
     calign generate ...         an answer from a checkpoint (through its chat template)
     calign chat ...             a conversation with a checkpoint in the terminal
@@ -80,6 +81,19 @@ def command_info(_args):
           f"max |dlogp| = {err_logp:.2e}, max |dgrad| = {err_grad:.2e}, "
           f"{seconds * 1e3:.1f} ms — {'OK' if ok else 'FAILED'}")
     return 0 if ok else 1
+
+
+def command_info_model(args):
+    """Describes a checkpoint from its config and safetensors headers; exit
+    status 1 when calign cannot run it."""
+    from calign.model.summary import describe_checkpoint, summary_lines
+
+    if not os.path.isdir(args.model):
+        raise UsageError(f"--model {args.model!r} is not a folder")
+    with inputs_checked():
+        summary = describe_checkpoint(args.model)
+    print("\n".join(summary_lines(summary)))
+    return 0 if summary["runnable"] else 1
 
 
 # ---- train -------------------------------------------------------------------------------------
@@ -442,7 +456,11 @@ def add_generation_flags(parser):
 def build_parser():
     parser = _Parser(prog="calign", description="Alignment training with a C core.")
     commands = parser.add_subparsers(dest="command")
-    commands.add_parser("info", help="build information and a self-check")
+    info = commands.add_parser("info", help="build information and a self-check; with --model, "
+                                            "what a checkpoint is")
+    info.add_argument("--model", help="checkpoint folder to describe (family, parameters, "
+                                      "dtypes, ...) and check, without reading its weights; "
+                                      "exit status 1 when calign cannot run it")
     train = commands.add_parser("train", help="train a model; other --field value flags set "
                                               "config fields (TRL's names)")
     train.add_argument("method", choices=sorted(TRAINERS))
@@ -511,6 +529,8 @@ def main(argv=None):
         if args.command in (None, "info"):
             if rest:
                 raise UsageError(f"unexpected arguments {' '.join(rest)}")
+            if getattr(args, "model", None) is not None:
+                return command_info_model(args)
             return command_info(args)
         if args.command == "train":
             return command_train(args, rest)

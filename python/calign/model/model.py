@@ -12,6 +12,7 @@ from calign import _C, checks
 from calign.model import checkpoint
 from calign.model import generation
 from calign.model.config import engine_config, load_config_file
+from calign.model.dtypes import save_dtype
 from calign.model.names import linear_modules, tensor_names
 from calign.model.packing import as_id_matrix, pack_rows
 
@@ -70,6 +71,9 @@ class Model:
         # a checkpoint's generation_config.json (None: there was none), read
         # by generate as transformers reads it
         self.generation_config = None
+        # the dtype of the checkpoint's tensors, which save_pretrained writes
+        # by default (the parameters themselves are float32 whatever it is)
+        self.checkpoint_dtype = "float32"
         self._in_use = threading.RLock()
         self._engine = dict(engine_config(self.config), **(engine_overrides or {}))
         self._handle = _C.model_create(**self._engine)
@@ -98,7 +102,12 @@ class Model:
 
     @classmethod
     def from_pretrained(cls, path):
-        """Loads `path`/config.json and model.safetensors (or a sharded index)."""
+        """Loads `path`/config.json and model.safetensors (or a sharded index),
+        whose tensors may be float32, bfloat16, float16 or float64: each is
+        converted to float32 as it is read, one at a time, so loading needs
+        the float32 model and one tensor. `checkpoint_dtype` remembers their
+        dtype (float32 if they mix several), the one save_pretrained writes
+        by default; `generation_config` holds generation_config.json's object."""
         model = cls(load_config_file(path))
         tensors = checkpoint.read_tensors(path)
         expected = {name: view.shape for name, view in model.state_dict().items()}
@@ -106,6 +115,7 @@ class Model:
         ignored = ("lm_head.weight",) if model._engine["tied_embeddings"] else ()
         checkpoint.check_tensors(tensors, expected, ignored)
         checkpoint.copy_into(model.state_dict(), tensors)
+        model.checkpoint_dtype = checkpoint.loaded_dtype(tensors, expected)
         model.generation_config = generation.read_generation_config(path)
         return model
 
@@ -132,23 +142,41 @@ class Model:
             model.state_dict()[_embedding_name(config)][pad] = 0.0
         return model
 
-    def save_pretrained(self, path, merged=False):
-        """Writes model.safetensors + config.json; transformers loads them unchanged.
+    def save_pretrained(self, path, dtype=None, merged=False):
+        """Writes model.safetensors, config.json and, when the model has one,
+        generation_config.json into the folder `path`; transformers loads them
+        unchanged.
+
+        dtype: "float32", "bfloat16" or "float16"; None writes
+        `checkpoint_dtype`, the dtype the model was loaded in (float32 for a
+        model built from a config). bfloat16 and float16 round to nearest,
+        ties to even, as torch's `.to(dtype)`; a weight beyond the dtype's
+        range raises ValueError naming its tensor.
+
         A model with adapters writes the adapters alone, as PEFT does
-        (adapter_config.json + adapter_model.safetensors; peft.PeftModel loads
-        them onto the base), or with merged=True the weights with the adapters'
-        updates folded in (the model itself keeps its adapters)."""
+        (adapter_config.json + adapter_model.safetensors, float32;
+        peft.PeftModel loads them onto the base), or with merged=True the
+        weights with the adapters' updates folded in (the model keeps its
+        adapters)."""
         if self.adapters is not None and not merged:
             self.adapters.save(path, self.config["model_type"])
             return
         if self.adapters is not None:
-            copy_ = Model(self.config, self._extra)
-            copy_.params[...] = self.params
-            copy_.add_adapter(self.adapters.config)
-            copy_.adapters.params[...] = self.adapters.params
-            copy_.merge_and_unload().save_pretrained(path)
+            merged_model = Model(self.config, self._extra)
+            merged_model.params[...] = self.params
+            merged_model.checkpoint_dtype = self.checkpoint_dtype
+            merged_model.generation_config = self.generation_config
+            merged_model.add_adapter(self.adapters.config)
+            merged_model.adapters.params[...] = self.adapters.params
+            merged_model.merge_and_unload().save_pretrained(path, dtype)
             return
-        checkpoint.write_checkpoint(path, self.state_dict(), self.config)
+        dtype = save_dtype(dtype, self.checkpoint_dtype)
+        checks.require(self.generation_config is None or isinstance(self.generation_config, dict),
+                       "generation_config", self.generation_config,
+                       "None or a dict (generation_config.json's object)")
+        extra = {} if self.generation_config is None else \
+            {generation.GENERATION_CONFIG_NAME: self.generation_config}
+        checkpoint.write_checkpoint(path, self.state_dict(), self.config, dtype, extra)
 
     # ---- parameters ---------------------------------------------------------
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from calign.model import checkpoint
 from calign.model.config import engine_config, load_config_file
+from calign.model.dtypes import save_dtype
 from calign.model.model import Model
 from calign.model.packing import pack_shared_prefix
 
@@ -38,6 +39,7 @@ class RewardModel(Model):
         checkpoint.check_tensors(tensors, expected, ignored=("lm_head.weight",))
         checkpoint.copy_into({n: v for n, v in model.state_dict().items() if n != "score.weight"},
                              tensors)
+        model.checkpoint_dtype = checkpoint.loaded_dtype(tensors, expected)
         std = float(config.get("initializer_range", 0.02))
         model.state_dict()["score.weight"][...] = np.random.default_rng(seed).normal(
             0.0, std, (1, model.hidden_size))
@@ -45,13 +47,17 @@ class RewardModel(Model):
             model.config["pad_token_id"] = int(pad_token_id)
         return model
 
-    def save_pretrained(self, path):
-        """Writes the family's ...ForSequenceClassification folder (num_labels 1)."""
+    def save_pretrained(self, path, dtype=None):
+        """Writes the family's ...ForSequenceClassification folder (num_labels 1)
+        in `dtype` (see Model.save_pretrained; None: the dtype it was loaded
+        in). No generation_config.json: a classifier does not generate, and
+        transformers writes none for one."""
+        dtype = save_dtype(dtype, self.checkpoint_dtype)
         config = dict(self.config)
         config.update(architectures=[SEQUENCE_CLASSIFICATION[config["model_type"]]],
                       num_labels=1, id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
         tensors = {n: v for n, v in self.state_dict().items() if n != "lm_head.weight"}
-        checkpoint.write_checkpoint(path, tensors, config)
+        checkpoint.write_checkpoint(path, tensors, config, dtype)
 
     @property
     def pad_token_id(self):

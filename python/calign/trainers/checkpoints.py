@@ -29,6 +29,7 @@ import uuid
 import warnings
 
 from calign.model.checkpoint import WEIGHTS_NAME, make_readable
+from calign.model.generation import GENERATION_CONFIG_NAME
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 TEMP_PATTERN = re.compile(r"^\.checkpoint-(\d+)\.tmp-\w+$")
@@ -39,7 +40,8 @@ REQUIRED_NAMES = (WEIGHTS_NAME, "config.json", "optimizer.safetensors", STATE_NA
 # Everything write_checkpoint puts in a folder (ref_model: DPOTrainer's TR-DPO
 # reference). An incomplete checkpoint-N holding anything else is not removed.
 CHECKPOINT_NAMES = frozenset(REQUIRED_NAMES + (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "ref_model"))
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "ref_model",
+    GENERATION_CONFIG_NAME))
 # metrics.jsonl is rewritten through this name after a resume (see write_text_atomically).
 METRICS_TEMP_NAME = ".metrics.jsonl.tmp"
 
@@ -102,7 +104,9 @@ def write_checkpoint(output_dir, step, model, tokenizer, optimizer, trainer_stat
         raise FileExistsError(f"{final!r} exists and is not a checkpoint folder")
     tmp = tempfile.mkdtemp(prefix=f".checkpoint-{step}.tmp-", dir=output_dir)
     try:
-        model.save_pretrained(os.path.join(tmp, "model"))
+        # float32 whatever the model was loaded in: a resume continues from
+        # the master weights exactly, as if the run had not stopped
+        model.save_pretrained(os.path.join(tmp, "model"), dtype="float32")
         for name in os.listdir(os.path.join(tmp, "model")):
             os.replace(os.path.join(tmp, "model", name), os.path.join(tmp, name))
         os.rmdir(os.path.join(tmp, "model"))

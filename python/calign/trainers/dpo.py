@@ -260,7 +260,7 @@ class DPOTrainer(BaseTrainer):
 
     def _save_extra_files(self, folder):
         if self.args.sync_ref_model:
-            self.ref_model.save_pretrained(os.path.join(folder, "ref_model"))
+            self.ref_model.save_pretrained(os.path.join(folder, "ref_model"), dtype="float32")
 
     def _load_extra_state(self, state, path):
         if self.args.sync_ref_model:
