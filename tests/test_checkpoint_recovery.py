@@ -139,7 +139,7 @@ def safetensors_content(path):
 def assert_checkpoint_is_the_uninterrupted_one(path, uninterrupted):
     """The same content, bit for bit, as the uninterrupted run's checkpoint of that step."""
     reference = uninterrupted[0] / os.path.basename(path)
-    for name in checkpoints.REQUIRED_NAMES:
+    for name in checkpoints.MODEL_NAMES + checkpoints.REQUIRED_NAMES:
         if name.endswith(".safetensors"):
             metadata, tensors = safetensors_content(os.path.join(path, name))
             expected_metadata, expected = safetensors_content(reference / name)
@@ -258,7 +258,7 @@ def make_folder(path, names, text="x"):
 
 
 def complete(path, text="x"):
-    return make_folder(path, checkpoints.REQUIRED_NAMES, text)
+    return make_folder(path, checkpoints.MODEL_NAMES + checkpoints.REQUIRED_NAMES, text)
 
 
 def test_list_checkpoints_lists_only_complete_checkpoint_folders(tmp_path):
@@ -363,7 +363,8 @@ def test_a_failed_write_leaves_the_existing_checkpoint(llama_dir, tmp_path):
     assert "stale.txt" in os.listdir(path)
     checkpoints.write_checkpoint(tmp_path, 3, model, None, optimizer, state)  # overwrites whole
     assert os.listdir(tmp_path) == ["checkpoint-3"]
-    assert sorted(os.listdir(path)) == sorted(checkpoints.REQUIRED_NAMES)
+    assert sorted(os.listdir(path)) == sorted(checkpoints.MODEL_NAMES +
+                                              checkpoints.REQUIRED_NAMES)
     assert checkpoints.read_trainer_state(path) == state
     (tmp_path / "checkpoint-5").write_text("mine")
     with pytest.raises(FileExistsError, match="checkpoint-5.* is not a checkpoint folder"):

@@ -3,6 +3,7 @@ TRL + PEFT, the base frozen, the reference the base itself (no copy)."""
 
 import json
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -247,3 +248,26 @@ def test_lora_keeps_no_reference_copy_nor_base_gradients(tmp_path):
     parameter_bytes = growth["full"]["parameter_bytes"]
     assert growth["full"]["growth"] > 3.5 * parameter_bytes
     assert growth["lora"]["growth"] < 0.5 * parameter_bytes
+
+
+def test_a_lora_run_resumes_bit_identically_from_its_adapter_checkpoints(llama_dir, tmp_path):
+    """A LoRA run's checkpoints hold the adapter (PEFT's files, as TRL's do),
+    the optimizer state and the trainer state; resuming continues exactly."""
+    def run(output_dir, max_steps, resume=None):
+        trainer = calign.DPOTrainer(llama_dir, args=calign.DPOConfig(
+            output_dir=str(output_dir), beta=0.5, **dict(COMMON, max_steps=max_steps,
+                                                          save_steps=2)),
+            train_dataset=pairs(8), peft_config=LoraConfig(**LORA))
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    whole = run(tmp_path / "whole", 6)
+    run(tmp_path / "split", 4)
+    names = sorted(os.listdir(tmp_path / "split" / "checkpoint-4"))
+    assert "adapter_model.safetensors" in names and "model.safetensors" not in names
+    resumed = run(tmp_path / "split", 6, resume=True)
+    np.testing.assert_array_equal(resumed.model.adapters.params, whole.model.adapters.params)
+    assert losses_of(resumed) == losses_of(whole)
+    reloaded = calign.Model.from_pretrained(llama_dir)
+    reloaded.load_adapter(tmp_path / "split" / "checkpoint-6")  # a PEFT adapter folder
+    np.testing.assert_array_equal(reloaded.adapters.params, whole.model.adapters.params)

@@ -5,8 +5,9 @@ package configures it. See README.md for what is supported.
 """
 
 from calign._C import get_num_threads, set_num_threads
-from calign import losses, ops, optim, selfimprove, wordalign
+from calign import lora, losses, ops, optim, selfimprove, wordalign
 from calign._info import build_info
+from calign.lora import LoraConfig
 from calign.model import Model, PackedBatch, RewardModel, pack_shared_prefix
 from calign.tokenizer import Tokenizer
 from calign.trainers import (CPOConfig, CPOTrainer, DPOConfig, DPOTrainer, KTOConfig, KTOTrainer,
@@ -16,7 +17,7 @@ from calign.trainers import (CPOConfig, CPOTrainer, DPOConfig, DPOTrainer, KTOCo
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "CPOConfig", "CPOTrainer", "DPOConfig", "DPOTrainer", "KTOConfig",
-           "KTOTrainer", "OnlineDPOConfig", "OnlineDPOTrainer", "ORPOConfig", "ORPOTrainer",
+           "KTOTrainer", "LoraConfig", "OnlineDPOConfig", "OnlineDPOTrainer", "ORPOConfig", "ORPOTrainer",
            "RewardConfig", "RewardModel", "RewardTrainer", "SFTConfig", "SFTTrainer", "Tokenizer",
-           "Model", "PackedBatch", "build_info", "get_num_threads", "losses", "ops", "optim",
+           "Model", "PackedBatch", "build_info", "get_num_threads", "lora", "losses", "ops", "optim",
            "pack_shared_prefix", "selfimprove", "set_num_threads", "wordalign"]

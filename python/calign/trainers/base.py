@@ -353,8 +353,7 @@ class BaseTrainer:
         if best is None:
             return
         if a.load_best_model_at_end:
-            saved = type(self.model).from_pretrained(best)
-            self.model.params[...] = saved.params
+            self._restore_weights(best)
         if a.save_total_limit == 1:
             for step, path in checkpoints.list_checkpoints(a.output_dir):
                 if not os.path.samefile(path, best):
@@ -430,11 +429,21 @@ class BaseTrainer:
     def _save_extra_files(self, folder):
         """Hook: a trainer's own files in a checkpoint being written."""
 
-    def _load_checkpoint(self, path):
+    def _restore_weights(self, path):
+        """The trained weights of a checkpoint into the model: its parameters,
+        or with LoRA its adapters (the base is frozen and not in it)."""
+        if self.model.adapters is not None:
+            from calign.lora import read_adapter_tensors
+
+            read_adapter_tensors(path, self.model.adapters)
+            return
         saved = type(self.model).from_pretrained(path)
         if saved.params.size != self.model.params.size:
             raise ValueError(f"checkpoint {path!r} does not match the model being trained")
         self.model.params[...] = saved.params
+
+    def _load_checkpoint(self, path):
+        self._restore_weights(path)
         self.optimizer.load(os.path.join(path, "optimizer.safetensors"))
         state = checkpoints.read_trainer_state(path)
         self.state.load(state)

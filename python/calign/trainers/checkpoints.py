@@ -28,6 +28,8 @@ import tempfile
 import uuid
 import warnings
 
+from calign.lora.adapters import CONFIG_NAME as ADAPTER_CONFIG_NAME
+from calign.lora.adapters import WEIGHTS_NAME as ADAPTER_WEIGHTS_NAME
 from calign.model.checkpoint import WEIGHTS_NAME, make_readable
 from calign.model.generation import GENERATION_CONFIG_NAME
 
@@ -35,20 +37,33 @@ CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 TEMP_PATTERN = re.compile(r"^\.checkpoint-(\d+)\.tmp-\w+$")
 DELETING_PATTERN = re.compile(r"^\.checkpoint-(\d+)\.deleting-\w+$")
 STATE_NAME = "trainer_state.json"
-# The files without which a folder cannot be resumed from.
-REQUIRED_NAMES = (WEIGHTS_NAME, "config.json", "optimizer.safetensors", STATE_NAME)
+# The files without which a folder cannot be resumed from: the model's, or
+# for a LoRA run its adapter's (PEFT's files, as TRL's checkpoints hold them).
+MODEL_NAMES = (WEIGHTS_NAME, "config.json")
+ADAPTER_NAMES = (ADAPTER_WEIGHTS_NAME, ADAPTER_CONFIG_NAME)
+REQUIRED_NAMES = ("optimizer.safetensors", STATE_NAME)
 # Everything write_checkpoint puts in a folder (ref_model: DPOTrainer's TR-DPO
 # reference). An incomplete checkpoint-N holding anything else is not removed.
-CHECKPOINT_NAMES = frozenset(REQUIRED_NAMES + (
+CHECKPOINT_NAMES = frozenset(MODEL_NAMES + ADAPTER_NAMES + REQUIRED_NAMES + (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "ref_model",
     GENERATION_CONFIG_NAME))
 # metrics.jsonl is rewritten through this name after a resume (see write_text_atomically).
 METRICS_TEMP_NAME = ".metrics.jsonl.tmp"
 
 
+def missing_files(folder):
+    """The files a resume reads that `folder` lacks (the model's or the
+    adapter's, whichever it has the more of)."""
+    def absent(names):
+        return [name for name in names if not os.path.isfile(os.path.join(folder, name))]
+
+    weights = min(absent(MODEL_NAMES), absent(ADAPTER_NAMES), key=len)
+    return weights + absent(REQUIRED_NAMES)
+
+
 def is_complete(folder):
     """True if `folder` holds every file a resume reads."""
-    return all(os.path.isfile(os.path.join(folder, name)) for name in REQUIRED_NAMES)
+    return not missing_files(folder)
 
 
 def list_checkpoints(output_dir):
@@ -201,7 +216,8 @@ def clean_interrupted(output_dir):
                       + "; ".join(done), stacklevel=2)
     if kept:
         warnings.warn(f"{output_dir}: {', '.join(kept)}: not a complete checkpoint (one of "
-                      f"{', '.join(REQUIRED_NAMES)} is missing) and holding files calign does "
+                      f"{', '.join(MODEL_NAMES + REQUIRED_NAMES)}, or of a LoRA run's "
+                      f"{', '.join(ADAPTER_NAMES)}, is missing) and holding files calign does "
                       "not write: left in place, never resumed from", stacklevel=2)
 
 
@@ -216,7 +232,7 @@ def resolve_resume(output_dir, resume_from_checkpoint):
                                     "complete checkpoint")
         return checkpoints[-1][1]
     path = os.fspath(resume_from_checkpoint)
-    missing = [name for name in REQUIRED_NAMES if not os.path.isfile(os.path.join(path, name))]
+    missing = missing_files(path)
     if missing:
         raise FileNotFoundError(f"resume_from_checkpoint {path!r} is not a complete checkpoint "
                                 f"(no {', '.join(missing)})")
