@@ -177,7 +177,8 @@ def test_wrong_adapter_for_the_base_is_refused(tiny_model, tmp_path):
     small = adapted(tiny_model("llama"), r=2)
     small.save_pretrained(tmp_path / "adapter")
     other = calign.Model.from_pretrained(str(tiny_model("llama", hidden_size=24, head_dim=8)))
-    with pytest.raises(ValueError, match="has shape .* the model's adapter needs"):
+    with pytest.raises(ValueError,
+                       match=r"does not fit this model's adapters: tensor .* has shape \(2, 48\)"):
         other.load_adapter(tmp_path / "adapter")
     assert other.adapters is None  # nothing half-added
     with pytest.raises(ValueError, match="already has adapters"):
@@ -213,3 +214,20 @@ def test_the_reference_is_the_same_weights_with_adapters_off_or_frozen(tiny_mode
     with pytest.raises(ValueError, match="running_adapters needs a float32 vector"):
         with model.running_adapters(np.zeros(3, np.float32)):
             pass
+
+
+def test_a_bfloat16_peft_adapter_loads(tiny_model, tmp_path):
+    """PEFT adapters saved from a bf16 model hold bf16 tensors; calign reads
+    them as it reads bf16 weights (exactly, as their float32 upcast)."""
+    path = tiny_model("qwen2")
+    torch.manual_seed(5)
+    reference = peft.get_peft_model(hf_model(path), peft.LoraConfig(
+        r=2, lora_alpha=4, init_lora_weights=False)).to(torch.bfloat16)
+    reference.save_pretrained(tmp_path)
+    model = calign.Model.from_pretrained(str(path))
+    model.load_adapter(tmp_path)
+    for key, value in model.adapters.state_dict().items():
+        torch_key = key.replace(".lora_A.weight", ".lora_A.default.weight").replace(
+            ".lora_B.weight", ".lora_B.default.weight")
+        expected = dict(reference.named_parameters())[torch_key].float().detach().numpy()
+        np.testing.assert_array_equal(value, expected)

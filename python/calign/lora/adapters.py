@@ -140,33 +140,19 @@ def read_adapter_config(path):
 
 def read_adapter_tensors(path, adapters):
     """Copies adapter_model.safetensors of `path` into `adapters`, which must
-    have exactly its tensors (names and shapes); ValueError naming the file
-    and the tensor otherwise."""
-    from safetensors import safe_open
+    have exactly its tensors (names and shapes), in any dtype a checkpoint may
+    have (float32, bfloat16, float16, float64), refusing NaN and infinity, as
+    Model.from_pretrained reads weights; ValueError naming the file and the
+    tensor otherwise."""
+    from calign.model.checkpoint import CheckpointTensors, check_tensors, copy_into
 
     file = os.path.join(path, WEIGHTS_NAME)
     if not os.path.isfile(file):
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {os.fspath(path)!r}")
     views = adapters.state_dict()
     try:
-        with safe_open(file, framework="numpy") as f:
-            names = set(f.keys())
-            # PEFT may name the adapter ("...q_proj.lora_A.default.weight" in memory);
-            # files hold the names without it
-            missing = sorted(set(views) - names)
-            extra = sorted(names - set(views))
-            if missing or extra:
-                raise ValueError(f"{file} does not fit this model's adapters: "
-                                 f"{'missing ' + missing[0] if missing else 'unexpected ' + extra[0]}"
-                                 f" ({len(missing)} missing, {len(extra)} unexpected)")
-            for name, view in views.items():
-                tensor = f.get_tensor(name)
-                if tensor.shape != view.shape:
-                    raise ValueError(f"{file}: tensor {name!r} has shape {tensor.shape}, the "
-                                     f"model's adapter needs {view.shape}")
-                values = tensor.astype(np.float32)
-                if not np.isfinite(values).all():
-                    raise ValueError(f"{file}: tensor {name!r} holds NaN or infinity")
-                view[...] = values
-    except (OSError, RuntimeError) as error:  # safetensors' errors for damaged files
-        raise ValueError(f"{file} cannot be read: {error}") from None
+        tensors = CheckpointTensors([file])
+        check_tensors(tensors, {name: view.shape for name, view in views.items()})
+        copy_into(views, tensors)
+    except ValueError as error:
+        raise ValueError(f"{file} does not fit this model's adapters: {error}") from None
