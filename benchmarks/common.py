@@ -23,6 +23,16 @@ def median_seconds(step, repeats):
 
 
 def peak_rss_mib():
+    """This process's peak resident memory (VmHWM of its own address space:
+    getrusage's ru_maxrss would carry a large parent's peak into a child
+    started by vfork + exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -59,3 +59,13 @@ def test_demo_quick_runs_end_to_end(tmp_path, method):
         import transformers
 
         transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "final")
+
+
+def test_demo_refuses_a_bad_seed(tmp_path):
+    from calign.demo.run import run
+
+    with pytest.raises(ValueError, match="seed"):
+        run(str(tmp_path), seed=-1)
+    out = subprocess.run([sys.executable, "-m", "calign", "demo", "--seed", "1.5"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--seed" in out.stderr

@@ -415,7 +415,7 @@ def command_align(args):
 def command_demo(args):
     from calign.demo.run import run
 
-    run(args.output_dir, method=args.method, quick=args.quick)
+    run(args.output_dir, method=args.method, quick=args.quick, seed=args.seed)
     return 0
 
 
@@ -510,6 +510,7 @@ def build_parser():
     demo.add_argument("--method", choices=["dpo", "kto", "orpo", "simpo"], default="dpo")
     demo.add_argument("--quick", action="store_true", help="fewer steps (for tests)")
     demo.add_argument("--output_dir", default="calign_demo")
+    demo.add_argument("--seed", type=int, default=42, help="data order of both stages")
     align = commands.add_parser("align", help="word alignment (fast_align's habits)")
     align.add_argument("--method", choices=["ibm1", "ibm2", "hmm", "joint"], default="ibm2",
                        help="joint: both HMMs by agreement, fertility sampling, soft union "

@@ -69,14 +69,16 @@ def plot(path, sft_history, stage_history, accuracies, method):
     plt.close(figure)
 
 
-def run(output_dir="calign_demo", method="dpo", quick=False, say=print):
-    """Runs the demo; returns {"base": ..., "sft": ..., method: ...} accuracies."""
+def run(output_dir="calign_demo", method="dpo", quick=False, say=print, seed=42):
+    """Runs the demo; returns {"base": ..., "sft": ..., method: ...} accuracies.
+    seed: the data order of both stages (the configs' seed; 42 is TRL's)."""
     checks.choice("method", method, sorted(STAGES))
+    checks.integer("seed", seed, 0)
     sft_steps, stage_steps, n_heldout = (150, 100, 200) if quick else (1500, 400, 500)
     tokenizer = calign.Tokenizer.from_pretrained(os.path.join(ASSETS, "base"))
     heldout = read_jsonl(os.path.join(ASSETS, "heldout.jsonl"))[:n_heldout]
     model = calign.Model.from_pretrained(os.path.join(ASSETS, "base"))
-    common = dict(save_steps=0, logging_steps=10, disable_tqdm=False)
+    common = dict(save_steps=0, logging_steps=10, disable_tqdm=False, seed=seed)
     accuracies = [held_out_accuracy(model, tokenizer, heldout)]
     say(f"held-out exact match of the base model: {accuracies[-1]:.1%} ({len(heldout)} sums)")
 
