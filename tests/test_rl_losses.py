@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 from calign import _C, losses
 from reference import rl_torch as ref
@@ -234,6 +235,58 @@ def test_grpo_loss_row_sums_to_the_batch():
     part = losses.grpo_loss(logps, adv2, mask, old_per_token_logps=old, loss_type="grpo")
     close(np.delete(full.grad_logps, 2, 0), np.delete(part.grad_logps, 2, 0))
     assert not np.any(part.grad_logps[2])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_grpo_loss_random_batches(data):
+    """Random shapes, masks, log-ratios up to +-20, every loss type and level
+    (T >= 2: with T == 1 TRL's metrics take the sequence-level branch)."""
+    B = data.draw(st.integers(1, 5))
+    T = data.draw(st.integers(2, 6))
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    loss_type = data.draw(st.sampled_from(LOSS_TYPES))
+    level = data.draw(st.sampled_from(losses.IMPORTANCE_SAMPLING_LEVELS))
+    beta = data.draw(st.sampled_from([0.0, 0.04]))
+    rng = np.random.default_rng(seed)
+    logps = -rng.uniform(0.0, 25.0, (B, T)).astype(np.float32)
+    old = np.minimum(logps + rng.uniform(-20, 20, (B, T)), 0).astype(np.float32)
+    ref_logps = np.minimum(logps + rng.uniform(-20, 20, (B, T)), 0).astype(np.float32)
+    mask = rng.random((B, T)) < 0.7
+    adv = rng.normal(0, 1, B).astype(np.float32)
+    ours = losses.grpo_loss(logps, adv, mask, old_per_token_logps=old,
+                            ref_per_token_logps=ref_logps, loss_type=loss_type,
+                            importance_sampling_level=level, beta=beta, max_completion_length=T)
+    lp = t64(logps).requires_grad_(True)
+    tloss, tmetrics = ref.grpo_loss(lp, t64(old), t64(ref_logps), t64(adv), t64(mask), loss_type,
+                                    level, beta=beta, max_completion_length=T)
+    tloss.backward()
+    close(ours.loss, tloss.item())
+    close(ours.grad_logps, lp.grad.numpy())
+    metrics_close(ours.metrics, tmetrics)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_advantages_random_rewards(data):
+    G = data.draw(st.integers(2, 4))
+    n_groups = data.draw(st.integers(1, 4))
+    F = data.draw(st.integers(1, 3))
+    value = st.one_of(st.sampled_from([np.nan, 0.0, 1.0, -2.5]), st.floats(-1e3, 1e3, width=32))
+    r = np.array(data.draw(st.lists(value, min_size=G * n_groups * F, max_size=G * n_groups * F)),
+                 np.float32).reshape(G * n_groups, F)
+    weights = np.array(data.draw(st.lists(st.floats(-2, 2, width=32), min_size=F, max_size=F)),
+                       np.float32)
+    scale = data.draw(st.sampled_from(losses.SCALE_REWARDS_KINDS))
+    aggregation = data.draw(st.sampled_from(losses.MULTI_OBJECTIVE_AGGREGATIONS))
+    ours = losses.group_advantages(r, G, scale_rewards=scale, reward_weights=weights,
+                                   multi_objective_aggregation=aggregation)
+    assert not np.any(np.isnan(ours))
+    close(ours, ref.group_advantages(t64(r), t64(weights), G, scale, aggregation).numpy(), 1e-5)
+    normalize = data.draw(st.booleans())
+    ours = losses.rloo_advantages(r, G, reward_weights=weights, normalize_advantages=normalize)
+    expected, _ = ref.rloo_advantages(t64(r), t64(weights), G, normalize=normalize)
+    close(ours.advantages, expected.numpy(), 1e-5)
 
 
 # ---- RLOO loss ----------------------------------------------------------------------------

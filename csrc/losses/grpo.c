@@ -117,12 +117,42 @@ static double vespo_phi(const float *logps, const float *old, const float *mask,
     return log_phi > log(FLT_MAX) || isnan(log_phi) ? 0.0 : exp(log_phi);
 }
 
+/* One token's loss (policy term times keep, plus beta times the KL term)
+ * with its derivative through logp directly and through the weight w. */
+typedef struct {
+    double value, d_logp, d_weight, kl;
+    policy_term policy;
+} token_part;
+
+static token_part token_at(double x, double ref, double w, double A, double phi, double keep,
+                           const grpo_params *p) {
+    token_part r;
+    r.policy = policy_term_at(w, x, A, phi, p);
+    r.value = keep * r.policy.value;
+    r.d_weight = keep * r.policy.d_weight;
+    r.d_logp = keep * r.policy.d_logp;
+    r.kl = 0.0;
+    if (p->beta != 0.0) {
+        /* k3: e^{ref - x} - (ref - x) - 1, d/dx = 1 - e^{ref - x} */
+        const double diff = ref - x, e = exp(diff);
+        double kl = e - diff - 1.0, d_kl = 1.0 - e;
+        if (p->use_bias_correction_kl) { /* kl * w: the product rule */
+            r.d_weight += p->beta * kl;
+            d_kl *= w;
+            kl *= w;
+        }
+        r.value += p->beta * kl;
+        r.d_logp += p->beta * d_kl;
+        r.kl = kl;
+    }
+    return r;
+}
+
 void grpo_loss_row(float *grad_logps, grpo_row_stats *stats, const float *logps,
                    const float *old_logps, const float *ref_logps, const float *mask,
                    double advantage, double weight, int T, const grpo_params *p) {
     const float *old = old_logps ? old_logps : logps;
     const double A = advantage;
-    const int kl_on = p->beta != 0.0;
     grpo_row_stats s = {0};
     double log_ratio_sum = 0.0;
     for (int t = 0; t < T; t++) {
@@ -137,63 +167,43 @@ void grpo_loss_row(float *grad_logps, grpo_row_stats *stats, const float *logps,
         keep = A >= 0 || -log_ratio_sum / tokens1 <= p->off_policy_mask_threshold ? 1.0 : 0.0;
     const double phi = p->loss_type == GRPO_VESPO ? vespo_phi(logps, old, mask, T, A, p) : 0.0;
     s.phi = phi;
-
     /* Sequence level (GSPO): one weight w = exp(mean masked log-ratio) for the
-     * row, d w / d logp_t = w mask_t / tokens1; the policy term is the same
-     * for every token, so its gradient is collected in d_row and spread. */
+     * row, d w / d logp_t = w mask_t / tokens1, so every token's gradient
+     * also carries d_row = d (sum_t mask_t loss_t) / d w: a second pass. */
     const int sequence = p->level == IS_SEQUENCE;
     const double w_row = sequence ? exp(log_ratio_sum / tokens1) : 0.0;
-    policy_term row_term = {0};
-    if (sequence) {
-        row_term = policy_term_at(w_row, 0.0, A, phi, p);
-        s.clip_low = row_term.low;
-        s.clip_high = row_term.high;
-        s.clip_region = row_term.low || row_term.high;
-        s.cispo_clipped = row_term.cispo_clipped;
-    }
-    double d_row = 0.0; /* d (sum_t mask_t loss_t) / d w_row */
-    double loss = 0.0;
+    double d_row = 0.0, loss = 0.0;
     for (int t = 0; t < T; t++) {
-        if (mask[t] == 0.0f) continue;
-        const double x = logps[t];
-        const double w = sequence ? w_row : exp(x - old[t]);
-        policy_term term = policy_term_at(w, x, A, phi, p);
-        if (sequence) { /* keep cispo's and vespo's direct log pi factor per token */
-            term.d_weight = row_term.d_weight;
-            term.low = term.high = term.cispo_clipped = 0;
-        } else {
-            s.clip_low += term.low;
-            s.clip_high += term.high;
-            s.clip_region += term.low || term.high;
-            s.cispo_clipped += term.cispo_clipped;
+        if (mask[t] == 0.0f) {
+            grad_logps[t] = 0.0f;
+            continue;
         }
-        double value = keep * term.value, d_weight = keep * term.d_weight,
-               d_logp = keep * term.d_logp;
-        if (kl_on) {
-            /* k3: e^{ref - x} - (ref - x) - 1, d/dx = 1 - e^{ref - x} */
-            const double diff = (double)ref_logps[t] - x, e = exp(diff);
-            double kl = e - diff - 1.0, d_kl = 1.0 - e;
-            if (p->use_bias_correction_kl) { /* kl * w: the product rule */
-                d_weight += p->beta * kl;
-                d_kl *= w;
-                kl *= w;
-            }
-            value += p->beta * kl;
-            d_logp += p->beta * d_kl;
-            s.kl += kl;
-        }
-        loss += value;
+        const double x = logps[t], w = sequence ? w_row : exp(x - old[t]);
+        token_part part = token_at(x, ref_logps ? ref_logps[t] : 0.0, w, A, phi, keep, p);
+        loss += part.value;
+        s.kl += part.kl;
         if (sequence) {
-            d_row += d_weight;
-            grad_logps[t] = (float)(weight * d_logp);
-        } else {
-            grad_logps[t] = (float)(weight * (d_logp + d_weight * w));
+            d_row += part.d_weight;
+            continue;
         }
+        s.clip_low += part.policy.low;
+        s.clip_high += part.policy.high;
+        s.clip_region += part.policy.low || part.policy.high;
+        s.cispo_clipped += part.policy.cispo_clipped;
+        grad_logps[t] = (float)(weight * (part.d_logp + part.d_weight * w));
     }
-    for (int t = 0; t < T; t++) {
-        if (mask[t] == 0.0f) grad_logps[t] = 0.0f;
-        else if (sequence)
-            grad_logps[t] = (float)(grad_logps[t] + weight * d_row * w_row / tokens1);
+    if (sequence) {
+        policy_term row = policy_term_at(w_row, 0.0, A, phi, p);
+        s.clip_low = row.low;
+        s.clip_high = row.high;
+        s.clip_region = row.low || row.high;
+        s.cispo_clipped = row.cispo_clipped;
+        for (int t = 0; t < T; t++) {
+            if (mask[t] == 0.0f) continue;
+            token_part part = token_at(logps[t], ref_logps ? ref_logps[t] : 0.0, w_row, A, phi,
+                                       keep, p);
+            grad_logps[t] = (float)(weight * (part.d_logp + d_row * w_row / tokens1));
+        }
     }
     s.loss = weight * loss;
     *stats = s;
