@@ -400,9 +400,8 @@ def _float_array(name, value, ndim, allow_none=False):
     if value is None and allow_none:
         return None
     arr = np.asarray(value)
-    checks.require(arr.dtype.kind == "f", name, f"an array of dtype {arr.dtype}",
-                   "a floating-point array")
-    checks.require(arr.ndim == ndim, name, f"an array of shape {arr.shape}",
+    checks.require(arr.dtype.kind == "f", name, arr.dtype, "a floating-point array")
+    checks.require(arr.ndim == ndim, name, arr.shape,
                    f"{ndim}-dimensional" + (" [B, T]" if ndim == 2 else ""))
     return np.ascontiguousarray(arr, dtype=np.float32)
 
@@ -410,20 +409,18 @@ def _float_array(name, value, ndim, allow_none=False):
 def _mask_array(name, value):
     """A [B, T] mask of bools or 0/1 numbers as float32 (0/1 is checked in C)."""
     arr = np.asarray(value)
-    checks.require(arr.dtype.kind in "bfiu", name, f"an array of dtype {arr.dtype}",
-                   "a bool or numeric mask")
-    checks.require(arr.ndim == 2, name, f"an array of shape {arr.shape}", "2-dimensional [B, T]")
+    checks.require(arr.dtype.kind in "bfiu", name, arr.dtype, "a bool or numeric mask")
+    checks.require(arr.ndim == 2, name, arr.shape, "2-dimensional [B, T]")
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
 def _rewards_matrix(rewards):
     """Rewards [B] (one function) or [B, F] as float32 [B, F]."""
     arr = np.asarray(rewards)
-    checks.require(arr.dtype.kind in "fiu", "rewards", f"an array of dtype {arr.dtype}",
+    checks.require(arr.dtype.kind in "fiu", "rewards", arr.dtype,
                    "a numeric array (NaN: no reward)")
-    checks.require(arr.ndim in (1, 2), "rewards", f"an array of shape {arr.shape}",
-                   "[B] or [B, n_reward_functions]")
-    return np.ascontiguousarray(arr.reshape(arr.shape[0], -1), dtype=np.float32)
+    checks.require(arr.ndim in (1, 2), "rewards", arr.shape, "[B] or [B, n_reward_functions]")
+    return np.ascontiguousarray(arr[:, None] if arr.ndim == 1 else arr, dtype=np.float32)
 
 
 def _reward_weights(reward_weights, n_functions):
@@ -685,7 +682,7 @@ def shape_rewards(scores, per_token_logps, ref_per_token_logps, completion_mask,
     """
     mask = _mask_array("completion_mask", completion_mask)
     logps = _float_array("per_token_logps", per_token_logps, 2)
-    checks.require(mask.shape == logps.shape, "completion_mask", f"shape {mask.shape}",
+    checks.require(mask.shape == logps.shape, "completion_mask", mask.shape,
                    f"of per_token_logps' shape {logps.shape}")
     index = _score_index(mask, checks.choice("score_position", score_position, SCORE_POSITIONS))
     scores = _float_array("scores", scores, 1)
