@@ -86,11 +86,15 @@ class _Accelerator:
     def gather(self, x):
         return x
 
+    def pad_across_processes(self, x, dim=0, pad_index=0):
+        return x
+
     gather_for_metrics = gather
 
 
-def _stub(cls, logps, **attrs):
-    """A trainer object whose log-prob function returns `logps` (requires_grad)."""
+def _stub(cls, logps, entropies=None, **attrs):
+    """A trainer object whose log-prob function returns `logps` (requires_grad)
+    and `entropies` (default 0)."""
     trainer = cls.__new__(cls)
     trainer.__dict__.update(
         model=SimpleNamespace(training=True), accelerator=_Accelerator(),
@@ -99,7 +103,7 @@ def _stub(cls, logps, **attrs):
         off_policy_mask_threshold=None, current_gradient_accumulation_steps=1,
         _metrics={"train": defaultdict(list), "eval": defaultdict(list)})
     trainer.__dict__.update(attrs)
-    entropies = torch.zeros_like(logps)
+    entropies = torch.zeros_like(logps) if entropies is None else entropies
     trainer._get_per_token_logps_and_entropies = lambda *a, **k: (logps, entropies, None)
     return trainer
 
@@ -113,7 +117,9 @@ def _ids(B, T):
 def trl_grpo(logps, old, ref_logps, advantages, mask, *, loss_type, level, epsilon=0.2,
              epsilon_high=None, delta=None, beta=0.0, bias_correction=True, off_policy=None,
              max_completion_length=None, num_items=None, accumulation=1, sapo=(1.0, 1.05),
-             vespo=(2.0, 3.0, 3.0, 2.0)):
+             vespo=(2.0, 3.0, 3.0, 2.0), entropies=None, top_entropy_quantile=1.0):
+    """TRL's loss, its gradient, its logged metrics and (with
+    top_entropy_quantile < 1) the entropy mask it selected."""
     from trl.trainer.grpo_trainer import GRPOTrainer
     lp = t64(logps).requires_grad_(True)
     B, T = lp.shape
@@ -121,7 +127,8 @@ def trl_grpo(logps, old, ref_logps, advantages, mask, *, loss_type, level, epsil
                            sapo_temperature_pos=sapo[0], sapo_temperature_neg=sapo[1],
                            vespo_k_pos=vespo[0], vespo_lambda_pos=vespo[1], vespo_k_neg=vespo[2],
                            vespo_lambda_neg=vespo[3], steps_per_generation=accumulation)
-    trainer = _stub(GRPOTrainer, lp, args=args, loss_type=loss_type,
+    trainer = _stub(GRPOTrainer, lp, None if entropies is None else t64(entropies), args=args,
+                    loss_type=loss_type, top_entropy_quantile=top_entropy_quantile,
                     importance_sampling_level=level, epsilon_low=epsilon,
                     epsilon_high=epsilon if epsilon_high is None else epsilon_high, beta=beta,
                     off_policy_mask_threshold=off_policy,
@@ -137,7 +144,9 @@ def trl_grpo(logps, old, ref_logps, advantages, mask, *, loss_type, level, epsil
     loss = trainer._compute_loss(None, inputs)
     loss.backward()
     metrics = {k: v[0] for k, v in trainer._metrics["train"].items() if k != "entropy"}
-    return loss.item(), lp.grad.numpy(), metrics
+    entropy_mask = None if entropies is None else trainer.get_high_entropy_mask(
+        t64(entropies), m, 1 - top_entropy_quantile).numpy()
+    return loss.item(), lp.grad.numpy(), metrics, entropy_mask
 
 
 # ---- GRPO loss ----------------------------------------------------------------------------
@@ -149,7 +158,8 @@ LOSS_TYPES = losses.GRPO_LOSS_TYPES
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 @pytest.mark.parametrize("setting", ["on_policy", "off_policy", "kl", "extreme"])
 def test_grpo_loss_matches_trl(loss_type, level, setting):
-    logps, old, ref_logps, mask, adv = batch(seed=zlib.crc32(f"{loss_type} {level} {setting}".encode()) % 1000,
+    seed = zlib.crc32(f"{loss_type} {level} {setting}".encode()) % 1000
+    logps, old, ref_logps, mask, adv = batch(seed=seed,
                                              spread=0.3, extreme=setting == "extreme")
     kw = dict(loss_type=loss_type, level=level, max_completion_length=9)
     if setting == "on_policy":
@@ -166,7 +176,7 @@ def test_grpo_loss_matches_trl(loss_type, level, setting):
         loss_type=loss_type, importance_sampling_level=level,
         epsilon_high=kw.get("epsilon_high"), delta=kw.get("delta"), beta=kw.get("beta", 0.0),
         max_completion_length=9)
-    loss, grad, metrics = trl_grpo(logps, old, ref_logps, adv, mask, **kw)
+    loss, grad, metrics, _ = trl_grpo(logps, old, ref_logps, adv, mask, **kw)
     close(ours.loss, loss)
     close(ours.grad_logps, grad)
     assert ours.grad_logps.dtype == np.float32 and ours.grad_logps.shape == logps.shape
@@ -186,19 +196,22 @@ def test_grpo_loss_matches_trl(loss_type, level, setting):
 
 @pytest.mark.parametrize("loss_type", ["dapo", "grpo", "bnpo", "luspo", "sapo"])
 def test_grpo_options_match_trl(loss_type):
-    """Bias-corrected KL off, off-policy mask, accumulation, num_items_in_batch, SAPO temperatures."""
+    """Bias-corrected KL off, off-policy and entropy masks, accumulation,
+    num_items_in_batch, SAPO temperatures."""
     logps, old, ref_logps, mask, adv = batch(seed=5, spread=0.5)
+    entropies = np.random.default_rng(6).uniform(0, 3, logps.shape).astype(np.float32)
     for level in ("token", "sequence"):
         kw = dict(beta=0.1, bias_correction=False, off_policy=0.05, accumulation=3,
-                  num_items=50.0, sapo=(0.7, 1.3))
+                  num_items=50.0, sapo=(0.7, 1.3), entropies=entropies, top_entropy_quantile=0.4)
+        loss, grad, metrics, entropy_mask = trl_grpo(logps, old, ref_logps, adv, mask,
+                                                     loss_type=loss_type, level=level, **kw)
+        assert 0 < entropy_mask.sum() < mask.sum()
         ours = losses.grpo_loss(
             logps, adv, mask, old_per_token_logps=old, ref_per_token_logps=ref_logps,
             loss_type=loss_type, importance_sampling_level=level, beta=0.1,
             use_bias_correction_kl=False, off_policy_mask_threshold=0.05,
             gradient_accumulation_steps=3, num_items_in_batch=50.0, sapo_temperature_pos=0.7,
-            sapo_temperature_neg=1.3)
-        loss, grad, metrics = trl_grpo(logps, old, ref_logps, adv, mask, loss_type=loss_type,
-                                       level=level, **kw)
+            sapo_temperature_neg=1.3, entropy_mask=entropy_mask)
         close(ours.loss, loss)
         close(ours.grad_logps, grad)
         metrics_close(ours.metrics, metrics)
@@ -209,8 +222,8 @@ def test_grpo_vespo_parameters_match_trl():
     ours = losses.grpo_loss(logps, adv, mask, old_per_token_logps=old, loss_type="vespo",
                             vespo_k_pos=1.5, vespo_lambda_pos=2.5, vespo_k_neg=2.0,
                             vespo_lambda_neg=1.0)
-    loss, grad, metrics = trl_grpo(logps, old, None, adv, mask, loss_type="vespo", level="token",
-                                   vespo=(1.5, 2.5, 2.0, 1.0))
+    loss, grad, metrics, _ = trl_grpo(logps, old, None, adv, mask, loss_type="vespo",
+                                      level="token", vespo=(1.5, 2.5, 2.0, 1.0))
     close(ours.loss, loss)
     close(ours.grad_logps, grad)
     metrics_close(ours.metrics, metrics)
@@ -505,6 +518,8 @@ def _grpo(**overrides):
     (dict(advantages=np.zeros(5, np.float32)), "advantages has length 5"),
     (dict(completion_mask=np.ones((6, 6), bool)), r"completion_mask has shape \(6, 6\)"),
     (dict(completion_mask=np.full((6, 7), 2.0)), r"completion_mask\[0, 0\] = 2 must be 0 or 1"),
+    (dict(entropy_mask=np.full((6, 7), 0.5)), r"entropy_mask\[0, 0\] = 0.5 must be 0 or 1"),
+    (dict(entropy_mask=np.ones((6, 8), bool)), r"entropy_mask has shape \(6, 8\)"),
     (dict(completion_mask=np.array(["a"] * 42).reshape(6, 7)), "completion_mask must be a bool"),
     (dict(per_token_logps=np.full((6, 7), np.nan, np.float32)),
      r"per_token_logps\[0, 0\] = nan must be a finite log-probability"),

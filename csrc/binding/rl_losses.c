@@ -236,15 +236,17 @@ static int set_metric(PyObject *d, const char *key, double v) {
 static PyObject *py_grpo_loss(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {
         "per_token_logps", "old_per_token_logps", "ref_per_token_logps", "advantages",
-        "completion_mask", "loss_type", "importance_sampling_level", "epsilon", "epsilon_high",
-        "delta", "beta", "use_bias_correction_kl", "sapo_temperature_pos",
+        "completion_mask", "entropy_mask", "loss_type", "importance_sampling_level", "epsilon",
+        "epsilon_high", "delta", "beta", "use_bias_correction_kl", "sapo_temperature_pos",
         "sapo_temperature_neg", "vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg",
         "vespo_lambda_neg", "off_policy_mask_threshold", "max_completion_length",
         "num_items_in_batch", "gradient_accumulation_steps", NULL};
     array_arg logps = {"per_token_logps"}, old = {"old_per_token_logps"},
-              ref = {"ref_per_token_logps"}, adv = {"advantages"}, mask = {"completion_mask"};
+              ref = {"ref_per_token_logps"}, adv = {"advantages"}, mask = {"completion_mask"},
+              entropy_mask = {"entropy_mask"};
     PyObject *type_obj, *level_obj;
-    real_arg eps = {"epsilon", -INFINITY, INFINITY}, eps_high = {"epsilon_high", -INFINITY, INFINITY},
+    real_arg eps = {"epsilon", -INFINITY, INFINITY},
+             eps_high = {"epsilon_high", -INFINITY, INFINITY},
              delta = {"delta", -INFINITY, INFINITY}, beta = {"beta", -INFINITY, INFINITY},
              sapo_pos = {"sapo_temperature_pos", 0, INFINITY, 1},
              sapo_neg = {"sapo_temperature_neg", 0, INFINITY, 1},
@@ -259,15 +261,16 @@ static PyObject *py_grpo_loss(PyObject *self, PyObject *args, PyObject *kwargs) 
     int bias_kl = 0;
     PyObject *delta_obj = Py_None, *opm_obj = Py_None;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "O&O&O&O&O&$OOO&O&OO&pO&O&O&O&O&O&OO&O&O&", kwlist, to_f32_matrix,
+            args, kwargs, "O&O&O&O&O&O&$OOO&O&OO&pO&O&O&O&O&O&OO&O&O&", kwlist, to_f32_matrix,
             &logps, to_f32_matrix_or_none, &old, to_f32_matrix_or_none, &ref, to_f32_vector,
-            &adv, to_f32_matrix, &mask, &type_obj, &level_obj, to_real, &eps, to_real,
-            &eps_high, &delta_obj, to_real, &beta, &bias_kl, to_real, &sapo_pos, to_real,
-            &sapo_neg, to_real, &k_pos, to_real, &lambda_pos, to_real, &k_neg, to_real,
-            &lambda_neg, &opm_obj, to_int, &max_len, to_real, &items, to_int, &accum))
+            &adv, to_f32_matrix, &mask, to_f32_matrix_or_none, &entropy_mask, &type_obj,
+            &level_obj, to_real, &eps, to_real, &eps_high, &delta_obj, to_real, &beta, &bias_kl,
+            to_real, &sapo_pos, to_real, &sapo_neg, to_real, &k_pos, to_real, &lambda_pos,
+            to_real, &k_neg, to_real, &lambda_neg, &opm_obj, to_int, &max_len, to_real, &items,
+            to_int, &accum))
         return NULL;
-    array_arg *all[5] = {&logps, &adv, &mask, &old, &ref};
-    const value_rule rules[5] = {LOGPROB, FINITE, MASK, LOGPROB, LOGPROB};
+    array_arg *all[6] = {&logps, &adv, &mask, &old, &ref, &entropy_mask};
+    const value_rule rules[6] = {LOGPROB, FINITE, MASK, LOGPROB, LOGPROB, MASK};
     PyObject *result = NULL, *grad = NULL, *metrics = NULL;
     grpo_row_stats *rows = NULL;
     int B, T, status = CALIGN_OK;
@@ -278,7 +281,7 @@ static PyObject *py_grpo_loss(PyObject *self, PyObject *args, PyObject *kwargs) 
                                          N_IMPORTANCE_SAMPLING_LEVELS);
     if (level < 0 || (delta_obj != Py_None && !to_real(delta_obj, &delta)) ||
         (opm_obj != Py_None && !to_real(opm_obj, &opm)) || batch_dims(&B, &T, &logps) < 0 ||
-        check_operands(all, rules, 5, B) < 0)
+        check_operands(all, rules, 6, B) < 0)
         goto done;
     if (beta.value != 0.0 && !ref.array) {
         PyErr_SetString(PyExc_ValueError, "ref_per_token_logps is required when beta != 0 (the "
@@ -303,7 +306,8 @@ static PyObject *py_grpo_loss(PyObject *self, PyObject *args, PyObject *kwargs) 
     Py_BEGIN_ALLOW_THREADS
     status = grpo_loss(f32(grad), &m, ARG_DATA(const float, logps), f32_or_null(&old),
                        f32_or_null(&ref), ARG_DATA(const float, adv), ARG_DATA(const float, mask),
-                       B, T, (int)max_len.value, items.value, (int)accum.value, &p, rows);
+                       f32_or_null(&entropy_mask), B, T, (int)max_len.value, items.value,
+                       (int)accum.value, &p, rows);
     Py_END_ALLOW_THREADS
     if (raise_status(status, "the GRPO loss or its gradient is not finite in float32 (a log-"
                      "ratio per_token_logps - old_per_token_logps too large?)") < 0)
@@ -322,7 +326,7 @@ done:
     Py_XDECREF(grad);
     Py_XDECREF(metrics);
     free(rows);
-    release(all, 5);
+    release(all, 6);
     return result;
 }
 
@@ -331,7 +335,8 @@ static PyObject *py_rloo_loss(PyObject *self, PyObject *args, PyObject *kwargs) 
                              "epsilon", "epsilon_high", NULL};
     array_arg logps = {"per_token_logps"}, old = {"old_logps"}, adv = {"advantages"},
               mask = {"completion_mask"};
-    real_arg eps = {"epsilon", -INFINITY, INFINITY}, eps_high = {"epsilon_high", -INFINITY, INFINITY};
+    real_arg eps = {"epsilon", -INFINITY, INFINITY},
+             eps_high = {"epsilon_high", -INFINITY, INFINITY};
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&O&O&$O&O&", kwlist, to_f32_matrix,
                                      &logps, to_f32_vector_or_none, &old, to_f32_vector, &adv,
                                      to_f32_matrix, &mask, to_real, &eps, to_real, &eps_high))

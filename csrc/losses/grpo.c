@@ -117,7 +117,8 @@ static double vespo_phi(const float *logps, const float *old, const float *mask,
     return log_phi > log(FLT_MAX) || isnan(log_phi) ? 0.0 : exp(log_phi);
 }
 
-/* One token's loss (policy term times keep, plus beta times the KL term)
+/* One token's loss (policy term times keep -- the off-policy and entropy
+ * masks --, plus beta times the KL term)
  * with its derivative through logp directly and through the weight w. */
 typedef struct {
     double value, d_logp, d_weight, kl;
@@ -150,7 +151,8 @@ static token_part token_at(double x, double ref, double w, double A, double phi,
 
 void grpo_loss_row(float *grad_logps, grpo_row_stats *stats, const float *logps,
                    const float *old_logps, const float *ref_logps, const float *mask,
-                   double advantage, double weight, int T, const grpo_params *p) {
+                   const float *entropy_mask, double advantage, double weight, int T,
+                   const grpo_params *p) {
     const float *old = old_logps ? old_logps : logps;
     const double A = advantage;
     grpo_row_stats s = {0};
@@ -179,7 +181,8 @@ void grpo_loss_row(float *grad_logps, grpo_row_stats *stats, const float *logps,
             continue;
         }
         const double x = logps[t], w = sequence ? w_row : exp(x - old[t]);
-        token_part part = token_at(x, ref_logps ? ref_logps[t] : 0.0, w, A, phi, keep, p);
+        const double kept = entropy_mask ? keep * entropy_mask[t] : keep;
+        token_part part = token_at(x, ref_logps ? ref_logps[t] : 0.0, w, A, phi, kept, p);
         loss += part.value;
         s.kl += part.kl;
         if (sequence) {
@@ -200,8 +203,9 @@ void grpo_loss_row(float *grad_logps, grpo_row_stats *stats, const float *logps,
         s.cispo_clipped = row.cispo_clipped;
         for (int t = 0; t < T; t++) {
             if (mask[t] == 0.0f) continue;
+            const double kept = entropy_mask ? keep * entropy_mask[t] : keep;
             token_part part = token_at(logps[t], ref_logps ? ref_logps[t] : 0.0, w_row, A, phi,
-                                       keep, p);
+                                       kept, p);
             grad_logps[t] = (float)(weight * (part.d_logp + d_row * w_row / tokens1));
         }
     }
@@ -210,7 +214,8 @@ void grpo_loss_row(float *grad_logps, grpo_row_stats *stats, const float *logps,
 }
 
 int grpo_loss(float *grad_logps, grpo_metrics *m, const float *logps, const float *old_logps,
-              const float *ref_logps, const float *advantages, const float *mask, int B, int T,
+              const float *ref_logps, const float *advantages, const float *mask,
+              const float *entropy_mask, int B, int T,
               int max_completion_length, double num_items_in_batch,
               int gradient_accumulation_steps, const grpo_params *p, grpo_row_stats *rows) {
     double batch_tokens = 0.0;
@@ -224,7 +229,8 @@ int grpo_loss(float *grad_logps, grpo_metrics *m, const float *logps, const floa
         double weight = grpo_row_weight(p, row_tokens, batch_tokens, B, max_completion_length,
                                         num_items_in_batch, gradient_accumulation_steps);
         grpo_loss_row(grad_logps + o, &rows[i], logps + o, old_logps ? old_logps + o : NULL,
-                      ref_logps ? ref_logps + o : NULL, mask + o, advantages[i], weight, T, p);
+                      ref_logps ? ref_logps + o : NULL, mask + o,
+                      entropy_mask ? entropy_mask + o : NULL, advantages[i], weight, T, p);
     }
     /* TRL's metrics: token-level means over the batch's tokens; at sequence
      * level the clip flags are one per row, averaged over the B rows. The

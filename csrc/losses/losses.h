@@ -160,12 +160,14 @@ double grpo_row_weight(const grpo_params *p, double row_tokens, double batch_tok
 /* One completion's part of the GRPO loss: the entry point for a fused
  * log-prob kernel that has one row's token log-probs at hand. old_logps NULL:
  * the current log-probs, detached (TRL's num_iterations == 1); ref_logps may
- * be NULL when beta == 0. Writes grad_logps[t] = d loss / d logps[t] (the
- * whole batch loss, this row's tokens) and the row's stats; weight comes from
- * grpo_row_weight. */
+ * be NULL when beta == 0; entropy_mask (0/1, TRL's top_entropy_quantile
+ * selection, multiplying the policy term only) may be NULL. Writes
+ * grad_logps[t] = d loss / d logps[t] (the whole batch loss, this row's
+ * tokens) and the row's stats; weight comes from grpo_row_weight. */
 void grpo_loss_row(float *grad_logps, grpo_row_stats *stats, const float *logps,
                    const float *old_logps, const float *ref_logps, const float *mask,
-                   double advantage, double weight, int T, const grpo_params *p);
+                   const float *entropy_mask, double advantage, double weight, int T,
+                   const grpo_params *p);
 
 /* The metrics TRL's GRPOTrainer logs from its loss (NAN where TRL logs none). */
 typedef struct {
@@ -178,7 +180,7 @@ typedef struct {
  * CALIGN_ENONFINITE when the loss or a gradient overflows. */
 int grpo_loss(float *grad_logps, grpo_metrics *metrics, const float *logps,
               const float *old_logps, const float *ref_logps, const float *advantages,
-              const float *mask, int B, int T, int max_completion_length,
+              const float *mask, const float *entropy_mask, int B, int T, int max_completion_length,
               double num_items_in_batch, int gradient_accumulation_steps, const grpo_params *p,
               grpo_row_stats *rows);
 

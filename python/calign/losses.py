@@ -519,8 +519,9 @@ def rloo_advantages(rewards, num_generations, *, beta=0.0, old_per_token_logps=N
 
 
 def grpo_loss(per_token_logps, advantages, completion_mask, *, old_per_token_logps=None,
-              ref_per_token_logps=None, loss_type="dapo", importance_sampling_level="token",
-              epsilon=0.2, epsilon_high=None, delta=None, beta=0.0, use_bias_correction_kl=True,
+              ref_per_token_logps=None, entropy_mask=None, loss_type="dapo",
+              importance_sampling_level="token", epsilon=0.2, epsilon_high=None, delta=None,
+              beta=0.0, use_bias_correction_kl=True,
               sapo_temperature_pos=1.0, sapo_temperature_neg=1.05, vespo_k_pos=2.0,
               vespo_lambda_pos=3.0, vespo_k_neg=3.0, vespo_lambda_neg=2.0,
               off_policy_mask_threshold=None, max_completion_length=None,
@@ -556,6 +557,9 @@ def grpo_loss(per_token_logps, advantages, completion_mask, *, old_per_token_log
         old_per_token_logps: [B, T] the sampling policy's, or None for the
             current ones detached (TRL's num_iterations == 1).
         ref_per_token_logps: [B, T], required when beta != 0.
+        entropy_mask: None or [B, T] bool/0-1, multiplying the policy term
+            (not the KL): TRL's top_entropy_quantile selection of the
+            high-entropy tokens (Wang et al. 2025, arXiv 2506.01939).
         loss_type: one of GRPO_LOSS_TYPES (TRL's default "dapo").
         importance_sampling_level: "token" or "sequence". TRL only warns about
             luspo at token level, vespo at sequence level and bnpo/dr_grpo/
@@ -585,6 +589,7 @@ def grpo_loss(per_token_logps, advantages, completion_mask, *, old_per_token_log
         _float_array("ref_per_token_logps", ref_per_token_logps, 2, True),
         _float_array("advantages", advantages, 1),
         _mask_array("completion_mask", completion_mask),
+        None if entropy_mask is None else _mask_array("entropy_mask", entropy_mask),
         loss_type=loss_type,
         importance_sampling_level=checks.choice("importance_sampling_level",
                                                 importance_sampling_level,
@@ -695,10 +700,10 @@ def shape_rewards(scores, per_token_logps, ref_per_token_logps, completion_mask,
         reward_mask[np.arange(mask.shape[0]), index] = 1.0
     if checks.flag("whiten_rewards", whiten_rewards):
         rewards = masked_whiten(rewards, reward_mask, shift_mean=False)
-    mean_kl = float(kl.mean())
+    mean_kl, mean_score = float(kl.mean()), float(scores.astype(np.float64).mean())
     metrics = {"objective/kl": mean_kl, "objective/non_score_reward": -kl_coef * mean_kl,
-               "objective/scores": float(scores.astype(np.float64).mean()),
-               "objective/rlhf_reward": -kl_coef * mean_kl + float(scores.astype(np.float64).mean())}
+               "objective/scores": mean_score,
+               "objective/rlhf_reward": -kl_coef * mean_kl + mean_score}
     return ShapedRewards(rewards, reward_mask, kl, metrics)
 
 
