@@ -46,6 +46,7 @@ int to_f32_vector_out(PyObject *obj, void *arg);
 int to_f32_vector_or_none(PyObject *obj, void *arg);     /* None: .array stays NULL */
 int to_f32_vector_out_or_none(PyObject *obj, void *arg);
 int to_f32_matrix(PyObject *obj, void *arg);
+int to_f32_matrix_or_none(PyObject *obj, void *arg);     /* None: .array stays NULL */
 /* float64, C-contiguous, rank 1, used in place: only read (_view; corpus-
  * sized posteriors) or also written (_out; tables C updates). */
 int to_f64_vector_view(PyObject *obj, void *arg);
@@ -161,6 +162,7 @@ int parse_dpo_settings(PyObject *settings, dpo_params *p, int *types, double *lo
 extern PyMethodDef calign_threads_methods[];
 extern PyMethodDef calign_ops_methods[];
 extern PyMethodDef calign_losses_methods[];
+extern PyMethodDef calign_rl_losses_methods[];
 extern PyMethodDef calign_wordalign_methods[];
 extern PyMethodDef calign_model_methods[];
 extern PyMethodDef calign_optim_methods[];
@@ -168,6 +170,7 @@ extern PyMethodDef calign_optim_methods[];
 /* A binding file adds what it declares to the dict calign._C.describe()
  * returns: names of enums and settings, defined once in the C headers. */
 int describe_losses(PyObject *d);
+int describe_rl_losses(PyObject *d);
 int describe_model(PyObject *d);
 int describe_wordalign(PyObject *d);
 

@@ -88,7 +88,8 @@ static PyObject *py_profile(PyObject *self, PyObject *args, PyObject *kwargs) {
  * the Python side builds its tuples from these. */
 static PyObject *py_describe(PyObject *self, PyObject *unused) {
     PyObject *d = PyDict_New();
-    if (d && (describe_losses(d) < 0 || describe_model(d) < 0 || describe_wordalign(d) < 0))
+    if (d && (describe_losses(d) < 0 || describe_rl_losses(d) < 0 || describe_model(d) < 0 ||
+              describe_wordalign(d) < 0))
         Py_CLEAR(d);
     return d;
 }
@@ -108,7 +109,7 @@ PyMethodDef calign_threads_methods[] = {
 
 static PyMethodDef *const method_tables[] = {
     calign_threads_methods, calign_ops_methods, calign_losses_methods,
-    calign_wordalign_methods, calign_model_methods, calign_optim_methods,
+    calign_rl_losses_methods, calign_wordalign_methods, calign_model_methods, calign_optim_methods,
 };
 
 static struct PyModuleDef calign_module = {

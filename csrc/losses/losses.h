@@ -82,4 +82,152 @@ void reward_loss(double *losses, double *margins, double *grad_chosen, double *g
 void listwise_dpo_loss(double *losses, double *rewards, double *grad, const double *policy,
                        const double *ref, int B, int K, double beta, double *work);
 
+/* ==== Online RL: GRPO, RLOO, PPO ===================================================
+ * Per-token arrays are float32 [B, T], row-major; masks hold 0 or 1 (1: a
+ * completion token). Sums over tokens and the batch are accumulated in double.
+ * TRL 1.16's GRPOTrainer and RLOOTrainer, and TRL's experimental PPOTrainer
+ * (the PPO of Ziegler et al. 2019 / InstructGPT), are the specification. */
+
+typedef enum { SCALE_GROUP, SCALE_BATCH, SCALE_NONE, N_SCALE_REWARDS } scale_rewards_kind;
+extern const char *const SCALE_REWARDS_NAMES[N_SCALE_REWARDS];
+
+typedef enum {
+    AGG_SUM_THEN_NORMALIZE, AGG_NORMALIZE_THEN_SUM, N_REWARD_AGGREGATIONS
+} reward_aggregation;
+extern const char *const REWARD_AGGREGATION_NAMES[N_REWARD_AGGREGATIONS];
+
+/* GRPO's group-relative advantages. rewards [B, F] (F reward functions; NaN:
+ * no reward), weights [F]; B = n_groups * G, a group's G completions adjacent.
+ * A completion every function left NaN, or whose advantage is undefined
+ * (a group with fewer than two rewards when scaled), gets 0. work: 2 B doubles. */
+void group_advantages(float *advantages, const float *rewards, const float *weights, int B,
+                      int F, int G, scale_rewards_kind scale, reward_aggregation aggregation,
+                      double *work);
+
+/* RLOO's leave-one-out advantages (Ahmadian et al. 2024) as TRL 1.16's
+ * RLOOTrainer: weighted rewards, optionally clamped to [clip_low, clip_high]
+ * (clip != 0), minus beta * kl[i] (kl: per-sequence k1 KL, may be NULL),
+ * baseline = mean of the group's other scorable rewards, optionally
+ * normalised over the batch. work: B doubles. */
+void rloo_advantages(float *advantages, const float *rewards, const float *weights,
+                     const double *kl, int B, int F, int G, double beta, int clip,
+                     double clip_low, double clip_high, int normalize, double *work);
+
+/* out[i] = sum_t mask[i, t] (x[i, t] - y[i, t]), for i < B. */
+void masked_row_difference_sums(double *out, const float *x, const float *y, const float *mask,
+                                int B, int T);
+
+typedef enum {
+    GRPO_GRPO, GRPO_BNPO, GRPO_DR_GRPO, GRPO_DAPO, GRPO_CISPO, GRPO_SAPO, GRPO_LUSPO,
+    GRPO_VESPO, GRPO_N_LOSS_TYPES
+} grpo_loss_type;
+extern const char *const GRPO_LOSS_NAMES[GRPO_N_LOSS_TYPES];
+
+typedef enum { IS_TOKEN, IS_SEQUENCE, N_IMPORTANCE_SAMPLING_LEVELS } importance_sampling_level;
+extern const char *const IMPORTANCE_SAMPLING_LEVEL_NAMES[N_IMPORTANCE_SAMPLING_LEVELS];
+
+typedef struct {
+    grpo_loss_type loss_type;
+    importance_sampling_level level;
+    double epsilon_low, epsilon_high;
+    double delta;                     /* upper bound of the unclipped ratio; INFINITY: off */
+    double beta;                      /* weight of the k3 KL to the reference; 0: none */
+    int use_bias_correction_kl;       /* the KL term times the importance ratio */
+    double sapo_temperature_pos, sapo_temperature_neg;
+    double vespo_k_pos, vespo_lambda_pos, vespo_k_neg, vespo_lambda_neg;
+    double off_policy_mask_threshold; /* NAN: off */
+} grpo_params;
+
+/* What one row adds to the loss and the metrics. For the clip flags: token
+ * level, sum_t mask * flag_t; sequence level, the row's flag (0 or 1). */
+typedef struct {
+    double loss;   /* weight * sum_t mask_t * per_token_loss_t */
+    double tokens; /* sum_t mask_t */
+    double kl;     /* sum_t mask_t * kl_t (times the ratio when bias-corrected) */
+    double clip_low, clip_high, clip_region, cispo_clipped;
+    double phi;    /* VESPO's sequence weight */
+} grpo_row_stats;
+
+/* The factor each row's masked token sum is multiplied by, so that the rows'
+ * sum is TRL's loss for the loss type: grpo/sapo 1/(B max(row_tokens, 1)),
+ * bnpo 1/max(batch_tokens, 1), dr_grpo 1/(B max_completion_length), luspo 1/B
+ * -- each also / gradient_accumulation_steps -- and dapo/cispo/vespo
+ * 1/max(num_items_in_batch, 1). */
+double grpo_row_weight(const grpo_params *p, double row_tokens, double batch_tokens, int B,
+                       int max_completion_length, double num_items_in_batch,
+                       int gradient_accumulation_steps);
+
+/* One completion's part of the GRPO loss: the entry point for a fused
+ * log-prob kernel that has one row's token log-probs at hand. old_logps NULL:
+ * the current log-probs, detached (TRL's num_iterations == 1); ref_logps may
+ * be NULL when beta == 0; entropy_mask (0/1, TRL's top_entropy_quantile
+ * selection, multiplying the policy term only) may be NULL. Writes
+ * grad_logps[t] = d loss / d logps[t] (the whole batch loss, this row's
+ * tokens) and the row's stats; weight comes from grpo_row_weight. */
+void grpo_loss_row(float *grad_logps, grpo_row_stats *stats, const float *logps,
+                   const float *old_logps, const float *ref_logps, const float *mask,
+                   const float *entropy_mask, double advantage, double weight, int T,
+                   const grpo_params *p);
+
+/* The metrics TRL's GRPOTrainer logs from its loss (NAN where TRL logs none). */
+typedef struct {
+    double loss, kl, clip_low_mean, clip_low_min, clip_high_mean, clip_high_max,
+        clip_region_mean, cispo_clip_ratio, vespo_phi_seq_mean;
+} grpo_metrics;
+
+/* The batch: grad_logps [B, T], metrics, per-row scratch rows [B].
+ * num_items_in_batch <= 0 means the mask's sum. Returns CALIGN_OK, or
+ * CALIGN_ENONFINITE when the loss or a gradient overflows. */
+int grpo_loss(float *grad_logps, grpo_metrics *metrics, const float *logps,
+              const float *old_logps, const float *ref_logps, const float *advantages,
+              const float *mask, const float *entropy_mask, int B, int T, int max_completion_length,
+              double num_items_in_batch, int gradient_accumulation_steps, const grpo_params *p,
+              grpo_row_stats *rows);
+
+typedef struct {
+    double loss, clip_low_mean, clip_low_min, clip_high_mean, clip_high_max, clip_region_mean;
+} rloo_metrics;
+
+/* RLOO's clipped surrogate on sequence log-probs (TRL 1.16 RLOOTrainer):
+ * ratio_i = exp(sum_t mask logps - old_logps[i]) (old_logps [B] sequence sums,
+ * NULL: the current ones, detached), loss = mean_i -min(ratio A, clip(ratio) A).
+ * Returns CALIGN_OK or CALIGN_ENONFINITE. */
+int rloo_loss(float *grad_logps, rloo_metrics *metrics, const float *logps,
+              const float *old_logps, const float *advantages, const float *mask, int B, int T,
+              double epsilon_low, double epsilon_high);
+
+typedef enum { KL_K1, KL_K3, N_KL_ESTIMATORS } kl_estimator;
+extern const char *const KL_ESTIMATOR_NAMES[N_KL_ESTIMATORS];
+
+/* PPO's per-token rewards: rewards[i, t] = -kl_coef * kl_t * mask_t, with
+ * kl_t = logps - ref_logps (k1) or e^{ref - logps} - 1 - (ref - logps) (k3),
+ * plus scores[i] at t = score_index[i]; kl_sums[i] = sum_t mask kl_t. */
+void ppo_shape_rewards(float *rewards, double *kl_sums, const float *scores, const float *logps,
+                       const float *ref_logps, const float *mask, const int *score_index, int B,
+                       int T, double kl_coef, kl_estimator estimator);
+
+/* (x - mean) / sqrt(var + 1e-8) over the n entries where mask is 1 (var with
+ * Bessel's correction; + mean back when !shift_mean), 0 where it is 0.
+ * CALIGN_EINVAL when fewer than two entries are masked in. */
+int masked_whiten(float *out, const float *values, const float *mask, long n, int shift_mean);
+
+/* Generalised advantage estimation (Schulman et al. 2016) over each row,
+ * rewards and values taken as 0 where mask is 0: delta_t = r_t + gamma
+ * V_{t+1} - V_t, A_t = delta_t + gamma lam A_{t+1}; returns = A + V. */
+void gae(float *advantages, float *returns, const float *rewards, const float *values,
+         const float *mask, int B, int T, double gamma, double lam);
+
+typedef struct {
+    double loss, pg_loss, vf_loss, pg_clipfrac, vf_clipfrac, approxkl, ratio_mean;
+} ppo_metrics;
+
+/* PPO's clipped policy and value losses (TRL's PPOTrainer): pg over mask,
+ * value over value_mask; grads of loss = pg_loss + vf_coef vf_loss.
+ * Returns CALIGN_OK, CALIGN_EINVAL (a mask with no token) or CALIGN_ENONFINITE. */
+int ppo_losses(float *grad_logps, float *grad_values, ppo_metrics *metrics, const float *logps,
+               const float *old_logps, const float *values, const float *old_values,
+               const float *advantages, const float *returns, const float *mask,
+               const float *value_mask, int B, int T, double cliprange, double cliprange_value,
+               double vf_coef);
+
 #endif

@@ -1,7 +1,8 @@
 """Alignment losses on NumPy arrays: the same C code the trainers call.
 
-Every function takes one number per example (sequence log-probabilities or
-rewards), computes in double precision and returns a NamedTuple of float64
+The offline losses (DPO and its family, KTO, ORPO, CPO, reward models) take
+one number per example (sequence log-probabilities or rewards), compute in
+double precision and return a NamedTuple of float64
 arrays: the per-example losses (their mean is TRL's batch loss), the implicit
 rewards and, with ``return_grad=True``, the gradients
 
@@ -10,6 +11,10 @@ rewards and, with ``return_grad=True``, the gradients
 for each policy input x (for losses that couple examples, such as ``aot`` and
 ``sft``, this includes the cross terms). TRL 1.16's trainers are the
 specification of every formula; the C files cite the papers.
+
+The online RL functions (GRPO, RLOO, PPO; at the end of this module) take
+per-token [B, T] arrays and return a scalar loss with its float32 gradient
+with respect to the per-token log-probs.
 """
 
 from typing import NamedTuple, Optional
@@ -331,3 +336,425 @@ def listwise_dpo_loss(policy_logps, ref_logps, *, beta=0.1, return_grad=False):
     beta = _positive(beta, "beta")
     return ListwiseLossOutput(*_C.listwise_dpo_loss(policy_logps, ref_logps, beta=beta,
                                                     return_grad=bool(return_grad)))
+
+
+# ==== Online RL: GRPO, RLOO and PPO ==========================================================
+# Per-token inputs are [B, T] arrays (B completions of T tokens, padded), taken
+# as float32; masks are bool or 0/1 numbers (1: a completion token). The C
+# code accumulates in double and returns float32 arrays; the gradients are
+# those of the returned scalar loss, for the backward of a log-prob kernel.
+
+GRPO_LOSS_TYPES = tuple(_C_NAMES["grpo_loss_types"])
+IMPORTANCE_SAMPLING_LEVELS = tuple(_C_NAMES["importance_sampling_levels"])
+SCALE_REWARDS_KINDS = tuple(_C_NAMES["scale_rewards_kinds"])
+MULTI_OBJECTIVE_AGGREGATIONS = tuple(_C_NAMES["multi_objective_aggregations"])
+KL_ESTIMATORS = tuple(_C_NAMES["kl_estimators"])
+# Where shape_rewards adds the score: TRL's PPOTrainer puts it one position
+# past the last completion token (the last one when the row is full);
+# InstructGPT's description puts it on the last token.
+SCORE_POSITIONS = ("after_last_token", "last_token")
+
+
+class RLOOAdvantages(NamedTuple):
+    advantages: np.ndarray
+    kl: Optional[np.ndarray]  # per-sequence k1 KL folded into the rewards (beta != 0)
+    metrics: dict
+
+
+class GRPOLossOutput(NamedTuple):
+    loss: float
+    grad_logps: np.ndarray
+    metrics: dict
+
+
+class RLOOLossOutput(NamedTuple):
+    loss: float
+    grad_logps: np.ndarray
+    metrics: dict
+
+
+class ShapedRewards(NamedTuple):
+    rewards: np.ndarray
+    reward_mask: np.ndarray  # the completion mask plus the score's position
+    kl: np.ndarray           # per-sequence sum of the per-token KL estimate
+    metrics: dict
+
+
+class GAEOutput(NamedTuple):
+    advantages: np.ndarray
+    returns: np.ndarray
+
+
+class PPOLossOutput(NamedTuple):
+    loss: float
+    pg_loss: float
+    vf_loss: float
+    grad_logps: np.ndarray
+    grad_values: np.ndarray
+    metrics: dict
+
+
+def _float_array(name, value, ndim, allow_none=False):
+    """value as a C-contiguous float32 array of rank ndim (its values are
+    checked in C); None passes through when allow_none."""
+    if value is None and allow_none:
+        return None
+    arr = np.asarray(value)
+    checks.require(arr.dtype.kind == "f", name, arr.dtype, "a floating-point array")
+    checks.require(arr.ndim == ndim, name, arr.shape,
+                   f"{ndim}-dimensional" + (" [B, T]" if ndim == 2 else ""))
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _mask_array(name, value):
+    """A [B, T] mask of bools or 0/1 numbers as float32 (0/1 is checked in C)."""
+    arr = np.asarray(value)
+    checks.require(arr.dtype.kind in "bfiu", name, arr.dtype, "a bool or numeric mask")
+    checks.require(arr.ndim == 2, name, arr.shape, "2-dimensional [B, T]")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _rewards_matrix(rewards):
+    """Rewards [B] (one function) or [B, F] as float32 [B, F]."""
+    arr = np.asarray(rewards)
+    checks.require(arr.dtype.kind in "fiu", "rewards", arr.dtype,
+                   "a numeric array (NaN: no reward)")
+    checks.require(arr.ndim in (1, 2), "rewards", arr.shape, "[B] or [B, n_reward_functions]")
+    return np.ascontiguousarray(arr[:, None] if arr.ndim == 1 else arr, dtype=np.float32)
+
+
+def _reward_weights(reward_weights, n_functions):
+    if reward_weights is None:
+        return np.ones(n_functions, np.float32)
+    return _float_array("reward_weights", np.asarray(reward_weights, dtype=float), 1)
+
+
+def _scale_rewards(scale_rewards):
+    """TRL's bool spellings: True is "group", False is "none"."""
+    if isinstance(scale_rewards, (bool, np.bool_)):
+        return "group" if scale_rewards else "none"
+    return checks.choice("scale_rewards", scale_rewards, SCALE_REWARDS_KINDS)
+
+
+def group_advantages(rewards, num_generations, *, scale_rewards="group", reward_weights=None,
+                     multi_objective_aggregation="sum_then_normalize"):
+    """GRPO's group-relative advantages, as TRL 1.16's GRPOTrainer.
+
+    The B = n_prompts * G completions come in groups of G = num_generations
+    adjacent rows. With the weighted reward r_i = sum_j w_j r_ij (NaN terms
+    skipped; NaN if all are NaN: an unscorable completion):
+
+        A_i = (r_i - mean_group(r)) / (std + 1e-4)
+
+    std is the unbiased std of the group ("group", DeepSeekMath, Shao et al.
+    2024) or of the batch ("batch", PPO-Lite, arXiv 2508.08221); "none" skips
+    the division (Dr. GRPO, arXiv 2503.20783). Statistics skip NaN. With
+    multi_objective_aggregation="normalize_then_sum" (GDPO, arXiv 2601.05242)
+    each function's rewards are standardised within the group, summed with the
+    weights, and the sum standardised over the batch. Unscorable completions
+    and undefined statistics give 0, never NaN.
+
+    Args:
+        rewards: [B] or [B, F] rewards (F reward functions); NaN: no reward.
+        num_generations: G >= 2, dividing B.
+        scale_rewards: one of SCALE_REWARDS_KINDS, or True ("group") / False ("none").
+        reward_weights: [F] weights (default all 1).
+
+    Returns:
+        advantages: float32 [B].
+    """
+    rewards = _rewards_matrix(rewards)
+    return _C.group_advantages(
+        rewards, _reward_weights(reward_weights, rewards.shape[1]),
+        num_generations=checks.integer("num_generations", num_generations, 2, checks.C_INT_MAX),
+        scale_rewards=_scale_rewards(scale_rewards),
+        multi_objective_aggregation=checks.choice("multi_objective_aggregation",
+                                                  multi_objective_aggregation,
+                                                  MULTI_OBJECTIVE_AGGREGATIONS))
+
+
+def rloo_advantages(rewards, num_generations, *, beta=0.0, old_per_token_logps=None,
+                    ref_per_token_logps=None, completion_mask=None, reward_weights=None,
+                    reward_clip_range=None, normalize_advantages=False):
+    """RLOO's leave-one-out advantages (Ahmadian et al. 2024), as TRL 1.16's RLOOTrainer.
+
+    r_i = sum_j w_j r_ij, clamped to reward_clip_range if given, minus
+    beta * kl_i with kl_i = sum_t mask (old_logp - ref_logp) (first-order,
+    per sequence); then A_i = r_i - mean of the OTHER scorable rewards of the
+    group, and with normalize_advantages (A - mean) / (std + 1e-4) over the
+    batch. Unscorable completions (all rewards NaN) and a group's only
+    scorable one get 0.
+
+    Args:
+        rewards: [B] or [B, F] rewards; NaN: no reward.
+        num_generations: G >= 2, dividing B.
+        beta: the KL coefficient (TRL's RLOOConfig default is 0.05); when not
+            0, old_per_token_logps, ref_per_token_logps and completion_mask
+            ([B, T]) are required.
+        reward_clip_range: None or (low, high).
+
+    Returns:
+        RLOOAdvantages(advantages float32 [B], kl float64 [B] or None,
+        metrics {"kl": the masked token mean of old - ref} when beta != 0).
+    """
+    rewards = _rewards_matrix(rewards)
+    beta = checks.real("beta", beta)
+    if reward_clip_range is not None:
+        checks.require(isinstance(reward_clip_range, (tuple, list)) and len(reward_clip_range) == 2,
+                       "reward_clip_range", reward_clip_range, "None or a (low, high) pair")
+        low = checks.real("reward_clip_range[0]", reward_clip_range[0])
+        high = checks.real("reward_clip_range[1]", reward_clip_range[1], low)
+        reward_clip_range = (low, high)
+    mask = None if completion_mask is None else _mask_array("completion_mask", completion_mask)
+    advantages, kl = _C.rloo_advantages(
+        rewards, _reward_weights(reward_weights, rewards.shape[1]),
+        num_generations=checks.integer("num_generations", num_generations, 2, checks.C_INT_MAX),
+        beta=beta,
+        old_per_token_logps=_float_array("old_per_token_logps", old_per_token_logps, 2, True),
+        ref_per_token_logps=_float_array("ref_per_token_logps", ref_per_token_logps, 2, True),
+        completion_mask=mask, reward_clip_range=reward_clip_range,
+        normalize_advantages=checks.flag("normalize_advantages", normalize_advantages))
+    metrics = {} if kl is None else {"kl": float(kl.sum() / max(float(mask.sum()), 1.0))}
+    return RLOOAdvantages(advantages, kl, metrics)
+
+
+def grpo_loss(per_token_logps, advantages, completion_mask, *, old_per_token_logps=None,
+              ref_per_token_logps=None, entropy_mask=None, loss_type="dapo",
+              importance_sampling_level="token", epsilon=0.2, epsilon_high=None, delta=None,
+              beta=0.0, use_bias_correction_kl=True,
+              sapo_temperature_pos=1.0, sapo_temperature_neg=1.05, vespo_k_pos=2.0,
+              vespo_lambda_pos=3.0, vespo_k_neg=3.0, vespo_lambda_neg=2.0,
+              off_policy_mask_threshold=None, max_completion_length=None,
+              num_items_in_batch=None, gradient_accumulation_steps=1):
+    """GRPO's policy loss over a batch of completions, as TRL 1.16's GRPOTrainer._compute_loss.
+
+    With w_t = exp(logp_t - old_t) ("token") or, for the whole row,
+    exp(mean_t mask (logp - old)) ("sequence", GSPO, arXiv 2507.18071):
+
+        grpo, bnpo, dr_grpo, dapo, luspo:
+            l_t = -min(min(w, delta) A, clip(w, 1 - epsilon, 1 + epsilon_high) A)
+        cispo (MiniMax-M1): l_t = -sg(min(w, epsilon_high)) A logp_t
+        sapo (arXiv 2511.20347): l_t = -sigmoid(tau (w - 1)) 4 / tau A,
+            tau = sapo_temperature_pos if A > 0 else sapo_temperature_neg
+        vespo (arXiv 2602.10693): l_t = -sg(phi(W)) A logp_t, W the product of
+            the token ratios, phi(W) = e^lambda W^k e^(-lambda W)
+
+    plus beta * KL_t with the k3 estimate e^(ref - logp) - (ref - logp) - 1
+    (times w when use_bias_correction_kl, DeepSeek-V3.2). A completion with
+    A < 0 whose mean old - logp exceeds off_policy_mask_threshold loses its
+    policy term (DeepSeek-V3.2 eq. 9). The masked l_t are reduced per
+    loss_type: grpo/sapo, mean over rows of each row's token mean; bnpo, token
+    mean over the batch; dr_grpo, sum / (B max_completion_length); luspo, mean
+    over rows of each row's token sum; dapo/cispo/vespo, sum /
+    num_items_in_batch (TRL's normaliser: the tokens of the accumulated
+    batch; default the mask's sum). All but the last three are also divided by
+    gradient_accumulation_steps, as TRL does.
+
+    Args:
+        per_token_logps: [B, T] the current policy's token log-probs.
+        advantages: [B] one advantage per completion (group_advantages).
+        completion_mask: [B, T] bool or 0/1.
+        old_per_token_logps: [B, T] the sampling policy's, or None for the
+            current ones detached (TRL's num_iterations == 1).
+        ref_per_token_logps: [B, T], required when beta != 0.
+        entropy_mask: None or [B, T] bool/0-1, multiplying the policy term
+            (not the KL): TRL's top_entropy_quantile selection of the
+            high-entropy tokens (Wang et al. 2025, arXiv 2506.01939).
+        loss_type: one of GRPO_LOSS_TYPES (TRL's default "dapo").
+        importance_sampling_level: "token" or "sequence". TRL only warns about
+            luspo at token level, vespo at sequence level and bnpo/dr_grpo/
+            dapo/cispo at sequence level; so does nothing here: they compute.
+        epsilon, epsilon_high: the clip range (epsilon_high None: epsilon);
+            for cispo epsilon_high is the cap of the weight.
+        delta: None, or the upper bound of the unclipped ratio (INTELLECT-2).
+
+    Returns:
+        GRPOLossOutput(loss, grad_logps [B, T] = d loss / d per_token_logps,
+        metrics) with TRL's metric names: "kl" (beta != 0),
+        "clip_ratio/low_mean", "clip_ratio/low_min", "clip_ratio/high_mean",
+        "clip_ratio/high_max", "clip_ratio/region_mean" (clipped types),
+        "cispo_clip_ratio", "vespo/phi_seq_mean"; None where TRL logs none.
+    """
+    loss_type = checks.choice("loss_type", loss_type, GRPO_LOSS_TYPES)
+    epsilon = checks.real("epsilon", epsilon, 0.0)
+    epsilon_high = checks.real("epsilon_high", epsilon if epsilon_high is None else epsilon_high,
+                               0.0)
+    if loss_type == "dr_grpo":
+        checks.require(max_completion_length is not None, "max_completion_length",
+                       max_completion_length, "an integer >= 1 for loss_type 'dr_grpo' (its "
+                       "normaliser is B * max_completion_length)")
+    result = _C.grpo_loss(
+        _float_array("per_token_logps", per_token_logps, 2),
+        _float_array("old_per_token_logps", old_per_token_logps, 2, True),
+        _float_array("ref_per_token_logps", ref_per_token_logps, 2, True),
+        _float_array("advantages", advantages, 1),
+        _mask_array("completion_mask", completion_mask),
+        None if entropy_mask is None else _mask_array("entropy_mask", entropy_mask),
+        loss_type=loss_type,
+        importance_sampling_level=checks.choice("importance_sampling_level",
+                                                importance_sampling_level,
+                                                IMPORTANCE_SAMPLING_LEVELS),
+        epsilon=epsilon, epsilon_high=epsilon_high,
+        delta=checks.real("delta", delta, 0.0, open_low=True, allow_none=True),
+        beta=checks.real("beta", beta),
+        use_bias_correction_kl=checks.flag("use_bias_correction_kl", use_bias_correction_kl),
+        sapo_temperature_pos=_positive(sapo_temperature_pos, "sapo_temperature_pos"),
+        sapo_temperature_neg=_positive(sapo_temperature_neg, "sapo_temperature_neg"),
+        vespo_k_pos=_finite(vespo_k_pos, "vespo_k_pos"),
+        vespo_lambda_pos=_finite(vespo_lambda_pos, "vespo_lambda_pos"),
+        vespo_k_neg=_finite(vespo_k_neg, "vespo_k_neg"),
+        vespo_lambda_neg=_finite(vespo_lambda_neg, "vespo_lambda_neg"),
+        off_policy_mask_threshold=checks.real("off_policy_mask_threshold",
+                                              off_policy_mask_threshold, allow_none=True),
+        max_completion_length=0 if max_completion_length is None else checks.integer(
+            "max_completion_length", max_completion_length, 1, checks.C_INT_MAX),
+        num_items_in_batch=0.0 if num_items_in_batch is None else checks.real(
+            "num_items_in_batch", num_items_in_batch, 0.0, open_low=True),
+        gradient_accumulation_steps=checks.integer("gradient_accumulation_steps",
+                                                   gradient_accumulation_steps, 1,
+                                                   checks.C_INT_MAX))
+    return GRPOLossOutput(*result)
+
+
+def rloo_loss(per_token_logps, advantages, completion_mask, *, old_logps=None, epsilon=0.2,
+              epsilon_high=None):
+    """RLOO's policy loss, as TRL 1.16's RLOOTrainer._compute_loss.
+
+    One ratio per completion, r_i = exp(sum_t mask logp - old_logps[i]):
+    loss = mean_i -min(r_i A_i, clip(r_i, 1 - epsilon, 1 + epsilon_high) A_i).
+
+    Args:
+        per_token_logps: [B, T] the current policy's token log-probs.
+        advantages: [B] (rloo_advantages).
+        completion_mask: [B, T] bool or 0/1.
+        old_logps: [B] the sampling policy's SEQUENCE log-probs (masked sums),
+            or None for the current ones detached.
+
+    Returns:
+        RLOOLossOutput(loss, grad_logps [B, T], metrics) with TRL's
+        "clip_ratio/{low_mean,low_min,high_mean,high_max,region_mean}".
+    """
+    epsilon = checks.real("epsilon", epsilon, 0.0)
+    epsilon_high = checks.real("epsilon_high", epsilon if epsilon_high is None else epsilon_high,
+                               0.0)
+    return RLOOLossOutput(*_C.rloo_loss(
+        _float_array("per_token_logps", per_token_logps, 2),
+        _float_array("old_logps", old_logps, 1, True), _float_array("advantages", advantages, 1),
+        _mask_array("completion_mask", completion_mask), epsilon=epsilon,
+        epsilon_high=epsilon_high))
+
+
+def masked_whiten(values, mask, *, shift_mean=True):
+    """(x - mean) / sqrt(var + 1e-8) over the entries where mask is 1 (unbiased
+    variance; the mean added back when shift_mean is False), 0 elsewhere, as
+    TRL's masked_whiten followed by its zero fill. mask must select >= 2 values.
+
+    Returns:
+        float32 array of values' shape [B, T].
+    """
+    return _C.masked_whiten(_float_array("values", values, 2), _mask_array("mask", mask),
+                            shift_mean=checks.flag("shift_mean", shift_mean))
+
+
+def _score_index(mask, score_position):
+    """The token position of each row's score: after (or at) its last mask token."""
+    B, T = mask.shape
+    present = mask.any(axis=1)
+    last = np.where(present, T - 1 - np.argmax(mask[:, ::-1] != 0, axis=1), -1)
+    if score_position == "after_last_token":
+        return np.where(last + 1 < T, last + 1, last).astype(np.int64)
+    return np.maximum(last, 0).astype(np.int64)
+
+
+def shape_rewards(scores, per_token_logps, ref_per_token_logps, completion_mask, *,
+                  kl_coef=0.05, kl_estimator="k1", whiten_rewards=False,
+                  score_position="after_last_token"):
+    """PPO's per-token rewards (Ziegler et al. 2019; InstructGPT), as TRL's PPOTrainer.
+
+    rewards_t = -kl_coef * kl_t on completion tokens, with kl_t = logp - ref
+    ("k1") or e^(ref - logp) - 1 - (ref - logp) ("k3"); the reward model's
+    score is added at score_position: "after_last_token" (TRL: one past the
+    last completion token, or the last when the row is full; an empty row at
+    0) or "last_token". reward_mask is the completion mask plus that position:
+    the tokens that carry reward and value. whiten_rewards standardises the
+    rewards over reward_mask without removing the mean, as TRL.
+
+    Returns:
+        ShapedRewards(rewards float32 [B, T], reward_mask float32 [B, T],
+        kl float64 [B] (per-sequence sums), metrics) with TRL's
+        "objective/kl", "objective/non_score_reward", "objective/scores",
+        "objective/rlhf_reward".
+    """
+    mask = _mask_array("completion_mask", completion_mask)
+    logps = _float_array("per_token_logps", per_token_logps, 2)
+    checks.require(mask.shape == logps.shape, "completion_mask", mask.shape,
+                   f"of per_token_logps' shape {logps.shape}")
+    index = _score_index(mask, checks.choice("score_position", score_position, SCORE_POSITIONS))
+    scores = _float_array("scores", scores, 1)
+    rewards, kl = _C.ppo_shape_rewards(
+        scores, logps, _float_array("ref_per_token_logps", ref_per_token_logps, 2), mask, index,
+        kl_coef=checks.real("kl_coef", kl_coef),
+        kl_estimator=checks.choice("kl_estimator", kl_estimator, KL_ESTIMATORS))
+    reward_mask = mask.copy()
+    if mask.size:
+        reward_mask[np.arange(mask.shape[0]), index] = 1.0
+    if checks.flag("whiten_rewards", whiten_rewards):
+        rewards = masked_whiten(rewards, reward_mask, shift_mean=False)
+    mean_kl, mean_score = float(kl.mean()), float(scores.astype(np.float64).mean())
+    metrics = {"objective/kl": mean_kl, "objective/non_score_reward": -kl_coef * mean_kl,
+               "objective/scores": mean_score,
+               "objective/rlhf_reward": -kl_coef * mean_kl + mean_score}
+    return ShapedRewards(rewards, reward_mask, kl, metrics)
+
+
+def gae(rewards, values, mask, *, gamma=1.0, lam=0.95):
+    """Generalised advantage estimation (Schulman et al. 2016), as TRL's PPOTrainer.
+
+    Rewards and values count as 0 where mask is 0 (pass shape_rewards'
+    reward_mask); backwards over t: delta_t = r_t + gamma V_{t+1} - V_t,
+    A_t = delta_t + gamma lam A_{t+1}; returns = A + V. TRL then whitens the
+    advantages over the completion tokens: masked_whiten(A, completion_mask).
+
+    Returns:
+        GAEOutput(advantages float32 [B, T], returns float32 [B, T]).
+    """
+    return GAEOutput(*_C.gae(_float_array("rewards", rewards, 2),
+                             _float_array("values", values, 2), _mask_array("mask", mask),
+                             gamma=checks.real("gamma", gamma, 0.0, 1.0),
+                             lam=checks.real("lam", lam, 0.0, 1.0)))
+
+
+def ppo_losses(per_token_logps, old_per_token_logps, values, old_values, advantages, returns,
+               mask, *, value_mask=None, cliprange=0.2, cliprange_value=0.2, vf_coef=0.1):
+    """PPO's clipped policy and value losses (Schulman et al. 2017), as TRL's PPOTrainer.
+
+        r = exp(logp - old_logp)
+        pg_loss = masked_mean(max(-A r, -A clip(r, 1 - cliprange, 1 + cliprange)), mask)
+        v_clip = clip(v, old_v - cliprange_value, old_v + cliprange_value)
+        vf_loss = 0.5 masked_mean(max((v - R)^2, (v_clip - R)^2), value_mask)
+        loss = pg_loss + vf_coef vf_loss
+
+    Args:
+        per_token_logps, old_per_token_logps, values, old_values, advantages,
+            returns: [B, T].
+        mask: [B, T] the completion tokens; value_mask: those with a value
+            (TRL: one more than the completion, shape_rewards' reward_mask;
+            default mask).
+
+    Returns:
+        PPOLossOutput(loss, pg_loss, vf_loss, grad_logps, grad_values,
+        metrics) with TRL's "policy/approxkl_avg" (0.5 mean of the squared
+        log-ratio over all B * T positions), "policy/clipfrac_avg",
+        "loss/policy_avg", "loss/value_avg", "val/clipfrac_avg", "val/ratio"
+        (mean ratio over all positions, padding counting 1).
+    """
+    mask = _mask_array("mask", mask)
+    value_mask = mask if value_mask is None else _mask_array("value_mask", value_mask)
+    return PPOLossOutput(*_C.ppo_losses(
+        _float_array("per_token_logps", per_token_logps, 2),
+        _float_array("old_per_token_logps", old_per_token_logps, 2),
+        _float_array("values", values, 2), _float_array("old_values", old_values, 2),
+        _float_array("advantages", advantages, 2), _float_array("returns", returns, 2), mask,
+        value_mask, cliprange=checks.real("cliprange", cliprange, 0.0),
+        cliprange_value=checks.real("cliprange_value", cliprange_value, 0.0),
+        vf_coef=checks.real("vf_coef", vf_coef, 0.0)))
