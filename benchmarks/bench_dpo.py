@@ -23,7 +23,7 @@ import statistics
 import tempfile
 import time
 
-from common import ChildFailed, peak_rss_mib, run_child
+from common import ChildFailed, peak_rss_mib, run_child, write_word_preferences
 
 MODELS = {
     "gpt2-20M": dict(n_layer=6, n_embd=384, n_head=6),
@@ -35,34 +35,14 @@ PAIRS = 4
 
 
 def build(folder, model_name, n_records, prompt, completion):
-    import numpy as np
     import torch
     import transformers
-    from tokenizers import Tokenizer, models, pre_tokenizers
 
-    words = ["<pad>", "<eos>"] + [f"w{i}" for i in range(VOCAB - 2)]
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.add_special_tokens(["<pad>", "<eos>"])
-    backend.save(os.path.join(folder, "tokenizer.json"))
-    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
-        json.dump({"eos_token": "<eos>", "pad_token": "<pad>",
-                   "tokenizer_class": "PreTrainedTokenizerFast"}, f)
+    records = write_word_preferences(folder, VOCAB, n_records, prompt, completion)
     torch.manual_seed(0)
     config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=max(512, prompt + completion), pad_token_id=0,
                                      eos_token_id=1, bos_token_id=1, **MODELS[model_name])
     transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    rng = np.random.default_rng(0)
-
-    def text(n):
-        return " ".join(f"w{i}" for i in rng.integers(0, VOCAB - 2, n))
-
-    # completions get an EOS appended by both trainers: completion - 1 words
-    records = [{"prompt": text(prompt), "chosen": " " + text(completion - 1),
-                "rejected": " " + text(completion - 1)} for _ in range(n_records)]
-    with open(os.path.join(folder, "data.jsonl"), "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
     return records
 
 

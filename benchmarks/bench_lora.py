@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 
-from common import ChildFailed, peak_rss_mib
+from common import ChildFailed, peak_rss_mib, write_word_preferences
 
 SHAPE = dict(num_hidden_layers=24, hidden_size=896, num_attention_heads=14,
              num_key_value_heads=2, intermediate_size=4864, vocab_size=151936,
@@ -46,35 +46,14 @@ LORA = dict(r=16, lora_alpha=32, target_modules="all-linear")
 
 
 def build(folder, n_records, prompt, completion):
-    import numpy as np
     import torch
     import transformers
-    from tokenizers import Tokenizer, models, pre_tokenizers
 
-    vocab = SHAPE["vocab_size"]
-    words = ["<pad>", "<eos>"] + [f"w{i}" for i in range(vocab - 2)]
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.add_special_tokens(["<pad>", "<eos>"])
-    backend.save(os.path.join(folder, "tokenizer.json"))
-    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
-        json.dump({"eos_token": "<eos>", "pad_token": "<pad>",
-                   "tokenizer_class": "PreTrainedTokenizerFast"}, f)
+    write_word_preferences(folder, SHAPE["vocab_size"], n_records, prompt, completion)
     torch.manual_seed(0)
     config = transformers.Qwen2Config(pad_token_id=0, eos_token_id=1, bos_token_id=1, **SHAPE)
     model = transformers.AutoModelForCausalLM.from_config(config)
     model.to(torch.bfloat16).save_pretrained(folder)  # as published
-    rng = np.random.default_rng(0)
-
-    def text(n):
-        return " ".join(f"w{i}" for i in rng.integers(0, vocab - 2, n))
-
-    # completions get an EOS appended by both trainers: completion - 1 words
-    records = [{"prompt": text(prompt), "chosen": " " + text(completion - 1),
-                "rejected": " " + text(completion - 1)} for _ in range(n_records)]
-    with open(os.path.join(folder, "data.jsonl"), "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
 
 
 def settings(args, steps):

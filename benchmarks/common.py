@@ -53,3 +53,32 @@ def run_child(script, args, native_blas=False, **env):
     if out.returncode != 0:
         raise ChildFailed(out.stderr.strip() or "failed")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def write_word_preferences(folder, vocab, n_records, prompt, completion):
+    """A word-level tokenizer of `vocab` entries (<pad> = 0, <eos> = 1, w0,
+    w1, ...) and data.jsonl with n_records random preference records of
+    `prompt` words and completions of `completion` tokens (completion - 1 words
+    and the EOS both trainers append), seeded. Returns the records."""
+    import numpy as np
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ["<pad>", "<eos>"] + [f"w{i}" for i in range(vocab - 2)]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.add_special_tokens(["<pad>", "<eos>"])
+    backend.save(os.path.join(folder, "tokenizer.json"))
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump({"eos_token": "<eos>", "pad_token": "<pad>",
+                   "tokenizer_class": "PreTrainedTokenizerFast"}, f)
+    rng = np.random.default_rng(0)
+
+    def text(n):
+        return " ".join(f"w{i}" for i in rng.integers(0, vocab - 2, n))
+
+    records = [{"prompt": text(prompt), "chosen": " " + text(completion - 1),
+                "rejected": " " + text(completion - 1)} for _ in range(n_records)]
+    with open(os.path.join(folder, "data.jsonl"), "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    return records

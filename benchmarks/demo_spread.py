@@ -17,7 +17,7 @@ import json
 import statistics
 import tempfile
 
-from common import run_child
+from common import ChildFailed, run_child
 
 
 def child(args):
@@ -34,6 +34,9 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--method", default="dpo", choices=["dpo", "kto", "orpo", "simpo"])
+    parser.add_argument("--kernels", nargs="+", choices=["as-set", "native"],
+                        default=["as-set", "native"],
+                        help="OpenBLAS's kernel as the environment sets it, or its own choice")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -43,11 +46,16 @@ def main():
     method = args.method
     rows = []
     print(f"{'kernel':>10} {'threads':>7} {'seed':>5} {'base':>6} {'SFT':>6} {method.upper():>6}")
-    for native in (False, True):
+    for kernel in args.kernels:
         for threads in args.threads:
             for seed in args.seeds:
-                r = run_child(__file__, ["--child", "--seed", seed, "--method", method],
-                              native_blas=native, OMP_NUM_THREADS=str(threads))
+                try:
+                    r = run_child(__file__, ["--child", "--seed", seed, "--method", method],
+                                  native_blas=kernel == "native", OMP_NUM_THREADS=str(threads),
+                                  TQDM_DISABLE="1")
+                except ChildFailed as failure:
+                    raise SystemExit(f"seed {seed}, {threads} threads, kernel {kernel} failed:\n"
+                                     f"{str(failure)[-2000:]}")
                 rows.append(r)
                 print(f"{r['kernel']:>10} {threads:>7} {seed:>5} {r['base']:6.1%} {r['sft']:6.1%} "
                       f"{r[method]:6.1%}", flush=True)
