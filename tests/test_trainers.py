@@ -867,3 +867,17 @@ def test_steps_allocate_no_workspace_once_sized(llama_dir, tmp_path, checkpointi
     trainer.train()
     assert len(seen) == 6 and min(seen[0]) >= 1
     assert seen[3:] == [seen[2]] * 3, seen
+
+
+def test_functional_dpo_defaults_are_the_configs():
+    """calign.losses.dpo_loss and DPOConfig share one set of defaults (TRL's)."""
+    import inspect
+
+    config = calign.DPOConfig(output_dir="unused")
+    for function in (calign.losses.dpo_settings, calign.losses.dpo_loss):
+        for name, parameter in inspect.signature(function).parameters.items():
+            if parameter.default is not inspect.Parameter.empty and hasattr(config, name):
+                value = getattr(config, name)
+                if name == "loss_type":  # the config keeps a list of loss types
+                    value, = value
+                assert parameter.default == value, (function.__name__, name)

@@ -128,7 +128,7 @@ def _logps_vector(values, name):
 
 
 def dpo_settings(*, beta=0.1, loss_type="sigmoid", loss_weights=None, label_smoothing=0.0,
-                 f_divergence_type="reverse_kl", f_alpha_divergence_coef=1.0, discopop_tau=0.05,
+                 f_divergence_type="reverse_kl", f_alpha_divergence_coef=0.5, discopop_tau=0.05,
                  bco_reward_shift=0.0, scpo_alpha=1.0):
     """The checked settings of dpo_loss as the C library takes them (a dict
     whose keys are _C.describe()["dpo_settings"]), for the trainer's fused
@@ -171,7 +171,7 @@ def dpo_settings(*, beta=0.1, loss_type="sigmoid", loss_weights=None, label_smoo
 
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
              *, beta=0.1, loss_type="sigmoid", loss_weights=None, label_smoothing=0.0,
-             f_divergence_type="reverse_kl", f_alpha_divergence_coef=1.0, discopop_tau=0.05,
+             f_divergence_type="reverse_kl", f_alpha_divergence_coef=0.5, discopop_tau=0.05,
              chosen_lengths=None, rejected_lengths=None, weights=None, bco_reward_shift=0.0,
              scpo_alpha=1.0, return_grad=False):
     """DPO and its variants, per example, as TRL 1.16's DPOTrainer.
