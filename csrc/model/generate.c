@@ -176,6 +176,20 @@ static int sample_token(const float *logits, int V, const generate_settings *s, 
     return work[kept - 1].index;
 }
 
+/* log softmax(logits / temperature)[token] over the whole vocabulary (no
+ * filter, no penalty): the token's log-prob as a training forward at that
+ * temperature scores it. scratch: 2V floats. */
+static float token_logprob(const float *logits, int V, float temperature, int token,
+                           float *scratch) {
+    float *scaled = scratch, *weight = scratch + V;
+    for (int v = 0; v < V; v++) scaled[v] = logits[v] / temperature;
+    const float top = scaled[argmax(scaled, V)];
+    unnormalised_probabilities(weight, scaled, top, V);
+    double total = 0.0;
+    for (int v = 0; v < V; v++) total += weight[v];
+    return (float)((double)scaled[token] - top - log(total));
+}
+
 /* The tokens a sequence holds so far, one bit each, for the repetition penalty. */
 static long seen_words(int V) { return (V + 63) / 64; }
 
@@ -200,10 +214,11 @@ static int is_eos(int token, const generate_settings *s) {
 
 /* Every buffer of one model_generate call, carved from the model's workspace:
  * the KV cache, the hidden states and logits, each thread's sampling
- * scratch, the tokens each sequence holds (with a repetition penalty), and
- * the packed batch of each step. */
+ * scratch (3V for sample_token, V for a row's penalised copy), the tokens
+ * each sequence holds (with a repetition penalty), the drawn tokens'
+ * log-probs of a step, and the packed batch of each step. */
 typedef struct {
-    float *k, *v, *scores, *hidden, *last_hidden, *logits, *sample_buffer;
+    float *k, *v, *scores, *hidden, *last_hidden, *logits, *sample_buffer, *step_logprobs;
     scored_token *work;
     int32_t *next_token, *tokens, *positions, *branch, *starts, *run_slot, *active,
         *next_position;
@@ -222,7 +237,8 @@ static void plan_generate_buffers(generate_buffers *g, bump *b, const model *m, 
     g->last_hidden = bump_take(b, sizeof(float) * slots * d);
     g->logits = bump_take(b, sizeof(float) * slots * V);
     g->work = bump_take(b, sizeof(scored_token) * 2 * V * threads);
-    g->sample_buffer = bump_take(b, sizeof(float) * 3 * V * threads);
+    g->sample_buffer = bump_take(b, sizeof(float) * 4 * V * threads);
+    g->step_logprobs = bump_take(b, sizeof(float) * slots);
     g->next_token = bump_take(b, sizeof(int32_t) * slots);
     g->tokens = bump_take(b, sizeof(int32_t) * T);
     g->positions = bump_take(b, sizeof(int32_t) * T);
@@ -237,7 +253,7 @@ static void plan_generate_buffers(generate_buffers *g, bump *b, const model *m, 
 
 int model_generate(model *m, const float *params, const float *lora, const int32_t *prompt_tokens,
                    const int32_t *prompt_start, int n_prompts, const generate_settings *s,
-                   int32_t *out_tokens, int32_t *out_lengths, char *err) {
+                   int32_t *out_tokens, int32_t *out_lengths, float *out_logprobs, char *err) {
     const model_config *c = model_get_config(m);
     const int R = s->num_return_sequences, n_slots = n_prompts * R, V = c->vocab, d = c->d_model;
     int longest_prompt = 0;
@@ -329,13 +345,21 @@ int model_generate(model *m, const float *params, const float *lora, const int32
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
         for (int a = 0; a < n_active; a++) {
             int me = omp_get_thread_num();
-            float *row = logits + (long)a * V;
-            if (penalised && all_finite(row, V))
-                penalise_repetitions(row, g.seen + active[a] * seen_words(V), V,
+            float *scratch = g.sample_buffer + (size_t)me * 4 * V;
+            const float *row = logits + (long)a * V, *draw = row;
+            if (penalised && all_finite(row, V)) { /* the row itself stays as the model gave it */
+                float *copy = scratch + 3 * V;
+                memcpy(copy, row, sizeof(float) * V);
+                penalise_repetitions(copy, g.seen + active[a] * seen_words(V), V,
                                      s->repetition_penalty);
-            next_token[a] = sample_token(row, V, s, &rng[active[a]],
-                                         g.work + (size_t)me * 2 * V,
-                                         g.sample_buffer + (size_t)me * 3 * V);
+                draw = copy;
+            }
+            next_token[a] = sample_token(draw, V, s, &rng[active[a]],
+                                         g.work + (size_t)me * 2 * V, scratch);
+            if (out_logprobs && next_token[a] >= 0) {
+                g.step_logprobs[a] = token_logprob(row, V, s->temperature, next_token[a], scratch);
+                if (!isfinite(g.step_logprobs[a])) next_token[a] = TEMPERATURE_OVERFLOW;
+            }
         }
         for (int a = 0; a < n_active; a++)
             if (next_token[a] < 0) {
@@ -345,14 +369,18 @@ int model_generate(model *m, const float *params, const float *lora, const int32
                     return CALIGN_ENONFINITE;
                 }
                 snprintf(err, CALIGN_ERR_LEN, "the logits at new token %d divided by the "
-                         "temperature %g overflow float32: use a larger temperature, or greedy "
-                         "decoding (do_sample=False)", step + 1, (double)s->temperature);
+                         "temperature %g overflow float32: use a larger temperature%s", step + 1,
+                         (double)s->temperature,
+                         s->do_sample ? ", or greedy decoding (do_sample=False)" : "");
                 return CALIGN_EINVAL;
             }
         int still = 0;
         for (int a = 0; a < n_active; a++) {
             int slot = active[a];
             int token = next_token[a];
+            if (out_logprobs)
+                out_logprobs[(long)slot * s->max_new_tokens + out_lengths[slot]] =
+                    g.step_logprobs[a];
             out_tokens[(long)slot * s->max_new_tokens + out_lengths[slot]++] = token;
             if (penalised) mark_seen(g.seen + slot * seen_words(V), token);
             if (is_eos(token, s) || step + 1 == s->max_new_tokens) continue;

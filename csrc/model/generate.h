@@ -23,7 +23,10 @@ typedef struct {
 /* Prompt i is prompt_tokens[prompt_start[i] .. prompt_start[i+1]); sample r
  * of prompt i is written to out_tokens[(i * R + r) * max_new_tokens ...] with
  * its length in out_lengths[i * R + r] (it stops after an eos token, which is
- * included).
+ * included). out_logprobs (NULL: not wanted), laid out as out_tokens, gets
+ * each drawn token's log softmax(logits / temperature) over the whole
+ * vocabulary, before any filter or repetition penalty: the log-prob a
+ * training forward at that temperature gives it (RL's sampling policy).
  * lora: the adapter vector (NULL: the base model alone). Its buffers (the KV
  * cache among them) come from the model's workspace.
  * Returns CALIGN_OK, or with a message in err (CALIGN_ERR_LEN bytes)
@@ -31,6 +34,6 @@ typedef struct {
  * CALIGN_EINVAL when logits / temperature overflow float32. */
 int model_generate(model *m, const float *params, const float *lora, const int32_t *prompt_tokens,
                    const int32_t *prompt_start, int n_prompts, const generate_settings *s,
-                   int32_t *out_tokens, int32_t *out_lengths, char *err);
+                   int32_t *out_tokens, int32_t *out_lengths, float *out_logprobs, char *err);
 
 #endif

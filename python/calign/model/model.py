@@ -508,7 +508,7 @@ class Model:
     @exclusive
     def generate(self, input_ids, *, max_new_tokens=None, do_sample=None, temperature=None,
                  top_k=None, top_p=None, repetition_penalty=None, eos_token_id=None,
-                 num_return_sequences=1, seed=None):
+                 num_return_sequences=1, seed=None, return_logprobs=False):
         """New tokens for each prompt, with a KV cache, in one call into C.
 
         A setting left None comes from the checkpoint's generation_config.json
@@ -532,10 +532,17 @@ class Model:
             num_return_sequences: samples per prompt; the prompt is computed
                 once and its cache shared.
             seed: samples are a function of (seed, prompt index, sample index).
+            return_logprobs: also return each new token's log-probability
+                under the model at this temperature, over the whole vocabulary
+                (log_softmax(logits / temperature), before top-k, top-p and the
+                repetition penalty): what a training forward at that
+                temperature gives it, as RL's old-policy log-probs.
 
         Returns:
             A list of token-id lists; prompt i's samples are at
             i * num_return_sequences ... (i + 1) * num_return_sequences - 1.
+            With return_logprobs, (that list, a list of float32 arrays of the
+            same lengths).
         """
         settings, label = generation.resolve(dict(
             max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
@@ -576,13 +583,17 @@ class Model:
         if seed is None:
             seed = np.random.SeedSequence().entropy % 2**64
         starts = np.concatenate([[0], np.cumsum([r.size for r in rows])])
-        tokens, lengths = _C.model_generate(
+        tokens, lengths, logprobs = _C.model_generate(
             self._handle, self._engine_params, np.concatenate(rows), starts,
             max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
             top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
             eos_token_ids=np.asarray(eos, np.int64), num_return_sequences=num_return_sequences,
-            seed=seed, adapters=self._active_adapters())
-        return [tokens[i, :lengths[i]].tolist() for i in range(tokens.shape[0])]
+            seed=seed, adapters=self._active_adapters(),
+            return_logprobs=checks.flag("return_logprobs", return_logprobs))
+        sequences = [tokens[i, :lengths[i]].tolist() for i in range(tokens.shape[0])]
+        if logprobs is None:
+            return sequences
+        return sequences, [logprobs[i, :lengths[i]].copy() for i in range(tokens.shape[0])]
 
 
 def _embedding_name(config):
