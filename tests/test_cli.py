@@ -115,13 +115,30 @@ def test_train_from_a_trl_recipe(workspace, tmp_path):
     assert out.returncode == 0, out.stderr
     warnings = [line for line in out.stderr.splitlines() if "warning" in line]
     assert len(warnings) == 1, out.stderr
-    assert "dataset_train_split, torch_dtype, attn_implementation, lora_r" in warnings[0]
+    assert "dataset_train_split, torch_dtype, attn_implementation" in warnings[0]
+    assert "lora_r" not in warnings[0]  # read, and without use_peft changes nothing, as in TRL
     assert len((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()) == 2
     assert not [n for n in (tmp_path / "out").iterdir() if n.name.startswith("checkpoint")]
+    assert (tmp_path / "out" / "final" / "model.safetensors").is_file()
 
-    recipe.write_text(recipe.read_text().replace("use_peft: false", "use_peft: true"))
-    refused = run("train", "dpo", "--config", recipe)
-    assert refused.returncode == 2 and "use_peft must be false" in refused.stderr
+    # use_peft: a LoRA adapter with the recipe's settings and TRL's ModelConfig
+    # defaults for the rest (lora_alpha 32, lora_dropout 0.05, which TRL's DPO
+    # trainer switches off as calign never applies it)
+    recipe.write_text(recipe.read_text().replace("use_peft: false", "use_peft: true").replace(
+        "lora_r: 16", "lora_r: 4\nlora_target_modules: all-linear"))
+    lora = run("train", "dpo", "--config", recipe, "--output_dir", tmp_path / "lora")
+    assert lora.returncode == 0, lora.stderr
+    saved = json.loads((tmp_path / "lora" / "final" / "adapter_config.json").read_text())
+    assert (saved["r"], saved["lora_alpha"], saved["lora_dropout"]) == (4, 32, 0.05)
+    assert not (tmp_path / "lora" / "final" / "model.safetensors").exists()
+    with_parameters = tmp_path / "parameters.yaml"
+    with_parameters.write_text(recipe.read_text() + "lora_target_parameters: [mlp.experts]\n")
+    refused = run("train", "dpo", "--config", with_parameters)
+    assert refused.returncode == 2 and "lora_target_parameters must be null" in refused.stderr
+    sft_recipe = tmp_path / "sft.yaml"  # TRL's SFTTrainer keeps LoRA's dropout: refused
+    sft_recipe.write_text(recipe.read_text().replace("beta: 0.5\n", ""))
+    sft = run("train", "sft", "--config", sft_recipe)
+    assert sft.returncode == 2 and "lora_dropout must be 0 for SFTTrainer" in sft.stderr
     hub = tmp_path / "hub.yaml"
     hub.write_text("model_name_or_path: Qwen/Qwen2-0.5B\ndataset_name: trl-lib/ultrafeedback\n")
     missing = run("train", "dpo", "--config", hub, "--model", workspace / "model")

@@ -53,14 +53,16 @@ def test_logits_match_peft_on_calign_saved_adapters(family, tmp_path):
 
 def test_peft_trained_adapters_load_into_calign(family, tmp_path):
     """An adapter PEFT initialised (randomly, init_lora_weights=False) and
-    saved loads into calign and gives PEFT's logits; PEFT's default targets."""
+    saved loads into calign and gives PEFT's logits; PEFT's default targets,
+    and the dropout TRL's scripts give adapters (0.05: no effect at inference)."""
     name, path = family
     torch.manual_seed(3)
     reference = peft.get_peft_model(hf_model(path), peft.LoraConfig(
-        r=3, lora_alpha=5, init_lora_weights=False)).eval()
+        r=3, lora_alpha=5, lora_dropout=0.05, init_lora_weights=False)).eval()
     reference.save_pretrained(tmp_path / "peft")
     model = calign.Model.from_pretrained(str(path))
     model.load_adapter(tmp_path / "peft")
+    assert model.adapters.config.lora_dropout == 0.05
     ids = ids_batch(model.vocab_size, seed=2)
     np.testing.assert_allclose(model.logits(ids),
                                reference(torch.tensor(ids)).logits.detach().numpy(), atol=1e-4)
@@ -160,7 +162,7 @@ def test_adapter_files_are_peft_s(tiny_model, tmp_path):
 
 @pytest.mark.parametrize("config, match", [
     (dict(r=0), r"r must be an integer in \[1, 65536\]"),
-    (dict(lora_dropout=0.1), "lora_dropout must be 0"),
+    (dict(lora_dropout=1.5), r"lora_dropout must be a finite number in \[0, 1\]"),
     (dict(bias="all"), "bias must be 'none'"),
     (dict(use_dora=True), "use_dora must be False"),
     (dict(target_modules=["q_proj", "wq"]), r"target_modules names \['wq'\]"),

@@ -161,6 +161,15 @@ def test_orpo_cpo_and_sft_take_peft_config(llama_dir, tmp_path):
         trainer.train()
         np.testing.assert_array_equal(model.params, base)
         assert np.abs(model.adapters.params).max() > 0
+    sft = [{"input_ids": p["prompt_input_ids"] + p["chosen_input_ids"]} for p in data]
+    with pytest.raises(ValueError, match="lora_dropout must be 0 for SFTTrainer"):
+        calign.SFTTrainer(llama_dir, args=calign.SFTConfig(output_dir=str(tmp_path / "sft")),
+                          train_dataset=sft, peft_config=LoraConfig(lora_dropout=0.05, **LORA))
+    trainer = calign.SFTTrainer(llama_dir, args=calign.SFTConfig(
+        output_dir=str(tmp_path / "sft"), **dict(COMMON, max_steps=2)), train_dataset=sft,
+        peft_config=LoraConfig(**LORA))
+    trainer.train()
+    assert np.abs(trainer.model.adapters.params).max() > 0
     with pytest.raises(ValueError, match="peft_config must be None for a reward model"):
         calign.RewardTrainer(llama_dir, args=calign.RewardConfig(output_dir=str(tmp_path)),
                              train_dataset=data, peft_config=LoraConfig())
@@ -168,7 +177,10 @@ def test_orpo_cpo_and_sft_take_peft_config(llama_dir, tmp_path):
 
 def test_trl_with_peft_logs_the_same_metrics(tiny_model, tiny_tokenizer, tmp_path):
     """TRL's DPOTrainer with a PEFT LoraConfig and calign's with a LoraConfig
-    on the same data: the logged metrics of 3 steps agree to 1e-4."""
+    on the same data: the logged metrics of 3 steps agree to 1e-4. The
+    adapter has TRL's scripts' lora_dropout 0.05, which TRL's
+    disable_dropout=True switches off and calign never applies: with dropout
+    acting, TRL's metrics would not be these."""
     import datasets
     import trl
 
@@ -188,7 +200,8 @@ def test_trl_with_peft_logs_the_same_metrics(tiny_model, tiny_tokenizer, tmp_pat
                            save_strategy="no", seed=0, bf16=False, **settings),
         train_dataset=datasets.Dataset.from_list(data),
         processing_class=transformers.AutoTokenizer.from_pretrained(path),
-        peft_config=peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+        peft_config=peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.05,
+                                    target_modules="all-linear"))
     trl_trainer.model.save_pretrained(tmp_path / "trl_initial")  # B = 0: the base
     trl_trainer.train()
     theirs = [h for h in trl_trainer.state.log_history if "loss" in h]

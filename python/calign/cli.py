@@ -104,19 +104,25 @@ def command_info_model(args):
 TRL_SCRIPT_USED = ("model_name_or_path", "dataset_name")
 # Only False: what they ask for calign cannot do.
 TRL_SCRIPT_REFUSED = {
-    "use_peft": "LoRA training is not supported yet",
     "load_in_8bit": "quantized training is not supported",
     "load_in_4bit": "quantized training is not supported",
 }
+# TRL's ModelConfig LoRA settings (and their defaults there), which become the
+# trainer's peft_config when use_peft is true, as TRL's get_peft_config does
+TRL_SCRIPT_LORA = {
+    "lora_r": ("r", 16), "lora_alpha": ("lora_alpha", 32), "lora_dropout": ("lora_dropout", 0.05),
+    "lora_target_modules": ("target_modules", None), "lora_modules_to_save": (
+        "modules_to_save", None), "lora_task_type": ("task_type", "CAUSAL_LM"),
+    "use_rslora": ("use_rslora", False), "use_dora": ("use_dora", False),
+}
 # Ignored, named in one warning: calign loads local folders and files as float32
-# with its own kernels (a dataset split, a revision, an attention kernel, LoRA
-# settings without use_peft change nothing).
+# with its own kernels (a dataset split, a revision, an attention kernel change
+# nothing).
 TRL_SCRIPT_IGNORED = (
     "dataset_config", "dataset_train_split", "dataset_test_split", "dataset_streaming",
     "ignore_bias_buffers", "model_revision", "dtype", "torch_dtype", "attn_implementation",
-    "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_parameters",
-    "lora_modules_to_save", "lora_task_type", "use_rslora", "use_dora", "bnb_4bit_quant_type",
-    "use_bnb_nested_quant", "bnb_4bit_quant_storage", "streaming", "test_split_size")
+    "bnb_4bit_quant_type", "use_bnb_nested_quant", "bnb_4bit_quant_storage", "streaming",
+    "test_split_size")
 
 
 def read_config_file(path):
@@ -146,6 +152,7 @@ def split_script_settings(values, path):
         value = values.pop(key, False)
         if value not in (False, None):
             raise UsageError(f"{key} must be false in {path} ({reason}), got {value!r}")
+    used["peft_config"] = lora_from_script(values, path)
     if values.pop("datasets", None):
         raise UsageError(f"datasets (a dataset mixture) in {path} is not supported: give one "
                          "local file as dataset_name or --dataset")
@@ -157,6 +164,24 @@ def split_script_settings(values, path):
               f"(calign loads local files, in float32, with its own kernels): "
               f"{', '.join(ignored)}", file=sys.stderr)
     return used
+
+
+def lora_from_script(values, path):
+    """The calign.LoraConfig a recipe's use_peft and lora_* settings ask for
+    (TRL's ModelConfig defaults for the ones it leaves out), or None without
+    use_peft (its lora_* settings then change nothing, as in TRL)."""
+    use_peft = values.pop("use_peft", False)
+    if use_peft not in (True, False, None):
+        raise UsageError(f"use_peft must be true or false in {path}, got {use_peft!r}")
+    target_parameters = values.pop("lora_target_parameters", None)
+    settings = {name: values.pop(key, default) for key, (name, default) in TRL_SCRIPT_LORA.items()}
+    if not use_peft:
+        return None
+    if target_parameters is not None:
+        raise UsageError(f"lora_target_parameters must be null in {path} (LoRA on parameters "
+                         f"rather than modules is not supported), got {target_parameters!r}")
+    with inputs_checked():
+        return calign.LoraConfig(**settings)
 
 
 def parse_number(kind, text):
@@ -269,6 +294,8 @@ def command_train(args, field_tokens):
                       os.path.join(model, "tokenizer.json")) else None))
     if args.method in WITH_REFERENCE and args.ref_model:
         kwargs["ref_model"] = args.ref_model
+    if script.get("peft_config") is not None:
+        kwargs["peft_config"] = script["peft_config"]
     with inputs_checked():
         trainer = getattr(calign, trainer_name)(model, **kwargs)
     trainer.train(resume_from_checkpoint=args.resume or None)

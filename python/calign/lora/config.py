@@ -19,8 +19,14 @@ class LoraConfig:
         Llama and Qwen, c_attn for GPT-2).
     init_lora_weights: True (PEFT's default: A Kaiming-uniform, B zero, so the
         adapted model starts equal to the base) or False (both random).
-    lora_dropout, bias, use_dora, modules_to_save and the rest of PEFT's
-    options calign does not implement are refused unless at their default.
+    lora_dropout: recorded (adapter_config.json keeps it) but never applied:
+        calign has no dropout. TRL's preference and reward trainers train as
+        if it were 0 too (their disable_dropout=True, the default and
+        calign's only value, zeroes the adapters' dropout as well), and
+        inference never uses it; SFTTrainer, whose TRL counterpart keeps it,
+        refuses a value above 0.
+    bias, use_dora, modules_to_save and the rest of PEFT's options calign
+    does not implement are refused unless at their default.
     """
 
     r: int = field(default=8, metadata={"help": "Rank of the update B A."})
@@ -28,7 +34,7 @@ class LoraConfig:
     target_modules: object = field(default=None, metadata={
         "help": "Module names, a regex, 'all-linear', or None (PEFT's per-model default)."})
     lora_dropout: float = field(default=0.0, metadata={
-        "help": "Dropout on the adapter's input; calign has no dropout: 0 only."})
+        "help": "Dropout on the adapter's input: recorded, never applied (see above)."})
     bias: str = field(default="none", metadata={"help": "'none' only (no bias is trained)."})
     fan_in_fan_out: bool = field(default=False, metadata={
         "help": "Conv1D weights (GPT-2); set for GPT-2 whatever is given, as PEFT does."})
@@ -51,8 +57,6 @@ class LoraConfig:
         self.r = checks.integer("r", self.r, 1, 2**16)
         self.lora_alpha = checks.real("lora_alpha", self.lora_alpha, 0.0, open_low=True)
         self.lora_dropout = checks.real("lora_dropout", self.lora_dropout, 0.0, 1.0)
-        checks.require(self.lora_dropout == 0.0, "lora_dropout", self.lora_dropout,
-                       "0 (calign trains without dropout, as TRL's disable_dropout default)")
         checks.require(self.bias == "none", "bias", self.bias, "'none' (calign trains no bias)")
         for name in ("fan_in_fan_out", "use_rslora", "init_lora_weights", "use_dora",
                      "inference_mode"):

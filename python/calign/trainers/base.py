@@ -81,6 +81,8 @@ class BaseTrainer:
     _window_size and _micro_step."""
 
     config_class = None
+    # TRL's counterpart sets dropout to 0 after adding adapters (disable_dropout=True)
+    disables_dropout = True
 
     def __init__(self, model, args=None, train_dataset=None, eval_dataset=None,
                  processing_class=None, peft_config=None):
@@ -110,6 +112,12 @@ class BaseTrainer:
             checks.require(not self.continues_adapter, "peft_config", peft_config,
                            "None when the model already has adapters (they are what trains)")
             self.model.add_adapter(peft_config, seed=args.seed)
+        if self.model.adapters is not None and not self.disables_dropout:
+            dropout = self.model.adapters.config.lora_dropout
+            checks.require(dropout == 0.0, "lora_dropout", dropout,
+                           f"0 for {type(self).__name__}: TRL's trains with the adapters' dropout, "
+                           "which calign does not implement (its preference and reward trainers "
+                           "switch it off, as TRL's disable_dropout=True does)")
         self.model.gradient_checkpointing = args.gradient_checkpointing
         self.train_examples = self._examples(train_dataset, "train_dataset")
         self.eval_examples = (self._examples(eval_dataset, "eval_dataset")

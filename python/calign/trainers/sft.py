@@ -18,6 +18,7 @@ class SFTTrainer(BaseTrainer):
     """Supervised fine-tuning configured by SFTConfig (TRL's names)."""
 
     config_class = SFTConfig
+    disables_dropout = False  # TRL's SFTTrainer has no disable_dropout: LoRA's dropout acts
 
     def _prepare_examples(self, source, name):
         field = self.args.dataset_text_field
