@@ -8,6 +8,8 @@ import shutil
 
 import numpy as np
 
+from calign.files import read_json_object, read_text
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 SPECIAL_TOKEN_FIELDS = ("bos_token", "eos_token", "pad_token")
 # transformers' named special tokens (SPECIAL_TOKENS_ATTRIBUTES): each is special
@@ -74,25 +76,6 @@ def _chat_templates(value):
                      f"of {{'name': ..., 'template': ...}} objects, got {value!r:.200}")
 
 
-def _read_text(file):
-    try:
-        with open(file, encoding="utf-8") as f:
-            return f.read()
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{file!r} is not UTF-8 text: {exc}") from None
-
-
-def _read_json_object(file):
-    text = _read_text(file)
-    try:
-        content = json.loads(text)
-    except ValueError as exc:  # JSONDecodeError, or an integer of over 4300 digits
-        raise ValueError(f"{file!r} is not valid JSON: {exc}") from None
-    if not isinstance(content, dict):
-        raise ValueError(f"{file!r} must hold a JSON object, got {json.dumps(content):.100}")
-    return content
-
-
 def _template_files(path):
     """{name: template} of the template files transformers reads, which take
     priority over tokenizer_config.json's: chat_template.jinja ("default") and
@@ -100,12 +83,12 @@ def _template_files(path):
     templates = {}
     default = os.path.join(path, CHAT_TEMPLATE_FILE)
     if os.path.isfile(default):
-        templates["default"] = _read_text(default)
+        templates["default"] = read_text(default)
     folder = os.path.join(path, CHAT_TEMPLATE_DIR)
     if os.path.isdir(folder):
         for name in sorted(os.listdir(folder)):
             if name.endswith(".jinja"):
-                templates[name[:-len(".jinja")]] = _read_text(os.path.join(folder, name))
+                templates[name[:-len(".jinja")]] = read_text(os.path.join(folder, name))
     return templates
 
 
@@ -147,12 +130,12 @@ class Tokenizer:
         except Exception as exc:  # the tokenizers library raises its own exception types
             raise ValueError(f"cannot read {file!r}: {exc}") from None
         config_file = os.path.join(path, "tokenizer_config.json")
-        config = _read_json_object(config_file) if os.path.isfile(config_file) else {}
+        config = read_json_object(config_file) if os.path.isfile(config_file) else {}
         # transformers' legacy path: without added_tokens_decoder, the special
         # tokens of special_tokens_map.json replace tokenizer_config.json's
         map_file = os.path.join(path, "special_tokens_map.json")
         if "added_tokens_decoder" not in config and os.path.isfile(map_file):
-            special = _read_json_object(map_file)
+            special = read_json_object(map_file)
             for key in NAMED_SPECIAL_TOKENS:
                 if key in special:
                     _token_content(key, special[key], where=repr(map_file))

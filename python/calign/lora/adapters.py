@@ -7,6 +7,7 @@ import tempfile
 
 import numpy as np
 
+from calign.files import read_json_object
 from calign.lora.config import LoraConfig
 
 CONFIG_NAME = "adapter_config.json"
@@ -119,13 +120,7 @@ def read_adapter_config(path):
     file = os.path.join(path, CONFIG_NAME)
     if not os.path.isfile(file):
         raise FileNotFoundError(f"no {CONFIG_NAME} in {os.fspath(path)!r}: not a PEFT adapter")
-    try:
-        with open(file, encoding="utf-8") as f:
-            saved = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{file} is not valid JSON: {error}") from None
-    if not isinstance(saved, dict):
-        raise ValueError(f"{file} must hold a JSON object")
+    saved = read_json_object(file)
     if saved.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"{file}: peft_type {saved.get('peft_type')!r} is not LORA")
     fields = LoraConfig.__dataclass_fields__

@@ -1,10 +1,10 @@
 """A checkpoint's generation settings (generation_config.json) and how
 Model.generate resolves its arguments against them, as transformers does."""
 
-import json
 import os
 
 from calign import checks
+from calign.files import read_json_object
 
 GENERATION_CONFIG_NAME = "generation_config.json"
 
@@ -23,16 +23,7 @@ def read_generation_config(path):
     """The JSON object in `path`/generation_config.json, or None when there is
     none; a file that is not a JSON object raises ValueError naming it."""
     file = os.path.join(path, GENERATION_CONFIG_NAME)
-    if not os.path.isfile(file):
-        return None
-    try:
-        with open(file, encoding="utf-8") as f:
-            config = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{file} is not valid JSON: {error}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{file} must hold a JSON object, not {type(config).__name__}")
-    return config
+    return read_json_object(file) if os.path.isfile(file) else None
 
 
 def eos_token_ids(name, value):
