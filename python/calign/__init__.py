@@ -10,14 +10,15 @@ from calign._info import build_info
 from calign.lora import LoraConfig
 from calign.model import Model, PackedBatch, RewardModel, pack_shared_prefix
 from calign.tokenizer import Tokenizer
-from calign.trainers import (CPOConfig, CPOTrainer, DPOConfig, DPOTrainer, KTOConfig, KTOTrainer,
-                             OnlineDPOConfig, OnlineDPOTrainer, ORPOConfig, ORPOTrainer,
-                             RewardConfig, RewardTrainer, SFTConfig, SFTTrainer)
+from calign.trainers import (CPOConfig, CPOTrainer, DPOConfig, DPOTrainer, GRPOConfig,
+                             GRPOTrainer, KTOConfig, KTOTrainer, OnlineDPOConfig,
+                             OnlineDPOTrainer, ORPOConfig, ORPOTrainer, RewardConfig,
+                             RewardTrainer, RLOOConfig, RLOOTrainer, SFTConfig, SFTTrainer)
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "CPOConfig", "CPOTrainer", "DPOConfig", "DPOTrainer", "KTOConfig",
-           "KTOTrainer", "LoraConfig", "OnlineDPOConfig", "OnlineDPOTrainer", "ORPOConfig", "ORPOTrainer",
-           "RewardConfig", "RewardModel", "RewardTrainer", "SFTConfig", "SFTTrainer", "Tokenizer",
+__all__ = ["__version__", "CPOConfig", "CPOTrainer", "DPOConfig", "DPOTrainer", "GRPOConfig",
+           "GRPOTrainer", "KTOConfig", "KTOTrainer", "LoraConfig", "OnlineDPOConfig", "OnlineDPOTrainer", "ORPOConfig", "ORPOTrainer",
+           "RewardConfig", "RewardModel", "RewardTrainer", "RLOOConfig", "RLOOTrainer", "SFTConfig", "SFTTrainer", "Tokenizer",
            "Model", "PackedBatch", "build_info", "get_num_threads", "lora", "losses", "ops", "optim",
            "pack_shared_prefix", "selfimprove", "set_num_threads", "wordalign"]

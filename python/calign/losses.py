@@ -429,7 +429,7 @@ def _reward_weights(reward_weights, n_functions):
     return _float_array("reward_weights", np.asarray(reward_weights, dtype=float), 1)
 
 
-def _scale_rewards(scale_rewards):
+def scale_rewards_kind(scale_rewards):
     """TRL's bool spellings: True is "group", False is "none"."""
     if isinstance(scale_rewards, (bool, np.bool_)):
         return "group" if scale_rewards else "none"
@@ -467,10 +467,20 @@ def group_advantages(rewards, num_generations, *, scale_rewards="group", reward_
     return _C.group_advantages(
         rewards, _reward_weights(reward_weights, rewards.shape[1]),
         num_generations=checks.integer("num_generations", num_generations, 2, checks.C_INT_MAX),
-        scale_rewards=_scale_rewards(scale_rewards),
+        scale_rewards=scale_rewards_kind(scale_rewards),
         multi_objective_aggregation=checks.choice("multi_objective_aggregation",
                                                   multi_objective_aggregation,
                                                   MULTI_OBJECTIVE_AGGREGATIONS))
+
+
+def reward_clip(reward_clip_range):
+    """RLOO's reward_clip_range checked: None, or a (low, high) pair of reals."""
+    if reward_clip_range is None:
+        return None
+    checks.require(isinstance(reward_clip_range, (tuple, list)) and len(reward_clip_range) == 2,
+                   "reward_clip_range", reward_clip_range, "None or a (low, high) pair")
+    low = checks.real("reward_clip_range[0]", reward_clip_range[0])
+    return low, checks.real("reward_clip_range[1]", reward_clip_range[1], low)
 
 
 def rloo_advantages(rewards, num_generations, *, beta=0.0, old_per_token_logps=None,
@@ -499,12 +509,7 @@ def rloo_advantages(rewards, num_generations, *, beta=0.0, old_per_token_logps=N
     """
     rewards = _rewards_matrix(rewards)
     beta = checks.real("beta", beta)
-    if reward_clip_range is not None:
-        checks.require(isinstance(reward_clip_range, (tuple, list)) and len(reward_clip_range) == 2,
-                       "reward_clip_range", reward_clip_range, "None or a (low, high) pair")
-        low = checks.real("reward_clip_range[0]", reward_clip_range[0])
-        high = checks.real("reward_clip_range[1]", reward_clip_range[1], low)
-        reward_clip_range = (low, high)
+    reward_clip_range = reward_clip(reward_clip_range)
     mask = None if completion_mask is None else _mask_array("completion_mask", completion_mask)
     advantages, kl = _C.rloo_advantages(
         rewards, _reward_weights(reward_weights, rewards.shape[1]),

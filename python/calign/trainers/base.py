@@ -54,7 +54,7 @@ class TrainerState:
         self.best_model_checkpoint = d.get("best_model_checkpoint")
 
 
-def _accumulate(sums, counts, metrics):
+def accumulate(sums, counts, metrics):
     """Running sums of micro-batch metrics; a metric absent from a micro-batch
     (say, no desirable example in KTO) is not counted for it."""
     for k, v in metrics.items():
@@ -288,7 +288,7 @@ class BaseTrainer:
             for examples in micro_batches:
                 metrics, tokens = self._micro_step(examples, normaliser, train=True)
                 self.state.num_tokens += tokens
-                _accumulate(sums, counts, metrics)
+                accumulate(sums, counts, metrics)
             grad_norm = (clip_grad_norm(self.model, a.max_grad_norm) if a.max_grad_norm > 0
                          else _C.grad_norm(self.model.train_grads))
             if not math.isfinite(grad_norm):  # clip_grad_norm raises too; this covers no clipping
@@ -378,7 +378,7 @@ class BaseTrainer:
         for i in range(0, len(examples), bs):
             batch = examples[i:i + bs]
             metrics, _ = self._micro_step(batch, self._window_size(batch), train=False)
-            _accumulate(sums, counts, metrics)
+            accumulate(sums, counts, metrics)
         result = {f"eval_{k}": v / counts[k] for k, v in sums.items()}
         self._log(result, None)
         return result

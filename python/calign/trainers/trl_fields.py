@@ -125,6 +125,26 @@ TRL_IGNORED = {
     "vllm_group_port": (51216, NO_VLLM),
     "vllm_tensor_parallel_size": (1, NO_VLLM),
     "vllm_enable_sleep_mode": (False, NO_VLLM),
+    # GRPO, RLOO
+    "cast_lm_head_to_fp32": (False, "calign computes the lm_head in float32 already"),
+    "vllm_max_model_length": (None, NO_VLLM),
+    "vllm_importance_sampling_correction": (True, NO_VLLM),
+    "vllm_importance_sampling_mode": ("sequence_mask", NO_VLLM),
+    "vllm_importance_sampling_clip_max": (3.0, NO_VLLM),
+    "vllm_importance_sampling_clip_min": (None, NO_VLLM),
+    "vllm_importance_sampling_cap": (None, NO_VLLM),
+    "use_transformers_continuous_batching": (False, "calign samples with its own C sampler"),
+    "transformers_continuous_batching_config": (None, "calign samples with its own C sampler"),
+    "use_transformers_paged": (False, "calign samples with its own C sampler"),
+    "max_tool_calling_iterations": (None, "calign's trainers take no tools"),
+    "log_multimodal": (True, "calign trains on text only"),
+    "num_completions_to_print": (None, "used only with log_completions, which calign refuses"),
+    "log_unique_prompts": (False, "used only with log_completions, which calign refuses"),
+    "log_completions_hub_repo": (None, NO_HUB),
+    "entropy_coef_min": (0.0, "used only with use_adaptive_entropy, which calign refuses"),
+    "entropy_coef_max": (1.0, "used only with use_adaptive_entropy, which calign refuses"),
+    "entropy_coef_delta": (0.005, "used only with use_adaptive_entropy, which calign refuses"),
+    "entropy_target": (0.2, "used only with use_adaptive_entropy, which calign refuses"),
 }
 IGNORED = {**TRAINING_ARGUMENTS_IGNORED, **TRL_IGNORED}
 
@@ -170,6 +190,10 @@ TRL_REFUSED = {
     "generation_kwargs": (None, (None,), "calign's sampler takes the named fields "
                                          "(temperature, top_k, top_p, repetition_penalty)"),
     "min_p": (None, (None,), f"min-p sampling {NOT_YET}"),
+    "log_completions": (False, (False,), f"logging a table of completions {NOT_YET}; the "
+                                         "trainer's last_rollout holds them"),
+    "entropy_coef": (0.0, (0.0,), f"an entropy bonus {NOT_YET}"),
+    "use_adaptive_entropy": (False, (False,), f"an entropy bonus {NOT_YET}"),
 }
 REFUSED = {**TRAINING_ARGUMENTS_REFUSED, **TRL_REFUSED}
 
@@ -183,11 +207,18 @@ def _matches(value, accepted):
     return type(value) is type(accepted) and value == accepted
 
 
+def implemented(config_class):
+    """The names a config implements although another config ignores or
+    refuses them (GRPO's reward_weights, shuffle_dataset, disable_dropout)."""
+    return frozenset(getattr(config_class, "implemented_trl_fields", ()))
+
+
 def check_refused(config):
     """ValueError naming the field, for a REFUSED field of `config` at a value
     calign cannot honour."""
+    own = implemented(type(config))
     for f in dataclasses.fields(config):
-        if f.name in REFUSED:
+        if f.name in REFUSED and f.name not in own:
             _, allowed, reason = REFUSED[f.name]
             value = getattr(config, f.name)
             if not any(_matches(value, a) for a in allowed):
@@ -202,13 +233,16 @@ def _field(name, default, help_text):
     return name, kind, dataclasses.field(default=default, metadata={"help": help_text})
 
 
-def part(class_name, names):
+def part(class_name, names, defaults=None):
     """A dataclass holding the IGNORED and REFUSED fields `names` at TRL's
-    defaults, to be mixed into a config."""
+    defaults (`defaults` {name: value}: where this config's TRL default differs
+    from the table's), to be mixed into a config."""
     specs = []
+    defaults = defaults or {}
     for name in names:
         if name in IGNORED:
             default, reason = IGNORED[name]
+            default = defaults.get(name, default)
             specs.append(_field(name, default, f"Ignored: {reason}."))
         else:
             default, allowed, reason = REFUSED[name]

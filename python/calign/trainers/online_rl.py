@@ -1,0 +1,293 @@
+"""What GRPOTrainer and RLOOTrainer share: TRL 1.16's generation scheme
+(sample a generation batch, score it with the reward functions, train on it
+in slices, num_iterations times), the reference model when beta != 0, the
+packed forward of a slice, and TRL's metrics.
+
+Optimizer step s takes micro-steps s * gradient_accumulation_steps + j. In
+an epoch, micro-step p belongs to generation round p // (num_iterations *
+steps_per_generation) and uses slice p % steps_per_generation of that
+round's batch; a round samples generation_batch_size / num_generations
+prompts of the epoch's (seeded) order, whole rounds only, as TRL's
+RepeatSampler."""
+
+import os
+
+import numpy as np
+
+from calign import checks
+from calign.data.prompts import prepare_prompts
+from calign.model import Model
+from calign.model.packing import pack_shared_prefix
+from calign.trainers import rollouts
+from calign.trainers.base import BaseTrainer, accumulate
+from calign.trainers.rewards import RewardFunctions
+
+
+def _seed(*parts):
+    """A 63-bit seed from integers (the sampler's seed of a round)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0]
+               >> np.uint64(1))
+
+
+class PackedRows:
+    """Rows of a rollout packed for the engine, the G completions of a prompt
+    sharing its prefix; `order` is the rows in score order."""
+
+    def __init__(self, rollout, rows):
+        groups = {}
+        for r in rows:
+            groups.setdefault(id(rollout.examples[r]), []).append(r)
+        self.order = [r for g in groups.values() for r in g]
+        self.batch = pack_shared_prefix([
+            (rollout.examples[g[0]].prompt_ids, [rollout.completion_ids[r] for r in g])
+            for g in groups.values()])
+        self.lengths = [len(rollout.completion_ids[r]) for r in self.order]
+        self.splits = np.cumsum(self.lengths)[:-1]
+
+    def per_row(self, scores):
+        """{row: its scores} from scores in score order."""
+        return dict(zip(self.order, np.split(np.asarray(scores), self.splits)))
+
+    def flatten(self, matrix, index_of):
+        """Scores in score order from a [B, T] matrix whose row index_of[r] is row r."""
+        return np.concatenate([matrix[index_of[r], :n] for r, n in zip(self.order, self.lengths)])
+
+
+class OnlineRLTrainer(BaseTrainer):
+    """Subclasses set config_class and give _advantages and _policy_loss."""
+
+    def __init__(self, model, reward_funcs=None, args=None, train_dataset=None,
+                 eval_dataset=None, processing_class=None, reward_processing_classes=None,
+                 peft_config=None):
+        super().__init__(model, args=args, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=processing_class,
+                         peft_config=peft_config)
+        a = self.args
+        self.reward_functions = RewardFunctions(reward_funcs, a.reward_weights,
+                                                reward_processing_classes, self.processing_class)
+        self.eos_ids = self._eos_ids()
+        self.ref_model = None
+        if a.beta != 0.0:
+            checks.require(not (a.sync_ref_model and self.model.adapters is not None),
+                           "sync_ref_model", a.sync_ref_model, "False for a LoRA run (its "
+                           "reference is the base model)")
+            self.ref_model = self._default_reference()
+        self.prompts_per_round = a.generation_batch_size // a.num_generations
+        if len(self.train_examples) < self.prompts_per_round:
+            raise ValueError(f"train_dataset has {len(self.train_examples)} prompts, fewer than "
+                             f"a generation batch needs (generation_batch_size "
+                             f"{a.generation_batch_size} / num_generations {a.num_generations} "
+                             f"= {self.prompts_per_round})")
+        self._round_key = None
+        self._round = None        # the Rollout being trained on
+        self._slices = None       # its rows, split into steps_per_generation micro-batches
+        self.last_rollout = None  # the latest generation batch, for inspection
+
+    @property
+    def disables_dropout(self):
+        return self.args.disable_dropout
+
+    # ---- the data ------------------------------------------------------------------
+
+    def _prepare_examples(self, source, name):
+        a = self.args
+        room = None if a.max_length is None else a.max_length - a.max_completion_length
+        return prepare_prompts(source, self.processing_class, name=name,
+                               chat_template_kwargs=a.chat_template_kwargs, max_prompt_tokens=room)
+
+    def _check_fits(self, examples, name):
+        """Each prompt plus max_completion_length must fit the model's
+        positions, and its tokens its vocabulary."""
+        room = self.args.max_completion_length
+        limit, vocab = self.model.max_positions, self.model.vocab_size
+        for e in examples:
+            if len(e.prompt_ids) + room > limit:
+                raise ValueError(f"{name} record {e.index}: the prompt ({len(e.prompt_ids)} "
+                                 f"tokens) plus max_completion_length ({room}) exceeds the "
+                                 f"model's maximum positions ({limit}): set max_length (longer "
+                                 "prompts keep their end) or a smaller max_completion_length")
+            if max(e.prompt_ids) >= vocab:
+                raise ValueError(f"{name} record {e.index}: the prompt holds token id "
+                                 f"{max(e.prompt_ids)}, outside the model's vocabulary "
+                                 f"[0, {vocab})")
+
+    def _eos_ids(self):
+        """TRL's stop tokens: the tokenizer's EOS, then the generation config's."""
+        configured = (self.model.generation_config or {}).get("eos_token_id")
+        ids = [] if configured is None else (
+            [configured] if isinstance(configured, int) else list(configured))
+        eos = self.processing_class.eos_token_id
+        if eos is not None and eos not in ids:
+            ids = [eos] + ids
+        return ids
+
+    # ---- the micro-step scheme -------------------------------------------------------
+
+    def _micro_steps_per_round(self):
+        return self.args.num_iterations * self.args.steps_per_generation
+
+    def _micro_batches_per_epoch(self):
+        rounds = len(self.train_examples) // self.prompts_per_round
+        return rounds * self._micro_steps_per_round()
+
+    def _window(self, step):
+        accum = self.args.gradient_accumulation_steps
+        return [[step * accum + j] for j in range(accum)]
+
+    def _window_size(self, examples):
+        return 1  # the losses normalise themselves, as TRL's
+
+    # ---- generation batches ----------------------------------------------------------
+
+    def _train_round(self, micro_step):
+        """(rollout, its rows for this micro-step, metrics to log once, tokens)."""
+        a = self.args
+        epoch, position = divmod(micro_step, self._micro_batches_per_epoch())
+        round_index = position // self._micro_steps_per_round()
+        fresh, tokens = {}, 0
+        if self._round_key != (epoch, round_index):
+            n = len(self.train_examples)
+            order = (np.random.default_rng([a.seed, epoch]).permutation(n)
+                     if a.shuffle_dataset else np.arange(n))
+            start = round_index * self.prompts_per_round
+            chosen = [self.train_examples[i] for i in order[start:start + self.prompts_per_round]]
+            self._round, fresh = self._rollout(chosen, a.num_generations,
+                                               _seed(a.seed, epoch, round_index))
+            # TRL shuffles the generation batch before splitting it into micro-batches
+            rows = np.random.default_rng([a.seed, epoch, round_index]).permutation(
+                len(self._round.completion_ids))
+            self._slices = np.array_split(rows, a.steps_per_generation)
+            self._round_key = (epoch, round_index)
+            tokens = sum(len(e.prompt_ids) for e in self._round.examples) + \
+                sum(len(c) for c in self._round.completion_ids)
+        rows = self._slices[position % a.steps_per_generation]
+        return self._round, sorted(rows.tolist()), fresh, tokens
+
+    def _rollout(self, examples, G, seed):
+        """Samples, scores and computes the advantages of a generation batch;
+        returns (rollout, metrics of it)."""
+        a = self.args
+        rollout = rollouts.sample(self.model, examples, G, a, self.eos_ids, seed)
+        rollout.trained = ~rollout.truncated if a.mask_truncated_completions else \
+            np.ones(len(rollout.truncated), bool)
+        rollout.completions = rollouts.decode_completions(rollout, self.processing_class)
+        logged = {}
+
+        def log_metric(name, value):
+            logged.setdefault(name, []).append(float(value))
+
+        def log_extra(column, values):
+            rollout.extra_logs.setdefault(column, []).extend(values)
+
+        rollout.rewards = self.reward_functions(
+            [e.prompt for e in rollout.examples], rollout.completions, rollout.completion_ids,
+            rollouts.reward_columns(rollout.examples), trainer_state=self.state,
+            log_extra=log_extra, log_metric=log_metric)
+        if self.ref_model is not None:
+            rollout.ref_logps = self._logps(self.ref_model, rollout)
+        rollout.advantages, std_rewards, metrics = self._advantages(rollout, G)
+        metrics.update(rollouts.completion_metrics(rollout))
+        metrics.update(rollouts.reward_metrics(rollout, self.reward_functions.names,
+                                               self.reward_functions.weights, std_rewards))
+        metrics.update({k: float(np.mean(v)) for k, v in logged.items()})
+        self.last_rollout = rollout
+        return rollout, metrics
+
+    def _logps(self, model, rollout):
+        """[N] float32 arrays: each completion's token log-probs under `model`
+        (no activations kept), per_device_train_batch_size completions a pass."""
+        out = [None] * len(rollout.completion_ids)
+        step = self.args.per_device_train_batch_size
+        for start in range(0, len(out), step):
+            packed = PackedRows(rollout, range(start, min(len(out), start + step)))
+            hidden = model.forward_packed(packed.batch, train=False)
+            scores = model.packed_scores(hidden, packed.batch, self.args.temperature)
+            for r, values in packed.per_row(scores).items():
+                out[r] = values.astype(np.float32)
+        return out
+
+    # ---- one micro-batch -----------------------------------------------------------
+
+    def _micro_step(self, batch, normaliser, train):
+        if train:
+            rollout, rows, metrics, tokens = self._train_round(batch[0])
+        else:  # an evaluation batch: its prompts, sampled afresh
+            a = self.args
+            rollout, metrics = self._rollout(batch, a.eval_generations,
+                                             _seed(a.seed, 2**32, self.state.global_step,
+                                                   batch[0].index))
+            rows, tokens = list(range(len(rollout.completion_ids))), 0
+        metrics.update(self._train_rows(rollout, rows, train))
+        return metrics, tokens
+
+    def _train_rows(self, rollout, rows, train):
+        """Forward of the rows that count, the loss on all rows, and with train
+        its backward; returns the micro-batch's metrics."""
+        a = self.args
+        index_of = {r: i for i, r in enumerate(rows)}
+        width = max(len(rollout.completion_ids[r]) for r in rows)
+        trained = [r for r in rows if rollout.trained[r]]
+        logps = np.zeros((len(rows), width), np.float32)
+        entropies = np.zeros((len(rows), width), np.float32)
+        mask = rollouts.padded([np.full(len(rollout.completion_ids[r]), rollout.trained[r],
+                                        np.float32) for r in rows], width)
+        packed = hidden = None
+        if trained:
+            packed = PackedRows(rollout, trained)
+            hidden = self.model.forward_packed(packed.batch, train=train)
+            scores, stats = self.model.packed_scores(hidden, packed.batch, a.temperature,
+                                                     return_stats=True)
+            for r, values in packed.per_row(scores).items():
+                logps[index_of[r], :len(values)] = values
+            for r, values in packed.per_row(stats["entropy"]).items():
+                entropies[index_of[r], :len(values)] = values
+        result, metrics = self._policy_loss(rollout, rows, logps, entropies, mask, train)
+        if train and trained:
+            grad = packed.flatten(result.grad_logps, index_of).astype(np.float64)
+            d_hidden, _ = self.model.score_backward(hidden, packed.batch, grad, a.temperature)
+            self.model.backward_packed(packed.batch, d_hidden)
+        metrics["entropy"] = float((entropies * mask).sum() / max(float(mask.sum()), 1.0))
+        return metrics
+
+    def _advantages(self, rollout, G):
+        """(advantages [N], the std TRL tests for zero per row, metrics)."""
+        raise NotImplementedError
+
+    def _policy_loss(self, rollout, rows, logps, entropies, mask, train):
+        """(the loss output with grad_logps [B, T], metrics) of rows."""
+        raise NotImplementedError
+
+    # ---- evaluation ------------------------------------------------------------------
+
+    def evaluate(self, eval_dataset=None):
+        """TRL's evaluation: per_device_eval_batch_size / num_generations_eval
+        prompts a batch, sampled afresh, scored and their loss computed."""
+        examples = (self._examples(eval_dataset, "eval_dataset")
+                    if eval_dataset is not None else self.eval_examples)
+        if not examples:
+            raise ValueError("no eval_dataset to evaluate on")
+        per_batch = max(1, self.args.per_device_eval_batch_size // self.args.eval_generations)
+        sums, counts = {}, {}
+        for i in range(0, len(examples), per_batch):
+            metrics, _ = self._micro_step(examples[i:i + per_batch], 1, train=False)
+            accumulate(sums, counts, metrics)
+        result = {f"eval_{k}": v / counts[k] for k, v in sums.items()}
+        self._log(result, None)
+        return result
+
+    # ---- the reference's sync (TR-DPO), saved with checkpoints -------------------------
+
+    def _after_optimizer_step(self):
+        a = self.args
+        if a.sync_ref_model and self.state.global_step % a.ref_model_sync_steps == 0:
+            self.ref_model.params *= 1.0 - a.ref_model_mixup_alpha
+            self.ref_model.params += a.ref_model_mixup_alpha * self.model.params
+
+    def _save_extra_files(self, folder):
+        if self.args.sync_ref_model:
+            self.ref_model.save_pretrained(os.path.join(folder, "ref_model"), dtype="float32")
+
+    def _load_extra_state(self, state, path):
+        if self.args.sync_ref_model:
+            self.ref_model.params[...] = Model.from_pretrained(
+                os.path.join(path, "ref_model")).params

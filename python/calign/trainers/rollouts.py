@@ -1,0 +1,122 @@
+"""A generation batch of the online RL trainers: prompts sampled G times
+each by the C sampler (the prompt prefilled once for its G samples), with
+the sampled tokens' log-probs under the sampling policy, truncation flags,
+the completion texts and the reward matrix; and the metrics TRL logs of
+them."""
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from calign.data.tokenize import is_conversational
+
+
+@dataclass
+class Rollout:
+    """Row i is completion i: prompt examples[i] (a prompt's G completions
+    are adjacent rows)."""
+    examples: list               # [N] PromptExample of each row
+    completion_ids: list         # [N] lists of token ids (the EOS kept)
+    sampling_logps: list         # [N] float32 arrays: log-probs under the sampling policy
+    truncated: np.ndarray        # [N] bool: no EOS before max_completion_length
+    completions: list = None     # [N] text (or [{"role": "assistant", ...}]) given to rewards
+    rewards: np.ndarray = None   # [N, F] float32, NaN: no reward
+    advantages: np.ndarray = None  # [N] float32
+    ref_logps: list = None       # [N] float32 arrays under the reference (beta != 0)
+    trained: np.ndarray = None   # [N] bool: the rows that count in the loss
+    extra_logs: dict = field(default_factory=dict)  # what reward functions log_extra
+
+    @property
+    def num_items(self):
+        """Completion tokens that count in the loss: TRL's num_items_in_batch."""
+        return int(sum(len(c) for c, t in zip(self.completion_ids, self.trained) if t))
+
+
+def sample(model, examples, G, args, eos_ids, seed):
+    """A Rollout of `examples` (each sampled G times) with the config's
+    temperature, top_k, top_p and repetition_penalty."""
+    sequences, logps = model.generate(
+        [e.prompt_ids for e in examples], max_new_tokens=args.max_completion_length,
+        do_sample=True, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty, eos_token_id=list(eos_ids),
+        num_return_sequences=G, seed=seed, return_logprobs=True)
+    stops = set(eos_ids)
+    truncated = np.array([len(s) == 0 or s[-1] not in stops for s in sequences])
+    rows = [e for e in examples for _ in range(G)]
+    return Rollout(rows, sequences, logps, truncated)
+
+
+def decode_completions(rollout, tokenizer):
+    """TRL's completions: decoded without special tokens; for conversational
+    prompts, one assistant message."""
+    texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in rollout.completion_ids]
+    if is_conversational(rollout.examples[0].prompt):
+        return [[{"role": "assistant", "content": t}] for t in texts]
+    return texts
+
+
+def reward_columns(examples):
+    """The records' other fields, one value per completion (TRL passes the
+    first record's keys)."""
+    keys = list(examples[0].columns)
+    return {k: [e.columns.get(k) for e in examples] for k in keys}
+
+
+def nanstd(x, axis=None):
+    """torch-style unbiased std skipping NaN (NaN with fewer than two values)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanstd(np.asarray(x, np.float64), axis=axis, ddof=1)
+
+
+def nanmean(x):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(np.nanmean(np.asarray(x, np.float64)))
+
+
+def completion_metrics(rollout):
+    """TRL's completions/* metrics of a generation batch."""
+    lengths = np.array([len(c) for c in rollout.completion_ids], np.float64)
+    ended = lengths[~rollout.truncated]
+    if ended.size == 0:
+        ended = np.zeros(1)
+    return {"completions/mean_length": float(lengths.mean()),
+            "completions/min_length": float(lengths.min()),
+            "completions/max_length": float(lengths.max()),
+            "completions/clipped_ratio": float(rollout.truncated.mean()),
+            "completions/mean_terminated_length": float(ended.mean()),
+            "completions/min_terminated_length": float(ended.min()),
+            "completions/max_terminated_length": float(ended.max())}
+
+
+def reward_metrics(rollout, names, weights, std_rewards):
+    """TRL's reward metrics: per function mean and std, the weighted sum's
+    mean and std (unscorable rows left out), the fraction of rows whose
+    advantage std is 0 (torch.isclose: |std| <= 1e-8)."""
+    metrics = {}
+    for j, name in enumerate(names):
+        metrics[f"rewards/{name}/mean"] = nanmean(rollout.rewards[:, j])
+        metrics[f"rewards/{name}/std"] = float(nanstd(rollout.rewards[:, j]))
+    total = weighted_rewards(rollout.rewards, weights)
+    metrics["reward"] = nanmean(total)
+    metrics["reward_std"] = float(nanstd(total))
+    metrics["frac_reward_zero_std"] = float(np.mean(np.abs(std_rewards) <= 1e-8))
+    return metrics
+
+
+def weighted_rewards(rewards, weights):
+    """sum_j w_j r_ij skipping NaN; NaN where every function gave none."""
+    r = np.asarray(rewards, np.float64)
+    total = np.nansum(r * np.asarray(weights, np.float64)[None, :], axis=1)
+    total[np.isnan(r).all(axis=1)] = np.nan
+    return total
+
+
+def padded(rows, width, dtype=np.float32):
+    """[len(rows), width] with each row's values first, 0 after."""
+    out = np.zeros((len(rows), width), dtype)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out
