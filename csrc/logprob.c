@@ -416,15 +416,30 @@ static void sequence_sums(double *seq_sums, int s0, int s1, const float *logprob
     }
 }
 
-/* row_coef[row - r0] = seq_grad * weight for the rows in [r0, r1) of
- * sequences [s0, s1). */
+/* row_coef[row - r0] = d loss / d logp of the rows in [r0, r1) of sequences
+ * [s0, s1): the token loss's gradient, or seq_grad * weight. */
 static void row_coefficients(double *row_coef, long r0, long r1, int s0, int s1,
                              const double *seq_grads, const logprob_groups *g) {
+    if (g->token_grads) {
+        for (long row = r0; row < r1; row++) row_coef[row - r0] = g->row_grads[row];
+        return;
+    }
     for (int s = s0; s < s1; s++) {
         long a = g->seq_first_row[s] > r0 ? g->seq_first_row[s] : r0;
         long b = g->seq_first_row[s + 1] < r1 ? g->seq_first_row[s + 1] : r1;
         for (long row = a; row < b; row++) row_coef[row - r0] = seq_grads[s] * row_weight(g, row);
     }
+}
+
+/* The loss's gradient for groups [g0, g1), whose sequences are [s0, s1):
+ * seq_sums and seq_grads, or the rows' gradients of a token loss. */
+static void loss_grads(double *seq_sums, double *seq_grads, int g0, int g1, int s0, int s1,
+                       const float *logprobs, const logprob_groups *g) {
+    sequence_sums(seq_sums, s0, s1, logprobs, g);
+    if (g->token_grads)
+        g->token_grads(g->ctx, g0, g1, logprobs, g->row_grads);
+    else
+        g->sequence_grads(g->ctx, g0, g1, seq_sums, seq_grads);
 }
 
 long token_logprobs_grouped(float *grad_hidden, float *grad_weight, float *logprobs,
@@ -445,8 +460,7 @@ long token_logprobs_grouped(float *grad_hidden, float *grad_weight, float *logpr
             const int s1 = g->group_first_seq[g1];
             const long n = g->seq_first_row[s1] - r0;
             if ((bad = chunk_forward(logprobs, stats, row_sum, logits, r0, n, p)) >= 0) break;
-            sequence_sums(seq_sums, s0, s1, logprobs, g);
-            g->sequence_grads(g->ctx, g0, g1, seq_sums, seq_grads);
+            loss_grads(seq_sums, seq_grads, g0, g1, s0, s1, logprobs, g);
             row_coefficients(row_coef, r0, r0 + n, s0, s1, seq_grads, g);
             chunk_backward(grad_hidden, grad_weight, logits, row_sum, row_coef, r0, n, p);
         } else {
@@ -460,8 +474,7 @@ long token_logprobs_grouped(float *grad_hidden, float *grad_weight, float *logpr
                 bad = chunk_forward(logprobs, stats, row_sum, logits, c0,
                                     r_end - c0 < C ? r_end - c0 : C, p);
             if (bad >= 0) break;
-            sequence_sums(seq_sums, s0, s1, logprobs, g);
-            g->sequence_grads(g->ctx, g0, g1, seq_sums, seq_grads);
+            loss_grads(seq_sums, seq_grads, g0, g1, s0, s1, logprobs, g);
             for (long c0 = r0; c0 < r_end; c0 += C) {
                 long n = r_end - c0 < C ? r_end - c0 : C;
                 chunk_forward(logprobs, stats, row_sum, logits, c0, n, p);

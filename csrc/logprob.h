@@ -79,10 +79,16 @@ typedef struct {
     const int *group_first_seq; /* [n_groups + 1] */
     const long *seq_first_row;  /* [n_seq + 1] */
     const double *row_weight;   /* [N] factor of each log-prob in its sequence's sum, or NULL */
-    /* Writes seq_grads[s] = d loss / d seq_sums[s] for the sequences of
-     * groups [g0, g1), given their seq_sums (both indexed by sequence). */
+    /* A loss of the sequences' sums: writes seq_grads[s] = d loss / d
+     * seq_sums[s] for the sequences of groups [g0, g1), given their seq_sums
+     * (both indexed by sequence). */
     void (*sequence_grads)(void *ctx, int g0, int g1, const double *seq_sums,
                            double *seq_grads);
+    /* Or (sequence_grads NULL) a loss of each token's log-prob, GRPO's:
+     * writes row_grads[row] = d loss / d logprobs[row] for the rows of groups
+     * [g0, g1), given their logprobs (both indexed by row). */
+    void (*token_grads)(void *ctx, int g0, int g1, const float *logprobs, float *row_grads);
+    float *row_grads;           /* [N], written by token_grads */
     void *ctx;
 } logprob_groups;
 
@@ -91,7 +97,8 @@ size_t logprob_grouped_scratch_bytes(const logprob_problem *p);
 
 /* Forward, loss gradient and backward in one pass: writes logprobs[N],
  * the stats (when not NULL), seq_sums[n_seq] (weighted log-prob sums) and
- * seq_grads[n_seq], writes grad_hidden[N, d] and ADDS into grad_weight[V, d] (unless NULL).
+ * seq_grads[n_seq] (with sequence_grads; with token_grads, g->row_grads[N]
+ * instead), writes grad_hidden[N, d] and ADDS into grad_weight[V, d] (unless NULL).
  * Returns -1 or the first row whose logits were not finite. */
 long token_logprobs_grouped(float *grad_hidden, float *grad_weight, float *logprobs,
                             const logprob_stats *stats, double *seq_sums, double *seq_grads,

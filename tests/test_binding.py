@@ -37,6 +37,7 @@ def test_python_names_come_from_c():
     assert losses.MULTI_OBJECTIVE_AGGREGATIONS == tuple(names["multi_objective_aggregations"])
     assert losses.KL_ESTIMATORS == tuple(names["kl_estimators"])
     assert set(losses.dpo_settings()) == set(names["dpo_settings"])
+    assert set(losses.grpo_settings()) == set(names["grpo_settings"])
     assert set(engine_config(CONFIG)) == set(names["engine_config"])
     assert names["forward_modes"] == ("inference", "train", "train_checkpointed")
     assert wa.optimal_transport.KINDS == names["ot_kinds"]

@@ -155,6 +155,20 @@ int raise_status(int status, const char *message);
 #define DPO_MAX_LOSS_TYPES (4 * DPO_N_LOSS_TYPES)
 int parse_dpo_settings(PyObject *settings, dpo_params *p, int *types, double *loss_weights);
 
+/* What the values of a float32 array must be (the RL losses' operands). */
+typedef enum { FINITE, LOGPROB, MASK, FINITE_OR_NAN } value_rule;
+/* ValueError (-1) naming a's first entry that breaks the rule. */
+int check_values(const array_arg *a, value_rule rule);
+
+/* calign.losses' GRPO settings (see losses.py, grpo_settings) into p; -1 with
+ * an exception. */
+int parse_grpo_settings(PyObject *settings, grpo_params *p);
+/* ValueError (-1) when beta != 0 without reference log-probs, or dr_grpo
+ * without max_completion_length (0). */
+int check_grpo_batch(const grpo_params *p, int has_ref, long long max_completion_length);
+/* d[...] = TRL's GRPO metrics (None where TRL logs none); -1 with an exception. */
+int set_grpo_metrics(PyObject *d, const grpo_metrics *m);
+
 /* ---- the method tables of the binding files, joined in module.c --------------- */
 /* A method-table entry taking keywords. */
 #define KEYWORDS_METHOD(name, function, doc) \

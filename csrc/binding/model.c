@@ -640,6 +640,89 @@ done:
  * adds the lm_head gradient of grad_scale * sum of the losses into grads and
  * returns (d_hidden [T, d], logprobs [M], stats, policy sums [B, 2], losses [B],
  * chosen_rewards [B], rejected_rewards [B]). */
+static PyObject *py_model_score_grpo(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"model", "params", "grads", "hidden", "score_rows", "score_targets",
+                             "completion_lengths", "advantages", "completion_mask", "settings",
+                             "old_logps", "ref_logps", "temperature", "max_completion_length",
+                             "num_items_in_batch", "gradient_accumulation_steps", NULL};
+    PyObject *capsule, *settings;
+    array_arg params = {"params"}, grads = {"grads"}, hidden = {"hidden"}, rows = {"score_rows"},
+              targets = {"score_targets"}, lengths = {"completion_lengths"},
+              advantages = {"advantages"}, mask = {"completion_mask"}, old = {"old_logps"},
+              ref = {"ref_logps"};
+    double temperature = 1.0;
+    real_arg items = {"num_items_in_batch", 0, INFINITY};
+    int_arg max_len = {"max_completion_length", 0, INT32_MAX},
+            accum = {"gradient_accumulation_steps", 1, INT32_MAX};
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwargs, "OO&O&O&O&O&O&O&O&O!|$O&O&dO&O&O&", kwlist, &capsule, to_f32_vector,
+            &params, to_f32_vector_out_or_none, &grads, to_f32_matrix, &hidden, to_int64_vector,
+            &rows, to_int64_vector, &targets, to_int64_vector, &lengths, to_f64_vector,
+            &advantages, to_f32_vector, &mask, &PyDict_Type, &settings, to_f32_vector_or_none,
+            &old, to_f32_vector_or_none, &ref, &temperature, to_int, &max_len, to_real, &items,
+            to_int, &accum))
+        return NULL;
+    PyObject *d_hidden = NULL, *logprobs = NULL, *grad_logps = NULL, *stats_out = NULL,
+             *metrics = NULL, *result = NULL;
+    stats_arrays stats = {0};
+    model_handle *h = NULL;
+    grpo_params gp;
+    grpo_metrics gm;
+    npy_intp S = ARG_LEN(lengths), M = ARG_LEN(rows);
+    if (S == 0 || S > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "completion_lengths must hold one length per "
+                        "completion (at least one)");
+        goto done;
+    }
+    if (check_temperature(temperature) < 0 || parse_grpo_settings(settings, &gp) < 0 ||
+        check_grpo_batch(&gp, ref.array != NULL, max_len.value) < 0 ||
+        check_rows(&advantages, S, "completions") < 0 || check_rows(&mask, M, rows.name) < 0 ||
+        check_values(&mask, MASK) < 0 ||
+        (old.array && (check_rows(&old, M, rows.name) < 0 || check_values(&old, LOGPROB) < 0)) ||
+        (ref.array && (check_rows(&ref, M, rows.name) < 0 || check_values(&ref, LOGPROB) < 0)) ||
+        !(h = claim_model(capsule)) || check_param_vector(&params, h->m) < 0 ||
+        (grads.array && check_param_vector(&grads, h->m) < 0) ||
+        check_hidden(&hidden, h->m) < 0 ||
+        check_scores(&rows, &targets, PyArray_DIM(hidden.array, 0), h->m) < 0)
+        goto done;
+    if (!(d_hidden = new_f32_2d(PyArray_DIM(hidden.array, 0), model_get_config(h->m)->d_model)) ||
+        !(logprobs = PyArray_ZEROS(1, &M, NPY_FLOAT32, 0)) ||
+        !(grad_logps = PyArray_ZEROS(1, &M, NPY_FLOAT32, 0)) || new_stats(&stats, M) < 0)
+        goto done;
+    grpo_request q = {ARG_DATA(const int64_t, lengths), (int)S,
+                      ARG_DATA(const double, advantages),
+                      old.array ? ARG_DATA(const float, old) : NULL,
+                      ref.array ? ARG_DATA(const float, ref) : NULL, ARG_DATA(const float, mask),
+                      (int)max_len.value, items.value, (int)accum.value, &gp};
+    grpo_scores out = {f32(d_hidden), f32(logprobs), stats.view, f32(grad_logps), &gm};
+    score_request r = {ARG_DATA(const int64_t, rows), ARG_DATA(const int64_t, targets), M,
+                       (float)temperature};
+    char err[CALIGN_ERR_LEN] = "";
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = model_score_grpo(&out, grads.array ? ARG_DATA(float, grads) : NULL, h->m,
+                              ARG_DATA(const float, params), ARG_DATA(const float, hidden), &r, &q,
+                              err);
+    Py_END_ALLOW_THREADS
+    if (raise_status(status, err) < 0) goto done;
+    if ((stats_out = stats_dict(&stats)) && (metrics = PyDict_New()) &&
+        set_grpo_metrics(metrics, &gm) == 0)
+        result = Py_BuildValue("(OOOOdO)", d_hidden, logprobs, stats_out, grad_logps, gm.loss,
+                               metrics);
+done:
+    release_model(h);
+    release_stats(&stats);
+    Py_XDECREF(d_hidden);
+    Py_XDECREF(logprobs);
+    Py_XDECREF(grad_logps);
+    Py_XDECREF(stats_out);
+    Py_XDECREF(metrics);
+    array_arg *arrays[] = {&params, &grads, &hidden, &rows, &targets, &lengths, &advantages,
+                           &mask, &old, &ref};
+    for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++) arg_release(arrays[i]);
+    return result;
+}
+
 static PyObject *py_model_score_dpo(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"model", "params", "grads", "hidden", "score_rows", "score_targets",
                              "completion_lengths", "ref_chosen_logps", "ref_rejected_logps",
@@ -852,6 +935,8 @@ PyMethodDef calign_model_methods[] = {
     KEYWORDS_METHOD("model_backward", py_model_backward, "Adds parameter gradients."),
     KEYWORDS_METHOD("model_logits", py_model_logits, "lm_head logits of hidden states."),
     KEYWORDS_METHOD("model_score", py_model_score, "Log-probs of targets at hidden rows."),
+    KEYWORDS_METHOD("model_score_grpo", py_model_score_grpo,
+                    "Scores completions with the GRPO loss in one pass; see Model.score_grpo."),
     KEYWORDS_METHOD("model_score_dpo", py_model_score_dpo,
                     "Scores of preference pairs with the DPO loss fused in, and its backward."),
     KEYWORDS_METHOD("model_score_backward", py_model_score_backward,

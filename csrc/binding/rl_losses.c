@@ -14,10 +14,7 @@
 
 /* ---- checks ----------------------------------------------------------------------- */
 
-typedef enum { FINITE, LOGPROB, MASK, FINITE_OR_NAN } value_rule;
-
-/* ValueError naming a's first entry that breaks the rule. */
-static int check_values(const array_arg *a, value_rule rule) {
+int check_values(const array_arg *a, value_rule rule) {
     const float *x = ARG_DATA(const float, *a);
     npy_intp n = PyArray_SIZE(a->array), cols = PyArray_NDIM(a->array) == 2
                                                     ? PyArray_DIM(a->array, 1) : 1;
@@ -233,41 +230,125 @@ static int set_metric(PyObject *d, const char *key, double v) {
     return rc;
 }
 
-static PyObject *py_grpo_loss(PyObject *self, PyObject *args, PyObject *kwargs) {
-    static char *kwlist[] = {
-        "per_token_logps", "old_per_token_logps", "ref_per_token_logps", "advantages",
-        "completion_mask", "entropy_mask", "loss_type", "importance_sampling_level", "epsilon",
-        "epsilon_high", "delta", "beta", "use_bias_correction_kl", "sapo_temperature_pos",
-        "sapo_temperature_neg", "vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg",
-        "vespo_lambda_neg", "off_policy_mask_threshold", "max_completion_length",
-        "num_items_in_batch", "gradient_accumulation_steps", NULL};
-    array_arg logps = {"per_token_logps"}, old = {"old_per_token_logps"},
-              ref = {"ref_per_token_logps"}, adv = {"advantages"}, mask = {"completion_mask"},
-              entropy_mask = {"entropy_mask"};
-    PyObject *type_obj, *level_obj;
-    real_arg eps = {"epsilon", -INFINITY, INFINITY},
-             eps_high = {"epsilon_high", -INFINITY, INFINITY},
-             delta = {"delta", -INFINITY, INFINITY}, beta = {"beta", -INFINITY, INFINITY},
+/* ---- GRPO settings ------------------------------------------------------------------- */
+
+/* The keys of the settings dict calign.losses.grpo_settings returns. */
+static const char *const GRPO_SETTING_KEYS[] = {
+    "loss_type", "importance_sampling_level", "epsilon", "epsilon_high", "delta", "beta",
+    "use_bias_correction_kl", "sapo_temperature_pos", "sapo_temperature_neg", "vespo_k_pos",
+    "vespo_lambda_pos", "vespo_k_neg", "vespo_lambda_neg", "off_policy_mask_threshold", NULL,
+};
+
+/* settings[arg->name] through to_real; None gives none_value when it is not NAN. */
+static int grpo_real(PyObject *settings, real_arg *arg, double none_value, int none_ok) {
+    PyObject *v = PyDict_GetItemString(settings, arg->name);
+    if (v == Py_None && none_ok) {
+        arg->value = none_value;
+        return 0;
+    }
+    return to_real(v, arg) ? 0 : -1;
+}
+
+int parse_grpo_settings(PyObject *settings, grpo_params *p) {
+    if (!PyDict_Check(settings)) {
+        PyErr_SetString(PyExc_TypeError, "settings must be the dict calign.losses.grpo_settings "
+                                         "returns");
+        return -1;
+    }
+    Py_ssize_t known = 0;
+    for (const char *const *key = GRPO_SETTING_KEYS; *key; key++, known++)
+        if (!PyDict_GetItemString(settings, *key)) {
+            PyErr_Format(PyExc_ValueError, "GRPO settings lack %s", *key);
+            return -1;
+        }
+    if (PyDict_Size(settings) != known) {
+        PyErr_SetString(PyExc_ValueError, "GRPO settings hold keys besides those of "
+                                          "calign.losses.grpo_settings");
+        return -1;
+    }
+    real_arg eps = {"epsilon", 0, INFINITY}, eps_high = {"epsilon_high", 0, INFINITY},
+             delta = {"delta", 0, INFINITY, 1}, beta = {"beta", -INFINITY, INFINITY},
              sapo_pos = {"sapo_temperature_pos", 0, INFINITY, 1},
              sapo_neg = {"sapo_temperature_neg", 0, INFINITY, 1},
              k_pos = {"vespo_k_pos", -INFINITY, INFINITY},
              lambda_pos = {"vespo_lambda_pos", -INFINITY, INFINITY},
              k_neg = {"vespo_k_neg", -INFINITY, INFINITY},
              lambda_neg = {"vespo_lambda_neg", -INFINITY, INFINITY},
-             opm = {"off_policy_mask_threshold", -INFINITY, INFINITY},
-             items = {"num_items_in_batch", 0, INFINITY};
+             opm = {"off_policy_mask_threshold", -INFINITY, INFINITY};
+    PyObject *bias_kl = PyDict_GetItemString(settings, "use_bias_correction_kl");
+    if (grpo_real(settings, &eps, 0, 0) < 0 || grpo_real(settings, &eps_high, 0, 0) < 0 ||
+        grpo_real(settings, &delta, INFINITY, 1) < 0 || grpo_real(settings, &beta, 0, 0) < 0 ||
+        grpo_real(settings, &sapo_pos, 0, 0) < 0 || grpo_real(settings, &sapo_neg, 0, 0) < 0 ||
+        grpo_real(settings, &k_pos, 0, 0) < 0 || grpo_real(settings, &lambda_pos, 0, 0) < 0 ||
+        grpo_real(settings, &k_neg, 0, 0) < 0 || grpo_real(settings, &lambda_neg, 0, 0) < 0 ||
+        grpo_real(settings, &opm, NAN, 1) < 0)
+        return -1;
+    if (!PyBool_Check(bias_kl)) {
+        PyErr_Format(PyExc_TypeError, "GRPO setting use_bias_correction_kl must be True or "
+                                      "False, got %R", bias_kl);
+        return -1;
+    }
+    int type = name_arg(PyDict_GetItemString(settings, "loss_type"), "loss_type",
+                        GRPO_LOSS_NAMES, GRPO_N_LOSS_TYPES);
+    int level = type < 0 ? -1 : name_arg(PyDict_GetItemString(settings,
+                                                              "importance_sampling_level"),
+                                         "importance_sampling_level",
+                                         IMPORTANCE_SAMPLING_LEVEL_NAMES,
+                                         N_IMPORTANCE_SAMPLING_LEVELS);
+    if (level < 0) return -1;
+    *p = (grpo_params){(grpo_loss_type)type, (importance_sampling_level)level, eps.value,
+                       eps_high.value, delta.value, beta.value, bias_kl == Py_True,
+                       sapo_pos.value, sapo_neg.value, k_pos.value, lambda_pos.value,
+                       k_neg.value, lambda_neg.value, opm.value};
+    return 0;
+}
+
+/* The checks every GRPO entry point makes of the batch-level arguments. */
+int check_grpo_batch(const grpo_params *p, int has_ref, long long max_completion_length) {
+    if (p->beta != 0.0 && !has_ref) {
+        PyErr_SetString(PyExc_ValueError, "ref_per_token_logps is required when beta != 0 (the "
+                        "KL term compares the policy with the reference)");
+        return -1;
+    }
+    if (p->loss_type == GRPO_DR_GRPO && max_completion_length == 0) {
+        PyErr_SetString(PyExc_ValueError, "max_completion_length is required by loss_type "
+                        "'dr_grpo' (its normaliser is B * max_completion_length)");
+        return -1;
+    }
+    return 0;
+}
+
+/* d[...] = TRL's GRPO metrics (None where TRL logs none); -1 with an exception. */
+int set_grpo_metrics(PyObject *d, const grpo_metrics *m) {
+    return set_metric(d, "kl", m->kl) < 0 ||
+                   set_metric(d, "clip_ratio/low_mean", m->clip_low_mean) < 0 ||
+                   set_metric(d, "clip_ratio/low_min", m->clip_low_min) < 0 ||
+                   set_metric(d, "clip_ratio/high_mean", m->clip_high_mean) < 0 ||
+                   set_metric(d, "clip_ratio/high_max", m->clip_high_max) < 0 ||
+                   set_metric(d, "clip_ratio/region_mean", m->clip_region_mean) < 0 ||
+                   set_metric(d, "cispo_clip_ratio", m->cispo_clip_ratio) < 0 ||
+                   set_metric(d, "vespo/phi_seq_mean", m->vespo_phi_seq_mean) < 0
+               ? -1
+               : 0;
+}
+
+static PyObject *py_grpo_loss(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"per_token_logps", "old_per_token_logps", "ref_per_token_logps",
+                             "advantages", "completion_mask", "entropy_mask", "settings",
+                             "max_completion_length", "num_items_in_batch",
+                             "gradient_accumulation_steps", NULL};
+    array_arg logps = {"per_token_logps"}, old = {"old_per_token_logps"},
+              ref = {"ref_per_token_logps"}, adv = {"advantages"}, mask = {"completion_mask"},
+              entropy_mask = {"entropy_mask"};
+    PyObject *settings;
+    real_arg items = {"num_items_in_batch", 0, INFINITY};
     int_arg max_len = {"max_completion_length", 0, INT32_MAX},
             accum = {"gradient_accumulation_steps", 1, INT32_MAX};
-    int bias_kl = 0;
-    PyObject *delta_obj = Py_None, *opm_obj = Py_None;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "O&O&O&O&O&O&$OOO&O&OO&pO&O&O&O&O&O&OO&O&O&", kwlist, to_f32_matrix,
-            &logps, to_f32_matrix_or_none, &old, to_f32_matrix_or_none, &ref, to_f32_vector,
-            &adv, to_f32_matrix, &mask, to_f32_matrix_or_none, &entropy_mask, &type_obj,
-            &level_obj, to_real, &eps, to_real, &eps_high, &delta_obj, to_real, &beta, &bias_kl,
-            to_real, &sapo_pos, to_real, &sapo_neg, to_real, &k_pos, to_real, &lambda_pos,
-            to_real, &k_neg, to_real, &lambda_neg, &opm_obj, to_int, &max_len, to_real, &items,
-            to_int, &accum))
+            args, kwargs, "O&O&O&O&O&O&O!$O&O&O&", kwlist, to_f32_matrix, &logps,
+            to_f32_matrix_or_none, &old, to_f32_matrix_or_none, &ref, to_f32_vector, &adv,
+            to_f32_matrix, &mask, to_f32_matrix_or_none, &entropy_mask, &PyDict_Type, &settings,
+            to_int, &max_len, to_real, &items, to_int, &accum))
         return NULL;
     array_arg *all[6] = {&logps, &adv, &mask, &old, &ref, &entropy_mask};
     const value_rule rules[6] = {LOGPROB, FINITE, MASK, LOGPROB, LOGPROB, MASK};
@@ -275,28 +356,10 @@ static PyObject *py_grpo_loss(PyObject *self, PyObject *args, PyObject *kwargs) 
     grpo_row_stats *rows = NULL;
     int B, T, status = CALIGN_OK;
     grpo_params p = {0};
-    int type = name_arg(type_obj, "loss_type", GRPO_LOSS_NAMES, GRPO_N_LOSS_TYPES);
-    int level = type < 0 ? -1 : name_arg(level_obj, "importance_sampling_level",
-                                         IMPORTANCE_SAMPLING_LEVEL_NAMES,
-                                         N_IMPORTANCE_SAMPLING_LEVELS);
-    if (level < 0 || (delta_obj != Py_None && !to_real(delta_obj, &delta)) ||
-        (opm_obj != Py_None && !to_real(opm_obj, &opm)) || batch_dims(&B, &T, &logps) < 0 ||
-        check_operands(all, rules, 6, B) < 0)
+    if (parse_grpo_settings(settings, &p) < 0 || batch_dims(&B, &T, &logps) < 0 ||
+        check_operands(all, rules, 6, B) < 0 ||
+        check_grpo_batch(&p, ref.array != NULL, max_len.value) < 0)
         goto done;
-    if (beta.value != 0.0 && !ref.array) {
-        PyErr_SetString(PyExc_ValueError, "ref_per_token_logps is required when beta != 0 (the "
-                        "KL term compares the policy with the reference)");
-        goto done;
-    }
-    if (type == GRPO_DR_GRPO && max_len.value == 0) {
-        PyErr_SetString(PyExc_ValueError, "max_completion_length is required by loss_type "
-                        "'dr_grpo' (its normaliser is B * max_completion_length)");
-        goto done;
-    }
-    p = (grpo_params){(grpo_loss_type)type, (importance_sampling_level)level, eps.value,
-                      eps_high.value, delta_obj != Py_None ? delta.value : INFINITY, beta.value,
-                      bias_kl, sapo_pos.value, sapo_neg.value, k_pos.value, lambda_pos.value,
-                      k_neg.value, lambda_neg.value, opm_obj != Py_None ? opm.value : NAN};
     if (!(rows = malloc(sizeof(grpo_row_stats) * B))) {
         PyErr_NoMemory();
         goto done;
@@ -312,15 +375,7 @@ static PyObject *py_grpo_loss(PyObject *self, PyObject *args, PyObject *kwargs) 
     if (raise_status(status, "the GRPO loss or its gradient is not finite in float32 (a log-"
                      "ratio per_token_logps - old_per_token_logps too large?)") < 0)
         goto done;
-    if (!(metrics = PyDict_New()) || set_metric(metrics, "kl", m.kl) < 0 ||
-        set_metric(metrics, "clip_ratio/low_mean", m.clip_low_mean) < 0 ||
-        set_metric(metrics, "clip_ratio/low_min", m.clip_low_min) < 0 ||
-        set_metric(metrics, "clip_ratio/high_mean", m.clip_high_mean) < 0 ||
-        set_metric(metrics, "clip_ratio/high_max", m.clip_high_max) < 0 ||
-        set_metric(metrics, "clip_ratio/region_mean", m.clip_region_mean) < 0 ||
-        set_metric(metrics, "cispo_clip_ratio", m.cispo_clip_ratio) < 0 ||
-        set_metric(metrics, "vespo/phi_seq_mean", m.vespo_phi_seq_mean) < 0)
-        goto done;
+    if (!(metrics = PyDict_New()) || set_grpo_metrics(metrics, &m) < 0) goto done;
     result = Py_BuildValue("(dOO)", m.loss, grad, metrics);
 done:
     Py_XDECREF(grad);
@@ -529,7 +584,9 @@ done:
 }
 
 int describe_rl_losses(PyObject *d) {
-    return describe_names(d, "grpo_loss_types", GRPO_LOSS_NAMES, GRPO_N_LOSS_TYPES) < 0 ||
+    return describe_names(d, "grpo_settings", GRPO_SETTING_KEYS,
+                          (int)(sizeof GRPO_SETTING_KEYS / sizeof *GRPO_SETTING_KEYS) - 1) < 0 ||
+                   describe_names(d, "grpo_loss_types", GRPO_LOSS_NAMES, GRPO_N_LOSS_TYPES) < 0 ||
                    describe_names(d, "importance_sampling_levels",
                                   IMPORTANCE_SAMPLING_LEVEL_NAMES,
                                   N_IMPORTANCE_SAMPLING_LEVELS) < 0 ||

@@ -21,6 +21,7 @@
 #include <stddef.h>
 
 #include "core/status.h"
+#include "core/threads.h"
 #include "losses/losses.h"
 #include "losses/scalar_math.h"
 
@@ -221,7 +222,7 @@ int grpo_loss(float *grad_logps, grpo_metrics *m, const float *logps, const floa
     double batch_tokens = 0.0;
     for (long k = 0; k < (long)B * T; k++) batch_tokens += mask[k];
     if (num_items_in_batch <= 0.0) num_items_in_batch = batch_tokens;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for num_threads(calign_num_threads()) schedule(static)
     for (int i = 0; i < B; i++) {
         const long o = (long)i * T;
         double row_tokens = 0.0;
@@ -232,6 +233,15 @@ int grpo_loss(float *grad_logps, grpo_metrics *m, const float *logps, const floa
                       ref_logps ? ref_logps + o : NULL, mask + o,
                       entropy_mask ? entropy_mask + o : NULL, advantages[i], weight, T, p);
     }
+    grpo_aggregate(m, rows, B, batch_tokens, p);
+    if (!isfinite(m->loss)) return CALIGN_ENONFINITE;
+    for (long k = 0; k < (long)B * T; k++)
+        if (!isfinite(grad_logps[k])) return CALIGN_ENONFINITE;
+    return CALIGN_OK;
+}
+
+void grpo_aggregate(grpo_metrics *m, const grpo_row_stats *rows, int B, double batch_tokens,
+                    const grpo_params *p) {
     /* TRL's metrics: token-level means over the batch's tokens; at sequence
      * level the clip flags are one per row, averaged over the B rows. The
      * min/max are over rows of each row's mean (rows without tokens skipped). */
@@ -264,8 +274,4 @@ int grpo_loss(float *grad_logps, grpo_metrics *m, const float *logps, const floa
     m->clip_high_max = clipped ? high_max : NAN;
     m->cispo_clip_ratio = p->loss_type == GRPO_CISPO ? cispo / flag_count : NAN;
     m->vespo_phi_seq_mean = p->loss_type == GRPO_VESPO ? phi / B : NAN;
-    if (!isfinite(loss)) return CALIGN_ENONFINITE;
-    for (long k = 0; k < (long)B * T; k++)
-        if (!isfinite(grad_logps[k])) return CALIGN_ENONFINITE;
-    return CALIGN_OK;
 }

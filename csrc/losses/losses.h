@@ -175,6 +175,11 @@ typedef struct {
         clip_region_mean, cispo_clip_ratio, vespo_phi_seq_mean;
 } grpo_metrics;
 
+/* The metrics of a batch of B rows from their stats (batch_tokens: the
+ * mask's sum); metrics->loss is the rows' summed loss. */
+void grpo_aggregate(grpo_metrics *metrics, const grpo_row_stats *rows, int B, double batch_tokens,
+                    const grpo_params *p);
+
 /* The batch: grad_logps [B, T], metrics, per-row scratch rows [B].
  * num_items_in_batch <= 0 means the mask's sum. Returns CALIGN_OK, or
  * CALIGN_ENONFINITE when the loss or a gradient overflows. */

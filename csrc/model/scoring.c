@@ -1,11 +1,13 @@
 #include "model/scoring.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "core/bump.h"
 #include "core/status.h"
 #include "losses/dpo_pairs.h"
+#include "losses/grpo_rows.h"
 
 static logprob_problem problem_of(const model *m, const float *params, const float *rows_hidden,
                                   const score_request *r) {
@@ -147,21 +149,13 @@ static void plan_pair_buffers(pair_buffers *p, bump *b, const model *m, const sc
     p->loss_iwork = bump_take(b, sizeof(int) * 2 * B);
 }
 
-/* EINVAL unless the request can be fused: per-pair losses only, every
- * completion non-empty, the lengths adding up to the scores, no score left
- * out (-100). */
-static int check_pair_request(const score_request *r, const dpo_pair_request *q, char *err) {
-    for (int t = 0; t < q->loss->n_loss_types; t++)
-        if (DPO_LOSS_INFO[q->loss->loss_types[t]].couples_batch) {
-            snprintf(err, CALIGN_ERR_LEN,
-                     "score_dpo_pairs cannot fuse the loss types that couple a batch's pairs "
-                     "(loss_type '%s'): score the pairs, then call calign.losses.dpo_loss on "
-                     "the whole batch", DPO_LOSS_INFO[q->loss->loss_types[t]].name);
-            return CALIGN_EINVAL;
-        }
+/* EINVAL unless every completion is non-empty, the lengths add up to the
+ * scores and no score is left out (-100). */
+static int check_completion_lengths(const score_request *r, const int64_t *lengths, long n,
+                                    char *err) {
     int64_t total = 0;
-    for (long s = 0; s < 2L * q->n_pairs; s++) {
-        const int64_t len = q->completion_lengths[s];
+    for (long s = 0; s < n; s++) {
+        const int64_t len = lengths[s];
         if (len < 1 || len > r->M) {
             snprintf(err, CALIGN_ERR_LEN, "completion_lengths[%ld] = %lld: every completion "
                      "needs between 1 and the %ld scores", s, (long long)len, r->M);
@@ -180,6 +174,20 @@ static int check_pair_request(const score_request *r, const dpo_pair_request *q,
             return CALIGN_EINVAL;
         }
     return CALIGN_OK;
+}
+
+/* EINVAL unless the request can be fused: per-pair losses only, and the
+ * completions' lengths right. */
+static int check_pair_request(const score_request *r, const dpo_pair_request *q, char *err) {
+    for (int t = 0; t < q->loss->n_loss_types; t++)
+        if (DPO_LOSS_INFO[q->loss->loss_types[t]].couples_batch) {
+            snprintf(err, CALIGN_ERR_LEN,
+                     "score_dpo_pairs cannot fuse the loss types that couple a batch's pairs "
+                     "(loss_type '%s'): score the pairs, then call calign.losses.dpo_loss on "
+                     "the whole batch", DPO_LOSS_INFO[q->loss->loss_types[t]].name);
+            return CALIGN_EINVAL;
+        }
+    return check_completion_lengths(r, q->completion_lengths, 2L * q->n_pairs, err);
 }
 
 int model_score_dpo_pairs(const dpo_pair_scores *out, float *grads, model *m,
@@ -207,8 +215,9 @@ int model_score_dpo_pairs(const dpo_pair_scores *out, float *grads, model *m,
     dpo_pairs ctx = {q->loss, q->ref_chosen, q->ref_rejected, w.chosen_len, w.rejected_len,
                      q->pair_weights, q->grad_scale, out->losses, out->chosen_rewards,
                      out->rejected_rewards, w.pair_work, w.loss_work, w.loss_iwork};
-    logprob_groups groups = {B, w.group_first_seq, w.seq_first_row, q->token_weights,
-                             dpo_pairs_sequence_grads, &ctx};
+    logprob_groups groups = {.n_groups = B, .group_first_seq = w.group_first_seq,
+                             .seq_first_row = w.seq_first_row, .row_weight = q->token_weights,
+                             .sequence_grads = dpo_pairs_sequence_grads, .ctx = &ctx};
     const int d = model_get_config(m)->d_model;
     gather_rows(w.score.rows, hidden, r->rows, r->M, d);
     logprob_problem p = problem_of(m, params, w.score.rows, r);
@@ -219,4 +228,79 @@ int model_score_dpo_pairs(const dpo_pair_scores *out, float *grads, model *m,
                            err);
     if (status == CALIGN_OK) scatter_add_rows(out->d_hidden, w.score.d_rows, r->rows, r->M, d);
     return status;
+}
+
+/* ---- GRPO completions --------------------------------------------------------------- */
+
+typedef struct {
+    score_buffers score;
+    int *group_first_seq; /* [S + 1] */
+    long *seq_first_row;  /* [S + 1] */
+    double *seq_sums;     /* [S] (the grouped kernel's; unused by the loss) */
+    double *weights;      /* [S] */
+    grpo_row_stats *stats; /* [S] */
+} grpo_buffers;
+
+static void plan_grpo_buffers(grpo_buffers *g, bump *b, const model *m, const score_request *r,
+                              size_t S) {
+    plan_score_buffers(&g->score, b, m, r, 1);
+    g->group_first_seq = bump_take(b, sizeof(int) * (S + 1));
+    g->seq_first_row = bump_take(b, sizeof(long) * (S + 1));
+    g->seq_sums = bump_take(b, sizeof(double) * S);
+    g->weights = bump_take(b, sizeof(double) * S);
+    g->stats = bump_take(b, sizeof(grpo_row_stats) * S);
+}
+
+int model_score_grpo(const grpo_scores *out, float *grads, model *m, const float *params,
+                     const float *hidden, const score_request *r, const grpo_request *q,
+                     char *err) {
+    int status = check_completion_lengths(r, q->completion_lengths, q->n_completions, err);
+    if (status != CALIGN_OK) return status;
+    const int S = q->n_completions;
+    grpo_buffers w;
+    bump b = {NULL, 0};
+    plan_grpo_buffers(&w, &b, m, r, S);
+    if (!(b.base = model_workspace(m, b.used))) return out_of_memory(err);
+    b.used = 0;
+    plan_grpo_buffers(&w, &b, m, r, S);
+
+    double batch_tokens = 0.0;
+    for (long i = 0; i < r->M; i++) batch_tokens += q->mask[i];
+    const double items = q->num_items_in_batch > 0.0 ? q->num_items_in_batch : batch_tokens;
+    w.seq_first_row[0] = 0;
+    for (int s = 0; s < S; s++) {
+        w.group_first_seq[s] = s;
+        w.seq_first_row[s + 1] = w.seq_first_row[s] + q->completion_lengths[s];
+        double row_tokens = 0.0;
+        for (long i = w.seq_first_row[s]; i < w.seq_first_row[s + 1]; i++)
+            row_tokens += q->mask[i];
+        w.weights[s] = grpo_row_weight(q->loss, row_tokens, batch_tokens, S,
+                                       q->max_completion_length, items,
+                                       q->gradient_accumulation_steps);
+    }
+    w.group_first_seq[S] = S;
+    grpo_rows ctx = {q->loss, w.seq_first_row, q->old_logps, q->ref_logps, q->mask,
+                     q->advantages, w.weights, w.stats};
+    logprob_groups groups = {.n_groups = S, .group_first_seq = w.group_first_seq,
+                             .seq_first_row = w.seq_first_row,
+                             .token_grads = grpo_rows_token_grads, .row_grads = out->grad_logps,
+                             .ctx = &ctx};
+    const int d = model_get_config(m)->d_model;
+    gather_rows(w.score.rows, hidden, r->rows, r->M, d);
+    logprob_problem p = problem_of(m, params, w.score.rows, r);
+    status = kernel_status(token_logprobs_grouped(w.score.d_rows, lm_head_grad(grads, m),
+                                                  out->logprobs, &out->stats, w.seq_sums, NULL,
+                                                  &p, &groups, w.score.kernel),
+                           err);
+    if (status != CALIGN_OK) return status;
+    grpo_aggregate(out->metrics, w.stats, S, batch_tokens, q->loss);
+    int finite = isfinite(out->metrics->loss);
+    for (long i = 0; i < r->M && finite; i++) finite = isfinite(out->grad_logps[i]);
+    if (!finite) {
+        snprintf(err, CALIGN_ERR_LEN, "the GRPO loss or its gradient is not finite in float32 "
+                 "(a log-ratio of the policy to old_logps too large?)");
+        return CALIGN_ENONFINITE;
+    }
+    scatter_add_rows(out->d_hidden, w.score.d_rows, r->rows, r->M, d);
+    return CALIGN_OK;
 }

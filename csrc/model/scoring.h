@@ -64,4 +64,37 @@ int model_score_dpo_pairs(const dpo_pair_scores *out, float *grads, model *m,
                           const float *params, const float *hidden, const score_request *r,
                           const dpo_pair_request *pairs, char *err);
 
+/* S completions scored with the GRPO loss inside the kernel (calign.losses.
+ * grpo_loss's per-row function, losses/grpo_rows.h): the scores are the
+ * completions' tokens, completion_lengths[S] each in that order. Chunks of
+ * whole completions get their log-probs at the request's temperature, their
+ * tokens' loss gradients, and are backpropagated at once. The importance
+ * ratios, masks and KL are TRL's (see grpo_loss); no entropy mask (it needs
+ * every token's entropy first). */
+typedef struct {
+    const int64_t *completion_lengths; /* [S] */
+    int n_completions;                 /* S */
+    const double *advantages;          /* [S] */
+    const float *old_logps, *ref_logps; /* [M] each, or NULL */
+    const float *mask;                 /* [M] 0/1: the tokens in the loss */
+    int max_completion_length;         /* dr_grpo's normaliser */
+    double num_items_in_batch;         /* dapo/cispo/vespo's; <= 0: the mask's sum */
+    int gradient_accumulation_steps;
+    const grpo_params *loss;
+} grpo_request;
+
+typedef struct {
+    float *d_hidden;        /* [T, d], ADDED to */
+    float *logprobs;        /* [M] */
+    logprob_stats stats;    /* [M] each */
+    float *grad_logps;      /* [M] d loss / d logprobs */
+    grpo_metrics *metrics;  /* the loss and TRL's metrics of the S completions */
+} grpo_scores;
+
+/* Adds the lm_head gradient into grads and fills out. CALIGN_ENONFINITE
+ * when the loss or a gradient is not finite. */
+int model_score_grpo(const grpo_scores *out, float *grads, model *m, const float *params,
+                     const float *hidden, const score_request *r, const grpo_request *q,
+                     char *err);
+
 #endif

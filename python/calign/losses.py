@@ -523,6 +523,51 @@ def rloo_advantages(rewards, num_generations, *, beta=0.0, old_per_token_logps=N
     return RLOOAdvantages(advantages, kl, metrics)
 
 
+def grpo_settings(*, loss_type="dapo", importance_sampling_level="token", epsilon=0.2,
+                  epsilon_high=None, delta=None, beta=0.0, use_bias_correction_kl=True,
+                  sapo_temperature_pos=1.0, sapo_temperature_neg=1.05, vespo_k_pos=2.0,
+                  vespo_lambda_pos=3.0, vespo_k_neg=3.0, vespo_lambda_neg=2.0,
+                  off_policy_mask_threshold=None):
+    """The checked settings of the GRPO loss of a token, as the C library takes
+    them (a dict): grpo_loss and Model.score_grpo read them. See grpo_loss for
+    each; defaults are TRL 1.16's GRPOConfig's."""
+    epsilon = checks.real("epsilon", epsilon, 0.0)
+    return {
+        "loss_type": checks.choice("loss_type", loss_type, GRPO_LOSS_TYPES),
+        "importance_sampling_level": checks.choice("importance_sampling_level",
+                                                   importance_sampling_level,
+                                                   IMPORTANCE_SAMPLING_LEVELS),
+        "epsilon": epsilon,
+        "epsilon_high": checks.real("epsilon_high",
+                                    epsilon if epsilon_high is None else epsilon_high, 0.0),
+        "delta": checks.real("delta", delta, 0.0, open_low=True, allow_none=True),
+        "beta": checks.real("beta", beta),
+        "use_bias_correction_kl": checks.flag("use_bias_correction_kl", use_bias_correction_kl),
+        "sapo_temperature_pos": _positive(sapo_temperature_pos, "sapo_temperature_pos"),
+        "sapo_temperature_neg": _positive(sapo_temperature_neg, "sapo_temperature_neg"),
+        "vespo_k_pos": _finite(vespo_k_pos, "vespo_k_pos"),
+        "vespo_lambda_pos": _finite(vespo_lambda_pos, "vespo_lambda_pos"),
+        "vespo_k_neg": _finite(vespo_k_neg, "vespo_k_neg"),
+        "vespo_lambda_neg": _finite(vespo_lambda_neg, "vespo_lambda_neg"),
+        "off_policy_mask_threshold": checks.real("off_policy_mask_threshold",
+                                                 off_policy_mask_threshold, allow_none=True),
+    }
+
+
+def grpo_batch_settings(max_completion_length=None, num_items_in_batch=None,
+                        gradient_accumulation_steps=1):
+    """The batch-level arguments of the GRPO loss's normalisers, checked, as
+    the C functions take them (0: not given)."""
+    return dict(
+        max_completion_length=0 if max_completion_length is None else checks.integer(
+            "max_completion_length", max_completion_length, 1, checks.C_INT_MAX),
+        num_items_in_batch=0.0 if num_items_in_batch is None else checks.real(
+            "num_items_in_batch", num_items_in_batch, 0.0, open_low=True),
+        gradient_accumulation_steps=checks.integer("gradient_accumulation_steps",
+                                                   gradient_accumulation_steps, 1,
+                                                   checks.C_INT_MAX))
+
+
 def grpo_loss(per_token_logps, advantages, completion_mask, *, old_per_token_logps=None,
               ref_per_token_logps=None, entropy_mask=None, loss_type="dapo",
               importance_sampling_level="token", epsilon=0.2, epsilon_high=None, delta=None,
@@ -580,44 +625,26 @@ def grpo_loss(per_token_logps, advantages, completion_mask, *, old_per_token_log
         "clip_ratio/high_max", "clip_ratio/region_mean" (clipped types),
         "cispo_clip_ratio", "vespo/phi_seq_mean"; None where TRL logs none.
     """
-    loss_type = checks.choice("loss_type", loss_type, GRPO_LOSS_TYPES)
-    epsilon = checks.real("epsilon", epsilon, 0.0)
-    epsilon_high = checks.real("epsilon_high", epsilon if epsilon_high is None else epsilon_high,
-                               0.0)
     if loss_type == "dr_grpo":
         checks.require(max_completion_length is not None, "max_completion_length",
                        max_completion_length, "an integer >= 1 for loss_type 'dr_grpo' (its "
                        "normaliser is B * max_completion_length)")
+    settings = grpo_settings(
+        loss_type=loss_type, importance_sampling_level=importance_sampling_level,
+        epsilon=epsilon, epsilon_high=epsilon_high, delta=delta, beta=beta,
+        use_bias_correction_kl=use_bias_correction_kl,
+        sapo_temperature_pos=sapo_temperature_pos, sapo_temperature_neg=sapo_temperature_neg,
+        vespo_k_pos=vespo_k_pos, vespo_lambda_pos=vespo_lambda_pos, vespo_k_neg=vespo_k_neg,
+        vespo_lambda_neg=vespo_lambda_neg, off_policy_mask_threshold=off_policy_mask_threshold)
     result = _C.grpo_loss(
         _float_array("per_token_logps", per_token_logps, 2),
         _float_array("old_per_token_logps", old_per_token_logps, 2, True),
         _float_array("ref_per_token_logps", ref_per_token_logps, 2, True),
         _float_array("advantages", advantages, 1),
         _mask_array("completion_mask", completion_mask),
-        None if entropy_mask is None else _mask_array("entropy_mask", entropy_mask),
-        loss_type=loss_type,
-        importance_sampling_level=checks.choice("importance_sampling_level",
-                                                importance_sampling_level,
-                                                IMPORTANCE_SAMPLING_LEVELS),
-        epsilon=epsilon, epsilon_high=epsilon_high,
-        delta=checks.real("delta", delta, 0.0, open_low=True, allow_none=True),
-        beta=checks.real("beta", beta),
-        use_bias_correction_kl=checks.flag("use_bias_correction_kl", use_bias_correction_kl),
-        sapo_temperature_pos=_positive(sapo_temperature_pos, "sapo_temperature_pos"),
-        sapo_temperature_neg=_positive(sapo_temperature_neg, "sapo_temperature_neg"),
-        vespo_k_pos=_finite(vespo_k_pos, "vespo_k_pos"),
-        vespo_lambda_pos=_finite(vespo_lambda_pos, "vespo_lambda_pos"),
-        vespo_k_neg=_finite(vespo_k_neg, "vespo_k_neg"),
-        vespo_lambda_neg=_finite(vespo_lambda_neg, "vespo_lambda_neg"),
-        off_policy_mask_threshold=checks.real("off_policy_mask_threshold",
-                                              off_policy_mask_threshold, allow_none=True),
-        max_completion_length=0 if max_completion_length is None else checks.integer(
-            "max_completion_length", max_completion_length, 1, checks.C_INT_MAX),
-        num_items_in_batch=0.0 if num_items_in_batch is None else checks.real(
-            "num_items_in_batch", num_items_in_batch, 0.0, open_low=True),
-        gradient_accumulation_steps=checks.integer("gradient_accumulation_steps",
-                                                   gradient_accumulation_steps, 1,
-                                                   checks.C_INT_MAX))
+        None if entropy_mask is None else _mask_array("entropy_mask", entropy_mask), settings,
+        **grpo_batch_settings(max_completion_length, num_items_in_batch,
+                              gradient_accumulation_steps))
     return GRPOLossOutput(*result)
 
 

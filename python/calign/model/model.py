@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from calign import _C, checks
+from calign import _C, checks, losses
 from calign.model import checkpoint
 from calign.model import generation
 from calign.model.config import engine_config, load_config_file
@@ -47,6 +47,16 @@ class PairScores(NamedTuple):
     losses: np.ndarray
     chosen_rewards: np.ndarray
     rejected_rewards: np.ndarray
+
+
+class GRPOScores(NamedTuple):
+    """What Model.score_grpo returns; per-token arrays are [M] in score order."""
+    d_hidden: np.ndarray
+    logprobs: np.ndarray
+    stats: dict
+    grad_logps: np.ndarray
+    loss: float
+    metrics: dict
 
 
 class Model:
@@ -414,6 +424,35 @@ class Model:
             batch.score_targets, completion_lengths, ref_logps[:, 0], ref_logps[:, 1],
             settings, token_weights=token_weights, weights=weights,
             grad_scale=checks.real("grad_scale", grad_scale)))
+
+    @exclusive
+    def score_grpo(self, hidden, batch, completion_lengths, advantages, completion_mask, settings,
+                   *, old_logps=None, ref_logps=None, temperature=1.0, max_completion_length=None,
+                   num_items_in_batch=None, gradient_accumulation_steps=1):
+        """Scores S completions and applies the GRPO loss in one pass.
+
+        The batch's scores are the completions' tokens, completion_lengths
+        [S] each, in order (pack_shared_prefix of (prompt, [completions])
+        examples). The kernel takes chunks of whole completions: a chunk's
+        logits at `temperature` give the log-probs, each completion's tokens
+        go through calign.losses.grpo_loss's per-row C function (`settings`
+        from calign.losses.grpo_settings; advantages [S]; completion_mask,
+        old_logps and ref_logps [M] per score), and the chunk is
+        backpropagated at once: no [tokens x vocabulary] buffer exists and no
+        second lm_head product runs. The loss is grpo_loss's on the [S, T]
+        layout of the same numbers (num_items_in_batch None: the mask's sum).
+        Adds the lm_head gradient of the loss to the gradient buffer. Returns
+        a GRPOScores: d_hidden for backward_packed, log-probs, their stats
+        (entropy, ...), d loss / d log-probs, the loss and TRL's metrics."""
+        return GRPOScores(*_C.model_score_grpo(
+            self._handle, self._engine_params, self._base_grads(), hidden, batch.score_rows,
+            batch.score_targets, completion_lengths, np.asarray(advantages, np.float64),
+            np.asarray(completion_mask, np.float32), settings,
+            old_logps=None if old_logps is None else np.asarray(old_logps, np.float32),
+            ref_logps=None if ref_logps is None else np.asarray(ref_logps, np.float32),
+            temperature=temperature,
+            **losses.grpo_batch_settings(max_completion_length, num_items_in_batch,
+                                         gradient_accumulation_steps)))
 
     @exclusive
     def backward_packed(self, batch, d_hidden):

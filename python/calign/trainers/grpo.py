@@ -8,7 +8,7 @@ import numpy as np
 
 from calign import losses
 from calign.trainers import rollouts
-from calign.trainers.online_rl import OnlineRLTrainer
+from calign.trainers.online_rl import OnlineRLTrainer, PackedRows
 from calign.trainers.rl_config import GRPOConfig
 
 
@@ -69,6 +69,55 @@ class GRPOTrainer(OnlineRLTrainer):
         threshold = np.quantile(entropies[chosen].astype(np.float64), 1.0 - q)
         return ((entropies * mask >= threshold) & chosen).astype(np.float32)
 
+    def _loss_settings(self):
+        a = self.args
+        return losses.grpo_settings(
+            loss_type=a.loss_type, importance_sampling_level=a.importance_sampling_level,
+            epsilon=a.epsilon, epsilon_high=a.epsilon_high, delta=a.delta, beta=a.beta,
+            use_bias_correction_kl=a.use_bias_correction_kl,
+            sapo_temperature_pos=a.sapo_temperature_pos,
+            sapo_temperature_neg=a.sapo_temperature_neg, vespo_k_pos=a.vespo_k_pos,
+            vespo_lambda_pos=a.vespo_lambda_pos, vespo_k_neg=a.vespo_k_neg,
+            vespo_lambda_neg=a.vespo_lambda_neg,
+            off_policy_mask_threshold=a.off_policy_mask_threshold)
+
+    def _num_items(self, rollout, train):
+        """dapo/cispo/vespo's normaliser: the tokens of the generation batch,
+        spread over the micro-batches it is split into (TRL's)."""
+        a = self.args
+        share = a.gradient_accumulation_steps / a.steps_per_generation if train else 1.0
+        return max(rollout.num_items * share, 1.0)
+
+    def _train_rows(self, rollout, rows, train):
+        """The training step of a micro-batch in one fused pass (Model.score_grpo):
+        log-probs, loss and lm_head backward chunk by chunk. top_entropy_quantile
+        needs every token's entropy before any loss, and evaluation no gradient:
+        those take the two-pass path."""
+        if not train or self.args.top_entropy_quantile < 1.0:
+            return super()._train_rows(rollout, rows, train)
+        a = self.args
+        packed = PackedRows(rollout, rows)
+        order = packed.order
+        mask = np.concatenate([np.full(len(rollout.completion_ids[r]), rollout.trained[r],
+                                       np.float32) for r in order])
+        old = (np.concatenate([rollout.sampling_logps[r] for r in order])
+               if self._needs_old_logps() else None)
+        ref = (np.concatenate([rollout.ref_logps[r] for r in order])
+               if self.ref_model is not None else None)
+        hidden = self.model.forward_packed(packed.batch, train=True)
+        out = self.model.score_grpo(
+            hidden, packed.batch, packed.lengths, rollout.advantages[order], mask,
+            self._loss_settings(), old_logps=old, ref_logps=ref, temperature=a.temperature,
+            max_completion_length=a.max_completion_length,
+            num_items_in_batch=self._num_items(rollout, train),
+            gradient_accumulation_steps=a.gradient_accumulation_steps)
+        self.model.backward_packed(packed.batch, out.d_hidden)
+        metrics = {"loss": out.loss * a.gradient_accumulation_steps,
+                   "entropy": float((out.stats["entropy"] * mask).sum() /
+                                    max(float(mask.sum()), 1.0))}
+        metrics.update({k: v for k, v in out.metrics.items() if v is not None})
+        return metrics
+
     def _policy_loss(self, rollout, rows, logps, entropies, mask, train):
         a = self.args
         width = logps.shape[1]
@@ -77,20 +126,11 @@ class GRPOTrainer(OnlineRLTrainer):
                if train and self._needs_old_logps() else None)
         ref = (rollouts.padded([rollout.ref_logps[r] for r in rows], width)
                if self.ref_model is not None else None)
-        # dapo/cispo/vespo: the tokens of the generation batch, spread over its micro-batches
-        items = rollout.num_items * (accum / a.steps_per_generation if train else 1.0)
         result = losses.grpo_loss(
             logps, rollout.advantages[rows], mask, old_per_token_logps=old,
             ref_per_token_logps=ref, entropy_mask=self._entropy_mask(entropies, mask),
-            loss_type=a.loss_type, importance_sampling_level=a.importance_sampling_level,
-            epsilon=a.epsilon, epsilon_high=a.epsilon_high, delta=a.delta, beta=a.beta,
-            use_bias_correction_kl=a.use_bias_correction_kl,
-            sapo_temperature_pos=a.sapo_temperature_pos,
-            sapo_temperature_neg=a.sapo_temperature_neg, vespo_k_pos=a.vespo_k_pos,
-            vespo_lambda_pos=a.vespo_lambda_pos, vespo_k_neg=a.vespo_k_neg,
-            vespo_lambda_neg=a.vespo_lambda_neg,
-            off_policy_mask_threshold=a.off_policy_mask_threshold,
-            max_completion_length=a.max_completion_length, num_items_in_batch=max(items, 1.0),
+            **self._loss_settings(), max_completion_length=a.max_completion_length,
+            num_items_in_batch=self._num_items(rollout, train),
             gradient_accumulation_steps=accum)
         # TRL logs the window's summed micro-batch losses; the trainer averages
         # micro-batch metrics, hence the factor
