@@ -42,7 +42,7 @@ def test_the_task_has_the_planned_mistake():
     assert all(p["chosen"] == str(eval(p["prompt"][:-1])) != p["rejected"] for p in pairs)
 
 
-@pytest.mark.parametrize("method", ["dpo", "kto", "orpo", "simpo"])
+@pytest.mark.parametrize("method", ["dpo", "kto", "orpo", "simpo", "grpo", "rloo"])
 def test_demo_quick_runs_end_to_end(tmp_path, method):
     out = subprocess.run([sys.executable, "-m", "calign", "demo", "--quick", "--method", method,
                           "--output_dir", str(tmp_path)], capture_output=True, text=True,

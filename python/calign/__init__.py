@@ -12,13 +12,15 @@ from calign.model import Model, PackedBatch, RewardModel, pack_shared_prefix
 from calign.tokenizer import Tokenizer
 from calign.trainers import (CPOConfig, CPOTrainer, DPOConfig, DPOTrainer, GRPOConfig,
                              GRPOTrainer, KTOConfig, KTOTrainer, OnlineDPOConfig,
-                             OnlineDPOTrainer, ORPOConfig, ORPOTrainer, RewardConfig,
+                             OnlineDPOTrainer, ORPOConfig, ORPOTrainer, PPOConfig,
+                             PPOTrainer, RewardConfig,
                              RewardTrainer, RLOOConfig, RLOOTrainer, SFTConfig, SFTTrainer)
 
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "CPOConfig", "CPOTrainer", "DPOConfig", "DPOTrainer", "GRPOConfig",
-           "GRPOTrainer", "KTOConfig", "KTOTrainer", "LoraConfig", "OnlineDPOConfig", "OnlineDPOTrainer", "ORPOConfig", "ORPOTrainer",
+           "GRPOTrainer", "KTOConfig", "KTOTrainer", "LoraConfig", "OnlineDPOConfig", "OnlineDPOTrainer", "ORPOConfig", "ORPOTrainer", "PPOConfig",
+           "PPOTrainer",
            "RewardConfig", "RewardModel", "RewardTrainer", "RLOOConfig", "RLOOTrainer", "SFTConfig", "SFTTrainer", "Tokenizer",
            "Model", "PackedBatch", "build_info", "get_num_threads", "lora", "losses", "ops", "optim",
            "pack_shared_prefix", "selfimprove", "set_num_threads", "wordalign"]

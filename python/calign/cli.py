@@ -8,7 +8,8 @@
     calign chat ...             a conversation with a checkpoint in the terminal
     calign eval ...             preference accuracy of a policy (against a reference) or of a reward model
     calign align ...            word alignment of a `source ||| target` corpus, Pharaoh links out
-    calign demo [--method M]    SFT then DPO (or kto, orpo, simpo) on the bundled addition task
+    calign demo [--method M]    SFT then DPO (or kto, orpo, simpo, grpo, rloo) on the bundled
+                                addition task
 
 A user error (missing file, unknown field, bad value) prints one line and
 exits with status 2; anything else keeps its traceback.
@@ -24,6 +25,7 @@ import numpy as np
 
 import calign
 from calign import chat, checks, selfcheck
+from calign.demo.run import METHODS
 
 TRAINERS = {
     "sft": ("SFTTrainer", "SFTConfig"),
@@ -533,8 +535,9 @@ def build_parser():
     evaluate.add_argument("--beta", type=float, default=0.1)
     evaluate.add_argument("--max_length", type=int, default=1024)
     evaluate.add_argument("--batch_size", type=int, default=8)
-    demo = commands.add_parser("demo", help="SFT then a preference method on a bundled task")
-    demo.add_argument("--method", choices=["dpo", "kto", "orpo", "simpo"], default="dpo")
+    demo = commands.add_parser("demo", help="SFT then a preference or online RL method on a "
+                                            "bundled task")
+    demo.add_argument("--method", choices=METHODS, default="dpo")
     demo.add_argument("--quick", action="store_true", help="fewer steps (for tests)")
     demo.add_argument("--output_dir", default="calign_demo")
     demo.add_argument("--seed", type=int, default=42, help="data order of both stages")

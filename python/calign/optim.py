@@ -123,13 +123,17 @@ class SGD:
 
 def clip_grad_norm(model, max_norm):
     """Scales the model's gradients so their global L2 norm is at most max_norm
-    (torch's clip_grad_norm_: factor min(1, max_norm / (norm + 1e-6))).
-    Returns the norm before clipping."""
+    (torch's clip_grad_norm_: factor min(1, max_norm / (norm + 1e-6))). A list
+    of models is clipped jointly, as one parameter set (PPO's policy and value
+    model). Returns the norm before clipping."""
     max_norm = checks.real("max_norm", max_norm, 0.0, open_low=True)
-    norm = _C.grad_norm(model.train_grads)
+    models = model if isinstance(model, (list, tuple)) else [model]
+    norms = [_C.grad_norm(m.train_grads) for m in models]
+    norm = norms[0] if len(norms) == 1 else float(np.sqrt(sum(n * n for n in norms)))
     if not np.isfinite(norm):
         raise FloatingPointError(f"the gradient norm is {norm}: NaN or infinity in the gradients")
     factor = max_norm / (norm + 1e-6)
     if factor < 1.0:
-        _C.scale_in_place(model.train_grads, factor)
+        for m in models:
+            _C.scale_in_place(m.train_grads, factor)
     return norm

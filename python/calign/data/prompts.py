@@ -49,3 +49,20 @@ def prepare_prompts(source, tokenizer, *, name="train_dataset", chat_template_kw
         raise ValueError(f"{name} mixes text and conversational prompts: a batch's reward "
                          "functions get one kind")
     return examples
+
+
+def check_prompts_fit(model, examples, name, room, room_name, model_name="model"):
+    """A ValueError naming the record unless each prompt plus `room` tokens
+    (the longest completion, `room_name`) fits the model's positions and its
+    tokens the model's vocabulary."""
+    limit, vocab = model.max_positions, model.vocab_size
+    for e in examples:
+        if len(e.prompt_ids) + room > limit:
+            raise ValueError(f"{name} record {e.index}: the prompt ({len(e.prompt_ids)} tokens) "
+                             f"plus {room_name} ({room}) exceeds the {model_name}'s maximum "
+                             f"positions ({limit}): set max_length (longer prompts keep their "
+                             f"end) or a smaller {room_name}")
+        if max(e.prompt_ids) >= vocab:
+            raise ValueError(f"{name} record {e.index}: the prompt holds token id "
+                             f"{max(e.prompt_ids)}, outside the {model_name}'s vocabulary "
+                             f"[0, {vocab})")

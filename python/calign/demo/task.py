@@ -46,3 +46,9 @@ def problems(n, rng, exclude=()):
 
 def prompt_of(a, b):
     return f"{a}+{b}="
+
+
+def exact_match(prompts, completions, answer, **kwargs):
+    """The online methods' reward function (TRL's signature): 1 for a
+    completion that is exactly the answer (surrounding spaces aside), else 0."""
+    return [float(c.strip() == a) for c, a in zip(completions, answer)]

@@ -282,20 +282,8 @@ class BaseTrainer:
         sums, counts = {}, {}
         while self.state.global_step < total:
             step = self.state.global_step
-            micro_batches = self._window(step)
-            normaliser = self._window_size([e for mb in micro_batches for e in mb])
-            self.model.zero_grad()
-            for examples in micro_batches:
-                metrics, tokens = self._micro_step(examples, normaliser, train=True)
-                self.state.num_tokens += tokens
-                accumulate(sums, counts, metrics)
-            grad_norm = (clip_grad_norm(self.model, a.max_grad_norm) if a.max_grad_norm > 0
-                         else _C.grad_norm(self.model.train_grads))
-            if not math.isfinite(grad_norm):  # clip_grad_norm raises too; this covers no clipping
-                raise FloatingPointError(f"step {step}: the gradient norm is {grad_norm}; "
-                                         "stopping before the parameters become NaN")
             lr = learning_rate(a, step, total)
-            self.optimizer.step(lr=lr)
+            grad_norm = self._training_step(step, lr, sums, counts)
             self.state.global_step += 1
             self._after_optimizer_step()
             self.state.epoch = self.state.global_step / per_epoch
@@ -312,6 +300,34 @@ class BaseTrainer:
                 self._log(entry, progress)
                 sums, counts = {}, {}
             self._evaluate_and_save(total, epoch_end)
+
+    def _training_step(self, step, lr, sums, counts):
+        """Optimizer step `step` at learning rate lr: its window's micro-batches,
+        their metrics added to sums/counts. Returns the gradient norm."""
+        micro_batches = self._window(step)
+        normaliser = self._window_size([e for mb in micro_batches for e in mb])
+        self.model.zero_grad()
+        for examples in micro_batches:
+            metrics, tokens = self._micro_step(examples, normaliser, train=True)
+            self.state.num_tokens += tokens
+            accumulate(sums, counts, metrics)
+        grad_norm = self._clip_gradients(step, [self.model])
+        self.optimizer.step(lr=lr)
+        return grad_norm
+
+    def _clip_gradients(self, step, models):
+        """Clips the models' gradients jointly to max_grad_norm (0: no clipping);
+        returns their norm, raising FloatingPointError when it is not finite."""
+        a = self.args
+        if a.max_grad_norm > 0:
+            grad_norm = clip_grad_norm(models, a.max_grad_norm)
+        else:
+            norms = [_C.grad_norm(m.train_grads) for m in models]
+            grad_norm = norms[0] if len(norms) == 1 else math.sqrt(sum(n * n for n in norms))
+        if not math.isfinite(grad_norm):  # clip_grad_norm raises too; this covers no clipping
+            raise FloatingPointError(f"step {step}: the gradient norm is {grad_norm}; "
+                                     "stopping before the parameters become NaN")
+        return grad_norm
 
     def _evaluate_and_save(self, total, epoch_end):
         """transformers' schedule: evaluate, then save, at the strategy's steps

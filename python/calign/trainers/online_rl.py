@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from calign import checks
-from calign.data.prompts import prepare_prompts
+from calign.data.prompts import check_prompts_fit, prepare_prompts
 from calign.model import Model
 from calign.model.packing import pack_shared_prefix
 from calign.trainers import rollouts
@@ -23,7 +23,7 @@ from calign.trainers.base import BaseTrainer, accumulate
 from calign.trainers.rewards import RewardFunctions
 
 
-def _seed(*parts):
+def round_seed(*parts):
     """A 63-bit seed from integers (the sampler's seed of a round)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0]
                >> np.uint64(1))
@@ -96,20 +96,8 @@ class OnlineRLTrainer(BaseTrainer):
                                chat_template_kwargs=a.chat_template_kwargs, max_prompt_tokens=room)
 
     def _check_fits(self, examples, name):
-        """Each prompt plus max_completion_length must fit the model's
-        positions, and its tokens its vocabulary."""
-        room = self.args.max_completion_length
-        limit, vocab = self.model.max_positions, self.model.vocab_size
-        for e in examples:
-            if len(e.prompt_ids) + room > limit:
-                raise ValueError(f"{name} record {e.index}: the prompt ({len(e.prompt_ids)} "
-                                 f"tokens) plus max_completion_length ({room}) exceeds the "
-                                 f"model's maximum positions ({limit}): set max_length (longer "
-                                 "prompts keep their end) or a smaller max_completion_length")
-            if max(e.prompt_ids) >= vocab:
-                raise ValueError(f"{name} record {e.index}: the prompt holds token id "
-                                 f"{max(e.prompt_ids)}, outside the model's vocabulary "
-                                 f"[0, {vocab})")
+        check_prompts_fit(self.model, examples, name, self.args.max_completion_length,
+                          "max_completion_length")
 
     def _eos_ids(self):
         """TRL's stop tokens: the tokenizer's EOS, then the generation config's."""
@@ -152,7 +140,7 @@ class OnlineRLTrainer(BaseTrainer):
             start = round_index * self.prompts_per_round
             chosen = [self.train_examples[i] for i in order[start:start + self.prompts_per_round]]
             self._round, fresh = self._rollout(chosen, a.num_generations,
-                                               _seed(a.seed, epoch, round_index))
+                                               round_seed(a.seed, epoch, round_index))
             # TRL shuffles the generation batch before splitting it into micro-batches
             rows = np.random.default_rng([a.seed, epoch, round_index]).permutation(
                 len(self._round.completion_ids))
@@ -214,7 +202,7 @@ class OnlineRLTrainer(BaseTrainer):
         else:  # an evaluation batch: its prompts, sampled afresh
             a = self.args
             rollout, metrics = self._rollout(batch, a.eval_generations,
-                                             _seed(a.seed, 2**32, self.state.global_step,
+                                             round_seed(a.seed, 2**32, self.state.global_step,
                                                    batch[0].index))
             rows, tokens = list(range(len(rollout.completion_ids))), 0
         metrics.update(self._train_rows(rollout, rows, train))

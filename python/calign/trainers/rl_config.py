@@ -226,3 +226,90 @@ class RLOOConfig(OnlineRLConfig):
         self.reward_clip_range = losses.reward_clip(self.reward_clip_range)
         checks.require(self.beta != 0.0 or not self.sync_ref_model, "sync_ref_model",
                        self.sync_ref_model, "False when beta is 0 (there is no reference)")
+
+
+@dataclass
+class PPOConfig(TrainingConfig):
+    """PPO for RLHF (Ouyang et al. 2022, InstructGPT), named as TRL's PPOConfig
+    (trl.experimental.ppo, v1.9; TRL 1.16 ships none), plus InstructGPT's
+    pretraining mix (ptx_coef).
+
+    An update samples per_device_train_batch_size * gradient_accumulation_steps
+    * num_mini_batches prompts, one completion each, then takes num_ppo_epochs
+    passes over them in num_mini_batches optimizer steps. A step of the
+    trainer (max_steps, logging_steps, ...) is an update, as TRL counts."""
+
+    learning_rate: float = help_field("Peak learning rate (TRL's PPO default).", default=3e-6)
+    remove_unused_columns: bool = help_field(
+        f"Ignored: {trl_fields.IGNORED['remove_unused_columns'][1]}.", default=False)
+    max_length: int = help_field(
+        "calign's: longest prompt + completion (None: the model's positions); longer prompts "
+        "keep their end, leaving response_length.", default=None)
+    reward_model_path: str = help_field("Reward model folder, loaded when the trainer is given "
+                                        "no reward_model.", default=None)
+    num_ppo_epochs: int = help_field("Passes over each update's completions.", default=4)
+    num_mini_batches: int = help_field("Optimizer steps per pass over an update's completions.",
+                                       default=1)
+    total_episodes: int = help_field("Completions to train on (None: num_train_epochs * the "
+                                     "prompts); max_steps > 0 overrides.", default=None)
+    local_rollout_forward_batch_size: int = help_field(
+        "Completions per forward pass of the rollout's reference, value and reward models.",
+        default=64)
+    response_length: int = help_field("Tokens to sample per completion at most.", default=53)
+    stop_token: str = help_field("'eos' to stop a completion at the tokenizer's EOS (None: "
+                                 "stop_token_id, or no stop).", default=None)
+    stop_token_id: int = help_field("Token that ends a completion (None: stop_token).",
+                                    default=None)
+    temperature: float = help_field("Sampling temperature (the log-probs are of the tempered "
+                                    "policy, as TRL's).", default=0.7)
+    missing_eos_penalty: float = help_field("Subtracted from the score of a completion without "
+                                            "the stop token (None: off).", default=None)
+    whiten_rewards: bool = help_field("Standardise the per-token rewards (not their mean).",
+                                      default=False)
+    kl_coef: float = help_field("beta: the per-token KL penalty's weight in the reward.",
+                                default=0.05)
+    kl_estimator: str = help_field(f"One of {losses.KL_ESTIMATORS}.", default="k1")
+    cliprange: float = help_field("Clip range of the policy ratio.", default=0.2)
+    vf_coef: float = help_field("Weight of the value loss.", default=0.1)
+    cliprange_value: float = help_field("Clip range of the value change.", default=0.2)
+    gamma: float = help_field("Discount of GAE (InstructGPT: 1).", default=1.0)
+    lam: float = help_field("lambda of GAE.", default=0.95)
+    ptx_coef: float = help_field("gamma of InstructGPT's PPO-ptx: weight of the pretraining "
+                                 "log-likelihood (0: plain PPO; the paper's 27.8).", default=0.0)
+    ptx_batch_size: int = help_field("Pretraining sequences per micro-batch with ptx_coef "
+                                     "(None: per_device_train_batch_size).", default=None)
+
+    def __post_init__(self):
+        super().__post_init__()
+        checks.require(self.max_prompt_length is None, "max_prompt_length",
+                       self.max_prompt_length, "None (max_length bounds prompt + completion)")
+        checks.require(self.max_completion_length is None, "max_completion_length",
+                       self.max_completion_length, "None (response_length bounds a completion)")
+        check_integers(self, 1, "num_ppo_epochs", "num_mini_batches",
+                       "local_rollout_forward_batch_size", "response_length")
+        check_integers(self, 1, "total_episodes", "ptx_batch_size", allow_none=True)
+        check_integers(self, 0, "stop_token_id", allow_none=True)
+        checks.require(self.stop_token in (None, "eos"), "stop_token", self.stop_token,
+                       "None or 'eos'")
+        checks.require(self.stop_token is None or self.stop_token_id is None, "stop_token_id",
+                       self.stop_token_id, "None when stop_token is given")
+        checks.require(self.max_length is None or self.response_length < self.max_length,
+                       "response_length", self.response_length,
+                       f"below max_length ({self.max_length}), which bounds prompt + completion")
+        check_reals(self, ("temperature",), 0.0, open_low=True)
+        check_reals(self, ("missing_eos_penalty",), allow_none=True)
+        check_reals(self, ("kl_coef", "cliprange", "vf_coef", "cliprange_value", "ptx_coef"), 0.0)
+        check_reals(self, ("gamma", "lam"), 0.0, 1.0)
+        checks.choice("kl_estimator", self.kl_estimator, losses.KL_ESTIMATORS)
+        checks.text("reward_model_path", self.reward_model_path, allow_none=True)
+        unused_unless(self, "ptx_batch_size", None, self.ptx_coef > 0, "unless ptx_coef > 0")
+
+    @property
+    def mini_batch_size(self):
+        """Completions per optimizer step."""
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps
+
+    @property
+    def batch_size(self):
+        """Completions (prompts) per update."""
+        return self.mini_batch_size * self.num_mini_batches
