@@ -10,6 +10,7 @@ round's batch; a round samples generation_batch_size / num_generations
 prompts of the epoch's (seeded) order, whole rounds only, as TRL's
 RepeatSampler."""
 
+import math
 import os
 
 import numpy as np
@@ -178,6 +179,9 @@ class OnlineRLTrainer(BaseTrainer):
         metrics.update(rollouts.reward_metrics(rollout, self.reward_functions.names,
                                                self.reward_functions.weights, std_rewards))
         metrics.update({k: float(np.mean(v)) for k, v in logged.items()})
+        # TRL averages each metric over its values that are not NaN (a batch no function
+        # scored, the std of one value): a NaN is left out, not logged
+        metrics = {k: v for k, v in metrics.items() if not math.isnan(v)}
         self.last_rollout = rollout
         return rollout, metrics
 

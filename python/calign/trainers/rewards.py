@@ -11,6 +11,7 @@ the prompt + completion text re-encoded with its own tokenizer, as TRL does."""
 
 import math
 import os
+from collections.abc import Mapping, Set
 
 import numpy as np
 
@@ -104,9 +105,9 @@ class RewardFunctions:
             if isinstance(func, RewardModel):
                 out[:, j] = self._model_rewards(func, tok, prompts, completions)
                 continue
-            try:
+            try:  # TRL's own arguments replace a dataset column of the same name
                 values = func(prompts=prompts, completions=completions,
-                              completion_ids=completion_ids, **columns, **extra)
+                              completion_ids=completion_ids, **{**columns, **extra})
             except Exception as error:
                 raise RuntimeError(f"the reward function {name!r} raised "
                                    f"{type(error).__name__}: {error}") from error
@@ -126,6 +127,10 @@ class RewardFunctions:
 
 def _checked_rewards(values, n, name):
     """A function's output as float32 [n] (None: NaN), or one error naming it."""
+    # iterable, but not a list of rewards: a string's characters, a dict's keys, a set's order
+    if isinstance(values, (str, bytes, Mapping, Set)):
+        raise ValueError(f"the reward function {name!r} returned {type(values).__name__}, not "
+                         f"a list of {n} rewards")
     try:
         values = list(values)
     except TypeError:

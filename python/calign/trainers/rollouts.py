@@ -56,10 +56,14 @@ def decode_completions(rollout, tokenizer):
     return texts
 
 
+# fields TRL does not pass on as columns (the prompt is not among a record's columns)
+NOT_REWARD_COLUMNS = ("completion", "completion_ids")
+
+
 def reward_columns(examples):
     """The records' other fields, one value per completion (TRL passes the
-    first record's keys)."""
-    keys = list(examples[0].columns)
+    first record's keys, but for NOT_REWARD_COLUMNS)."""
+    keys = [k for k in examples[0].columns if k not in NOT_REWARD_COLUMNS]
     return {k: [e.columns.get(k) for e in examples] for k in keys}
 
 
