@@ -31,12 +31,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
-from common import ChildFailed, peak_rss_mib, write_word_preferences
+from common import (ChildFailed, describe_seconds, peak_rss_mib, run_with_deadline,
+                    write_word_preferences)
 
 SHAPE = dict(num_hidden_layers=24, hidden_size=896, num_attention_heads=14,
              num_key_value_heads=2, intermediate_size=4864, vocab_size=151936,
@@ -115,6 +114,7 @@ def run_trl(args, folder, steps):
 
         def on_step_end(self, args, state, control, **kwargs):
             stamps.append(time.perf_counter())
+            print(json.dumps({"step_ended": time.time()}), flush=True)
 
     default = args.side == "trl-default"
     model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -172,34 +172,6 @@ def child(args):
                       "peak_rss_mib": peak_rss_mib(), "kernel": kernel, "phases": phases}))
 
 
-def run_with_deadline(cmd, deadline):
-    """A side's result; a side still running after `deadline` seconds is
-    stopped and reported with the time its first step had taken so far (a
-    lower bound on its step time) and its peak RSS until then."""
-    process = subprocess.Popen([sys.executable, os.path.abspath(__file__), *map(str, cmd)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = process.communicate(timeout=deadline)
-    except subprocess.TimeoutExpired:
-        with open(f"/proc/{process.pid}/status") as f:
-            peak = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
-        process.kill()
-        out, _ = process.communicate()
-        began = [json.loads(line)["first_step_began"] for line in out.splitlines()
-                 if "first_step_began" in line]
-        if not began:
-            raise ChildFailed(f"no step began within {deadline:.0f} s")
-        return {"seconds": time.time() - began[0], "unfinished": True, "peak_rss_mib": peak,
-                "kernel": "stopped during its first step"}
-    if process.returncode != 0:
-        raise ChildFailed(err.strip() or "failed")
-    return json.loads(out.strip().splitlines()[-1])
-
-
-def describe_seconds(result):
-    return f"{'>' if result.get('unfinished') else ''}{result['seconds']:.2f}"
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=2, help="timed steps (after one warm-up)")
@@ -232,14 +204,14 @@ def main():
                 cmd = ["--child", side, "--mode", mode, "--folder", folder, "--steps",
                        args.steps, "--threads", args.threads, "--prompt", P, "--completion", C]
                 try:
-                    r = results[mode, side] = run_with_deadline(cmd, args.deadline)
+                    r = results[mode, side] = run_with_deadline(__file__, cmd, args.deadline)
                 except ChildFailed as failure:  # e.g. out of memory: say so, run the others
                     print(f"{mode} {side} failed:\n{str(failure)[-2000:]}", flush=True)
                     continue
                 print(f"{mode:>4} {side:>11}: {describe_seconds(r)} s/step, peak RSS "
                       f"{r['peak_rss_mib']:.0f} MiB ({r['kernel']})", flush=True)
     if any(side.startswith("trl") for side in args.sides):
-        rates = run_with_deadline(["--child", "gemm", "--threads", args.threads], 600)
+        rates = run_with_deadline(__file__, ["--child", "gemm", "--threads", args.threads], 600)
         print("torch GFLOP/s, 1024 x 896 x 4864 product: " + ", ".join(
             f"{dtype} {rate:.1f}" for dtype, rate in rates.items()))
     print(f"\nCPU: {info['cpu']}, {info['cores']} cores; threads: {args.threads}; Qwen2.5-0.5B "

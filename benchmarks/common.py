@@ -82,3 +82,41 @@ def write_word_preferences(folder, vocab, n_records, prompt, completion):
         for r in records:
             f.write(json.dumps(r) + "\n")
     return records
+
+
+def run_with_deadline(script, cmd, deadline):
+    """The last JSON line of `python script *cmd`, a benchmark side. A side
+    still running after `deadline` seconds is stopped and reported with the
+    time its first step had taken so far (a lower bound on its step time:
+    the side prints {"first_step_began": time.time()} when it starts one) and
+    its peak RSS until then; or, when its first step ended ({"step_ended":
+    time.time()}), that step's time, marked warmup_only."""
+    process = subprocess.Popen([sys.executable, os.path.abspath(script), *map(str, cmd)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = process.communicate(timeout=deadline)
+    except subprocess.TimeoutExpired:
+        with open(f"/proc/{process.pid}/status") as f:
+            peak = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+        process.kill()
+        out, _ = process.communicate()
+        marks = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        began = [m["first_step_began"] for m in marks if "first_step_began" in m]
+        ended = [m["step_ended"] for m in marks if "step_ended" in m]
+        if not began:
+            raise ChildFailed(f"no step began within {deadline:.0f} s")
+        if ended:  # the first (warm-up) step finished: its time, not a bound
+            return {"seconds": ended[0] - began[0], "warmup_only": True, "peak_rss_mib": peak,
+                    "kernel": "stopped after its first (warm-up) step"}
+        return {"seconds": time.time() - began[0], "unfinished": True, "peak_rss_mib": peak,
+                "kernel": "stopped during its first step"}
+    if process.returncode != 0:
+        raise ChildFailed(err.strip() or "failed")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def describe_seconds(result):
+    """A side's seconds, ">"-prefixed when it was stopped (a lower bound),
+    marked when they are its warm-up step's only."""
+    seconds = f"{'>' if result.get('unfinished') else ''}{result['seconds']:.2f}"
+    return seconds + (" (its warm-up step)" if result.get("warmup_only") else "")

@@ -205,6 +205,103 @@ ax.legend()
 fig.tight_layout()'''),
 ]
 
+ONLINE_RL = [
+    ("markdown", "# Online RL: GRPO, RLOO and PPO\n\nAfter SFT, three online methods sample "
+                 "answers from the model itself and learn from how they score:\n\n"
+                 "- **GRPO** (`GRPOTrainer`): 8 answers per prompt, a program checks each "
+                 "(`demo.task.exact_match`, a reward function with TRL's signature), and each "
+                 "answer's advantage is its reward against its group's;\n"
+                 "- **RLOO** (`RLOOTrainer`): the same samples, each answer's baseline the mean "
+                 "reward of the other seven;\n"
+                 "- **PPO** (`PPOTrainer`, InstructGPT's recipe): one answer per prompt scored by "
+                 "a *learned* reward model (a `RewardTrainer` run on the preference pairs), a "
+                 "per-token KL penalty to the SFT model, and a value model initialised from the "
+                 "reward model.\n\n"
+                 "DPO on the bundled pairs is the offline baseline. Every method starts from the "
+                 "same SFT checkpoint."),
+    ("code", SETUP + '''
+RL_STEPS, RM_STEPS, PPO_STEPS = (20, 40, 10) if QUICK else (200, 1500, 100)
+pairs = demo.read_jsonl(f"{assets}/preferences.jsonl")
+prompts = [{"prompt": r["prompt"], "answer": r["chosen"]} for r in pairs]   # answer: a column
+results = {}'''),
+    ("code", '''sft = calign.SFTTrainer(f"{assets}/base", args=calign.SFTConfig(
+    output_dir="notebook_out/sft", max_steps=SFT_STEPS, save_steps=0, disable_tqdm=True,
+    **demo.SFT_SETTINGS), train_dataset=f"{assets}/sft.jsonl", processing_class=tokenizer)
+sft.train()
+sft.save_model("notebook_out/sft_model")
+results["SFT"] = demo.held_out_accuracy(sft.model, tokenizer, heldout)
+print(f"after SFT: {results['SFT']:.1%}")'''),
+    ("code", '''from calign.demo.task import exact_match   # f(prompts, completions, answer, **kw)
+
+online = dict(learning_rate=3e-4, per_device_train_batch_size=64, num_generations=8,
+              max_completion_length=5, max_steps=RL_STEPS, lr_scheduler_type="cosine",
+              warmup_steps=10, logging_steps=10, save_steps=0, disable_tqdm=True)
+trainers = {}
+for name, trainer_class, config_class in (("GRPO", calign.GRPOTrainer, calign.GRPOConfig),
+                                          ("RLOO", calign.RLOOTrainer, calign.RLOOConfig)):
+    trainer = trainer_class(calign.Model.from_pretrained("notebook_out/sft_model"),
+                            reward_funcs=exact_match, processing_class=tokenizer,
+                            args=config_class(output_dir=f"notebook_out/{name.lower()}", **online),
+                            train_dataset=prompts)
+    trainer.train()
+    trainer.save_model(f"notebook_out/{name.lower()}_final")
+    trainers[name] = trainer
+    results[name] = demo.held_out_accuracy(trainer.model, tokenizer, heldout)
+    print(f"after {name}: {results[name]:.1%}")'''),
+    ("code", '''rm = calign.RewardTrainer("notebook_out/sft_model", args=calign.RewardConfig(
+    output_dir="notebook_out/rm", max_steps=RM_STEPS, learning_rate=3e-4,
+    per_device_train_batch_size=32, lr_scheduler_type="cosine", warmup_steps=20,
+    logging_steps=10, save_steps=0, disable_tqdm=True),
+    train_dataset=pairs[:3000], processing_class=tokenizer)
+rm.train()
+rm.save_model("notebook_out/reward_model")
+
+def scored(key):   # what PPO scores: the prompt's and the answer's token ids, EOS included
+    answers = [tokenizer.encode(r[key]) + [tokenizer.eos_token_id] for r in pairs[3000:]]
+    return rm.model.score(answers, prompts=[tokenizer.encode(r["prompt"]) for r in pairs[3000:]])
+
+ranked = (scored("chosen") > scored("rejected")).mean()
+print(f"reward model: {ranked:.1%} of {len(pairs) - 3000} held-out pairs ranked right")'''),
+    ("code", '''ppo = calign.PPOTrainer(calign.Model.from_pretrained("notebook_out/sft_model"),
+    reward_model="notebook_out/reward_model", processing_class=tokenizer,
+    args=calign.PPOConfig(output_dir="notebook_out/ppo", learning_rate=1e-4, kl_coef=0.1,
+                          num_ppo_epochs=1, per_device_train_batch_size=64, max_steps=PPO_STEPS,
+                          response_length=5, stop_token="eos", temperature=1.0,
+                          logging_steps=5, save_steps=0, disable_tqdm=True),
+    train_dataset=[{"prompt": r["prompt"]} for r in pairs])
+ppo.train()
+ppo.save_model("notebook_out/ppo_final")   # the policy; the value model in value_model/
+results["PPO"] = demo.held_out_accuracy(ppo.model, tokenizer, heldout)
+print(f"after PPO: {results['PPO']:.1%}")'''),
+    ("code", '''dpo = calign.DPOTrainer(calign.Model.from_pretrained("notebook_out/sft_model"),
+    args=calign.DPOConfig(output_dir="notebook_out/dpo", max_steps=STAGE_STEPS,
+                          per_device_train_batch_size=32, lr_scheduler_type="cosine",
+                          warmup_steps=10, save_steps=0, disable_tqdm=True,
+                          **demo.STAGES["dpo"][2]),
+    train_dataset=f"{assets}/preferences.jsonl", processing_class=tokenizer)
+dpo.train()
+dpo.save_model("notebook_out/dpo_final")
+results["DPO"] = demo.held_out_accuracy(dpo.model, tokenizer, heldout)
+print(f"after DPO: {results['DPO']:.1%}")
+print(results)'''),
+    ("code", '''import matplotlib.pyplot as plt
+
+fig, (reward_ax, ppo_ax, bars) = plt.subplots(1, 3, figsize=(13, 3.5))
+for name, trainer in trainers.items():
+    logs = [h for h in trainer.state.log_history if "reward" in h]
+    reward_ax.plot([h["step"] for h in logs], [h["reward"] for h in logs], label=name)
+reward_ax.set(title="mean reward of the samples (exact match)", xlabel="step")
+reward_ax.legend()
+logs = [h for h in ppo.state.log_history if "objective/scores" in h]
+ppo_ax.plot([h["step"] for h in logs], [h["objective/scores"] for h in logs], label="score")
+ppo_ax.plot([h["step"] for h in logs], [h["objective/kl"] for h in logs], label="KL to SFT")
+ppo_ax.set(title="PPO: reward model score and KL", xlabel="update")
+ppo_ax.legend()
+bars.bar(list(results), list(results.values()))
+bars.set(title="held-out exact match", ylim=(0, 1))
+fig.tight_layout()'''),
+]
+
 
 def write(path, cells):
     notebook = nbformat.v4.new_notebook()
@@ -221,3 +318,4 @@ if __name__ == "__main__":
     write(os.path.join(here, "01_quickstart_dpo.ipynb"), QUICKSTART)
     write(os.path.join(here, "02_kto_and_reward_model.ipynb"), KTO_AND_RM)
     write(os.path.join(here, "03_self_improving.ipynb"), SELF_IMPROVING)
+    write(os.path.join(here, "04_online_rl.ipynb"), ONLINE_RL)

@@ -191,3 +191,42 @@ def test_self_improving(tmp_path, monkeypatch):
         find(rf"^online DPO, round {round_}: {PERCENT} held-out exact match$", text)
         assert_trained(out / f"online{round_}", ROUND_STEPS)
     assert figures(notebook) == ["<Figure size 700x350 with 1 Axes>"]  # the curves per method
+
+
+ONLINE_STEPS, RM_STEPS, PPO_STEPS = 20, 40, 10  # notebook 04's quick settings
+
+
+def test_online_rl(tmp_path, monkeypatch, tokenizer, heldout):
+    notebook = execute("04_online_rl.ipynb", tmp_path, monkeypatch)
+    text, out = printed(notebook), tmp_path / "notebook_out"
+    # each printed exact match is the one of the model the notebook saved
+    for name, folder in (("SFT", "sft_model"), ("GRPO", "grpo_final"), ("RLOO", "rloo_final"),
+                         ("PPO", "ppo_final"), ("DPO", "dpo_final")):
+        (shown,) = find(rf"^after {name}: {PERCENT}$", text)
+        model = calign.Model.from_pretrained(str(out / folder))
+        assert f"{shown}%" == f"{demo.held_out_accuracy(model, tokenizer, heldout):.1%}", name
+    sft = calign.Model.from_pretrained(str(out / "sft_model"))
+    for folder in ("grpo_final", "rloo_final", "ppo_final", "dpo_final"):
+        assert (calign.Model.from_pretrained(str(out / folder)).params != sft.params).any()
+    assert (out / "ppo_final" / "value_model" / "model.safetensors").is_file()
+
+    for folder in ("grpo", "rloo"):  # every step sampled, scored and trained
+        rows = assert_trained(out / folder, ONLINE_STEPS)
+        assert all(0.0 <= row["reward"] <= 1.0 and math.isfinite(row["entropy"]) for row in rows)
+        assert all(row["completions/max_length"] <= 5 for row in rows)
+    assert_improves(assert_trained(out / "rm", RM_STEPS), "loss", direction="decrease", window=2)
+    ppo = assert_trained(out / "ppo", PPO_STEPS, logging_steps=5)
+    assert all(math.isfinite(row["objective/scores"]) and row["objective/kl"] >= -1e-3
+               for row in ppo)
+    # the reward model's ranking printed is the saved model's on the held-out pairs
+    (ranked,) = find(rf"^reward model: {PERCENT} of (?:\d+) held-out pairs ranked right$", text)
+    pairs = demo.read_jsonl(f"{demo.ASSETS}/preferences.jsonl")[3000:]
+    reward_model = calign.RewardModel.from_pretrained(str(out / "reward_model"))
+
+    def scored(key):
+        return reward_model.score(
+            [tokenizer.encode(r[key]) + [tokenizer.eos_token_id] for r in pairs],
+            prompts=[tokenizer.encode(r["prompt"]) for r in pairs])
+
+    assert f"{ranked}%" == f"{(scored('chosen') > scored('rejected')).mean():.1%}"
+    assert figures(notebook) == ["<Figure size 1300x350 with 3 Axes>"]

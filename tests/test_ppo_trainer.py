@@ -181,3 +181,98 @@ def test_one_update_matches_torch(folders, tmp_path, ptx_coef):
     assert logged["objective/scores"] == pytest.approx(metrics["scores"], rel=1e-4)
     if ptx_coef:
         assert logged["ptx/loss"] > 0
+
+
+def test_bad_input_names_the_culprit(folders, tmp_path, tiny_model, tiny_tokenizer):
+    policy, reference, reward = folders
+    tokenizer = calign.Tokenizer.from_pretrained(str(policy))
+    data = [{"prompt": p} for p in PROMPTS]
+
+    def make(**changes):
+        options = dict(reward_model=str(reward), train_dataset=data, processing_class=tokenizer)
+        config = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1,
+                      response_length=4, disable_tqdm=True)
+        config.update(changes.pop("config", {}))
+        options.update(changes)
+        return calign.PPOTrainer(str(policy), args=calign.PPOConfig(**config), **options)
+
+    with pytest.raises(ValueError, match="^reward_model must be"):
+        make(reward_model=None)
+    with pytest.raises(ValueError, match="ptx_dataset must be pretraining records"):
+        make(config=dict(ptx_coef=1.0))
+    with pytest.raises(ValueError, match="ptx_dataset must be None when args.ptx_coef is 0"):
+        make(ptx_dataset=[{"text": "w1 w2"}])
+    with pytest.raises(KeyError, match="ptx_dataset record 0 lacks the field 'text'"):
+        make(config=dict(ptx_coef=1.0), ptx_dataset=[{"prompt": "w1"}])
+    with pytest.raises(ValueError, match="fewer than an update needs"):
+        make(config=dict(per_device_train_batch_size=5))
+    small = tiny_model("llama", tokenizer=tiny_tokenizer(vocab_size=42), vocab_size=42,
+                       max_position_embeddings=6)
+    value = calign.RewardModel.from_causal_lm(str(small))
+    with pytest.raises(ValueError, match="value_model has 6 positions"):
+        make(value_model=value)
+    with pytest.raises(TypeError, match="value_model must be a calign.RewardModel"):
+        make(value_model=calign.Model.from_pretrained(str(policy)))
+    with pytest.raises(ValueError, match="response_length .* exceeds the model's maximum"):
+        make(config=dict(response_length=62))
+    for field, value in (("stop_token", "<eos>"), ("kl_estimator", "k2"), ("gamma", 1.5),
+                         ("num_ppo_epochs", 0), ("max_completion_length", 8)):
+        with pytest.raises(ValueError, match=f"^{field} must be"):
+            calign.PPOConfig(**{field: value})
+
+    def none_reward(completions, **kwargs):
+        return [None] * len(completions)
+
+    with pytest.raises(ValueError, match="returned None for a completion"):
+        make(reward_model=none_reward).train()
+
+
+def test_checkpoint_resume_restores_the_value_model(folders, tmp_path):
+    """A run resumed from its checkpoint ends where the straight run ends:
+    policy, value model and both optimizers ride along (a constant learning
+    rate: the 2-step run's schedule would differ from the 3-step run's)."""
+    policy, reference, reward = folders
+    tokenizer = calign.Tokenizer.from_pretrained(str(policy))
+
+    def run(folder, steps, resume=None):
+        trainer = calign.PPOTrainer(
+            str(policy), reward_model=str(reward), processing_class=tokenizer,
+            args=calign.PPOConfig(output_dir=str(folder), per_device_train_batch_size=2,
+                                  num_mini_batches=2, num_ppo_epochs=2, max_steps=steps,
+                                  response_length=4, learning_rate=1e-3, save_steps=1,
+                                  lr_scheduler_type="constant", disable_tqdm=True,
+                                  logging_steps=1),
+            train_dataset=[{"prompt": p} for p in PROMPTS])
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    straight = run(tmp_path / "a", 3)
+    run(tmp_path / "b", 2)
+    resumed = run(tmp_path / "b", 3, resume=True)
+    np.testing.assert_array_equal(resumed.model.params, straight.model.params)
+    np.testing.assert_array_equal(resumed.value.model.params, straight.value.model.params)
+    assert [h["loss"] for h in resumed.state.log_history if "loss" in h] == \
+        [h["loss"] for h in straight.state.log_history if "loss" in h]
+    assert (tmp_path / "b" / "checkpoint-3" / "value_model" / "model.safetensors").is_file()
+
+
+def test_ppo_raises_the_reward_model_score(folders, tmp_path):
+    """With a reward function easy to satisfy (completions that start with w3),
+    PPO raises the mean score within 60 updates (from <= 0.07 to >= 0.7 for
+    four seeds tried)."""
+    policy, _, _ = folders
+    tokenizer = calign.Tokenizer.from_pretrained(str(policy))
+
+    def starts_with_w3(completions, **kwargs):
+        return [float(c.split()[:1] == ["w3"]) for c in completions]
+
+    trainer = calign.PPOTrainer(
+        str(policy), reward_model=starts_with_w3, processing_class=tokenizer,
+        args=calign.PPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=16,
+                              max_steps=60, response_length=3, learning_rate=3e-3,
+                              temperature=1.0, kl_coef=0.01, num_ppo_epochs=2,
+                              logging_steps=1, save_steps=0, disable_tqdm=True),
+        train_dataset=[{"prompt": p} for p in PROMPTS * 4])
+    trainer.train()
+    scores = [h["objective/scores"] for h in trainer.state.log_history if "objective/scores" in h]
+    assert np.mean(scores[:5]) < 0.3 and np.mean(scores[-5:]) > 0.5, scores
