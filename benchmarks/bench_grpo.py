@@ -37,7 +37,7 @@ import tempfile
 import time
 
 from common import (ChildFailed, describe_seconds, peak_rss_mib, run_with_deadline,
-                    write_word_preferences)
+                    trl_clock, write_word_preferences)
 
 PROMPTS, G, PROMPT_TOKENS, NEW_TOKENS = 8, 8, 64, 128
 SHAPES = {
@@ -140,16 +140,6 @@ def run_trl(args, folder, steps):
     torch.set_num_threads(args.threads)
     stamps, step_tokens = [], []
 
-    class Clock(transformers.TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            if not stamps:
-                stamps.append(time.perf_counter())
-                print(json.dumps({"first_step_began": time.time()}), flush=True)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            stamps.append(time.perf_counter())
-            print(json.dumps({"step_ended": time.time()}), flush=True)
-
     default = args.side == "trl-default"
     model = transformers.AutoModelForCausalLM.from_pretrained(
         folder, **({} if default else {"dtype": torch.float32}))
@@ -168,7 +158,7 @@ def run_trl(args, folder, steps):
 
     trainer = Counted(model=model, reward_funcs=even_words, args=config,
                       train_dataset=datasets.Dataset.from_list(prompts(folder)),
-                      processing_class=tokenizer, callbacks=[Clock()])
+                      processing_class=tokenizer, callbacks=[trl_clock(stamps)])
     trainer.train()
     return stamps, step_tokens, (f"torch {torch.__version__} "
                                  f"({torch.backends.cpu.get_cpu_capability()}), {model.dtype}, "

@@ -35,7 +35,7 @@ import tempfile
 import time
 
 from common import (ChildFailed, describe_seconds, peak_rss_mib, run_with_deadline,
-                    write_word_preferences)
+                    trl_clock, write_word_preferences)
 
 SHAPE = dict(num_hidden_layers=24, hidden_size=896, num_attention_heads=14,
              num_key_value_heads=2, intermediate_size=4864, vocab_size=151936,
@@ -106,16 +106,6 @@ def run_trl(args, folder, steps):
     torch.set_num_threads(args.threads)
     stamps = []
 
-    class Clock(transformers.TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            if not stamps:
-                stamps.append(time.perf_counter())
-                print(json.dumps({"first_step_began": time.time()}), flush=True)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            stamps.append(time.perf_counter())
-            print(json.dumps({"step_ended": time.time()}), flush=True)
-
     default = args.side == "trl-default"
     model = transformers.AutoModelForCausalLM.from_pretrained(
         folder, **({} if default else {"dtype": torch.float32}))
@@ -130,7 +120,7 @@ def run_trl(args, folder, steps):
         tokenizer_file=os.path.join(folder, "tokenizer.json"), eos_token="<eos>", pad_token="<pad>")
     trainer = trl.DPOTrainer(
         model=model, args=config, train_dataset=datasets.Dataset.from_list(records),
-        processing_class=tokenizer, callbacks=[Clock()],
+        processing_class=tokenizer, callbacks=[trl_clock(stamps)],
         peft_config=peft.LoraConfig(**LORA) if args.mode == "lora" else None)
     first = trainer.train_dataset[0]
     check_lengths("TRL", *(len(first[k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids")),

@@ -115,6 +115,25 @@ def run_with_deadline(script, cmd, deadline):
     return json.loads(out.strip().splitlines()[-1])
 
 
+def trl_clock(stamps):
+    """A transformers TrainerCallback appending each step's end time to
+    `stamps` (the first entry: when the first step began), and printing the
+    marks run_with_deadline reads."""
+    import transformers
+
+    class Clock(transformers.TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if not stamps:
+                stamps.append(time.perf_counter())
+                print(json.dumps({"first_step_began": time.time()}), flush=True)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            stamps.append(time.perf_counter())
+            print(json.dumps({"step_ended": time.time()}), flush=True)
+
+    return Clock()
+
+
 def describe_seconds(result):
     """A side's seconds, ">"-prefixed when it was stopped (a lower bound),
     marked when they are its warm-up step's only."""

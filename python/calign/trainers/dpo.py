@@ -21,10 +21,10 @@ import numpy as np
 from calign import checks, losses
 from calign.data.preference import prepare_preference_data
 from calign.data.truncation import Truncation
-from calign.model import Model
 from calign.model.preference_batch import PackedPreferences, completion_logps
 from calign.trainers.base import BaseTrainer
 from calign.trainers.config import DPOConfig
+from calign.trainers.reference_sync import SyncedReference
 
 
 def _load_cached_reference(path, shape):
@@ -44,7 +44,7 @@ def _load_cached_reference(path, shape):
     return None
 
 
-class DPOTrainer(BaseTrainer):
+class DPOTrainer(SyncedReference, BaseTrainer):
     """Direct preference optimisation, configured by DPOConfig (TRL's names).
 
     Args:
@@ -248,20 +248,3 @@ class DPOTrainer(BaseTrainer):
             "entropy": float(stats["entropy"].mean()),
             "mean_token_accuracy": float(stats["is_top1"][is_chosen].mean()),
         }
-
-    # ---- TR-DPO ---------------------------------------------------------------------
-
-    def _after_optimizer_step(self):
-        a = self.args
-        if a.sync_ref_model and self.state.global_step % a.ref_model_sync_steps == 0:
-            # TR-DPO (Gorbatovski et al. 2024): ref <- alpha * policy + (1 - alpha) * ref
-            self.ref_model.params *= 1.0 - a.ref_model_mixup_alpha
-            self.ref_model.params += a.ref_model_mixup_alpha * self.model.params
-
-    def _save_extra_files(self, folder):
-        if self.args.sync_ref_model:
-            self.ref_model.save_pretrained(os.path.join(folder, "ref_model"), dtype="float32")
-
-    def _load_extra_state(self, state, path):
-        if self.args.sync_ref_model:
-            self.ref_model.params[...] = Model.from_pretrained(os.path.join(path, "ref_model")).params

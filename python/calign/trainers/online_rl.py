@@ -11,16 +11,15 @@ prompts of the epoch's (seeded) order, whole rounds only, as TRL's
 RepeatSampler."""
 
 import math
-import os
 
 import numpy as np
 
 from calign import checks
 from calign.data.prompts import check_prompts_fit, prepare_prompts
-from calign.model import Model
 from calign.model.packing import pack_shared_prefix
 from calign.trainers import rollouts
 from calign.trainers.base import BaseTrainer, accumulate
+from calign.trainers.reference_sync import SyncedReference
 from calign.trainers.rewards import RewardFunctions
 
 
@@ -54,7 +53,7 @@ class PackedRows:
         return np.concatenate([matrix[index_of[r], :n] for r, n in zip(self.order, self.lengths)])
 
 
-class OnlineRLTrainer(BaseTrainer):
+class OnlineRLTrainer(SyncedReference, BaseTrainer):
     """Subclasses set config_class and give _advantages and _policy_loss."""
 
     def __init__(self, model, reward_funcs=None, args=None, train_dataset=None,
@@ -266,20 +265,3 @@ class OnlineRLTrainer(BaseTrainer):
         result = {f"eval_{k}": v / counts[k] for k, v in sums.items()}
         self._log(result, None)
         return result
-
-    # ---- the reference's sync (TR-DPO), saved with checkpoints -------------------------
-
-    def _after_optimizer_step(self):
-        a = self.args
-        if a.sync_ref_model and self.state.global_step % a.ref_model_sync_steps == 0:
-            self.ref_model.params *= 1.0 - a.ref_model_mixup_alpha
-            self.ref_model.params += a.ref_model_mixup_alpha * self.model.params
-
-    def _save_extra_files(self, folder):
-        if self.args.sync_ref_model:
-            self.ref_model.save_pretrained(os.path.join(folder, "ref_model"), dtype="float32")
-
-    def _load_extra_state(self, state, path):
-        if self.args.sync_ref_model:
-            self.ref_model.params[...] = Model.from_pretrained(
-                os.path.join(path, "ref_model")).params
