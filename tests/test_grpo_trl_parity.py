@@ -2,8 +2,9 @@
 completions.
 
 TRL's GRPOTrainer takes a `rollout_func` that returns the completions of a
-batch (its RLOOTrainer's generation method is replaced); calign's sampler (calign.trainers.rollouts.sample) is replaced by one
-returning the same token ids. The dataset is exactly one generation batch
+batch (its RLOOTrainer's generation method is replaced); calign's sampler
+(calign.trainers.rollouts.sample) is replaced by one returning the same
+token ids. The dataset is exactly one generation batch
 (so the prompt order cannot differ), TRL runs in float32 (bf16=False) with
 SGD, so one step's parameter change is -lr times the gradient, and the logged
 metrics (loss, rewards, advantages' zero-std fraction, entropy, KL, clip
@@ -17,7 +18,6 @@ import transformers
 import calign
 from calign import testing
 from calign.trainers import rollouts
-from calign.trainers.online_rl import PackedRows
 
 trl = pytest.importorskip("trl")
 
@@ -122,7 +122,7 @@ def calign_run(checkpoint, table, tmp_path, monkeypatch, config_class, trainer_c
         # the sampling policy's log-probs, as the C sampler gives them (TRL's
         # RLOO computes them with a second forward, packed as the reference's
         # are, so that both agree exactly while the policy is the reference)
-        packed = PackedRows(rollout, range(len(rows)))
+        packed = rollouts.PackedRows(rollout, range(len(rows)))
         scores = model.packed_scores(model.forward_packed(packed.batch), packed.batch,
                                      args.temperature)
         by_row = packed.per_row(scores)

@@ -97,8 +97,9 @@ def torch_update(folders, ptx_coef=0.0):
             score = reward(ids).logits[0, 0].item()
         if completion[-1] != tokenizer.eos_token_id:
             score -= a["missing_eos_penalty"]
-        rows.append(dict(ids=ids, P=P, C=C, completion=torch.tensor(completion), score=score,
-                         ref=ref_logits.log_softmax(-1).gather(1, torch.tensor(completion)[:, None])[:, 0]))
+        targets = torch.tensor(completion)
+        rows.append(dict(ids=ids, P=P, C=C, completion=targets, score=score,
+                         ref=ref_logits.log_softmax(-1).gather(1, targets[:, None])[:, 0]))
 
     def policy_logps(row):
         logits = policy(row["ids"]).logits[0, row["P"] - 1:row["P"] + row["C"] - 1]

@@ -8,7 +8,7 @@ import numpy as np
 
 from calign import losses
 from calign.trainers import rollouts
-from calign.trainers.online_rl import OnlineRLTrainer, PackedRows
+from calign.trainers.online_rl import OnlineRLTrainer
 from calign.trainers.rl_config import GRPOConfig
 
 
@@ -96,7 +96,7 @@ class GRPOTrainer(OnlineRLTrainer):
         if not train or self.args.top_entropy_quantile < 1.0:
             return super()._train_rows(rollout, rows, train)
         a = self.args
-        packed = PackedRows(rollout, rows)
+        packed = rollouts.PackedRows(rollout, rows)
         order = packed.order
         mask = np.concatenate([np.full(len(rollout.completion_ids[r]), rollout.trained[r],
                                        np.float32) for r in order])

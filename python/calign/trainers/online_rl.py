@@ -16,41 +16,10 @@ import numpy as np
 
 from calign import checks
 from calign.data.prompts import check_prompts_fit, prepare_prompts
-from calign.model.packing import pack_shared_prefix
 from calign.trainers import rollouts
 from calign.trainers.base import BaseTrainer, accumulate
 from calign.trainers.reference_sync import SyncedReference
 from calign.trainers.rewards import RewardFunctions
-
-
-def round_seed(*parts):
-    """A 63-bit seed from integers (the sampler's seed of a round)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0]
-               >> np.uint64(1))
-
-
-class PackedRows:
-    """Rows of a rollout packed for the engine, the G completions of a prompt
-    sharing its prefix; `order` is the rows in score order."""
-
-    def __init__(self, rollout, rows):
-        groups = {}
-        for r in rows:
-            groups.setdefault(id(rollout.examples[r]), []).append(r)
-        self.order = [r for g in groups.values() for r in g]
-        self.batch = pack_shared_prefix([
-            (rollout.examples[g[0]].prompt_ids, [rollout.completion_ids[r] for r in g])
-            for g in groups.values()])
-        self.lengths = [len(rollout.completion_ids[r]) for r in self.order]
-        self.splits = np.cumsum(self.lengths)[:-1]
-
-    def per_row(self, scores):
-        """{row: its scores} from scores in score order."""
-        return dict(zip(self.order, np.split(np.asarray(scores), self.splits)))
-
-    def flatten(self, matrix, index_of):
-        """Scores in score order from a [B, T] matrix whose row index_of[r] is row r."""
-        return np.concatenate([matrix[index_of[r], :n] for r, n in zip(self.order, self.lengths)])
 
 
 class OnlineRLTrainer(SyncedReference, BaseTrainer):
@@ -140,7 +109,7 @@ class OnlineRLTrainer(SyncedReference, BaseTrainer):
             start = round_index * self.prompts_per_round
             chosen = [self.train_examples[i] for i in order[start:start + self.prompts_per_round]]
             self._round, fresh = self._rollout(chosen, a.num_generations,
-                                               round_seed(a.seed, epoch, round_index))
+                                               rollouts.round_seed(a.seed, epoch, round_index))
             # TRL shuffles the generation batch before splitting it into micro-batches
             rows = np.random.default_rng([a.seed, epoch, round_index]).permutation(
                 len(self._round.completion_ids))
@@ -190,7 +159,7 @@ class OnlineRLTrainer(SyncedReference, BaseTrainer):
         out = [None] * len(rollout.completion_ids)
         step = self.args.per_device_train_batch_size
         for start in range(0, len(out), step):
-            packed = PackedRows(rollout, range(start, min(len(out), start + step)))
+            packed = rollouts.PackedRows(rollout, range(start, min(len(out), start + step)))
             hidden = model.forward_packed(packed.batch, train=False)
             scores = model.packed_scores(hidden, packed.batch, self.args.temperature)
             for r, values in packed.per_row(scores).items():
@@ -204,9 +173,8 @@ class OnlineRLTrainer(SyncedReference, BaseTrainer):
             rollout, rows, metrics, tokens = self._train_round(batch[0])
         else:  # an evaluation batch: its prompts, sampled afresh
             a = self.args
-            rollout, metrics = self._rollout(batch, a.eval_generations,
-                                             round_seed(a.seed, 2**32, self.state.global_step,
-                                                   batch[0].index))
+            seed = rollouts.round_seed(a.seed, 2**32, self.state.global_step, batch[0].index)
+            rollout, metrics = self._rollout(batch, a.eval_generations, seed)
             rows, tokens = list(range(len(rollout.completion_ids))), 0
         metrics.update(self._train_rows(rollout, rows, train))
         return metrics, tokens
@@ -224,7 +192,7 @@ class OnlineRLTrainer(SyncedReference, BaseTrainer):
                                         np.float32) for r in rows], width)
         packed = hidden = None
         if trained:
-            packed = PackedRows(rollout, trained)
+            packed = rollouts.PackedRows(rollout, trained)
             hidden = self.model.forward_packed(packed.batch, train=train)
             scores, stats = self.model.packed_scores(hidden, packed.batch, a.temperature,
                                                      return_stats=True)

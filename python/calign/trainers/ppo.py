@@ -28,7 +28,6 @@ from calign.model.loading import load_model
 from calign.model.packing import pack_shared_prefix
 from calign.trainers import rollouts
 from calign.trainers.base import BaseTrainer, accumulate
-from calign.trainers.online_rl import PackedRows, round_seed
 from calign.trainers.rewards import RewardFunctions
 from calign.trainers.rl_config import PPOConfig
 
@@ -288,7 +287,7 @@ class PPOTrainer(BaseTrainer):
         out = [None] * len(rollout.completion_ids)
         step = self.args.local_rollout_forward_batch_size
         for start in range(0, len(out), step):
-            packed = PackedRows(rollout, range(start, min(len(out), start + step)))
+            packed = rollouts.PackedRows(rollout, range(start, min(len(out), start + step)))
             for r, values in packed.per_row(score(packed)).items():
                 out[r] = np.asarray(values, np.float32)
         return out
@@ -297,7 +296,8 @@ class PPOTrainer(BaseTrainer):
 
     def _training_step(self, update, lr, sums, counts):
         a = self.args
-        batch, metrics = self._rollout(self._update_prompts(update), round_seed(a.seed, update))
+        batch, metrics = self._rollout(self._update_prompts(update),
+                                       rollouts.round_seed(a.seed, update))
         accumulate(sums, counts, metrics)
         self.state.num_tokens += sum(len(e.prompt_ids) for e in batch.rollout.examples) + \
             sum(len(c) for c in batch.rollout.completion_ids)
@@ -328,7 +328,7 @@ class PPOTrainer(BaseTrainer):
         gradients added to the policy's and the value model's, / accumulation."""
         a = self.args
         scale = 1.0 / a.gradient_accumulation_steps
-        packed = PackedRows(batch.rollout, rows)
+        packed = rollouts.PackedRows(batch.rollout, rows)
         index_of = {r: i for i, r in enumerate(rows)}
         hidden = self.model.forward_packed(packed.batch, train=True)
         scores, stats = self.model.packed_scores(hidden, packed.batch, a.temperature,
@@ -385,8 +385,8 @@ class PPOTrainer(BaseTrainer):
         sums, counts = {}, {}
         step = self.args.per_device_eval_batch_size
         for i in range(0, len(examples), step):
-            _, metrics = self._rollout(examples[i:i + step],
-                                       round_seed(self.args.seed, 2**32, self.state.global_step, i))
+            seed = rollouts.round_seed(self.args.seed, 2**32, self.state.global_step, i)
+            _, metrics = self._rollout(examples[i:i + step], seed)
             accumulate(sums, counts, metrics)
         result = {f"eval_{k}": v / counts[k] for k, v in sums.items()}
         self._log(result, None)

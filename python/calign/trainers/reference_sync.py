@@ -24,4 +24,5 @@ class SyncedReference:
 
     def _load_extra_state(self, state, path):
         if self.args.sync_ref_model:
-            self.ref_model.params[...] = Model.from_pretrained(os.path.join(path, "ref_model")).params
+            saved = Model.from_pretrained(os.path.join(path, "ref_model"))
+            self.ref_model.params[...] = saved.params

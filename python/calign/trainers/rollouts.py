@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from calign.data.tokenize import is_conversational
+from calign.model.packing import pack_shared_prefix
 
 
 @dataclass
@@ -31,6 +32,36 @@ class Rollout:
     def num_items(self):
         """Completion tokens that count in the loss: TRL's num_items_in_batch."""
         return int(sum(len(c) for c, t in zip(self.completion_ids, self.trained) if t))
+
+
+def round_seed(*parts):
+    """A 63-bit seed from integers (the sampler's seed of a round)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0]
+               >> np.uint64(1))
+
+
+class PackedRows:
+    """Rows of a rollout packed for the engine, the G completions of a prompt
+    sharing its prefix; `order` is the rows in score order."""
+
+    def __init__(self, rollout, rows):
+        groups = {}
+        for r in rows:
+            groups.setdefault(id(rollout.examples[r]), []).append(r)
+        self.order = [r for g in groups.values() for r in g]
+        self.batch = pack_shared_prefix([
+            (rollout.examples[g[0]].prompt_ids, [rollout.completion_ids[r] for r in g])
+            for g in groups.values()])
+        self.lengths = [len(rollout.completion_ids[r]) for r in self.order]
+        self.splits = np.cumsum(self.lengths)[:-1]
+
+    def per_row(self, scores):
+        """{row: its scores} from scores in score order."""
+        return dict(zip(self.order, np.split(np.asarray(scores), self.splits)))
+
+    def flatten(self, matrix, index_of):
+        """Scores in score order from a [B, T] matrix whose row index_of[r] is row r."""
+        return np.concatenate([matrix[index_of[r], :n] for r, n in zip(self.order, self.lengths)])
 
 
 def sample(model, examples, G, args, eos_ids, seed):
