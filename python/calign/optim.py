@@ -121,6 +121,14 @@ class SGD:
         self.step_count = int(metadata["step"])
 
 
+def grad_norm(model):
+    """The global L2 norm of what the model trains (model.train_grads); of a
+    list of models, jointly, as one parameter set."""
+    models = model if isinstance(model, (list, tuple)) else [model]
+    norms = [_C.grad_norm(m.train_grads) for m in models]
+    return norms[0] if len(norms) == 1 else float(np.sqrt(sum(n * n for n in norms)))
+
+
 def clip_grad_norm(model, max_norm):
     """Scales the model's gradients so their global L2 norm is at most max_norm
     (torch's clip_grad_norm_: factor min(1, max_norm / (norm + 1e-6))). A list
@@ -128,8 +136,7 @@ def clip_grad_norm(model, max_norm):
     model). Returns the norm before clipping."""
     max_norm = checks.real("max_norm", max_norm, 0.0, open_low=True)
     models = model if isinstance(model, (list, tuple)) else [model]
-    norms = [_C.grad_norm(m.train_grads) for m in models]
-    norm = norms[0] if len(norms) == 1 else float(np.sqrt(sum(n * n for n in norms)))
+    norm = grad_norm(models)
     if not np.isfinite(norm):
         raise FloatingPointError(f"the gradient norm is {norm}: NaN or infinity in the gradients")
     factor = max_norm / (norm + 1e-6)

@@ -14,11 +14,12 @@ import warnings
 
 import numpy as np
 
-from calign import _C, checks
+from calign import checks
 from calign.model import Model
 from calign.model.loading import load_model
 from calign.model.preference_batch import check_fits
 from calign.optim import SGD, AdamW, clip_grad_norm
+from calign.optim import grad_norm as joint_grad_norm
 from calign.tokenizer import Tokenizer
 from calign.trainers import checkpoints, reporting
 from calign.trainers.schedules import learning_rate
@@ -146,6 +147,10 @@ class BaseTrainer:
         is sum(per-unit losses) / this, whatever the micro-batch split."""
         return len(examples)
 
+    def _eval_batch_size(self):
+        """Examples per evaluation batch."""
+        return self.args.per_device_eval_batch_size
+
     def _micro_step(self, examples, normaliser, train):
         """Runs one micro-batch; with train, adds d(loss sum / normaliser) to the
         model's gradient buffer. Returns (metrics dict, tokens processed)."""
@@ -199,11 +204,12 @@ class BaseTrainer:
 
     # ---- optimizer and data order ----------------------------------------------
 
-    def _make_optimizer(self):
-        a = self.args
+    def _make_optimizer(self, model=None):
+        """The config's optimizer of `model` (default the policy)."""
+        a, model = self.args, model or self.model
         if a.optim == "sgd":
-            return SGD(self.model, lr=a.learning_rate, weight_decay=a.weight_decay)
-        return AdamW(self.model, lr=a.learning_rate, betas=(a.adam_beta1, a.adam_beta2),
+            return SGD(model, lr=a.learning_rate, weight_decay=a.weight_decay)
+        return AdamW(model, lr=a.learning_rate, betas=(a.adam_beta1, a.adam_beta2),
                      eps=a.adam_epsilon, weight_decay=a.weight_decay)
 
     def _micro_batches_per_epoch(self):
@@ -319,11 +325,8 @@ class BaseTrainer:
         """Clips the models' gradients jointly to max_grad_norm (0: no clipping);
         returns their norm, raising FloatingPointError when it is not finite."""
         a = self.args
-        if a.max_grad_norm > 0:
-            grad_norm = clip_grad_norm(models, a.max_grad_norm)
-        else:
-            norms = [_C.grad_norm(m.train_grads) for m in models]
-            grad_norm = norms[0] if len(norms) == 1 else math.sqrt(sum(n * n for n in norms))
+        grad_norm = (clip_grad_norm(models, a.max_grad_norm) if a.max_grad_norm > 0
+                     else joint_grad_norm(models))
         if not math.isfinite(grad_norm):  # clip_grad_norm raises too; this covers no clipping
             raise FloatingPointError(f"step {step}: the gradient norm is {grad_norm}; "
                                      "stopping before the parameters become NaN")
@@ -389,7 +392,7 @@ class BaseTrainer:
                     if eval_dataset is not None else self.eval_examples)
         if not examples:
             raise ValueError("no eval_dataset to evaluate on")
-        bs = self.args.per_device_eval_batch_size
+        bs = self._eval_batch_size()
         sums, counts = {}, {}
         for i in range(0, len(examples), bs):
             batch = examples[i:i + bs]

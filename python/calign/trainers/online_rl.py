@@ -16,8 +16,9 @@ import numpy as np
 
 from calign import checks
 from calign.data.prompts import check_prompts_fit, prepare_prompts
+from calign.model import generation
 from calign.trainers import rollouts
-from calign.trainers.base import BaseTrainer, accumulate
+from calign.trainers.base import BaseTrainer
 from calign.trainers.reference_sync import SyncedReference
 from calign.trainers.rewards import RewardFunctions
 
@@ -70,9 +71,8 @@ class OnlineRLTrainer(SyncedReference, BaseTrainer):
 
     def _eos_ids(self):
         """TRL's stop tokens: the tokenizer's EOS, then the generation config's."""
-        configured = (self.model.generation_config or {}).get("eos_token_id")
-        ids = [] if configured is None else (
-            [configured] if isinstance(configured, int) else list(configured))
+        ids = generation.eos_token_ids("generation_config.json's eos_token_id",
+                                       (self.model.generation_config or {}).get("eos_token_id"))
         eos = self.processing_class.eos_token_id
         if eos is not None and eos not in ids:
             ids = [eos] + ids
@@ -156,15 +156,10 @@ class OnlineRLTrainer(SyncedReference, BaseTrainer):
     def _logps(self, model, rollout):
         """[N] float32 arrays: each completion's token log-probs under `model`
         (no activations kept), per_device_train_batch_size completions a pass."""
-        out = [None] * len(rollout.completion_ids)
-        step = self.args.per_device_train_batch_size
-        for start in range(0, len(out), step):
-            packed = rollouts.PackedRows(rollout, range(start, min(len(out), start + step)))
-            hidden = model.forward_packed(packed.batch, train=False)
-            scores = model.packed_scores(hidden, packed.batch, self.args.temperature)
-            for r, values in packed.per_row(scores).items():
-                out[r] = values.astype(np.float32)
-        return out
+        return rollouts.per_row_scores(
+            rollout, self.args.per_device_train_batch_size,
+            lambda packed: model.packed_scores(model.forward_packed(packed.batch), packed.batch,
+                                               self.args.temperature))
 
     # ---- one micro-batch -----------------------------------------------------------
 
@@ -218,18 +213,7 @@ class OnlineRLTrainer(SyncedReference, BaseTrainer):
 
     # ---- evaluation ------------------------------------------------------------------
 
-    def evaluate(self, eval_dataset=None):
+    def _eval_batch_size(self):
         """TRL's evaluation: per_device_eval_batch_size / num_generations_eval
         prompts a batch, sampled afresh, scored and their loss computed."""
-        examples = (self._examples(eval_dataset, "eval_dataset")
-                    if eval_dataset is not None else self.eval_examples)
-        if not examples:
-            raise ValueError("no eval_dataset to evaluate on")
-        per_batch = max(1, self.args.per_device_eval_batch_size // self.args.eval_generations)
-        sums, counts = {}, {}
-        for i in range(0, len(examples), per_batch):
-            metrics, _ = self._micro_step(examples[i:i + per_batch], 1, train=False)
-            accumulate(sums, counts, metrics)
-        result = {f"eval_{k}": v / counts[k] for k, v in sums.items()}
-        self._log(result, None)
-        return result
+        return max(1, self.args.per_device_eval_batch_size // self.args.eval_generations)

@@ -23,6 +23,7 @@ import numpy as np
 from calign import checks, losses
 from calign.data.prompts import check_prompts_fit, prepare_prompts
 from calign.data.records import load_records, require_field
+from calign.data.tokenize import with_eos
 from calign.model import RewardModel
 from calign.model.loading import load_model
 from calign.model.packing import pack_shared_prefix
@@ -99,7 +100,7 @@ class PPOTrainer(BaseTrainer):
         self.ref_model = (self._default_reference() if ref_model is None
                           else self._load_reference(ref_model))
         self.value = ValueHead(self._value_model(value_model))
-        self.value_optimizer = self._optimizer_of(self.value.model)
+        self.value_optimizer = self._make_optimizer(self.value.model)
         self.stop_ids = self._stop_ids()
         self.ptx = self._ptx_sequences(ptx_dataset)
         if len(self.train_examples) < a.batch_size:
@@ -145,13 +146,6 @@ class PPOTrainer(BaseTrainer):
                 view[...] = theirs[name]
         return value_model
 
-    def _optimizer_of(self, model):
-        saved, self.model = self.model, model
-        try:
-            return self._make_optimizer()
-        finally:
-            self.model = saved
-
     def _stop_ids(self):
         a = self.args
         if a.stop_token == "eos":
@@ -182,7 +176,8 @@ class PPOTrainer(BaseTrainer):
         return reference
 
     def _ptx_sequences(self, ptx_dataset):
-        """The pretraining texts as token-id lists (EOS appended), or None."""
+        """The pretraining texts as token-id lists (the EOS appended, as to SFT's
+        text records), or None."""
         a = self.args
         if a.ptx_coef == 0.0:
             checks.require(ptx_dataset is None, "ptx_dataset", "given",
@@ -190,11 +185,12 @@ class PPOTrainer(BaseTrainer):
             return None
         checks.require(ptx_dataset is not None, "ptx_dataset", None,
                        "pretraining records ({'text': ...}) when args.ptx_coef > 0")
-        eos = self.processing_class.eos_token_id
         sequences = []
         for index, record in enumerate(load_records(ptx_dataset, "ptx_dataset")):
             text = require_field(record, "text", index, "ptx_dataset")
-            ids = self.processing_class.encode(text) + ([] if eos is None else [eos])
+            if not isinstance(text, str):
+                raise TypeError(f"ptx_dataset record {index}: text must be a string")
+            ids = self.processing_class.encode(with_eos(text, self.processing_class))
             ids = ids[:self.model.max_positions]
             if len(ids) < 2:
                 raise ValueError(f"ptx_dataset record {index}: fewer than 2 tokens, nothing to "
@@ -247,9 +243,11 @@ class PPOTrainer(BaseTrainer):
             scores[~ended] -= a.missing_eos_penalty
         width = max(len(s) for s in sequences)
         mask = rollouts.padded([np.ones(len(s), np.float32) for s in sequences], width)
-        ref = self._rollout_scores(rollout, lambda packed: self.ref_model.packed_scores(
+        step = a.local_rollout_forward_batch_size
+        ref = rollouts.per_row_scores(rollout, step, lambda packed: self.ref_model.packed_scores(
             self.ref_model.forward_packed(packed.batch), packed.batch, a.temperature))
-        values = self._rollout_scores(rollout, lambda packed: self.value.values(packed, False)[0])
+        values = rollouts.per_row_scores(rollout, step,
+                                         lambda packed: self.value.values(packed, False)[0])
         old = rollouts.padded(logps, width)
         shaped = losses.shape_rewards(scores, old, rollouts.padded(ref, width), mask,
                                       kl_coef=a.kl_coef, kl_estimator=a.kl_estimator,
@@ -280,17 +278,6 @@ class PPOTrainer(BaseTrainer):
             rollouts.reward_columns(rollout.examples), trainer_state=self.state,
             log_extra=lambda column, values: None,
             log_metric=lambda name, value: None)[:, 0].astype(np.float64)
-
-    def _rollout_scores(self, rollout, score):
-        """[N] float32 arrays of per-token numbers, local_rollout_forward_batch_size
-        completions a forward pass."""
-        out = [None] * len(rollout.completion_ids)
-        step = self.args.local_rollout_forward_batch_size
-        for start in range(0, len(out), step):
-            packed = rollouts.PackedRows(rollout, range(start, min(len(out), start + step)))
-            for r, values in packed.per_row(score(packed)).items():
-                out[r] = np.asarray(values, np.float32)
-        return out
 
     # ---- an update ---------------------------------------------------------------------
 
@@ -376,21 +363,13 @@ class PPOTrainer(BaseTrainer):
         self.model.backward_packed(batch, d_hidden)
         return -float(np.mean(logps, dtype=np.float64))
 
-    def evaluate(self, eval_dataset=None):
-        """The rollout metrics of the eval prompts (sampled, scored; no update)."""
-        examples = (self._examples(eval_dataset, "eval_dataset")
-                    if eval_dataset is not None else self.eval_examples)
-        if not examples:
-            raise ValueError("no eval_dataset to evaluate on")
-        sums, counts = {}, {}
-        step = self.args.per_device_eval_batch_size
-        for i in range(0, len(examples), step):
-            seed = rollouts.round_seed(self.args.seed, 2**32, self.state.global_step, i)
-            _, metrics = self._rollout(examples[i:i + step], seed)
-            accumulate(sums, counts, metrics)
-        result = {f"eval_{k}": v / counts[k] for k, v in sums.items()}
-        self._log(result, None)
-        return result
+    def _micro_step(self, examples, normaliser, train):
+        """An evaluation batch (training runs whole updates, _training_step):
+        its prompts sampled and scored, the rollout metrics; no update."""
+        seed = rollouts.round_seed(self.args.seed, 2**32, self.state.global_step,
+                                   examples[0].index)
+        _, metrics = self._rollout(examples, seed)
+        return metrics, 0
 
     # ---- checkpoints: the value model and its optimizer ride along ----------------------
 

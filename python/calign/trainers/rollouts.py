@@ -64,6 +64,17 @@ class PackedRows:
         return np.concatenate([matrix[index_of[r], :n] for r, n in zip(self.order, self.lengths)])
 
 
+def per_row_scores(rollout, step, score):
+    """[N] float32 arrays of per-token numbers of a rollout's completions:
+    score(PackedRows) of `step` completions a pass (no activations kept)."""
+    out = [None] * len(rollout.completion_ids)
+    for start in range(0, len(out), step):
+        packed = PackedRows(rollout, range(start, min(len(out), start + step)))
+        for r, values in packed.per_row(score(packed)).items():
+            out[r] = np.asarray(values, np.float32)
+    return out
+
+
 def sample(model, examples, G, args, eos_ids, seed):
     """A Rollout of `examples` (each sampled G times) with the config's
     temperature, top_k, top_p and repetition_penalty."""
