@@ -29,7 +29,10 @@ TRL_CONFIGS = {
 }
 # calign's own fields (TRL 1.16 / transformers 5 dropped or never had them)
 CALIGN_ONLY = {"max_prompt_length", "max_completion_length", "truncation_mode", "shuffle",
-               "warmup_ratio"}
+               "warmup_ratio",
+               # weight averages (InstructGPT's EMA, Motif's checkpoint averaging)
+               "ema_decay", "eval_use_ema", "checkpoint_averaging_steps",
+               "checkpoint_averaging_window"}
 CALIGN_ONLY_DPO = {"reference_free", "rpo_alpha", "scpo_alpha"}
 # TRL 1.16's online RL configs have no max_length: calign's bounds prompt + completion
 CALIGN_ONLY_RL = {"max_length"}
