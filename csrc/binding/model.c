@@ -424,6 +424,98 @@ done:
     return hidden;
 }
 
+/* model_set_control: the steering rows [n_layer * d] (None: off), copied into the model. */
+static PyObject *py_model_set_control(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"model", "control", NULL};
+    PyObject *capsule;
+    array_arg control = {"control"};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&", kwlist, &capsule,
+                                     to_f32_vector_or_none, &control))
+        return NULL;
+    PyObject *result = NULL;
+    model_handle *h = claim_model(capsule);
+    if (!h) goto done;
+    const model_config *c = model_get_config(h->m);
+    if (control.array) {
+        if (check_rows(&control, (npy_intp)c->n_layer * c->d_model, "n_layer * hidden_size") < 0)
+            goto done;
+        const float *x = ARG_DATA(const float, control);
+        for (npy_intp i = 0; i < ARG_LEN(control); i++)
+            if (!isfinite(x[i])) {
+                raise_printf(PyExc_ValueError, "control[%zd] = %g must be finite",
+                             (Py_ssize_t)i, (double)x[i]);
+                goto done;
+            }
+    }
+    if (model_set_control(h->m, control.array ? ARG_DATA(const float, control) : NULL) < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    release_model(h);
+    arg_release(&control);
+    return result;
+}
+
+/* model_forward_layers: the residual stream after the given blocks, [n, T, d]. */
+static PyObject *py_model_forward_layers(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"model", "params", "input_ids", "position_ids", "sequence_starts",
+                             "branch_ids", "layers", "adapters", NULL};
+    PyObject *capsule;
+    array_arg params = {"params"}, adapters = {"adapters"}, layers = {"layers"};
+    batch_args a = BATCH_ARGS;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&O&O&O&O&O&|$O&", kwlist, &capsule,
+                                     to_f32_vector, &params, to_int64_vector, &a.ids,
+                                     to_int64_vector, &a.positions, to_int64_vector, &a.starts,
+                                     to_int64_vector, &a.branch, to_int64_vector, &layers,
+                                     to_f32_vector_or_none, &adapters))
+        return NULL;
+    PyObject *out = NULL;
+    int *chosen = NULL;
+    model_handle *h = NULL;
+    const npy_intp n = ARG_LEN(layers);
+    if (!(h = claim_model(capsule)) || check_param_vector(&params, h->m) < 0 ||
+        check_adapter_vector(&adapters, h->m) < 0 || check_batch(&a, h->m) < 0)
+        goto done;
+    const int n_layer = model_get_config(h->m)->n_layer;
+    const int64_t *want = ARG_DATA(const int64_t, layers);
+    if (n == 0) {
+        PyErr_SetString(PyExc_ValueError, "layers must name at least one block");
+        goto done;
+    }
+    for (npy_intp i = 0; i < n; i++)
+        if (want[i] < 0 || want[i] >= n_layer || (i > 0 && want[i] <= want[i - 1])) {
+            raise_printf(PyExc_ValueError, "layers must be ascending distinct block indices in "
+                         "[0, %d), got %lld at %zd", n_layer, (long long)want[i], (Py_ssize_t)i);
+            goto done;
+        }
+    if (!(chosen = malloc(sizeof(int) * n))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (npy_intp i = 0; i < n; i++) chosen[i] = (int)want[i];
+    if (model_prepare(h->m, &a.b, FORWARD_INFERENCE) < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    npy_intp dims[3] = {n, a.b.T, model_get_config(h->m)->d_model};
+    if (!(out = PyArray_ZEROS(3, dims, NPY_FLOAT32, 0))) goto done;
+    Py_BEGIN_ALLOW_THREADS
+    model_forward_layers(h->m, f32(out), ARG_DATA(const float, params),
+                         adapters.array ? ARG_DATA(const float, adapters) : NULL, &a.b, chosen,
+                         (int)n);
+    Py_END_ALLOW_THREADS
+done:
+    free(chosen);
+    release_model(h);
+    arg_release(&params);
+    arg_release(&adapters);
+    arg_release(&layers);
+    release_batch(&a);
+    return out;
+}
+
 static PyObject *py_model_backward(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"model", "params", "grads", "d_hidden", "input_ids", "position_ids",
                              "sequence_starts", "branch_ids", "adapters", "adapter_grads", NULL};
@@ -1001,6 +1093,10 @@ PyMethodDef calign_model_methods[] = {
      "Times the activation arena or the workspace was (re)allocated."},
     KEYWORDS_METHOD("model_backward", py_model_backward, "Adds parameter gradients."),
     KEYWORDS_METHOD("model_logits", py_model_logits, "lm_head logits of hidden states."),
+    KEYWORDS_METHOD("model_set_control", py_model_set_control,
+                    "Steering rows added after each decoder block (None: off)."),
+    KEYWORDS_METHOD("model_forward_layers", py_model_forward_layers,
+                    "The residual stream after chosen decoder blocks."),
     KEYWORDS_METHOD("model_score", py_model_score, "Log-probs of targets at hidden rows."),
     KEYWORDS_METHOD("model_score_grpo", py_model_score_grpo,
                     "Scores completions with the GRPO loss in one pass; see Model.score_grpo."),

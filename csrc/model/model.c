@@ -74,6 +74,8 @@ struct model {
     int *lora_first;
     long lora_floats;          /* the adapter vector's length */
     const float *forward_lora; /* the adapters of the last training forward (NULL: off) */
+    float *control;            /* [n_layer, d] steering rows (model_set_control), or NULL */
+    unsigned char *controlled; /* [n_layer] whether a block's row is not all zero */
 };
 
 const char *const FORWARD_MODE_NAMES[FORWARD_N_MODES] = {
@@ -185,6 +187,8 @@ void model_free(model *m) {
     free(m->workspace);
     free(m->adapters);
     free(m->lora_first);
+    free(m->control);
+    free(m->controlled);
     free(m);
 }
 
@@ -603,20 +607,77 @@ static void layer_forward(model *m, layer_acts *a, float *x_out, const float *x,
     add_into(x_out, a->mid, T * d);
 }
 
-static void forward(model *m, float *hidden_out, const float *params, const float *lora,
-                    const packed_batch *b, forward_mode mode, kv_cache *cache) {
+int model_set_control(model *m, const float *control) {
+    const long n = (long)m->cfg.n_layer * m->cfg.d_model;
+    free(m->control);
+    free(m->controlled);
+    m->control = NULL;
+    m->controlled = NULL;
+    if (!control) return 0;
+    m->control = malloc(sizeof(float) * n);
+    m->controlled = calloc(m->cfg.n_layer, 1);
+    if (!m->control || !m->controlled) {
+        free(m->control);
+        free(m->controlled);
+        m->control = NULL;
+        m->controlled = NULL;
+        return -2;
+    }
+    memcpy(m->control, control, sizeof(float) * n);
+    for (long i = 0; i < n; i++)
+        if (control[i] != 0.0f) m->controlled[i / m->cfg.d_model] = 1;
+    return 0;
+}
+
+/* x[t] += row for every token t of the batch. */
+static void add_to_every_row(float *x, const float *row, long T, int d) {
+#pragma omp parallel for num_threads(calign_num_threads()) schedule(static)
+    for (long t = 0; t < T; t++)
+        for (int i = 0; i < d; i++) x[t * d + i] += row[i];
+}
+
+/* Which blocks' outputs an inference forward copies out (model_forward_layers). */
+typedef struct {
+    const int *layers;
+    int n;
+    float *out;
+} layer_capture;
+
+/* The blocks; returns the residual stream after the last block run. */
+static const float *run_blocks(model *m, const float *params, const float *lora,
+                               const packed_batch *b, forward_mode mode, kv_cache *cache,
+                               const layer_capture *capture) {
     const model_config *c = &m->cfg;
-    const param_offsets *o = &m->off;
     const int train = mode != FORWARD_INFERENCE, every_layer = mode == FORWARD_TRAIN;
-    embedding_forward(m->resid[0], b->tokens, b->positions, params + o->wte,
-                      param_or_null(params, o->wpe), b->T, c->d_model);
+    const long T = b->T, d = c->d_model;
+    embedding_forward(m->resid[0], b->tokens, b->positions, params + m->off.wte,
+                      param_or_null(params, m->off.wpe), T, c->d_model);
+    int captured = 0;
     for (int l = 0; l < c->n_layer; l++) {
         layer_acts *a = &m->acts[every_layer ? l : 0];
         float *x = m->resid[train ? l : l % 2];
         float *x_out = m->resid[train ? l + 1 : (l + 1) % 2];
-        layer_forward(m, a, x_out, x, params, lora, &o->layers[l], b, cache, l);
+        layer_forward(m, a, x_out, x, params, lora, &m->off.layers[l], b, cache, l);
+        if (m->controlled && m->controlled[l]) add_to_every_row(x_out, m->control + l * d, T, d);
+        if (capture && capture->layers[captured] == l) {
+            memcpy(capture->out + captured * T * d, x_out, sizeof(float) * T * d);
+            if (++captured == capture->n) return x_out;
+        }
     }
-    const float *last = m->resid[train ? c->n_layer : c->n_layer % 2];
+    return m->resid[train ? c->n_layer : c->n_layer % 2];
+}
+
+void model_forward_layers(model *m, float *out, const float *params, const float *lora,
+                          const packed_batch *b, const int *layers, int n) {
+    layer_capture capture = {layers, n, out};
+    run_blocks(m, params, m->n_adapters ? lora : NULL, b, FORWARD_INFERENCE, NULL, &capture);
+}
+
+static void forward(model *m, float *hidden_out, const float *params, const float *lora,
+                    const packed_batch *b, forward_mode mode, kv_cache *cache) {
+    const param_offsets *o = &m->off;
+    const int train = mode != FORWARD_INFERENCE;
+    const float *last = run_blocks(m, params, lora, b, mode, cache, NULL);
     norm_forward(m, hidden_out, m->final_mean, m->final_rstd, last, params, o->final_norm_w,
                  o->final_norm_b, b->T);
     m->forward_T = train ? b->T : -1;

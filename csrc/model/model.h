@@ -99,6 +99,20 @@ long model_adapter_floats(const model *m);
 void model_forward(model *m, float *hidden_out, const float *params, const float *lora,
                    const packed_batch *b, forward_mode mode);
 
+/* Steering (repeng's control vectors, Zou et al. 2023): control [n_layer, d]
+ * is added to every position of the residual stream after each decoder
+ * block whose row is not all zero, in every forward (training, inference,
+ * cached); the backward needs nothing more (an added constant). The rows are
+ * copied; NULL removes the control. Returns 0, or -2 out of memory. */
+int model_set_control(model *m, const float *control);
+
+/* An inference forward that writes the residual stream after each decoder
+ * block layers[0..n) (ascending, distinct, in [0, n_layer)) into
+ * out[i * T * d ...], the control included, and stops after the last of
+ * them (no final norm). Needs model_prepare(FORWARD_INFERENCE) first. */
+void model_forward_layers(model *m, float *out, const float *params, const float *lora,
+                          const packed_batch *b, const int *layers, int n);
+
 /* Bytes of the activation arena as now sized. */
 size_t model_arena_bytes(const model *m);
 

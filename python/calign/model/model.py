@@ -207,6 +207,11 @@ class Model:
         return self._engine["d_model"]
 
     @property
+    def num_layers(self):
+        """The number of decoder blocks."""
+        return self._engine["n_layer"]
+
+    @property
     def max_positions(self):
         """The number of positions the model has (its config's
         max_position_embeddings, or n_positions for GPT-2): every token's
@@ -506,6 +511,53 @@ class Model:
         out = np.zeros(ids.shape + (self.hidden_size,), np.float32)
         out[mask] = hidden
         return out
+
+    @exclusive
+    def layer_hidden_states(self, input_ids, layers, attention_mask=None):
+        """The residual stream after decoder blocks `layers` (0-based, negative
+        from the end, as Python indexes), float32 [len(layers), B, T, d], 0 at
+        padding: transformers' hidden_states[l + 1] for every block but the
+        last, whose stream here is before the final norm. One C call that
+        runs the blocks up to the deepest one asked and copies only those."""
+        chosen = self.block_indices(layers)
+        ids, mask = as_id_matrix(input_ids, attention_mask)
+        batch, _ = pack_rows(ids, mask)
+        order = sorted(set(chosen))
+        streams = _C.model_forward_layers(
+            self._handle, self._engine_params, batch.input_ids, batch.position_ids,
+            batch.sequence_starts, batch.branch_ids, np.asarray(order, np.int64),
+            adapters=self._active_adapters())
+        out = np.zeros((len(chosen),) + ids.shape + (self.hidden_size,), np.float32)
+        for i, layer in enumerate(chosen):
+            out[i][mask] = streams[order.index(layer)]
+        return out
+
+    def block_indices(self, layers, name="layers"):
+        """Decoder block indices as non-negative ints (negative counting from
+        the end); ValueError naming `name` for one out of range."""
+        n = self.num_layers
+        values = [layers] if checks.is_int(layers) else list(layers)
+        checks.require(len(values) > 0, name, layers, "at least one decoder block index")
+        out = []
+        for layer in values:
+            checks.require(checks.is_int(layer) and -n <= layer < n, name, layers,
+                           f"block indices in [-{n}, {n}) (the model has {n} decoder blocks)")
+            out.append(int(layer) % n)
+        return out
+
+    @exclusive
+    def set_control(self, rows):
+        """Steering: rows [n_layer, hidden_size] added to every position of the
+        residual stream after each decoder block (a zero row: that block is
+        left alone), in every forward until set_control(None); see
+        calign.steering.ControlVector, which builds the rows."""
+        if rows is not None:
+            rows = np.asarray(rows)
+            shape = (self.num_layers, self.hidden_size)
+            checks.require(rows.dtype.kind in "fiu" and rows.shape == shape, "control",
+                           rows.shape, f"a numeric array of shape {shape} (one row per block)")
+            rows = np.ascontiguousarray(rows, np.float32).reshape(-1)
+        _C.model_set_control(self._handle, rows)
 
     @exclusive
     def logits(self, input_ids, attention_mask=None):
