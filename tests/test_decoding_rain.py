@@ -78,7 +78,8 @@ def test_backup_and_similarity_update_by_hand():
 
 def test_most_visited_breaks_ties_by_value():
     root = Node((), 1.0)
-    root.children = [visited(Node((1,), 0.5, root), 3, 0.1), visited(Node((2,), 0.5, root), 3, 0.7),
+    root.children = [visited(Node((1,), 0.5, root), 3, 0.1),
+                     visited(Node((2,), 0.5, root), 3, 0.7),
                      visited(Node((3,), 0.5, root), 2, 0.9)]
     assert rain.most_visited(root) is root.children[1]
     np.testing.assert_allclose(rain.smoothed([0.6, 0.3, 0.1], 0.75),

@@ -7,4 +7,5 @@ from calign.decoding.sampling import decode_until
 from calign.decoding.session import Session
 from calign.decoding.urial import URIAL_TEXT, urial_generate, urial_prompt
 
-__all__ = ["BestOfN", "Session", "best_of_n", "URIAL_TEXT", "decode_until", "rain_generate", "urial_generate", "urial_prompt"]
+__all__ = ["BestOfN", "Session", "URIAL_TEXT", "best_of_n", "decode_until", "rain_generate",
+           "urial_generate", "urial_prompt"]
