@@ -83,7 +83,7 @@ def test_most_visited_breaks_ties_by_value():
                      visited(Node((3,), 0.5, root), 2, 0.9)]
     assert rain.most_visited(root) is root.children[1]
     np.testing.assert_allclose(rain.smoothed([0.6, 0.3, 0.1], 0.75),
-                               [0.75 * 0.6 + 0.25 / 3, 0.75 * 0.3 + 0.25 / 3, 0.75 * 0.1 + 0.25 / 3])
+                               [0.75 * p + 0.25 / 3 for p in (0.6, 0.3, 0.1)])
 
 
 @pytest.fixture(scope="module")
