@@ -8,6 +8,7 @@
  * back on every way out, so a second thread gets a RuntimeError, never
  * another call's buffers. */
 #include "binding/common.h"
+#include "binding/model_handle.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -20,11 +21,6 @@
 
 #define CAPSULE_NAME "calign.model"
 
-typedef struct {
-    model *m;
-    int busy;
-} model_handle;
-
 static void capsule_destructor(PyObject *capsule) {
     model_handle *h = PyCapsule_GetPointer(capsule, CAPSULE_NAME);
     if (h) {
@@ -35,13 +31,13 @@ static void capsule_destructor(PyObject *capsule) {
 
 /* The model of a capsule, without claiming it (for what only reads its
  * immutable configuration and layout). */
-static model_handle *model_of(PyObject *capsule) {
+model_handle *model_of(PyObject *capsule) {
     return PyCapsule_GetPointer(capsule, CAPSULE_NAME);
 }
 
 /* The model, claimed for this call; NULL with RuntimeError when a call on
  * another thread holds it. */
-static model_handle *claim_model(PyObject *capsule) {
+model_handle *claim_model(PyObject *capsule) {
     model_handle *h = model_of(capsule);
     if (!h) return NULL;
     if (h->busy) {
@@ -54,7 +50,7 @@ static model_handle *claim_model(PyObject *capsule) {
     return h;
 }
 
-static void release_model(model_handle *h) {
+void release_model(model_handle *h) {
     if (h) h->busy = 0;
 }
 
@@ -233,7 +229,7 @@ static PyObject *py_model_layout(PyObject *self, PyObject *capsule) {
 /* ---- argument checks against the model ------------------------------------------ */
 
 /* params or grads: a float32 vector of exactly the model's parameter count. */
-static int check_param_vector(const array_arg *a, const model *m) {
+int check_param_vector(const array_arg *a, const model *m) {
     if (ARG_LEN(*a) != model_param_count(m)) {
         PyErr_Format(PyExc_ValueError, "%s has %zd floats but the model has %ld parameters",
                      a->name, (Py_ssize_t)ARG_LEN(*a), model_param_count(m));
@@ -244,7 +240,7 @@ static int check_param_vector(const array_arg *a, const model *m) {
 
 /* adapters or adapter_grads: None, or a float32 vector of the model's adapter
  * vector length (model_set_adapters). */
-static int check_adapter_vector(const array_arg *a, const model *m) {
+int check_adapter_vector(const array_arg *a, const model *m) {
     if (!a->array) return 0;
     if (!model_adapter_floats(m)) {
         PyErr_Format(PyExc_ValueError, "%s given but the model has no adapters", a->name);

@@ -4,7 +4,8 @@
     calign info                 the same
     calign info --model PATH    what a checkpoint is and whether calign runs it (headers only)
     calign train METHOD ...     METHOD in sft, rm, dpo, kto, orpo, cpo
-    calign generate ...         an answer from a checkpoint (through its chat template)
+    calign generate ...         an answer from a checkpoint (through its chat template, or
+                                with --urial URIAL's in-context prompt for a base model)
     calign chat ...             a conversation with a checkpoint in the terminal
     calign eval ...             preference accuracy of a policy (against a reference) or of a reward model
     calign align ...            word alignment of a `source ||| target` corpus, Pharaoh links out
@@ -339,6 +340,8 @@ def open_assistant(args):
 
 
 def command_generate(args):
+    if args.urial:
+        return command_generate_urial(args)
     assistant = open_assistant(args)
     with inputs_checked():
         prompt_ids = assistant.prompt_ids(chat.Conversation(args.system).asked(args.prompt))
@@ -351,6 +354,39 @@ def command_generate(args):
         if warning:
             chat.warn(warning)
         print(answer)
+    return 0
+
+
+def command_generate_urial(args):
+    """`generate --urial`: a base model answers through URIAL's in-context
+    prompt (raw text, no chat template), decoding until "# Query"."""
+    from calign.decoding.urial import urial_generate, urial_prompt
+    from calign.model.generation import resolve
+
+    for flag, given in (("--system", args.system is not None),
+                        ("--chat_template", args.chat_template is not None),
+                        ("--num_return_sequences", args.num_return_sequences != 1)):
+        if given:
+            raise UsageError(f"{flag} cannot go with --urial (its prompt is raw text with its "
+                             f"own system text; one answer a call)")
+    args.no_chat_template = True
+    assistant = open_assistant(args)
+    with inputs_checked():
+        prompt_ids = assistant.tokenizer.encode(urial_prompt(args.prompt))
+        if args.show_prompt:
+            print(assistant.show(prompt_ids), file=sys.stderr)
+        argument, value = assistant.max_new_tokens(len(prompt_ids))
+        settings, _ = resolve(dict(assistant.flags, max_new_tokens=argument,
+                                   eos_token_id=assistant.eos),
+                              assistant.model.generation_config)
+        answer = urial_generate(assistant.model, assistant.tokenizer, args.prompt,
+                                max_new_tokens=settings.pop("max_new_tokens"),
+                                eos_token_id=settings.pop("eos_token_id"), seed=args.seed,
+                                **settings)
+    if not answer:
+        chat.warn("the answer is empty: the model began the next '# Query' at once, or made "
+                  "only special tokens or whitespace")
+    print(answer)
     return 0
 
 
@@ -519,6 +555,10 @@ def build_parser():
     add_generation_flags(generate)
     generate.add_argument("--num_return_sequences", type=int, default=1,
                           help="answers to sample (with --do_sample)")
+    generate.add_argument("--urial", action="store_true",
+                          help="answer through URIAL's in-context prompt (for a base model: "
+                               "a system text and three stylistic examples, raw text, "
+                               "decoding stops at '# Query')")
     chat_command = commands.add_parser(
         "chat", help="a conversation in the terminal",
         description=f"A multi-turn chat: each turn goes to the model with the whole "
