@@ -244,6 +244,14 @@ def test_given_reference_and_evaluation(llama_dir, tmp_path):
     trainer.train()
 
 
+def test_precomputed_reference_covers_only_the_trainers_datasets(llama_dir, tmp_path):
+    trainer = calign.SFTTrainer(llama_dir, args=calign.SFTConfig(
+        output_dir=str(tmp_path), loss_type="token_constrained", precompute_ref_log_probs=True,
+        **dict(COMMON, max_steps=1)), train_dataset=records(4, seed=8))
+    with pytest.raises(ValueError, match="eval_dataset"):
+        trainer.evaluate(records(2, seed=9))
+
+
 def test_lora_reference_is_the_base(llama_dir, tmp_path):
     data = records(4, seed=7)
     trainer = calign.SFTTrainer(llama_dir, args=calign.SFTConfig(

@@ -84,6 +84,10 @@ class SFTTrainer(BaseTrainer):
     def _reference(self, examples, packed):
         """[M] reference log-probs of the micro-batch's trained tokens."""
         if self.ref_model is None:
+            if any(e.ref_token_logps is None for e in examples):
+                raise ValueError("with precompute_ref_log_probs the reference scores only the "
+                                 "datasets given to the trainer: pass this one as its "
+                                 "eval_dataset")
             return np.concatenate([e.ref_token_logps for e in examples])
         return self._live_reference(packed)
 
