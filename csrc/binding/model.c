@@ -893,7 +893,8 @@ static PyObject *py_model_generate(PyObject *self, PyObject *args, PyObject *kwa
     npy_intp dims[2] = {n * s.num_return_sequences, s.max_new_tokens};
     if (!(out = PyArray_ZEROS(2, dims, NPY_INT32, 0)) ||
         !(lengths = PyArray_ZEROS(1, dims, NPY_INT32, 0)) ||
-        !(logprobs = return_logprobs ? PyArray_ZEROS(2, dims, NPY_FLOAT32, 0) : Py_NewRef(Py_None)) ||
+        !(logprobs = return_logprobs ? PyArray_ZEROS(2, dims, NPY_FLOAT32, 0)
+                                     : Py_NewRef(Py_None)) ||
         !(discarded = PyArray_ZEROS(1, dims, NPY_INT32, 0)))
         goto done;
     char err[CALIGN_ERR_LEN] = "";
