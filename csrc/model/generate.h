@@ -33,7 +33,7 @@ typedef struct {
  * its length in out_lengths[i * R + r] (it stops after an eos token, which is
  * included). out_logprobs (NULL: not wanted), laid out as out_tokens, gets
  * each drawn token's log softmax(logits / temperature) over the whole
- * vocabulary, before any filter or repetition penalty: the log-prob a
+ * vocabulary, before any filter, repetition penalty or reset bias: the log-prob a
  * training forward at that temperature gives it (RL's sampling policy).
  * out_discarded (NULL: not wanted), one per sequence, gets how many drawn
  * tokens were dropped from its output (those before and including its last

@@ -627,8 +627,8 @@ class Model:
             seed: samples are a function of (seed, prompt index, sample index).
             return_logprobs: also return each new token's log-probability
                 under the model at this temperature, over the whole vocabulary
-                (log_softmax(logits / temperature), before top-k, top-p and the
-                repetition penalty): what a training forward at that
+                (log_softmax(logits / temperature), before top-k, top-p, the
+                repetition penalty and the reset bias or ban): what a training forward at that
                 temperature gives it, as RL's old-policy log-probs.
             reset_token_id: backtracking (Zhang et al. 2024): the id of a reset
                 token ("[RESET]"); a sequence that draws it returns only the
