@@ -968,32 +968,39 @@ done:
 
 /* model_generate(model, params, input_ids, prompt_starts, max_new_tokens, do_sample,
  * temperature, top_k, top_p, repetition_penalty, eos_token_ids, num_return_sequences, seed,
- * adapters, return_logprobs) -> (tokens [n * R, max_new_tokens], lengths [n * R], logprobs
- * float32 as tokens or None); calign.Model.generate checks the settings' ranges against
- * the model. */
+ * adapters, return_logprobs, reset_token_id, reset_logit_bias, max_resets)
+ * -> (tokens [n * R, max_new_tokens], lengths [n * R], logprobs float32 as tokens or None,
+ * discarded int32 [n * R]: drawn tokens dropped by a reset, -1 for none);
+ * reset_token_id -1: no reset token. calign.Model.generate checks the settings' ranges
+ * against the model. */
 static PyObject *py_model_generate(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"model", "params", "input_ids", "prompt_starts", "max_new_tokens",
                              "do_sample", "temperature", "top_k", "top_p", "repetition_penalty",
                              "eos_token_ids", "num_return_sequences", "seed", "adapters",
-                             "return_logprobs", NULL};
+                             "return_logprobs", "reset_token_id", "reset_logit_bias",
+                             "max_resets", NULL};
     PyObject *capsule;
     array_arg params = {"params"}, tokens = {"input_ids"}, starts = {"prompt_starts"},
               eos = {"eos_token_ids"}, adapters = {"adapters"};
     int_arg max_new = {"max_new_tokens", 1, INT32_MAX}, top_k = {"top_k", 0, INT32_MAX},
-            n_return = {"num_return_sequences", 1, INT32_MAX};
+            n_return = {"num_return_sequences", 1, INT32_MAX},
+            reset_token = {"reset_token_id", -1, INT32_MAX},
+            max_resets = {"max_resets", 0, INT32_MAX};
     int do_sample, return_logprobs = 0;
     real_arg temperature = {"temperature", 0, INFINITY, 1}, top_p = {"top_p", 0, 1, 1},
-             repetition_penalty = {"repetition_penalty", 0, INFINITY, 1};
+             repetition_penalty = {"repetition_penalty", 0, INFINITY, 1},
+             reset_bias = {"reset_logit_bias", -INFINITY, INFINITY};
     unsigned long long seed;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&O&O&$O&pO&O&O&O&O&O&O&O&p", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&O&O&$O&pO&O&O&O&O&O&O&O&pO&O&O&", kwlist,
                                      &capsule, to_f32_vector, &params, to_int64_vector, &tokens,
                                      to_int64_vector, &starts, to_int, &max_new, &do_sample,
                                      to_real32, &temperature, to_int, &top_k, to_real32, &top_p,
                                      to_real32, &repetition_penalty, to_int64_vector, &eos,
                                      to_int, &n_return, to_seed, &seed, to_f32_vector_or_none,
-                                     &adapters, &return_logprobs))
+                                     &adapters, &return_logprobs, to_int, &reset_token,
+                                     to_real32, &reset_bias, to_int, &max_resets))
         return NULL;
-    PyObject *out = NULL, *lengths = NULL, *logprobs = NULL, *result = NULL;
+    PyObject *out = NULL, *lengths = NULL, *logprobs = NULL, *discarded = NULL, *result = NULL;
     model_handle *h = NULL;
     if (ARG_LEN(eos) > INT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "eos_token_ids holds more than 2**31 - 1 ids");
@@ -1035,11 +1042,15 @@ static PyObject *py_model_generate(PyObject *self, PyObject *args, PyObject *kwa
     generate_settings s = {(int)max_new.value, do_sample, (int)top_k.value,
                            (int)n_return.value, (float)temperature.value, (float)top_p.value,
                            (float)repetition_penalty.value, ARG_DATA(const int32_t, eos),
-                           (int)ARG_LEN(eos), seed};
+                           (int)ARG_LEN(eos), seed, reset_token.value >= 0,
+                           (int)reset_token.value, (int)max_resets.value,
+                           (float)reset_bias.value};
     npy_intp dims[2] = {n * s.num_return_sequences, s.max_new_tokens};
     if (!(out = PyArray_ZEROS(2, dims, NPY_INT32, 0)) ||
         !(lengths = PyArray_ZEROS(1, dims, NPY_INT32, 0)) ||
-        !(logprobs = return_logprobs ? PyArray_ZEROS(2, dims, NPY_FLOAT32, 0) : Py_NewRef(Py_None)))
+        !(logprobs = return_logprobs ? PyArray_ZEROS(2, dims, NPY_FLOAT32, 0)
+                                     : Py_NewRef(Py_None)) ||
+        !(discarded = PyArray_ZEROS(1, dims, NPY_INT32, 0)))
         goto done;
     char err[CALIGN_ERR_LEN] = "";
     int status;
@@ -1049,15 +1060,17 @@ static PyObject *py_model_generate(PyObject *self, PyObject *args, PyObject *kwa
                             ARG_DATA(const int32_t, tokens),
                             st, (int)n, &s, PyArray_DATA((PyArrayObject *)out),
                             PyArray_DATA((PyArrayObject *)lengths),
-                            return_logprobs ? PyArray_DATA((PyArrayObject *)logprobs) : NULL, err);
+                            return_logprobs ? PyArray_DATA((PyArrayObject *)logprobs) : NULL,
+                            PyArray_DATA((PyArrayObject *)discarded), err);
     Py_END_ALLOW_THREADS
     if (raise_status(status, err) < 0) goto done;
-    result = Py_BuildValue("(OOO)", out, lengths, logprobs);
+    result = Py_BuildValue("(OOOO)", out, lengths, logprobs, discarded);
 done:
     release_model(h);
     Py_XDECREF(out);
     Py_XDECREF(lengths);
     Py_XDECREF(logprobs);
+    Py_XDECREF(discarded);
     arg_release(&params);
     arg_release(&tokens);
     arg_release(&starts);

@@ -63,6 +63,14 @@ static int argmax(const float *x, int n) {
     return best;
 }
 
+/* argmax of x[0..n) leaving out the index `banned` (-1: none; n > 1 otherwise). */
+static int argmax_except(const float *x, int n, int banned) {
+    int best = banned == 0 ? 1 : 0;
+    for (int i = best + 1; i < n; i++)
+        if (i != banned && x[i] > x[best]) best = i;
+    return best;
+}
+
 /* The k-th largest of x[0..n) (1 <= k <= n), by quickselect on scratch (n floats). */
 static float kth_largest(const float *x, int n, int k, float *scratch) {
     memcpy(scratch, x, sizeof(float) * n);
@@ -86,7 +94,7 @@ static float kth_largest(const float *x, int n, int k, float *scratch) {
     return scratch[target];
 }
 
-enum { NON_FINITE_LOGITS = -1, TEMPERATURE_OVERFLOW = -2 };
+enum { NON_FINITE_LOGITS = -1, TEMPERATURE_OVERFLOW = -2, RESET_BIAS_OVERFLOW = -3 };
 
 /* Whether x[0..n) holds no NaN or infinity: x * 0 is NaN exactly for those,
  * and the sum vectorises. */
@@ -115,17 +123,19 @@ static void unnormalised_probabilities(float *weight, const float *scaled, float
  * V p_i <= 1 - top_p never do (the test below keeps a margin: extra
  * candidates change nothing). With no filter nothing is sorted and the draw
  * walks the tokens in index order.
+ * banned (-1: none) is a token that cannot be drawn (probability 0; V > 1).
  * Scratch of the calling thread: work, 2V scored_tokens; buffer, 3V floats.
  * Returns NON_FINITE_LOGITS when a logit is NaN or infinite, TEMPERATURE_OVERFLOW
  * when logits / temperature overflow float. */
-static int sample_token(const float *logits, int V, const generate_settings *s, uint64_t *rng,
-                        scored_token *work, float *buffer) {
+static int sample_token(const float *logits, int V, const generate_settings *s, int banned,
+                        uint64_t *rng, scored_token *work, float *buffer) {
     if (!all_finite(logits, V)) return NON_FINITE_LOGITS;
-    if (!s->do_sample) return argmax(logits, V);
+    if (!s->do_sample) return argmax_except(logits, V, banned);
     const int top_k = s->top_k > 0 && s->top_k < V ? s->top_k : 0;
     const int nucleus = s->top_p < 1.0f;
     float *scaled = buffer, *weight = buffer + V, *select = buffer + 2 * V;
     for (int v = 0; v < V; v++) scaled[v] = logits[v] / s->temperature;
+    if (banned >= 0) scaled[banned] = -INFINITY; /* its weight below is 0 */
     const float top = scaled[argmax(scaled, V)];
     if (!isfinite(top)) return TEMPERATURE_OVERFLOW;
     unnormalised_probabilities(weight, scaled, top, V);
@@ -144,7 +154,7 @@ static int sample_token(const float *logits, int V, const generate_settings *s, 
         float kth = kth_largest(scaled, V, top_k, select);
         total = 0.0;
         for (int v = 0; v < V; v++) {
-            if (scaled[v] < kth) continue;
+            if (scaled[v] < kth || v == banned) continue;
             work[n++] = (scored_token){scaled[v], v};
             total += weight[v];
         }
@@ -221,7 +231,7 @@ typedef struct {
     float *k, *v, *scores, *hidden, *last_hidden, *logits, *sample_buffer, *step_logprobs;
     scored_token *work;
     int32_t *next_token, *tokens, *positions, *branch, *starts, *run_slot, *active,
-        *next_position;
+        *next_position, *resets, *discarded;
     uint64_t *rng, *seen;
 } generate_buffers;
 
@@ -247,15 +257,27 @@ static void plan_generate_buffers(generate_buffers *g, bump *b, const model *m, 
     g->run_slot = bump_take(b, sizeof(int32_t) * T);
     g->active = bump_take(b, sizeof(int32_t) * slots);
     g->next_position = bump_take(b, sizeof(int32_t) * slots);
+    g->resets = bump_take(b, sizeof(int32_t) * slots);
+    g->discarded = bump_take(b, sizeof(int32_t) * slots);
     g->rng = bump_take(b, sizeof(uint64_t) * slots);
     g->seen = penalised ? bump_take(b, sizeof(uint64_t) * slots * seen_words(c->vocab)) : NULL;
 }
 
 int model_generate(model *m, const float *params, const float *lora, const int32_t *prompt_tokens,
                    const int32_t *prompt_start, int n_prompts, const generate_settings *s,
-                   int32_t *out_tokens, int32_t *out_lengths, float *out_logprobs, char *err) {
+                   int32_t *out_tokens, int32_t *out_lengths, float *out_logprobs,
+                   int32_t *out_discarded, char *err) {
     const model_config *c = model_get_config(m);
     const int R = s->num_return_sequences, n_slots = n_prompts * R, V = c->vocab, d = c->d_model;
+    const int resettable = s->has_reset_token;
+    if (resettable && (s->reset_token_id < 0 || s->reset_token_id >= V || V < 2 ||
+                       s->max_resets < 0 || !isfinite(s->reset_logit_bias))) {
+        snprintf(err, CALIGN_ERR_LEN, "reset token %d with max_resets %d and logit bias %g: the "
+                 "id must lie in [0, %d) of a vocabulary of at least 2 tokens, max_resets must "
+                 "be >= 0 and the bias finite", s->reset_token_id, s->max_resets,
+                 (double)s->reset_logit_bias, V);
+        return CALIGN_EINVAL;
+    }
     int longest_prompt = 0;
     for (int i = 0; i < n_prompts; i++) {
         int L = prompt_start[i + 1] - prompt_start[i];
@@ -289,6 +311,8 @@ int model_generate(model *m, const float *params, const float *lora, const int32
         uint64_t seed_state = s->seed ^ (0xA0761D6478BD642FULL * (uint64_t)(i + 1));
         rng[i] = splitmix64(&seed_state);
         out_lengths[i] = 0;
+        g.resets[i] = 0;
+        g.discarded[i] = -1;
     }
     kv_cache cache = {k, v, n_slots, capacity, run_slot, g.scores, threads};
     if (penalised) {
@@ -347,14 +371,27 @@ int model_generate(model *m, const float *params, const float *lora, const int32
             int me = omp_get_thread_num();
             float *scratch = g.sample_buffer + (size_t)me * 4 * V;
             const float *row = logits + (long)a * V, *draw = row;
-            if (penalised && all_finite(row, V)) { /* the row itself stays as the model gave it */
+            /* a sequence that has used up its resets can no longer draw the reset token */
+            const int banned = resettable && g.resets[active[a]] >= s->max_resets
+                                   ? s->reset_token_id : -1;
+            const int biased = resettable && banned < 0 && s->reset_logit_bias != 0.0f;
+            if ((penalised || biased) && all_finite(row, V)) {
+                /* the row itself stays as the model gave it (return_logprobs reads it) */
                 float *copy = scratch + 3 * V;
                 memcpy(copy, row, sizeof(float) * V);
-                penalise_repetitions(copy, g.seen + active[a] * seen_words(V), V,
-                                     s->repetition_penalty);
+                if (penalised)
+                    penalise_repetitions(copy, g.seen + active[a] * seen_words(V), V,
+                                         s->repetition_penalty);
+                if (biased) {
+                    copy[s->reset_token_id] += s->reset_logit_bias;
+                    if (!isfinite(copy[s->reset_token_id])) {
+                        next_token[a] = RESET_BIAS_OVERFLOW;
+                        continue;
+                    }
+                }
                 draw = copy;
             }
-            next_token[a] = sample_token(draw, V, s, &rng[active[a]],
+            next_token[a] = sample_token(draw, V, s, banned, &rng[active[a]],
                                          g.work + (size_t)me * 2 * V, scratch);
             if (out_logprobs && next_token[a] >= 0) {
                 g.step_logprobs[a] = token_logprob(row, V, s->temperature, next_token[a], scratch);
@@ -368,6 +405,12 @@ int model_generate(model *m, const float *params, const float *lora, const int32
                              "(NaN or infinity in the parameters?)", step + 1);
                     return CALIGN_ENONFINITE;
                 }
+                if (next_token[a] == RESET_BIAS_OVERFLOW) {
+                    snprintf(err, CALIGN_ERR_LEN, "the reset token's logit at new token %d plus "
+                             "reset_logit_bias %g overflows float32", step + 1,
+                             (double)s->reset_logit_bias);
+                    return CALIGN_EINVAL;
+                }
                 snprintf(err, CALIGN_ERR_LEN, "the logits at new token %d divided by the "
                          "temperature %g overflow float32: use a larger temperature%s", step + 1,
                          (double)s->temperature,
@@ -378,10 +421,19 @@ int model_generate(model *m, const float *params, const float *lora, const int32
         for (int a = 0; a < n_active; a++) {
             int slot = active[a];
             int token = next_token[a];
-            if (out_logprobs)
-                out_logprobs[(long)slot * s->max_new_tokens + out_lengths[slot]] =
-                    g.step_logprobs[a];
-            out_tokens[(long)slot * s->max_new_tokens + out_lengths[slot]++] = token;
+            if (resettable && token == s->reset_token_id) {
+                /* backtrack: what the sequence returned so far is dropped with the reset
+                 * token; the KV cache keeps both */
+                g.resets[slot]++;
+                g.discarded[slot] = (g.discarded[slot] < 0 ? 0 : g.discarded[slot]) +
+                                    out_lengths[slot] + 1;
+                out_lengths[slot] = 0;
+            } else {
+                if (out_logprobs)
+                    out_logprobs[(long)slot * s->max_new_tokens + out_lengths[slot]] =
+                        g.step_logprobs[a];
+                out_tokens[(long)slot * s->max_new_tokens + out_lengths[slot]++] = token;
+            }
             if (penalised) mark_seen(g.seen + slot * seen_words(V), token);
             if (is_eos(token, s) || step + 1 == s->max_new_tokens) continue;
             tokens[still] = token;
@@ -400,5 +452,6 @@ int model_generate(model *m, const float *params, const float *lora, const int32
         }
         model_forward_cached(m, last_hidden, params, lora, &batch, &cache);
     }
+    if (out_discarded) memcpy(out_discarded, g.discarded, sizeof(int32_t) * n_slots);
     return CALIGN_OK;
 }

@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 
+from calign import checks
 from calign.files import read_json_object, read_text
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -184,6 +185,46 @@ class Tokenizer:
     @property
     def pad_token_id(self):
         return self.token_to_id(self.pad_token)
+
+    def add_special_tokens(self, tokens):
+        """Adds `tokens` (a string or a list of strings, e.g. "[RESET]") to
+        the vocabulary as special tokens -- each encodes as one token wherever
+        it appears and decode(skip_special_tokens=True) drops it -- and returns
+        their ids, in order (a token the vocabulary already has keeps its id).
+        save_pretrained writes them (tokenizer.json's added tokens and
+        tokenizer_config.json's extra_special_tokens) so that tokenizers and
+        transformers load them with the same ids. Grow the model to match:
+        Model.resize_token_embeddings(tokenizer.vocab_size)."""
+        from tokenizers import AddedToken
+
+        if isinstance(tokens, str):
+            tokens = [tokens]
+        if not isinstance(tokens, (list, tuple)) or not tokens:
+            raise ValueError(f"tokens must be a token string or a non-empty list of them, got "
+                             f"{tokens!r:.200}")
+        for i, token in enumerate(tokens):
+            checks.text(f"tokens[{i}]", token)
+        self._backend.add_special_tokens([AddedToken(token, special=True, normalized=False)
+                                          for token in tokens])
+        field = next((key for key in EXTRA_SPECIAL_TOKEN_FIELDS if key in self.config),
+                     EXTRA_SPECIAL_TOKEN_FIELDS[0])
+        extra = self.config.get(field) or []
+        if isinstance(extra, dict):  # {name: token}: each new token is named by itself
+            extra = dict(extra, **{token: token for token in tokens
+                                   if token not in extra.values()})
+        else:
+            extra = list(extra) + [token for token in tokens if token not in extra]
+        self.config[field] = extra
+        ids = [self.token_to_id(token) for token in tokens]
+        decoder = self.config.get("added_tokens_decoder")
+        if isinstance(decoder, dict):  # transformers reads the added tokens from it when present
+            for token, token_id in zip(tokens, ids):
+                decoder[str(token_id)] = {"content": token, "lstrip": False, "normalized": False,
+                                          "rstrip": False, "single_word": False, "special": True}
+        self.all_special_tokens = _config_special_tokens(self.config)
+        self.all_special_ids = [i for i in map(self.token_to_id, self.all_special_tokens)
+                                if i is not None]
+        return ids
 
     def encode(self, text, add_special_tokens=True):
         """Token ids of `text` (a string)."""

@@ -256,6 +256,58 @@ class Model:
         """The gradients of train_params."""
         return self.adapters.grads if self.adapters is not None else self.grad_buffer
 
+    # ---- the vocabulary -------------------------------------------------------
+
+    @exclusive
+    def resize_token_embeddings(self, new_num_tokens):
+        """Grows the vocabulary to new_num_tokens (transformers' name), in
+        place, for tokens added to the tokenizer (Tokenizer.add_special_tokens):
+        each new embedding row is the mean of the existing rows, and so is each
+        new lm_head row when the head is untied (no family here has an lm_head
+        bias). The logits of the existing tokens are unchanged; their
+        log-probs change only through the softmax's larger denominator.
+        (transformers' mean_resizing draws the new rows around that mean with
+        a small covariance; calign takes the mean itself, deterministic.)
+        config["vocab_size"] follows; save_pretrained writes the grown model.
+        Refused with adapters attached (merge_and_unload first) or a size
+        below the current one. Returns the model."""
+        new_num_tokens = checks.integer("new_num_tokens", new_num_tokens, self.vocab_size,
+                                        checks.C_INT_MAX,
+                                        what=f"an integer in [{self.vocab_size}, "
+                                             f"{checks.C_INT_MAX}] (the vocabulary cannot "
+                                             f"shrink below its {self.vocab_size} tokens)")
+        if self.adapters is not None:
+            raise ValueError("resize_token_embeddings: the model has LoRA adapters, whose "
+                             "base is frozen; merge_and_unload() them first")
+        if new_num_tokens == self.vocab_size:
+            return self
+        old_vocab = self.vocab_size
+        config = dict(copy.deepcopy(self.config), vocab_size=new_num_tokens)
+        default_engine = engine_config(self.config)
+        overrides = {key: value for key, value in self._engine.items()
+                     if key in default_engine and default_engine[key] != value}
+        grown = Model(config, self._extra, overrides)
+        old, new = self.state_dict(), grown.state_dict()
+        grown_names = {_embedding_name(config)}
+        if not self._engine["tied_embeddings"]:
+            grown_names.add("lm_head.weight")
+        for name, view in old.items():
+            if name in grown_names:
+                rows = new[name]
+                rows[:old_vocab] = view
+                rows[old_vocab:] = view.mean(axis=0, dtype=np.float64).astype(np.float32)
+            else:
+                new[name][...] = view
+        grown.generation_config = self.generation_config
+        grown.checkpoint_dtype = self.checkpoint_dtype
+        grown.gradient_checkpointing = self.gradient_checkpointing
+        # the grown model's engine, parameters and names become this model's;
+        # the lock stays, as this call holds it
+        for field, value in vars(grown).items():
+            if field != "_in_use":
+                setattr(self, field, value)
+        return self
+
     # ---- LoRA adapters --------------------------------------------------------
 
     def linear_modules(self):
@@ -628,7 +680,8 @@ class Model:
     @exclusive
     def generate(self, input_ids, *, max_new_tokens=None, do_sample=None, temperature=None,
                  top_k=None, top_p=None, repetition_penalty=None, eos_token_id=None,
-                 num_return_sequences=1, seed=None, return_logprobs=False):
+                 num_return_sequences=1, seed=None, return_logprobs=False, reset_token_id=None,
+                 reset_logit_bias=0.0, max_resets=1, return_resets=False):
         """New tokens for each prompt, with a KV cache, in one call into C.
 
         A setting left None comes from the checkpoint's generation_config.json
@@ -640,7 +693,8 @@ class Model:
         Args:
             input_ids: a list of prompts (lists of token ids, ragged allowed)
                 or one prompt.
-            max_new_tokens: tokens to generate at most per sequence.
+            max_new_tokens: tokens to generate at most per sequence, counting
+                those a reset discards and the reset tokens themselves.
             do_sample: sample (temperature, then top_k, then top_p, as
                 transformers applies them) instead of taking the argmax.
             repetition_penalty: transformers' (CTRL's): the logits of tokens
@@ -654,15 +708,30 @@ class Model:
             seed: samples are a function of (seed, prompt index, sample index).
             return_logprobs: also return each new token's log-probability
                 under the model at this temperature, over the whole vocabulary
-                (log_softmax(logits / temperature), before top-k, top-p and the
-                repetition penalty): what a training forward at that
+                (log_softmax(logits / temperature), before top-k, top-p, the
+                repetition penalty and the reset bias or ban): what a training forward at that
                 temperature gives it, as RL's old-policy log-probs.
+            reset_token_id: backtracking (Zhang et al. 2024): the id of a reset
+                token ("[RESET]"); a sequence that draws it returns only the
+                tokens drawn after it (its last one), while the continuation
+                still sees the discarded text (the KV cache keeps it, as the
+                paper trains it: the safe answer follows the unsafe prefix and
+                the reset). None: no reset token (today's output, bit for bit).
+            reset_logit_bias: added to the reset token's logit before the
+                sampling filters or the argmax (the paper tunes it, e.g. -5,
+                to trade spurious resets for safety); needs reset_token_id.
+            max_resets: once a sequence has drawn the reset token this many
+                times, it cannot draw it again (the paper: at most one).
+            return_resets: also return, per sequence, how many drawn tokens a
+                reset discarded (those before its last reset token, and the
+                reset tokens), or -1 when the sequence never reset.
 
         Returns:
             A list of token-id lists; prompt i's samples are at
             i * num_return_sequences ... (i + 1) * num_return_sequences - 1.
-            With return_logprobs, (that list, a list of float32 arrays of the
-            same lengths).
+            With return_logprobs and/or return_resets, a tuple of that list,
+            then a list of float32 arrays of the same lengths (return_logprobs),
+            then a list of ints (return_resets).
         """
         settings, label = generation.resolve(dict(
             max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
@@ -702,18 +771,40 @@ class Model:
         seed = checks.seed("seed", seed, allow_none=True)
         if seed is None:
             seed = np.random.SeedSequence().entropy % 2**64
+        reset_token_id = checks.integer("reset_token_id", reset_token_id, 0, self.vocab_size - 1,
+                                        allow_none=True,
+                                        what=f"a token id in [0, {self.vocab_size - 1}] (the "
+                                             f"model's vocabulary) or None")
+        reset_logit_bias = checks.real("reset_logit_bias", reset_logit_bias)
+        max_resets = checks.integer("max_resets", max_resets, 0, checks.C_INT_MAX)
+        if reset_token_id is None:
+            checks.require(reset_logit_bias == 0.0, "reset_logit_bias", reset_logit_bias,
+                           "0 when reset_token_id is None (there is no reset token to bias)")
+        else:
+            checks.require(reset_token_id not in eos, "reset_token_id", reset_token_id,
+                           f"a token that is not an eos token ({eos})")
+            checks.require(self.vocab_size > 1, "reset_token_id", reset_token_id,
+                           "the id of one of at least 2 tokens (the model has 1)")
+        return_resets = checks.flag("return_resets", return_resets)
         starts = np.concatenate([[0], np.cumsum([r.size for r in rows])])
-        tokens, lengths, logprobs = _C.model_generate(
+        tokens, lengths, logprobs, discarded = _C.model_generate(
             self._handle, self._engine_params, np.concatenate(rows), starts,
             max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
             top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
             eos_token_ids=np.asarray(eos, np.int64), num_return_sequences=num_return_sequences,
             seed=seed, adapters=self._active_adapters(),
-            return_logprobs=checks.flag("return_logprobs", return_logprobs))
+            return_logprobs=checks.flag("return_logprobs", return_logprobs),
+            reset_token_id=-1 if reset_token_id is None else reset_token_id,
+            reset_logit_bias=reset_logit_bias, max_resets=max_resets)
         sequences = [tokens[i, :lengths[i]].tolist() for i in range(tokens.shape[0])]
-        if logprobs is None:
+        if logprobs is None and not return_resets:
             return sequences
-        return sequences, [logprobs[i, :lengths[i]].copy() for i in range(tokens.shape[0])]
+        result = (sequences,)
+        if logprobs is not None:
+            result += ([logprobs[i, :lengths[i]].copy() for i in range(tokens.shape[0])],)
+        if return_resets:
+            result += (discarded.tolist(),)
+        return result
 
 
 def _embedding_name(config):
