@@ -143,6 +143,28 @@ def test_strength_zero_is_exactly_unsteered(folder, tokenizer):
     np.testing.assert_array_equal(model.logits(x), plain)  # the block put everything back
 
 
+def test_generate_takes_a_control_for_one_call(folder):
+    model = calign.Model.from_pretrained(folder)
+    rng = np.random.default_rng(9)
+    vector = steering.ControlVector("llama", {1: rng.normal(size=CONFIG["hidden_size"]),
+                                              2: rng.normal(size=CONFIG["hidden_size"])})
+    prompts = ids(10).tolist()
+    with steering.steered(model, vector, 3.0):
+        expected = model.generate(prompts, max_new_tokens=6, do_sample=False)
+    assert model.generate(prompts, max_new_tokens=6, do_sample=False,
+                          control=(vector, 3.0)) == expected
+    own = steering.ControlVector("llama", {0: rng.normal(size=CONFIG["hidden_size"])})
+    with steering.steered(model, own, 1.0):
+        before = model.logits(ids(11))
+        model.generate(prompts, max_new_tokens=2, do_sample=False, control=(vector, 3.0))
+        np.testing.assert_array_equal(model.logits(ids(11)), before)  # its own control is back
+        # a call's control replaces the model's: strength 0 is the unsteered model
+        plain = model.generate(prompts, max_new_tokens=4, do_sample=False, control=(vector, 0))
+    assert plain == model.generate(prompts, max_new_tokens=4, do_sample=False)
+    with pytest.raises(ValueError, match="control"):
+        model.generate(prompts, max_new_tokens=2, control=vector)
+
+
 # ---- control vectors -------------------------------------------------------------------
 
 def random_pairs(n, seed):

@@ -103,6 +103,7 @@ class Model:
         self.adapters = None          # calign.lora.LoraAdapters, or None
         self._adapter_vector = None   # what the engine runs with inside running_adapters()
         self._adapter_override = False
+        self._control_rows = None     # the steering rows set_control gave the engine
         self.params = np.zeros(n_engine + n_extra, np.float32)
         self.grad_buffer = np.zeros(n_engine + n_extra, np.float32)
         self._engine_params = self.params[:n_engine]
@@ -301,6 +302,8 @@ class Model:
         grown.generation_config = self.generation_config
         grown.checkpoint_dtype = self.checkpoint_dtype
         grown.gradient_checkpointing = self.gradient_checkpointing
+        if self._control_rows is not None:  # the steering stays (the width is the same)
+            grown.set_control(self._control_rows)
         # the grown model's engine, parameters and names become this model's;
         # the lock stays, as this call holds it
         for field, value in vars(grown).items():
@@ -608,8 +611,9 @@ class Model:
             shape = (self.num_layers, self.hidden_size)
             checks.require(rows.dtype.kind in "fiu" and rows.shape == shape, "control",
                            rows.shape, f"a numeric array of shape {shape} (one row per block)")
-            rows = np.ascontiguousarray(rows, np.float32).reshape(-1)
-        _C.model_set_control(self._handle, rows)
+            rows = np.ascontiguousarray(rows, np.float32)
+        _C.model_set_control(self._handle, None if rows is None else rows.reshape(-1))
+        self._control_rows = None if rows is None else rows.copy()
 
     @exclusive
     def logits(self, input_ids, attention_mask=None):
@@ -681,7 +685,7 @@ class Model:
     def generate(self, input_ids, *, max_new_tokens=None, do_sample=None, temperature=None,
                  top_k=None, top_p=None, repetition_penalty=None, eos_token_id=None,
                  num_return_sequences=1, seed=None, return_logprobs=False, reset_token_id=None,
-                 reset_logit_bias=0.0, max_resets=1, return_resets=False):
+                 reset_logit_bias=0.0, max_resets=1, return_resets=False, control=None):
         """New tokens for each prompt, with a KV cache, in one call into C.
 
         A setting left None comes from the checkpoint's generation_config.json
@@ -725,6 +729,11 @@ class Model:
             return_resets: also return, per sequence, how many drawn tokens a
                 reset discarded (those before its last reset token, and the
                 reset tokens), or -1 when the sequence never reset.
+            control: (vector, strength) to steer this call with a
+                calign.steering.ControlVector (strength x its directions added
+                after its blocks, prompt and new tokens alike) in place of the
+                model's own control (set_control), which is back after the
+                call; strength 0 is the unsteered output.
 
         Returns:
             A list of token-id lists; prompt i's samples are at
@@ -787,15 +796,27 @@ class Model:
                            "the id of one of at least 2 tokens (the model has 1)")
         return_resets = checks.flag("return_resets", return_resets)
         starts = np.concatenate([[0], np.cumsum([r.size for r in rows])])
-        tokens, lengths, logprobs, discarded = _C.model_generate(
-            self._handle, self._engine_params, np.concatenate(rows), starts,
-            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-            top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-            eos_token_ids=np.asarray(eos, np.int64), num_return_sequences=num_return_sequences,
-            seed=seed, adapters=self._active_adapters(),
-            return_logprobs=checks.flag("return_logprobs", return_logprobs),
-            reset_token_id=-1 if reset_token_id is None else reset_token_id,
-            reset_logit_bias=reset_logit_bias, max_resets=max_resets)
+        own_control = self._control_rows
+        if control is not None:
+            checks.require(isinstance(control, tuple) and len(control) == 2 and
+                           hasattr(control[0], "rows"), "control", control,
+                           "a (ControlVector, strength) pair")
+            rows_of_control = control[0].rows(self, control[1])
+            self.set_control(rows_of_control if np.any(rows_of_control) else None)
+        try:
+            tokens, lengths, logprobs, discarded = _C.model_generate(
+                self._handle, self._engine_params, np.concatenate(rows), starts,
+                max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                eos_token_ids=np.asarray(eos, np.int64),
+                num_return_sequences=num_return_sequences, seed=seed,
+                adapters=self._active_adapters(),
+                return_logprobs=checks.flag("return_logprobs", return_logprobs),
+                reset_token_id=-1 if reset_token_id is None else reset_token_id,
+                reset_logit_bias=reset_logit_bias, max_resets=max_resets)
+        finally:
+            if control is not None:
+                self.set_control(own_control)
         sequences = [tokens[i, :lengths[i]].tolist() for i in range(tokens.shape[0])]
         if logprobs is None and not return_resets:
             return sequences
