@@ -2,7 +2,6 @@
 
     python mpi_child.py train RESULT_DIR JSON_OPTIONS
     python mpi_child.py buckets RESULT_DIR N BUCKET
-    python mpi_child.py wordalign RESULT_DIR MODEL
 
 `train` runs an unchanged training script (the trainer finds the ranks by
 itself); rank 0 writes result.json (the log history, the state) and
@@ -10,7 +9,9 @@ params.npy, and every rank writes the SHA-256 of its parameters to
 rank<r>.sha so the test can check that the replicas agree bit for bit.
 Options: trainer (sft, dpo, kto), model (a folder), per_device, accumulation,
 max_steps, save_steps, resume (a checkpoint folder or true), precompute,
-fail_at_step (rank 1 raises in that step), eval.
+fail_at_step (rank 1 raises in that step), die_at_step (rank 1 exits
+without a word), fail_after_train (rank 1 raises outside the trainer while
+rank 0 waits in a barrier), eval.
 """
 
 import hashlib
@@ -57,17 +58,23 @@ def train(out, options):
         raise ValueError(f"unknown trainer {kind!r}")
     trainer = make(options["model"], args=config, train_dataset=data,
                    eval_dataset=data[:7] if evaluated else None)
-    fail_at = options.get("fail_at_step")
-    if fail_at is not None and trainer.world.rank == 1:
+    fail_at, die_at = options.get("fail_at_step"), options.get("die_at_step")
+    if (fail_at is not None or die_at is not None) and trainer.world.rank == 1:
         step_of = trainer._training_step
 
         def failing(step, *rest):
             if step == fail_at:
                 raise RuntimeError(f"rank 1 fails on purpose at step {step}")
+            if step == die_at:
+                os._exit(3)
             return step_of(step, *rest)
 
         trainer._training_step = failing
     state = trainer.train(resume_from_checkpoint=options.get("resume"))
+    if options.get("fail_after_train"):
+        if trainer.world.rank == 1:
+            raise RuntimeError("rank 1 fails on purpose after training")
+        trainer.world.barrier()
     write_rank_digest(out, trainer.model.params)
     if trainer.world.is_main:
         np.save(os.path.join(out, "params.npy"), trainer.model.params)
@@ -91,9 +98,6 @@ def main(argv):
         train(out, json.loads(argv[3]))
     elif mode == "buckets":
         buckets(out, int(argv[3]), int(argv[4]))
-    elif mode == "wordalign":
-        from wordalign_mpi_child import run
-        run(out, argv[3])
     else:
         raise ValueError(f"unknown mode {mode!r}")
 

@@ -259,3 +259,25 @@ def test_a_rank_that_fails_stops_the_job_with_its_error(tmp_path, runs):
     assert "rank 1 fails on purpose at step 3" in output
     assert "calign: rank 1 of 2 failed; aborting the job" in output
     assert not (tmp_path / "result.json").exists()
+
+
+@needs_mpi
+def test_a_rank_that_dies_stops_the_job(tmp_path, runs):
+    """Rank 1 exits without a word in step 3: mpirun ends the job."""
+    options = dict(trainer="sft", model=runs.model, per_device=2, max_steps=10, die_at_step=3)
+    done = run_child(2, "train", tmp_path, json.dumps(options), check=False)
+    assert done.returncode != 0
+    assert not (tmp_path / "result.json").exists()
+
+
+@needs_mpi
+def test_an_uncaught_error_outside_the_trainer_aborts_the_job(tmp_path, runs):
+    """Rank 1 raises after training while rank 0 waits in a barrier: the
+    excepthook calign installs aborts the job (without it, it hangs)."""
+    options = dict(trainer="sft", model=runs.model, per_device=2, max_steps=2,
+                   fail_after_train=True)
+    done = run_child(2, "train", tmp_path, json.dumps(options), check=False)
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert "rank 1 fails on purpose after training" in output
+    assert "calign: rank 1 of 2 failed; aborting the job" in output
