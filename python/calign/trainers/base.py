@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 
-from calign import checks
+from calign import checks, distributed
 from calign.model import Model
 from calign.model.loading import load_model
 from calign.model.preference_batch import check_fits
@@ -83,6 +83,9 @@ class BaseTrainer:
     _window_size and _micro_step."""
 
     config_class = None
+    # False for trainers whose step is not a window of examples (online rollouts):
+    # they refuse to run on several MPI ranks
+    supports_data_parallel = True
     # TRL's counterpart sets dropout to 0 after adding adapters (disable_dropout=True)
     disables_dropout = True
 
@@ -96,6 +99,11 @@ class BaseTrainer:
         if train_dataset is None:
             raise ValueError("train_dataset is required")
         self.args = args
+        self.world = distributed.world()
+        if self.world.distributed and not self.supports_data_parallel:
+            raise NotImplementedError(
+                f"{type(self).__name__} does not run on several MPI ranks yet (this job has "
+                f"{self.world.size}); start it as one process")
         checks.require(args.model_init_kwargs is None or not isinstance(model, Model),
                        "model_init_kwargs", args.model_init_kwargs,
                        "None when the model is given loaded (they apply to loading a folder)")
@@ -219,8 +227,13 @@ class BaseTrainer:
         n, bs = len(self.train_examples), a.per_device_train_batch_size
         return n // bs if a.dataloader_drop_last else math.ceil(n / bs)
 
+    def _micro_batches_per_window(self):
+        """per_device batches in one optimizer step over all ranks (accelerate's
+        global batch: per_device_train_batch_size x ranks x accumulation)."""
+        return self.args.gradient_accumulation_steps * self.world.size
+
     def _windows_per_epoch(self):
-        return math.ceil(self._micro_batches_per_epoch() / self.args.gradient_accumulation_steps)
+        return math.ceil(self._micro_batches_per_epoch() / self._micro_batches_per_window())
 
     def total_steps(self):
         if self.args.max_steps > 0:
@@ -228,9 +241,10 @@ class BaseTrainer:
         return max(1, math.ceil(self.args.num_train_epochs * self._windows_per_epoch()))
 
     def _window(self, step):
-        """The micro-batches (lists of examples) of optimizer step `step`; the
-        order is a function of (data_seed or seed, epoch) only, so resuming
-        replays it."""
+        """The micro-batches (lists of examples) of optimizer step `step` over
+        all ranks; the order is a function of (data_seed or seed, epoch) only,
+        so resuming replays it, with any number of ranks that keeps the global
+        batch."""
         a = self.args
         per_epoch = self._windows_per_epoch()
         epoch, position = divmod(step, per_epoch)
@@ -238,7 +252,7 @@ class BaseTrainer:
         seed = a.seed if a.data_seed is None else a.data_seed
         order = (np.random.default_rng([seed, epoch]).permutation(n)
                  if a.train_sampling_strategy == "random" else np.arange(n))
-        bs, accum = a.per_device_train_batch_size, a.gradient_accumulation_steps
+        bs, accum = a.per_device_train_batch_size, self._micro_batches_per_window()
         used = self._micro_batches_per_epoch() * bs if a.dataloader_drop_last else n
         start = position * accum * bs
         stop = min(used, start + accum * bs)
@@ -258,16 +272,25 @@ class BaseTrainer:
         a = self.args
         if resume_from_checkpoint is None:
             resume_from_checkpoint = a.resume_from_checkpoint
-        checkpoints.clean_interrupted(a.output_dir)
+        with self.world.abort_on_error():
+            return self._train(resume_from_checkpoint)
+
+    def _train(self, resume_from_checkpoint):
+        a, main = self.args, self.world.is_main
+        if main:
+            checkpoints.clean_interrupted(a.output_dir)
+        self.world.barrier()  # every rank sees output_dir cleaned before it looks
         resume = checkpoints.resolve_resume(a.output_dir, resume_from_checkpoint)
         if resume:
             self._load_checkpoint(resume)
-            self._rewrite_metrics()
+            if main:
+                self._rewrite_metrics()
         total = self.total_steps()
         progress = None
-        self.reporters = reporting.Reporters(a, dataclasses.asdict(a)) if a.report_to else None
+        self.reporters = reporting.Reporters(a, dataclasses.asdict(a)) \
+            if a.report_to and main else None
         try:
-            if not a.disable_tqdm:
+            if not a.disable_tqdm and main:
                 from tqdm.auto import tqdm
                 progress = tqdm(total=total, initial=self.state.global_step, desc="train",
                                 dynamic_ncols=True)
@@ -304,6 +327,7 @@ class BaseTrainer:
                 done == total or (a.logging_strategy == "epoch" and epoch_end) or
                 (a.logging_strategy == "steps" and done % logging_every == 0))
             if log:
+                sums, counts = self.world.merge_metric_sums(sums, counts)
                 entry = {k: v / counts[k] for k, v in sums.items()}
                 entry.update(grad_norm=grad_norm, learning_rate=lr)
                 self._log(entry, progress)
@@ -312,15 +336,21 @@ class BaseTrainer:
             self.averages.average_if_due(self.state.global_step)
 
     def _training_step(self, step, lr, sums, counts):
-        """Optimizer step `step` at learning rate lr: its window's micro-batches,
-        their metrics added to sums/counts. Returns the gradient norm."""
+        """Optimizer step `step` at learning rate lr: this rank's share of its
+        window's micro-batches, their metrics added to sums/counts. The
+        normaliser is the whole window's, so the gradients summed over ranks
+        are those of one process running every micro-batch. Returns the
+        gradient norm."""
         micro_batches = self._window(step)
         normaliser = self._window_size([e for mb in micro_batches for e in mb])
         self.model.zero_grad()
-        for examples in micro_batches:
-            metrics, tokens = self._micro_step(examples, normaliser, train=True)
-            self.state.num_tokens += tokens
+        tokens = 0
+        for examples in self.world.share(micro_batches):
+            metrics, micro_tokens = self._micro_step(examples, normaliser, train=True)
+            tokens += micro_tokens
             accumulate(sums, counts, metrics)
+        self.state.num_tokens += self.world.sum(tokens)
+        self.world.sum_in_place(self.model.train_grads)
         grad_norm = self._clip_gradients(step, [self.model])
         self.optimizer.step(lr=lr)
         return grad_norm
@@ -385,7 +415,7 @@ class BaseTrainer:
             return
         if a.load_best_model_at_end:
             self._restore_weights(best)
-        if a.save_total_limit == 1:
+        if a.save_total_limit == 1 and self.world.is_main:
             for step, path in checkpoints.list_checkpoints(a.output_dir):
                 if not os.path.samefile(path, best):
                     checkpoints.delete_folder(path, step)
@@ -398,11 +428,12 @@ class BaseTrainer:
             raise ValueError("no eval_dataset to evaluate on")
         bs = self._eval_batch_size()
         sums, counts = {}, {}
-        with self.averages.evaluation():
-            for i in range(0, len(examples), bs):
+        with self.averages.evaluation():  # the ranks share the batches
+            for i in self.world.share(range(0, len(examples), bs)):
                 batch = examples[i:i + bs]
                 metrics, _ = self._micro_step(batch, self._window_size(batch), train=False)
                 accumulate(sums, counts, metrics)
+        sums, counts = self.world.merge_metric_sums(sums, counts)
         result = {f"eval_{k}": v / counts[k] for k, v in sums.items()}
         self._log(result, None)
         return result
@@ -412,7 +443,9 @@ class BaseTrainer:
                      num_tokens=self.state.num_tokens)
         if self.args.include_num_input_tokens_seen != "no":  # no padding: all tokens count
             entry["num_input_tokens_seen"] = self.state.num_tokens
-        self.state.log_history.append(entry)
+        self.state.log_history.append(entry)  # on every rank: the state stays one
+        if not self.world.is_main:
+            return
         os.makedirs(self.args.output_dir, exist_ok=True)
         with open(os.path.join(self.args.output_dir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(entry) + "\n")
@@ -426,10 +459,12 @@ class BaseTrainer:
     def save_model(self, path=None):
         """Writes the model (and tokenizer) to `path` (default output_dir)."""
         path = path or self.args.output_dir
-        self.model.save_pretrained(path)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(path)
-        self.averages.save_final(path)
+        if self.world.is_main:  # rank 0 writes; the others wait until it has
+            self.model.save_pretrained(path)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(path)
+            self.averages.save_final(path)
+        self.world.barrier()
 
     def _extra_state(self):
         """More JSON-able state a trainer must carry across a resume."""
@@ -447,10 +482,12 @@ class BaseTrainer:
                 self.state.best_model_checkpoint = best
         state = self.state.to_dict()
         state["trainer"] = self._extra_state()
-        checkpoints.write_checkpoint(a.output_dir, step, self.model, self.processing_class,
-                                     self.optimizer, state, write_extra=self._write_extra_files)
-        checkpoints.prune_checkpoints(a.output_dir, a.save_total_limit,
-                                      keep=self.state.best_model_checkpoint)
+        if self.world.is_main:  # the ranks hold the same weights and state
+            checkpoints.write_checkpoint(a.output_dir, step, self.model, self.processing_class,
+                                         self.optimizer, state, write_extra=self._write_extra_files)
+            checkpoints.prune_checkpoints(a.output_dir, a.save_total_limit,
+                                          keep=self.state.best_model_checkpoint)
+        self.world.barrier()  # no rank runs ahead of (or reads) a checkpoint being written
 
     def _rewrite_metrics(self):
         """metrics.jsonl := state.log_history, one JSON line per entry (atomically)."""

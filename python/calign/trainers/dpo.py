@@ -21,7 +21,7 @@ import numpy as np
 from calign import checks, losses
 from calign.data.preference import prepare_preference_data
 from calign.data.truncation import Truncation
-from calign.model.preference_batch import PackedPreferences, completion_logps
+from calign.model.preference_batch import PackedPreferences
 from calign.trainers.base import BaseTrainer
 from calign.trainers.config import DPOConfig
 from calign.trainers.reference_sync import SyncedReference
@@ -115,7 +115,8 @@ class DPOTrainer(SyncedReference, BaseTrainer):
 
     def _precompute_reference(self, examples, split):
         """Reference log-probs of every example, once, cached in output_dir keyed by
-        the reference parameters and the tokenized data."""
+        the reference parameters and the tokenized data. With several ranks, rank
+        0 reads and writes the cache and the ranks share the batches."""
         digest = hashlib.sha256()
         reference = self.ref_model
         for weights in ([reference.params] + ([reference.adapters.params]
@@ -126,16 +127,22 @@ class DPOTrainer(SyncedReference, BaseTrainer):
             digest.update(np.asarray(e.prompt_ids + [-1] + [t for c in e.completions
                                                            for t in c + [-2]]).tobytes())
         path = os.path.join(self.args.output_dir, f"ref_logps-{split}-{digest.hexdigest()[:16]}.npy")
-        values = _load_cached_reference(path, (len(examples), len(examples[0].completions)))
+        world = self.world
+        shape = (len(examples), len(examples[0].completions))
+        values = world.broadcast(_load_cached_reference(path, shape) if world.is_main else None)
         if values is None:
             a = self.args
             batch_size = a.precompute_ref_batch_size or (
                 a.per_device_train_batch_size if split == "train" else a.per_device_eval_batch_size)
-            values = completion_logps(self.ref_model, examples, batch_size, a.ld_alpha)
-            os.makedirs(self.args.output_dir, exist_ok=True)
-            tmp = path + ".tmp.npy"
-            np.save(tmp, values)
-            os.replace(tmp, path)
+            starts = range(0, len(examples), batch_size)
+            mine = [PackedPreferences(examples[i:i + batch_size], a.ld_alpha).logps(self.ref_model)
+                    for i in world.share(starts)]
+            values = np.concatenate(world.gather_shards(mine, len(starts)))
+            if world.is_main:
+                os.makedirs(self.args.output_dir, exist_ok=True)
+                tmp = path + ".tmp.npy"
+                np.save(tmp, values)
+                os.replace(tmp, path)
         for e, v in zip(examples, values):
             e.ref_logps = [float(x) for x in v]
 

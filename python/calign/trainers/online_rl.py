@@ -26,6 +26,9 @@ from calign.trainers.rewards import RewardFunctions
 class OnlineRLTrainer(SyncedReference, BaseTrainer):
     """Subclasses set config_class and give _advantages and _policy_loss."""
 
+    # a step is micro-steps of one shared rollout, not a window of examples to deal out
+    supports_data_parallel = False
+
     def __init__(self, model, reward_funcs=None, args=None, train_dataset=None,
                  eval_dataset=None, processing_class=None, reward_processing_classes=None,
                  peft_config=None):

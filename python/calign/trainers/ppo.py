@@ -83,6 +83,8 @@ class PPOTrainer(BaseTrainer):
     with args.ptx_coef > 0."""
 
     config_class = PPOConfig
+    # a step is minibatches of one shared rollout, not a window of examples to deal out
+    supports_data_parallel = False
 
     def __init__(self, model, reward_model=None, args=None, train_dataset=None,
                  eval_dataset=None, processing_class=None, value_model=None, ref_model=None,

@@ -68,14 +68,19 @@ class SFTTrainer(BaseTrainer):
     # ---- the constrained objective's reference -----------------------------------
 
     def _precompute_reference(self, examples):
-        """Stores each example's reference token log-probs (ref_token_logps)."""
+        """Stores each example's reference token log-probs (ref_token_logps);
+        with several ranks, each scores its share of the batches and all gather."""
         batch_size = self.args.per_device_train_batch_size
-        for i in range(0, len(examples), batch_size):
-            chunk = examples[i:i + batch_size]
-            packed = PackedPreferences(chunk)
+        starts = range(0, len(examples), batch_size)
+        mine = []
+        for i in self.world.share(starts):
+            packed = PackedPreferences(examples[i:i + batch_size])
             scores = self._live_reference(packed)
-            for e, start, length in zip(chunk, packed.starts, packed.lengths):
-                e.ref_token_logps = scores[start:start + length].copy()
+            mine.append([scores[start:start + length].copy()
+                         for start, length in zip(packed.starts, packed.lengths)])
+        for i, batch_scores in zip(starts, self.world.gather_shards(mine, len(starts))):
+            for e, scores in zip(examples[i:i + batch_size], batch_scores):
+                e.ref_token_logps = scores
 
     def _live_reference(self, packed):
         hidden = self.ref_model.forward_packed(packed.batch, train=False)

@@ -1,0 +1,106 @@
+"""The script tests/test_mpi*.py start under mpirun (or as one plain process).
+
+    python mpi_child.py train RESULT_DIR JSON_OPTIONS
+    python mpi_child.py buckets RESULT_DIR N BUCKET
+
+`train` runs an unchanged training script (the trainer finds the ranks by
+itself); rank 0 writes result.json (the log history, the state) and
+params.npy, and every rank writes the SHA-256 of its parameters to
+rank<r>.sha so the test can check that the replicas agree bit for bit.
+Options: trainer (sft, dpo, kto), model (a folder), per_device, accumulation,
+max_steps, save_steps, resume (a checkpoint folder or true), precompute,
+fail_at_step (rank 1 raises in that step), die_at_step (rank 1 exits
+without a word), fail_after_train (rank 1 raises outside the trainer while
+rank 0 waits in a barrier), eval.
+"""
+
+import hashlib
+import json
+import os
+import sys
+
+import numpy as np
+
+import calign
+from calign import distributed
+from calign.testing.data import kto_records, preference_records, sft_records
+
+
+def write_rank_digest(out, weights):
+    rank = distributed.world().rank
+    with open(os.path.join(out, f"rank{rank}.sha"), "w") as f:
+        f.write(hashlib.sha256(np.ascontiguousarray(weights).tobytes()).hexdigest())
+
+
+def train(out, options):
+    kind = options["trainer"]
+    common = dict(output_dir=os.path.join(out, "run"), learning_rate=5e-3,
+                  per_device_train_batch_size=options["per_device"],
+                  gradient_accumulation_steps=options.get("accumulation", 1),
+                  max_steps=options["max_steps"], logging_steps=1, disable_tqdm=False,
+                  save_strategy="steps" if options.get("save_steps") else "no",
+                  save_steps=options.get("save_steps") or 500, seed=3,
+                  lr_scheduler_type="linear", warmup_steps=2)
+    evaluated = options.get("eval", False)
+    if evaluated:
+        common.update(eval_strategy="steps", eval_steps=5, per_device_eval_batch_size=2)
+    if kind == "sft":
+        config, data = calign.SFTConfig(**common), sft_records(24, seed=5)
+        make = calign.SFTTrainer
+    elif kind == "dpo":
+        config = calign.DPOConfig(beta=0.3, precompute_ref_log_probs=options.get("precompute",
+                                                                                 False), **common)
+        data, make = preference_records(24, seed=6), calign.DPOTrainer
+    elif kind == "kto":
+        config, data = calign.KTOConfig(beta=0.4, **common), kto_records(24, seed=7)
+        make = calign.KTOTrainer
+    else:
+        raise ValueError(f"unknown trainer {kind!r}")
+    trainer = make(options["model"], args=config, train_dataset=data,
+                   eval_dataset=data[:7] if evaluated else None)
+    fail_at, die_at = options.get("fail_at_step"), options.get("die_at_step")
+    if (fail_at is not None or die_at is not None) and trainer.world.rank == 1:
+        step_of = trainer._training_step
+
+        def failing(step, *rest):
+            if step == fail_at:
+                raise RuntimeError(f"rank 1 fails on purpose at step {step}")
+            if step == die_at:
+                os._exit(3)
+            return step_of(step, *rest)
+
+        trainer._training_step = failing
+    state = trainer.train(resume_from_checkpoint=options.get("resume"))
+    if options.get("fail_after_train"):
+        if trainer.world.rank == 1:
+            raise RuntimeError("rank 1 fails on purpose after training")
+        trainer.world.barrier()
+    write_rank_digest(out, trainer.model.params)
+    if trainer.world.is_main:
+        np.save(os.path.join(out, "params.npy"), trainer.model.params)
+        with open(os.path.join(out, "result.json"), "w") as f:
+            json.dump({"log_history": state.log_history, "num_tokens": state.num_tokens,
+                       "global_step": state.global_step, "ranks": trainer.world.size}, f)
+
+
+def buckets(out, n, bucket):
+    world = distributed.world()
+    values = (np.arange(n, dtype=np.float32) % 97) * (world.rank + 1)
+    world.sum_in_place(values, bucket_elements=bucket)
+    if world.is_main:
+        np.save(os.path.join(out, "sum.npy"), values)
+
+
+def main(argv):
+    mode, out = argv[1], argv[2]
+    os.makedirs(out, exist_ok=True)
+    if mode == "train":
+        train(out, json.loads(argv[3]))
+    elif mode == "buckets":
+        buckets(out, int(argv[3]), int(argv[4]))
+    else:
+        raise ValueError(f"unknown mode {mode!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv)

