@@ -92,8 +92,32 @@ def differential_attention(x, p, prefix, layer_idx, cfg):
     return linear(out.reshape(T, H * D), p, prefix + "o_proj")
 
 
-def motif_logits(params, cfg, ids):
-    """Logits [B, T, V] of token ids [B, T] (each row one sequence)."""
+def standard_attention(x, p, prefix, cfg):
+    """Llama's causal grouped-query attention of one sequence x [T, d]."""
+    T = x.shape[0]
+    H, K = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    D = cfg.get("head_dim") or cfg["hidden_size"] // H
+    positions = torch.arange(T)
+    q = rope(linear(x, p, prefix + "q_proj").view(T, H, D), positions, cfg["rope_theta"])
+    k = rope(linear(x, p, prefix + "k_proj").view(T, K, D), positions, cfg["rope_theta"])
+    v = linear(x, p, prefix + "v_proj").view(T, K, D)
+    k, v = (t.repeat_interleave(H // K, dim=1) for t in (k, v))
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    scores = torch.einsum("thd,shd->hts", q, k) / math.sqrt(D)
+    attn = scores.masked_fill(~causal, float("-inf")).softmax(-1)
+    return linear(torch.einsum("hts,shd->thd", attn, v).reshape(T, H * D), p, prefix + "o_proj")
+
+
+def swiglu_mlp(x, p, prefix):
+    gate = linear(x, p, prefix + "gate_proj")
+    return linear(torch.nn.functional.silu(gate) * linear(x, p, prefix + "up_proj"), p,
+                  prefix + "down_proj")
+
+
+def decoder_logits(params, cfg, ids, polynorm=True, differential=True):
+    """Logits [B, T, V] of token ids [B, T] (each row one sequence) of a
+    pre-norm Llama-shaped decoder; Motif's with both options on, a Llama
+    with either of its layers otherwise."""
     eps = cfg.get("rms_norm_eps", 1e-6)
     rows = []
     for row in ids:
@@ -101,14 +125,20 @@ def motif_logits(params, cfg, ids):
         for layer in range(cfg["num_hidden_layers"]):
             prefix = f"model.layers.{layer}."
             normed = rms(h, eps) * params[prefix + "input_layernorm.weight"]
-            h = h + differential_attention(normed, params, prefix + "self_attn.", layer, cfg)
+            h = h + (differential_attention(normed, params, prefix + "self_attn.", layer, cfg)
+                     if differential else
+                     standard_attention(normed, params, prefix + "self_attn.", cfg))
             normed = rms(h, eps) * params[prefix + "post_attention_layernorm.weight"]
-            h = h + motif_mlp(normed, params, prefix + "mlp.")
+            h = h + (motif_mlp if polynorm else swiglu_mlp)(normed, params, prefix + "mlp.")
         h = rms(h, eps) * params["model.norm.weight"]
         head = params["model.embed_tokens.weight"] if cfg.get("tie_word_embeddings") \
             else params["lm_head.weight"]
         rows.append(h @ head.T)
     return torch.stack(rows)
+
+
+def motif_logits(params, cfg, ids):
+    return decoder_logits(params, cfg, ids)
 
 
 def causal_lm_loss(logits, labels):
