@@ -100,10 +100,9 @@ def test_llama_with_both_options_computes_motif():
 def test_lambda_init_is_motifs_off_by_one_schedule():
     assert lambda_init(0) == pytest.approx(0.8 - 0.6 * np.exp(0.3))  # -0.0099
     assert lambda_init(1) == pytest.approx(0.2)
-    # the engine uses it: with lambda vectors 0 (lambda = lambda_init) and
-    # subln weights scaled by 1 / (1 - lambda_init(l)), changing the subln of
-    # one layer by that factor is what the reference sees too (checked above);
-    # here, from_config's lambda vectors are N(0, 0.1) as Motif initialises them
+    # (the engine's use of it is checked against the reference above, on 3
+    # layers); from_config draws the lambda vectors from N(0, 0.1) and sets
+    # PolyNorm's weights to 1/3, as Motif's code initialises them
     model = calign.Model.from_config(MOTIF, seed=0)
     lam = model.state_dict()["model.layers.1.self_attn.lambda_q1"]
     assert 0.02 < lam.std() < 0.3
@@ -223,11 +222,13 @@ def test_sft_and_dpo_train_a_motif_model(tmp_path):
     sft = calign.SFTTrainer(path, args=calign.SFTConfig(output_dir=str(tmp_path / "sft"),
                                                         **settings),
                             train_dataset=sft_records(8, style="tokenized", seed=1))
-    before = sft.model.params.copy()
+    trained = ("model.layers.1.self_attn.lambda_q1", "model.layers.1.mlp.act_fn.weight",
+               "model.layers.1.self_attn.subln.weight")
+    before = {name: sft.model.state_dict()[name].copy() for name in trained}
     sft.train()
     assert len(losses_of(sft)) == 4 and np.isfinite(losses_of(sft)).all()
-    lam = sft.model.state_dict()["model.layers.1.self_attn.lambda_q1"]
-    assert not np.array_equal(lam, before[:0]) and (sft.model.params != before).any()
+    for name in trained:  # Motif's own parameters train too
+        assert (sft.model.state_dict()[name] != before[name]).any(), name
     dpo = calign.DPOTrainer(path, args=calign.DPOConfig(output_dir=str(tmp_path / "dpo"),
                                                         beta=0.5, **settings),
                             train_dataset=preference_records(8, style="tokenized", seed=2))
@@ -235,6 +236,21 @@ def test_sft_and_dpo_train_a_motif_model(tmp_path):
     losses = losses_of(dpo)
     assert len(losses) == 4 and losses[0] == pytest.approx(np.log(2), abs=1e-6)
     assert np.isfinite(losses).all()
+
+
+def test_a_reward_model_trains_on_a_motif_backbone(tmp_path):
+    path = motif_folder(tmp_path)
+    trainer = calign.RewardTrainer(path, args=calign.RewardConfig(
+        output_dir=str(tmp_path / "rm"), learning_rate=3e-3, per_device_train_batch_size=2,
+        max_steps=3, logging_steps=1, disable_tqdm=True, save_strategy="no"),
+        train_dataset=preference_records(6, style="tokenized", seed=3))
+    trainer.train()
+    assert len(losses_of(trainer)) == 3 and np.isfinite(losses_of(trainer)).all()
+    trainer.model.save_pretrained(str(tmp_path / "saved"))
+    config = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert config["architectures"] == ["MotifForSequenceClassification"]
+    again = calign.RewardModel.from_pretrained(str(tmp_path / "saved"))
+    np.testing.assert_array_equal(again.params, trainer.model.params)
 
 
 def test_lora_adapts_a_motif_model():
