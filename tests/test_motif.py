@@ -154,6 +154,23 @@ def test_greedy_generation_follows_the_full_forwards_argmax():
         np.testing.assert_array_equal(logits[len(prompt) - 1:-1].argmax(-1), new)
 
 
+def test_shared_prefix_branches_equal_separate_rows():
+    """Differential attention keeps the branch rule of packed rows (a
+    completion sees the prompt, not its sibling), as DPO's packing needs."""
+    model = calign.Model.from_config(MOTIF, seed=13)
+    rng = np.random.default_rng(13)
+    prompt = rng.integers(0, VOCAB, 50).tolist()
+    completions = [rng.integers(0, VOCAB, 30).tolist(), rng.integers(0, VOCAB, 7).tolist()]
+    packed = calign.pack_shared_prefix([(prompt, completions)])
+    logps = model.packed_token_logprobs(packed)
+    for k, completion in enumerate(completions):
+        logits = model.logits(np.array([prompt + completion]))[0].astype(np.float64)
+        logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(
+            -1, keepdims=True)) - logits.max(-1, keepdims=True)
+        expected = logp[len(prompt) - 1:-1][np.arange(len(completion)), completion]
+        np.testing.assert_allclose(logps[packed.completion_slices[0][k]], expected, atol=1e-4)
+
+
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_one_and_two_threads_agree(checkpointing):
     ids, labels, mask = batch(T=90, seed=6)
