@@ -61,21 +61,23 @@ void release_model(model_handle *h) {
 static char *ENGINE_CONFIG_KEYS[] = {
     "n_layer", "d_model", "n_head", "n_kv_head", "head_dim", "d_ff", "vocab", "max_positions",
     "rmsnorm", "swiglu", "conv1d_layout", "learned_positions", "rope_theta", "qkv_bias",
-    "o_bias", "mlp_bias", "qk_norm", "tied_embeddings", "norm_eps", NULL,
+    "o_bias", "mlp_bias", "qk_norm", "tied_embeddings", "norm_eps", "polynorm", "differential",
+    "attn_norm_eps", NULL,
 };
 
 static PyObject *py_model_create(PyObject *self, PyObject *args, PyObject *kwargs) {
-    int_arg size[8], flag[9];
+    int_arg size[8], flag[11];
     for (int i = 0; i < 8; i++) size[i] = (int_arg){ENGINE_CONFIG_KEYS[i], 1, INT32_MAX};
-    const int flag_key[9] = {8, 9, 10, 11, 13, 14, 15, 16, 17};
-    for (int i = 0; i < 9; i++) flag[i] = (int_arg){ENGINE_CONFIG_KEYS[flag_key[i]], 0, 1};
-    double rope_theta, norm_eps;
+    const int flag_key[11] = {8, 9, 10, 11, 13, 14, 15, 16, 17, 19, 20};
+    for (int i = 0; i < 11; i++) flag[i] = (int_arg){ENGINE_CONFIG_KEYS[flag_key[i]], 0, 1};
+    double rope_theta, norm_eps, attn_norm_eps;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "$O&O&O&O&O&O&O&O&O&O&O&O&dO&O&O&O&O&d", ENGINE_CONFIG_KEYS, to_int,
-            &size[0], to_int, &size[1], to_int, &size[2], to_int, &size[3], to_int, &size[4],
-            to_int, &size[5], to_int, &size[6], to_int, &size[7], to_int, &flag[0], to_int,
-            &flag[1], to_int, &flag[2], to_int, &flag[3], &rope_theta, to_int, &flag[4], to_int,
-            &flag[5], to_int, &flag[6], to_int, &flag[7], to_int, &flag[8], &norm_eps))
+            args, kwargs, "$O&O&O&O&O&O&O&O&O&O&O&O&dO&O&O&O&O&dO&O&d", ENGINE_CONFIG_KEYS,
+            to_int, &size[0], to_int, &size[1], to_int, &size[2], to_int, &size[3], to_int,
+            &size[4], to_int, &size[5], to_int, &size[6], to_int, &size[7], to_int, &flag[0],
+            to_int, &flag[1], to_int, &flag[2], to_int, &flag[3], &rope_theta, to_int, &flag[4],
+            to_int, &flag[5], to_int, &flag[6], to_int, &flag[7], to_int, &flag[8], &norm_eps,
+            to_int, &flag[9], to_int, &flag[10], &attn_norm_eps))
         return NULL;
     if (!isfinite(rope_theta) || rope_theta < 0)
         return raise_printf(PyExc_ValueError, "rope_theta must be a finite number >= 0 (0: no "
@@ -83,13 +85,21 @@ static PyObject *py_model_create(PyObject *self, PyObject *args, PyObject *kwarg
     if (!isfinite(norm_eps) || norm_eps < 0 || !isfinite((float)norm_eps))
         return raise_printf(PyExc_ValueError, "norm_eps must be a finite number >= 0 (in "
                             "float32), got %g", norm_eps);
+    if (!isfinite(attn_norm_eps) || attn_norm_eps < 0 || !isfinite((float)attn_norm_eps))
+        return raise_printf(PyExc_ValueError, "attn_norm_eps must be a finite number >= 0 (in "
+                            "float32), got %g", attn_norm_eps);
+    if (flag[9].value && !flag[1].value)
+        return raise_printf(PyExc_ValueError, "polynorm gates a gated MLP: it needs swiglu=1 "
+                            "(the [gate; up] projection)");
     model_config c = {
         .n_layer = (int)size[0].value, .d_model = (int)size[1].value,
         .n_head = (int)size[2].value, .n_kv_head = (int)size[3].value,
         .head_dim = (int)size[4].value, .d_ff = (int)size[5].value, .vocab = (int)size[6].value,
         .max_positions = (int)size[7].value,
         .norm = flag[0].value ? NORM_RMSNORM : NORM_LAYERNORM,
-        .mlp = flag[1].value ? MLP_SWIGLU : MLP_GELU_TANH,
+        .mlp = flag[9].value ? MLP_POLYNORM : flag[1].value ? MLP_SWIGLU : MLP_GELU_TANH,
+        .attention = flag[10].value ? ATTENTION_DIFFERENTIAL : ATTENTION_STANDARD,
+        .attn_norm_eps = (float)attn_norm_eps,
         .layout = flag[2].value ? WEIGHT_IN_OUT : WEIGHT_OUT_IN,
         .learned_positions = (int)flag[3].value, .rope_theta = rope_theta,
         .qkv_bias = (int)flag[4].value, .o_bias = (int)flag[5].value,

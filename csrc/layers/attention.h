@@ -59,4 +59,36 @@ void attention_cached_forward(float *out, int ld_out, const float *q, int ld_q,
                               const int32_t *positions, int n_seq, int n_head, int n_kv_head,
                               int head_dim, float *scores, int scratch_threads);
 
+/* Differential attention (Ye et al. 2024, as Motif runs it). q and k hold
+ * n_head and n_kv_head sub-heads of head_dim; sub-heads 2i and 2i+1 are the
+ * two maps of differential head i (stripe order), and kv sub-heads 2g, 2g+1
+ * with the v columns [2g, 2g+2) * head_dim (2 head_dim wide) those of kv
+ * group g; head i uses group i / (n_head / n_kv_head), as grouped-query
+ * attention over the n_head / 2 differential heads. Both counts must be even.
+ *   out_i = (softmax(q_2i k_2g^T / sqrt(hd)) - lambda softmax(q_2i+1 k_2g+1^T / sqrt(hd))) v_g
+ * written to columns [2i, 2i+2) * head_dim of out; lse [n_head][T] holds the
+ * log-sum-exp of each sub-head's rows. Same blocking as attention_forward;
+ * the scratch must hold DIFF_ATTENTION_SCRATCH_PER_THREAD(longest) per thread. */
+#define DIFF_ATTENTION_SCRATCH_PER_THREAD(longest) (4L * ATTENTION_BLOCK * (longest))
+void diff_attention_forward(float *out, int ld_out, float *lse, const float *q, int ld_q,
+                            const float *k, int ld_k, const float *v, int ld_v, float lambda,
+                            const attention_shape *a);
+
+/* dq, dk, dv written as attention_backward; d_lambda_parts[task] (task =
+ * sequence * n_kv_head / 2 + group) gets that task's share of dL/dlambda,
+ * for the caller to sum in task order. */
+void diff_attention_backward(float *dq, int ld_dq, float *dk, int ld_dk, float *dv, int ld_dv,
+                             const float *d_out, int ld_out, const float *lse, const float *q,
+                             int ld_q, const float *k, int ld_k, const float *v, int ld_v,
+                             float lambda, float *d_lambda_parts, const attention_shape *a);
+
+/* attention_cached_forward's differential counterpart (same cache layout;
+ * scores: capacity floats per thread, the two maps taken one after the other). */
+void diff_attention_cached_forward(float *out, int ld_out, const float *q, int ld_q,
+                                   const float *k_cache, const float *v_cache, int capacity,
+                                   const int32_t *run_slot, const int32_t *seq_start,
+                                   const int32_t *positions, int n_seq, int n_head,
+                                   int n_kv_head, int head_dim, float lambda, float *scores,
+                                   int scratch_threads);
+
 #endif

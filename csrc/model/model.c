@@ -24,7 +24,9 @@ typedef struct {
     float *q_pre, *k_pre;            /* [T, nq*hd], [T, nkv*hd] q, k before q/k norm (Qwen3) */
     float *q_norm_rstd, *k_norm_rstd;
     float *lse;                      /* [nq][T] attention log-sum-exp per query row */
-    float *att;                      /* [T, nq*hd] attention output */
+    float *att;                      /* [T, nq*hd] attention output (o_proj's input) */
+    float *att_raw, *subln_rstd;     /* differential: attention before its subln, whose
+                                        statistics per (token, head) */
     float *mid;                      /* [T, d] residual after attention */
     float *n2_mean, *n2_rstd;       /* MLP norm statistics */
     float *up;                       /* [T, up_dim] MLP input projection */
@@ -44,6 +46,9 @@ typedef struct {
 typedef struct {
     float *d_resid, *d_norm, *d_up, *d_act, *d_att, *d_qkv, *d_q, *d_k, *d_q_pre, *d_k_pre;
     float *norm_scratch;
+    float *d_att_raw;      /* differential: dL/d(attention before subln) */
+    float *d_lambda_parts; /* differential: dL/dlambda per attention task */
+    float *d_act_rows;     /* PolyNorm: dL/d[w0, w1, w2, b] per token */
 } grad_scratch;
 
 struct model {
@@ -116,6 +121,13 @@ static void plan_params(model *m) {
         L->up_b = c->mlp_bias ? take_params(&cur, m->up_dim) : -1;
         L->down_w = take_params(&cur, (long)d * c->d_ff);
         L->down_b = c->mlp_bias ? take_params(&cur, d) : -1;
+        L->act_wb = c->mlp == MLP_POLYNORM ? take_params(&cur, POLYNORM_N_PARAMS) : -1;
+        int diff = c->attention == ATTENTION_DIFFERENTIAL;
+        L->lambda_q1 = diff ? take_params(&cur, hd) : -1;
+        L->lambda_k1 = diff ? take_params(&cur, hd) : -1;
+        L->lambda_q2 = diff ? take_params(&cur, hd) : -1;
+        L->lambda_k2 = diff ? take_params(&cur, hd) : -1;
+        L->subln_w = diff ? take_params(&cur, 2L * hd) : -1;
     }
     o->final_norm_w = take_params(&cur, d);
     o->final_norm_b = c->norm == NORM_LAYERNORM ? take_params(&cur, d) : -1;
@@ -135,6 +147,11 @@ model *model_create(const model_config *cfg, char *err) {
                  c->n_head, c->n_kv_head);
         return NULL;
     }
+    if (c->attention == ATTENTION_DIFFERENTIAL && (c->n_head % 2 || c->n_kv_head % 2)) {
+        snprintf(err, 256, "differential attention pairs heads: num_attention_heads (%d) and "
+                 "num_key_value_heads (%d) must be even", c->n_head, c->n_kv_head);
+        return NULL;
+    }
     if (c->rope_theta > 0 && c->head_dim % 2 != 0) {
         snprintf(err, 256, "head_dim (%d) must be even for rotary embeddings", c->head_dim);
         return NULL;
@@ -143,13 +160,14 @@ model *model_create(const model_config *cfg, char *err) {
      * a long: refuse sizes whose products would not fit either */
     const double d = c->d_model, hd = c->head_dim;
     const double qkv = ((double)c->n_head + 2.0 * c->n_kv_head) * hd;
-    const double up = (c->mlp == MLP_SWIGLU ? 2.0 : 1.0) * c->d_ff;
+    const double up = (c->mlp == MLP_GELU_TANH ? 1.0 : 2.0) * c->d_ff;
     if (qkv > INT32_MAX || up > INT32_MAX) {
         snprintf(err, 256, "the attention (%.0f) or MLP (%.0f) projection has more than "
                  "2**31 - 1 outputs", qkv, up);
         return NULL;
     }
-    const double per_layer = (qkv + (double)c->n_head * hd + up + c->d_ff) * d + qkv + up + 6 * d;
+    const double per_layer =
+        (qkv + (double)c->n_head * hd + up + c->d_ff) * d + qkv + up + 6 * d + 6 * hd + 4;
     const double n_params = c->n_layer * per_layer + (2.0 * c->vocab + c->max_positions + 2) * d;
     if (n_params > 0x1p56) {
         snprintf(err, 256, "the model would have %.3g parameters, more than calign can address",
@@ -163,7 +181,7 @@ model *model_create(const model_config *cfg, char *err) {
     }
     m->cfg = *cfg;
     m->qkv_dim = (c->n_head + 2 * c->n_kv_head) * c->head_dim;
-    m->up_dim = c->mlp == MLP_SWIGLU ? 2 * c->d_ff : c->d_ff;
+    m->up_dim = c->mlp == MLP_GELU_TANH ? c->d_ff : 2 * c->d_ff;
     m->off.layers = calloc(c->n_layer, sizeof(layer_offsets));
     m->inv_freq = calloc(c->head_dim / 2 + 1, sizeof(float));
     if (!m->off.layers || !m->inv_freq) {
@@ -257,6 +275,13 @@ int model_param_entries(const model *m, param_entry *e, int max) {
         add_entry(e, &n, max, "down_w", l, L->down_w, 2, in_out ? c->d_ff : d,
                   in_out ? d : c->d_ff);
         add_entry(e, &n, max, "down_b", l, L->down_b, 1, d, 0);
+        add_entry(e, &n, max, "act_w", l, L->act_wb, 1, POLYNORM_N_PARAMS - 1, 0);
+        add_entry(e, &n, max, "act_b", l, L->act_wb < 0 ? -1 : L->act_wb + 3, 1, 1, 0);
+        add_entry(e, &n, max, "lambda_q1", l, L->lambda_q1, 1, hd, 0);
+        add_entry(e, &n, max, "lambda_k1", l, L->lambda_k1, 1, hd, 0);
+        add_entry(e, &n, max, "lambda_q2", l, L->lambda_q2, 1, hd, 0);
+        add_entry(e, &n, max, "lambda_k2", l, L->lambda_k2, 1, hd, 0);
+        add_entry(e, &n, max, "subln_w", l, L->subln_w, 1, 2 * hd, 0);
     }
     add_entry(e, &n, max, "final_norm_w", -1, o->final_norm_w, 1, d, 0);
     add_entry(e, &n, max, "final_norm_b", -1, o->final_norm_b, 1, d, 0);
@@ -268,6 +293,12 @@ int model_param_entries(const model *m, param_entry *e, int max) {
 
 static float *take(bump *b, size_t n_floats) { return bump_take(b, n_floats * sizeof(float)); }
 
+/* Floats of attention scratch per thread for sequences of up to `longest`. */
+static long attention_scratch_per_thread(const model *m, long longest) {
+    return m->cfg.attention == ATTENTION_DIFFERENTIAL ? DIFF_ATTENTION_SCRATCH_PER_THREAD(longest)
+                                                      : ATTENTION_SCRATCH_PER_THREAD(longest);
+}
+
 /* Training keeps every residual stream, and every layer's activations
  * unless checkpointed; inference reuses two streams and one layer's buffers. */
 static int layers_kept(const model *m, forward_mode mode) {
@@ -277,6 +308,7 @@ static int layers_kept(const model *m, forward_mode mode) {
 static void plan_arena(model *m, bump *b, long T, long longest, int n_acts, int train) {
     const model_config *c = &m->cfg;
     const long d = c->d_model, hd = c->head_dim, nq = c->n_head, nkv = c->n_kv_head;
+    const int diff = c->attention == ATTENTION_DIFFERENTIAL;
     int n_resid = train ? c->n_layer + 1 : 2;
     for (int r = 0; r < n_resid; r++) m->resid[r] = take(b, T * d);
     for (int l = 0; l < n_acts; l++) {
@@ -290,6 +322,8 @@ static void plan_arena(model *m, bump *b, long T, long longest, int n_acts, int 
         a->k_norm_rstd = c->qk_norm ? take(b, T * nkv) : NULL;
         a->lse = take(b, T * nq);
         a->att = take(b, T * nq * hd);
+        a->att_raw = diff ? take(b, T * nq * hd) : NULL;
+        a->subln_rstd = diff ? take(b, T * nq / 2) : NULL;
         a->mid = take(b, T * d);
         a->n2_mean = take(b, T);
         a->n2_rstd = take(b, T);
@@ -301,13 +335,14 @@ static void plan_arena(model *m, bump *b, long T, long longest, int n_acts, int 
     f->normed = take(b, T * d);
     f->act = take(b, T * c->d_ff);
     f->qk_normed = c->qk_norm ? take(b, T * (nq + nkv) * hd) : NULL;
-    f->attention_scratch = take(b, m->arena_threads * ATTENTION_SCRATCH_PER_THREAD(longest));
+    f->attention_scratch = take(b, m->arena_threads * attention_scratch_per_thread(m, longest));
     f->lora_xa = m->arena_lora_r ? take(b, T * m->arena_lora_r) : NULL;
     f->lora_d_xa = m->arena_lora_r && train ? take(b, T * m->arena_lora_r) : NULL;
     grad_scratch *g = &m->g;
     memset(g, 0, sizeof *g);
     if (!train) return;
     long widest = d > c->d_ff ? d : c->d_ff;
+    widest = widest > 2 * hd ? widest : 2 * hd; /* the subln's rows */
     g->d_resid = take(b, T * d);
     g->d_norm = take(b, T * d);
     g->d_up = take(b, T * m->up_dim);
@@ -320,6 +355,9 @@ static void plan_arena(model *m, bump *b, long T, long longest, int n_acts, int 
     g->d_q_pre = c->qk_norm ? take(b, T * nq * hd) : NULL;
     g->d_k_pre = c->qk_norm ? take(b, T * nkv * hd) : NULL;
     g->norm_scratch = take(b, NORM_SCRATCH_FLOATS(m->arena_threads, widest));
+    g->d_att_raw = diff ? take(b, T * nq * hd) : NULL;
+    g->d_lambda_parts = diff ? take(b, T * (nkv / 2)) : NULL; /* n_seq <= T */
+    g->d_act_rows = c->mlp == MLP_POLYNORM ? take(b, T * POLYNORM_N_PARAMS) : NULL;
 }
 
 int model_prepare(model *m, const packed_batch *b, forward_mode mode) {
@@ -369,6 +407,57 @@ int model_prepare(model *m, const packed_batch *b, forward_mode mode) {
 size_t model_arena_bytes(const model *m) { return m->arena ? m->arena_floats * sizeof(float) : 0; }
 long model_workspace_allocations(const model *m) { return m->workspace_allocations; }
 
+/* ---- Motif's layer variants -------------------------------------------- */
+
+/* Differential attention's lambda_init for a 0-based layer index, as Motif's
+ * modeling code computes it: 0.8 - 0.6 exp(-0.3 (layer_idx - 1)) (the
+ * paper's 0.8 - 0.6 exp(-0.3 (l - 1)) is over 1-based l; Motif passes the
+ * 0-based index, and its checkpoints were trained with that). */
+static float lambda_init(int layer) { return (float)(0.8 - 0.6 * exp(-0.3 * (layer - 1))); }
+
+static double dot_f64(const float *a, const float *b, int n) {
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) sum += (double)a[i] * b[i];
+    return sum;
+}
+
+/* lambda = exp(lambda_q1 . lambda_k1) - exp(lambda_q2 . lambda_k2) + lambda_init;
+ * e[0], e[1] get the two exponentials (for the backward). */
+static float diff_lambda(const model *m, const float *params, const layer_offsets *L, int layer,
+                         float e[2]) {
+    const int hd = m->cfg.head_dim;
+    e[0] = expf((float)dot_f64(params + L->lambda_q1, params + L->lambda_k1, hd));
+    e[1] = expf((float)dot_f64(params + L->lambda_q2, params + L->lambda_k2, hd));
+    return e[0] - e[1] + lambda_init(layer);
+}
+
+static void scale_into(float *x, long n, float factor) {
+#pragma omp parallel for num_threads(calign_num_threads()) schedule(static)
+    for (long i = 0; i < n; i++) x[i] *= factor;
+}
+
+/* att = RMSNorm over each head's 2 hd outputs (weight subln) * (1 - lambda_init) */
+static void subln_forward(const model *m, layer_acts *a, const float *params,
+                          const layer_offsets *L, long T, int layer) {
+    const model_config *c = &m->cfg;
+    const long rows = T * (c->n_head / 2), q_dim = (long)c->n_head * c->head_dim;
+    rmsnorm_forward(a->att, a->subln_rstd, a->att_raw, params + L->subln_w, rows,
+                    2 * c->head_dim, c->attn_norm_eps);
+    scale_into(a->att, T * q_dim, 1.0f - lambda_init(layer));
+}
+
+/* The MLP's activation of a layer: act [T, ff] from up [T, up_dim]. */
+static void mlp_activation(const model *m, float *act, const float *up, const float *params,
+                           const layer_offsets *L, long T) {
+    const model_config *c = &m->cfg;
+    if (c->mlp == MLP_SWIGLU)
+        swiglu_forward(act, up, T, c->d_ff);
+    else if (c->mlp == MLP_POLYNORM)
+        polynorm_forward(act, up, params + L->act_wb, T, c->d_ff);
+    else
+        gelu_tanh_forward(act, up, T * c->d_ff);
+}
+
 /* ---- forward ----------------------------------------------------------- */
 
 static void copy_columns(float *dst, int ld_dst, const float *src, int ld_src, long T, int n) {
@@ -404,7 +493,7 @@ static attention_shape attention_shape_of(const model *m, const packed_batch *b)
     }
     return (attention_shape){b->seq_start, b->branch, b->n_seq, b->T, c->n_head, c->n_kv_head,
                              c->head_dim, m->f.attention_scratch,
-                             ATTENTION_SCRATCH_PER_THREAD(longest), m->arena_threads};
+                             attention_scratch_per_thread(m, longest), m->arena_threads};
 }
 
 /* Writes k and v of the batch's tokens (rows of stride ld) into the cache at
@@ -575,17 +664,31 @@ static void layer_forward(model *m, layer_acts *a, float *x_out, const float *x,
         rope_apply(q, ld, b->positions, T, nq, hd, m->inv_freq, +1);
         rope_apply(k, ld, b->positions, T, nkv, hd, m->inv_freq, +1);
     }
+    const int diff = c->attention == ATTENTION_DIFFERENTIAL;
+    float e[2], lambda = diff ? diff_lambda(m, params, L, layer, e) : 0.0f;
+    float *att = diff ? a->att_raw : a->att; /* differential: its subln follows */
     if (cache) {
         long layer_floats = (long)layer * kv_cache_layer_floats(m, cache->n_slots, cache->capacity);
         cache_store(cache, layer_floats, k, v, ld, b, kv_dim);
-        attention_cached_forward(a->att, q_dim, q, ld, cache->k + layer_floats,
-                                 cache->v + layer_floats, cache->capacity, cache->run_slot,
-                                 b->seq_start, b->positions, b->n_seq, nq, nkv, hd,
-                                 cache->scores, cache->scores_threads);
+        if (diff)
+            diff_attention_cached_forward(att, q_dim, q, ld, cache->k + layer_floats,
+                                          cache->v + layer_floats, cache->capacity,
+                                          cache->run_slot, b->seq_start, b->positions, b->n_seq,
+                                          nq, nkv, hd, lambda, cache->scores,
+                                          cache->scores_threads);
+        else
+            attention_cached_forward(att, q_dim, q, ld, cache->k + layer_floats,
+                                     cache->v + layer_floats, cache->capacity, cache->run_slot,
+                                     b->seq_start, b->positions, b->n_seq, nq, nkv, hd,
+                                     cache->scores, cache->scores_threads);
     } else {
         attention_shape shape = attention_shape_of(m, b);
-        attention_forward(a->att, q_dim, a->lse, q, ld, k, ld, v, ld, &shape);
+        if (diff)
+            diff_attention_forward(att, q_dim, a->lse, q, ld, k, ld, v, ld, lambda, &shape);
+        else
+            attention_forward(att, q_dim, a->lse, q, ld, k, ld, v, ld, &shape);
     }
+    if (diff) subln_forward(m, a, params, L, T, layer);
     linear_forward(a->mid, d, a->att, params + L->o_w, param_or_null(params, L->o_b), (int)T,
                    q_dim, d, c->layout);
     lora_site_forward(m, a->mid, d, a->att, lora, T, layer, LORA_O);
@@ -597,10 +700,7 @@ static void layer_forward(model *m, layer_acts *a, float *x_out, const float *x,
                    (int)T, d, m->up_dim, c->layout);
     lora_site_forward(m, a->up, m->up_dim, normed, lora, T, layer, LORA_UP);
     if (!x_out) return;
-    if (c->mlp == MLP_SWIGLU)
-        swiglu_forward(act, a->up, T, c->d_ff);
-    else
-        gelu_tanh_forward(act, a->up, T * c->d_ff);
+    mlp_activation(m, act, a->up, params, L, T);
     linear_forward(x_out, d, act, params + L->down_w, param_or_null(params, L->down_b), (int)T,
                    c->d_ff, d, c->layout);
     lora_site_forward(m, x_out, d, act, lora, T, layer, LORA_DOWN);
@@ -758,6 +858,62 @@ static void qk_norm_backward(model *m, float *grads, const float *params, const 
     copy_columns(g->d_qkv + q_dim, m->qkv_dim, g->d_k_pre, kv_dim, T, kv_dim);
 }
 
+/* The MLP activation's backward: g->d_act (dL/dact on entry, act on exit)
+ * -> g->d_up, and PolyNorm's parameter gradients unless the base is frozen. */
+static void mlp_activation_backward(model *m, float *grads, const float *params,
+                                    const layer_acts *a, const layer_offsets *L, long T) {
+    const model_config *c = &m->cfg;
+    const grad_scratch *g = &m->g;
+    if (c->mlp == MLP_SWIGLU) {
+        swiglu_backward(g->d_up, g->d_act, a->up, T, c->d_ff);
+    } else if (c->mlp == MLP_POLYNORM) {
+        polynorm_backward(g->d_up, g->d_act, a->up, params + L->act_wb, T, c->d_ff,
+                          g->d_act_rows);
+        if (!grads) return;
+        for (int p = 0; p < POLYNORM_N_PARAMS; p++) { /* in token order: thread-independent */
+            double sum = 0.0;
+            for (long t = 0; t < T; t++) sum += g->d_act_rows[t * POLYNORM_N_PARAMS + p];
+            grads[L->act_wb + p] += (float)sum;
+        }
+    } else {
+        gelu_tanh_backward(g->d_up, g->d_act, a->up, T * c->d_ff);
+    }
+}
+
+/* Differential attention's backward from g->d_att (dL/d of the subln's
+ * output): the subln's, then the attention's into d_q, d_k and d_qkv's v
+ * columns, then lambda's parameters unless the base is frozen. */
+static void diff_attention_backward_layer(model *m, float *grads, const float *params,
+                                          const layer_acts *a, const layer_offsets *L,
+                                          const packed_batch *b, int layer, float *d_q,
+                                          int ld_dq, float *d_k, int ld_dk) {
+    const model_config *c = &m->cfg;
+    const grad_scratch *g = &m->g;
+    const long T = b->T;
+    const int hd = c->head_dim, q_dim = c->n_head * hd, kv_dim = c->n_kv_head * hd;
+    const int ld = m->qkv_dim;
+    scale_into(g->d_att, T * q_dim, 1.0f - lambda_init(layer));
+    rmsnorm_backward(g->d_att_raw, grad_or_null(grads, L->subln_w), g->d_att, a->att_raw,
+                     params + L->subln_w, a->subln_rstd, T * (c->n_head / 2), 2 * hd, 1,
+                     g->norm_scratch, m->arena_threads);
+    attention_shape shape = attention_shape_of(m, b);
+    float e[2], lambda = diff_lambda(m, params, L, layer, e);
+    const float *q = a->qkv, *k = a->qkv + q_dim, *v = a->qkv + q_dim + kv_dim;
+    diff_attention_backward(d_q, ld_dq, d_k, ld_dk, g->d_qkv + q_dim + kv_dim, ld, g->d_att_raw,
+                            q_dim, a->lse, q, ld, k, ld, v, ld, lambda, g->d_lambda_parts, &shape);
+    if (!grads) return;
+    double d_lambda = 0.0; /* in task order: thread-independent */
+    for (long t = 0; t < (long)b->n_seq * (c->n_kv_head / 2); t++) d_lambda += g->d_lambda_parts[t];
+    /* d exp(q1 . k1) / d q1 = exp(q1 . k1) k1, and so on; the second term enters negated */
+    const float d1 = (float)d_lambda * e[0], d2 = -(float)d_lambda * e[1];
+    for (int i = 0; i < hd; i++) {
+        grads[L->lambda_q1 + i] += d1 * params[L->lambda_k1 + i];
+        grads[L->lambda_k1 + i] += d1 * params[L->lambda_q1 + i];
+        grads[L->lambda_q2 + i] += d2 * params[L->lambda_k2 + i];
+        grads[L->lambda_k2 + i] += d2 * params[L->lambda_q2 + i];
+    }
+}
+
 /* On entry g->d_resid holds dL/d(layer output); on exit dL/d(layer input).
  * grads NULL: the base is frozen (no weight gradients); lora_grads gets the
  * adapters' gradients when lora is not NULL. */
@@ -780,17 +936,11 @@ static void layer_backward(model *m, float *grads, float *lora_grads, const floa
     linear_backward_input(g->d_act, g->d_resid, d, params + L->down_w, (int)T, c->d_ff, d,
                           c->layout, false);
     if (down_adapted) {
-        if (c->mlp == MLP_SWIGLU)
-            swiglu_forward(m->f.act, a->up, T, c->d_ff);
-        else
-            gelu_tanh_forward(m->f.act, a->up, T * c->d_ff);
+        mlp_activation(m, m->f.act, a->up, params, L, T);
         lora_site_backward(m, g->d_act, lora_grads, g->d_resid, d, m->f.act, lora, T, layer,
                            LORA_DOWN);
     }
-    if (c->mlp == MLP_SWIGLU)
-        swiglu_backward(g->d_up, g->d_act, a->up, T, c->d_ff);
-    else
-        gelu_tanh_backward(g->d_up, g->d_act, a->up, T * c->d_ff);
+    mlp_activation_backward(m, grads, params, a, L, T);
     if (grads)
         linear_backward_weight(grads + L->down_w, grad_or_null(grads, L->down_b), g->d_resid, d,
                                g->d_act, (int)T, c->d_ff, d, c->layout);
@@ -812,8 +962,11 @@ static void layer_backward(model *m, float *grads, float *lora_grads, const floa
     /* with q/k norm, d_q and d_k go through its backward first */
     float *d_q = c->qk_norm ? g->d_q : g->d_qkv, *d_k = c->qk_norm ? g->d_k : g->d_qkv + q_dim;
     int ld_dq = c->qk_norm ? q_dim : ld, ld_dk = c->qk_norm ? kv_dim : ld;
-    attention_backward(d_q, ld_dq, d_k, ld_dk, g->d_qkv + q_dim + kv_dim, ld, g->d_att, q_dim,
-                       a->lse, q, ld, k, ld, v, ld, &shape);
+    if (c->attention == ATTENTION_DIFFERENTIAL)
+        diff_attention_backward_layer(m, grads, params, a, L, b, layer, d_q, ld_dq, d_k, ld_dk);
+    else
+        attention_backward(d_q, ld_dq, d_k, ld_dk, g->d_qkv + q_dim + kv_dim, ld, g->d_att,
+                           q_dim, a->lse, q, ld, k, ld, v, ld, &shape);
     if (c->rope_theta > 0) {
         rope_apply(d_q, ld_dq, b->positions, T, nq, hd, m->inv_freq, -1);
         rope_apply(d_k, ld_dk, b->positions, T, nkv, hd, m->inv_freq, -1);

@@ -1,4 +1,4 @@
-/* A decoder-only transformer (GPT-2, Llama, Qwen2, Qwen3 families), fp32.
+/* A decoder-only transformer (GPT-2, Llama, Qwen2, Qwen3, Motif families), fp32.
  *
  * All parameters sit in one float buffer owned by the caller (NumPy), the
  * gradients in a second buffer of the same layout; this file only knows the
@@ -17,23 +17,31 @@
 #include "layers/lora.h"
 
 typedef enum { NORM_LAYERNORM, NORM_RMSNORM } norm_kind;
-typedef enum { MLP_GELU_TANH, MLP_SWIGLU } mlp_kind;
+/* MLP_SWIGLU and MLP_POLYNORM are gated: up_w holds [gate; up] rows */
+typedef enum { MLP_GELU_TANH, MLP_SWIGLU, MLP_POLYNORM } mlp_kind;
+/* ATTENTION_DIFFERENTIAL: Motif's differential attention (layers/attention.h)
+ * with its per-layer lambda and per-head RMSNorm ("subln") */
+typedef enum { ATTENTION_STANDARD, ATTENTION_DIFFERENTIAL } attention_kind;
 
 typedef struct {
     int n_layer, d_model, n_head, n_kv_head, head_dim, d_ff, vocab, max_positions;
     norm_kind norm;
     mlp_kind mlp;
+    attention_kind attention;
     weight_layout layout;  /* WEIGHT_IN_OUT for GPT-2's Conv1D */
     int learned_positions; /* GPT-2's wpe */
     double rope_theta;     /* 0: no rotary embedding */
     int qkv_bias, o_bias, mlp_bias, qk_norm, tied_embeddings;
     float norm_eps;
+    float attn_norm_eps; /* the differential attention's subln epsilon */
 } model_config;
 
 /* Offsets (in floats) of each tensor in the parameter buffer; -1 if absent. */
 typedef struct {
     long attn_norm_w, attn_norm_b, qkv_w, qkv_b, q_norm_w, k_norm_w, o_w, o_b;
     long mlp_norm_w, mlp_norm_b, up_w, up_b, down_w, down_b;
+    long act_wb;            /* PolyNorm's [w0, w1, w2, b] */
+    long lambda_q1, lambda_k1, lambda_q2, lambda_k2, subln_w; /* differential attention */
 } layer_offsets;
 
 typedef struct {

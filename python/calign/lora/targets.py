@@ -8,7 +8,10 @@ from calign.lora.config import LoraConfig
 # PEFT's default targets per model type (peft.utils.constants,
 # TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING)
 DEFAULT_TARGETS = {"llama": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"],
-                   "qwen3": ["q_proj", "v_proj"], "gpt2": ["c_attn"]}
+                   "qwen3": ["q_proj", "v_proj"], "gpt2": ["c_attn"],
+                   # PEFT has no entry for Motif (a trust_remote_code model); its
+                   # projections are Llama's
+                   "motif": ["q_proj", "v_proj"]}
 ALL_LINEAR = "all-linear"
 
 

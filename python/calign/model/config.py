@@ -19,7 +19,7 @@ import numpy as np
 
 from calign import checks
 
-SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "qwen2", "qwen3")
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "qwen2", "qwen3", "motif")
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 INT64_MAX = 2**63 - 1
@@ -41,7 +41,18 @@ _DEFAULTS = {
     "qwen3": dict(num_key_value_heads=32, head_dim=128, max_position_embeddings=32768,
                   rms_norm_eps=1e-6, tie_word_embeddings=False, attention_bias=False,
                   initializer_range=0.02),
+    # Motif (Motif-Technologies/Motif-2.6B, trust_remote_code): its config class
+    # was not readable, so these are the defaults of the ports of its modeling
+    # code (vLLM's motif.py, the MLX port): no num_key_value_heads means as many
+    # as query heads, max_position_embeddings 8192, subln eps 1e-5, no biases
+    "motif": dict(num_key_value_heads=None, head_dim=None, max_position_embeddings=8192,
+                  rms_norm_eps=1e-6, tie_word_embeddings=False, attention_bias=False,
+                  use_bias=False, attn_rms_norm_eps=1e-5, initializer_range=0.02),
 }
+# Llama-family options for ablations (calign's, not transformers'): the MLP
+# gate's activation and the attention kind; Motif is PolyNorm + differential
+HIDDEN_ACTS = {"silu": "silu", "polynorm": "polynorm", "poly_norm": "polynorm"}
+ATTENTION_KINDS = ("standard", "differential")
 _REQUIRED = object()
 
 
@@ -150,7 +161,8 @@ def _gpt2(config):
         rmsnorm=0, swiglu=0, conv1d_layout=1, learned_positions=1, rope_theta=0.0, qkv_bias=1,
         o_bias=1, mlp_bias=1, qk_norm=0,
         tied_embeddings=int(_family_field(config, "gpt2", "tie_word_embeddings", checks.flag)),
-        norm_eps=_norm_eps(config, "gpt2", "layer_norm_epsilon"),
+        norm_eps=_norm_eps(config, "gpt2", "layer_norm_epsilon"), polynorm=0, differential=0,
+        attn_norm_eps=0.0,
     )
 
 
@@ -160,7 +172,7 @@ def _norm_eps(config, model_type, key):
 
 
 def _llama_like(config, model_type):
-    _field(config, "hidden_act", checks.choice, "silu", choices=("silu",))
+    polynorm, differential = _layer_variants(config, model_type)
     _refuse_sliding_window(config, model_type)
     d = _size(config, "hidden_size")
     n_head = _size(config, "num_attention_heads")
@@ -171,6 +183,11 @@ def _llama_like(config, model_type):
         raise ConfigError(f"config field 'num_key_value_heads' ({n_kv}"
                           f"{', the default' if 'num_key_value_heads' not in config else ''}) "
                           f"must divide num_attention_heads ({n_head})")
+    if differential:
+        for key, count in (("num_attention_heads", n_head), ("num_key_value_heads", n_kv)):
+            if count % 2:
+                raise ConfigError(f"config field {key!r} ({count}) must be even: differential "
+                                  "attention pairs heads 2i and 2i+1")
     n_layer = _size(config, "num_hidden_layers")
     _check_layer_types(config, n_layer)
     engine = dict(
@@ -185,9 +202,37 @@ def _llama_like(config, model_type):
         tied_embeddings=int(_family_field(config, model_type, "tie_word_embeddings",
                                           checks.flag)),
         norm_eps=_norm_eps(config, model_type, "rms_norm_eps"),
+        polynorm=int(polynorm), differential=int(differential),
+        attn_norm_eps=_attn_norm_eps(config, model_type) if differential else 0.0,
     )
     _check_rope_angles(engine)
     return engine
+
+
+def _layer_variants(config, model_type):
+    """(polynorm, differential) for a llama-like config: Motif has both (its
+    hidden_act must be "poly_norm"); Llama takes them as options, hidden_act
+    "polynorm" (or "poly_norm") and attention "differential"; Qwen has neither."""
+    if model_type == "motif":
+        _field(config, "hidden_act", checks.choice, "poly_norm", choices=("poly_norm",))
+        for key in ("num_noise_heads", "k_ratio"):
+            if config.get(key) is not None:
+                raise ConfigError(f"config field {key!r} = {config[key]!r}: grouped differential "
+                                  "attention (Motif 12.7B) is not supported")
+        return True, True
+    if model_type != "llama":
+        _field(config, "hidden_act", checks.choice, "silu", choices=("silu",))
+        return False, False
+    act = _field(config, "hidden_act", checks.choice, "silu", choices=tuple(HIDDEN_ACTS))
+    attention = _field(config, "attention", checks.choice, "standard", choices=ATTENTION_KINDS)
+    return HIDDEN_ACTS[act] == "polynorm", attention == "differential"
+
+
+def _attn_norm_eps(config, model_type):
+    """The differential attention's subln epsilon (attn_rms_norm_eps, 1e-5)."""
+    return _field(config, "attn_rms_norm_eps", _json_float,
+                  _DEFAULTS[model_type].get("attn_rms_norm_eps", 1e-5), low=0.0,
+                  high=FLOAT32_MAX)
 
 
 def _biases(config, model_type):
@@ -196,6 +241,14 @@ def _biases(config, model_type):
     Llama reads attention_bias and mlp_bias."""
     if model_type == "qwen2":
         return dict(qkv_bias=1, o_bias=0, mlp_bias=0)
+    if model_type == "motif":
+        # as Motif's modeling code (vLLM's port): o_proj has a bias when
+        # attention_bias or use_bias is set, q/k/v too unless qkv_bias says
+        # otherwise; the MLP's projections when use_bias is
+        use_bias = _family_field(config, model_type, "use_bias", checks.flag)
+        attention = _family_field(config, model_type, "attention_bias", checks.flag) or use_bias
+        qkv = _field(config, "qkv_bias", checks.flag, attention)
+        return dict(qkv_bias=int(qkv), o_bias=int(attention), mlp_bias=int(use_bias))
     attention = int(_family_field(config, model_type, "attention_bias", checks.flag))
     mlp = int(_family_field(config, model_type, "mlp_bias", checks.flag)) \
         if model_type == "llama" else 0
@@ -211,7 +264,8 @@ def _head_dim(config, model_type, d, n_head):
         raise ConfigError(f"config field 'hidden_size' ({d}) must be a multiple of "
                           f"num_attention_heads ({n_head}) (LlamaConfig requires it)")
     head_dim = _family_field(config, model_type, "head_dim", checks.integer, low=1,
-                             high=checks.C_INT_MAX, allow_none=model_type == "llama")
+                             high=checks.C_INT_MAX,
+                             allow_none=model_type in ("llama", "motif"))
     if head_dim is None:
         head_dim = d // n_head
         if head_dim < 1:
@@ -225,6 +279,8 @@ def _head_dim(config, model_type, d, n_head):
 
 
 def _refuse_sliding_window(config, model_type):
+    """Llama has no switch: a sliding_window is on. Qwen2, Qwen3 and Motif
+    (whose modeling code is Qwen2's) use it only under use_sliding_window."""
     if model_type == "llama":
         if config.get("sliding_window"):
             raise ConfigError("config field 'sliding_window': sliding-window attention is not "
@@ -293,7 +349,8 @@ def parameter_count(engine):
     norms = 1 if engine["rmsnorm"] else 2
     layer = (2 * norms * d + qkv * d + qkv * engine["qkv_bias"] + 2 * hd * engine["qk_norm"]
              + d * engine["n_head"] * hd + d * engine["o_bias"] + up * d + d * ff
-             + (up + d) * engine["mlp_bias"])
+             + (up + d) * engine["mlp_bias"] + 4 * engine["polynorm"]
+             + 6 * hd * engine["differential"])
     return (engine["vocab"] * d * (1 if engine["tied_embeddings"] else 2)
             + engine["max_positions"] * d * engine["learned_positions"]
             + engine["n_layer"] * layer + norms * d)

@@ -68,7 +68,7 @@ class ConstrainedScores(NamedTuple):
 
 
 class Model:
-    """A decoder-only transformer (GPT-2, Llama, Qwen2, Qwen3 families) in float32.
+    """A decoder-only transformer (GPT-2, Llama, Qwen2, Qwen3, Motif families) in float32.
 
     Parameters live in one contiguous float32 vector (`self.params`) and their
     gradients in a second one (`self.grad_buffer`); `state_dict()` and
@@ -142,7 +142,9 @@ class Model:
     def from_config(cls, config, seed=0):
         """A randomly initialised model, initialised as transformers does:
         weights ~ N(0, initializer_range), biases 0, norms 1 (GPT-2's output
-        projections scaled by 1/sqrt(2 n_layer))."""
+        projections scaled by 1/sqrt(2 n_layer)); PolyNorm's weights 1/3 and
+        differential attention's lambda vectors ~ N(0, 0.1) as Motif's and
+        the papers' reference code initialise them."""
         model = cls(config)
         rng = np.random.default_rng(seed)
         std = float(config.get("initializer_range", 0.02))
@@ -150,6 +152,10 @@ class Model:
         for name, view in model.state_dict().items():
             if name.endswith("bias"):
                 view[...] = 0.0
+            elif name.endswith("mlp.act_fn.weight"):
+                view[...] = 1.0 / 3.0
+            elif ".self_attn.lambda_" in name:
+                view[...] = rng.normal(0.0, 0.1, view.shape)
             elif view.ndim == 1:
                 view[...] = 1.0
             elif model.config["model_type"] == "gpt2" and name.endswith("c_proj.weight"):

@@ -41,6 +41,11 @@ _LLAMA_LAYER = {
     "k_norm_w": "self_attn.k_norm.weight", "o_w": "self_attn.o_proj.weight",
     "o_b": "self_attn.o_proj.bias", "mlp_norm_w": "post_attention_layernorm.weight",
     "down_w": "mlp.down_proj.weight", "down_b": "mlp.down_proj.bias",
+    # Motif's PolyNorm and differential attention (also Llama's options)
+    "act_w": "mlp.act_fn.weight", "act_b": "mlp.act_fn.bias",
+    "lambda_q1": "self_attn.lambda_q1", "lambda_k1": "self_attn.lambda_k1",
+    "lambda_q2": "self_attn.lambda_q2", "lambda_k2": "self_attn.lambda_k2",
+    "subln_w": "self_attn.subln.weight",
 }
 _LLAMA_GLOBAL = {"wte": "model.embed_tokens.weight", "final_norm_w": "model.norm.weight",
                  "lm_head": "lm_head.weight"}

@@ -16,7 +16,9 @@ from calign.model.packing import pack_shared_prefix
 SEQUENCE_CLASSIFICATION = {"gpt2": "GPT2ForSequenceClassification",
                            "llama": "LlamaForSequenceClassification",
                            "qwen2": "Qwen2ForSequenceClassification",
-                           "qwen3": "Qwen3ForSequenceClassification"}
+                           "qwen3": "Qwen3ForSequenceClassification",
+                           # Motif's modeling code (vLLM's port) names it so too
+                           "motif": "MotifForSequenceClassification"}
 
 
 class RewardModel(Model):
