@@ -9,7 +9,7 @@ from calign import checks
 from calign.safety.prefixes import prefix_text, split_response, text_list
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # harmful is an array: no field-wise ==
 class PrefillingResult:
     """One prefilling attack at k forced tokens.
 
