@@ -48,6 +48,13 @@ def sft(model, records, tokenizer, output_dir, steps, learning_rate, seed, **con
     return trainer
 
 
+def train_stage(stage, model, records, tokenizer, output_dir, seed=0, quick=False, **config):
+    """Trains `model` in place for stage "pretraining", "alignment" or
+    "fine_tuning" (its steps and learning rate from QUICK or FULL); returns it."""
+    steps, learning_rate = (QUICK if quick else FULL)[stage]
+    return sft(model, records, tokenizer, output_dir, steps, learning_rate, seed, **config).model
+
+
 def arm_records(arm, world, tokenizer, seed):
     """The records an arm trains on."""
     data, _ = ARMS[arm]
@@ -68,24 +75,25 @@ def run(output_dir, seed=0, quick=False, arms=tuple(ARMS), ks=KS):
     """Trains the base, aligned and arm models of one seed (world and
     initialisation); returns {"world", "tokenizer", "models": {name: Model},
     "success_rates": {name: [rate per k]}, "ks"} with the models named "base",
-    "aligned" and each arm. Each stage logs to output_dir/<stage>."""
+    "aligned" and each arm. The stages log to output_dir/pretraining,
+    output_dir/alignment and a folder per arm (its name, spaces as _)."""
     checks.integer("seed", seed, 0)
     checks.flag("quick", quick)
     for i, arm in enumerate(arms):
         checks.choice(f"arms[{i}]", arm, list(ARMS))
-    stages = QUICK if quick else FULL
     tokenizer, world = forbidden.tokenizer(), forbidden.make_world(seed)
 
-    def stage(name, model, records, **config):
-        steps, learning_rate = stages[name.split("/")[0]]
-        return sft(model, records, tokenizer, os.path.join(output_dir, name), steps,
-                   learning_rate, seed, **config).model
+    def stage(name, model, records, folder, **config):
+        return train_stage(name, model, records, tokenizer, os.path.join(output_dir, folder),
+                           seed, quick, **config)
 
-    models = {"base": stage("pretraining", forbidden.random_model(seed), world.pretraining)}
-    models["aligned"] = stage("alignment", copy_of(models["base"]), world.aligned)
+    models = {"base": stage("pretraining", forbidden.random_model(seed), world.pretraining,
+                            "pretraining")}
+    models["aligned"] = stage("alignment", copy_of(models["base"]), world.aligned, "alignment")
     for arm in arms:
-        models[arm] = stage(f"fine_tuning/{arm.replace(' ', '_')}", copy_of(models["aligned"]),
-                            arm_records(arm, world, tokenizer, seed), **ARMS[arm][1])
+        models[arm] = stage("fine_tuning", copy_of(models["aligned"]),
+                            arm_records(arm, world, tokenizer, seed), arm.replace(" ", "_"),
+                            **ARMS[arm][1])
     rates = {name: attack(model, world, tokenizer, ks) for name, model in models.items()}
     return dict(world=world, tokenizer=tokenizer, models=models, success_rates=rates,
                 ks=list(ks))
