@@ -67,3 +67,11 @@ void scale_in_place(float *x, long n, float factor) {
     for (long i = 0; i < n; i++) x[i] *= factor;
     profile_end(PHASE_OPTIMIZER, mark);
 }
+
+void ema_update(float *ema, const float *params, long n, float decay) {
+    const float weight = 1.0f - decay;
+    profile_mark mark = profile_begin();
+#pragma omp parallel for num_threads(calign_num_threads()) schedule(static)
+    for (long i = 0; i < n; i++) ema[i] += weight * (params[i] - ema[i]);
+    profile_end(PHASE_OPTIMIZER, mark);
+}

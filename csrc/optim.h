@@ -28,4 +28,9 @@ double grad_global_norm(const float *grads, long n);
 
 void scale_in_place(float *x, long n, float factor);
 
+/* An exponential moving average of the weights, ema <- decay ema + (1 - decay)
+ * params, as torch's lerp ema += (1 - decay) (params - ema) (the EMA of
+ * InstructGPT's PPO policy, decay 0.992). */
+void ema_update(float *ema, const float *params, long n, float decay);
+
 #endif

@@ -156,7 +156,7 @@ int raise_status(int status, const char *message);
 int parse_dpo_settings(PyObject *settings, dpo_params *p, int *types, double *loss_weights);
 
 /* What the values of a float32 array must be (the RL losses' operands). */
-typedef enum { FINITE, LOGPROB, MASK, FINITE_OR_NAN } value_rule;
+typedef enum { FINITE, LOGPROB, MASK, FINITE_OR_NAN, POSITIVE } value_rule;
 /* ValueError (-1) naming a's first entry that breaks the rule. */
 int check_values(const array_arg *a, value_rule rule);
 

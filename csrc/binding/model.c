@@ -723,6 +723,73 @@ done:
     return result;
 }
 
+/* model_score_constrained: the token-wise constrained loss (Qi et al. 2024)
+ * fused into the scoring kernel; returns (d_hidden [T, d], logprobs [M],
+ * stats, grad_logps [M], losses [S]). */
+static PyObject *py_model_score_constrained(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"model", "params", "grads", "hidden", "score_rows", "score_targets",
+                             "completion_lengths", "ref_logps", "betas", "grad_scale", NULL};
+    PyObject *capsule;
+    array_arg params = {"params"}, grads = {"grads"}, hidden = {"hidden"}, rows = {"score_rows"},
+              targets = {"score_targets"}, lengths = {"completion_lengths"}, ref = {"ref_logps"},
+              betas = {"betas"};
+    real_arg grad_scale = {"grad_scale", -INFINITY, INFINITY};
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwargs, "OO&O&O&O&O&O&O&O&$O&", kwlist, &capsule, to_f32_vector, &params,
+            to_f32_vector_out_or_none, &grads, to_f32_matrix, &hidden, to_int64_vector, &rows,
+            to_int64_vector, &targets, to_int64_vector, &lengths, to_f32_vector, &ref,
+            to_f32_vector, &betas, to_real, &grad_scale))
+        return NULL;
+    PyObject *d_hidden = NULL, *logprobs = NULL, *grad_logps = NULL, *losses = NULL,
+             *stats_out = NULL, *result = NULL;
+    stats_arrays stats = {0};
+    model_handle *h = NULL;
+    npy_intp S = ARG_LEN(lengths), M = ARG_LEN(rows);
+    if (S == 0 || S > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "completion_lengths must hold one length per "
+                        "sequence (at least one)");
+        goto done;
+    }
+    if (check_rows(&ref, M, rows.name) < 0 || check_values(&ref, LOGPROB) < 0 ||
+        check_rows(&betas, M, rows.name) < 0 || check_values(&betas, POSITIVE) < 0 ||
+        !(h = claim_model(capsule)) || check_param_vector(&params, h->m) < 0 ||
+        (grads.array && check_param_vector(&grads, h->m) < 0) ||
+        check_hidden(&hidden, h->m) < 0 ||
+        check_scores(&rows, &targets, PyArray_DIM(hidden.array, 0), h->m) < 0)
+        goto done;
+    if (!(d_hidden = new_f32_2d(PyArray_DIM(hidden.array, 0), model_get_config(h->m)->d_model)) ||
+        !(logprobs = PyArray_ZEROS(1, &M, NPY_FLOAT32, 0)) ||
+        !(grad_logps = PyArray_ZEROS(1, &M, NPY_FLOAT32, 0)) ||
+        !(losses = PyArray_ZEROS(1, &S, NPY_FLOAT64, 0)) || new_stats(&stats, M) < 0)
+        goto done;
+    constrained_request q = {ARG_DATA(const int64_t, lengths), (int)S, ARG_DATA(const float, ref),
+                             ARG_DATA(const float, betas), grad_scale.value};
+    constrained_scores out = {f32(d_hidden), f32(logprobs), stats.view, f32(grad_logps),
+                              (double *)PyArray_DATA((PyArrayObject *)losses)};
+    score_request r = {ARG_DATA(const int64_t, rows), ARG_DATA(const int64_t, targets), M, 1.0f};
+    char err[CALIGN_ERR_LEN] = "";
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = model_score_constrained(&out, grads.array ? ARG_DATA(float, grads) : NULL, h->m,
+                                     ARG_DATA(const float, params), ARG_DATA(const float, hidden),
+                                     &r, &q, err);
+    Py_END_ALLOW_THREADS
+    if (raise_status(status, err) < 0) goto done;
+    if ((stats_out = stats_dict(&stats)))
+        result = Py_BuildValue("(OOOOO)", d_hidden, logprobs, stats_out, grad_logps, losses);
+done:
+    release_model(h);
+    release_stats(&stats);
+    Py_XDECREF(d_hidden);
+    Py_XDECREF(logprobs);
+    Py_XDECREF(grad_logps);
+    Py_XDECREF(losses);
+    Py_XDECREF(stats_out);
+    array_arg *arrays[] = {&params, &grads, &hidden, &rows, &targets, &lengths, &ref, &betas};
+    for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++) arg_release(arrays[i]);
+    return result;
+}
+
 static PyObject *py_model_score_dpo(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"model", "params", "grads", "hidden", "score_rows", "score_targets",
                              "completion_lengths", "ref_chosen_logps", "ref_rejected_logps",
@@ -937,6 +1004,9 @@ PyMethodDef calign_model_methods[] = {
     KEYWORDS_METHOD("model_score", py_model_score, "Log-probs of targets at hidden rows."),
     KEYWORDS_METHOD("model_score_grpo", py_model_score_grpo,
                     "Scores completions with the GRPO loss in one pass; see Model.score_grpo."),
+    KEYWORDS_METHOD("model_score_constrained", py_model_score_constrained,
+                    "Scores sequences with the token-wise constrained loss in one pass; see "
+                    "Model.score_constrained."),
     KEYWORDS_METHOD("model_score_dpo", py_model_score_dpo,
                     "Scores of preference pairs with the DPO loss fused in, and its backward."),
     KEYWORDS_METHOD("model_score_backward", py_model_score_backward,

@@ -102,10 +102,32 @@ static PyObject *py_scale(PyObject *self, PyObject *args, PyObject *kwargs) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_ema_update(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"ema", "params", "decay", NULL};
+    array_arg ema = {"ema"}, params = {"params"};
+    real_arg decay = {"decay", 0, 1};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&$O&", kwlist, to_f32_vector_out, &ema,
+                                     to_f32_vector, &params, to_real32, &decay))
+        return NULL;
+    PyObject *result = NULL;
+    array_arg *buffers[] = {&ema, &params};
+    if (same_lengths(buffers, 2) == 0) {
+        Py_BEGIN_ALLOW_THREADS
+        ema_update(ARG_DATA(float, ema), ARG_DATA(const float, params), ARG_LEN(ema),
+                   (float)decay.value);
+        Py_END_ALLOW_THREADS
+        result = Py_NewRef(Py_None);
+    }
+    arg_release(&ema);
+    arg_release(&params);
+    return result;
+}
+
 PyMethodDef calign_optim_methods[] = {
     KEYWORDS_METHOD("adamw_step", py_adamw_step, "One AdamW update in place."),
     KEYWORDS_METHOD("sgd_step", py_sgd_step, "One SGD update in place."),
     KEYWORDS_METHOD("grad_norm", py_grad_norm, "Global L2 norm of a float32 vector."),
     KEYWORDS_METHOD("scale_in_place", py_scale, "x *= factor."),
+    KEYWORDS_METHOD("ema_update", py_ema_update, "ema += (1 - decay) (params - ema)."),
     {NULL, NULL, 0, NULL},
 };

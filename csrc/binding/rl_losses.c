@@ -1,9 +1,11 @@
-/* Bindings of the online RL losses and advantages (calign.losses: GRPO, RLOO,
- * PPO). The arrays arrive as float32 (the Python wrappers convert once) and
- * are checked here: shapes against the first operand, values (log-probs
- * finite and <= 0, masks 0 or 1, rewards finite or NaN), each error naming
- * the argument. Names of loss types and settings cross by name from the
- * tables beside their enums (losses/losses.h). The C calls run without the GIL. */
+/* Bindings of the per-token losses over [B, T] arrays (calign.losses: GRPO,
+ * RLOO, PPO with their advantages, and the token-wise constrained SFT loss).
+ * The arrays arrive as float32 (the Python wrappers convert once) and are
+ * checked here: shapes against the first operand, values (log-probs finite
+ * and <= 0, masks 0 or 1, rewards finite or NaN, betas positive), each error
+ * naming the argument. Names of loss types and settings cross by name from
+ * the tables beside their enums (losses/losses.h). The C calls run without
+ * the GIL. */
 #include "binding/common.h"
 
 #include <math.h>
@@ -21,13 +23,15 @@ int check_values(const array_arg *a, value_rule rule) {
     static const char *const why[] = {
         [FINITE] = "must be finite", [LOGPROB] = "must be a finite log-probability (<= 0)",
         [MASK] = "must be 0 or 1", [FINITE_OR_NAN] = "must be finite or NaN (no reward)",
+        [POSITIVE] = "must be positive and finite",
     };
     for (npy_intp k = 0; k < n; k++) {
         float v = x[k];
         int ok = rule == FINITE ? isfinite(v)
                  : rule == LOGPROB ? isfinite(v) && v <= 0.0f
                  : rule == MASK ? v == 0.0f || v == 1.0f
-                                : !isinf(v);
+                 : rule == POSITIVE ? isfinite(v) && v > 0.0f
+                                    : !isinf(v);
         if (ok) continue;
         if (PyArray_NDIM(a->array) == 2)
             raise_printf(PyExc_ValueError, "%s[%zd, %zd] = %g %s", a->name, (Py_ssize_t)(k / cols),
@@ -583,6 +587,41 @@ done:
     return result;
 }
 
+static PyObject *py_token_constrained_loss(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"policy_logps", "ref_logps", "betas", "mask", "return_grad", NULL};
+    array_arg logps = {"policy_logps"}, ref = {"ref_logps"}, betas = {"betas"}, mask = {"mask"};
+    int return_grad = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&O&O&|$p", kwlist, to_f32_matrix, &logps,
+                                     to_f32_matrix, &ref, to_f32_matrix, &betas, to_f32_matrix,
+                                     &mask, &return_grad))
+        return NULL;
+    array_arg *all[4] = {&logps, &ref, &betas, &mask};
+    const value_rule rules[4] = {LOGPROB, LOGPROB, POSITIVE, MASK};
+    PyObject *result = NULL, *losses = NULL, *grad = NULL;
+    int B, T;
+    if (batch_dims(&B, &T, &logps) < 0 || check_operands(all, rules, 4, B) < 0) goto done;
+    npy_intp rows = B;
+    if (!(losses = PyArray_ZEROS(1, &rows, NPY_FLOAT64, 0)) ||
+        (return_grad && !(grad = new_f32(2, B, T))))
+        goto done;
+    double *out = (double *)PyArray_DATA((PyArrayObject *)losses);
+    const float *lp = ARG_DATA(const float, logps), *rf = ARG_DATA(const float, ref),
+                *bt = ARG_DATA(const float, betas), *mk = ARG_DATA(const float, mask);
+    float *g = grad ? f32(grad) : NULL;
+    Py_BEGIN_ALLOW_THREADS
+    for (int b = 0; b < B; b++) {
+        const long o = (long)b * T;
+        out[b] = token_constrained_row(g ? g + o : NULL, lp + o, rf + o, bt + o, mk + o, T, 1.0);
+    }
+    Py_END_ALLOW_THREADS
+    result = grad ? Py_BuildValue("(OO)", losses, grad) : Py_BuildValue("(OO)", losses, Py_None);
+done:
+    Py_XDECREF(losses);
+    Py_XDECREF(grad);
+    release(all, 4);
+    return result;
+}
+
 int describe_rl_losses(PyObject *d) {
     return describe_names(d, "grpo_settings", GRPO_SETTING_KEYS,
                           (int)(sizeof GRPO_SETTING_KEYS / sizeof *GRPO_SETTING_KEYS) - 1) < 0 ||
@@ -609,5 +648,7 @@ PyMethodDef calign_rl_losses_methods[] = {
     KEYWORDS_METHOD("masked_whiten", py_masked_whiten, "See calign.losses.masked_whiten."),
     KEYWORDS_METHOD("gae", py_gae, "See calign.losses.gae."),
     KEYWORDS_METHOD("ppo_losses", py_ppo_losses, "See calign.losses.ppo_losses."),
+    KEYWORDS_METHOD("token_constrained_loss", py_token_constrained_loss,
+                    "See calign.losses.token_constrained_loss."),
     {NULL, NULL, 0, NULL},
 };

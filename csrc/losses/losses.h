@@ -235,4 +235,16 @@ int ppo_losses(float *grad_logps, float *grad_values, ppo_metrics *metrics, cons
                const float *value_mask, int B, int T, double cliprange, double cliprange_value,
                double vf_coef);
 
+/* Token-wise constrained fine-tuning (Qi et al. 2024, "Safety Alignment
+ * Should Be Made More Than Just a Few Tokens Deep", Eq. 3-5) for one
+ * sequence of T tokens: with delta_t = ref_logps[t] - logps[t],
+ *     loss = sum_t mask_t (2 / beta_t) softplus(beta_t delta_t)      (Eq. 4)
+ *     d loss / d logps[t] = -2 sigmoid(beta_t delta_t) mask_t         (Eq. 5)
+ * (the NLL gradient weighted by 2 sigmoid(beta_t delta_t): 1 as beta -> 0,
+ * about 2 below the reference and 0 above it for a large beta). Writes
+ * grad[t] = scale * d loss / d logps[t] when grad is not NULL; mask may be
+ * NULL (every token). Returns the sequence's loss. */
+double token_constrained_row(float *grad, const float *logps, const float *ref_logps,
+                             const float *betas, const float *mask, int T, double scale);
+
 #endif

@@ -304,3 +304,74 @@ int model_score_grpo(const grpo_scores *out, float *grads, model *m, const float
     scatter_add_rows(out->d_hidden, w.score.d_rows, r->rows, r->M, d);
     return CALIGN_OK;
 }
+
+/* ---- token-wise constrained sequences ------------------------------------------------ */
+
+typedef struct {
+    const long *seq_first_row;
+    const constrained_request *q;
+    double *losses;
+} constrained_rows;
+
+/* The kernel's token-loss callback: sequence s is group s. */
+static void constrained_token_grads(void *ctx, int g0, int g1, const float *logprobs,
+                                    float *row_grads) {
+    const constrained_rows *c = ctx;
+    for (int s = g0; s < g1; s++) {
+        const long first = c->seq_first_row[s];
+        c->losses[s] = token_constrained_row(row_grads + first, logprobs + first,
+                                             c->q->ref_logps + first, c->q->betas + first, NULL,
+                                             (int)(c->seq_first_row[s + 1] - first),
+                                             c->q->grad_scale);
+    }
+}
+
+typedef struct {
+    score_buffers score;
+    int *group_first_seq; /* [S + 1] */
+    long *seq_first_row;  /* [S + 1] */
+    double *seq_sums;     /* [S] (the grouped kernel's; unused by the loss) */
+} constrained_buffers;
+
+static void plan_constrained_buffers(constrained_buffers *c, bump *b, const model *m,
+                                     const score_request *r, size_t S) {
+    plan_score_buffers(&c->score, b, m, r, 1);
+    c->group_first_seq = bump_take(b, sizeof(int) * (S + 1));
+    c->seq_first_row = bump_take(b, sizeof(long) * (S + 1));
+    c->seq_sums = bump_take(b, sizeof(double) * S);
+}
+
+int model_score_constrained(const constrained_scores *out, float *grads, model *m,
+                            const float *params, const float *hidden, const score_request *r,
+                            const constrained_request *q, char *err) {
+    int status = check_completion_lengths(r, q->completion_lengths, q->n_completions, err);
+    if (status != CALIGN_OK) return status;
+    const int S = q->n_completions;
+    constrained_buffers w;
+    bump b = {NULL, 0};
+    plan_constrained_buffers(&w, &b, m, r, S);
+    if (!(b.base = model_workspace(m, b.used))) return out_of_memory(err);
+    b.used = 0;
+    plan_constrained_buffers(&w, &b, m, r, S);
+    w.seq_first_row[0] = 0;
+    for (int s = 0; s < S; s++) {
+        w.group_first_seq[s] = s;
+        w.seq_first_row[s + 1] = w.seq_first_row[s] + q->completion_lengths[s];
+    }
+    w.group_first_seq[S] = S;
+    constrained_rows ctx = {w.seq_first_row, q, out->losses};
+    logprob_groups groups = {.n_groups = S, .group_first_seq = w.group_first_seq,
+                             .seq_first_row = w.seq_first_row,
+                             .token_grads = constrained_token_grads,
+                             .row_grads = out->grad_logps, .ctx = &ctx};
+    const int d = model_get_config(m)->d_model;
+    gather_rows(w.score.rows, hidden, r->rows, r->M, d);
+    logprob_problem p = problem_of(m, params, w.score.rows, r);
+    status = kernel_status(token_logprobs_grouped(w.score.d_rows, lm_head_grad(grads, m),
+                                                  out->logprobs, &out->stats, w.seq_sums, NULL,
+                                                  &p, &groups, w.score.kernel),
+                           err);
+    if (status != CALIGN_OK) return status;
+    scatter_add_rows(out->d_hidden, w.score.d_rows, r->rows, r->M, d);
+    return CALIGN_OK;
+}

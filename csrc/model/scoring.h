@@ -97,4 +97,30 @@ int model_score_grpo(const grpo_scores *out, float *grads, model *m, const float
                      const float *hidden, const score_request *r, const grpo_request *q,
                      char *err);
 
+/* S sequences scored with the token-wise constrained loss inside the kernel
+ * (token_constrained_row, losses/losses.h): the scores are the sequences'
+ * tokens, completion_lengths[S] each in that order. Each token's gradient
+ * depends on its own log-prob only, so a chunk's tokens get their log-probs,
+ * their gradients and their backward at once. */
+typedef struct {
+    const int64_t *completion_lengths; /* [S] */
+    int n_completions;                 /* S */
+    const float *ref_logps;          /* [M] the reference's log-prob of each score */
+    const float *betas;              /* [M] beta_t of each score (> 0) */
+    double grad_scale;               /* the gradient is of grad_scale * sum of the losses */
+} constrained_request;
+
+typedef struct {
+    float *d_hidden;        /* [T, d], ADDED to */
+    float *logprobs;        /* [M] */
+    logprob_stats stats;    /* [M] each */
+    float *grad_logps;      /* [M] grad_scale * d loss / d logprobs */
+    double *losses;         /* [S] each sequence's loss */
+} constrained_scores;
+
+/* Adds the lm_head gradient into grads and fills out. */
+int model_score_constrained(const constrained_scores *out, float *grads, model *m,
+                            const float *params, const float *hidden, const score_request *r,
+                            const constrained_request *q, char *err);
+
 #endif

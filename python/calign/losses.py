@@ -790,3 +790,72 @@ def ppo_losses(per_token_logps, old_per_token_logps, values, old_values, advanta
         value_mask, cliprange=checks.real("cliprange", cliprange, 0.0),
         cliprange_value=checks.real("cliprange_value", cliprange_value, 0.0),
         vf_coef=checks.real("vf_coef", vf_coef, 0.0)))
+
+
+# ---- token-wise constrained fine-tuning (Qi et al. 2024) -------------------------------
+
+# The paper's schedule (its Section 4 and the official code's beta 0.1, first-
+# token factor 5, factor 20 over the first 5 tokens): entry t is the beta of
+# the (t+1)-th response token, the last entry that of every later one.
+CONSTRAINED_BETAS = (0.5, 2.0, 2.0, 2.0, 2.0, 0.1)
+
+
+def constrained_beta_schedule(schedule, name="constrained_betas"):
+    """The schedule as a tuple of positive finite floats (at least one)."""
+    if isinstance(schedule, np.ndarray):
+        schedule = schedule.tolist()
+    checks.require(isinstance(schedule, (list, tuple)) and len(schedule) > 0, name, schedule,
+                   "a non-empty list of betas (entry t for response token t + 1, the last "
+                   "for every later token)")
+    for beta in schedule:
+        checks.require(checks.is_finite_real(beta) and beta > 0, name, schedule,
+                       "a list of positive finite betas")
+    return tuple(float(b) for b in schedule)
+
+
+def constrained_betas(positions, schedule=CONSTRAINED_BETAS):
+    """beta_t of each response-token position (0-based): schedule[t], or the
+    schedule's last entry past its end."""
+    schedule = np.asarray(constrained_beta_schedule(schedule), np.float64)
+    return schedule[np.minimum(np.asarray(positions, np.int64), schedule.size - 1)]
+
+
+def token_constrained_loss(policy_logps, ref_logps, betas, mask=None, return_grad=False):
+    """The token-wise constrained objective of Qi et al. 2024 ("Safety
+    Alignment Should Be Made More Than Just a Few Tokens Deep", Eq. 3-4):
+
+        loss_i = sum_t mask (2 / beta_t) softplus(beta_t (ref_logps - policy_logps))
+               = sum_t mask -(2 / beta_t) log sigmoid(beta_t (policy_logps - ref_logps))
+
+    Its gradient (Eq. 5) is the NLL gradient weighted by
+    w_t = 2 sigmoid(beta_t (ref_logps - policy_logps)): 1 as beta -> 0 (plain
+    SFT), about 2 where the policy is below the reference and 0 above it for a
+    large beta (the constraint). The official code also clamps w_t at 1e-3
+    from below; calign keeps the exact gradient.
+
+    Args:
+        policy_logps, ref_logps: [B, T] per-token log-probs (rows left-aligned:
+            column t is response token t + 1).
+        betas: [T] (one beta per column, e.g. constrained_betas(range(T))) or
+            [B, T]; positive.
+        mask: [B, T] bool or 0/1 (None: every token).
+        return_grad: also return d(sum of losses) / d policy_logps, [B, T].
+
+    Returns:
+        float64 [B] per-sequence losses, or (losses, float32 [B, T] gradient).
+    """
+    policy = _float_array("policy_logps", policy_logps, 2)
+    betas = np.asarray(betas)
+    checks.require(betas.dtype.kind in "fiu", "betas", betas.dtype, "a numeric array")
+    checks.require(betas.ndim in (1, 2), "betas", betas.shape,
+                   f"[T] or [B, T] with T = {policy.shape[1]}")
+    if betas.ndim == 1:
+        checks.require(betas.shape[0] == policy.shape[1], "betas", betas.shape,
+                       f"one beta per column of policy_logps ({policy.shape[1]})")
+        betas = np.broadcast_to(betas, policy.shape)
+    mask = np.ones(policy.shape, np.float32) if mask is None else _mask_array("mask", mask)
+    losses, grad = _C.token_constrained_loss(
+        policy, _float_array("ref_logps", ref_logps, 2),
+        np.ascontiguousarray(betas, dtype=np.float32), mask,
+        return_grad=checks.flag("return_grad", return_grad))
+    return (losses, grad) if return_grad else losses

@@ -5,6 +5,7 @@ The updates run in C with torch's semantics: `AdamW` is torch.optim.AdamW,
 State is saved and loaded as safetensors.
 """
 
+import contextlib
 import os
 import tempfile
 
@@ -119,6 +120,53 @@ class SGD:
                 raise ValueError(f"{path!r} has no momentum buffer")
             self.momentum_buffer[...] = tensors["momentum_buffer"]
         self.step_count = int(metadata["step"])
+
+
+class EMA:
+    """An exponential moving average of what a model trains (model.train_params:
+    every parameter, or with LoRA the adapters'), updated in C:
+    ema <- decay ema + (1 - decay) params after each update(), starting from
+    the weights it was built with (after n updates with weights w_1..w_n:
+    decay^n w_0 + (1 - decay) sum_k decay^(n-k) w_k)."""
+
+    def __init__(self, model, decay):
+        self.model = model
+        self.decay = checks.real("decay", decay, 0.0, 1.0, open_high=True)
+        self.params = model.train_params.copy()
+        self.updates = 0
+
+    def update(self):
+        _C.ema_update(self.params, self.model.train_params, decay=self.decay)
+        self.updates += 1
+
+    @contextlib.contextmanager
+    def applied(self):
+        """The model holds the average inside the block, its own weights after."""
+        own = self.model.train_params.copy()
+        self.model.train_params[...] = self.params
+        try:
+            yield self.model
+        finally:
+            self.model.train_params[...] = own
+
+    def save_pretrained(self, path, dtype=None):
+        """The model with the average's weights, as model.save_pretrained writes it."""
+        with self.applied():
+            self.model.save_pretrained(path, dtype=dtype)
+
+    def save(self, path):
+        """The average and its update count, as safetensors (written atomically)."""
+        _save_state(path, {"ema": self.params},
+                    {"optimizer": "ema", "decay": self.decay, "updates": self.updates})
+
+    def load(self, path):
+        """Restores what save() wrote; refuses another model's or decay's average."""
+        tensors, metadata = _load_state(path, "ema", self.model.train_params.size)
+        if float(metadata.get("decay", "nan")) != self.decay:
+            raise ValueError(f"{path!r} holds an average with decay {metadata.get('decay')}, "
+                             f"not {self.decay}")
+        self.params[...] = tensors["ema"]
+        self.updates = int(metadata["updates"])
 
 
 def grad_norm(model):

@@ -112,6 +112,30 @@ def sft_batch_loss(policy, batch):
     return -torch.cat(terms).mean()
 
 
+def constrained_sft_batch_loss(policy, reference, batch, betas):
+    """Qi et al. 2024's token-wise constrained loss, as the official code's
+    soft_sft_loss computes its gradient: weights 2 (1 - sigmoid(beta_t (log pi
+    - log ref))) held constant times the token NLL, averaged over every trained
+    token of the batch; its value is the paper's Eq. 3 (2 / beta_t) *
+    -log sigmoid(beta_t (log pi - log ref)) (the same gradient), so the
+    returned loss is Eq. 3's with the surrogate's gradient attached."""
+    values, surrogate = [], []
+    for ex in batch:
+        ids = ex["input_ids"]
+        logp = completion_token_logps(policy, ids[:1], ids[1:])
+        with torch.no_grad():
+            ref_logp = completion_token_logps(reference, ids[:1], ids[1:])
+        beta = torch.tensor([betas[min(t, len(betas) - 1)] for t in range(len(logp))],
+                            dtype=logp.dtype)
+        ratio = beta * (logp - ref_logp)
+        weight = (2 * (1 - torch.sigmoid(ratio))).detach()
+        values.append(-(2 / beta) * F.logsigmoid(ratio.detach()))
+        surrogate.append(-(weight * logp))
+    value = torch.cat(values).mean()
+    surrogate = torch.cat(surrogate).mean()
+    return surrogate - surrogate.detach() + value
+
+
 def reward_batch_loss(model, head, batch, pad_token_id):
     """TRL's RewardTrainer: -log sigmoid(r_c - r_r - margin); the reward is the
     head on the last non-pad token of prompt + completion."""

@@ -28,6 +28,8 @@ class PreferenceExample:
     ref_logps: list = None  # reference log-probs of the completions, when given
     index: int = -1         # position of the record in the source
     weight: float = None    # per-pair loss weight ("weight" field, e.g. ScPO's vote margin)
+    ref_token_logps: object = None  # SFT's token-wise constraint: the reference's log-prob of
+                                    # each trained token, when precomputed
 
 
 def tokenize_record(record, index, tokenizer, name="dataset"):

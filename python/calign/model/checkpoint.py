@@ -180,7 +180,9 @@ def make_readable(folder):
 def save_safetensors(file, tensors, dtype, metadata=None):
     """Writes float32 tensors {name: array} to a safetensors file in `dtype`
     (dtypes.SAVE_DTYPES), converting and writing one tensor at a time: the
-    only copy made is one tensor's, in the new dtype."""
+    only copy made is one tensor's, in the new dtype. A value may also be
+    lazy, an object with .shape whose __array__ computes the tensor when it
+    is written (calign.merge streams averages this way)."""
     code = dtypes.CODES[dtype]
     itemsize = dtypes.STORED_TYPES[code].itemsize
     names = sorted(tensors)
@@ -195,8 +197,9 @@ def save_safetensors(file, tensors, dtype, metadata=None):
     with open(file, "wb") as f:
         f.write(len(text).to_bytes(8, "little"))
         f.write(text)
-        for name in names:
-            f.write(dtypes.from_float32(name, tensors[name], dtype).reshape(-1).view(np.uint8))
+        for name in names:  # a lazy tensor (an object with shape and __array__) is made here
+            values = np.asarray(tensors[name], np.float32)
+            f.write(dtypes.from_float32(name, values, dtype).reshape(-1).view(np.uint8))
 
 
 def write_checkpoint(path, tensors, config, dtype="float32", extra_files=None):

@@ -59,6 +59,14 @@ class GRPOScores(NamedTuple):
     metrics: dict
 
 
+class ConstrainedScores(NamedTuple):
+    d_hidden: np.ndarray
+    logprobs: np.ndarray
+    stats: dict
+    grad_logps: np.ndarray
+    losses: np.ndarray
+
+
 class Model:
     """A decoder-only transformer (GPT-2, Llama, Qwen2, Qwen3 families) in float32.
 
@@ -453,6 +461,27 @@ class Model:
             temperature=temperature,
             **losses.grpo_batch_settings(max_completion_length, num_items_in_batch,
                                          gradient_accumulation_steps)))
+
+    @exclusive
+    def score_constrained(self, hidden, batch, completion_lengths, ref_logps, betas,
+                          grad_scale=1.0):
+        """Scores S sequences and applies the token-wise constrained loss
+        (Qi et al. 2024; calign.losses.token_constrained_loss's C function) in
+        one pass.
+
+        The batch's scores are the sequences' tokens, completion_lengths [S]
+        each, in order; ref_logps and betas [M] hold each score's reference
+        log-prob and beta_t. Each token's gradient, -2 sigmoid(beta_t
+        (ref - logp)), depends on its own log-prob only, so every chunk of the
+        kernel is scored, weighted and backpropagated at once. Adds the lm_head
+        gradient of grad_scale * sum(losses) to the gradient buffer. Returns
+        ConstrainedScores: d_hidden for backward_packed, log-probs, their stats,
+        grad_scale * d loss / d log-probs, and each sequence's loss."""
+        return ConstrainedScores(*_C.model_score_constrained(
+            self._handle, self._engine_params, self._base_grads(), hidden, batch.score_rows,
+            batch.score_targets, np.asarray(completion_lengths, np.int64),
+            np.asarray(ref_logps, np.float32), np.asarray(betas, np.float32),
+            grad_scale=checks.real("grad_scale", grad_scale)))
 
     @exclusive
     def backward_packed(self, batch, d_hidden):

@@ -24,6 +24,7 @@ from calign.tokenizer import Tokenizer
 from calign.trainers import checkpoints, reporting
 from calign.trainers.schedules import learning_rate
 from calign.trainers.training_args import steps_of
+from calign.trainers.weight_averages import WeightAverages
 
 
 class TrainerState:
@@ -131,6 +132,7 @@ class BaseTrainer:
                              "no batch is left")
         self.state = TrainerState()
         self.optimizer = self._make_optimizer()
+        self.averages = WeightAverages(args, self.model)
         self.reporters = None
 
     # ---- to be provided by each trainer ----------------------------------------
@@ -292,6 +294,7 @@ class BaseTrainer:
             grad_norm = self._training_step(step, lr, sums, counts)
             self.state.global_step += 1
             self._after_optimizer_step()
+            self.averages.after_step()
             self.state.epoch = self.state.global_step / per_epoch
             if progress is not None:
                 progress.update(1)
@@ -306,6 +309,7 @@ class BaseTrainer:
                 self._log(entry, progress)
                 sums, counts = {}, {}
             self._evaluate_and_save(total, epoch_end)
+            self.averages.average_if_due(self.state.global_step)
 
     def _training_step(self, step, lr, sums, counts):
         """Optimizer step `step` at learning rate lr: its window's micro-batches,
@@ -394,10 +398,11 @@ class BaseTrainer:
             raise ValueError("no eval_dataset to evaluate on")
         bs = self._eval_batch_size()
         sums, counts = {}, {}
-        for i in range(0, len(examples), bs):
-            batch = examples[i:i + bs]
-            metrics, _ = self._micro_step(batch, self._window_size(batch), train=False)
-            accumulate(sums, counts, metrics)
+        with self.averages.evaluation():
+            for i in range(0, len(examples), bs):
+                batch = examples[i:i + bs]
+                metrics, _ = self._micro_step(batch, self._window_size(batch), train=False)
+                accumulate(sums, counts, metrics)
         result = {f"eval_{k}": v / counts[k] for k, v in sums.items()}
         self._log(result, None)
         return result
@@ -424,6 +429,7 @@ class BaseTrainer:
         self.model.save_pretrained(path)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(path)
+        self.averages.save_final(path)
 
     def _extra_state(self):
         """More JSON-able state a trainer must carry across a resume."""
@@ -442,7 +448,7 @@ class BaseTrainer:
         state = self.state.to_dict()
         state["trainer"] = self._extra_state()
         checkpoints.write_checkpoint(a.output_dir, step, self.model, self.processing_class,
-                                     self.optimizer, state, write_extra=self._save_extra_files)
+                                     self.optimizer, state, write_extra=self._write_extra_files)
         checkpoints.prune_checkpoints(a.output_dir, a.save_total_limit,
                                       keep=self.state.best_model_checkpoint)
 
@@ -455,6 +461,10 @@ class BaseTrainer:
 
     def _save_extra_files(self, folder):
         """Hook: a trainer's own files in a checkpoint being written."""
+
+    def _write_extra_files(self, folder):
+        self._save_extra_files(folder)
+        self.averages.save(folder)
 
     def _restore_weights(self, path):
         """The trained weights of a checkpoint into the model: its parameters,
@@ -480,3 +490,4 @@ class BaseTrainer:
                           "model is tracked afresh", stacklevel=3)
             self.state.best_model_checkpoint = None
         self._load_extra_state(state.get("trainer", {}), path)
+        self.averages.load(path, self.state.global_step)

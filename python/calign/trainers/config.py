@@ -34,7 +34,9 @@ F_DIVERGENCE_DPO_LOSS_TYPES = ("sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_p
 SORTING_DPO_LOSS_TYPES = ("aot", "aot_unpaired")
 # The CPO loss types label_smoothing acts on (TRL ignores it for hinge and ipo).
 LABEL_SMOOTHING_CPO_LOSS_TYPES = ("sigmoid", "simpo")
-SFT_LOSS_TYPES = ("nll",)
+# "nll": TRL's; "token_constrained": Qi et al. 2024's token-wise constrained
+# objective against a reference (calign.losses.token_constrained_loss).
+SFT_LOSS_TYPES = ("nll", "token_constrained")
 
 # TRL's fields of each config that calign ignores or refuses at some values.
 DPOPart = trl_fields.part("DPOPart", (
@@ -362,8 +364,18 @@ class SFTConfig(TrainingConfig, SFTPart):
         "'only for prompt/completion data') is the same as True here.", default=None)
     dataset_text_field: str = help_field("The field of a language-modelling record holding its "
                                          "text.", default="text")
-    loss_type: str = help_field(f"One of {SFT_LOSS_TYPES} ('dft' is not supported yet).",
-                                default="nll")
+    loss_type: str = help_field(
+        f"One of {SFT_LOSS_TYPES} ('dft' is not supported yet). 'token_constrained': the "
+        "token-wise constrained objective of Qi et al. 2024 against a reference (the trainer's "
+        "ref_model, by default a frozen copy of the initial model).", default="nll")
+    constrained_betas: list = help_field(
+        "loss_type 'token_constrained': beta_t of the t-th trained token of a record (entry "
+        "t - 1; the last entry for every later token). Default: the paper's 0.5, then 2 for "
+        "tokens 2-5, then 0.1.", default_factory=lambda: list(losses.CONSTRAINED_BETAS))
+    precompute_ref_log_probs: bool = help_field(
+        "loss_type 'token_constrained': score every record under the reference once before "
+        "training (the official code's way) instead of at each step; no reference model is "
+        "kept.", default=False)
 
     def __post_init__(self):
         if self.completion_only_loss is None:
@@ -374,6 +386,14 @@ class SFTConfig(TrainingConfig, SFTPart):
         super().__post_init__()
         checks.text("dataset_text_field", self.dataset_text_field)
         checks.choice("loss_type", self.loss_type, SFT_LOSS_TYPES)
+        constrained = self.loss_type == "token_constrained"
+        self.constrained_betas = list(losses.constrained_beta_schedule(self.constrained_betas))
+        unused_unless(self, "constrained_betas", list(losses.CONSTRAINED_BETAS), constrained,
+                      "unless loss_type is 'token_constrained'")
+        self.precompute_ref_log_probs = checks.flag("precompute_ref_log_probs",
+                                                    self.precompute_ref_log_probs)
+        unused_unless(self, "precompute_ref_log_probs", False, constrained,
+                      "unless loss_type is 'token_constrained' (plain SFT has no reference)")
 
 
 @dataclass

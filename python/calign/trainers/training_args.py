@@ -213,6 +213,20 @@ class TrainingConfig(TrainingArgumentsPart):
                                             default=None)
     truncation_mode: str = help_field(f"One of {TRUNCATION_MODES}: which end of a too-long "
                                       "sequence is kept.", default="keep_start")
+    ema_decay: float = help_field(
+        "Keep an exponential moving average of the trained weights, ema <- decay ema + (1 - "
+        "decay) weights after every step (InstructGPT's PPO policy: 0.992), saved in each "
+        "checkpoint (ema.safetensors, and ema/ as a model folder) and at the end "
+        "(output_dir/ema); None: off.", default=None)
+    eval_use_ema: bool = help_field("Evaluate with the EMA weights (needs ema_decay).",
+                                    default=False)
+    checkpoint_averaging_steps: int = help_field(
+        "Every this many steps, after that step's checkpoint is written, replace the weights "
+        "by the mean of the last checkpoint_averaging_window checkpoints and train on (Motif "
+        "2.6B's averaging; a multiple of save_steps); 0: off.", default=0)
+    checkpoint_averaging_window: int = help_field(
+        "How many of the latest checkpoints checkpoint_averaging_steps averages (fewer while "
+        "fewer exist).", default=6)
     activation_checkpointing: bool = help_field(
         "transformers 5's name of gradient_checkpointing (None: that field).", default=None)
     gradient_checkpointing: bool = help_field(
@@ -261,6 +275,7 @@ class TrainingConfig(TrainingArgumentsPart):
         self._check_data_order()
         self._check_logging()
         self._check_evaluation_and_saving()
+        self._check_weight_averages()
         self.model_init_kwargs = check_model_init_kwargs(self.model_init_kwargs)
         checks.require(self.resume_from_checkpoint is None or isinstance(
             self.resume_from_checkpoint, (bool, np.bool_, str, os.PathLike)),
@@ -301,6 +316,31 @@ class TrainingConfig(TrainingArgumentsPart):
         self.include_num_input_tokens_seen = tokens
         self.report_to = reporting.resolve_report_to(self.report_to)
         checks.text("run_name", self.run_name, allow_none=True)
+
+    def _check_weight_averages(self):
+        if self.ema_decay is not None:
+            self.ema_decay = checks.real("ema_decay", self.ema_decay, 0.0, 1.0, open_high=True)
+        self.eval_use_ema = checks.flag("eval_use_ema", self.eval_use_ema)
+        checks.require(not self.eval_use_ema or self.ema_decay is not None, "eval_use_ema", True,
+                       "False unless ema_decay is set (there is no average to evaluate)")
+        check_integers(self, 0, "checkpoint_averaging_steps")
+        check_integers(self, 1, "checkpoint_averaging_window")
+        averaging = self.checkpoint_averaging_steps > 0
+        unused_unless(self, "checkpoint_averaging_window", 6, averaging,
+                      "unless checkpoint_averaging_steps is set")
+        if not averaging:
+            return
+        steps = self.save_steps
+        checks.require(self.save_strategy == "steps" and checks.is_int(steps) and steps > 0 and
+                       self.checkpoint_averaging_steps % steps == 0,
+                       "checkpoint_averaging_steps", self.checkpoint_averaging_steps,
+                       f"a multiple of save_steps ({steps!r}, a step count with save_strategy "
+                       "'steps'): the average reads the checkpoints written")
+        limit = self.save_total_limit
+        checks.require(limit is None or limit >= self.checkpoint_averaging_window,
+                       "save_total_limit", limit, f"None or at least checkpoint_averaging_window "
+                       f"({self.checkpoint_averaging_window}): the averaged checkpoints must be "
+                       "kept")
 
     def _check_evaluation_and_saving(self):
         checks.choice("eval_strategy", self.eval_strategy, INTERVAL_STRATEGIES)
