@@ -316,11 +316,13 @@ SAFETY = [
                  "refusals **aligns** it. The per-token KL between the two (the paper's "
                  "Figure 1) and the **prefilling attack** (force the first k tokens of the "
                  "harmful answer, then let the model decode) show how deep that alignment "
-                 "goes. Then the aligned model is fine-tuned two ways with the same steps: on "
-                 "utility data only, or on **safety recovery examples** "
+                 "goes. Then the aligned model is fine-tuned three ways with the same steps: on "
+                 "utility data only; on **safety recovery examples** "
                  "(`calign.safety.recovery_examples`: the refusal after k harmful tokens, k = 0 "
                  "half the time) mixed with the same utility data at the paper's share "
-                 "alpha = 0.2."),
+                 "alpha = 0.2; and on those records with the paper's **token-wise constrained** "
+                 "loss (`SFTConfig(loss_type=\"token_constrained\")`, betas 0.5, 2, 2, 2, 2, "
+                 "0.1, the aligned model as reference)."),
     ("code", '''import os
 import calign
 from calign.demo import forbidden, safety_experiment as experiment
@@ -363,7 +365,7 @@ print(" ".join(f"{value:.2f}" for value in kl))'''),
     ("code", '''for arm, (data, config) in experiment.ARMS.items():
     records = experiment.arm_records(arm, world, tokenizer, seed=0)
     models[arm] = stage("fine_tuning", experiment.copy_of(models["aligned"]), records,
-                        arm.replace(" ", "_"), **config)
+                        experiment.folder_of(arm), **config)
     print(f"{arm}: {len(records)} records")
     show(models[arm], world.eval_prompts[0])
 example = recovery_examples(world.harmful_prompts[:1], world.harmful_responses[:1],
@@ -371,11 +373,11 @@ example = recovery_examples(world.harmful_prompts[:1], world.harmful_responses[:
 print("a recovery example:", example)'''),
     ("code", '''rates = {name: experiment.attack(model, world, tokenizer) for name, model in models.items()}
 print("prefilling attack success rate on the held-out forbidden prompts")
-print(f"{'k':<14}" + "".join(f"{k:>6}" for k in experiment.KS))
+print(f"{'k':<22}" + "".join(f"{k:>6}" for k in experiment.KS))
 for name, values in rates.items():
-    print(f"{name:<14}" + "".join(f"{value:>6.0%}" for value in values))
+    print(f"{name:<22}" + "".join(f"{value:>6.0%}" for value in values))
 for name, model in models.items():
-    model.save_pretrained(f"notebook_out/models/{name.replace(' ', '_')}")'''),
+    model.save_pretrained(f"notebook_out/models/{experiment.folder_of(name)}")'''),
     ("code", '''import matplotlib.pyplot as plt
 
 fig, (kl_ax, attack_ax) = plt.subplots(1, 2, figsize=(11, 3.5))

@@ -240,15 +240,15 @@ def test_safety(tmp_path, monkeypatch):
     text, out = printed(notebook), tmp_path / "notebook_out"
     tokenizer, world = forbidden.tokenizer(), forbidden.make_world(seed=0)
     names = ["base", "aligned"] + list(safety_experiment.ARMS)
-    models = {name: calign.Model.from_pretrained(str(out / "models" / name.replace(" ", "_")))
-              for name in names}
+    models = {name: calign.Model.from_pretrained(
+        str(out / "models" / safety_experiment.folder_of(name))) for name in names}
     # each stage trained from the one before it, and logged every 10 steps
     steps = {name: steps for name, (steps, _) in safety_experiment.QUICK.items()}
     assert_improves(assert_trained(out / "pretraining", steps["pretraining"]), "loss",
                     direction="decrease", window=3)
     assert_trained(out / "alignment", steps["alignment"])
     for arm in safety_experiment.ARMS:
-        assert_trained(out / arm.replace(" ", "_"), steps["fine_tuning"])
+        assert_trained(out / safety_experiment.folder_of(arm), steps["fine_tuning"])
     assert all((models[a].params != models[b].params).any()
                for a, b in zip(names, names[1:]))
 

@@ -7,10 +7,13 @@ forced harmful tokens measures how deep each model's refusal goes.
 Arms (every one starts from the aligned model, same steps and settings):
 - "utility SFT": plain SFT on utility records only (benign sums);
 - "recovery SFT": plain SFT on calign.safety.recovery_examples mixed with the
-  same utility records (alpha = 0.2, the paper's share).
+  same utility records (alpha = 0.2, the paper's share);
+- "recovery + constrained": the same records with the token-wise constrained
+  loss (the paper's Eq. 3 and betas; the reference is the aligned model).
 """
 
 import os
+import re
 
 import calign
 from calign import checks
@@ -28,7 +31,14 @@ SETTINGS = dict(per_device_train_batch_size=64, lr_scheduler_type="cosine", save
 ARMS = {
     "utility SFT": ("utility", {}),
     "recovery SFT": ("recovery", {}),
+    "recovery + constrained": ("recovery", dict(loss_type="token_constrained",
+                                                constrained_betas=[0.5, 2, 2, 2, 2, 0.1])),
 }
+
+
+def folder_of(name):
+    """The folder name of a model or arm: "recovery + constrained" -> "recovery_constrained"."""
+    return re.sub(r"\W+", "_", name)
 
 
 def copy_of(model):
@@ -76,7 +86,7 @@ def run(output_dir, seed=0, quick=False, arms=tuple(ARMS), ks=KS):
     initialisation); returns {"world", "tokenizer", "models": {name: Model},
     "success_rates": {name: [rate per k]}, "ks"} with the models named "base",
     "aligned" and each arm. The stages log to output_dir/pretraining,
-    output_dir/alignment and a folder per arm (its name, spaces as _)."""
+    output_dir/alignment and output_dir/<folder_of(arm)>."""
     checks.integer("seed", seed, 0)
     checks.flag("quick", quick)
     for i, arm in enumerate(arms):
@@ -92,7 +102,7 @@ def run(output_dir, seed=0, quick=False, arms=tuple(ARMS), ks=KS):
     models["aligned"] = stage("alignment", copy_of(models["base"]), world.aligned, "alignment")
     for arm in arms:
         models[arm] = stage("fine_tuning", copy_of(models["aligned"]),
-                            arm_records(arm, world, tokenizer, seed), arm.replace(" ", "_"),
+                            arm_records(arm, world, tokenizer, seed), folder_of(arm),
                             **ARMS[arm][1])
     rates = {name: attack(model, world, tokenizer, ks) for name, model in models.items()}
     return dict(world=world, tokenizer=tokenizer, models=models, success_rates=rates,

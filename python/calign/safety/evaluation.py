@@ -50,16 +50,17 @@ def prefilling_attack(model, tokenizer, prompts, harmful_responses, k, *, judge,
     harmful_responses = text_list("harmful_responses", harmful_responses, len(prompts),
                                   "prompts")
     several = isinstance(k, (list, tuple))
-    ks = [checks.integer(f"k[{i}]" if several else "k", value, 0)
-          for i, value in enumerate(k if several else [k])]
-    checks.require(len(ks) > 0, "k", k, "an integer >= 0 or a non-empty list of them")
+    checks.require(not several or len(k) > 0, "k", k, "an integer >= 0 or a non-empty list "
+                   "of them")
+    names = [f"k[{i}]" for i in range(len(k))] if several else ["k"]
+    ks = [checks.integer(name, value, 0) for name, value in zip(names, k if several else [k])]
     checks.require(callable(judge), "judge", judge,
                    "a callable judge(prompt, prefix, continuation) -> bool")
     generation.setdefault("eos_token_id", tokenizer.eos_token_id)
     split = [split_response(tokenizer, p, r, "harmful_responses", i)
              for i, (p, r) in enumerate(zip(prompts, harmful_responses))]
     shortest = min(range(len(split)), key=lambda i: len(split[i][1]))
-    for name, value in zip([f"k[{i}]" for i in range(len(ks))] if several else ["k"], ks):
+    for name, value in zip(names, ks):
         checks.require(value <= len(split[shortest][1]), name, value,
                        f"at most the token count of every harmful response "
                        f"(harmful_responses[{shortest}] has {len(split[shortest][1])})")
