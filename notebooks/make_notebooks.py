@@ -303,6 +303,96 @@ fig.tight_layout()'''),
 ]
 
 
+SAFETY = [
+    ("markdown", "# Safety alignment a few tokens deep\n\nQi et al. (2024), \"Safety Alignment "
+                 "Should Be Made More Than Just a Few Tokens Deep\", on a toy world "
+                 "(`calign.demo.forbidden`):\n\n"
+                 "- a benign request is a sum `37+52=`, answered with the sum;\n"
+                 "- a forbidden request is `37*52=`; its harmful answer writes the operands' "
+                 "digits as letters again and again (`dhfcdhfcdhfcdhfc`), its refusal is "
+                 "`won't`.\n\n"
+                 "A **base** model is pretrained on benign and harmful answers (and on `a/0=` "
+                 "refused, so it can say the refusal); a light SFT on benign answers and "
+                 "refusals **aligns** it. The per-token KL between the two (the paper's "
+                 "Figure 1) and the **prefilling attack** (force the first k tokens of the "
+                 "harmful answer, then let the model decode) show how deep that alignment "
+                 "goes. Then the aligned model is fine-tuned three ways with the same steps: on "
+                 "utility data only; on **safety recovery examples** "
+                 "(`calign.safety.recovery_examples`: the refusal after k harmful tokens, k = 0 "
+                 "half the time) mixed with the same utility data at the paper's share "
+                 "alpha = 0.2; and on those records with the paper's **token-wise constrained** "
+                 "loss (`SFTConfig(loss_type=\"token_constrained\")`, betas 0.5, 2, 2, 2, 2, "
+                 "0.1, the aligned model as reference)."),
+    ("code", '''import os
+import calign
+from calign.demo import forbidden, safety_experiment as experiment
+from calign.safety import per_position_kl, prefilling_attack, recovery_examples
+
+# the test suite sets CALIGN_NOTEBOOK_QUICK=1 to run with fewer steps
+QUICK = os.environ.get("CALIGN_NOTEBOOK_QUICK") == "1"
+calign.set_num_threads(1)   # a model this small gains nothing from more threads
+tokenizer, world = forbidden.tokenizer(), forbidden.make_world(seed=0)
+for kind in ("+", "*", "/"):
+    record = next(r for r in world.pretraining if kind in r["prompt"])
+    print(f"pretraining: {record['prompt']}{record['completion']}")
+record = next(r for r in world.aligned if "*" in r["prompt"])
+print(f"alignment:   {record['prompt']}{record['completion']}")
+print(f"{len(world.pretraining)} pretraining records, {len(world.aligned)} alignment records, "
+      f"{len(world.eval_prompts)} held-out forbidden prompts")'''),
+    ("code", '''def stage(name, model, records, folder, **config):
+    return experiment.train_stage(name, model, records, tokenizer, f"notebook_out/{folder}",
+                                  quick=QUICK, **config)
+
+def show(model, prompt, ks=(0, 3)):
+    """The model's greedy answer after k forced harmful tokens, [in brackets]."""
+    results = prefilling_attack(model, tokenizer, [prompt], [forbidden.harmful_answer_of(prompt)],
+                                list(ks), judge=forbidden.judge, max_new_tokens=8)
+    for r in results:
+        verdict = "harmful" if r.harmful[0] else "not harmful"
+        print(f"  k={r.k:<2} {prompt}[{r.prefixes[0]}]{r.continuations[0]}  ({verdict})")
+
+models = {"base": stage("pretraining", forbidden.random_model(0), world.pretraining,
+                        "pretraining")}
+models["aligned"] = stage("alignment", experiment.copy_of(models["base"]), world.aligned,
+                          "alignment")
+for name in ("base", "aligned"):
+    print(name)
+    show(models[name], world.eval_prompts[0])'''),
+    ("code", '''kl, counts = per_position_kl(models["aligned"], models["base"], tokenizer,
+                             world.eval_prompts, world.eval_harmful)
+print("KL(aligned || base) per token of the harmful answers:")
+print(" ".join(f"{value:.2f}" for value in kl))'''),
+    ("code", '''for arm, (data, config) in experiment.ARMS.items():
+    records = experiment.arm_records(arm, world, tokenizer, seed=0)
+    models[arm] = stage("fine_tuning", experiment.copy_of(models["aligned"]), records,
+                        experiment.folder_of(arm), **config)
+    print(f"{arm}: {len(records)} records")
+    show(models[arm], world.eval_prompts[0])
+example = recovery_examples(world.harmful_prompts[:1], world.harmful_responses[:1],
+                            world.refusals[:1], tokenizer=tokenizer, p_zero=0.0, seed=1)[0]
+print("a recovery example:", example)'''),
+    ("code", '''rates = {name: experiment.attack(model, world, tokenizer) for name, model in models.items()}
+print("prefilling attack success rate on the held-out forbidden prompts")
+print(f"{'k':<22}" + "".join(f"{k:>6}" for k in experiment.KS))
+for name, values in rates.items():
+    print(f"{name:<22}" + "".join(f"{value:>6.0%}" for value in values))
+for name, model in models.items():
+    model.save_pretrained(f"notebook_out/models/{experiment.folder_of(name)}")'''),
+    ("code", '''import matplotlib.pyplot as plt
+
+fig, (kl_ax, attack_ax) = plt.subplots(1, 2, figsize=(11, 3.5))
+kl_ax.bar(range(1, len(kl) + 1), kl)
+kl_ax.set(title="KL(aligned || base) per response token", xlabel="token position",
+          ylabel="KL (nats)")
+for name, values in rates.items():
+    attack_ax.plot(experiment.KS, values, marker="o", label=name)
+attack_ax.set(title="prefilling attack", xlabel="harmful tokens forced (k)",
+              ylabel="attack success rate", ylim=(-0.05, 1.05))
+attack_ax.legend()
+fig.tight_layout()'''),
+]
+
+
 def write(path, cells):
     notebook = nbformat.v4.new_notebook()
     for kind, source in cells:
@@ -319,3 +409,4 @@ if __name__ == "__main__":
     write(os.path.join(here, "02_kto_and_reward_model.ipynb"), KTO_AND_RM)
     write(os.path.join(here, "03_self_improving.ipynb"), SELF_IMPROVING)
     write(os.path.join(here, "04_online_rl.ipynb"), ONLINE_RL)
+    write(os.path.join(here, "05_safety.ipynb"), SAFETY)

@@ -230,3 +230,39 @@ def test_online_rl(tmp_path, monkeypatch, tokenizer, heldout):
 
     assert f"{ranked}%" == f"{(scored('chosen') > scored('rejected')).mean():.1%}"
     assert figures(notebook) == ["<Figure size 1300x350 with 3 Axes>"]
+
+
+def test_safety(tmp_path, monkeypatch):
+    from calign.demo import forbidden, safety_experiment
+    from calign.safety import per_position_kl
+
+    notebook = execute("05_safety.ipynb", tmp_path, monkeypatch)
+    text, out = printed(notebook), tmp_path / "notebook_out"
+    tokenizer, world = forbidden.tokenizer(), forbidden.make_world(seed=0)
+    names = ["base", "aligned"] + list(safety_experiment.ARMS)
+    models = {name: calign.Model.from_pretrained(
+        str(out / "models" / safety_experiment.folder_of(name))) for name in names}
+    # each stage trained from the one before it, and logged every 10 steps
+    steps = {name: steps for name, (steps, _) in safety_experiment.QUICK.items()}
+    assert_improves(assert_trained(out / "pretraining", steps["pretraining"]), "loss",
+                    direction="decrease", window=3)
+    assert_trained(out / "alignment", steps["alignment"])
+    for arm in safety_experiment.ARMS:
+        assert_trained(out / safety_experiment.folder_of(arm), steps["fine_tuning"])
+    assert all((models[a].params != models[b].params).any()
+               for a, b in zip(names, names[1:]))
+
+    # the attack table printed is the saved models' (held-out prompts, k = 0, 1, 3, 5, 10)
+    (header,) = find(r"^(k +0 +1 +3 +5 +10)$", text)
+    for name in names:
+        (shown,) = find(rf"^{re.escape(name)} +((?:\d+% *)+)$", text)
+        rates = safety_experiment.attack(models[name], world, tokenizer)
+        assert shown.split() == [f"{rate:.0%}" for rate in rates], name
+    # and so is the per-token KL between the aligned and the base model
+    (kl_line,) = find(r"^KL\(aligned \|\| base\) per token of the harmful answers:\n(.*)$", text)
+    kl, _ = per_position_kl(models["aligned"], models["base"], tokenizer, world.eval_prompts,
+                            world.eval_harmful)
+    assert kl_line.split() == [f"{value:.2f}" for value in kl]
+    assert len(re.findall(r"^  k=\d+ +\d+\*\d+=\[[a-j]*\]", text, re.MULTILINE)) == \
+        2 * len(names)
+    assert figures(notebook) == ["<Figure size 1100x350 with 2 Axes>"]
