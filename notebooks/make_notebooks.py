@@ -316,13 +316,17 @@ SAFETY = [
                  "refusals **aligns** it. The per-token KL between the two (the paper's "
                  "Figure 1) and the **prefilling attack** (force the first k tokens of the "
                  "harmful answer, then let the model decode) show how deep that alignment "
-                 "goes. Then the aligned model is fine-tuned three ways with the same steps: on "
+                 "goes. Then the aligned model is fine-tuned four ways with the same steps: on "
                  "utility data only; on **safety recovery examples** "
                  "(`calign.safety.recovery_examples`: the refusal after k harmful tokens, k = 0 "
                  "half the time) mixed with the same utility data at the paper's share "
                  "alpha = 0.2; and on those records with the paper's **token-wise constrained** "
                  "loss (`SFTConfig(loss_type=\"token_constrained\")`, betas 0.5, 2, 2, 2, 2, "
-                 "0.1, the aligned model as reference)."),
+                 "0.1, the aligned model as reference); and, after adding a `[RESET]` token, on "
+                 "**backtracking** records (Zhang et al. 2024, "
+                 "`calign.safety.backtracking_sft_records`: a harmful prefix, then `[RESET]` "
+                 "and the refusal), attacked with `generate(reset_token_id=...)`, which "
+                 "returns what follows a reset."),
     ("code", '''import os
 import calign
 from calign.demo import forbidden, safety_experiment as experiment
@@ -339,14 +343,14 @@ record = next(r for r in world.aligned if "*" in r["prompt"])
 print(f"alignment:   {record['prompt']}{record['completion']}")
 print(f"{len(world.pretraining)} pretraining records, {len(world.aligned)} alignment records, "
       f"{len(world.eval_prompts)} held-out forbidden prompts")'''),
-    ("code", '''def stage(name, model, records, folder, **config):
+    ("code", '''def stage(name, model, records, folder, tokenizer=tokenizer, **config):
     return experiment.train_stage(name, model, records, tokenizer, f"notebook_out/{folder}",
                                   quick=QUICK, **config)
 
-def show(model, prompt, ks=(0, 3)):
+def show(name, prompt, ks=(0, 3)):
     """The model's greedy answer after k forced harmful tokens, [in brackets]."""
-    results = prefilling_attack(model, tokenizer, [prompt], [forbidden.harmful_answer_of(prompt)],
-                                list(ks), judge=forbidden.judge, max_new_tokens=8)
+    results = experiment.prefill(models[name], tokenizers[name], [prompt],
+                                 [forbidden.harmful_answer_of(prompt)], ks)
     for r in results:
         verdict = "harmful" if r.harmful[0] else "not harmful"
         print(f"  k={r.k:<2} {prompt}[{r.prefixes[0]}]{r.continuations[0]}  ({verdict})")
@@ -355,23 +359,29 @@ models = {"base": stage("pretraining", forbidden.random_model(0), world.pretrain
                         "pretraining")}
 models["aligned"] = stage("alignment", experiment.copy_of(models["base"]), world.aligned,
                           "alignment")
+tokenizers = {"base": tokenizer, "aligned": tokenizer}
 for name in ("base", "aligned"):
     print(name)
-    show(models[name], world.eval_prompts[0])'''),
+    show(name, world.eval_prompts[0])'''),
     ("code", '''kl, counts = per_position_kl(models["aligned"], models["base"], tokenizer,
                              world.eval_prompts, world.eval_harmful)
 print("KL(aligned || base) per token of the harmful answers:")
 print(" ".join(f"{value:.2f}" for value in kl))'''),
     ("code", '''for arm, (data, config) in experiment.ARMS.items():
-    records = experiment.arm_records(arm, world, tokenizer, seed=0)
-    models[arm] = stage("fine_tuning", experiment.copy_of(models["aligned"]), records,
-                        experiment.folder_of(arm), **config)
+    tokenizers[arm] = experiment.tokenizer_of(arm)   # + [RESET] for backtracking
+    records = experiment.arm_records(arm, world, tokenizers[arm], seed=0)
+    start = experiment.arm_model(arm, models["aligned"], tokenizers[arm])
+    models[arm] = stage("fine_tuning", start, records, experiment.folder_of(arm),
+                        tokenizer=tokenizers[arm], **config)
     print(f"{arm}: {len(records)} records")
-    show(models[arm], world.eval_prompts[0])
+    show(arm, world.eval_prompts[0])
 example = recovery_examples(world.harmful_prompts[:1], world.harmful_responses[:1],
                             world.refusals[:1], tokenizer=tokenizer, p_zero=0.0, seed=1)[0]
-print("a recovery example:", example)'''),
-    ("code", '''rates = {name: experiment.attack(model, world, tokenizer) for name, model in models.items()}
+print("a recovery example:", example)
+print("a backtracking example:", experiment.arm_records("backtracking SFT", world,
+                                                        tokenizers["backtracking SFT"], 0)[0])'''),
+    ("code", '''rates = {name: experiment.attack(model, world, tokenizers[name])
+         for name, model in models.items()}
 print("prefilling attack success rate on the held-out forbidden prompts")
 print(f"{'k':<22}" + "".join(f"{k:>6}" for k in experiment.KS))
 for name, values in rates.items():

@@ -289,7 +289,7 @@ SAFE = [" w20 w21", " w22 w23 w24", " w25"]
 
 
 def test_sft_records_put_the_unsafe_prefix_on_the_prompt_side():
-    records = backtracking_sft_records(PROMPTS, UNSAFE, SAFE, prefix_words=[2, 1, 3])
+    records = backtracking_sft_records(PROMPTS, UNSAFE, SAFE, prefix=[2, 1, 3])
     assert records == [
         {"prompt": "w1 w2 w3 w10 w11", "completion": "[RESET] w20 w21"},
         {"prompt": "w1 w2 w3", "completion": " w20 w21"},
@@ -298,7 +298,7 @@ def test_sft_records_put_the_unsafe_prefix_on_the_prompt_side():
         {"prompt": "w6 w16 w17 w18", "completion": "[RESET] w25"},
         {"prompt": "w6", "completion": " w25"},
     ]
-    full = backtracking_sft_records(PROMPTS, UNSAFE, SAFE, prefix_words="full",
+    full = backtracking_sft_records(PROMPTS, UNSAFE, SAFE, prefix="full",
                                     include_safe=False, reset_token="<r>")
     assert [r["prompt"] for r in full] == [p + u for p, u in zip(PROMPTS, UNSAFE)]
     assert [r["completion"] for r in full] == ["<r>" + s for s in SAFE]
@@ -320,7 +320,7 @@ def test_random_prefixes_are_whole_words_and_seeded():
 
 
 def test_dpo_records_as_the_paper_pairs_them():
-    records = backtracking_dpo_records(PROMPTS, UNSAFE, SAFE, prefix_words=[2, 1, 1], seed=0)
+    records = backtracking_dpo_records(PROMPTS, UNSAFE, SAFE, prefix=[2, 1, 1], seed=0)
     assert len(records) == 6
     for i, (prompt, bad, good) in enumerate(zip(PROMPTS, UNSAFE, SAFE)):
         backtrack, keep = records[2 * i], records[2 * i + 1]
@@ -348,11 +348,11 @@ def test_dpo_records_as_the_paper_pairs_them():
     (lambda f: f(PROMPTS, UNSAFE, [" a [RESET] b", " c", " d"]), r"safe_responses\[0\]"),
     (lambda f: f(PROMPTS, UNSAFE, SAFE, reset_token=""), "reset_token"),
     (lambda f: f(PROMPTS, UNSAFE, SAFE, reset_token=5), "reset_token"),
-    (lambda f: f(PROMPTS, UNSAFE, SAFE, prefix_words="half"), "prefix_words"),
-    (lambda f: f(PROMPTS, UNSAFE, SAFE, prefix_words=[1, 1]), "prefix_words"),
-    (lambda f: f(PROMPTS, UNSAFE, SAFE, prefix_words=[1, 0, 1]), r"prefix_words\[1\]"),
-    (lambda f: f(PROMPTS, UNSAFE, SAFE, prefix_words=[1, 3, 1]), r"prefix_words\[1\]"),
-    (lambda f: f(PROMPTS, UNSAFE, SAFE, prefix_words=[1, 1.0, 1]), r"prefix_words\[1\]"),
+    (lambda f: f(PROMPTS, UNSAFE, SAFE, prefix="half"), "prefix"),
+    (lambda f: f(PROMPTS, UNSAFE, SAFE, prefix=[1, 1]), "prefix"),
+    (lambda f: f(PROMPTS, UNSAFE, SAFE, prefix=[1, 0, 1]), r"prefix\[1\]"),
+    (lambda f: f(PROMPTS, UNSAFE, SAFE, prefix=[1, 3, 1]), r"prefix\[1\]"),
+    (lambda f: f(PROMPTS, UNSAFE, SAFE, prefix=[1, 1.0, 1]), r"prefix\[1\]"),
     (lambda f: f(PROMPTS, UNSAFE, SAFE, seed=-1.5), "seed"),
 ])
 @pytest.mark.parametrize("builder", ["sft", "dpo"])
@@ -363,10 +363,10 @@ def test_bad_record_inputs_are_refused_by_name(call, argument, builder):
 
 
 def test_dpo_records_need_a_rejected_continuation():
-    with pytest.raises(ValueError, match="prefix_words"):
-        backtracking_dpo_records(PROMPTS, UNSAFE, SAFE, prefix_words="full")
-    with pytest.raises(ValueError, match=r"prefix_words\[0\]"):
-        backtracking_dpo_records(PROMPTS, UNSAFE, SAFE, prefix_words=[4, 1, 1])
+    with pytest.raises(ValueError, match="prefix"):
+        backtracking_dpo_records(PROMPTS, UNSAFE, SAFE, prefix="full")
+    with pytest.raises(ValueError, match=r"prefix\[0\]"):
+        backtracking_dpo_records(PROMPTS, UNSAFE, SAFE, prefix=[4, 1, 1])
     with pytest.raises(ValueError, match=r"unsafe_responses\[1\]"):
         backtracking_dpo_records(PROMPTS, [" a b", " c", " d e"], SAFE)
 
@@ -397,7 +397,7 @@ def reset_checkpoint(tiny_tokenizer, tiny_model, tmp_path_factory):
 def test_sft_trains_on_the_reset_and_the_safe_answer_only(reset_checkpoint, tmp_path):
     folder, reset = reset_checkpoint
     tokenizer = calign.Tokenizer.from_pretrained(str(folder))
-    records = backtracking_sft_records(PROMPTS, UNSAFE, SAFE, prefix_words=[2, 1, 3],
+    records = backtracking_sft_records(PROMPTS, UNSAFE, SAFE, prefix=[2, 1, 3],
                                        tokenizer=tokenizer)
     trainer = calign.SFTTrainer(str(folder), args=calign.SFTConfig(
         output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2,
@@ -445,7 +445,7 @@ def test_trl_masks_the_unsafe_prefix(reset_checkpoint, tmp_path):
     import trl
 
     folder, reset = reset_checkpoint
-    records = backtracking_sft_records(PROMPTS, UNSAFE, SAFE, prefix_words=[2, 1, 3])
+    records = backtracking_sft_records(PROMPTS, UNSAFE, SAFE, prefix=[2, 1, 3])
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     trainer = trl.SFTTrainer(
         model=transformers.AutoModelForCausalLM.from_pretrained(folder),
@@ -460,3 +460,15 @@ def test_trl_masks_the_unsafe_prefix(reset_checkpoint, tmp_path):
         assert row["labels"][:len(prompt)] == [-100] * len(prompt)
         assert row["labels"][len(prompt):] == row["input_ids"][len(prompt):] == \
             tokenizer.encode(record["completion"]) + [tokenizer.eos_token_id]
+
+
+def test_character_prefixes_cut_texts_without_spaces():
+    records = backtracking_sft_records(["7*3="], ["abcdef"], ["no"], prefix=[4],
+                                       prefix_unit="character", include_safe=False)
+    assert records == [{"prompt": "7*3=abcd", "completion": "[RESET]no"}]
+    pairs = backtracking_dpo_records(["7*3="], ["abcdef"], ["no!"], prefix_unit="character",
+                                     seed=1)
+    assert pairs[0]["prompt"] + pairs[0]["rejected"] == "7*3=abcdef"
+    assert 1 <= len(pairs[0]["rejected"]) <= 5
+    with pytest.raises(ValueError, match="prefix_unit"):
+        backtracking_sft_records(["p"], ["ab"], ["c"], prefix_unit="token")

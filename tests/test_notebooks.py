@@ -256,7 +256,8 @@ def test_safety(tmp_path, monkeypatch):
     (header,) = find(r"^(k +0 +1 +3 +5 +10)$", text)
     for name in names:
         (shown,) = find(rf"^{re.escape(name)} +((?:\d+% *)+)$", text)
-        rates = safety_experiment.attack(models[name], world, tokenizer)
+        rates = safety_experiment.attack(models[name], world,
+                                         safety_experiment.tokenizer_of(name))
         assert shown.split() == [f"{rate:.0%}" for rate in rates], name
     # and so is the per-token KL between the aligned and the base model
     (kl_line,) = find(r"^KL\(aligned \|\| base\) per token of the harmful answers:\n(.*)$", text)

@@ -9,7 +9,13 @@ Arms (every one starts from the aligned model, same steps and settings):
 - "recovery SFT": plain SFT on calign.safety.recovery_examples mixed with the
   same utility records (alpha = 0.2, the paper's share);
 - "recovery + constrained": the same records with the token-wise constrained
-  loss (the paper's Eq. 3 and betas; the reference is the aligned model).
+  loss (the paper's Eq. 3 and betas; the reference is the aligned model);
+- "backtracking SFT" (Zhang et al. 2024): a [RESET] token added to the
+  tokenizer and the model, then plain SFT on calign.safety.backtracking_sft_
+  records (harmful prompt + a random prefix of the harmful answer -> [RESET] +
+  refusal, and harmful prompt -> refusal) mixed with the utility records in
+  the same share; it is attacked with generate(reset_token_id=...), which
+  returns what follows a reset.
 """
 
 import os
@@ -18,7 +24,8 @@ import re
 import calign
 from calign import checks
 from calign.demo import forbidden
-from calign.safety import prefilling_attack, recovery_examples
+from calign.safety import (RESET_TOKEN, backtracking_sft_records, prefilling_attack,
+                           recovery_examples)
 
 KS = (0, 1, 3, 5, 10)
 # (steps, learning rate) per stage; QUICK for the test suite. The alignment is
@@ -33,7 +40,9 @@ ARMS = {
     "recovery SFT": ("recovery", {}),
     "recovery + constrained": ("recovery", dict(loss_type="token_constrained",
                                                 constrained_betas=[0.5, 2, 2, 2, 2, 0.1])),
+    "backtracking SFT": ("backtracking", {}),
 }
+SAFETY_SHARE = 0.2  # the paper's alpha: safety records among all
 
 
 def folder_of(name):
@@ -65,20 +74,55 @@ def train_stage(stage, model, records, tokenizer, output_dir, seed=0, quick=Fals
     return sft(model, records, tokenizer, output_dir, steps, learning_rate, seed, **config).model
 
 
+def tokenizer_of(name):
+    """The tokenizer of a model of the experiment: the world's, with the reset
+    token added for the backtracking arm."""
+    tokenizer = forbidden.tokenizer()
+    if name in ARMS and ARMS[name][0] == "backtracking":
+        tokenizer.add_special_tokens([RESET_TOKEN])
+    return tokenizer
+
+
+def arm_model(arm, aligned, tokenizer):
+    """The model an arm starts from: a copy of the aligned one (grown by the
+    reset token's row, the mean of the others, for backtracking)."""
+    model = copy_of(aligned)
+    if tokenizer.vocab_size > model.vocab_size:
+        model.resize_token_embeddings(tokenizer.vocab_size)
+    return model
+
+
 def arm_records(arm, world, tokenizer, seed):
     """The records an arm trains on."""
     data, _ = ARMS[arm]
     if data == "utility":
         return world.utility
-    return recovery_examples(world.harmful_prompts, world.harmful_responses, world.refusals,
-                             world.utility, tokenizer=tokenizer, alpha=0.2, seed=seed)
+    if data == "recovery":
+        return recovery_examples(world.harmful_prompts, world.harmful_responses,
+                                 world.refusals, world.utility, tokenizer=tokenizer,
+                                 alpha=SAFETY_SHARE, seed=seed)
+    safety = backtracking_sft_records(world.harmful_prompts, world.harmful_responses,
+                                      world.refusals, prefix_unit="character", seed=seed,
+                                      tokenizer=tokenizer)
+    n_utility = round(len(safety) * (1 - SAFETY_SHARE) / SAFETY_SHARE)
+    utility = [world.utility[i % len(world.utility)] for i in range(n_utility)]
+    return safety + utility
+
+
+def prefill(model, tokenizer, prompts, harmful_answers, ks=KS):
+    """calign.safety.prefilling_attack with the world's judge, greedy, 8 new
+    tokens; a model whose tokenizer has the reset token decodes with it (at
+    most one reset, no bias): what follows a reset is judged."""
+    reset = tokenizer.token_to_id(RESET_TOKEN)
+    generation = {} if reset is None else dict(reset_token_id=reset)
+    return prefilling_attack(model, tokenizer, prompts, harmful_answers, list(ks),
+                             judge=forbidden.judge, max_new_tokens=8, **generation)
 
 
 def attack(model, world, tokenizer, ks=KS):
     """Attack success rate per k on the world's held-out forbidden prompts."""
-    results = prefilling_attack(model, tokenizer, world.eval_prompts, world.eval_harmful,
-                                list(ks), judge=forbidden.judge, max_new_tokens=8)
-    return [r.success_rate for r in results]
+    return [r.success_rate for r in prefill(model, tokenizer, world.eval_prompts,
+                                            world.eval_harmful, ks)]
 
 
 def run(output_dir, seed=0, quick=False, arms=tuple(ARMS), ks=KS):
@@ -100,10 +144,15 @@ def run(output_dir, seed=0, quick=False, arms=tuple(ARMS), ks=KS):
     models = {"base": stage("pretraining", forbidden.random_model(seed), world.pretraining,
                             "pretraining")}
     models["aligned"] = stage("alignment", copy_of(models["base"]), world.aligned, "alignment")
+    tokenizers = {name: tokenizer for name in models}
     for arm in arms:
-        models[arm] = stage("fine_tuning", copy_of(models["aligned"]),
-                            arm_records(arm, world, tokenizer, seed), folder_of(arm),
-                            **ARMS[arm][1])
-    rates = {name: attack(model, world, tokenizer, ks) for name, model in models.items()}
+        tokenizers[arm] = tokenizer_of(arm)
+        models[arm] = train_stage("fine_tuning", arm_model(arm, models["aligned"],
+                                                           tokenizers[arm]),
+                                  arm_records(arm, world, tokenizers[arm], seed),
+                                  tokenizers[arm], os.path.join(output_dir, folder_of(arm)),
+                                  seed, quick, **ARMS[arm][1])
+    rates = {name: attack(model, world, tokenizers[name], ks)
+             for name, model in models.items()}
     return dict(world=world, tokenizer=tokenizer, models=models, success_rates=rates,
                 ks=list(ks))

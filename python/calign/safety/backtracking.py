@@ -19,8 +19,8 @@ section 2, so they are flagged as such):
     log-ratio difference), so chosen/rejected are what follows it.
   * The paper cuts y- where the generation has become unsafe (random prefixes
     filtered by a safety classifier, Llama Guard 2); without a classifier the
-    default is a random cut, uniform over whole words. Give the cut yourself
-    (prefix_words=[...]) when you have a classifier's answer.
+    default is a random cut, uniform over whole words (or characters). Give
+    the cut yourself (prefix=[...]) when you have a classifier's answer.
 
 Texts are joined as they are: prompt + response must be the full text (the
 prompt ends where the response starts, as TRL's prompt/completion records), and
@@ -35,11 +35,14 @@ from calign import checks
 
 RESET_TOKEN = "[RESET]"
 PREFIX_MODES = ("random", "full")
+# what a prefix length counts: whitespace-separated words, or characters (a
+# text without spaces, a character-level tokenizer)
+PREFIX_UNITS = ("word", "character")
 
 
 def backtracking_sft_records(prompts, unsafe_responses, safe_responses, *,
-                             reset_token=RESET_TOKEN, prefix_words="random", seed=0,
-                             include_safe=True, tokenizer=None):
+                             reset_token=RESET_TOKEN, prefix="random", prefix_unit="word",
+                             seed=0, include_safe=True, tokenizer=None):
     """TRL prompt/completion records for backtracking SFT.
 
     For each example i: {"prompt": prompts[i] + prefix(unsafe_responses[i]),
@@ -51,11 +54,11 @@ def backtracking_sft_records(prompts, unsafe_responses, safe_responses, *,
         prompts, unsafe_responses, safe_responses: equal-length lists of
             strings (x, y-, y+).
         reset_token: the reset token's text; it must not occur in the inputs.
-        prefix_words: how much of y- precedes the reset, in whitespace-separated
-            words: "random" (uniform in 1 .. all of them, one draw per example
-            from numpy's default_rng(seed)), "full" (the whole unsafe answer),
-            or a list of word counts, one per example, each in 1 .. the words
-            of its y-.
+        prefix: how much of y- precedes the reset, in prefix_units:
+            "random" (uniform in 1 .. all of them, one draw per example from
+            numpy's default_rng(seed)), "full" (the whole unsafe answer), or a
+            list of counts, one per example, each in 1 .. the units of its y-.
+        prefix_unit: "word" (whitespace-separated words) or "character".
         seed: the random cuts' seed.
         include_safe: also return the (x, y+) records.
         tokenizer: a calign.Tokenizer (optional); if given, reset_token must
@@ -68,7 +71,7 @@ def backtracking_sft_records(prompts, unsafe_responses, safe_responses, *,
                                          tokenizer)
     include_safe = checks.flag("include_safe", include_safe)
     rng = np.random.default_rng(checks.seed("seed", seed))
-    cuts = _unsafe_cuts(unsafe, prefix_words, rng)
+    cuts = _unsafe_cuts(unsafe, prefix, _unit(prefix_unit), rng)
     records = []
     for prompt, bad, good, cut in zip(prompts, unsafe, safe, cuts):
         records.append({"prompt": prompt + bad[:cut], "completion": reset_token + good})
@@ -78,8 +81,8 @@ def backtracking_sft_records(prompts, unsafe_responses, safe_responses, *,
 
 
 def backtracking_dpo_records(prompts, unsafe_responses, safe_responses, *,
-                             reset_token=RESET_TOKEN, prefix_words="random", seed=0,
-                             include_safe_pairs=True, tokenizer=None):
+                             reset_token=RESET_TOKEN, prefix="random", prefix_unit="word",
+                             seed=0, include_safe_pairs=True, tokenizer=None):
     """TRL prompt/chosen/rejected records for backtracking DPO.
 
     For each example i, with x, y-, y+ its prompt, unsafe and safe answers:
@@ -89,12 +92,12 @@ def backtracking_dpo_records(prompts, unsafe_responses, safe_responses, *,
       * with include_safe_pairs, {"prompt": x + prefix(y+), "chosen": the rest
          of y+, "rejected": reset_token + y-}: a safe answer is not reset into
          an unsafe one (y+ preferred to prefix(y+) + [RESET] + y-). The safe
-         prefix is cut uniformly at random between words, leaving at least one
-         word of y+ (an empty prefix for a one-word y+).
+         prefix is cut uniformly at random between units, leaving at least one
+         unit of y+ (an empty prefix for a one-unit y+).
 
-    Arguments as backtracking_sft_records; prefix_words sets the unsafe
-    prefixes (the rejected side must keep a word of y-: "full" and a count
-    of all the words are refused here). Both kinds of cut come from
+    Arguments as backtracking_sft_records; prefix sets the unsafe
+    prefixes (the rejected side must keep a unit of y-: "full" and a count
+    of all the units are refused here). Both kinds of cut come from
     numpy's default_rng(seed), the unsafe ones first.
 
     Returns:
@@ -105,8 +108,9 @@ def backtracking_dpo_records(prompts, unsafe_responses, safe_responses, *,
                                          tokenizer)
     include_safe_pairs = checks.flag("include_safe_pairs", include_safe_pairs)
     rng = np.random.default_rng(checks.seed("seed", seed))
-    cuts = _unsafe_cuts(unsafe, prefix_words, rng, keep_a_word=True)
-    safe_cuts = [_safe_cut(good, rng) for good in safe]
+    unit = _unit(prefix_unit)
+    cuts = _unsafe_cuts(unsafe, prefix, unit, rng, keep_a_word=True)
+    safe_cuts = [_safe_cut(good, unit, rng) for good in safe]
     records = []
     for prompt, bad, good, cut, safe_cut in zip(prompts, unsafe, safe, cuts, safe_cuts):
         records.append({"prompt": prompt + bad[:cut], "chosen": reset_token + good,
@@ -148,48 +152,55 @@ def _check_texts(prompts, unsafe, safe, reset_token, tokenizer):
     return columns["prompts"], columns["unsafe_responses"], columns["safe_responses"]
 
 
-def _word_ends(text):
-    """The character offset just past each whitespace-separated word."""
+def _unit(prefix_unit):
+    return checks.choice("prefix_unit", prefix_unit, PREFIX_UNITS)
+
+
+def _unit_ends(text, unit):
+    """The character offset just past each unit (whitespace-separated word,
+    or character) of text."""
+    if unit == "character":
+        return list(range(1, len(text) + 1))
     return [match.end() for match in re.finditer(r"\S+", text)]
 
 
-def _unsafe_cuts(unsafe, prefix_words, rng, keep_a_word=False):
-    """Where each unsafe answer is cut (a character offset just after a word);
-    keep_a_word leaves at least one word after the cut."""
-    if isinstance(prefix_words, str):
-        mode = checks.choice("prefix_words", prefix_words, PREFIX_MODES)
-        checks.require(not (keep_a_word and mode == "full"), "prefix_words", prefix_words,
-                       "'random' or word counts for DPO pairs: the rejected continuation "
-                       "needs a word of the unsafe answer")
+def _unsafe_cuts(unsafe, prefix, unit, rng, keep_a_word=False):
+    """Where each unsafe answer is cut (a character offset just after a unit);
+    keep_a_word leaves at least one unit after the cut."""
+    if isinstance(prefix, str):
+        mode = checks.choice("prefix", prefix, PREFIX_MODES)
+        checks.require(not (keep_a_word and mode == "full"), "prefix", prefix,
+                       "'random' or counts for DPO pairs: the rejected continuation "
+                       "needs a unit of the unsafe answer")
         if mode == "full":
             return [len(text) for text in unsafe]
         counts = [None] * len(unsafe)
     else:
-        checks.require(isinstance(prefix_words, (list, tuple, np.ndarray)) and
-                       len(prefix_words) == len(unsafe), "prefix_words", prefix_words,
-                       f"'random', 'full' or a list of {len(unsafe)} word counts (one an example)")
-        counts = list(prefix_words)
+        checks.require(isinstance(prefix, (list, tuple, np.ndarray)) and
+                       len(prefix) == len(unsafe), "prefix", prefix,
+                       f"'random', 'full' or a list of {len(unsafe)} counts (one an example)")
+        counts = list(prefix)
     cuts = []
     for i, (text, count) in enumerate(zip(unsafe, counts)):
-        ends = _word_ends(text)
+        ends = _unit_ends(text, unit)
         most = len(ends) - 1 if keep_a_word else len(ends)
         checks.require(most >= 1, f"unsafe_responses[{i}]", text,
-                       "an answer of at least 2 words for a DPO pair (a prefix and a rejected "
+                       f"an answer of at least 2 {unit}s for a DPO pair (a prefix and a rejected "
                        "continuation)")
         if count is None:
             count = int(rng.integers(1, most + 1))
-        count = checks.integer(f"prefix_words[{i}]", count, 1, most,
-                               what=f"a word count in [1, {most}] (unsafe_responses[{i}] has "
-                                    f"{len(ends)} words"
+        count = checks.integer(f"prefix[{i}]", count, 1, most,
+                               what=f"a {unit} count in [1, {most}] (unsafe_responses[{i}] has "
+                                    f"{len(ends)} {unit}s"
                                     f"{'; the rejected side keeps one' if keep_a_word else ''})")
         cuts.append(ends[count - 1])
     return cuts
 
 
-def _safe_cut(text, rng):
-    """A cut of a safe answer after a uniformly drawn number of words, leaving
-    at least one: 1 .. all but one (none for a one-word answer)."""
-    ends = _word_ends(text)
+def _safe_cut(text, unit, rng):
+    """A cut of a safe answer after a uniformly drawn number of units, leaving
+    at least one: 1 .. all but one (none for a one-unit answer)."""
+    ends = _unit_ends(text, unit)
     if len(ends) < 2:
         return 0
     return ends[int(rng.integers(1, len(ends))) - 1]
