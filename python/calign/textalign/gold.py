@@ -9,9 +9,9 @@ A pair is a block of lines:
     S [2| the council approved ] { on Monday } [0.4| a new budget ]
 
 An S line is one summary sentence made of fragments: `[k| words ]` words cut
-from document sentence k (found where they occur there, which must be one
-place; `[k.w| ...]` names the first word w when they occur more than once),
-and `{ words }` new words. Every token of an S line lies in a fragment.
+from document sentence k (found where they occur there, ignoring case, which
+must be one place; `[k.w| ...]` names the first word w when they occur more
+than once), and new words, bare or grouped as `{ words }`.
 Lines starting with '#' and blank lines are skipped."""
 
 from typing import NamedTuple
@@ -27,6 +27,8 @@ class AlignedPair(NamedTuple):
 
 
 def find_run(sentence, words):
+    """Where words occur in sentence, ignoring case."""
+    sentence, words = [t.lower() for t in sentence], [t.lower() for t in words]
     return [w for w in range(len(sentence) - len(words) + 1)
             if sentence[w:w + len(words)] == words]
 
@@ -59,6 +61,8 @@ def parse_summary_line(tokens, document, where):
                 if start not in found:
                     raise ValueError(f"{where}: {' '.join(run)!r} is not at word {start} of "
                                      f"sentence {s}")
+            elif not found:
+                raise ValueError(f"{where}: {' '.join(run)!r} does not occur in sentence {s}")
             elif len(found) != 1:
                 raise ValueError(f"{where}: {' '.join(run)!r} occurs {len(found)} times in "
                                  f"sentence {s}; name its first word as [{s}.w|")
@@ -66,8 +70,12 @@ def parse_summary_line(tokens, document, where):
                 start = found[0]
             words += run
             links += [(s, start + i) for i in range(len(run))]
-        else:
-            raise ValueError(f"{where}: token {opening!r} lies outside a fragment")
+        elif opening.startswith("[") or opening in ("]", "}"):
+            raise ValueError(f"{where}: malformed fragment mark {opening!r}")
+        else:  # a bare new word
+            words.append(opening)
+            links.append(None)
+            close = t
         t = close + 1
     if not words:
         raise ValueError(f"{where}: a summary sentence without words")
