@@ -55,7 +55,9 @@ double ta_rule_logp(const ta_rules *r, int s1, int w1, int s2, int w2);
  * caller checked them). Writes best[j] = the chosen candidate's global index,
  * or -1 for a new word, and log_score[k] = the best path's log-score.
  * Scratch: delta and back, one per candidate (cand_off[n_words] each).
- * Ties go to the earlier predecessor word, then the earlier candidate. */
+ * Ties go to the start (the words before all new), then to the earlier
+ * predecessor word, then to its earlier candidate; at the end, to no
+ * position at all, then to the earlier last word. */
 void ta_decompose(int64_t *best, double *log_score, double *delta, int64_t *back,
                   const int64_t *word_off, const int64_t *cand_off, const int32_t *cand_sent,
                   const int32_t *cand_word, int64_t n_problems, const ta_rules *r,
