@@ -181,6 +181,7 @@ extern PyMethodDef calign_wordalign_methods[];
 extern PyMethodDef calign_model_methods[];
 extern PyMethodDef calign_optim_methods[];
 extern PyMethodDef calign_session_methods[];
+extern PyMethodDef calign_textalign_methods[];
 
 /* A binding file adds what it declares to the dict calign._C.describe()
  * returns: names of enums and settings, defined once in the C headers. */

@@ -111,6 +111,7 @@ static PyMethodDef *const method_tables[] = {
     calign_threads_methods, calign_ops_methods, calign_losses_methods,
     calign_rl_losses_methods, calign_wordalign_methods, calign_model_methods, calign_optim_methods,
     calign_session_methods,
+    calign_textalign_methods,
 };
 
 static struct PyModuleDef calign_module = {
