@@ -2,6 +2,7 @@
 
     python mpi_child.py train RESULT_DIR JSON_OPTIONS
     python mpi_child.py buckets RESULT_DIR N BUCKET
+    python mpi_child.py wordalign RESULT_DIR
 
 `train` runs an unchanged training script (the trainer finds the ranks by
 itself); rank 0 writes result.json (the log history, the state) and
@@ -12,6 +13,11 @@ max_steps, save_steps, resume (a checkpoint folder or true), precompute,
 fail_at_step (rank 1 raises in that step), die_at_step (rank 1 exits
 without a word), fail_after_train (rank 1 raises outside the trainer while
 rank 0 waits in a barrier), eval.
+
+`wordalign` fits each model of WORDALIGN_MODELS on WORDALIGN_CORPUS with an
+unchanged script (fit() finds the ranks); rank 0 writes <name>.npz
+(model_state's arrays) and every rank the SHA-256 of its states to
+wordalign-rank<r>.sha.
 """
 
 import hashlib
@@ -23,7 +29,37 @@ import numpy as np
 
 import calign
 from calign import distributed
+from calign import wordalign
 from calign.testing.data import kto_records, preference_records, sft_records
+
+# (name, model maker): every kind of EM, the IBM2 also the other way round
+WORDALIGN_MODELS = (("ibm1", lambda: wordalign.IBM1()),
+                    ("ibm1_vb", lambda: wordalign.IBM1(alpha=0.1)),
+                    ("ibm2", lambda: wordalign.IBM2()),
+                    ("ibm2_reverse", lambda: wordalign.IBM2(reverse=True)),
+                    ("hmm", lambda: wordalign.HMM(ibm1_iterations=2)),
+                    ("joint", lambda: wordalign.JointHMM(ibm1_iterations=2)))
+WORDALIGN_ITERATIONS = 4
+
+
+def wordalign_corpus():
+    """A small corpus whose pairs split unevenly over 2 ranks."""
+    return wordalign.synthetic_corpus(301, seed=11, vocab_size=120)[0]
+
+
+def model_state(model):
+    """What EM learned, as arrays: the translation table(s), IBM2's tension,
+    the HMM's jump weights, the log-likelihoods."""
+    state = {"log_likelihoods": np.asarray(model.log_likelihoods, np.float64)}
+    directions = {"forward": model.forward, "reverse": model.reverse} \
+        if isinstance(model, wordalign.JointHMM) else {"": model}
+    for prefix, direction in directions.items():
+        state.update({prefix + key: value for key, value in
+                      zip(("row_start", "cols", "prob"), direction.table)})
+        state[prefix + "tension"] = np.float64(direction.tension)
+        if isinstance(direction, wordalign.HMM):
+            state[prefix + "jump"] = np.asarray(direction.jump, np.float64)
+    return state
 
 
 def write_rank_digest(out, weights):
@@ -91,6 +127,20 @@ def buckets(out, n, bucket):
         np.save(os.path.join(out, "sum.npy"), values)
 
 
+def wordalign_models(out):
+    world = distributed.world()
+    pairs = wordalign_corpus()
+    digest = hashlib.sha256()
+    for name, make in WORDALIGN_MODELS:
+        state = model_state(make().fit(pairs, iterations=WORDALIGN_ITERATIONS))
+        for key in sorted(state):
+            digest.update(np.ascontiguousarray(state[key]).tobytes())
+        if world.is_main:
+            np.savez(os.path.join(out, f"{name}.npz"), **state)
+    with open(os.path.join(out, f"wordalign-rank{world.rank}.sha"), "w") as f:
+        f.write(digest.hexdigest())
+
+
 def main(argv):
     mode, out = argv[1], argv[2]
     os.makedirs(out, exist_ok=True)
@@ -98,6 +148,8 @@ def main(argv):
         train(out, json.loads(argv[3]))
     elif mode == "buckets":
         buckets(out, int(argv[3]), int(argv[4]))
+    elif mode == "wordalign":
+        wordalign_models(out)
     else:
         raise ValueError(f"unknown mode {mode!r}")
 

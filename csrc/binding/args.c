@@ -480,6 +480,10 @@ int raise_status(int status, const char *message) {
         PyErr_SetString(PyExc_FloatingPointError, message && *message ? message :
                         "a value became NaN or infinite");
         return -1;
+    case CALIGN_ECALLBACK:
+        if (PyErr_Occurred()) return -1; /* the callback's own exception says why */
+        PyErr_SetString(PyExc_RuntimeError, message && *message ? message : "a callback failed");
+        return -1;
     default:
         PyErr_SetString(PyExc_ValueError, message && *message ? message : "invalid input");
         return -1;

@@ -146,8 +146,9 @@ PyObject *raise_printf(PyObject *type, const char *format, ...);
 int check_temperature(double temperature);
 
 /* A C layer's status (0 ok, CALIGN_ENOMEM, CALIGN_EINVAL, CALIGN_ENONFINITE,
- * see core/status.h) with its message as the matching Python exception;
- * returns -1 when it raised. */
+ * CALIGN_ECALLBACK, see core/status.h) with its message as the matching
+ * Python exception (a failed callback's: the exception it set, else a
+ * RuntimeError); returns -1 when it raised. */
 int raise_status(int status, const char *message);
 
 /* calign.losses' DPO settings (see losses.py, dpo_settings) into p; types

@@ -272,6 +272,51 @@ static PyObject *float_list(const double *x, int n) {
 
 /* ---- training ------------------------------------------------------------------- */
 
+/* wa_reducer's sum for a corpus sharded across processes: the Python callable
+ * (calign.distributed.World.sum_in_place) on a float64 view of the C buffer,
+ * called with the GIL, which training runs without. The view must not
+ * outlive the call (training frees the buffer): a callable that keeps it
+ * gets a RuntimeError. */
+static int sum_over_processes(void *callable, double *values, int64_t n) {
+    PyGILState_STATE gil = PyGILState_Ensure();
+    npy_intp length = (npy_intp)n;
+    int status = -1;
+    PyObject *view = PyArray_SimpleNewFromData(1, &length, NPY_FLOAT64, values);
+    if (view) {
+        PyObject *result = PyObject_CallOneArg(callable, view);
+        Py_XDECREF(result);
+        if (result && Py_REFCNT(view) != 1)
+            PyErr_SetString(PyExc_RuntimeError, "sum_in_place kept the array it was given, a "
+                                                "view of memory training frees: it must sum in "
+                                                "place and let it go");
+        else if (result)
+            status = 0;
+        Py_DECREF(view);
+    }
+    PyGILState_Release(gil);
+    return status;
+}
+
+typedef struct {
+    wa_reducer reducer;
+    const wa_reducer *sum; /* &reducer, or NULL for one process */
+} reducer_arg;
+
+/* O& converter of sum_in_place: None (one process holding the whole corpus)
+ * or a callable summing a float64 array over the processes in place. */
+static int to_reducer(PyObject *obj, void *arg) {
+    reducer_arg *a = arg;
+    if (obj == Py_None) return 1;
+    if (!PyCallable_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "sum_in_place must be a callable or None, not %.200s",
+                     Py_TYPE(obj)->tp_name);
+        return 0;
+    }
+    a->reducer = (wa_reducer){sum_over_processes, obj}; /* the call's arguments hold obj */
+    a->sum = &a->reducer;
+    return 1;
+}
+
 /* wa_start(model, corpus..., source_vocabulary_size, target_vocabulary_size):
  * the model's table becomes a uniform one over the corpus's word pairs */
 static PyObject *py_wa_start(PyObject *self, PyObject *args, PyObject *kwargs) {
@@ -302,20 +347,24 @@ done:
     return result;
 }
 
-/* wa_train(model, corpus..., iterations, ibm1_iterations=0, link_cache_bytes=2**30)
- * -> [log-likelihood of each iteration]: ibm1_iterations of IBM Model 1 EM,
- * then iterations of the model's own, on the corpus the model was started on */
+/* wa_train(model, corpus..., iterations, ibm1_iterations=0, link_cache_bytes=2**30,
+ * sum_in_place=None) -> [log-likelihood of each iteration]: ibm1_iterations
+ * of IBM Model 1 EM, then iterations of the model's own, on the corpus the
+ * model was started on; or, with sum_in_place, on this process's shard of it,
+ * the statistics of each iteration summed over the processes (wa_reducer) */
 static PyObject *py_wa_train(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"model", CORPUS_KEYWORDS, "iterations", "ibm1_iterations",
-                             "link_cache_bytes", NULL};
+                             "link_cache_bytes", "sum_in_place", NULL};
     model_arg model = {"model"};
     corpus_arg c = CORPUS_ARG;
     int_arg iterations = {"iterations", 0, INT_MAX, 0};
     int_arg ibm1_iterations = {"ibm1_iterations", 0, INT_MAX, 0};
     int_arg cache_bytes = {"link_cache_bytes", 0, INT64_MAX, 1 << 30};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&" CORPUS_FORMAT "O&|$O&O&:wa_train", kwlist,
-                                     to_model, &model, CORPUS_CONVERTERS(c), to_int, &iterations,
-                                     to_int, &ibm1_iterations, to_int, &cache_bytes))
+    reducer_arg reducer = {{NULL, NULL}, NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&" CORPUS_FORMAT "O&|$O&O&O&:wa_train",
+                                     kwlist, to_model, &model, CORPUS_CONVERTERS(c), to_int,
+                                     &iterations, to_int, &ibm1_iterations, to_int, &cache_bytes,
+                                     to_reducer, &reducer))
         return NULL;
     PyObject *result = NULL;
     double *logliks = NULL;
@@ -334,7 +383,8 @@ static PyObject *py_wa_train(PyObject *self, PyObject *args, PyObject *kwargs) {
     int threads = calign_num_threads(), status;
     Py_BEGIN_ALLOW_THREADS
     status = wa_model_train(&model.h->m, &c.corpus, (int)ibm1_iterations.value,
-                            (int)iterations.value, cache_bytes.value, logliks, threads, err);
+                            (int)iterations.value, cache_bytes.value, reducer.sum, logliks,
+                            threads, err);
     Py_END_ALLOW_THREADS
     if (raise_status(status, err) == 0) result = float_list(logliks, (int)n);
 done:
@@ -345,23 +395,26 @@ done:
 }
 
 /* wa_train_joint(forward, reverse, corpus..., iterations, ibm1_iterations=0,
- * agreement=True, link_cache_bytes=2**30) -> (forward's IBM1 log-likelihoods,
- * reverse's, the HMM iterations' summed over both): forward started on the
- * corpus, reverse on it with its sides swapped */
+ * agreement=True, link_cache_bytes=2**30, sum_in_place=None) -> (forward's
+ * IBM1 log-likelihoods, reverse's, the HMM iterations' summed over both):
+ * forward started on the corpus, reverse on it with its sides swapped;
+ * sum_in_place as wa_train's */
 static PyObject *py_wa_train_joint(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"forward", "reverse", CORPUS_KEYWORDS, "iterations",
-                             "ibm1_iterations", "agreement", "link_cache_bytes", NULL};
+                             "ibm1_iterations", "agreement", "link_cache_bytes", "sum_in_place",
+                             NULL};
     model_arg forward = {"forward"}, reverse = {"reverse"};
     corpus_arg c = CORPUS_ARG;
     int_arg iterations = {"iterations", 0, INT_MAX, 0};
     int_arg ibm1_iterations = {"ibm1_iterations", 0, INT_MAX / 2, 0};
     int_arg cache_bytes = {"link_cache_bytes", 0, INT64_MAX, 1 << 30};
     int agreement = 1;
+    reducer_arg reducer = {{NULL, NULL}, NULL};
     if (!PyArg_ParseTupleAndKeywords(args, kwargs,
-                                     "O&O&" CORPUS_FORMAT "O&|$O&pO&:wa_train_joint", kwlist,
+                                     "O&O&" CORPUS_FORMAT "O&|$O&pO&O&:wa_train_joint", kwlist,
                                      to_model, &forward, to_model, &reverse, CORPUS_CONVERTERS(c),
                                      to_int, &iterations, to_int, &ibm1_iterations, &agreement,
-                                     to_int, &cache_bytes))
+                                     to_int, &cache_bytes, to_reducer, &reducer))
         return NULL;
     PyObject *result = NULL;
     double *logliks = NULL;
@@ -380,7 +433,8 @@ static PyObject *py_wa_train_joint(PyObject *self, PyObject *args, PyObject *kwa
     int threads = calign_num_threads(), status;
     Py_BEGIN_ALLOW_THREADS
     status = wa_joint_train(&forward.h->m, &reverse.h->m, &c.corpus, n_ibm1, n_hmm, agreement,
-                            cache_bytes.value, logliks, logliks + 2 * n_ibm1, threads, err);
+                            cache_bytes.value, reducer.sum, logliks, logliks + 2 * n_ibm1,
+                            threads, err);
     Py_END_ALLOW_THREADS
     if (raise_status(status, err) < 0) goto done;
     PyObject *lists[3] = {float_list(logliks, n_ibm1), float_list(logliks + n_ibm1, n_ibm1),

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/simd.h"
+#include "core/status.h"
 
 /* the per-pair helpers, inlined into each SIMD clone of pair_posteriors */
 #define HELPER static inline __attribute__((always_inline))
@@ -291,14 +292,15 @@ static void update_jumps(wa_hmm *h, const double *raw) {
 }
 
 int wa_hmm_em_iteration(wa_table *t, wa_hmm *h, const wa_corpus *c, const wa_links *links,
-                        double *counts, int n_threads, double *loglik_out) {
+                        double *counts, const wa_reducer *sum, int n_threads,
+                        double *loglik_out) {
     n_threads = wa_team(n_threads, c);
     const int64_t n = t->n_entries;
     const int n_jumps = 2 * h->max_jump + 1;
     const size_t per_work = scratch_for(c);
     const size_t stride = per_work + n_jumps + 1; /* work, raw jump counts, loglik */
     double *scratch = calloc(stride * n_threads, sizeof(double));
-    if (!scratch) return -1;
+    if (!scratch) return CALIGN_ENOMEM;
     jump_kernel kernel;
     kernel_of(&kernel, h);
     memset(counts, 0, sizeof(double) * n * n_threads);
@@ -318,18 +320,24 @@ int wa_hmm_em_iteration(wa_table *t, wa_hmm *h, const wa_corpus *c, const wa_lin
     }
     reduce_blocks(scratch + per_work, stride, n_jumps + 1, n_threads);
     reduce_blocks(counts, n, n, n_threads);
-    double loglik = scratch[per_work + n_jumps];
-    wa_table_update(t, counts, h->alpha);
-    update_jumps(h, scratch + per_work);
+    /* the sums over the shards of the corpus: the counts, then the raw jump
+     * counts and the log-likelihood after them */
+    int status = wa_reduce(sum, counts, n);
+    if (status == CALIGN_OK) status = wa_reduce(sum, scratch + per_work, n_jumps + 1);
+    if (status == CALIGN_OK) {
+        *loglik_out = scratch[per_work + n_jumps];
+        wa_table_update(t, counts, h->alpha);
+        update_jumps(h, scratch + per_work);
+    }
     free(scratch);
-    *loglik_out = loglik;
-    return 0;
+    return status;
 }
 
 int wa_hmm_agreement_iteration(wa_table *t_f, wa_hmm *h_f, const wa_corpus *c_f,
                                const wa_links *links_f, double *counts_f, wa_table *t_r,
                                wa_hmm *h_r, const wa_corpus *c_r, const wa_links *links_r,
-                               double *counts_r, int n_threads, double *loglik_out) {
+                               double *counts_r, const wa_reducer *sum, int n_threads,
+                               double *loglik_out) {
     n_threads = wa_team(n_threads, c_f);
     const int64_t n_f = t_f->n_entries, n_r = t_r->n_entries;
     const int jumps_f = 2 * h_f->max_jump + 1, jumps_r = 2 * h_r->max_jump + 1;
@@ -340,7 +348,7 @@ int wa_hmm_agreement_iteration(wa_table *t_f, wa_hmm *h_f, const wa_corpus *c_f,
     /* forward work, reverse work, raw jump counts of each, loglik */
     const size_t stride = per_f + per_r + jumps_f + jumps_r + 1;
     double *scratch = calloc(stride * n_threads, sizeof(double));
-    if (!scratch) return -1;
+    if (!scratch) return CALIGN_ENOMEM;
     jump_kernel kernel_f, kernel_r;
     kernel_of(&kernel_f, h_f);
     kernel_of(&kernel_r, h_r);
@@ -391,15 +399,19 @@ int wa_hmm_agreement_iteration(wa_table *t_f, wa_hmm *h_f, const wa_corpus *c_f,
     reduce_blocks(scratch + per_f + per_r, stride, jumps_f + jumps_r + 1, n_threads);
     reduce_blocks(counts_f, n_f, n_f, n_threads);
     reduce_blocks(counts_r, n_r, n_r, n_threads);
-    const double *raw = scratch + per_f + per_r;
-    double loglik = raw[jumps_f + jumps_r];
-    wa_table_update(t_f, counts_f, h_f->alpha);
-    wa_table_update(t_r, counts_r, h_r->alpha);
-    update_jumps(h_f, raw);
-    update_jumps(h_r, raw + jumps_f);
+    double *raw = scratch + per_f + per_r;
+    int status = wa_reduce(sum, counts_f, n_f);
+    if (status == CALIGN_OK) status = wa_reduce(sum, counts_r, n_r);
+    if (status == CALIGN_OK) status = wa_reduce(sum, raw, jumps_f + jumps_r + 1);
+    if (status == CALIGN_OK) {
+        *loglik_out = raw[jumps_f + jumps_r];
+        wa_table_update(t_f, counts_f, h_f->alpha);
+        wa_table_update(t_r, counts_r, h_r->alpha);
+        update_jumps(h_f, raw);
+        update_jumps(h_r, raw + jumps_f);
+    }
     free(scratch);
-    *loglik_out = loglik;
-    return 0;
+    return status;
 }
 
 /* Viterbi path of one pair into best[0..J-1] (Vogel et al. 1996), max-product
@@ -486,7 +498,7 @@ static int decode_pairs(double *post, int32_t *best, const wa_table *t, const wa
     n_threads = wa_team(n_threads, c);
     const size_t per_work = scratch_for(c);
     double *scratch = malloc(sizeof(double) * per_work * n_threads);
-    if (!scratch) return -1;
+    if (!scratch) return CALIGN_ENOMEM;
     jump_kernel kernel;
     kernel_of(&kernel, h);
 #pragma omp parallel num_threads(n_threads)

@@ -29,11 +29,14 @@ typedef struct {
 
 /* One EM iteration: forward-backward (scaled) over every pair, then
  * t(f | e) and the jump weights from the posteriors. counts: n_entries
- * doubles per thread. Sets *loglik to the log-likelihood before the update
- * (NaN or -inf when the arithmetic broke down, e.g. a pair with no path of
- * probability > 0). Returns 0, -1 when out of memory (nothing updated). */
+ * doubles per thread. sum: the reducer of a sharded corpus (wa_reducer: the
+ * counts, then the jump counts and the log-likelihood), or NULL. Sets
+ * *loglik to the log-likelihood before the update (NaN or -inf when the
+ * arithmetic broke down, e.g. a pair with no path of probability > 0).
+ * Returns CALIGN_OK, CALIGN_ENOMEM or CALIGN_ECALLBACK (then nothing
+ * updated). */
 int wa_hmm_em_iteration(wa_table *t, wa_hmm *h, const wa_corpus *c, const wa_links *links,
-                        double *counts, int n_threads, double *loglik);
+                        double *counts, const wa_reducer *sum, int n_threads, double *loglik);
 
 /* One EM iteration of alignment by agreement (Liang, Taskar & Klein 2006),
  * training a forward model (f: t(target | source), corpus c_f) and a reverse
@@ -43,14 +46,17 @@ int wa_hmm_em_iteration(wa_table *t, wa_hmm *h, const wa_corpus *c, const wa_lin
  * posteriors, NULL of target word j with p_f(a_j = NULL) prod_i (1 -
  * p_r(b_i = j)) (and the same for the reverse), as the Berkeley Aligner
  * does; each model's jump weights come from its own posteriors.
- * counts_f, counts_r: n_entries doubles per thread of each table. Sets
- * *loglik to the sum of the two log-likelihoods before the update (NaN or
- * -inf as wa_hmm_em_iteration). Returns 0, -1 when out of memory (nothing
+ * counts_f, counts_r: n_entries doubles per thread of each table. sum: as
+ * wa_hmm_em_iteration's (both count tables, then both directions' jump counts
+ * and the log-likelihood). Sets *loglik to the sum of the two
+ * log-likelihoods before the update (NaN or -inf as wa_hmm_em_iteration).
+ * Returns CALIGN_OK, CALIGN_ENOMEM or CALIGN_ECALLBACK (then nothing
  * updated). */
 int wa_hmm_agreement_iteration(wa_table *t_f, wa_hmm *h_f, const wa_corpus *c_f,
                                const wa_links *links_f, double *counts_f, wa_table *t_r,
                                wa_hmm *h_r, const wa_corpus *c_r, const wa_links *links_r,
-                               double *counts_r, int n_threads, double *loglik);
+                               double *counts_r, const wa_reducer *sum, int n_threads,
+                               double *loglik);
 
 /* Link posteriors of every pair, in parallel: pair k's [J][I + 1] block (i = 0
  * the NULL mass) at out + links->off[k]. Returns 0, -1 when out of memory. */

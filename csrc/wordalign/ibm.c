@@ -289,8 +289,35 @@ static double pair_expectations(double *counts, double *feature, double *probs,
     return loglik;
 }
 
+int wa_reduce(const wa_reducer *r, double *values, int64_t n) {
+    if (!r || !r->sum) return CALIGN_OK;
+    return r->sum(r->context, values, n) == 0 ? CALIGN_OK : CALIGN_ECALLBACK;
+}
+
+/* fast_align's update of lambda: gradient steps on the expected complete-data
+ * log-likelihood, the posterior feature expectation against the prior's, 8
+ * steps of size 20 per target token, lambda kept in [0.1, 14]. feature and
+ * tokens are the whole corpus's; the prior's expectation is summed over the
+ * shards by sum. */
+static int tension_update(double *tension, double feature, double tokens, const wa_corpus *c,
+                          const wa_reducer *sum) {
+    for (int step = 0; step < 8 && tokens > 0; step++) {
+        double model_feature = 0.0;
+        for (long k = 0; k < c->n_pairs; k++) {
+            int I = (int)(c->src_off[k + 1] - c->src_off[k]);
+            int J = (int)(c->tgt_off[k + 1] - c->tgt_off[k]);
+            if (I == 0) continue;
+            for (int j = 1; j <= J; j++) model_feature += expected_feature(j, I, J, *tension);
+        }
+        if (wa_reduce(sum, &model_feature, 1) != CALIGN_OK) return CALIGN_ECALLBACK;
+        *tension += (feature - model_feature) / tokens * 20.0;
+        *tension = *tension < 0.1 ? 0.1 : (*tension > 14.0 ? 14.0 : *tension);
+    }
+    return CALIGN_OK;
+}
+
 int wa_em_iteration(wa_table *t, wa_settings *s, const wa_corpus *c, const wa_links *links,
-                    double *counts, int n_threads, double *loglik_out) {
+                    double *counts, const wa_reducer *sum, int n_threads, double *loglik_out) {
     n_threads = wa_team(n_threads, c);
     const int64_t n = t->n_entries;
     int I_max, J_max;
@@ -299,7 +326,7 @@ int wa_em_iteration(wa_table *t, wa_settings *s, const wa_corpus *c, const wa_li
     /* per thread: loglik, feature, probs [width], link indices [width J_max] */
     const size_t stride = 2 + width + (width * J_max + 1) / 2;
     double *per_thread = calloc((size_t)n_threads * stride, sizeof(double));
-    if (!per_thread) return -1;
+    if (!per_thread) return CALIGN_ENOMEM;
     memset(counts, 0, sizeof(double) * n * n_threads);
     /* Each thread sums into its own count table over a fixed block of pairs;
      * the tables are added in thread order: the same result at the same
@@ -318,36 +345,25 @@ int wa_em_iteration(wa_table *t, wa_settings *s, const wa_corpus *c, const wa_li
             acc[0] += pair_expectations(mine, &acc[1], acc + 2, entry, t, s, I, J);
         }
     }
-    double loglik = 0.0, feature = 0.0;
+    double stats[3] = {0.0, 0.0, 0.0}; /* loglik, distortion feature, target words */
     for (int th = 0; th < n_threads; th++) {
-        loglik += per_thread[(size_t)th * stride];
-        feature += per_thread[(size_t)th * stride + 1];
+        stats[0] += per_thread[(size_t)th * stride];
+        stats[1] += per_thread[(size_t)th * stride + 1];
         if (th > 0)
             for (int64_t x = 0; x < n; x++) counts[x] += counts[(size_t)th * n + x];
     }
     free(per_thread);
+    for (long k = 0; k < c->n_pairs; k++) stats[2] += c->tgt_off[k + 1] - c->tgt_off[k];
+    double tension = s->tension;
+    int status = wa_reduce(sum, counts, n);
+    if (status == CALIGN_OK) status = wa_reduce(sum, stats, 3);
+    if (status == CALIGN_OK && s->model2 && s->learn_tension)
+        status = tension_update(&tension, stats[1], stats[2], c, sum);
+    if (status != CALIGN_OK) return status;
     wa_table_update(t, counts, s->alpha);
-    if (s->model2 && s->learn_tension) {
-        /* fast_align's update of lambda: gradient steps on the expected
-         * complete-data log-likelihood, the posterior feature expectation
-         * against the prior's, 8 steps of size 20 per target token, lambda
-         * kept in [0.1, 14] */
-        double tokens = 0.0;
-        for (long k = 0; k < c->n_pairs; k++) tokens += c->tgt_off[k + 1] - c->tgt_off[k];
-        for (int step = 0; step < 8 && tokens > 0; step++) {
-            double model_feature = 0.0;
-            for (long k = 0; k < c->n_pairs; k++) {
-                int I = (int)(c->src_off[k + 1] - c->src_off[k]);
-                int J = (int)(c->tgt_off[k + 1] - c->tgt_off[k]);
-                if (I == 0) continue;
-                for (int j = 1; j <= J; j++) model_feature += expected_feature(j, I, J, s->tension);
-            }
-            s->tension += (feature - model_feature) / tokens * 20.0;
-            s->tension = s->tension < 0.1 ? 0.1 : (s->tension > 14.0 ? 14.0 : s->tension);
-        }
-    }
-    *loglik_out = loglik;
-    return 0;
+    s->tension = tension;
+    *loglik_out = stats[0];
+    return CALIGN_OK;
 }
 
 void wa_posteriors(double *out, const int64_t *off, const wa_table *t, const wa_settings *s,

@@ -71,13 +71,32 @@ int wa_team(int n_threads, const wa_corpus *c);
 /* The longest source and target sentence of the corpus. */
 void wa_longest(int *I_max, int *J_max, const wa_corpus *c);
 
+/* EM over a corpus sharded across processes (MPI ranks): each process runs
+ * the E-step on its shard, then sum(context, values, n) replaces n doubles of
+ * expected statistics by their sum over the processes, in place, before the
+ * M-step, so that every process makes the same update. Every process calls it
+ * at the same points with the same n, from the thread that called the EM
+ * function, outside any parallel region. It returns 0, or nonzero when it
+ * failed (EM then stops: CALIGN_ECALLBACK). A NULL reducer (or sum) is one
+ * process holding the whole corpus. */
+typedef struct {
+    int (*sum)(void *context, double *values, int64_t n);
+    void *context;
+} wa_reducer;
+
+/* values[0..n) summed over the processes: CALIGN_OK, or CALIGN_ECALLBACK. */
+int wa_reduce(const wa_reducer *r, double *values, int64_t n);
+
 /* One EM iteration; updates t (and the tension). counts: n_entries doubles per
- * thread of scratch. Sets *loglik to the corpus log-likelihood under the
- * parameters before the update (NaN or -inf when the arithmetic broke down,
- * e.g. every link of a word got probability 0). Returns 0, -1 when out of
- * memory (nothing updated). */
+ * thread of scratch. sum: the reducer of a sharded corpus (the counts, the
+ * log-likelihood, IBM2's distortion feature and target word count, and, in
+ * each of the tension's gradient steps, its model feature), or NULL. Sets
+ * *loglik to the corpus log-likelihood under the parameters before the update
+ * (NaN or -inf when the arithmetic broke down, e.g. every link of a word got
+ * probability 0). Returns CALIGN_OK, CALIGN_ENOMEM or CALIGN_ECALLBACK (then
+ * nothing updated). */
 int wa_em_iteration(wa_table *t, wa_settings *s, const wa_corpus *c, const wa_links *links,
-                    double *counts, int n_threads, double *loglik);
+                    double *counts, const wa_reducer *sum, int n_threads, double *loglik);
 
 /* The M-step: t(f | e) from expected counts. alpha = 0: c(e, f) / sum_f c(e, f);
  * alpha > 0: mean-field variational Bayes under a symmetric Dirichlet(alpha)

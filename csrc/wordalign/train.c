@@ -45,7 +45,10 @@ static void free_counts(wa_model *m) {
 /* After iteration `it` (from 0) of `iterations`: the kernel's status, and
  * ENONFINITE when the log-likelihood is not finite. */
 static int check_step(int status, double loglik, int it, int iterations, double alpha, char *err) {
-    if (status != 0)
+    if (status == CALIGN_ECALLBACK)
+        return wa_fail(err, status, "summing the statistics of EM iteration %d of %d over the "
+                                    "processes failed", it + 1, iterations);
+    if (status != CALIGN_OK)
         return wa_fail(err, CALIGN_ENOMEM, "no memory for EM iteration %d of %d", it + 1,
                        iterations);
     if (isfinite(loglik)) return CALIGN_OK;
@@ -64,7 +67,8 @@ static int check_step(int status, double loglik, int it, int iterations, double 
 /* iterations of EM of one kind (IBM1's for the IBM1 iterations of any
  * model, else the model's own) on a corpus whose links were checked. */
 static int run_em(wa_model *m, wa_kind kind, const wa_corpus *c, const wa_links *links,
-                  int iterations, double *logliks, int n_threads, char *err) {
+                  int iterations, const wa_reducer *sum, double *logliks, int n_threads,
+                  char *err) {
     if (iterations == 0) return CALIGN_OK;
     int status = alloc_counts(m, n_threads, err);
     wa_settings ibm = {kind == WA_IBM2, m->p0, m->tension, m->learn_tension, m->alpha};
@@ -72,9 +76,10 @@ static int run_em(wa_model *m, wa_kind kind, const wa_corpus *c, const wa_links 
     for (int it = 0; it < iterations && status == CALIGN_OK; it++) {
         double loglik = NAN;
         int step = kind == WA_HMM
-                       ? wa_hmm_em_iteration(&m->table, &hmm, c, links, m->counts, n_threads,
-                                             &loglik)
-                       : wa_em_iteration(&m->table, &ibm, c, links, m->counts, n_threads, &loglik);
+                       ? wa_hmm_em_iteration(&m->table, &hmm, c, links, m->counts, sum,
+                                             n_threads, &loglik)
+                       : wa_em_iteration(&m->table, &ibm, c, links, m->counts, sum, n_threads,
+                                         &loglik);
         if (kind == WA_IBM2) m->tension = ibm.tension;
         status = check_step(step, loglik, it, iterations, m->alpha, err);
         logliks[it] = loglik;
@@ -84,16 +89,17 @@ static int run_em(wa_model *m, wa_kind kind, const wa_corpus *c, const wa_links 
 }
 
 int wa_model_train(wa_model *m, const wa_corpus *c, int ibm1_iterations, int iterations,
-                   int64_t cache_bytes, double *logliks, int n_threads, char *err) {
+                   int64_t cache_bytes, const wa_reducer *sum, double *logliks, int n_threads,
+                   char *err) {
     if (m->table.rows == 0)
         return wa_fail(err, CALIGN_EINVAL, "the model has no translation table to train");
     wa_link_cache lc;
     int status = wa_link_cache_open(&lc, &m->table, c, cache_bytes, n_threads, err);
     if (status == CALIGN_OK) status = check_links(&m->table, c, &lc.links, "model's", err);
     if (status == CALIGN_OK)
-        status = run_em(m, WA_IBM1, c, &lc.links, ibm1_iterations, logliks, n_threads, err);
+        status = run_em(m, WA_IBM1, c, &lc.links, ibm1_iterations, sum, logliks, n_threads, err);
     if (status == CALIGN_OK)
-        status = run_em(m, m->kind, c, &lc.links, iterations, logliks + ibm1_iterations,
+        status = run_em(m, m->kind, c, &lc.links, iterations, sum, logliks + ibm1_iterations,
                         n_threads, err);
     wa_link_cache_close(&lc);
     return status;
@@ -102,7 +108,8 @@ int wa_model_train(wa_model *m, const wa_corpus *c, int ibm1_iterations, int ite
 /* Agreement EM of the two directions, both count buffers held throughout. */
 static int run_agreement(wa_model *f, const wa_corpus *c_f, const wa_links *links_f,
                          wa_model *r, const wa_corpus *c_r, const wa_links *links_r,
-                         int iterations, double *logliks, int n_threads, char *err) {
+                         int iterations, const wa_reducer *sum, double *logliks, int n_threads,
+                         char *err) {
     int status = alloc_counts(f, n_threads, err);
     if (status == CALIGN_OK) status = alloc_counts(r, n_threads, err);
     wa_hmm h_f = {f->p0, f->max_jump, f->jump, f->alpha};
@@ -110,7 +117,7 @@ static int run_agreement(wa_model *f, const wa_corpus *c_f, const wa_links *link
     for (int it = 0; it < iterations && status == CALIGN_OK; it++) {
         double loglik = NAN;
         int step = wa_hmm_agreement_iteration(&f->table, &h_f, c_f, links_f, f->counts,
-                                              &r->table, &h_r, c_r, links_r, r->counts,
+                                              &r->table, &h_r, c_r, links_r, r->counts, sum,
                                               n_threads, &loglik);
         status = check_step(step, loglik, it, iterations, fmin(f->alpha, r->alpha), err);
         logliks[it] = loglik;
@@ -121,8 +128,8 @@ static int run_agreement(wa_model *f, const wa_corpus *c_f, const wa_links *link
 }
 
 int wa_joint_train(wa_model *forward, wa_model *reverse, const wa_corpus *c, int ibm1_iterations,
-                   int iterations, int agreement, int64_t cache_bytes, double *ibm1_logliks,
-                   double *logliks, int n_threads, char *err) {
+                   int iterations, int agreement, int64_t cache_bytes, const wa_reducer *sum,
+                   double *ibm1_logliks, double *logliks, int n_threads, char *err) {
     const wa_corpus c_r = wa_corpus_swapped(c);
     if (forward->kind != WA_HMM || reverse->kind != WA_HMM)
         return wa_fail(err, CALIGN_EINVAL, "forward and reverse must be HMMs");
@@ -141,21 +148,21 @@ int wa_joint_train(wa_model *forward, wa_model *reverse, const wa_corpus *c, int
     status = check_links(&forward->table, c, links_f, "forward", err);
     if (status == CALIGN_OK) status = check_links(&reverse->table, &c_r, links_r, "reverse", err);
     if (status == CALIGN_OK)
-        status = run_em(forward, WA_IBM1, c, links_f, ibm1_iterations, ibm1_logliks, n_threads,
-                        err);
+        status = run_em(forward, WA_IBM1, c, links_f, ibm1_iterations, sum, ibm1_logliks,
+                        n_threads, err);
     if (status == CALIGN_OK)
-        status = run_em(reverse, WA_IBM1, &c_r, links_r, ibm1_iterations,
+        status = run_em(reverse, WA_IBM1, &c_r, links_r, ibm1_iterations, sum,
                         ibm1_logliks + ibm1_iterations, n_threads, err);
     if (status == CALIGN_OK && agreement)
-        status = run_agreement(forward, c, links_f, reverse, &c_r, links_r, iterations, logliks,
-                               n_threads, err);
+        status = run_agreement(forward, c, links_f, reverse, &c_r, links_r, iterations, sum,
+                               logliks, n_threads, err);
     if (status == CALIGN_OK && !agreement) {
         double *reverse_logliks = malloc(sizeof(double) * (iterations + 1));
-        status = reverse_logliks ? run_em(forward, WA_HMM, c, links_f, iterations, logliks,
+        status = reverse_logliks ? run_em(forward, WA_HMM, c, links_f, iterations, sum, logliks,
                                           n_threads, err)
                                  : wa_fail(err, CALIGN_ENOMEM, "no memory for the log-likelihoods");
         if (status == CALIGN_OK)
-            status = run_em(reverse, WA_HMM, &c_r, links_r, iterations, reverse_logliks,
+            status = run_em(reverse, WA_HMM, &c_r, links_r, iterations, sum, reverse_logliks,
                             n_threads, err);
         for (int it = 0; status == CALIGN_OK && it < iterations; it++)
             logliks[it] += reverse_logliks[it];

@@ -7,7 +7,14 @@
  * tgt_vocab: ids checked by the caller), and every one of its links in the
  * table (checked here: EINVAL). An iteration whose log-likelihood is NaN or
  * -inf stops training with CALIGN_ENONFINITE: the parameters are then no
- * longer usable. */
+ * longer usable.
+ *
+ * sum: NULL for one process; else c is this process's shard of a corpus
+ * sharded across processes, the model was started (wa_model_start) on the
+ * whole corpus in every process, and every iteration sums its expected
+ * statistics over the processes (wa_reducer), so that each process ends with
+ * the parameters one process gets on the whole corpus (up to the rounding of
+ * the sums' order). A failed sum stops training with CALIGN_ECALLBACK. */
 #ifndef CALIGN_WA_TRAIN_H
 #define CALIGN_WA_TRAIN_H
 
@@ -18,7 +25,8 @@
  * iteration's log-likelihood before its update. cache_bytes: see
  * wa_link_cache_open. */
 int wa_model_train(wa_model *m, const wa_corpus *c, int ibm1_iterations, int iterations,
-                   int64_t cache_bytes, double *logliks, int n_threads, char *err);
+                   int64_t cache_bytes, const wa_reducer *sum, double *logliks, int n_threads,
+                   char *err);
 
 /* A JointHMM's training: forward (an HMM on c) and reverse (an HMM on c with
  * its sides swapped) each get ibm1_iterations of IBM Model 1 EM
@@ -27,7 +35,7 @@ int wa_model_train(wa_model *m, const wa_corpus *c, int ibm1_iterations, int ite
  * (wa_hmm_agreement_iteration) or each on its own; logliks[iterations] gets
  * the two directions' summed log-likelihoods. */
 int wa_joint_train(wa_model *forward, wa_model *reverse, const wa_corpus *c, int ibm1_iterations,
-                   int iterations, int agreement, int64_t cache_bytes, double *ibm1_logliks,
-                   double *logliks, int n_threads, char *err);
+                   int iterations, int agreement, int64_t cache_bytes, const wa_reducer *sum,
+                   double *ibm1_logliks, double *logliks, int n_threads, char *err);
 
 #endif

@@ -109,6 +109,11 @@ class World:
         robin, as accelerate deals batches to processes)."""
         return items[self.rank::self.size]
 
+    def block(self, n):
+        """This rank's contiguous block of n items, a range: the ranks' blocks
+        cover 0..n-1 in rank order, their sizes differ by at most one."""
+        return range(n * self.rank // self.size, n * (self.rank + 1) // self.size)
+
     def merge_metric_sums(self, sums, counts):
         """Running metric sums and counts (calign.trainers.base.accumulate's)
         summed over ranks, added in rank order so every rank gets the same."""

@@ -4,6 +4,8 @@ from itertools import chain, repeat
 
 import numpy as np
 
+from calign import distributed
+
 
 def read_fast_align(path):
     """Sentence pairs from a fast_align-format file: `source ||| target` a line
@@ -89,3 +91,25 @@ def with_unseen_sources(arrays, unseen_id):
     target words keep id 0, which no table row holds.)"""
     source_ids = np.where(arrays[0] == 0, unseen_id, arrays[0]).astype(np.int32)
     return (source_ids,) + tuple(arrays[1:])
+
+
+def pair_block(arrays, block):
+    """The corpus arrays of the pairs in `block` (a range of pair indices
+    with step 1), offsets from 0."""
+    source_ids, source_offsets, target_ids, target_offsets = arrays
+    first, end = block.start, block.stop
+    return (source_ids[source_offsets[first]:source_offsets[end]],
+            source_offsets[first:end + 1] - source_offsets[first],
+            target_ids[target_offsets[first]:target_offsets[end]],
+            target_offsets[first:end + 1] - target_offsets[first])
+
+
+def shard_of_this_rank(arrays):
+    """(the corpus arrays this process trains on, the sum_in_place wa_train
+    and wa_train_joint sum EM's statistics with): under mpirun with several
+    ranks (calign.distributed), this rank's contiguous block of the pairs and
+    World.sum_in_place; in one process the whole corpus and None."""
+    world = distributed.world()
+    if not world.distributed:
+        return arrays, None
+    return pair_block(arrays, world.block(len(arrays[1]) - 1)), world.sum_in_place

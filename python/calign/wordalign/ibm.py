@@ -10,7 +10,8 @@ source), IBM2's tension, the HMM's jump weights) live in C, in the capsule
 import numpy as np
 
 from calign import _C, checks
-from calign.wordalign.corpus import Vocabulary, check_pairs, flatten, with_unseen_sources
+from calign.wordalign.corpus import (Vocabulary, check_pairs, flatten, shard_of_this_rank,
+                                     with_unseen_sources)
 from calign.wordalign.links import above_threshold, best_of_blocks, links_per_pair
 from calign.wordalign.saved import check_state, read_npz, write_npz
 
@@ -95,16 +96,27 @@ class IBM1:
 
     def fit(self, pairs, iterations=5):
         """Runs ibm1_iterations of IBM Model 1, then `iterations` EM iterations
-        of this model, from a uniform table; returns self."""
+        of this model, from a uniform table; returns self.
+
+        Under mpirun with several ranks (calign.distributed), every rank
+        calls fit with the whole corpus: the vocabularies and the table's
+        word pairs come from all of it, each rank runs the E-step on its
+        block of the pairs, and every iteration's expected counts (and
+        log-likelihood, IBM2's distortion statistics, the HMM's jump counts)
+        are summed over the ranks before the update, so that every rank ends
+        with the model one process trains on the whole corpus (to the
+        rounding of the sums' order)."""
         iterations = checks.integer("iterations", iterations, 1, checks.C_INT_MAX)
         pairs = self._oriented(pairs)
         self.source_vocab, self.target_vocab = Vocabulary(), Vocabulary()
         arrays = flatten(pairs, self.source_vocab, self.target_vocab)
         _C.wa_start(self.c_model, *arrays, source_vocabulary_size=len(self.source_vocab),
                     target_vocabulary_size=len(self.target_vocab))
-        self.log_likelihoods += _C.wa_train(self.c_model, *arrays, iterations=iterations,
+        shard, sum_in_place = shard_of_this_rank(arrays)
+        self.log_likelihoods += _C.wa_train(self.c_model, *shard, iterations=iterations,
                                             ibm1_iterations=self.ibm1_iterations,
-                                            link_cache_bytes=LINK_CACHE_BYTES)
+                                            link_cache_bytes=LINK_CACHE_BYTES,
+                                            sum_in_place=sum_in_place)
         return self
 
     def _require_fit(self):

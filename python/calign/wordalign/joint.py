@@ -24,8 +24,8 @@ On the synthetic benchmark corpus each part pays: see README, Word alignment.
 import numpy as np
 
 from calign import _C, checks
-from calign.wordalign.corpus import (Vocabulary, check_pairs, flatten, swapped,
-                                     with_unseen_sources)
+from calign.wordalign.corpus import (Vocabulary, check_pairs, flatten, shard_of_this_rank,
+                                     swapped, with_unseen_sources)
 from calign.wordalign.hmm import HMM
 from calign.wordalign.ibm import LINK_CACHE_BYTES
 from calign.wordalign.links import above_threshold, links_per_pair
@@ -79,7 +79,8 @@ class JointHMM:
 
     def fit(self, pairs, iterations=5):
         """IBM1 (each direction), then `iterations` HMM EM iterations (by
-        agreement unless agreement=False)."""
+        agreement unless agreement=False). Several MPI ranks train as one
+        process, each on its block of the pairs (see IBM1.fit)."""
         iterations = checks.integer("iterations", iterations, 1, checks.C_INT_MAX)
         pairs = check_pairs(pairs)
         source_vocab, target_vocab = Vocabulary(), Vocabulary()
@@ -90,10 +91,12 @@ class JointHMM:
             model.source_vocab, model.target_vocab = sv, tv
             _C.wa_start(model.c_model, *oriented, source_vocabulary_size=len(sv),
                         target_vocabulary_size=len(tv))
+        shard, sum_in_place = shard_of_this_rank(arrays)
         self.forward.log_likelihoods, self.reverse.log_likelihoods, self.log_likelihoods = \
-            _C.wa_train_joint(self.forward.c_model, self.reverse.c_model, *arrays,
+            _C.wa_train_joint(self.forward.c_model, self.reverse.c_model, *shard,
                               iterations=iterations, ibm1_iterations=self.forward.ibm1_iterations,
-                              agreement=self.agreement, link_cache_bytes=LINK_CACHE_BYTES)
+                              agreement=self.agreement, link_cache_bytes=LINK_CACHE_BYTES,
+                              sum_in_place=sum_in_place)
         return self
 
     def _require_fit(self):
