@@ -71,6 +71,7 @@ def test_response_pairs(tmp_path):
         assert p["chosen"] != p["rejected"]
 
 
+@pytest.mark.experiment
 def test_correct_judgements_and_one_iteration(world, tmp_path, record_metric):
     model, tokenizer, pairs = world
     records, summary = st.correct_judgements(model, tokenizer, pairs, judge_template=TEMPLATE,

@@ -9,8 +9,8 @@
     calign chat ...             a conversation with a checkpoint in the terminal
     calign eval ...             preference accuracy of a policy (against a reference) or of a reward model
     calign align ...            word alignment of a `source ||| target` corpus, Pharaoh links out
-    calign synthesize magpie    instructions, answers (or preference pairs) a chat model writes
-                                from its chat template alone (Magpie), as JSON Lines
+    calign synthesize magpie    instructions, answers (or preference pairs) a chat model
+                                writes from its chat template alone (Magpie), as JSON Lines
     calign demo [--method M]    SFT then DPO (or kto, orpo, simpo, grpo, rloo) on the bundled
                                 addition task
 
