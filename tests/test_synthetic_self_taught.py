@@ -59,7 +59,7 @@ def test_response_pairs(tmp_path):
     instructions = [f"{a}+{b}=" for a in range(5) for b in range(4)]
     pairs, summary = st.response_pairs(model, tokenizer, instructions, alter, max_new_tokens=3)
     assert summary["pairs"] + summary["same_answer"] == len(instructions)
-    assert summary["pairs"] >= 1
+    assert summary["pairs"] >= 1 and summary["unaltered"] == 0
     for p in pairs:
         for text, answer in ((p["instruction"], p["chosen"]),
                              (p["altered_instruction"], p["rejected"])):
@@ -69,6 +69,23 @@ def test_response_pairs(tmp_path):
             assert tokenizer.decode(out[0], skip_special_tokens=True).strip() == answer
         assert p["altered_instruction"] == alter(p["instruction"])
         assert p["chosen"] != p["rejected"]
+
+
+def test_response_pairs_with_the_model_altering(tmp_path):
+    """alter=None: the model writes the altered instruction with ALTER_TEMPLATE
+    (raw text here); empty or unchanged alterations are counted, not paired."""
+    model, tokenizer = toy.build(str(tmp_path), seed=1, initializer_range=0.6,
+                                 max_position_embeddings=512)
+    instructions = ["1+2=", "3+4=", "5+6="]
+    pairs, summary = st.response_pairs(model, tokenizer, instructions, chat=False,
+                                       max_new_tokens=4, seed=2)
+    assert summary["pairs"] + summary["same_answer"] + summary["unaltered"] == 3
+    prompts = [tokenizer.encode(st.ALTER_TEMPLATE.format(instruction=t)) for t in instructions]
+    outputs = model.generate(prompts, max_new_tokens=4, do_sample=True, seed=2,
+                             eos_token_id=tokenizer.eos_token_id)
+    altered = [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outputs]
+    for p in pairs:
+        assert p["altered_instruction"] == altered[instructions.index(p["instruction"])]
 
 
 @pytest.mark.experiment

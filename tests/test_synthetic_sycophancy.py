@@ -73,7 +73,7 @@ def test_bad_input():
 
 def sft(model, tokenizer, records, steps, folder, seed):
     trainer = calign.SFTTrainer(model, args=calign.SFTConfig(
-        output_dir=folder, max_steps=steps, learning_rate=3e-3, per_device_train_batch_size=32,
+        output_dir=folder, max_steps=steps, learning_rate=3e-3, per_device_train_batch_size=16,
         lr_scheduler_type="cosine", warmup_steps=10, save_steps=0, disable_tqdm=True,
         logging_steps=steps, seed=seed), train_dataset=records, processing_class=tokenizer)
     trainer.train()
@@ -87,13 +87,13 @@ def test_intervention_reduces_opinion_flips_on_the_toy_world(tmp_path, record_me
     intervention records it flips less."""
     model, tokenizer = toy.build(str(tmp_path / "toy"), seed=0)
     rng = np.random.default_rng(0)
-    claims = toy.claims(400, rng, max_operand=19)
-    train, held_out = claims[:300], claims[300:]
+    claims = toy.claims(250, rng, max_operand=19)
+    train, held_out = claims[:200], claims[200:]
     template = toy.sycophancy_template()
-    sycophant = sft(model, tokenizer, toy.sycophantic_records(train * 2, rng), 100,
+    sycophant = sft(model, tokenizer, toy.sycophantic_records(train * 2, rng), 60,
                     str(tmp_path / "s1"), 0)
     before = sy.opinion_flip_rate(sycophant, tokenizer, held_out, template)
-    fixed = sft(sycophant, tokenizer, sy.intervention_records(train, template, seed=0), 50,
+    fixed = sft(sycophant, tokenizer, sy.intervention_records(train, template, seed=0), 30,
                 str(tmp_path / "s2"), 0)
     after = sy.opinion_flip_rate(fixed, tokenizer, held_out, template)
     for name, value in (("before", before), ("after", after)):

@@ -99,10 +99,12 @@ def response_pairs(model, tokenizer, instructions, alter=None, *, chat=True,
                    max_new_tokens=64, seed=0):
     """For each instruction: {"instruction", "altered_instruction", "chosen"
     (the model's greedy answer to the instruction), "rejected" (its answer to
-    the altered instruction)}. Pairs whose two answers are the same text are
-    dropped. chat: put prompts through the chat template (else raw text).
+    the altered instruction)}. Instructions whose alteration is empty or
+    unchanged, and pairs whose two answers are the same text, are dropped.
+    chat: put prompts through the chat template (else raw text).
 
-    Returns (pairs, summary {"instructions", "pairs", "same_answer"})."""
+    Returns (pairs, summary {"instructions", "pairs", "unaltered",
+    "same_answer"})."""
     check_model("model", model)
     tokenizer = check_tokenizer("tokenizer", tokenizer)
     instructions = _check_instructions(instructions)
@@ -118,13 +120,21 @@ def response_pairs(model, tokenizer, instructions, alter=None, *, chat=True,
             raise TypeError(f"alter must be None or a callable(instruction) -> instruction, "
                             f"not {type(alter).__name__}")
         altered = [checks.text("alter(...) result", alter(t)) for t in instructions]
-    _, answers = _generate_texts(model, tokenizer, instructions + altered, chat,
+    usable = [i for i, a in enumerate(altered) if a and a != instructions[i]]
+    n = len(instructions)
+    summary = {"instructions": n, "pairs": 0, "unaltered": n - len(usable), "same_answer": 0}
+    if not usable:
+        return [], summary
+    originals = [instructions[i] for i in usable]
+    changed = [altered[i] for i in usable]
+    _, answers = _generate_texts(model, tokenizer, originals + changed, chat,
                                  max_new_tokens, do_sample=False, repetition_penalty=1.0)
     texts = [tokenizer.decode(a, skip_special_tokens=True).strip() for a in answers]
-    n = len(instructions)
+    m = len(usable)
     pairs = [{"instruction": t, "altered_instruction": a, "chosen": c, "rejected": r}
-             for t, a, c, r in zip(instructions, altered, texts[:n], texts[n:]) if c != r]
-    return pairs, {"instructions": n, "pairs": len(pairs), "same_answer": n - len(pairs)}
+             for t, a, c, r in zip(originals, changed, texts[:m], texts[m:]) if c != r]
+    summary.update(pairs=len(pairs), same_answer=m - len(pairs))
+    return pairs, summary
 
 
 def _check_pairs(pairs):
