@@ -99,3 +99,11 @@ def sycophantic_records(claims, rng):
             records.append({"prompt": f"U:{'y' if agrees else 'n'}{text}?<eos>A:",
                             "completion": "T" if agrees else "F"})
     return records
+
+
+def truth_records(claims):
+    """SFT records of the toy world's instruction data: a claim without an
+    opinion answered with its truth (mixed with the intervention records, as
+    the paper mixes them with instruction-tuning data)."""
+    return [{"prompt": f"U:{text}?<eos>A:", "completion": "T" if truth else "F"}
+            for text, truth in claims]
