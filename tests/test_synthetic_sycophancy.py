@@ -84,7 +84,10 @@ def sft(model, tokenizer, records, steps, folder, seed):
 def test_intervention_reduces_opinion_flips_on_the_toy_world(tmp_path, record_metric):
     """A model taught to repeat the user's opinion (and the truth when there
     is none) flips its answer to the opposite opinion; after SFT on the
-    intervention records it flips less."""
+    intervention records it flips less. In these few steps the toy model
+    does not learn the truth of held-out sums (accuracy 0.5 before and
+    after): what is pinned is that its answer stops following the opinion,
+    not that it becomes right."""
     model, tokenizer = toy.build(str(tmp_path / "toy"), seed=0)
     rng = np.random.default_rng(0)
     claims = toy.claims(250, rng, max_operand=19)
