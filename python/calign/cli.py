@@ -9,6 +9,8 @@
     calign chat ...             a conversation with a checkpoint in the terminal
     calign eval ...             preference accuracy of a policy (against a reference) or of a reward model
     calign align ...            word alignment of a `source ||| target` corpus, Pharaoh links out
+    calign synthesize magpie    instructions, answers (or preference pairs) a chat model
+                                writes from its chat template alone (Magpie), as JSON Lines
     calign demo [--method M]    SFT then DPO (or kto, orpo, simpo, grpo, rloo) on the bundled
                                 addition task
 
@@ -477,6 +479,56 @@ def command_align(args):
     return 0
 
 
+# ---- synthetic data -----------------------------------------------------------------------------
+
+def command_synthesize(args):
+    """`synthesize magpie`: SFT conversations (or, with --reward_model, DPO
+    pairs of --k answers per instruction) written to --out; a summary of what
+    was sampled and filtered goes to stderr."""
+    from calign.synthetic import magpie
+
+    if not os.path.isdir(args.model):
+        raise UsageError(f"--model {args.model!r} is not a folder")
+    if args.reward_model is not None and not os.path.isdir(args.reward_model):
+        raise UsageError(f"--reward_model {args.reward_model!r} is not a folder")
+    with inputs_checked():
+        tokenizer = load_tokenizer(args.tokenizer or args.model)
+        magpie.check_chat_tokenizer(f"the tokenizer of {args.tokenizer or args.model!r}",
+                                    tokenizer)
+        model = calign.Model.from_pretrained(args.model)
+        filters = dict(min_instruction_chars=args.min_instruction_chars,
+                       max_instruction_chars=args.max_instruction_chars,
+                       min_response_chars=args.min_response_chars,
+                       max_repetition=args.max_repetition,
+                       drop_colon_endings=not args.keep_colon_endings,
+                       dedup_threshold=None if args.dedup_threshold == 0 else
+                       args.dedup_threshold)
+        scorer = (calign.RewardModel.from_pretrained(args.reward_model)
+                  if args.reward_model is not None else None)
+        records, summary = magpie.magpie(
+            model, tokenizer, args.n, turns=args.turns, system=args.system,
+            max_instruction_tokens=args.max_instruction_tokens,
+            max_response_tokens=args.max_response_tokens, early_stopping=not args.no_early_stopping,
+            batch_size=args.batch_size, seed=args.seed, show_progress=True, **filters)
+        if scorer is not None:
+            instructions = [r["messages"][0]["content"] for r in records]
+            if not instructions:
+                raise UsageError("every sampled instruction was filtered out: no pair to build")
+            records, pair_summary = magpie.preference_pairs(
+                model, tokenizer, instructions, scorer, k=args.k,
+                max_new_tokens=args.max_response_tokens, seed=args.seed, show_progress=True)
+            summary["pairs"] = pair_summary
+        magpie.write_jsonl(args.out, records)
+    dropped = ", ".join(f"{name} {count}" for name, count in summary["dropped"].items() if count)
+    print(f"sampled {summary['sampled']} instructions (stopping at the {summary['stops']}); "
+          f"kept {summary['kept']}; dropped: {dropped or 'none'}", file=sys.stderr)
+    if "pairs" in summary:
+        print(f"preference pairs: {summary['pairs']['pairs']} of {summary['kept']} instructions "
+              f"({summary['pairs']['ties']} with all {args.k} scores equal)", file=sys.stderr)
+    print(f"wrote {len(records)} records to {args.out}", file=sys.stderr)
+    return 0
+
+
 def command_demo(args):
     from calign.demo.run import run
 
@@ -581,6 +633,38 @@ def build_parser():
     demo.add_argument("--quick", action="store_true", help="fewer steps (for tests)")
     demo.add_argument("--output_dir", default="calign_demo")
     demo.add_argument("--seed", type=int, default=42, help="data order of both stages")
+    synthesize = commands.add_parser(
+        "synthesize", help="synthetic alignment data from a chat model (Magpie)",
+        description="Magpie: the model samples user instructions from its chat template's "
+                    "user header alone (temperature 1, top_p 1, stopping at the end of turn or "
+                    "the first newline), answers them greedily, and the pairs are filtered; "
+                    "with --reward_model, --k answers per kept instruction at temperature 0.8 "
+                    "become chosen (best score) / rejected (worst) DPO records.")
+    synthesize.add_argument("method", choices=["magpie"])
+    synthesize.add_argument("--model", required=True, help="chat checkpoint folder")
+    synthesize.add_argument("--tokenizer", help="tokenizer folder (default: the model's)")
+    synthesize.add_argument("--n", type=int, default=1000, help="instructions to sample")
+    synthesize.add_argument("--out", required=True, help="JSON Lines file to write")
+    synthesize.add_argument("--turns", type=int, default=1, help="user/assistant turns")
+    synthesize.add_argument("--system", help="a system message steering the instructions")
+    synthesize.add_argument("--max_instruction_tokens", type=int, default=64)
+    synthesize.add_argument("--max_response_tokens", type=int, default=256)
+    synthesize.add_argument("--no_early_stopping", action="store_true",
+                            help="do not stop an instruction at its first newline")
+    synthesize.add_argument("--batch_size", type=int, default=50)
+    synthesize.add_argument("--seed", type=int, default=0)
+    synthesize.add_argument("--min_instruction_chars", type=int, default=1)
+    synthesize.add_argument("--max_instruction_chars", type=int)
+    synthesize.add_argument("--min_response_chars", type=int, default=1)
+    synthesize.add_argument("--max_repetition", type=float,
+                            help="drop answers whose repeated word 3-grams exceed this fraction")
+    synthesize.add_argument("--keep_colon_endings", action="store_true",
+                            help="keep instructions ending with ':' (dropped by default)")
+    synthesize.add_argument("--dedup_threshold", type=float, default=0.9,
+                            help="drop an instruction whose word 3-gram Jaccard similarity to "
+                                 "a kept one reaches this (0: no deduplication)")
+    synthesize.add_argument("--reward_model", help="reward model folder: write preference pairs")
+    synthesize.add_argument("--k", type=int, default=5, help="answers per instruction (pairs)")
     align = commands.add_parser("align", help="word alignment (fast_align's habits)")
     align.add_argument("--method", choices=["ibm1", "ibm2", "hmm", "joint"], default="ibm2",
                        help="joint: both HMMs by agreement, fertility sampling, soft union "
@@ -615,6 +699,8 @@ def main(argv=None):
             return command_align(args)
         if args.command == "demo":
             return command_demo(args)
+        if args.command == "synthesize":
+            return command_synthesize(args)
         return command_eval(args)
     except UsageError as exc:
         print(f"calign: error: {exc}", file=sys.stderr)

@@ -142,6 +142,7 @@ class BaseTrainer:
         self.optimizer = self._make_optimizer()
         self.averages = WeightAverages(args, self.model)
         self.reporters = None
+        self.callbacks = []
 
     # ---- to be provided by each trainer ----------------------------------------
 
@@ -296,6 +297,7 @@ class BaseTrainer:
                                 dynamic_ncols=True)
             if a.eval_on_start:
                 self.evaluate()
+            self._run_callbacks("on_train_begin")
             self._train_steps(total, progress)
         finally:  # the bar's last frame before any traceback; the integrations closed
             if progress is not None:
@@ -319,6 +321,7 @@ class BaseTrainer:
             self._after_optimizer_step()
             self.averages.after_step()
             self.state.epoch = self.state.global_step / per_epoch
+            self._run_callbacks("on_step_end")
             if progress is not None:
                 progress.update(1)
             done = self.state.global_step
@@ -334,6 +337,19 @@ class BaseTrainer:
                 sums, counts = {}, {}
             self._evaluate_and_save(total, epoch_end)
             self.averages.average_if_due(self.state.global_step)
+
+    def add_callback(self, callback):
+        """callback.on_train_begin(trainer) and .on_step_end(trainer) (either
+        optional) run before the first step and after each optimizer step;
+        a dict of numbers they return is logged (e.g. calign.probes)."""
+        self.callbacks.append(callback)
+
+    def _run_callbacks(self, event):
+        logs = {}
+        for callback in self.callbacks:
+            logs.update(getattr(callback, event, lambda trainer: None)(self) or {})
+        if logs:
+            self._log(logs, None)
 
     def _training_step(self, step, lr, sums, counts):
         """Optimizer step `step` at learning rate lr: this rank's share of its
