@@ -249,8 +249,8 @@ def test_safety(tmp_path, monkeypatch):
     assert_trained(out / "alignment", steps["alignment"])
     for arm in safety_experiment.ARMS:
         assert_trained(out / safety_experiment.folder_of(arm), steps["fine_tuning"])
-    assert all((models[a].params != models[b].params).any()
-               for a, b in zip(names, names[1:]))
+    assert all(models[a].params.size != models[b].params.size or  # backtracking's vocab grew
+               (models[a].params != models[b].params).any() for a, b in zip(names, names[1:]))
 
     # the attack table printed is the saved models' (held-out prompts, k = 0, 1, 3, 5, 10)
     (header,) = find(r"^(k +0 +1 +3 +5 +10)$", text)
