@@ -230,23 +230,66 @@ int model_score_dpo_pairs(const dpo_pair_scores *out, float *grads, model *m,
     return status;
 }
 
-/* ---- GRPO completions --------------------------------------------------------------- */
+/* ---- token losses: one group per completion -------------------------------------- */
 
+/* The buffers every token-loss call (GRPO's, the constrained loss) carves:
+ * group s of the grouped kernel is completion s. */
 typedef struct {
     score_buffers score;
     int *group_first_seq; /* [S + 1] */
-    long *seq_first_row;  /* [S + 1] */
-    double *seq_sums;     /* [S] (the grouped kernel's; unused by the loss) */
+    long *seq_first_row;  /* [S + 1] first score of each completion */
+    double *seq_sums;     /* [S] (the grouped kernel's; unused by token losses) */
+} completion_buffers;
+
+static void plan_completion_buffers(completion_buffers *c, bump *b, const model *m,
+                                    const score_request *r, size_t S) {
+    plan_score_buffers(&c->score, b, m, r, 1);
+    c->group_first_seq = bump_take(b, sizeof(int) * (S + 1));
+    c->seq_first_row = bump_take(b, sizeof(long) * (S + 1));
+    c->seq_sums = bump_take(b, sizeof(double) * S);
+}
+
+/* Completion s (lengths[s] scores, in order) as group s. */
+static void lay_out_completions(completion_buffers *c, const int64_t *lengths, int S) {
+    c->seq_first_row[0] = 0;
+    for (int s = 0; s < S; s++) {
+        c->group_first_seq[s] = s;
+        c->seq_first_row[s + 1] = c->seq_first_row[s] + lengths[s];
+    }
+    c->group_first_seq[S] = S;
+}
+
+/* The grouped kernel with a token-loss callback over the S completions:
+ * log-probs and stats, row_grads from token_grads(ctx, ...), the lm_head
+ * gradient added into grads and each score's hidden gradient in
+ * c->score.d_rows (scatter_add_rows puts it into d_hidden). */
+static int run_token_loss(completion_buffers *c, float *logprobs, const logprob_stats *stats,
+                          float *grads, model *m, const float *params, const float *hidden,
+                          const score_request *r, int S,
+                          void (*token_grads)(void *, int, int, const float *, float *),
+                          float *row_grads, void *ctx, char *err) {
+    logprob_groups groups = {.n_groups = S, .group_first_seq = c->group_first_seq,
+                             .seq_first_row = c->seq_first_row, .token_grads = token_grads,
+                             .row_grads = row_grads, .ctx = ctx};
+    gather_rows(c->score.rows, hidden, r->rows, r->M, model_get_config(m)->d_model);
+    logprob_problem p = problem_of(m, params, c->score.rows, r);
+    return kernel_status(token_logprobs_grouped(c->score.d_rows, lm_head_grad(grads, m), logprobs,
+                                                stats, c->seq_sums, NULL, &p, &groups,
+                                                c->score.kernel),
+                         err);
+}
+
+/* ---- GRPO completions --------------------------------------------------------------- */
+
+typedef struct {
+    completion_buffers completions;
     double *weights;      /* [S] */
     grpo_row_stats *stats; /* [S] */
 } grpo_buffers;
 
 static void plan_grpo_buffers(grpo_buffers *g, bump *b, const model *m, const score_request *r,
                               size_t S) {
-    plan_score_buffers(&g->score, b, m, r, 1);
-    g->group_first_seq = bump_take(b, sizeof(int) * (S + 1));
-    g->seq_first_row = bump_take(b, sizeof(long) * (S + 1));
-    g->seq_sums = bump_take(b, sizeof(double) * S);
+    plan_completion_buffers(&g->completions, b, m, r, S);
     g->weights = bump_take(b, sizeof(double) * S);
     g->stats = bump_take(b, sizeof(grpo_row_stats) * S);
 }
@@ -263,35 +306,24 @@ int model_score_grpo(const grpo_scores *out, float *grads, model *m, const float
     if (!(b.base = model_workspace(m, b.used))) return out_of_memory(err);
     b.used = 0;
     plan_grpo_buffers(&w, &b, m, r, S);
+    completion_buffers *c = &w.completions;
+    lay_out_completions(c, q->completion_lengths, S);
 
     double batch_tokens = 0.0;
     for (long i = 0; i < r->M; i++) batch_tokens += q->mask[i];
     const double items = q->num_items_in_batch > 0.0 ? q->num_items_in_batch : batch_tokens;
-    w.seq_first_row[0] = 0;
     for (int s = 0; s < S; s++) {
-        w.group_first_seq[s] = s;
-        w.seq_first_row[s + 1] = w.seq_first_row[s] + q->completion_lengths[s];
         double row_tokens = 0.0;
-        for (long i = w.seq_first_row[s]; i < w.seq_first_row[s + 1]; i++)
+        for (long i = c->seq_first_row[s]; i < c->seq_first_row[s + 1]; i++)
             row_tokens += q->mask[i];
         w.weights[s] = grpo_row_weight(q->loss, row_tokens, batch_tokens, S,
                                        q->max_completion_length, items,
                                        q->gradient_accumulation_steps);
     }
-    w.group_first_seq[S] = S;
-    grpo_rows ctx = {q->loss, w.seq_first_row, q->old_logps, q->ref_logps, q->mask,
+    grpo_rows ctx = {q->loss, c->seq_first_row, q->old_logps, q->ref_logps, q->mask,
                      q->advantages, w.weights, w.stats};
-    logprob_groups groups = {.n_groups = S, .group_first_seq = w.group_first_seq,
-                             .seq_first_row = w.seq_first_row,
-                             .token_grads = grpo_rows_token_grads, .row_grads = out->grad_logps,
-                             .ctx = &ctx};
-    const int d = model_get_config(m)->d_model;
-    gather_rows(w.score.rows, hidden, r->rows, r->M, d);
-    logprob_problem p = problem_of(m, params, w.score.rows, r);
-    status = kernel_status(token_logprobs_grouped(w.score.d_rows, lm_head_grad(grads, m),
-                                                  out->logprobs, &out->stats, w.seq_sums, NULL,
-                                                  &p, &groups, w.score.kernel),
-                           err);
+    status = run_token_loss(c, out->logprobs, &out->stats, grads, m, params, hidden, r, S,
+                            grpo_rows_token_grads, out->grad_logps, &ctx, err);
     if (status != CALIGN_OK) return status;
     grpo_aggregate(out->metrics, w.stats, S, batch_tokens, q->loss);
     int finite = isfinite(out->metrics->loss);
@@ -301,7 +333,8 @@ int model_score_grpo(const grpo_scores *out, float *grads, model *m, const float
                  "(a log-ratio of the policy to old_logps too large?)");
         return CALIGN_ENONFINITE;
     }
-    scatter_add_rows(out->d_hidden, w.score.d_rows, r->rows, r->M, d);
+    scatter_add_rows(out->d_hidden, c->score.d_rows, r->rows, r->M,
+                     model_get_config(m)->d_model);
     return CALIGN_OK;
 }
 
@@ -326,52 +359,24 @@ static void constrained_token_grads(void *ctx, int g0, int g1, const float *logp
     }
 }
 
-typedef struct {
-    score_buffers score;
-    int *group_first_seq; /* [S + 1] */
-    long *seq_first_row;  /* [S + 1] */
-    double *seq_sums;     /* [S] (the grouped kernel's; unused by the loss) */
-} constrained_buffers;
-
-static void plan_constrained_buffers(constrained_buffers *c, bump *b, const model *m,
-                                     const score_request *r, size_t S) {
-    plan_score_buffers(&c->score, b, m, r, 1);
-    c->group_first_seq = bump_take(b, sizeof(int) * (S + 1));
-    c->seq_first_row = bump_take(b, sizeof(long) * (S + 1));
-    c->seq_sums = bump_take(b, sizeof(double) * S);
-}
-
 int model_score_constrained(const constrained_scores *out, float *grads, model *m,
                             const float *params, const float *hidden, const score_request *r,
                             const constrained_request *q, char *err) {
     int status = check_completion_lengths(r, q->completion_lengths, q->n_completions, err);
     if (status != CALIGN_OK) return status;
     const int S = q->n_completions;
-    constrained_buffers w;
+    completion_buffers c;
     bump b = {NULL, 0};
-    plan_constrained_buffers(&w, &b, m, r, S);
+    plan_completion_buffers(&c, &b, m, r, S);
     if (!(b.base = model_workspace(m, b.used))) return out_of_memory(err);
     b.used = 0;
-    plan_constrained_buffers(&w, &b, m, r, S);
-    w.seq_first_row[0] = 0;
-    for (int s = 0; s < S; s++) {
-        w.group_first_seq[s] = s;
-        w.seq_first_row[s + 1] = w.seq_first_row[s] + q->completion_lengths[s];
-    }
-    w.group_first_seq[S] = S;
-    constrained_rows ctx = {w.seq_first_row, q, out->losses};
-    logprob_groups groups = {.n_groups = S, .group_first_seq = w.group_first_seq,
-                             .seq_first_row = w.seq_first_row,
-                             .token_grads = constrained_token_grads,
-                             .row_grads = out->grad_logps, .ctx = &ctx};
-    const int d = model_get_config(m)->d_model;
-    gather_rows(w.score.rows, hidden, r->rows, r->M, d);
-    logprob_problem p = problem_of(m, params, w.score.rows, r);
-    status = kernel_status(token_logprobs_grouped(w.score.d_rows, lm_head_grad(grads, m),
-                                                  out->logprobs, &out->stats, w.seq_sums, NULL,
-                                                  &p, &groups, w.score.kernel),
-                           err);
-    if (status != CALIGN_OK) return status;
-    scatter_add_rows(out->d_hidden, w.score.d_rows, r->rows, r->M, d);
-    return CALIGN_OK;
+    plan_completion_buffers(&c, &b, m, r, S);
+    lay_out_completions(&c, q->completion_lengths, S);
+    constrained_rows ctx = {c.seq_first_row, q, out->losses};
+    status = run_token_loss(&c, out->logprobs, &out->stats, grads, m, params, hidden, r, S,
+                            constrained_token_grads, out->grad_logps, &ctx, err);
+    if (status == CALIGN_OK)
+        scatter_add_rows(out->d_hidden, c.score.d_rows, r->rows, r->M,
+                         model_get_config(m)->d_model);
+    return status;
 }
