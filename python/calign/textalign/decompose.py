@@ -5,7 +5,7 @@ with the Viterbi search in C (csrc/textalign/decompose.c)."""
 import numpy as np
 
 from calign import _C, checks
-from calign.textalign.text import check_sentences, check_words, normalise
+from calign.textalign.text import check_pairs, check_sentences, check_words, normalise
 
 # The rule probabilities P1..P6 and the paper's CONST. The paper's values could
 # not be read here: these are recollected/chosen (P1 > ... > P6, CONST a few
@@ -68,14 +68,7 @@ def candidate_arrays(pairs, lowercase):
 def decompose_all(pairs, *, lowercase=True, **rules):
     """decompose() of many (summary_words, document_sentences) pairs in one C
     call, in parallel over the pairs; a list of position lists."""
-    checks.require(isinstance(pairs, (list, tuple)) and len(pairs) > 0, "pairs", pairs,
-                   "a non-empty list of (summary_words, document_sentences)")
-    checked = []
-    for k, pair in enumerate(pairs):
-        checks.require(isinstance(pair, (list, tuple)) and len(pair) == 2, f"pairs[{k}]", pair,
-                       "a (summary_words, document_sentences) pair")
-        checked.append((check_words(f"pairs[{k}] summary_words", pair[0]),
-                        check_sentences(f"pairs[{k}] document_sentences", pair[1])))
+    checked = check_pairs(pairs)
     lowercase = checks.flag("lowercase", lowercase)
     settings = check_rules(rules)
     word_off, cand_off, cand_sent, cand_word = candidate_arrays(checked, lowercase)

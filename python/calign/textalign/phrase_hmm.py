@@ -18,23 +18,11 @@ the start counts from document index 0; every expected count gets
 import numpy as np
 
 from calign import _C, checks
-from calign.textalign.text import Fragment, check_sentences, check_words, normalise
+from calign.textalign.text import Fragment, check_pairs, normalise
 
 MAX_PHRASE = 16  # the C kernels' limits
 MAX_JUMP = 64
 UNSEEN_SUMMARY, UNSEEN_DOCUMENT = 0, 1  # ids of tokens unseen in fit(): never equal
-
-
-def check_pairs(pairs):
-    checks.require(isinstance(pairs, (list, tuple)) and len(pairs) > 0, "pairs", pairs,
-                   "a non-empty list of (summary_words, document_sentences)")
-    checked = []
-    for k, pair in enumerate(pairs):
-        checks.require(isinstance(pair, (list, tuple)) and len(pair) == 2, f"pairs[{k}]", pair,
-                       "a (summary_words, document_sentences) pair")
-        checked.append((check_words(f"pairs[{k}] summary_words", pair[0]),
-                        check_sentences(f"pairs[{k}] document_sentences", pair[1])))
-    return checked
 
 
 class PhraseHMM:

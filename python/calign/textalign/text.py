@@ -70,3 +70,17 @@ def fragments(positions):
                 continue
         runs.append(Fragment(j, j + 1, *(position if position is not None else (None, None))))
     return runs
+
+
+def check_pairs(pairs):
+    """A non-empty list of (summary_words, document_sentences) pairs, each
+    checked (check_words, check_sentences), naming pairs[k] in errors."""
+    checks.require(isinstance(pairs, (list, tuple)) and len(pairs) > 0, "pairs", pairs,
+                   "a non-empty list of (summary_words, document_sentences)")
+    checked = []
+    for k, pair in enumerate(pairs):
+        checks.require(isinstance(pair, (list, tuple)) and len(pair) == 2, f"pairs[{k}]", pair,
+                       "a (summary_words, document_sentences) pair")
+        checked.append((check_words(f"pairs[{k}] summary_words", pair[0]),
+                        check_sentences(f"pairs[{k}] document_sentences", pair[1])))
+    return checked
