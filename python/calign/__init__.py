@@ -6,7 +6,7 @@ package configures it. See README.md for what is supported.
 
 from calign._C import get_num_threads, set_num_threads
 from calign import (decoding, lora, losses, merge, ops, optim, safety, selfimprove, steering,
-                    textalign, wordalign)
+                    synthetic, textalign, wordalign)
 from calign._info import build_info
 from calign.lora import LoraConfig
 from calign.model import Model, PackedBatch, RewardModel, pack_shared_prefix
