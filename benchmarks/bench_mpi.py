@@ -15,7 +15,6 @@ Run: python benchmarks/bench_mpi.py [--steps 3] [--model gpt2-124M|gpt2-20M]
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -111,17 +110,6 @@ def launch(folder, args, ranks, threads):
         return json.load(f)
 
 
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3)
@@ -134,7 +122,8 @@ def main():
     if args.child:
         child(args.child, args.steps, args.prompt, args.completion, args.out)
         return
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} logical cores; load average before: "
+    import calign
+    print(f"CPU: {calign.build_info()['cpu']}, {os.cpu_count()} logical cores; load average before: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as folder:
         build(folder, args.model, args.prompt, args.completion, args.steps)
