@@ -16,10 +16,9 @@ model may run between two calls on the session. The model's LoRA adapters
 apply as in Model.generate (off inside model.disable_adapter()).
 """
 
-import numpy as np
-
 from calign import _C, checks
 from calign.model.model import BUSY_MESSAGE
+from calign.model.packing import concatenated_rows
 
 
 class Session:
@@ -90,18 +89,10 @@ class Session:
             raise ValueError(f"input_ids must be a list of {len(slots)} token-id lists (one per "
                              f"slot)")
         slots = [self._slot(f"slots[{i}]", s) for i, s in enumerate(slots)]
-        rows = []
-        for i, ids in enumerate(input_ids):
-            row = np.asarray(ids)
-            if row.ndim != 1 or row.size == 0:
-                raise ValueError(f"input_ids[{i}] must be a non-empty list of token ids")
-            if row.dtype.kind not in "iu":
-                raise TypeError(f"input_ids[{i}] must hold integer token ids, not {row.dtype}")
-            rows.append(row)
-        starts = np.concatenate([[0], np.cumsum([r.size for r in rows])])
+        ids, starts = concatenated_rows(input_ids, lambda i: f"input_ids[{i}]")
         model = self.model
         return self._run(_C.session_append, self._handle, model._handle, model._engine_params,
-                         np.concatenate(rows), starts, slots, adapters=model._active_adapters(),
+                         ids, starts, slots, adapters=model._active_adapters(),
                          all_logits=checks.flag("all_logits", all_logits),
                          return_hidden=checks.flag("return_hidden", return_hidden))
 

@@ -14,7 +14,7 @@ from calign.model import generation
 from calign.model.config import engine_config, load_config_file
 from calign.model.dtypes import save_dtype
 from calign.model.names import linear_modules, tensor_names
-from calign.model.packing import as_id_matrix, pack_rows
+from calign.model.packing import as_id_matrix, concatenated_rows, pack_rows
 
 
 BUSY_MESSAGE = ("this model is being used by another thread; calls on one model must not "
@@ -757,14 +757,8 @@ class Model:
             prompts = [prompts]
         if len(prompts) == 0:
             raise ValueError("input_ids is empty: give at least one prompt")
-        rows = []
-        for i, prompt in enumerate(prompts):
-            row = np.asarray(prompt)
-            if row.ndim != 1 or row.size == 0:
-                raise ValueError(f"prompt {i} must be a non-empty list of token ids")
-            if row.dtype.kind not in "iu":
-                raise TypeError(f"prompt {i} must hold integer token ids, not {row.dtype}")
-            rows.append(row)
+        prompt_ids, starts = concatenated_rows(prompts, lambda i: f"prompt {i}")
+        n_prompts = len(starts) - 1
         max_positions = self.max_positions
         max_new_tokens = checks.integer(
             label["max_new_tokens"], settings["max_new_tokens"], 1, max_positions - 1,
@@ -779,7 +773,7 @@ class Model:
                                          settings["repetition_penalty"], 0.0, open_low=True)
         eos = generation.eos_token_ids(label["eos_token_id"], settings["eos_token_id"])
         num_return_sequences = checks.integer("num_return_sequences", num_return_sequences, 1,
-                                              checks.C_INT_MAX // len(rows))
+                                              checks.C_INT_MAX // n_prompts)
         if num_return_sequences > 1 and not do_sample:
             raise ValueError("num_return_sequences > 1 needs do_sample=True (greedy samples "
                              "would all be equal)")
@@ -801,7 +795,6 @@ class Model:
             checks.require(self.vocab_size > 1, "reset_token_id", reset_token_id,
                            "the id of one of at least 2 tokens (the model has 1)")
         return_resets = checks.flag("return_resets", return_resets)
-        starts = np.concatenate([[0], np.cumsum([r.size for r in rows])])
         own_control = self._control_rows
         if control is not None:
             checks.require(isinstance(control, tuple) and len(control) == 2 and
@@ -811,7 +804,7 @@ class Model:
             self.set_control(rows_of_control if np.any(rows_of_control) else None)
         try:
             tokens, lengths, logprobs, discarded = _C.model_generate(
-                self._handle, self._engine_params, np.concatenate(rows), starts,
+                self._handle, self._engine_params, prompt_ids, starts,
                 max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                 top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
                 eos_token_ids=np.asarray(eos, np.int64),

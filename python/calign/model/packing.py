@@ -52,6 +52,21 @@ def token_id_array(ids, what):
     return arr.astype(np.int64)
 
 
+def concatenated_rows(rows, name_of):
+    """Ragged token-id rows (each a non-empty 1-D list or integer array) as
+    (their ids end to end, starts [len(rows) + 1]); name_of(i) names row i in
+    errors."""
+    arrays = []
+    for i, ids in enumerate(rows):
+        row = np.asarray(ids)
+        if row.ndim != 1 or row.size == 0:
+            raise ValueError(f"{name_of(i)} must be a non-empty list of token ids")
+        if row.dtype.kind not in "iu":
+            raise TypeError(f"{name_of(i)} must hold integer token ids, not {row.dtype}")
+        arrays.append(row)
+    return np.concatenate(arrays), np.concatenate([[0], np.cumsum([r.size for r in arrays])])
+
+
 def _flatten(nested):
     for item in nested:
         if isinstance(item, (list, tuple, np.ndarray)):
