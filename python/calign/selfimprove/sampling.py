@@ -54,14 +54,17 @@ def score_completions(scorer, prompt_ids, completions, tokenizer):
         return [float(x) for x in scorer.score(completions,
                                                prompts=[prompt_ids] * len(completions))]
     prompt = tokenizer.decode(prompt_ids) if tokenizer is not None else prompt_ids
-    out = []
-    for c in completions:
-        value = scorer(prompt, completion_text(tokenizer, c) if tokenizer is not None else c)
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"the scorer returned {value!r}, not a number") from None
-        if not math.isfinite(value):
-            raise ValueError(f"the scorer returned {value}, not a finite number")
-        out.append(value)
-    return out
+    return [scorer_value(scorer(prompt, completion_text(tokenizer, c)
+                                if tokenizer is not None else c))
+            for c in completions]
+
+
+def scorer_value(value):
+    """What a scorer callable returned, as a finite float (ValueError if not)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"the scorer returned {value!r}, not a number") from None
+    if not math.isfinite(number):
+        raise ValueError(f"the scorer returned {number}, not a finite number")
+    return number

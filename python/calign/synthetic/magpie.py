@@ -24,13 +24,13 @@ Multi-turn conversations repeat steps 1-2: the next instruction is sampled
 after the conversation so far rendered up to the next user turn's text.
 """
 
-import math
 import os
 
 import numpy as np
 
 from calign import checks
 from calign.selfimprove.checks import check_model, check_scorer
+from calign.selfimprove.sampling import scorer_value
 
 # A user message no template contains: where it shows in the rendered text,
 # the user's text starts.
@@ -369,17 +369,9 @@ def _scores(scorer, tokenizer, instruction, prompt_ids, completions):
     if isinstance(scorer, RewardModel):
         return [float(x) for x in scorer.score(completions,
                                                prompts=[prompt_ids] * len(completions))]
-    out = []
-    for c in completions:
-        value = scorer(instruction, tokenizer.decode(c, skip_special_tokens=True).strip())
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"scorer returned {value!r}, not a number") from None
-        if not math.isfinite(value):
-            raise ValueError(f"scorer returned {value}, not a finite number")
-        out.append(value)
-    return out
+    return [scorer_value(scorer(instruction,
+                                tokenizer.decode(c, skip_special_tokens=True).strip()))
+            for c in completions]
 
 
 def preference_pairs(model, tokenizer, instructions, scorer, *, k=5, temperature=0.8, top_p=1.0,
