@@ -8,8 +8,10 @@
 itself); rank 0 writes result.json (the log history, the state) and
 params.npy, and every rank writes the SHA-256 of its parameters to
 rank<r>.sha so the test can check that the replicas agree bit for bit.
-Options: trainer (sft, dpo, kto), model (a folder), per_device, accumulation,
-max_steps, save_steps, resume (a checkpoint folder or true), precompute,
+Options: trainer (sft, dpo, kto, online_dpo, grpo, rloo, ppo), model (a
+folder), per_device, accumulation, max_steps, save_steps, resume (a
+checkpoint folder or true), precompute, learning_rate, config (more config
+fields),
 fail_at_step (rank 1 raises in that step), die_at_step (rank 1 exits
 without a word), fail_after_train (rank 1 raises outside the trainer while
 rank 0 waits in a barrier), eval.
@@ -68,9 +70,30 @@ def write_rank_digest(out, weights):
         f.write(hashlib.sha256(np.ascontiguousarray(weights).tobytes()).hexdigest())
 
 
+def completion_reward(prompts, completions, completion_ids, **kwargs):
+    """A reward of the token ids that differs between most completions."""
+    return [float(sum(ids) % 7) - 3.0 for ids in completion_ids]
+
+
+def pair_reward(prompt, completion):
+    return float(len(completion) % 3) + 0.1 * len(prompt)
+
+
+def config_vocab(options):
+    with open(os.path.join(options["model"], "config.json")) as f:
+        return json.load(f)["vocab_size"]
+
+
+def prompt_records(n, seed, model):
+    """n prompts in the words of the model's vocabulary."""
+    vocab_size = config_vocab({"model": model})
+    return [{"prompt": r["prompt"]} for r in sft_records(n, seed=seed, vocab_size=vocab_size)]
+
+
 def train(out, options):
     kind = options["trainer"]
-    common = dict(output_dir=os.path.join(out, "run"), learning_rate=5e-3,
+    common = dict(output_dir=os.path.join(out, "run"),
+                  learning_rate=options.get("learning_rate", 5e-3),
                   per_device_train_batch_size=options["per_device"],
                   gradient_accumulation_steps=options.get("accumulation", 1),
                   max_steps=options["max_steps"], logging_steps=1, disable_tqdm=False,
@@ -90,6 +113,35 @@ def train(out, options):
     elif kind == "kto":
         config, data = calign.KTOConfig(beta=0.4, **common), kto_records(24, seed=7)
         make = calign.KTOTrainer
+    elif kind == "online_dpo":
+        config = calign.OnlineDPOConfig(beta=0.3, max_new_tokens=5, **common,
+                                        **options.get("config", {}))
+        data = prompt_records(24, seed=8, model=options["model"])
+
+        def make(model, **kwargs):
+            return calign.OnlineDPOTrainer(model, reward_model=pair_reward, **kwargs)
+    elif kind in ("grpo", "rloo"):
+        rl = dict(num_generations=2, max_completion_length=6, beta=0.1)
+        rl.update(options.get("config", {}))
+        if evaluated:
+            common.update(per_device_eval_batch_size=4)
+        config = {"grpo": calign.GRPOConfig, "rloo": calign.RLOOConfig}[kind](**common, **rl)
+        data = prompt_records(24, seed=9, model=options["model"])
+        trainer_class = {"grpo": calign.GRPOTrainer, "rloo": calign.RLOOTrainer}[kind]
+
+        def make(model, **kwargs):
+            return trainer_class(model, reward_funcs=completion_reward, **kwargs)
+    elif kind == "ppo":
+        rl = dict(num_ppo_epochs=2, num_mini_batches=2, response_length=5, stop_token="eos",
+                  ptx_coef=0.5)
+        rl.update(options.get("config", {}))
+        config, data = calign.PPOConfig(**common, **rl), prompt_records(24, 10, options["model"])
+        pretraining = [{"text": r["prompt"] + r["completion"]}
+                       for r in sft_records(12, seed=11, vocab_size=config_vocab(options))]
+
+        def make(model, **kwargs):
+            return calign.PPOTrainer(model, reward_model=completion_reward,
+                                     ptx_dataset=pretraining, **kwargs)
     else:
         raise ValueError(f"unknown trainer {kind!r}")
     trainer = make(options["model"], args=config, train_dataset=data,

@@ -342,6 +342,26 @@ def test_sampling_is_seeded(family):
         model.generate([[1, 2, 3]], max_new_tokens=5)
 
 
+def test_a_shard_of_a_batch_given_its_place_samples_what_the_batch_does(family):
+    """Prompts 2..4 of a batch, generated alone with first_prompt_index=2, draw
+    the batch's tokens for them (the ranks of an online RL run share out a
+    generation batch so); their log-probs agree to float32 rounding (rows
+    batched otherwise)."""
+    name, hf, path = family
+    model = calign.Model.from_pretrained(path)
+    prompts = [[1, 2, 3], [4], [6, 7, 8, 9], [3, 3], [2]]
+    kw = dict(max_new_tokens=6, do_sample=True, num_return_sequences=3, seed=11,
+              return_logprobs=True)
+    tokens, logps = model.generate(prompts, **kw)
+    shard, shard_logps = model.generate(prompts[2:], first_prompt_index=2, **kw)
+    assert shard == tokens[6:]
+    for a, b in zip(shard_logps, logps[6:], strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    assert model.generate(prompts[2:], **kw)[0] != tokens[6:]  # its place matters
+    with pytest.raises(ValueError, match="first_prompt_index"):
+        model.generate(prompts, first_prompt_index=-1, **kw)
+
+
 @pytest.fixture(scope="module")
 def sampling_model(tiny_model):
     """A GPT-2 with peaked next-token distributions (large initial weights)."""

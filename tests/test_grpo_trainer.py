@@ -103,7 +103,7 @@ CONFIG_ERRORS = [
     ("grpo", dict(per_device_train_batch_size=2, generation_batch_size=6),
      r"generation_batch_size must be a multiple of num_generations \(4\)"),
     ("grpo", dict(per_device_train_batch_size=4, generation_batch_size=6),
-     r"generation_batch_size must be a multiple of per_device_train_batch_size \(4\)"),
+     r"generation_batch_size must be a multiple of per_device_train_batch_size x ranks \(4\)"),
     ("rloo", dict(generation_batch_size=8, steps_per_generation=2),
      r"generation_batch_size \(8\) and steps_per_generation \(2\) cannot both be given"),
     ("grpo", dict(sync_ref_model=True), "sync_ref_model must be False when beta is 0"),

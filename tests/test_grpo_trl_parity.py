@@ -108,7 +108,7 @@ def trl_run(checkpoint, table, tmp_path, config_class, trainer_class, settings, 
 
 def calign_run(checkpoint, table, tmp_path, monkeypatch, config_class, trainer_class, settings,
                funcs):
-    def sample(model, examples, G_, args, eos_ids, seed):
+    def sample(model, examples, G_, args, eos_ids, seed, first_prompt_index=0):
         served = {}
         rows, completions = [], []
         for e in examples:

@@ -308,7 +308,7 @@ int model_generate(model *m, const float *params, const float *lora, const int32
     uint64_t *rng = g.rng;
     memset(branch, 0, sizeof(int32_t) * T_max);
     for (int i = 0; i < n_slots; i++) {
-        uint64_t seed_state = s->seed ^ (0xA0761D6478BD642FULL * (uint64_t)(i + 1));
+        uint64_t seed_state = s->seed ^ (0xA0761D6478BD642FULL * (s->first_sequence + (uint64_t)i + 1));
         rng[i] = splitmix64(&seed_state);
         out_lengths[i] = 0;
         g.resets[i] = 0;

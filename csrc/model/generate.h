@@ -17,7 +17,10 @@ typedef struct {
     float repetition_penalty;
     const int32_t *eos_token_ids; /* a sequence stops after any of these */
     int n_eos;
-    uint64_t seed;
+    /* sequence i of the call draws from a generator seeded by (seed,
+     * first_sequence + i): a shard of a batch that starts at its first
+     * sequence's index in the batch samples what the whole batch would */
+    uint64_t seed, first_sequence;
     /* Backtracking (Zhang et al. 2024), off when has_reset_token is 0: the
      * reset token's logit gets reset_logit_bias added before the draw; once a
      * sequence has drawn it max_resets times it cannot be drawn again. A

@@ -691,7 +691,8 @@ class Model:
     def generate(self, input_ids, *, max_new_tokens=None, do_sample=None, temperature=None,
                  top_k=None, top_p=None, repetition_penalty=None, eos_token_id=None,
                  num_return_sequences=1, seed=None, return_logprobs=False, reset_token_id=None,
-                 reset_logit_bias=0.0, max_resets=1, return_resets=False, control=None):
+                 reset_logit_bias=0.0, max_resets=1, return_resets=False, control=None,
+                 first_prompt_index=0):
         """New tokens for each prompt, with a KV cache, in one call into C.
 
         A setting left None comes from the checkpoint's generation_config.json
@@ -716,6 +717,10 @@ class Model:
             num_return_sequences: samples per prompt; the prompt is computed
                 once and its cache shared.
             seed: samples are a function of (seed, prompt index, sample index).
+            first_prompt_index: the prompt index of input_ids[0] in that
+                function: a shard of a batch given its first prompt's place in
+                the batch samples what the whole batch samples for it (the MPI
+                ranks of an online RL run share a generation batch so).
             return_logprobs: also return each new token's log-probability
                 under the model at this temperature, over the whole vocabulary
                 (log_softmax(logits / temperature), before top-k, top-p, the
@@ -780,6 +785,9 @@ class Model:
         seed = checks.seed("seed", seed, allow_none=True)
         if seed is None:
             seed = np.random.SeedSequence().entropy % 2**64
+        first_prompt_index = checks.integer(
+            "first_prompt_index", first_prompt_index, 0,
+            checks.C_INT_MAX // num_return_sequences - n_prompts)
         reset_token_id = checks.integer("reset_token_id", reset_token_id, 0, self.vocab_size - 1,
                                         allow_none=True,
                                         what=f"a token id in [0, {self.vocab_size - 1}] (the "
@@ -812,7 +820,8 @@ class Model:
                 adapters=self._active_adapters(),
                 return_logprobs=checks.flag("return_logprobs", return_logprobs),
                 reset_token_id=-1 if reset_token_id is None else reset_token_id,
-                reset_logit_bias=reset_logit_bias, max_resets=max_resets)
+                reset_logit_bias=reset_logit_bias, max_resets=max_resets,
+                first_prompt=first_prompt_index)
         finally:
             if control is not None:
                 self.set_control(own_control)

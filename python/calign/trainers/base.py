@@ -83,9 +83,6 @@ class BaseTrainer:
     _window_size and _micro_step."""
 
     config_class = None
-    # False for trainers whose step is not a window of examples (online rollouts):
-    # they refuse to run on several MPI ranks
-    supports_data_parallel = True
     # TRL's counterpart sets dropout to 0 after adding adapters (disable_dropout=True)
     disables_dropout = True
 
@@ -100,10 +97,6 @@ class BaseTrainer:
             raise ValueError("train_dataset is required")
         self.args = args
         self.world = distributed.world()
-        if self.world.distributed and not self.supports_data_parallel:
-            raise NotImplementedError(
-                f"{type(self).__name__} does not run on several MPI ranks yet (this job has "
-                f"{self.world.size}); start it as one process")
         checks.require(args.model_init_kwargs is None or not isinstance(model, Model),
                        "model_init_kwargs", args.model_init_kwargs,
                        "None when the model is given loaded (they apply to loading a folder)")

@@ -110,9 +110,9 @@ class GRPOTrainer(OnlineRLTrainer):
             self._loss_settings(), old_logps=old, ref_logps=ref, temperature=a.temperature,
             max_completion_length=a.max_completion_length,
             num_items_in_batch=self._num_items(rollout, train),
-            gradient_accumulation_steps=a.gradient_accumulation_steps)
+            gradient_accumulation_steps=self._accumulation(train=True))
         self.model.backward_packed(packed.batch, out.d_hidden)
-        metrics = {"loss": out.loss * a.gradient_accumulation_steps,
+        metrics = {"loss": out.loss * self._accumulation(train=True),
                    "entropy": float((out.stats["entropy"] * mask).sum() /
                                     max(float(mask.sum()), 1.0))}
         metrics.update({k: v for k, v in out.metrics.items() if v is not None})
@@ -121,7 +121,7 @@ class GRPOTrainer(OnlineRLTrainer):
     def _policy_loss(self, rollout, rows, logps, entropies, mask, train):
         a = self.args
         width = logps.shape[1]
-        accum = a.gradient_accumulation_steps if train else 1
+        accum = self._accumulation(train)
         old = (rollouts.padded([rollout.sampling_logps[r] for r in rows], width)
                if train and self._needs_old_logps() else None)
         ref = (rollouts.padded([rollout.ref_logps[r] for r in rows], width)

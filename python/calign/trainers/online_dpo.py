@@ -11,6 +11,7 @@ from calign.data.tokenize import token_ids
 from calign.model import RewardModel
 from calign.trainers.config import OnlineDPOConfig
 from calign.trainers.dpo import DPOTrainer
+from calign.trainers.rollouts import round_seed
 
 
 def _reward_name(reward_model):
@@ -27,7 +28,8 @@ class OnlineDPOTrainer(DPOTrainer):
     The pair of a step: the higher-scored sample is chosen (the first on a tie,
     as TRL). The samples are drawn with the config's temperature, top_k, top_p
     and repetition_penalty (TRL's defaults: no filter), not the checkpoint's
-    generation_config.
+    generation_config. A micro-batch's samples are seeded by (seed, step, its
+    first prompt's index), so they are the same on any number of MPI ranks.
 
     Prompts keep their end when they are longer than max_prompt_length, or than
     max_length less max_new_tokens (the room a completion needs), as TRL cuts
@@ -129,7 +131,8 @@ class OnlineDPOTrainer(DPOTrainer):
                                       temperature=a.temperature, top_k=a.top_k,
                                       top_p=a.top_p, repetition_penalty=a.repetition_penalty,
                                       eos_token_id=eos, num_return_sequences=2,
-                                      seed=a.seed * 1_000_003 + self.state.global_step)
+                                      seed=round_seed(a.seed, self.state.global_step,
+                                                      examples[0].index))
         pairs = []
         for i, example in enumerate(examples):
             first, second = samples[2 * i], samples[2 * i + 1]

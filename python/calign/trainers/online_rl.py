@@ -3,18 +3,25 @@
 in slices, num_iterations times), the reference model when beta != 0, the
 packed forward of a slice, and TRL's metrics.
 
-Optimizer step s takes micro-steps s * gradient_accumulation_steps + j. In
-an epoch, micro-step p belongs to generation round p // (num_iterations *
-steps_per_generation) and uses slice p % steps_per_generation of that
-round's batch; a round samples generation_batch_size / num_generations
-prompts of the epoch's (seeded) order, whole rounds only, as TRL's
-RepeatSampler."""
+A micro-step is per_device_train_batch_size rows of a generation batch.
+With R MPI ranks (R = 1 without MPI) and A = gradient_accumulation_steps,
+optimizer step s takes micro-steps s * A * R + j, j < A * R, and rank r runs
+those with j = r mod R. A generation batch (generation_batch_size rows, TRL's
+per_device x R x steps_per_generation) is split into slices of
+per_device_train_batch_size rows; in an epoch, micro-step p belongs to round
+p // (num_iterations * slices) and uses slice p % slices of that round's
+batch. A round samples generation_batch_size / num_generations prompts of the
+epoch's (seeded) order, whole rounds only, as TRL's RepeatSampler. Its
+sampling, rewards and reference log-probs are shared out: rank r does its
+contiguous block of the prompts, and the ranks gather the whole batch, so R
+ranks with accumulation A train as one process with R x A (and
+steps_per_generation R times as many)."""
 
 import math
 
 import numpy as np
 
-from calign import checks
+from calign import checks, distributed
 from calign.data.prompts import check_prompts_fit, prepare_prompts
 from calign.model import generation
 from calign.trainers import rollouts
@@ -25,9 +32,6 @@ from calign.trainers.rewards import RewardFunctions
 
 class OnlineRLTrainer(SyncedReference, BaseTrainer):
     """Subclasses set config_class and give _advantages and _policy_loss."""
-
-    # a step is micro-steps of one shared rollout, not a window of examples to deal out
-    supports_data_parallel = False
 
     def __init__(self, model, reward_funcs=None, args=None, train_dataset=None,
                  eval_dataset=None, processing_class=None, reward_processing_classes=None,
@@ -46,6 +50,11 @@ class OnlineRLTrainer(SyncedReference, BaseTrainer):
                            "reference is the base model)")
             self.ref_model = self._default_reference()
         self.prompts_per_round = a.generation_batch_size // a.num_generations
+        per_step = a.per_device_train_batch_size * self.world.size
+        checks.require(a.generation_batch_size % per_step == 0, "generation_batch_size",
+                       a.generation_batch_size, f"a multiple of per_device_train_batch_size x "
+                       f"ranks ({per_step}): the config was made for another number of ranks")
+        self.slices_per_round = a.generation_batch_size // a.per_device_train_batch_size
         if len(self.train_examples) < self.prompts_per_round:
             raise ValueError(f"train_dataset has {len(self.train_examples)} prompts, fewer than "
                              f"a generation batch needs (generation_batch_size "
@@ -53,7 +62,7 @@ class OnlineRLTrainer(SyncedReference, BaseTrainer):
                              f"= {self.prompts_per_round})")
         self._round_key = None
         self._round = None        # the Rollout being trained on
-        self._slices = None       # its rows, split into steps_per_generation micro-batches
+        self._slices = None       # its rows, split into slices_per_round micro-batches
         self.last_rollout = None  # the latest generation batch, for inspection
 
     @property
@@ -84,15 +93,21 @@ class OnlineRLTrainer(SyncedReference, BaseTrainer):
     # ---- the micro-step scheme -------------------------------------------------------
 
     def _micro_steps_per_round(self):
-        return self.args.num_iterations * self.args.steps_per_generation
+        return self.args.num_iterations * self.slices_per_round
 
     def _micro_batches_per_epoch(self):
         rounds = len(self.train_examples) // self.prompts_per_round
         return rounds * self._micro_steps_per_round()
 
     def _window(self, step):
-        accum = self.args.gradient_accumulation_steps
-        return [[step * accum + j] for j in range(accum)]
+        n = self._micro_batches_per_window()
+        return [[step * n + j] for j in range(n)]
+
+    def _accumulation(self, train):
+        """The micro-batches a loss is divided over: those of an optimizer
+        step on all ranks (TRL's gradient_accumulation_steps, times the
+        ranks whose gradients are summed), 1 in evaluation."""
+        return self._micro_batches_per_window() if train else 1
 
     def _window_size(self, examples):
         return 1  # the losses normalise themselves, as TRL's
@@ -111,25 +126,25 @@ class OnlineRLTrainer(SyncedReference, BaseTrainer):
                      if a.shuffle_dataset else np.arange(n))
             start = round_index * self.prompts_per_round
             chosen = [self.train_examples[i] for i in order[start:start + self.prompts_per_round]]
-            self._round, fresh = self._rollout(chosen, a.num_generations,
-                                               rollouts.round_seed(a.seed, epoch, round_index))
+            self._round, fresh, tokens = self._rollout(
+                chosen, a.num_generations, rollouts.round_seed(a.seed, epoch, round_index),
+                self.world)
             # TRL shuffles the generation batch before splitting it into micro-batches
             rows = np.random.default_rng([a.seed, epoch, round_index]).permutation(
                 len(self._round.completion_ids))
-            self._slices = np.array_split(rows, a.steps_per_generation)
+            self._slices = np.array_split(rows, self.slices_per_round)
             self._round_key = (epoch, round_index)
-            tokens = sum(len(e.prompt_ids) for e in self._round.examples) + \
-                sum(len(c) for c in self._round.completion_ids)
-        rows = self._slices[position % a.steps_per_generation]
+        rows = self._slices[position % self.slices_per_round]
         return self._round, sorted(rows.tolist()), fresh, tokens
 
-    def _rollout(self, examples, G, seed):
-        """Samples, scores and computes the advantages of a generation batch;
-        returns (rollout, metrics of it)."""
+    def _rollout(self, examples, G, seed, world):
+        """Samples, scores and computes the advantages of a generation batch,
+        each rank of `world` its block of the prompts; returns (the whole
+        rollout, metrics of it, the tokens this rank sampled)."""
         a = self.args
-        rollout = rollouts.sample(self.model, examples, G, a, self.eos_ids, seed)
-        rollout.trained = ~rollout.truncated if a.mask_truncated_completions else \
-            np.ones(len(rollout.truncated), bool)
+        block = world.block(len(examples))
+        rollout = rollouts.sample(self.model, examples[block.start:block.stop], G, a,
+                                  self.eos_ids, seed, first_prompt_index=block.start)
         rollout.completions = rollouts.decode_completions(rollout, self.processing_class)
         logged = {}
 
@@ -142,9 +157,16 @@ class OnlineRLTrainer(SyncedReference, BaseTrainer):
         rollout.rewards = self.reward_functions(
             [e.prompt for e in rollout.examples], rollout.completions, rollout.completion_ids,
             rollouts.reward_columns(rollout.examples), trainer_state=self.state,
-            log_extra=log_extra, log_metric=log_metric)
+            log_extra=log_extra, log_metric=log_metric) if rollout.examples else \
+            np.zeros((0, len(self.reward_functions)), np.float32)
         if self.ref_model is not None:
             rollout.ref_logps = self._logps(self.ref_model, rollout)
+        tokens = sum(len(e.prompt_ids) for e in rollout.examples) + \
+            sum(len(c) for c in rollout.completion_ids)
+        rollout = rollouts.gathered(world, rollout, examples, G)
+        logged = rollouts.merged_lists(world.allgather(logged))
+        rollout.trained = ~rollout.truncated if a.mask_truncated_completions else \
+            np.ones(len(rollout.truncated), bool)
         rollout.advantages, std_rewards, metrics = self._advantages(rollout, G)
         metrics.update(rollouts.completion_metrics(rollout))
         metrics.update(rollouts.reward_metrics(rollout, self.reward_functions.names,
@@ -154,7 +176,7 @@ class OnlineRLTrainer(SyncedReference, BaseTrainer):
         # scored, the std of one value): a NaN is left out, not logged
         metrics = {k: v for k, v in metrics.items() if not math.isnan(v)}
         self.last_rollout = rollout
-        return rollout, metrics
+        return rollout, metrics, tokens
 
     def _logps(self, model, rollout):
         """[N] float32 arrays: each completion's token log-probs under `model`
@@ -172,7 +194,9 @@ class OnlineRLTrainer(SyncedReference, BaseTrainer):
         else:  # an evaluation batch: its prompts, sampled afresh
             a = self.args
             seed = rollouts.round_seed(a.seed, 2**32, self.state.global_step, batch[0].index)
-            rollout, metrics = self._rollout(batch, a.eval_generations, seed)
+            # the ranks evaluate batches of their own (BaseTrainer.evaluate): no sharing
+            rollout, metrics, _ = self._rollout(batch, a.eval_generations, seed,
+                                                distributed.World())
             rows, tokens = list(range(len(rollout.completion_ids))), 0
         metrics.update(self._train_rows(rollout, rows, train))
         return metrics, tokens

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from calign import checks, losses
+from calign import checks, distributed, losses
 from calign.data.prompts import check_prompts_fit, prepare_prompts
 from calign.data.records import load_records, require_field
 from calign.data.tokenize import with_eos
@@ -83,8 +83,6 @@ class PPOTrainer(BaseTrainer):
     with args.ptx_coef > 0."""
 
     config_class = PPOConfig
-    # a step is minibatches of one shared rollout, not a window of examples to deal out
-    supports_data_parallel = False
 
     def __init__(self, model, reward_model=None, args=None, train_dataset=None,
                  eval_dataset=None, processing_class=None, value_model=None, ref_model=None,
@@ -108,9 +106,9 @@ class PPOTrainer(BaseTrainer):
         if len(self.train_examples) < a.batch_size:
             raise ValueError(f"train_dataset has {len(self.train_examples)} prompts, fewer than "
                              f"an update needs (per_device_train_batch_size * "
-                             f"gradient_accumulation_steps * num_mini_batches = {a.batch_size})")
+                             f"gradient_accumulation_steps * num_mini_batches * ranks = "
+                             f"{a.batch_size})")
         self.last_rollout = None
-        self._ptx_draws = 0  # pretraining draws in the current update
 
     # ---- the models --------------------------------------------------------------------
 
@@ -224,32 +222,29 @@ class PPOTrainer(BaseTrainer):
 
     # ---- the rollout -------------------------------------------------------------------
 
-    def _rollout(self, examples, seed):
+    def _rollout(self, examples, seed, world):
         """Samples, scores and estimates the advantages of an update's
-        completions; returns (PPORollout, TRL's rollout metrics)."""
+        completions, each rank of `world` its block of the prompts; returns
+        (PPORollout of them all, TRL's rollout metrics, the tokens this rank
+        sampled)."""
         a = self.args
-        sequences, logps = self.model.generate(
-            [e.prompt_ids for e in examples], max_new_tokens=a.response_length, do_sample=True,
-            temperature=a.temperature, top_k=0, top_p=1.0, repetition_penalty=1.0,
-            eos_token_id=list(self.stop_ids), seed=seed, return_logprobs=True)
+        block = world.block(len(examples))
+        mine, scores, values = self._sampled(examples[block.start:block.stop], seed,
+                                             block.start)
+        tokens = sum(len(e.prompt_ids) for e in mine.examples) + \
+            sum(len(c) for c in mine.completion_ids)
+        parts = world.allgather((mine.completion_ids, mine.sampling_logps, mine.completions,
+                                 list(scores), mine.ref_logps, values))
+        ids, logps, texts, scores, ref, values = (rollouts.join(p) for p in zip(*parts))
         stops = set(self.stop_ids)
-        ended = np.array([bool(s) and s[-1] in stops for s in sequences])
-        rollout = rollouts.Rollout(list(examples), sequences, logps, ~ended)
-        rollout.trained = np.ones(len(sequences), bool)
-        rollout.completions = rollouts.decode_completions(rollout, self.processing_class)
-        scores = self._scores(rollout)
-        if np.isnan(scores).any():
-            raise ValueError("the reward function returned None for a completion: PPO needs "
-                             "every completion's score")
+        ended = np.array([bool(s) and s[-1] in stops for s in ids])
+        rollout = rollouts.Rollout(list(examples), ids, logps, ~ended, completions=texts,
+                                   trained=np.ones(len(ids), bool))
+        scores = np.asarray(scores, np.float64)
         if a.missing_eos_penalty is not None:
             scores[~ended] -= a.missing_eos_penalty
-        width = max(len(s) for s in sequences)
-        mask = rollouts.padded([np.ones(len(s), np.float32) for s in sequences], width)
-        step = a.local_rollout_forward_batch_size
-        ref = rollouts.per_row_scores(rollout, step, lambda packed: self.ref_model.packed_scores(
-            self.ref_model.forward_packed(packed.batch), packed.batch, a.temperature))
-        values = rollouts.per_row_scores(rollout, step,
-                                         lambda packed: self.value.values(packed, False)[0])
+        width = max(len(s) for s in ids)
+        mask = rollouts.padded([np.ones(len(s), np.float32) for s in ids], width)
         old = rollouts.padded(logps, width)
         shaped = losses.shape_rewards(scores, old, rollouts.padded(ref, width), mask,
                                       kl_coef=a.kl_coef, kl_estimator=a.kl_estimator,
@@ -263,7 +258,34 @@ class PPOTrainer(BaseTrainer):
         metrics = dict(shaped.metrics)
         metrics["val/num_eos_tokens"] = float(ended.sum())
         metrics.update(rollouts.completion_metrics(rollout))
-        return PPORollout(rollout, old, values, advantages, returns, mask), metrics
+        return PPORollout(rollout, old, values, advantages, returns, mask), metrics, tokens
+
+    def _sampled(self, examples, seed, first_prompt_index):
+        """(a Rollout of some prompts, prompt first_prompt_index on of the
+        seed's batch, with its reference log-probs; the completions' scores
+        [N] float64; the value model's values of each completion token)."""
+        a = self.args
+        if not examples:
+            return rollouts.Rollout([], [], [], np.zeros(0, bool), completions=[],
+                                    ref_logps=[]), np.zeros(0), []
+        sequences, logps = self.model.generate(
+            [e.prompt_ids for e in examples], max_new_tokens=a.response_length, do_sample=True,
+            temperature=a.temperature, top_k=0, top_p=1.0, repetition_penalty=1.0,
+            eos_token_id=list(self.stop_ids), seed=seed, return_logprobs=True,
+            first_prompt_index=first_prompt_index)
+        rollout = rollouts.Rollout(list(examples), sequences, logps, np.zeros(0, bool))
+        rollout.completions = rollouts.decode_completions(rollout, self.processing_class)
+        scores = self._scores(rollout)
+        if np.isnan(scores).any():
+            raise ValueError("the reward function returned None for a completion: PPO needs "
+                             "every completion's score")
+        step = a.local_rollout_forward_batch_size
+        rollout.ref_logps = rollouts.per_row_scores(
+            rollout, step, lambda packed: self.ref_model.packed_scores(
+                self.ref_model.forward_packed(packed.batch), packed.batch, a.temperature))
+        values = rollouts.per_row_scores(
+            rollout, step, lambda packed: self.value.values(packed, False)[0])
+        return rollout, scores, values
 
     def _scores(self, rollout):
         """float64 [N]: a reward model scores the prompt + completion token ids as
@@ -285,38 +307,47 @@ class PPOTrainer(BaseTrainer):
 
     def _training_step(self, update, lr, sums, counts):
         a = self.args
-        batch, metrics = self._rollout(self._update_prompts(update),
-                                       rollouts.round_seed(a.seed, update))
+        batch, metrics, tokens = self._rollout(self._update_prompts(update),
+                                               rollouts.round_seed(a.seed, update), self.world)
         accumulate(sums, counts, metrics)
-        self.state.num_tokens += sum(len(e.prompt_ids) for e in batch.rollout.examples) + \
-            sum(len(c) for c in batch.rollout.completion_ids)
+        self.state.num_tokens += self.world.sum(tokens)
         rng = np.random.default_rng([a.seed, update])
-        self._ptx_draws = 0
-        norms = []
+        norms, micro_batches = [], 0
         for _ in range(a.num_ppo_epochs):
             order = rng.permutation(a.batch_size)
             for start in range(0, a.batch_size, a.mini_batch_size):
-                norms.append(self._mini_batch(batch, order[start:start + a.mini_batch_size],
-                                              lr, update, sums, counts))
+                rows = order[start:start + a.mini_batch_size]
+                norms.append(self._mini_batch(batch, rows, lr, update, micro_batches, sums,
+                                              counts))
+                micro_batches += -(-len(rows) // a.per_device_train_batch_size)
         return float(np.mean(norms))
 
-    def _mini_batch(self, batch, rows, lr, update, sums, counts):
+    def _mini_batch(self, batch, rows, lr, update, first_micro_batch, sums, counts):
+        """An optimizer step on a mini-batch's rows: its micro-batches (numbered
+        from first_micro_batch in the update) dealt to the ranks, the two
+        models' gradients summed over them."""
         a = self.args
         self.model.zero_grad()
         self.value.model.zero_grad()
-        for start in range(0, len(rows), a.per_device_train_batch_size):
-            micro = sorted(rows[start:start + a.per_device_train_batch_size].tolist())
-            accumulate(sums, counts, self._micro_batch(batch, micro, update))
+        bs = a.per_device_train_batch_size
+        micro = [(first_micro_batch + i, sorted(rows[start:start + bs].tolist()))
+                 for i, start in enumerate(range(0, len(rows), bs))]
+        scale = 1.0 / len(micro)
+        for index, micro_rows in self.world.share(micro):
+            accumulate(sums, counts, self._micro_batch(batch, micro_rows, update, index, scale))
+        self.world.sum_in_place(self.model.train_grads)
+        self.world.sum_in_place(self.value.model.train_grads)
         grad_norm = self._clip_gradients(update, [self.model, self.value.model])
         self.optimizer.step(lr=lr)
         self.value_optimizer.step(lr=lr)
         return grad_norm
 
-    def _micro_batch(self, batch, rows, update):
-        """The PPO losses of some completions (and the pretraining term), their
-        gradients added to the policy's and the value model's, / accumulation."""
+    def _micro_batch(self, batch, rows, update, index, scale):
+        """The PPO losses of some completions (and the pretraining term, the
+        update's micro-batch `index`), their gradients times scale (1 / the
+        mini-batch's micro-batches) added to the policy's and the value
+        model's."""
         a = self.args
-        scale = 1.0 / a.gradient_accumulation_steps
         packed = rollouts.PackedRows(batch.rollout, rows)
         index_of = {r: i for i, r in enumerate(rows)}
         hidden = self.model.forward_packed(packed.batch, train=True)
@@ -345,17 +376,17 @@ class PPOTrainer(BaseTrainer):
         metrics = dict(out.metrics, loss=out.loss,
                        **{"policy/entropy_avg": float((entropy * mask).sum() / mask.sum())})
         if self.ptx is not None:
-            metrics["ptx/loss"] = self._ptx_step(scale, update)
+            metrics["ptx/loss"] = self._ptx_step(scale, update, index)
         return metrics
 
-    def _ptx_step(self, scale, update):
+    def _ptx_step(self, scale, update, index):
         """InstructGPT's pretraining term: adds ptx_coef * d(mean token NLL) of a
         micro-batch of pretraining sequences (drawn from the seed, the update
-        and the draw's index in it) to the policy's gradient; returns the NLL."""
+        and the micro-batch's index in it) to the policy's gradient; returns
+        the NLL."""
         a = self.args
         n = a.ptx_batch_size or a.per_device_train_batch_size
-        self._ptx_draws += 1
-        rng = np.random.default_rng([a.seed, update, self._ptx_draws])
+        rng = np.random.default_rng([a.seed, update, index + 1])
         chosen = [self.ptx[i] for i in rng.integers(0, len(self.ptx), n)]
         batch = pack_shared_prefix([(s[:1], [s[1:]]) for s in chosen])
         hidden = self.model.forward_packed(batch, train=True)
@@ -370,7 +401,8 @@ class PPOTrainer(BaseTrainer):
         its prompts sampled and scored, the rollout metrics; no update."""
         seed = rollouts.round_seed(self.args.seed, 2**32, self.state.global_step,
                                    examples[0].index)
-        _, metrics = self._rollout(examples, seed)
+        # the ranks evaluate batches of their own (BaseTrainer.evaluate): no sharing
+        _, metrics, _ = self._rollout(examples, seed, distributed.World())
         return metrics, 0
 
     # ---- checkpoints: the value model and its optimizer ride along ----------------------

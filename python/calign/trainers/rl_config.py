@@ -11,7 +11,7 @@ scheme, whose defaults sample once per optimizer step)."""
 
 from dataclasses import dataclass
 
-from calign import checks, losses
+from calign import checks, distributed, losses
 from calign.trainers import trl_fields
 from calign.trainers.training_args import (TrainingConfig, check_integers, check_reals,
                                            dict_field, help_field, unused_unless)
@@ -124,15 +124,17 @@ class OnlineRLConfig(TrainingConfig, OnlineRLPart):
 
     def _batch_scheme(self):
         """TRL's rule: generation_batch_size and steps_per_generation, one from
-        the other (both None: steps_per_generation = gradient_accumulation_steps)."""
-        per_step = self.per_device_train_batch_size
+        the other (both None: steps_per_generation = gradient_accumulation_steps),
+        a step being per_device_train_batch_size rows on each of the ranks an
+        MPI launcher started (1 without one)."""
+        per_step = self.per_device_train_batch_size * distributed.launched_ranks()
         if self.generation_batch_size is None and self.steps_per_generation is None:
             self.steps_per_generation = self.gradient_accumulation_steps
             self.generation_batch_size = per_step * self.steps_per_generation
         elif self.steps_per_generation is None:
             checks.require(self.generation_batch_size % per_step == 0, "generation_batch_size",
                            self.generation_batch_size,
-                           f"a multiple of per_device_train_batch_size ({per_step})")
+                           f"a multiple of per_device_train_batch_size x ranks ({per_step})")
             self.steps_per_generation = self.generation_batch_size // per_step
         elif self.generation_batch_size is None:
             self.generation_batch_size = per_step * self.steps_per_generation
@@ -235,9 +237,10 @@ class PPOConfig(TrainingConfig):
     pretraining mix (ptx_coef).
 
     An update samples per_device_train_batch_size * gradient_accumulation_steps
-    * num_mini_batches prompts, one completion each, then takes num_ppo_epochs
-    passes over them in num_mini_batches optimizer steps. A step of the
-    trainer (max_steps, logging_steps, ...) is an update, as TRL counts."""
+    * num_mini_batches (* MPI ranks) prompts, one completion each, then takes
+    num_ppo_epochs passes over them in num_mini_batches optimizer steps. A
+    step of the trainer (max_steps, logging_steps, ...) is an update, as TRL
+    counts."""
 
     learning_rate: float = help_field("Peak learning rate (TRL's PPO default).", default=3e-6)
     remove_unused_columns: bool = help_field(
@@ -306,8 +309,10 @@ class PPOConfig(TrainingConfig):
 
     @property
     def mini_batch_size(self):
-        """Completions per optimizer step."""
-        return self.per_device_train_batch_size * self.gradient_accumulation_steps
+        """Completions per optimizer step, on all the ranks an MPI launcher
+        started (TRL's: per device x accumulation x processes)."""
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * \
+            distributed.launched_ranks()
 
     @property
     def batch_size(self):

@@ -48,7 +48,7 @@ class RLOOTrainer(OnlineRLTrainer):
                         if rollout.trained[r] else 0.0 for r in rows])
         result = losses.rloo_loss(logps, rollout.advantages[rows], mask, old_logps=old,
                                   epsilon=a.epsilon, epsilon_high=a.epsilon_high)
-        accum = a.gradient_accumulation_steps if train else 1
+        accum = self._accumulation(train)
         # transformers divides a loss that is not scaled for accumulation (TRL's RLOO's)
         result = result._replace(grad_logps=result.grad_logps / accum)
         metrics = {"loss": result.loss}

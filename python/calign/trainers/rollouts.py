@@ -75,25 +75,60 @@ def per_row_scores(rollout, step, score):
     return out
 
 
-def sample(model, examples, G, args, eos_ids, seed):
+def sample(model, examples, G, args, eos_ids, seed, first_prompt_index=0):
     """A Rollout of `examples` (each sampled G times) with the config's
-    temperature, top_k, top_p and repetition_penalty."""
+    temperature, top_k, top_p and repetition_penalty; examples[0] is prompt
+    first_prompt_index of the seed's batch (a rank's block of it). No
+    examples: an empty Rollout."""
+    if not examples:
+        return Rollout([], [], [], np.zeros(0, bool))
     sequences, logps = model.generate(
         [e.prompt_ids for e in examples], max_new_tokens=args.max_completion_length,
         do_sample=True, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         repetition_penalty=args.repetition_penalty, eos_token_id=list(eos_ids),
-        num_return_sequences=G, seed=seed, return_logprobs=True)
+        num_return_sequences=G, seed=seed, return_logprobs=True,
+        first_prompt_index=first_prompt_index)
     stops = set(eos_ids)
     truncated = np.array([len(s) == 0 or s[-1] not in stops for s in sequences])
     rows = [e for e in examples for _ in range(G)]
     return Rollout(rows, sequences, logps, truncated)
 
 
+def gathered(world, block, examples, G):
+    """The Rollout of all `examples` from each rank's Rollout of its block
+    (World.block) of them: the sampled rows, their texts, rewards, reference
+    log-probs and logged columns, in prompt order on every rank."""
+    if not world.distributed:
+        return block
+    parts = world.allgather((block.completion_ids, block.sampling_logps, block.truncated,
+                             block.completions, block.rewards, block.ref_logps,
+                             block.extra_logs))
+    ids, logps, truncated, texts, rewards, ref, extra = zip(*parts)
+    return Rollout([e for e in examples for _ in range(G)], join(ids), join(logps),
+                   np.concatenate(truncated), completions=join(texts),
+                   rewards=np.concatenate(rewards),
+                   ref_logps=None if block.ref_logps is None else join(ref),
+                   extra_logs=merged_lists(extra))
+
+
+def join(lists):
+    return [x for part in lists for x in part]
+
+
+def merged_lists(dicts):
+    """{key: the dicts' lists for key, joined in order}."""
+    merged = {}
+    for d in dicts:
+        for key, values in d.items():
+            merged.setdefault(key, []).extend(values)
+    return merged
+
+
 def decode_completions(rollout, tokenizer):
     """TRL's completions: decoded without special tokens; for conversational
     prompts, one assistant message."""
     texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in rollout.completion_ids]
-    if is_conversational(rollout.examples[0].prompt):
+    if texts and is_conversational(rollout.examples[0].prompt):
         return [[{"role": "assistant", "content": t}] for t in texts]
     return texts
 

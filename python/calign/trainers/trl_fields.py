@@ -149,7 +149,8 @@ TRL_IGNORED = {
 IGNORED = {**TRAINING_ARGUMENTS_IGNORED, **TRL_IGNORED}
 
 NOT_YET = "is not supported yet"
-DISTRIBUTED = "distributed training is not supported yet"
+DISTRIBUTED = ("not supported: calign runs data-parallel under mpirun (README: 'Several "
+               "processes (MPI)'), not under accelerate")
 
 # field: (TRL's default, the values calign accepts, why another value is refused)
 TRAINING_ARGUMENTS_REFUSED = {  # transformers' TrainingArguments
