@@ -4,7 +4,12 @@ Workloads (each side in its own process, same thread count, warm-up excluded,
 median of repeats):
   train     forward + backward + AdamW step of causal-LM cross-entropy
   forward   forward only (log-probs of every next token for calign, logits for torch)
-  generate  greedy generation of 64 new tokens after a 16-token prompt, batch 1 and 8
+  generate  greedy generation of 64 new tokens after a 16-token prompt, batch 1 and 8;
+            generate-8-bf16: calign reading its matrix weights as bfloat16
+            (generate(weight_dtype="bfloat16")) against transformers in float32,
+            its fastest here (torch's bfloat16 product is a scalar path without
+            AVX512-BF16). For each generation row the bandwidth limit is printed:
+            batch x (measured copy bandwidth / weight bytes a decoding step reads)
 on a ~20M-parameter GPT-2 shape (6 layers, d=384, 6 heads, vocab 50257) and a
 ~20M Llama shape (6 layers, d=384, 6 heads, 2 kv heads, vocab 32000), batch
 4 x 256 tokens. Achieved FLOP/s is compared with calign's sgemm measured in the
@@ -31,7 +36,7 @@ SHAPES = {
                       n_positions=1024),
 }
 DEFAULT_MODELS = ("gpt2-20M", "llama-20M")
-WORKLOADS = ("train", "forward", "generate-1", "generate-8")
+WORKLOADS = ("train", "forward", "generate-1", "generate-8", "generate-8-bf16")
 QUICK = {"gpt2-20M": dict(SHAPES["gpt2-20M"], n_layer=2, vocab_size=8000)}
 BATCH, SEQ = 4, 256
 
@@ -88,13 +93,29 @@ def child_calign(folder, workload, threads, repeats):
     else:
         batch = int(workload.split("-")[1])
         prompts = rng.integers(0, model.vocab_size, (batch, 16)).tolist()
+        dtype = "bfloat16" if workload.endswith("bf16") else "float32"
 
         def step():
-            model.generate(prompts, max_new_tokens=64)
+            model.generate(prompts, max_new_tokens=64, weight_dtype=dtype)
     seconds = median_seconds(step, repeats)
     info = calign.build_info()
     sgemm = calign._C.sgemm_gflops(1024, 1024, 1024, 5)  # same process, same BLAS kernel
     return seconds, f"OpenBLAS {info['blas_core']}", sgemm
+
+
+def copy_bandwidth():
+    """GB/s (read + write) of a 400 MB float32 copy on this process's threads."""
+    import time
+
+    import numpy as np
+
+    source = np.ones(100_000_000, np.float32)
+    target = np.empty_like(source)
+    np.copyto(target, source)
+    start = time.perf_counter()
+    for _ in range(5):
+        np.copyto(target, source)
+    return 2 * source.nbytes * 5 / (time.perf_counter() - start) / 1e9
 
 
 def child_torch(folder, workload, threads, repeats):
@@ -135,8 +156,10 @@ def child_torch(folder, workload, threads, repeats):
 def child(args):
     run = child_calign if args.side == "calign" else child_torch
     seconds, kernel, sgemm = run(args.folder, args.workload, args.threads, args.repeats)
+    bandwidth = copy_bandwidth() if args.side == "calign" and "generate" in args.workload \
+        else None
     print(json.dumps({"seconds": seconds, "peak_rss_mib": peak_rss_mib(), "kernel": kernel,
-                      "sgemm_gflops": sgemm}))
+                      "sgemm_gflops": sgemm, "copy_gbs": bandwidth}))
 
 
 def spawn(side, folder, workload, threads, repeats, native_blas=False):
@@ -188,16 +211,26 @@ def main():
                     print(f"{name:>10} {workload:>11}  failed: {mine.get('error') or ref.get('error')}")
                     continue
                 if workload.startswith("generate"):
-                    tokens = int(workload.split("-")[1]) * 64
+                    batch = int(workload.split("-")[1])
+                    tokens = batch * 64
+                    weight_bytes = matmul_params(shape)[0] * (2 if "bf16" in workload else 4)
+                    limit = batch * mine["copy_gbs"] * 1e9 / weight_bytes
                     flops_note = "-"
+                    note = (f"{'':>10} {'':>11} bandwidth limit {limit:.0f} tok/s "
+                            f"({weight_bytes / 1e6:.0f} MB of weights a step at "
+                            f"{mine['copy_gbs']:.1f} GB/s): calign at "
+                            f"{100 * tokens / mine['seconds'] / limit:.0f}%")
                 else:
                     tokens = BATCH * SEQ
                     achieved = model_flops(shape, workload == "train") / mine["seconds"] / 1e9
                     flops_note = f"{100 * achieved / mine['sgemm_gflops']:.0f}%"
+                    note = None
                 print(f"{name:>10} {workload:>11} {tokens / mine['seconds']:13.0f} "
                       f"{tokens / ref['seconds']:12.0f} {ref['seconds'] / mine['seconds']:5.2f}x "
                       f"{mine['peak_rss_mib']:10.0f}M {ref['peak_rss_mib']:9.0f}M "
                       f"{flops_note:>14}  {mine['kernel']} / {ref['kernel']}")
+                if note:
+                    print(note)
 
 
 if __name__ == "__main__":

@@ -978,7 +978,8 @@ done:
 
 /* model_generate(model, params, input_ids, prompt_starts, max_new_tokens, do_sample,
  * temperature, top_k, top_p, repetition_penalty, eos_token_ids, num_return_sequences, seed,
- * adapters, return_logprobs, reset_token_id, reset_logit_bias, max_resets, first_prompt)
+ * adapters, return_logprobs, reset_token_id, reset_logit_bias, max_resets, first_prompt,
+ * bf16_weights)
  * -> (tokens [n * R, max_new_tokens], lengths [n * R], logprobs float32 as tokens or None,
  * discarded int32 [n * R]: drawn tokens dropped by a reset, -1 for none);
  * reset_token_id -1: no reset token. calign.Model.generate checks the settings' ranges
@@ -988,7 +989,7 @@ static PyObject *py_model_generate(PyObject *self, PyObject *args, PyObject *kwa
                              "do_sample", "temperature", "top_k", "top_p", "repetition_penalty",
                              "eos_token_ids", "num_return_sequences", "seed", "adapters",
                              "return_logprobs", "reset_token_id", "reset_logit_bias",
-                             "max_resets", "first_prompt", NULL};
+                             "max_resets", "first_prompt", "bf16_weights", NULL};
     PyObject *capsule;
     array_arg params = {"params"}, tokens = {"input_ids"}, starts = {"prompt_starts"},
               eos = {"eos_token_ids"}, adapters = {"adapters"};
@@ -997,12 +998,12 @@ static PyObject *py_model_generate(PyObject *self, PyObject *args, PyObject *kwa
             reset_token = {"reset_token_id", -1, INT32_MAX},
             max_resets = {"max_resets", 0, INT32_MAX},
             first_prompt = {"first_prompt", 0, INT32_MAX};
-    int do_sample, return_logprobs = 0;
+    int do_sample, return_logprobs = 0, bf16_weights = 0;
     real_arg temperature = {"temperature", 0, INFINITY, 1}, top_p = {"top_p", 0, 1, 1},
              repetition_penalty = {"repetition_penalty", 0, INFINITY, 1},
              reset_bias = {"reset_logit_bias", -INFINITY, INFINITY};
     unsigned long long seed;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&O&O&$O&pO&O&O&O&O&O&O&O&pO&O&O&O&", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&O&O&$O&pO&O&O&O&O&O&O&O&pO&O&O&O&p", kwlist,
                                      &capsule, to_f32_vector, &params, to_int64_vector, &tokens,
                                      to_int64_vector, &starts, to_int, &max_new, &do_sample,
                                      to_real32, &temperature, to_int, &top_k, to_real32, &top_p,
@@ -1010,7 +1011,7 @@ static PyObject *py_model_generate(PyObject *self, PyObject *args, PyObject *kwa
                                      to_int, &n_return, to_seed, &seed, to_f32_vector_or_none,
                                      &adapters, &return_logprobs, to_int, &reset_token,
                                      to_real32, &reset_bias, to_int, &max_resets, to_int,
-                                     &first_prompt))
+                                     &first_prompt, &bf16_weights))
         return NULL;
     PyObject *out = NULL, *lengths = NULL, *logprobs = NULL, *discarded = NULL, *result = NULL;
     model_handle *h = NULL;
@@ -1058,7 +1059,7 @@ static PyObject *py_model_generate(PyObject *self, PyObject *args, PyObject *kwa
                            (uint64_t)first_prompt.value * (uint64_t)n_return.value,
                            reset_token.value >= 0,
                            (int)reset_token.value, (int)max_resets.value,
-                           (float)reset_bias.value};
+                           (float)reset_bias.value, bf16_weights};
     npy_intp dims[2] = {n * s.num_return_sequences, s.max_new_tokens};
     if (!(out = PyArray_ZEROS(2, dims, NPY_INT32, 0)) ||
         !(lengths = PyArray_ZEROS(1, dims, NPY_INT32, 0)) ||

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "core/bf16.h"
 #include "logprob.h"
 
 /* The checked operands of one token_logprobs call. */
@@ -206,7 +207,31 @@ done:
     return result;
 }
 
+/* float32_to_bfloat16(values) -> uint16 array of values' shape: each float32 rounded to
+ * the nearest bfloat16 (ties to even, NaN as 0xFFFF, as torch), by the C rounding that
+ * generate(weight_dtype="bfloat16") uses. values: a C-contiguous float32 vector. */
+static PyObject *py_float32_to_bfloat16(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"values", NULL};
+    array_arg values = {"values"};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&", kwlist, to_f32_vector, &values))
+        return NULL;
+    npy_intp n = ARG_LEN(values);
+    PyObject *out = PyArray_EMPTY(1, &n, NPY_UINT16, 0);
+    if (out) {
+        const float *src = ARG_DATA(const float, values);
+        uint16_t *dst = PyArray_DATA((PyArrayObject *)out);
+        Py_BEGIN_ALLOW_THREADS
+        bf16_from_f32(dst, src, (long)n);
+        Py_END_ALLOW_THREADS
+    }
+    arg_release(&values);
+    return out;
+}
+
 PyMethodDef calign_ops_methods[] = {
+    KEYWORDS_METHOD("float32_to_bfloat16", py_float32_to_bfloat16,
+                    "uint16 bits of the nearest bfloat16 of each float32 (see "
+                    "calign.model.dtypes)."),
     KEYWORDS_METHOD("token_logprobs", py_token_logprobs,
                     "Fused lm_head -> log-softmax -> gather (see calign.ops)."),
     KEYWORDS_METHOD("token_logprobs_backward", py_token_logprobs_backward,

@@ -21,6 +21,10 @@ void linear_forward(float *out, int ld_out, const float *in, const float *weight
         gemm_f32(false, true, T, n_out, n_in, 1.0f, in, n_in, weight, n_in, 0.0f, out, ld_out);
     else
         gemm_f32(false, false, T, n_out, n_in, 1.0f, in, n_in, weight, n_out, 0.0f, out, ld_out);
+    add_bias_rows(out, ld_out, bias, T, n_out);
+}
+
+void add_bias_rows(float *out, int ld_out, const float *bias, int T, int n_out) {
     if (!bias) return;
 #pragma omp parallel for num_threads(calign_num_threads()) schedule(static)
     for (int t = 0; t < T; t++) {

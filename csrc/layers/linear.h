@@ -25,6 +25,9 @@ void linear_backward_input(float *d_in, const float *d_out, int ld_d_out, const 
 void linear_backward_weight(float *d_weight, float *d_bias, const float *d_out, int ld_d_out,
                             const float *in, int T, int n_in, int n_out, weight_layout layout);
 
+/* out[t][j] += bias[j] for T rows of n_out (nothing when bias is NULL). */
+void add_bias_rows(float *out, int ld_out, const float *bias, int T, int n_out);
+
 /* sums[j] += sum_t x[t * ld + j] for j < n (a column sum, parallel over columns). */
 void column_sums_add(float *sums, const float *x, int ld, int T, int n);
 

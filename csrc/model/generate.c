@@ -1,11 +1,14 @@
 #include "model/generate.h"
 
+#include "core/bf16.h"
+
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/bf16.h"
 #include "core/bump.h"
 #include "core/simd.h"
 #include "core/status.h"
@@ -233,10 +236,13 @@ typedef struct {
     int32_t *next_token, *tokens, *positions, *branch, *starts, *run_slot, *active,
         *next_position, *resets, *discarded;
     uint64_t *rng, *seen;
+    uint16_t *bf16;     /* the bfloat16 matrix weights, or NULL */
+    float *bf16_scratch;
 } generate_buffers;
 
 static void plan_generate_buffers(generate_buffers *g, bump *b, const model *m, int n_slots,
-                                  int capacity, long T_max, int threads, int penalised) {
+                                  int capacity, long T_max, int threads, int penalised,
+                                  int bf16) {
     const model_config *c = model_get_config(m);
     const size_t V = c->vocab, d = c->d_model, slots = n_slots, T = T_max;
     const size_t layer_floats = kv_cache_layer_floats(m, n_slots, capacity);
@@ -261,6 +267,9 @@ static void plan_generate_buffers(generate_buffers *g, bump *b, const model *m, 
     g->discarded = bump_take(b, sizeof(int32_t) * slots);
     g->rng = bump_take(b, sizeof(uint64_t) * slots);
     g->seen = penalised ? bump_take(b, sizeof(uint64_t) * slots * seen_words(c->vocab)) : NULL;
+    g->bf16 = bf16 ? bump_take(b, sizeof(uint16_t) * model_param_count(m)) : NULL;
+    g->bf16_scratch = bf16 ? bump_take(b, sizeof(float) * model_bf16_scratch_floats(m, threads))
+                           : NULL;
 }
 
 int model_generate(model *m, const float *params, const float *lora, const int32_t *prompt_tokens,
@@ -292,14 +301,17 @@ int model_generate(model *m, const float *params, const float *lora, const int32
     const int penalised = s->repetition_penalty != 1.0f;
     generate_buffers g;
     bump b = {NULL, 0};
-    plan_generate_buffers(&g, &b, m, n_slots, capacity, T_max, threads, penalised);
+    plan_generate_buffers(&g, &b, m, n_slots, capacity, T_max, threads, penalised,
+                          s->bf16_weights);
     if (!(b.base = model_workspace(m, b.used))) {
         snprintf(err, CALIGN_ERR_LEN, "out of memory for the KV cache (%d sequences x %d "
                  "positions: %.3g GB)", n_slots, capacity, b.used / 1e9);
         return CALIGN_ENOMEM;
     }
     b.used = 0;
-    plan_generate_buffers(&g, &b, m, n_slots, capacity, T_max, threads, penalised);
+    plan_generate_buffers(&g, &b, m, n_slots, capacity, T_max, threads, penalised,
+                          s->bf16_weights);
+    if (g.bf16) model_bf16_weights(m, params, g.bf16);
     float *k = g.k, *v = g.v, *hidden = g.hidden, *last_hidden = g.last_hidden,
           *logits = g.logits;
     int32_t *next_token = g.next_token, *tokens = g.tokens, *positions = g.positions,
@@ -314,7 +326,8 @@ int model_generate(model *m, const float *params, const float *lora, const int32
         g.resets[i] = 0;
         g.discarded[i] = -1;
     }
-    kv_cache cache = {k, v, n_slots, capacity, run_slot, g.scores, threads};
+    kv_cache cache = {k, v, n_slots, capacity, run_slot, g.scores, threads, g.bf16,
+                      g.bf16_scratch};
     if (penalised) {
         memset(g.seen, 0, sizeof(uint64_t) * n_slots * seen_words(V));
         for (int slot = 0; slot < n_slots; slot++) {
@@ -364,7 +377,11 @@ int model_generate(model *m, const float *params, const float *lora, const int32
     const float *head = params + model_lm_head_offset(m);
     for (int step = 0; step < s->max_new_tokens && n_active > 0; step++) {
         /* logits of each active slot's last hidden state, then its next token */
-        linear_forward(logits, V, last_hidden, head, NULL, n_active, d, V, WEIGHT_OUT_IN);
+        if (g.bf16)
+            gemm_f32_bf16(n_active, V, d, last_hidden, d, g.bf16 + model_lm_head_offset(m), d,
+                          logits, V, g.bf16_scratch);
+        else
+            linear_forward(logits, V, last_hidden, head, NULL, n_active, d, V, WEIGHT_OUT_IN);
         /* each sequence draws from its own generator: independent of the thread count */
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
         for (int a = 0; a < n_active; a++) {

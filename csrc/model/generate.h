@@ -29,6 +29,9 @@ typedef struct {
      * text). max_new_tokens counts every drawn token, discarded ones too. */
     int has_reset_token, reset_token_id, max_resets;
     float reset_logit_bias;
+    /* read the matrix weights as bfloat16 (a copy made at the call's start,
+     * half the bytes a decoding step reads), float32 arithmetic */
+    int bf16_weights;
 } generate_settings;
 
 /* Prompt i is prompt_tokens[prompt_start[i] .. prompt_start[i+1]); sample r

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/bf16.h"
 #include "core/bump.h"
 #include "core/status.h"
 #include "core/threads.h"
@@ -639,6 +640,21 @@ static void lora_site_backward(model *m, float *d_x, float *lora_grads, const fl
                       &m->adapters[i]);
 }
 
+/* out = in W (+ bias) of the block weight at params offset w: the cache's
+ * bfloat16 copy when generation asked for one, else params' float32. */
+static void block_linear(const model *m, float *out, int ld_out, const float *in,
+                         const float *params, long w, long bias, long T, int n_in, int n_out,
+                         const kv_cache *cache) {
+    if (!cache || !cache->bf16) {
+        linear_forward(out, ld_out, in, params + w, param_or_null(params, bias), (int)T, n_in,
+                       n_out, m->cfg.layout);
+        return;
+    }
+    gemm_f32_bf16((int)T, n_out, n_in, in, n_in, cache->bf16 + w, n_in, out, ld_out,
+                  cache->bf16_scratch);
+    add_bias_rows(out, ld_out, param_or_null(params, bias), (int)T, n_out);
+}
+
 /* One transformer block. q and k are turned in place inside qkv, so
  * attention reads q, k, v from it with the row stride qkv_dim. With a cache
  * (generation), k and v go into it and attention reads it; otherwise
@@ -655,8 +671,7 @@ static void layer_forward(model *m, layer_acts *a, float *x_out, const float *x,
     float *normed = m->f.normed, *act = m->f.act;
 
     norm_forward(m, normed, a->n1_mean, a->n1_rstd, x, params, L->attn_norm_w, L->attn_norm_b, T);
-    linear_forward(a->qkv, ld, normed, params + L->qkv_w, param_or_null(params, L->qkv_b),
-                   (int)T, d, ld, c->layout);
+    block_linear(m, a->qkv, ld, normed, params, L->qkv_w, L->qkv_b, T, d, ld, cache);
     lora_site_forward(m, a->qkv, ld, normed, lora, T, layer, LORA_QKV);
     if (c->qk_norm) qk_norm_forward(m, a, params, L, T);
     float *q = a->qkv, *k = a->qkv + q_dim, *v = a->qkv + q_dim + kv_dim;
@@ -689,20 +704,17 @@ static void layer_forward(model *m, layer_acts *a, float *x_out, const float *x,
             attention_forward(att, q_dim, a->lse, q, ld, k, ld, v, ld, &shape);
     }
     if (diff) subln_forward(m, a, params, L, T, layer);
-    linear_forward(a->mid, d, a->att, params + L->o_w, param_or_null(params, L->o_b), (int)T,
-                   q_dim, d, c->layout);
+    block_linear(m, a->mid, d, a->att, params, L->o_w, L->o_b, T, q_dim, d, cache);
     lora_site_forward(m, a->mid, d, a->att, lora, T, layer, LORA_O);
     add_into(a->mid, x, T * d);
 
     norm_forward(m, normed, a->n2_mean, a->n2_rstd, a->mid, params, L->mlp_norm_w,
                  L->mlp_norm_b, T);
-    linear_forward(a->up, m->up_dim, normed, params + L->up_w, param_or_null(params, L->up_b),
-                   (int)T, d, m->up_dim, c->layout);
+    block_linear(m, a->up, m->up_dim, normed, params, L->up_w, L->up_b, T, d, m->up_dim, cache);
     lora_site_forward(m, a->up, m->up_dim, normed, lora, T, layer, LORA_UP);
     if (!x_out) return;
     mlp_activation(m, act, a->up, params, L, T);
-    linear_forward(x_out, d, act, params + L->down_w, param_or_null(params, L->down_b), (int)T,
-                   c->d_ff, d, c->layout);
+    block_linear(m, x_out, d, act, params, L->down_w, L->down_b, T, c->d_ff, d, cache);
     lora_site_forward(m, x_out, d, act, lora, T, layer, LORA_DOWN);
     add_into(x_out, a->mid, T * d);
 }
@@ -794,6 +806,38 @@ void model_forward(model *m, float *hidden_out, const float *params, const float
 void model_forward_cached(model *m, float *hidden_out, const float *params, const float *lora,
                           const packed_batch *b, kv_cache *cache) {
     forward(m, hidden_out, params, m->n_adapters ? lora : NULL, b, FORWARD_INFERENCE, cache);
+}
+
+/* ---- bfloat16 weights for generation ----------------------------------- */
+
+static void bf16_matrix(const model *m, const float *params, uint16_t *out, long w, int n_in,
+                        int n_out) {
+    if (m->cfg.layout == WEIGHT_IN_OUT) /* stored [in, out]: the copy is [out, in] */
+        bf16_from_f32_transposed(out + w, params + w, n_in, n_out);
+    else
+        bf16_from_f32(out + w, params + w, (long)n_out * n_in);
+}
+
+void model_bf16_weights(const model *m, const float *params, uint16_t *out) {
+    const model_config *c = &m->cfg;
+    const int q_dim = c->n_head * c->head_dim;
+    for (int l = 0; l < c->n_layer; l++) {
+        const layer_offsets *L = &m->off.layers[l];
+        bf16_matrix(m, params, out, L->qkv_w, c->d_model, m->qkv_dim);
+        bf16_matrix(m, params, out, L->o_w, q_dim, c->d_model);
+        bf16_matrix(m, params, out, L->up_w, c->d_model, m->up_dim);
+        bf16_matrix(m, params, out, L->down_w, c->d_ff, c->d_model);
+    }
+    /* the lm_head is [V, d] in every family (tied: the embedding) */
+    bf16_from_f32(out + m->off.lm_head, params + m->off.lm_head, (long)c->vocab * c->d_model);
+}
+
+long model_bf16_scratch_floats(const model *m, int threads) {
+    const model_config *c = &m->cfg;
+    int widest = c->d_model;
+    if (c->d_ff > widest) widest = c->d_ff;
+    if (c->n_head * c->head_dim > widest) widest = c->n_head * c->head_dim;
+    return bf16_scratch_floats(widest, threads);
 }
 
 /* ---- backward ---------------------------------------------------------- */

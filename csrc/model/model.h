@@ -146,7 +146,20 @@ typedef struct {
     const int32_t *run_slot; /* [n_seq] cache slot of each run of the batch */
     float *scores;           /* scratch: capacity floats per thread */
     int scores_threads;      /* threads scores has room for */
+    /* NULL, or the matrix weights as bfloat16 (model_bf16_weights), which the
+     * blocks' linear layers then read instead of params'; bf16_scratch holds
+     * model_bf16_scratch_floats floats */
+    const uint16_t *bf16;
+    float *bf16_scratch;
 } kv_cache;
+
+/* out (model_param_count entries) := the matrix weights of params (the
+ * blocks' linear layers and the lm_head) rounded to bfloat16, each at its
+ * offset in params and stored [out, in] (GPT-2's Conv1D weights transposed);
+ * the other entries are left as they are. */
+void model_bf16_weights(const model *m, const float *params, uint16_t *out);
+/* Scratch floats a forward with bfloat16 weights needs on `threads` threads. */
+long model_bf16_scratch_floats(const model *m, int threads);
 
 /* Forward of new tokens appended to the cache: run s of the batch continues
  * slot run_slot[s], each token at cache index = its position. Writes the

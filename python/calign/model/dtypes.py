@@ -8,7 +8,7 @@ even, as torch's `.to(torch.bfloat16)` does."""
 
 import numpy as np
 
-from calign import checks
+from calign import _C, checks
 
 # The dtypes save_pretrained writes, by their torch names (config.json's "dtype").
 SAVE_DTYPES = ("float32", "bfloat16", "float16")
@@ -31,19 +31,11 @@ def bfloat16_to_float32(bits):
 
 def float32_to_bfloat16(values):
     """uint16 bits of the bfloat16 nearest each float32, ties to even, as torch
-    rounds: add 0x7FFF plus the lowest bit kept, then drop the low 16 bits.
+    rounds (in C, the rounding generate(weight_dtype="bfloat16") uses too).
     Finite values beyond bfloat16's largest (3.3895e38) become infinity;
-    NaN stays NaN."""
+    every NaN becomes BFLOAT16_NAN."""
     values = np.ascontiguousarray(values, np.float32)
-    bits = values.view(np.uint32)
-    rounded = bits >> 16  # in place from here: one uint32 copy of the tensor
-    rounded &= 1
-    rounded += np.uint32(0x7FFF)
-    rounded += bits  # wraps around for some NaNs, which are set below
-    rounded >>= 16
-    rounded = rounded.astype(np.uint16)
-    rounded[np.isnan(values)] = BFLOAT16_NAN
-    return rounded
+    return _C.float32_to_bfloat16(values.reshape(-1)).reshape(values.shape)
 
 
 def convert_into(out, stored, code):

@@ -692,7 +692,7 @@ class Model:
                  top_k=None, top_p=None, repetition_penalty=None, eos_token_id=None,
                  num_return_sequences=1, seed=None, return_logprobs=False, reset_token_id=None,
                  reset_logit_bias=0.0, max_resets=1, return_resets=False, control=None,
-                 first_prompt_index=0):
+                 first_prompt_index=0, weight_dtype="float32"):
         """New tokens for each prompt, with a KV cache, in one call into C.
 
         A setting left None comes from the checkpoint's generation_config.json
@@ -717,6 +717,14 @@ class Model:
             num_return_sequences: samples per prompt; the prompt is computed
                 once and its cache shared.
             seed: samples are a function of (seed, prompt index, sample index).
+            weight_dtype: "float32", or "bfloat16" to read the matrix weights
+                (the linear layers' and the lm_head's) rounded to bfloat16, as
+                torch's .to(torch.bfloat16) rounds them, from a copy made at the
+                call's start (half the parameters' bytes more while it runs):
+                a decoding step, bound by reading the weights, reads half the
+                bytes. The arithmetic stays float32 (unlike a bfloat16 model in
+                torch, whose activations are rounded too); embeddings, norms and
+                biases stay float32.
             first_prompt_index: the prompt index of input_ids[0] in that
                 function: a shard of a batch given its first prompt's place in
                 the batch samples what the whole batch samples for it (the MPI
@@ -785,6 +793,7 @@ class Model:
         seed = checks.seed("seed", seed, allow_none=True)
         if seed is None:
             seed = np.random.SeedSequence().entropy % 2**64
+        weight_dtype = checks.choice("weight_dtype", weight_dtype, ("float32", "bfloat16"))
         first_prompt_index = checks.integer(
             "first_prompt_index", first_prompt_index, 0,
             checks.C_INT_MAX // num_return_sequences - n_prompts)
@@ -821,7 +830,7 @@ class Model:
                 return_logprobs=checks.flag("return_logprobs", return_logprobs),
                 reset_token_id=-1 if reset_token_id is None else reset_token_id,
                 reset_logit_bias=reset_logit_bias, max_resets=max_resets,
-                first_prompt=first_prompt_index)
+                first_prompt=first_prompt_index, bf16_weights=weight_dtype == "bfloat16")
         finally:
             if control is not None:
                 self.set_control(own_control)
