@@ -11,6 +11,10 @@ CALIGN_BLAS:
 
 CALIGN_SANITIZE=1 builds with -fsanitize=address,undefined (run Python with
 LD_PRELOAD=$(gcc -print-file-name=libasan.so) to use it).
+
+CALIGN_SIMD=baseline compiles the vectorised loops for baseline x86-64 only
+(no AVX2 or AVX-512 clone): the path a CPU without AVX2 takes, which
+tests/test_simd_fallback.py builds and checks against the normal build.
 """
 
 import glob
@@ -25,6 +29,9 @@ from setuptools.command.build_ext import build_ext
 HERE = os.path.dirname(os.path.abspath(__file__))
 BLAS_CHOICE = os.environ.get("CALIGN_BLAS", "scipy-openblas")
 SANITIZE = os.environ.get("CALIGN_SANITIZE", "") not in ("", "0")
+SIMD = os.environ.get("CALIGN_SIMD", "clones")
+if SIMD not in ("clones", "baseline"):
+    raise SystemExit(f"CALIGN_SIMD must be 'clones' or 'baseline', not {SIMD!r}")
 
 sources = sorted(glob.glob("csrc/**/*.c", recursive=True))
 # -fno-trapping-math: calign never reads floating-point exception flags, and
@@ -74,6 +81,9 @@ elif BLAS_CHOICE == "system":
 else:
     raise SystemExit(f"CALIGN_BLAS must be 'scipy-openblas' or 'system', not {BLAS_CHOICE!r}")
 
+if SIMD == "baseline":
+    define_macros.append(("CALIGN_SIMD_BASELINE", "1"))
+
 if SANITIZE:
     flags = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
     compile_args = [f for f in compile_args if f != "-O3"] + ["-O1"] + flags
@@ -89,7 +99,8 @@ class BuildExtWithBlas(build_ext):
 
     def finalize_options(self):
         super().finalize_options()
-        variant = BLAS_CHOICE + ("-sanitize" if SANITIZE else "")
+        variant = BLAS_CHOICE + ("-sanitize" if SANITIZE else "") + \
+            ("-baseline" if SIMD == "baseline" else "")
         stamp = os.path.join(self.build_temp, "calign-build-variant.txt")
         self.build_temp = os.path.join(self.build_temp, variant)
         previous = open(stamp).read() if os.path.exists(stamp) else None

@@ -2,14 +2,16 @@
  *
  * No -march=native in the build: functions marked CALIGN_SIMD_CLONES are
  * compiled three times (AVX-512, AVX2+FMA, baseline x86-64) and the loader
- * picks the best one for the CPU at hand. */
+ * picks the best one for the CPU at hand. A build with CALIGN_SIMD_BASELINE
+ * (setup.py's CALIGN_SIMD=baseline) has the baseline only, for testing it. */
 #ifndef CALIGN_SIMD_H
 #define CALIGN_SIMD_H
 
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
+    !defined(CALIGN_SIMD_BASELINE)
 #define CALIGN_SIMD_CLONES \
     __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
