@@ -23,7 +23,7 @@ import json
 import os
 import tempfile
 
-from common import ChildFailed, median_seconds, peak_rss_mib, run_child
+from common import ChildFailed, copy_bandwidth, median_seconds, peak_rss_mib, run_child
 
 SHAPES = {
     "gpt2-20M": dict(model_type="gpt2", n_layer=6, n_embd=384, n_head=6, vocab_size=50257,
@@ -101,21 +101,6 @@ def child_calign(folder, workload, threads, repeats):
     info = calign.build_info()
     sgemm = calign._C.sgemm_gflops(1024, 1024, 1024, 5)  # same process, same BLAS kernel
     return seconds, f"OpenBLAS {info['blas_core']}", sgemm
-
-
-def copy_bandwidth():
-    """GB/s (read + write) of a 400 MB float32 copy on this process's threads."""
-    import time
-
-    import numpy as np
-
-    source = np.ones(100_000_000, np.float32)
-    target = np.empty_like(source)
-    np.copyto(target, source)
-    start = time.perf_counter()
-    for _ in range(5):
-        np.copyto(target, source)
-    return 2 * source.nbytes * 5 / (time.perf_counter() - start) / 1e9
 
 
 def child_torch(folder, workload, threads, repeats):

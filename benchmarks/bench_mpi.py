@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-from common import write_word_preferences
+from common import copy_bandwidth, write_word_preferences
 
 MODELS = {
     "gpt2-20M": dict(n_layer=6, n_embd=384, n_head=6),
@@ -108,17 +108,10 @@ def ceiling_child(out):
     """This process's sgemm rate (1024^3, calign's BLAS, GFLOP/s) and memory
     bandwidth (a 200 MB float32 copy, read + write GB/s), to out.<rank>."""
     import calign
-    import numpy as np
 
     rank = os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "0"))
     rate = calign._C.sgemm_gflops(1024, 1024, 1024, 40)
-    source = np.ones(50_000_000, np.float32)
-    target = np.empty_like(source)
-    np.copyto(target, source)
-    start = time.perf_counter()
-    for _ in range(10):
-        np.copyto(target, source)
-    bandwidth = 2 * source.nbytes * 10 / (time.perf_counter() - start) / 1e9
+    bandwidth = copy_bandwidth(50_000_000, 10)
     with open(f"{out}.{rank}", "w") as f:
         json.dump([rate, bandwidth], f)
 

@@ -22,6 +22,20 @@ def median_seconds(step, repeats):
     return statistics.median(times)
 
 
+def copy_bandwidth(floats=100_000_000, repeats=5):
+    """GB/s (read + write) of NumPy copying a float32 array of `floats` (one
+    thread): the memory bandwidth a process gets."""
+    import numpy as np
+
+    source = np.ones(floats, np.float32)
+    target = np.empty_like(source)
+    np.copyto(target, source)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        np.copyto(target, source)
+    return 2 * source.nbytes * repeats / (time.perf_counter() - start) / 1e9
+
+
 def peak_rss_mib():
     """This process's peak resident memory (VmHWM of its own address space:
     getrusage's ru_maxrss would carry a large parent's peak into a child
