@@ -23,7 +23,8 @@ import statistics
 import tempfile
 import time
 
-from common import ChildFailed, peak_rss_mib, run_child, write_word_preferences
+from common import (ChildFailed, cpu_features_text, peak_rss_mib, run_child,
+                    write_word_preferences)
 
 MODELS = {
     "gpt2-20M": dict(n_layer=6, n_embd=384, n_head=6),
@@ -163,7 +164,8 @@ def main():
         build(folder, args.model, PAIRS * (args.steps + 1), P, C)
         mine = spawn("calign", folder, args)
         theirs = spawn("trl", folder, args)
-    print(f"CPU: {info['cpu']}, {info['cores']} cores; threads: {args.threads}; "
+    print(f"CPU: {info['cpu']} ({cpu_features_text(info)}), {info['cores']} cores; "
+          f"threads: {args.threads}; "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}"
           f"{' (unset for calign)' if args.native_blas else ''}; {args.model}; {PAIRS} pairs x "
           f"({P} + {C} + {C}) tokens; {'precomputed' if args.precompute else 'live'} reference; "

@@ -23,7 +23,8 @@ import json
 import os
 import tempfile
 
-from common import ChildFailed, copy_bandwidth, median_seconds, peak_rss_mib, run_child
+from common import (ChildFailed, copy_bandwidth, cpu_features_text, median_seconds,
+                    peak_rss_mib, run_child)
 
 SHAPES = {
     "gpt2-20M": dict(model_type="gpt2", n_layer=6, n_embd=384, n_head=6, vocab_size=50257,
@@ -141,9 +142,10 @@ def child_torch(folder, workload, threads, repeats):
 def child(args):
     run = child_calign if args.side == "calign" else child_torch
     seconds, kernel, sgemm = run(args.folder, args.workload, args.threads, args.repeats)
+    rss = peak_rss_mib()  # before the bandwidth probe's 800 MB
     bandwidth = copy_bandwidth() if args.side == "calign" and "generate" in args.workload \
         else None
-    print(json.dumps({"seconds": seconds, "peak_rss_mib": peak_rss_mib(), "kernel": kernel,
+    print(json.dumps({"seconds": seconds, "peak_rss_mib": rss, "kernel": kernel,
                       "sgemm_gflops": sgemm, "copy_gbs": bandwidth}))
 
 
@@ -175,7 +177,8 @@ def main():
     import calign
 
     info = calign.build_info()
-    print(f"CPU: {info['cpu']}, {info['cores']} cores; threads: {args.threads}; "
+    print(f"CPU: {info['cpu']} ({cpu_features_text(info)}), {info['cores']} cores; "
+          f"threads: {args.threads}; "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}"
           f"{' (unset for calign: --native-blas)' if args.native_blas else ''}; "
           f"batch {BATCH}x{SEQ}; median of {args.repeats}; %sgemm against calign's 1024^3 sgemm "

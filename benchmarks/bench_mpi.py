@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-from common import copy_bandwidth, write_word_preferences
+from common import copy_bandwidth, cpu_features_text, write_word_preferences
 
 MODELS = {
     "gpt2-20M": dict(n_layer=6, n_embd=384, n_head=6),
@@ -222,7 +222,9 @@ def main():
               args.out)
         return
     import calign
-    print(f"CPU: {calign.build_info()['cpu']}, {os.cpu_count()} logical cores; load average before: "
+    info = calign.build_info()
+    print(f"CPU: {info['cpu']} ({cpu_features_text(info)}), {os.cpu_count()} logical cores; "
+          f"load average before: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as folder:
         build(folder, args.model, args.prompt, args.completion, args.steps, args.pairs)

@@ -22,6 +22,14 @@ def median_seconds(step, repeats):
     return statistics.median(times)
 
 
+def cpu_features_text(info):
+    """calign.build_info()'s CPU features as 'avx2 fma, no avx512f ...'."""
+    features = info.get("cpu_features", {})
+    have = [k for k, v in features.items() if v]
+    lacks = [k for k, v in features.items() if not v]
+    return " ".join(have) + (", no " + " ".join(lacks) if lacks else "")
+
+
 def copy_bandwidth(floats=100_000_000, repeats=5):
     """GB/s (read + write) of NumPy copying a float32 array of `floats` (one
     thread): the memory bandwidth a process gets."""

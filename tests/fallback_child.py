@@ -58,7 +58,7 @@ def main(path):
     with open(calign._C.__file__, "rb") as f:  # the AVX2 clones' symbol names, if any
         clones = f.read().count(b"arch_x86_64_v3")
     numbers = {"extension": calign._C.__file__, "package": os.environ.get("PYTHONPATH", ""),
-               "avx2_clones": clones}
+               "avx2_clones": clones, "simd_clones": calign.build_info()["simd_clones"]}
     for name, config in FAMILIES.items():
         numbers.update(model_numbers(name, config))
     pairs = wordalign.synthetic_corpus(200, seed=4, vocab_size=80)[0]

@@ -74,6 +74,7 @@ def test_the_baseline_build_is_the_one_the_child_ran(both):
     assert str(dispatched["extension"]) != str(baseline["extension"])
     # the build under test carries AVX2 clones of its vectorised loops; the baseline none
     assert dispatched["avx2_clones"] > 0 and baseline["avx2_clones"] == 0
+    assert bool(dispatched["simd_clones"]) and not bool(baseline["simd_clones"])
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "motif"])

@@ -2,6 +2,7 @@
 
 import functools
 import os
+import platform
 import subprocess
 import sys
 import threading
@@ -31,6 +32,20 @@ def test_build_info_names_blas_and_kernel():
     assert "OpenBLAS" in info["blas_config"]
     assert info["blas_core"]
     assert info["threads"] == calign.get_num_threads()
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64" or not os.path.isfile("/proc/cpuinfo"),
+                    reason="x86-64 Linux reports its CPU flags in /proc/cpuinfo")
+def test_cpu_features_agree_with_the_kernels_flags():
+    """What the dispatch sees (cpuid through gcc's builtins) against the flags
+    Linux lists for the CPU (avx512_bf16 and amx_bf16 are its names)."""
+    with open("/proc/cpuinfo") as f:
+        flags = next(line for line in f if line.startswith("flags")).split(":", 1)[1].split()
+    features = calign.build_info()["cpu_features"]
+    expected = {"avx2": "avx2", "fma": "fma", "avx512f": "avx512f",
+                "avx512bf16": "avx512_bf16", "amx_bf16": "amx_bf16"}
+    assert {k: features[k] for k in expected} == {k: v in flags for k, v in expected.items()}
+    assert calign.build_info()["simd_clones"] is True
 
 
 def released_the_gil(call):

@@ -26,9 +26,29 @@ static PyObject *py_build_info(PyObject *self, PyObject *unused) {
 #else
     const char *source = "system OpenBLAS";
 #endif
-    return Py_BuildValue("{s:s,s:s,s:s,s:i,s:i}", "blas", source, "blas_config", blas_config(),
-                         "blas_core", blas_core_name(), "openmp", _OPENMP, "cores",
-                         omp_get_num_procs());
+#if defined(CALIGN_SIMD_BASELINE)
+    const int clones = 0;
+#else
+    const int clones = 1;
+#endif
+    /* what the CPU offers the run-time dispatch (the bfloat16 products a later
+     * bf16=True path needs: AVX512-BF16 or AMX); empty off x86-64 */
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    PyObject *features = Py_BuildValue(
+        "{s:N,s:N,s:N,s:N,s:N}", "avx2", PyBool_FromLong(__builtin_cpu_supports("avx2")),
+        "fma", PyBool_FromLong(__builtin_cpu_supports("fma")),
+        "avx512f", PyBool_FromLong(__builtin_cpu_supports("avx512f")),
+        "avx512bf16", PyBool_FromLong(__builtin_cpu_supports("avx512bf16")),
+        "amx_bf16", PyBool_FromLong(__builtin_cpu_supports("amx-bf16")));
+#else
+    PyObject *features = PyDict_New();
+#endif
+    if (!features) return NULL;
+    return Py_BuildValue("{s:s,s:s,s:s,s:i,s:i,s:N,s:O}", "blas", source, "blas_config",
+                         blas_config(), "blas_core", blas_core_name(), "openmp", _OPENMP,
+                         "cores", omp_get_num_procs(), "cpu_features", features, "simd_clones",
+                         clones ? Py_True : Py_False);
 }
 
 /* sgemm_gflops(M, N, K, repeats, trans_b=True): the rate of calign's matrix product on this

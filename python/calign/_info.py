@@ -19,7 +19,10 @@ def cpu_model():
 
 
 def build_info():
-    """A dict: BLAS library, its kernel (core type), threads, cores, CPU model."""
+    """A dict: BLAS library, its kernel (core type), threads, cores, CPU model,
+    the CPU's features the dispatch cares about (cpu_features: avx2, fma,
+    avx512f, avx512bf16, amx_bf16) and whether the vectorised loops were built
+    with their AVX2/AVX-512 clones (simd_clones; False for CALIGN_SIMD=baseline)."""
     info = dict(_C.build_info())
     info["threads"] = _C.get_num_threads()
     info["cpu"] = cpu_model()
