@@ -266,6 +266,16 @@ def test_grpo_generation_batches_that_serve_several_steps_are_shared(runs):
 
 
 @needs_mpi
+def test_a_rank_with_no_prompt_of_a_generation_batch_still_trains(runs):
+    """A generation batch of one prompt x 4 completions on 2 ranks: rank 1
+    samples nothing, gathers rank 0's rows and trains its share of them."""
+    options = dict(trainer="grpo", per_device=2, max_steps=4, config={"num_generations": 4})
+    one = runs(1, accumulation=2, **options)
+    two = runs(2, accumulation=1, **options)
+    assert_same_run(one, two, grad_norm_rtol=1e-4)
+
+
+@needs_mpi
 def test_gradient_accumulation_with_ranks(runs):
     one = runs(1, trainer="dpo", per_device=1, accumulation=6, max_steps=6)
     two = runs(2, trainer="dpo", per_device=1, accumulation=3, max_steps=6)
