@@ -276,6 +276,35 @@ def test_a_rank_with_no_prompt_of_a_generation_batch_still_trains(runs):
 
 
 @needs_mpi
+def test_the_command_line_trains_under_mpirun(runs, tmp_path):
+    """`mpirun -n 2 python -m calign train dpo ...` (an unchanged command)
+    logs the losses of one process with twice the accumulation, and prints
+    its closing line once."""
+    from calign.testing.data import preference_records
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in preference_records(16, seed=1)))
+    losses = {}
+    for ranks, accumulation in ((1, 2), (2, 1)):
+        config = tmp_path / f"config{ranks}.json"
+        config.write_text(json.dumps({
+            "max_steps": 4, "per_device_train_batch_size": 2, "logging_steps": 1,
+            "gradient_accumulation_steps": accumulation, "disable_tqdm": True,
+            "save_strategy": "no", "learning_rate": 1e-3}))
+        out = tmp_path / f"out{ranks}"
+        command = (MPIRUN if ranks == 2 else []) + [
+            sys.executable, "-m", "calign", "train", "dpo", "--model", runs.model,
+            "--dataset", str(data), "--output_dir", str(out), "--config", str(config)]
+        done = subprocess.run(command, env=child_env(), capture_output=True, text=True,
+                              timeout=JOB_TIMEOUT)
+        assert done.returncode == 0, done.stderr[-4000:]
+        assert done.stdout.count("trained 4 steps") == 1
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+        losses[ranks] = [json.loads(line)["loss"] for line in lines]
+    np.testing.assert_allclose(losses[2], losses[1], rtol=0, atol=1e-5)
+
+
+@needs_mpi
 def test_gradient_accumulation_with_ranks(runs):
     one = runs(1, trainer="dpo", per_device=1, accumulation=6, max_steps=6)
     two = runs(2, trainer="dpo", per_device=1, accumulation=3, max_steps=6)

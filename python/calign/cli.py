@@ -307,8 +307,9 @@ def command_train(args, field_tokens):
     final = os.path.join(config.output_dir, "final")
     trainer.save_model(final)
     last = [h for h in trainer.state.log_history if "loss" in h]
-    print(f"trained {trainer.state.global_step} steps; last loss "
-          f"{last[-1]['loss']:.4f}; model saved to {final}" if last else f"saved to {final}")
+    if trainer.world.is_main:  # under mpirun, one line for the job
+        print(f"trained {trainer.state.global_step} steps; last loss "
+              f"{last[-1]['loss']:.4f}; model saved to {final}" if last else f"saved to {final}")
     return 0
 
 
