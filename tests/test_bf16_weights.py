@@ -31,10 +31,22 @@ def matrix_names(model):
                                                   "embed_tokens.weight"))]
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama"])
+# Motif: differential attention (two q/k maps per head), PolyNorm, biases, untied
+MOTIF = dict(model_type="motif", architectures=["MotifForCausalLM"], hidden_size=48,
+             num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=4, head_dim=6,
+             intermediate_size=40, vocab_size=64, max_position_embeddings=128,
+             hidden_act="poly_norm", rope_theta=500000.0, rms_norm_eps=1e-6,
+             attn_rms_norm_eps=1e-5, use_bias=True, tie_word_embeddings=False,
+             initializer_range=0.5)
+CONFIGS = {"gpt2": tiny_config("gpt2", initializer_range=0.5),
+           "llama": tiny_config("llama", initializer_range=0.5),
+           "qwen2-gated": tiny_config("qwen2", initializer_range=0.5), "motif": MOTIF}
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
 def models(request):
     """(model, the same in float32 with its matrix weights on the bfloat16 grid)."""
-    model = calign.Model.from_config(tiny_config(request.param, initializer_range=0.5), seed=2)
+    model = calign.Model.from_config(CONFIGS[request.param], seed=2)
     state = model.state_dict()
     embedding = next(n for n in state if n.endswith(("wte.weight", "embed_tokens.weight")))
     if model.config.get("tie_word_embeddings", True):  # the lm_head is the embedding

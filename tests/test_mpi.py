@@ -200,6 +200,18 @@ def test_an_rl_config_made_for_another_number_of_ranks_is_refused(monkeypatch, t
     with pytest.raises(ValueError, match="made for another number of ranks"):
         calign.GRPOTrainer(tiny_model(tokenizer=True), reward_funcs=lambda **kw: [0.0],
                            args=config, train_dataset=[{"prompt": "w1 w2"}] * 8)
+    # a batch that 3 ranks divide, but whose steps_per_generation counts 1 rank
+    config = calign.GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=2,
+                               gradient_accumulation_steps=3, max_completion_length=8,
+                               num_generations=2)
+    with pytest.raises(ValueError, match="made for another number of ranks"):
+        calign.GRPOTrainer(tiny_model(tokenizer=True), reward_funcs=lambda **kw: [0.0],
+                           args=config, train_dataset=[{"prompt": "w1 w2"}] * 8)
+    config = calign.PPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=2,
+                              response_length=4)
+    with pytest.raises(ValueError, match="this run's 3 ranks"):
+        calign.PPOTrainer(tiny_model(tokenizer=True), reward_model=lambda **kw: [0.0],
+                          args=config, train_dataset=[{"prompt": "w1 w2"}] * 8)
 
 
 def test_with_mpi_absent_a_launched_process_says_how_to_get_it(monkeypatch):
@@ -267,8 +279,9 @@ def test_grpo_generation_batches_that_serve_several_steps_are_shared(runs):
 
 @needs_mpi
 def test_a_rank_with_no_prompt_of_a_generation_batch_still_trains(runs):
-    """A generation batch of one prompt x 4 completions on 2 ranks: rank 1
-    samples nothing, gathers rank 0's rows and trains its share of them."""
+    """A generation batch of one prompt x 4 completions on 2 ranks: rank 0's
+    block is empty (World.block), so it samples nothing, gathers rank 1's rows
+    and trains its share of them."""
     options = dict(trainer="grpo", per_device=2, max_steps=4, config={"num_generations": 4})
     one = runs(1, accumulation=2, **options)
     two = runs(2, accumulation=1, **options)

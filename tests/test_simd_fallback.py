@@ -32,7 +32,8 @@ pytestmark = pytest.mark.skipif(
 
 
 def run_child(package_parent, out):
-    env = dict(os.environ, PYTHONPATH=package_parent, OMP_NUM_THREADS="1")
+    # 2 threads: the products' per-thread panels and column blocks run too
+    env = dict(os.environ, PYTHONPATH=package_parent, OMP_NUM_THREADS="2")
     done = subprocess.run([sys.executable, CHILD, out], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]

@@ -7,6 +7,7 @@
 
 #include "core/gemm.h"
 #include "core/profile.h"
+#include "core/simd.h"
 #include "core/threads.h"
 
 static PyObject *py_get_num_threads(PyObject *self, PyObject *unused) {
@@ -26,11 +27,7 @@ static PyObject *py_build_info(PyObject *self, PyObject *unused) {
 #else
     const char *source = "system OpenBLAS";
 #endif
-#if defined(CALIGN_SIMD_BASELINE)
-    const int clones = 0;
-#else
-    const int clones = 1;
-#endif
+    const int clones = CALIGN_HAS_SIMD_CLONES;
     /* what the CPU offers the run-time dispatch (the bfloat16 products a later
      * bf16=True path needs: AVX512-BF16 or AMX); empty off x86-64 */
 #if defined(__x86_64__) && defined(__GNUC__)

@@ -95,10 +95,12 @@ static void bf16_panels(int M, int j0, int j1, int K, const float *A, int lda,
 }
 
 void gemm_f32_bf16(int M, int N, int K, const float *A, int lda, const uint16_t *B, int ldb,
-                   float *C, int ldc, float *scratch) {
+                   float *C, int ldc, float *scratch, int scratch_threads) {
     if (M <= 0 || N <= 0) return;
     profile_mark mark = profile_begin();
-    const int threads = omp_in_parallel() ? 1 : calign_num_threads();
+    /* never more threads than the scratch has panels for (set_num_threads may
+     * have raised the count since the caller sized it) */
+    const int threads = omp_in_parallel() ? 1 : calign_team(scratch_threads);
     int block = (N + threads - 1) / threads;
     block = (block + 15) / 16 * 16;
     const int blocks = (N + block - 1) / block;

@@ -26,9 +26,10 @@ long bf16_scratch_floats(int K, int threads);
 /* C[M, N] = A[M, K] B^T, B [N, K] bfloat16 with row stride ldb: few rows of
  * A (decoding) read B once with the conversion in registers; more rows
  * convert B a panel at a time into `scratch` (bf16_scratch_floats(K,
- * calign_num_threads()) floats) for the BLAS product. Parallel over the
- * columns of C, single-threaded when called inside a parallel region. */
+ * scratch_threads) floats) for the BLAS product. Parallel over the columns of
+ * C on at most scratch_threads threads (calign_team), single-threaded when
+ * called inside a parallel region. */
 void gemm_f32_bf16(int M, int N, int K, const float *A, int lda, const uint16_t *B, int ldb,
-                   float *C, int ldc, float *scratch);
+                   float *C, int ldc, float *scratch, int scratch_threads);
 
 #endif

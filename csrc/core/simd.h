@@ -14,8 +14,10 @@
     !defined(CALIGN_SIMD_BASELINE)
 #define CALIGN_SIMD_CLONES \
     __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define CALIGN_HAS_SIMD_CLONES 1
 #else
 #define CALIGN_SIMD_CLONES
+#define CALIGN_HAS_SIMD_CLONES 0
 #endif
 
 /* exp(x) for x <= 0 in float, written without calls or branches so that a

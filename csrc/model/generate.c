@@ -327,7 +327,7 @@ int model_generate(model *m, const float *params, const float *lora, const int32
         g.discarded[i] = -1;
     }
     kv_cache cache = {k, v, n_slots, capacity, run_slot, g.scores, threads, g.bf16,
-                      g.bf16_scratch};
+                      g.bf16_scratch, threads};
     if (penalised) {
         memset(g.seen, 0, sizeof(uint64_t) * n_slots * seen_words(V));
         for (int slot = 0; slot < n_slots; slot++) {
@@ -379,7 +379,7 @@ int model_generate(model *m, const float *params, const float *lora, const int32
         /* logits of each active slot's last hidden state, then its next token */
         if (g.bf16)
             gemm_f32_bf16(n_active, V, d, last_hidden, d, g.bf16 + model_lm_head_offset(m), d,
-                          logits, V, g.bf16_scratch);
+                          logits, V, g.bf16_scratch, threads);
         else
             linear_forward(logits, V, last_hidden, head, NULL, n_active, d, V, WEIGHT_OUT_IN);
         /* each sequence draws from its own generator: independent of the thread count */

@@ -651,7 +651,7 @@ static void block_linear(const model *m, float *out, int ld_out, const float *in
         return;
     }
     gemm_f32_bf16((int)T, n_out, n_in, in, n_in, cache->bf16 + w, n_in, out, ld_out,
-                  cache->bf16_scratch);
+                  cache->bf16_scratch, cache->bf16_scratch_threads);
     add_bias_rows(out, ld_out, param_or_null(params, bias), (int)T, n_out);
 }
 

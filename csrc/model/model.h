@@ -151,6 +151,7 @@ typedef struct {
      * model_bf16_scratch_floats floats */
     const uint16_t *bf16;
     float *bf16_scratch;
+    int bf16_scratch_threads; /* threads bf16_scratch has panels for */
 } kv_cache;
 
 /* out (model_param_count entries) := the matrix weights of params (the

@@ -720,7 +720,8 @@ class Model:
             weight_dtype: "float32", or "bfloat16" to read the matrix weights
                 (the linear layers' and the lm_head's) rounded to bfloat16, as
                 torch's .to(torch.bfloat16) rounds them, from a copy made at the
-                call's start (half the parameters' bytes more while it runs):
+                call's start (half the parameters' bytes, in the model's
+                workspace, which keeps that memory for later calls):
                 a decoding step, bound by reading the weights, reads half the
                 bytes. The arithmetic stays float32 (unlike a bfloat16 model in
                 torch, whose activations are rounded too); embeddings, norms and

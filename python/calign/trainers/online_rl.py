@@ -50,10 +50,14 @@ class OnlineRLTrainer(SyncedReference, BaseTrainer):
                            "reference is the base model)")
             self.ref_model = self._default_reference()
         self.prompts_per_round = a.generation_batch_size // a.num_generations
+        # the config derived steps_per_generation for the ranks a launcher announced;
+        # the losses' normalisers need it to be this world's
         per_step = a.per_device_train_batch_size * self.world.size
-        checks.require(a.generation_batch_size % per_step == 0, "generation_batch_size",
-                       a.generation_batch_size, f"a multiple of per_device_train_batch_size x "
-                       f"ranks ({per_step}): the config was made for another number of ranks")
+        checks.require(a.generation_batch_size == per_step * a.steps_per_generation,
+                       "generation_batch_size", a.generation_batch_size,
+                       f"per_device_train_batch_size x ranks x steps_per_generation ({per_step} "
+                       f"x {a.steps_per_generation}): the config was made for another number of "
+                       f"ranks than this run's {self.world.size}")
         self.slices_per_round = a.generation_batch_size // a.per_device_train_batch_size
         if len(self.train_examples) < self.prompts_per_round:
             raise ValueError(f"train_dataset has {len(self.train_examples)} prompts, fewer than "

@@ -103,6 +103,12 @@ class PPOTrainer(BaseTrainer):
         self.value_optimizer = self._make_optimizer(self.value.model)
         self.stop_ids = self._stop_ids()
         self.ptx = self._ptx_sequences(ptx_dataset)
+        ranks = a.mini_batch_size // (a.per_device_train_batch_size *
+                                      a.gradient_accumulation_steps)
+        checks.require(ranks == self.world.size, "per_device_train_batch_size",
+                       a.per_device_train_batch_size,
+                       f"a batch of this run's {self.world.size} ranks: the config's batch sizes "
+                       f"count {ranks} (the ranks a launcher announced)")
         if len(self.train_examples) < a.batch_size:
             raise ValueError(f"train_dataset has {len(self.train_examples)} prompts, fewer than "
                              f"an update needs (per_device_train_batch_size * "
