@@ -138,6 +138,26 @@ def test_flags_override_generation_config(instruct, tmp_path):
     assert sampled[0].stdout == sampled[1].stdout and sampled[0].stdout.count("\n") == 3
 
 
+def test_weight_dtype_bfloat16_answers_as_the_api(instruct):
+    """--weight_dtype bfloat16 gives Model.generate(weight_dtype="bfloat16")'s
+    answer, on a prompt whose float32 answer differs (so that the flag shows)."""
+    path, reference, _ = instruct
+    model = calign.Model.from_pretrained(str(path))
+
+    def answer(prompt, dtype):
+        ids = reference.prompt_ids([user(prompt)])
+        new = model.generate([ids], do_sample=False, weight_dtype=dtype)[0]
+        return reference.tokenizer.decode(new, skip_special_tokens=True)
+
+    prompts = [f"w{i} w{j}" for i in range(2, 30) for j in (3, 11, 19)]
+    prompt = next((p for p in prompts if answer(p, "bfloat16") != answer(p, "float32")), None)
+    assert prompt is not None, "no prompt tells the weights' rounding apart"
+    out = calign_cli("generate", "--model", path, "--prompt", prompt, "--greedy",
+                     "--weight_dtype", "bfloat16")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == answer(prompt, "bfloat16") + "\n"
+
+
 def test_no_chat_template_sends_raw_text(instruct):
     path, reference, _ = instruct
     out = calign_cli("generate", "--model", path, "--prompt", "w1 w2", "--no-chat-template",
@@ -219,6 +239,7 @@ def test_an_empty_answer_is_warned(speechless):
     (["--chat_template", "x", "--no-chat-template"],
      "--chat_template cannot go with --no-chat-template"),
     (["--sampling"], "unexpected arguments --sampling"),
+    (["--weight_dtype", "float16"], "argument --weight_dtype: invalid choice: 'float16'"),
 ])
 def test_bad_generate_flags_exit_2_with_one_line(instruct, capsys, args, message):
     """In this process (calign.cli.main) to keep the suite fast; the subprocess

@@ -55,12 +55,15 @@ class Assistant:
     """A model and its tokenizer answering prompts with one set of generation
     flags (a dict over GENERATION_FLAGS, None where generation_config.json
     decides). chat_template: the name of one of the tokenizer's templates
-    (None: its default); use_chat_template=False sends prompts as raw text."""
+    (None: its default); use_chat_template=False sends prompts as raw text;
+    weight_dtype: Model.generate's (bfloat16: the matrix weights rounded)."""
 
-    def __init__(self, model, tokenizer, flags, *, use_chat_template=True, chat_template=None):
+    def __init__(self, model, tokenizer, flags, *, use_chat_template=True, chat_template=None,
+                 weight_dtype="float32"):
         self.model = model
         self.tokenizer = tokenizer
         self.flags = check_generation_flags(flags)
+        self.weight_dtype = checks.choice("--weight_dtype", weight_dtype, ("float32", "bfloat16"))
         if chat_template is not None:
             checks.require(isinstance(tokenizer.chat_template, dict), "--chat_template",
                            chat_template, "the name of one of the tokenizer's chat templates, "
@@ -134,7 +137,8 @@ class Assistant:
                 f"exceeds the model's {self.model.max_positions} positions")
         settings = dict(self.flags, max_new_tokens=argument)
         return self.model.generate([prompt_ids], **settings, eos_token_id=self.eos_argument,
-                                   num_return_sequences=num_return_sequences, seed=seed)
+                                   num_return_sequences=num_return_sequences, seed=seed,
+                                   weight_dtype=self.weight_dtype)
 
     def answer_text(self, tokens):
         """(the answer's text without special tokens, a warning when it is empty

@@ -334,7 +334,8 @@ def open_assistant(args):
         model = calign.Model.from_pretrained(args.model)
         tokenizer = load_tokenizer(args.tokenizer or args.model)
         assistant = chat.Assistant(model, tokenizer, flags, use_chat_template=not raw_text,
-                                   chat_template=args.chat_template)
+                                   chat_template=args.chat_template,
+                                   weight_dtype=args.weight_dtype)
     if args.system is not None and not assistant.uses_chat_template:
         raise UsageError("--system needs the chat template, " + (
             "which --no-chat-template turns off" if raw_text else
@@ -569,6 +570,9 @@ def add_generation_flags(parser):
     parser.add_argument("--top_k", type=int)
     parser.add_argument("--top_p", type=float)
     parser.add_argument("--repetition_penalty", type=float)
+    parser.add_argument("--weight_dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="bfloat16: read the matrix weights rounded to bfloat16 (half the "
+                             "bytes a decoding step reads; float32 arithmetic)")
 
 
 def build_parser():
