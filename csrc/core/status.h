@@ -16,4 +16,8 @@ enum {
 
 #define CALIGN_ERR_LEN 256
 
+/* Writes a message (printf rules) into err (CALIGN_ERR_LEN bytes); returns status. */
+int calign_fail(char *err, int status, const char *format, ...)
+    __attribute__((format(printf, 3, 4)));
+
 #endif

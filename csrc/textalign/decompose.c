@@ -1,19 +1,10 @@
 #include "textalign/decompose.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "core/status.h"
-
-static int fail(char *err, const char *format, ...) {
-    va_list args;
-    va_start(args, format);
-    vsnprintf(err, CALIGN_ERR_LEN, format, args);
-    va_end(args);
-    return CALIGN_EINVAL;
-}
 
 static const char *const rule_names[6] = {"p_adjacent",   "p_same_later",   "p_same_earlier",
                                           "p_near_later", "p_near_earlier", "p_far"};
@@ -21,13 +12,16 @@ static const char *const rule_names[6] = {"p_adjacent",   "p_same_later",   "p_s
 int ta_rules_init(ta_rules *r, const double p[6], int near, double p_new, char *err) {
     for (int i = 0; i < 6; i++) {
         if (!(p[i] > 0.0 && p[i] <= 1.0))
-            return fail(err, "%s must be in (0, 1], got %g", rule_names[i], p[i]);
+            return calign_fail(err, CALIGN_EINVAL, "%s must be in (0, 1], got %g", rule_names[i],
+                               p[i]);
         if (i > 0 && p[i] > p[i - 1])
-            return fail(err, "%s must be at most %s (%g): the rules are ordered, got %g",
-                        rule_names[i], rule_names[i - 1], p[i - 1], p[i]);
+            return calign_fail(err, CALIGN_EINVAL,
+                               "%s must be at most %s (%g): the rules are ordered, got %g",
+                               rule_names[i], rule_names[i - 1], p[i - 1], p[i]);
     }
-    if (near < 1) return fail(err, "near must be >= 1, got %d", near);
-    if (!(p_new > 0.0 && p_new < 1.0)) return fail(err, "p_new must be in (0, 1), got %g", p_new);
+    if (near < 1) return calign_fail(err, CALIGN_EINVAL, "near must be >= 1, got %d", near);
+    if (!(p_new > 0.0 && p_new < 1.0))
+        return calign_fail(err, CALIGN_EINVAL, "p_new must be in (0, 1), got %g", p_new);
     *r = (ta_rules){log(p[0]), log(p[1]), log(p[2]), log(p[3]), log(p[4]), log(p[5]), near,
                     log(p_new)};
     return CALIGN_OK;
@@ -35,13 +29,16 @@ int ta_rules_init(ta_rules *r, const double p[6], int near, double p_new, char *
 
 static int check_offsets(const int64_t *off, int64_t n, int64_t total, const char *name,
                          char *err) {
-    if (off[0] != 0) return fail(err, "%s must start at 0, got %lld", name, (long long)off[0]);
+    if (off[0] != 0)
+        return calign_fail(err, CALIGN_EINVAL, "%s must start at 0, got %lld", name,
+                           (long long)off[0]);
     for (int64_t k = 0; k < n; k++)
         if (off[k + 1] < off[k])
-            return fail(err, "%s must not decrease, but does at %lld", name, (long long)k);
+            return calign_fail(err, CALIGN_EINVAL, "%s must not decrease, but does at %lld", name,
+                               (long long)k);
     if (off[n] != total)
-        return fail(err, "%s must end at %lld, got %lld", name, (long long)total,
-                    (long long)off[n]);
+        return calign_fail(err, CALIGN_EINVAL, "%s must end at %lld, got %lld", name,
+                           (long long)total, (long long)off[n]);
     return CALIGN_OK;
 }
 

@@ -1,28 +1,20 @@
 #include "textalign/phrase_hmm.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "core/status.h"
 
-static int fail(char *err, const char *format, ...) {
-    va_list args;
-    va_start(args, format);
-    vsnprintf(err, CALIGN_ERR_LEN, format, args);
-    va_end(args);
-    return CALIGN_EINVAL;
-}
-
 static int check_offsets(const int64_t *off, int64_t n_pairs, int64_t total, const char *name,
                          char *err) {
-    if (off[0] != 0) return fail(err, "%s must start at 0", name);
+    if (off[0] != 0) return calign_fail(err, CALIGN_EINVAL, "%s must start at 0", name);
     for (int64_t k = 0; k < n_pairs; k++)
-        if (off[k + 1] < off[k]) return fail(err, "%s decrease at pair %lld", name, (long long)k);
+        if (off[k + 1] < off[k])
+            return calign_fail(err, CALIGN_EINVAL, "%s decrease at pair %lld", name, (long long)k);
     if (off[n_pairs] != total)
-        return fail(err, "%s end at %lld but there are %lld words", name,
-                    (long long)off[n_pairs], (long long)total);
+        return calign_fail(err, CALIGN_EINVAL, "%s end at %lld but there are %lld words", name,
+                           (long long)off[n_pairs], (long long)total);
     return CALIGN_OK;
 }
 
@@ -33,18 +25,20 @@ int ta_pairs_check(const ta_pairs *p, int64_t n_sum, int64_t n_doc, int vocab, c
     if (status != CALIGN_OK) return status;
     for (int64_t k = 0; k < p->n_pairs; k++)
         if (p->doc_off[k + 1] == p->doc_off[k])
-            return fail(err, "document %lld has no words", (long long)k);
+            return calign_fail(err, CALIGN_EINVAL, "document %lld has no words", (long long)k);
     for (int64_t t = 0; t < n_sum; t++)
         if (p->sum_ids[t] < 0 || p->sum_ids[t] >= vocab)
-            return fail(err, "summary_ids[%lld] holds %d, outside [0, %d)", (long long)t,
-                        (int)p->sum_ids[t], vocab);
+            return calign_fail(err, CALIGN_EINVAL, "summary_ids[%lld] holds %d, outside [0, %d)",
+                               (long long)t, (int)p->sum_ids[t], vocab);
     for (int64_t k = 0; k < p->n_pairs; k++)
         for (int64_t i = p->doc_off[k]; i < p->doc_off[k + 1]; i++) {
             if (p->doc_ids[i] < 0 || p->doc_ids[i] >= vocab)
-                return fail(err, "document_ids[%lld] holds %d, outside [0, %d)", (long long)i,
-                            (int)p->doc_ids[i], vocab);
+                return calign_fail(err, CALIGN_EINVAL,
+                                   "document_ids[%lld] holds %d, outside [0, %d)", (long long)i,
+                                   (int)p->doc_ids[i], vocab);
             if (i > p->doc_off[k] && p->doc_sent[i] < p->doc_sent[i - 1])
-                return fail(err, "document_sentences decrease at word %lld", (long long)i);
+                return calign_fail(err, CALIGN_EINVAL, "document_sentences decrease at word %lld",
+                                   (long long)i);
         }
     return CALIGN_OK;
 }
@@ -53,22 +47,26 @@ static int check_distribution(const double *x, int n, const char *name, char *er
     double sum = 0.0;
     for (int i = 0; i < n; i++) {
         if (!(x[i] >= 0.0 && isfinite(x[i])))
-            return fail(err, "%s[%d] must be a finite number >= 0, got %g", name, i, x[i]);
+            return calign_fail(err, CALIGN_EINVAL, "%s[%d] must be a finite number >= 0, got %g",
+                               name, i, x[i]);
         sum += x[i];
     }
-    return sum > 0.0 && isfinite(sum) ? CALIGN_OK : fail(err, "%s must have a positive sum", name);
+    return sum > 0.0 && isfinite(sum)
+               ? CALIGN_OK
+               : calign_fail(err, CALIGN_EINVAL, "%s must have a positive sum", name);
 }
 
 int ta_phrase_hmm_check(const ta_phrase_hmm *h, char *err) {
     if (h->max_length < 1 || h->max_length > TA_MAX_PHRASE)
-        return fail(err, "max_phrase_length must be in [1, %d], got %d", TA_MAX_PHRASE,
-                    h->max_length);
+        return calign_fail(err, CALIGN_EINVAL, "max_phrase_length must be in [1, %d], got %d",
+                           TA_MAX_PHRASE, h->max_length);
     if (h->max_jump < 0 || h->max_jump > TA_MAX_JUMP)
-        return fail(err, "max_jump must be in [0, %d], got %d", TA_MAX_JUMP, h->max_jump);
+        return calign_fail(err, CALIGN_EINVAL, "max_jump must be in [0, %d], got %d", TA_MAX_JUMP,
+                           h->max_jump);
     if (!(h->p_null > 0.0 && h->p_null < 1.0))
-        return fail(err, "p_null must be in (0, 1), got %g", h->p_null);
+        return calign_fail(err, CALIGN_EINVAL, "p_null must be in (0, 1), got %g", h->p_null);
     if (!(h->identity > 0.0 && h->identity < 1.0))
-        return fail(err, "identity must be in (0, 1), got %g", h->identity);
+        return calign_fail(err, CALIGN_EINVAL, "identity must be in (0, 1), got %g", h->identity);
     int status = check_distribution(h->length, h->max_length, "length", err);
     if (status == CALIGN_OK)
         status = check_distribution(h->jump, 2 * h->max_jump + 1, "jump", err);

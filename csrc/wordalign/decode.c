@@ -9,7 +9,8 @@
  * words never seen in training. */
 static int decoding_table(wa_table *t, const wa_model *m, char *err) {
     if (m->table.rows == 0)
-        return wa_fail(err, CALIGN_EINVAL, "the model has no translation table: train or load it");
+        return calign_fail(err, CALIGN_EINVAL,
+                           "the model has no translation table: train or load it");
     *t = m->table;
     t->rows += 1;
     return CALIGN_OK;
@@ -17,8 +18,8 @@ static int decoding_table(wa_table *t, const wa_model *m, char *err) {
 
 static int require_hmm(const wa_model *m, const char *what, char *err) {
     return m->kind == WA_HMM ? CALIGN_OK
-                             : wa_fail(err, CALIGN_EINVAL, "%s needs an HMM, not %s", what,
-                                       wa_kind_names[m->kind]);
+                             : calign_fail(err, CALIGN_EINVAL, "%s needs an HMM, not %s", what,
+                                           wa_kind_names[m->kind]);
 }
 
 static wa_hmm hmm_of(const wa_model *m) {
@@ -37,7 +38,7 @@ int wa_model_posteriors(double *post, const wa_model *m, const wa_corpus *c, int
         const wa_hmm h = hmm_of(m);
         const wa_links links = {lc.off, NULL};
         if (wa_hmm_posteriors(post, &t, &h, c, &links, n_threads) < 0)
-            status = wa_fail(err, CALIGN_ENOMEM, "no memory for the HMM's posteriors");
+            status = calign_fail(err, CALIGN_ENOMEM, "no memory for the HMM's posteriors");
     } else {
         const wa_settings s = {m->kind == WA_IBM2, m->p0, m->tension, 0, m->alpha};
         wa_posteriors(post, lc.off, &t, &s, c, n_threads);
@@ -54,7 +55,7 @@ int wa_model_viterbi(int32_t *best, const wa_model *m, const wa_corpus *c, int n
     if (status != CALIGN_OK) return status;
     const wa_hmm h = hmm_of(m);
     if (wa_hmm_viterbi(best, &t, &h, c, NULL, n_threads) < 0)
-        return wa_fail(err, CALIGN_ENOMEM, "no memory for Viterbi decoding");
+        return calign_fail(err, CALIGN_ENOMEM, "no memory for Viterbi decoding");
     return CALIGN_OK;
 }
 
@@ -63,9 +64,10 @@ static int check_alignment(const int32_t *align, const wa_corpus *c, char *err) 
     for (long k = 0; k < c->n_pairs; k++)
         for (int64_t j = c->tgt_off[k]; j < c->tgt_off[k + 1]; j++)
             if (align[j] < 0 || align[j] > c->src_off[k + 1] - c->src_off[k])
-                return wa_fail(err, CALIGN_EINVAL,
-                               "start: pair %ld links a target word to source position %d of %lld",
-                               k, (int)align[j], (long long)(c->src_off[k + 1] - c->src_off[k]));
+                return calign_fail(
+                    err, CALIGN_EINVAL,
+                    "start: pair %ld links a target word to source position %d of %lld", k,
+                    (int)align[j], (long long)(c->src_off[k + 1] - c->src_off[k]));
     return CALIGN_OK;
 }
 
@@ -77,25 +79,25 @@ int wa_model_fertility(double *post, int32_t *align, int start_given, const wa_m
     if (status == CALIGN_OK) status = require_hmm(m, "the fertility sampler", err);
     if (status != CALIGN_OK) return status;
     if (fs->max_fertility < 1 || fs->max_fertility > WA_MAX_FERTILITY)
-        return wa_fail(err, CALIGN_EINVAL, "max_fertility must be in [1, %d], got %d",
-                       WA_MAX_FERTILITY, fs->max_fertility);
+        return calign_fail(err, CALIGN_EINVAL, "max_fertility must be in [1, %d], got %d",
+                           WA_MAX_FERTILITY, fs->max_fertility);
     if (!(fs->prior > 0.0 && isfinite(fs->prior)))
-        return wa_fail(err, CALIGN_EINVAL, "fertility_prior must be a finite number > 0, got %g",
-                       fs->prior);
+        return calign_fail(err, CALIGN_EINVAL,
+                           "fertility_prior must be a finite number > 0, got %g", fs->prior);
     if (fs->burn_in < 0 || fs->sweeps < fs->burn_in)
-        return wa_fail(err, CALIGN_EINVAL,
-                       "the sampler needs 0 <= burn_in <= sweeps, got %d and %d", fs->burn_in,
-                       fs->sweeps);
+        return calign_fail(err, CALIGN_EINVAL,
+                           "the sampler needs 0 <= burn_in <= sweeps, got %d and %d", fs->burn_in,
+                           fs->sweeps);
     if (start_given && (status = check_alignment(align, c, err)) != CALIGN_OK) return status;
     const wa_hmm h = hmm_of(m);
     wa_link_cache lc; /* Viterbi and every sweep read the same links */
     if ((status = wa_link_cache_open(&lc, &t, c, cache_bytes, n_threads, err)) != CALIGN_OK)
         return status;
     if (!start_given && wa_hmm_viterbi(align, &t, &h, c, &lc.links, n_threads) < 0)
-        status = wa_fail(err, CALIGN_ENOMEM, "no memory for Viterbi decoding");
+        status = calign_fail(err, CALIGN_ENOMEM, "no memory for Viterbi decoding");
     if (status == CALIGN_OK && wa_fertility_sample(post, align, &t, &h, c, &lc.links, fs,
                                                    n_threads) < 0)
-        status = wa_fail(err, CALIGN_ENOMEM, "no memory for the fertility sampler");
+        status = calign_fail(err, CALIGN_ENOMEM, "no memory for the fertility sampler");
     wa_link_cache_close(&lc);
     return status;
 }

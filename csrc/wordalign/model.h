@@ -77,8 +77,4 @@ int wa_link_cache_open(wa_link_cache *lc, const wa_table *t, const wa_corpus *c,
                        int64_t cache_bytes, int n_threads, char *err);
 void wa_link_cache_close(wa_link_cache *lc);
 
-/* Writes a message (printf rules) into err; returns status. */
-int wa_fail(char *err, int status, const char *format, ...)
-    __attribute__((format(printf, 3, 4)));
-
 #endif

@@ -17,10 +17,11 @@ static int check_links(const wa_table *t, const wa_corpus *c, const wa_links *li
                 const int64_t at = links->off[k] + (j - c->tgt_off[k]) * (I + 1) + i;
                 const int32_t e = i == 0 ? 0 : c->src[c->src_off[k] + i - 1];
                 if ((links->index ? links->index[at] : wa_table_find(t, e, c->tgt[j])) < 0)
-                    return wa_fail(err, CALIGN_EINVAL,
-                                   "the %s translation table lacks a word pair of pair %ld of the "
-                                   "corpus: train on the corpus the model was started on",
-                                   model, k);
+                    return calign_fail(
+                        err, CALIGN_EINVAL,
+                        "the %s translation table lacks a word pair of pair %ld of the "
+                        "corpus: train on the corpus the model was started on",
+                        model, k);
             }
     }
     return CALIGN_OK;
@@ -32,9 +33,10 @@ static int alloc_counts(wa_model *m, int n_threads, char *err) {
     free(m->counts);
     m->counts = malloc(sizeof(double) * (size_t)(m->table.n_entries + 1) * n_threads);
     return m->counts ? CALIGN_OK
-                     : wa_fail(err, CALIGN_ENOMEM, "no memory for the EM counts of %lld entries "
-                                                   "x %d threads",
-                               (long long)m->table.n_entries, n_threads);
+                     : calign_fail(err, CALIGN_ENOMEM,
+                                   "no memory for the EM counts of %lld entries "
+                                   "x %d threads",
+                                   (long long)m->table.n_entries, n_threads);
 }
 
 static void free_counts(wa_model *m) {
@@ -46,22 +48,25 @@ static void free_counts(wa_model *m) {
  * ENONFINITE when the log-likelihood is not finite. */
 static int check_step(int status, double loglik, int it, int iterations, double alpha, char *err) {
     if (status == CALIGN_ECALLBACK)
-        return wa_fail(err, status, "summing the statistics of EM iteration %d of %d over the "
-                                    "processes failed", it + 1, iterations);
+        return calign_fail(err, status,
+                           "summing the statistics of EM iteration %d of %d over the "
+                           "processes failed",
+                           it + 1, iterations);
     if (status != CALIGN_OK)
-        return wa_fail(err, CALIGN_ENOMEM, "no memory for EM iteration %d of %d", it + 1,
-                       iterations);
+        return calign_fail(err, CALIGN_ENOMEM, "no memory for EM iteration %d of %d", it + 1,
+                           iterations);
     if (isfinite(loglik)) return CALIGN_OK;
     /* alpha > 0's update is exp(digamma(count + alpha) - ...), and
      * exp(digamma(x)) ~ exp(-1 / x) underflows to 0 below x ~ 1 / 745: with a
      * tiny alpha, every rarely counted link of a word can get probability 0 */
-    return wa_fail(err, CALIGN_ENONFINITE,
-                   "EM iteration %d of %d: the log-likelihood is %s: the model broke down (a pair "
-                   "got probability 0 or a value overflowed) and is unusable%s",
-                   it + 1, iterations, isnan(loglik) ? "NaN" : "-inf",
-                   alpha > 0 && alpha < 0.002 ? "; an alpha below about 0.0015 rounds rare links "
-                                                "to probability 0: use alpha=0 or alpha >= 0.002"
-                                              : "");
+    return calign_fail(
+        err, CALIGN_ENONFINITE,
+        "EM iteration %d of %d: the log-likelihood is %s: the model broke down (a pair "
+        "got probability 0 or a value overflowed) and is unusable%s",
+        it + 1, iterations, isnan(loglik) ? "NaN" : "-inf",
+        alpha > 0 && alpha < 0.002 ? "; an alpha below about 0.0015 rounds rare links "
+                                     "to probability 0: use alpha=0 or alpha >= 0.002"
+                                   : "");
 }
 
 /* iterations of EM of one kind (IBM1's for the IBM1 iterations of any
@@ -92,7 +97,7 @@ int wa_model_train(wa_model *m, const wa_corpus *c, int ibm1_iterations, int ite
                    int64_t cache_bytes, const wa_reducer *sum, double *logliks, int n_threads,
                    char *err) {
     if (m->table.rows == 0)
-        return wa_fail(err, CALIGN_EINVAL, "the model has no translation table to train");
+        return calign_fail(err, CALIGN_EINVAL, "the model has no translation table to train");
     wa_link_cache lc;
     int status = wa_link_cache_open(&lc, &m->table, c, cache_bytes, n_threads, err);
     if (status == CALIGN_OK) status = check_links(&m->table, c, &lc.links, "model's", err);
@@ -132,10 +137,11 @@ int wa_joint_train(wa_model *forward, wa_model *reverse, const wa_corpus *c, int
                    double *ibm1_logliks, double *logliks, int n_threads, char *err) {
     const wa_corpus c_r = wa_corpus_swapped(c);
     if (forward->kind != WA_HMM || reverse->kind != WA_HMM)
-        return wa_fail(err, CALIGN_EINVAL, "forward and reverse must be HMMs");
+        return calign_fail(err, CALIGN_EINVAL, "forward and reverse must be HMMs");
     if (forward->table.rows != c->src_vocab || reverse->table.rows != c_r.src_vocab)
-        return wa_fail(err, CALIGN_EINVAL, "forward and reverse must be started on the corpus, "
-                                           "reverse with its sides swapped");
+        return calign_fail(err, CALIGN_EINVAL,
+                           "forward and reverse must be started on the corpus, "
+                           "reverse with its sides swapped");
     wa_link_cache lc_f, lc_r;
     int status = wa_link_cache_open(&lc_f, &forward->table, c, cache_bytes, n_threads, err);
     if (status != CALIGN_OK) return status;
@@ -158,9 +164,9 @@ int wa_joint_train(wa_model *forward, wa_model *reverse, const wa_corpus *c, int
                                logliks, n_threads, err);
     if (status == CALIGN_OK && !agreement) {
         double *reverse_logliks = malloc(sizeof(double) * (iterations + 1));
-        status = reverse_logliks ? run_em(forward, WA_HMM, c, links_f, iterations, sum, logliks,
-                                          n_threads, err)
-                                 : wa_fail(err, CALIGN_ENOMEM, "no memory for the log-likelihoods");
+        status = reverse_logliks
+                     ? run_em(forward, WA_HMM, c, links_f, iterations, sum, logliks, n_threads, err)
+                     : calign_fail(err, CALIGN_ENOMEM, "no memory for the log-likelihoods");
         if (status == CALIGN_OK)
             status = run_em(reverse, WA_HMM, &c_r, links_r, iterations, sum, reverse_logliks,
                             n_threads, err);
