@@ -138,31 +138,14 @@ done:
     return result;
 }
 
-/* session_truncate(session, slot, length) -> None. */
-static PyObject *py_session_truncate(PyObject *self, PyObject *args, PyObject *kwargs) {
-    static char *kwlist[] = {"session", "slot", "length", NULL};
+/* The binding of a session operation on two slot numbers (truncate, copy):
+ * kwlist names the session and the two ints; the model is claimed around the call. */
+static PyObject *session_op_on_ints(PyObject *args, PyObject *kwargs, char **kwlist,
+                                    int (*op)(decode_session *, int, int, char *)) {
     PyObject *session_capsule;
-    int_arg slot = {"slot", INT32_MIN, INT32_MAX}, length = {"length", INT32_MIN, INT32_MAX};
+    int_arg first = {kwlist[1], INT32_MIN, INT32_MAX}, second = {kwlist[2], INT32_MIN, INT32_MAX};
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&O&", kwlist, &session_capsule, to_int,
-                                     &slot, to_int, &length))
-        return NULL;
-    session_handle *sh = session_of(session_capsule);
-    if (!sh) return NULL;
-    model_handle *h = claim_model(sh->model_capsule);
-    if (!h) return NULL;
-    char err[CALIGN_ERR_LEN] = "";
-    int status = session_truncate(sh->s, (int)slot.value, (int)length.value, err);
-    release_model(h);
-    return raise_status(status, err) < 0 ? NULL : Py_NewRef(Py_None);
-}
-
-/* session_copy(session, source, target) -> None. */
-static PyObject *py_session_copy(PyObject *self, PyObject *args, PyObject *kwargs) {
-    static char *kwlist[] = {"session", "source", "target", NULL};
-    PyObject *session_capsule;
-    int_arg from = {"source", INT32_MIN, INT32_MAX}, to = {"target", INT32_MIN, INT32_MAX};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&O&", kwlist, &session_capsule, to_int,
-                                     &from, to_int, &to))
+                                     &first, to_int, &second))
         return NULL;
     session_handle *sh = session_of(session_capsule);
     if (!sh) return NULL;
@@ -171,10 +154,22 @@ static PyObject *py_session_copy(PyObject *self, PyObject *args, PyObject *kwarg
     char err[CALIGN_ERR_LEN] = "";
     int status;
     Py_BEGIN_ALLOW_THREADS
-    status = session_copy(sh->s, (int)from.value, (int)to.value, err);
+    status = op(sh->s, (int)first.value, (int)second.value, err);
     Py_END_ALLOW_THREADS
     release_model(h);
     return raise_status(status, err) < 0 ? NULL : Py_NewRef(Py_None);
+}
+
+/* session_truncate(session, slot, length) -> None. */
+static PyObject *py_session_truncate(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"session", "slot", "length", NULL};
+    return session_op_on_ints(args, kwargs, kwlist, session_truncate);
+}
+
+/* session_copy(session, source, target) -> None. */
+static PyObject *py_session_copy(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"session", "source", "target", NULL};
+    return session_op_on_ints(args, kwargs, kwlist, session_copy);
 }
 
 /* session_lengths(session) -> int64 [n_slots]: the tokens each slot holds. */
