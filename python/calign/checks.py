@@ -14,6 +14,7 @@ narrowing cast can wrap them.
 
 import math
 import numbers
+import string
 
 import numpy as np
 
@@ -122,3 +123,38 @@ def seed(name, value, *, allow_none=False):
     require(is_int(value), name, value,
             "an integer or None (unseeded)" if allow_none else "an integer")
     return int(value) % (UINT64_MAX + 1)
+
+
+def format_template(name, template, fields):
+    """A str.format template whose placeholders are exactly `fields` (each
+    present, nothing else, no positional or nested ones; literal braces
+    doubled) and that fills in; TypeError or ValueError naming it otherwise."""
+    wanted = [f"{{{f}}}" for f in fields]
+    listed = wanted[0] if len(wanted) == 1 else ", ".join(wanted[:-1]) + " and " + wanted[-1]
+    if not isinstance(template, str):
+        raise TypeError(f"{name} must be a string with {listed} placeholders, not "
+                        f"{type(template).__name__}")
+    braces = "write a literal brace as {{ or }}"
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"{name} is not a valid format string ({exc}): {braces}") from None
+    found = set()
+    for _, field, spec, _ in parsed:
+        if field is None:
+            continue
+        if field not in fields:
+            kind = "positional placeholder" if field == "" or field.isdigit() else "placeholder"
+            raise ValueError(f"{name} has the {kind} {{{field}}}: only {listed} are filled in; "
+                             f"{braces}")
+        if "{" in (spec or ""):
+            raise ValueError(f"{name}: {{{field}:{spec}}} has a nested placeholder; only "
+                             f"{listed} are filled in")
+        found.add(field)
+    if found != set(fields):
+        raise ValueError(f"{name} must contain {listed} placeholders")
+    try:
+        template.format(**{f: "" for f in fields})
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{name} cannot be filled in: {exc}") from None
+    return template

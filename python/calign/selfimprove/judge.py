@@ -1,7 +1,6 @@
 """Self-Rewarding: the policy judges its own samples (Yuan et al. 2024)."""
 
 import re
-import string
 
 import numpy as np
 
@@ -29,38 +28,6 @@ def parse_judge_score(text):
 
 
 _JUDGE_FIELDS = ("prompt", "response")
-
-
-def _check_judge_template(template):
-    """A str.format template whose only placeholders are {prompt} and {response}
-    (both present; literal braces doubled)."""
-    if not isinstance(template, str):
-        raise TypeError("judge_template must be a string with {prompt} and {response} "
-                        f"placeholders, not {type(template).__name__}")
-    braces = "write a literal brace as {{ or }}"
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise ValueError(f"judge_template is not a valid format string ({exc}): "
-                         f"{braces}") from None
-    found = set()
-    for _, field, spec, _ in parsed:
-        if field is None:
-            continue
-        if field not in _JUDGE_FIELDS:
-            kind = "positional placeholder" if field == "" or field.isdigit() else "placeholder"
-            raise ValueError(f"judge_template has the {kind} {{{field}}}: only {{prompt}} and "
-                             f"{{response}} are filled in; {braces}")
-        if "{" in (spec or ""):
-            raise ValueError(f"judge_template: {{{field}:{spec}}} has a nested placeholder; "
-                             f"only {{prompt}} and {{response}} are filled in")
-        found.add(field)
-    if found != set(_JUDGE_FIELDS):
-        raise ValueError("judge_template must contain {prompt} and {response} placeholders")
-    try:
-        template.format(prompt="", response="")
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"judge_template cannot be filled in: {exc}") from None
 
 
 def _judge_prompt_ids(model, tokenizer, template, prompt_text, response_text,
@@ -94,7 +61,7 @@ def self_rewarding_pairs(model, prompts, tokenizer, judge_template=DEFAULT_JUDGE
     n = checks.integer("n", n, 2)
     judge_samples = checks.integer("judge_samples", judge_samples, 1)
     judge_max_new_tokens = checks.integer("judge_max_new_tokens", judge_max_new_tokens, 1)
-    _check_judge_template(judge_template)
+    checks.format_template("judge_template", judge_template, _JUDGE_FIELDS)
     if tokenizer is None:
         raise ValueError("self_rewarding_pairs needs tokenizer=: the judge prompt is text built "
                          "from judge_template, and the judgements are parsed as text")

@@ -26,7 +26,6 @@ unparsable (selfimprove.parse_judge_score is its pointwise counterpart).
 import dataclasses
 import os
 import re
-import string
 
 import numpy as np
 
@@ -53,19 +52,13 @@ ALTER_TEMPLATE = (
     "answer would be a poor answer to the original. Output only the new instruction.\n\n"
     "Instruction: {instruction}\nNew instruction:")
 VERDICT_PATTERN = re.compile(r"\[\[([AB])\]\]")
+JUDGE_FIELDS = ("instruction", "response_a", "response_b")  # what JUDGE_TEMPLATE fills in
 
 
 def parse_verdict(text):
     """The last "[[A]]" or "[[B]]" in a judgement: "A", "B", or None."""
     found = VERDICT_PATTERN.findall(text)
     return found[-1] if found else None
-
-
-def _check_template(name, template, fields):
-    checks.text(name, template)
-    used = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-    checks.require(used == set(fields), name, template[:80] + "...",
-                   f"a format string with exactly the placeholders {sorted(fields)}")
 
 
 def _check_instructions(instructions):
@@ -160,8 +153,7 @@ def correct_judgements(model, tokenizer, pairs, *, judge_template=JUDGE_TEMPLATE
     check_model("model", model)
     tokenizer = check_tokenizer("tokenizer", tokenizer)
     pairs = _check_pairs(pairs)
-    _check_template("judge_template", judge_template, ("instruction", "response_a",
-                                                       "response_b"))
+    checks.format_template("judge_template", judge_template, JUDGE_FIELDS)
     samples = checks.integer("samples", samples, 1)
     max_new_tokens = checks.integer("max_new_tokens", max_new_tokens, 1)
     seed = checks.seed("seed", seed)
@@ -203,8 +195,7 @@ def judge_accuracy(model, tokenizer, pairs, *, judge_template=JUDGE_TEMPLATE, ch
     check_model("model", model)
     tokenizer = check_tokenizer("tokenizer", tokenizer)
     pairs = _check_pairs(pairs)
-    _check_template("judge_template", judge_template, ("instruction", "response_a",
-                                                       "response_b"))
+    checks.format_template("judge_template", judge_template, JUDGE_FIELDS)
     texts = [judge_template.format(instruction=p["instruction"], response_a=a, response_b=b)
              for p in pairs for a, b in ((p["chosen"], p["rejected"]),
                                          (p["rejected"], p["chosen"]))]
