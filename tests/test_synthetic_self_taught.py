@@ -133,6 +133,10 @@ def test_bad_input(world):
     with pytest.raises(ValueError, match="judge_template"):
         st.correct_judgements(model, tokenizer, [{"instruction": "1+2=", "chosen": "3",
                                                   "rejected": "4"}], judge_template="{x}")
+    with pytest.raises(ValueError, match="nested placeholder"):
+        st.judge_accuracy(model, tokenizer, [{"instruction": "1+2=", "chosen": "3",
+                                              "rejected": "4"}],
+                          judge_template="{instruction:{x}} {response_a} {response_b}")
     with pytest.raises(TypeError, match="args"):
         st.iterate(model, tokenizer, [{"instruction": "1+2=", "chosen": "3",
                                        "rejected": "4"}], args=None)
