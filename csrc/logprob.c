@@ -226,8 +226,8 @@ static long logprobs_forward(float *logprobs, const logprob_stats *stats,
         long n = n_active - c0 < p->chunk_rows ? n_active - c0 : p->chunk_rows;
         const float *h = gather_rows(s.hidden_rows, s.active + c0, n, p->hidden, p->d);
         /* logits [n, V] = h [n, d] @ W^T */
-        gemm_f32(false, true, (int)n, p->V, p->d, 1.0f, h, p->d, p->weight, p->d, 0.0f,
-                 s.logits, p->V);
+        gemm_model(p->bf16, false, true, (int)n, p->V, p->d, 1.0f, h, p->d, p->weight, p->d, 0.0f,
+                   s.logits, p->V);
         long bad = forward_chunk_rows(logprobs, stats, s.logits, s.active + c0, n, p);
         if (bad >= 0) return bad;
     }
@@ -293,20 +293,22 @@ static long logprobs_backward(float *grad_hidden, float *grad_weight, float *gra
         long n = n_active - c0 < p->chunk_rows ? n_active - c0 : p->chunk_rows;
         const int32_t *rows = s.active + c0;
         const float *h = gather_rows(s.hidden_rows, rows, n, p->hidden, d);
-        gemm_f32(false, true, (int)n, V, d, 1.0f, h, d, p->weight, d, 0.0f, s.logits, V);
+        gemm_model(p->bf16, false, true, (int)n, V, d, 1.0f, h, d, p->weight, d, 0.0f, s.logits, V);
         long bad = backward_chunk_rows(logprobs, stats, s.logits, rows, n, grad_logprobs, p);
         if (bad >= 0) return bad;
         /* grad_h [n, d] = G [n, V] @ W [V, d], straight into grad_hidden when
          * the rows are consecutive */
         int consecutive = rows[n - 1] - rows[0] == n - 1;
         float *gh = consecutive ? grad_hidden + (size_t)rows[0] * d : s.grad_hidden_rows;
-        gemm_f32(false, false, (int)n, d, V, 1.0f, s.logits, V, p->weight, d, 0.0f, gh, d);
+        gemm_model(p->bf16, false, false, (int)n, d, V, 1.0f, s.logits, V, p->weight, d, 0.0f, gh,
+                   d);
         if (!consecutive)
             for (long r = 0; r < n; r++)
                 memcpy(grad_hidden + (size_t)rows[r] * d, gh + (size_t)r * d, sizeof(float) * d);
         /* grad_W [V, d] += G^T [V, n] @ h [n, d] (none for a frozen lm_head) */
         if (grad_weight)
-            gemm_f32(true, false, V, d, (int)n, 1.0f, s.logits, V, h, d, 1.0f, grad_weight, d);
+            gemm_model(p->bf16, true, false, V, d, (int)n, 1.0f, s.logits, V, h, d, 1.0f,
+                       grad_weight, d);
         if (grad_bias) accumulate_bias_grad(grad_bias, s.logits, n, V);
     }
     return -1;
@@ -360,8 +362,8 @@ static long chunk_forward(float *logprobs, const logprob_stats *stats, double *r
     const int V = p->V;
     const float inv_t = 1.0f / p->temperature;
     const int with_moments = wants_moments(stats);
-    gemm_f32(false, true, (int)n, V, p->d, 1.0f, p->hidden + (size_t)r0 * p->d, p->d, p->weight,
-             p->d, 0.0f, logits, V);
+    gemm_model(p->bf16, false, true, (int)n, V, p->d, 1.0f, p->hidden + (size_t)r0 * p->d, p->d,
+               p->weight, p->d, 0.0f, logits, V);
     long first_bad = p->N;
 #pragma omp parallel for num_threads(calign_num_threads()) schedule(static) reduction(min : first_bad)
     for (long r = 0; r < n; r++) {
@@ -398,11 +400,11 @@ static void chunk_backward(float *grad_hidden, float *grad_weight, float *logits
         scale_in_place_row(z, V, (float)(-coef / row_sum[r]));
         z[p->targets[r0 + r]] += coef;
     }
-    gemm_f32(false, false, (int)n, d, V, 1.0f, logits, V, p->weight, d, 0.0f,
-             grad_hidden + (size_t)r0 * d, d);
+    gemm_model(p->bf16, false, false, (int)n, d, V, 1.0f, logits, V, p->weight, d, 0.0f,
+               grad_hidden + (size_t)r0 * d, d);
     if (grad_weight) /* none for a frozen lm_head */
-        gemm_f32(true, false, V, d, (int)n, 1.0f, logits, V, p->hidden + (size_t)r0 * d, d,
-                 1.0f, grad_weight, d);
+        gemm_model(p->bf16, true, false, V, d, (int)n, 1.0f, logits, V, p->hidden + (size_t)r0 * d,
+                   d, 1.0f, grad_weight, d);
 }
 
 /* seq_sums[s] = sum of weight * logp over the rows of sequences [s0, s1). */

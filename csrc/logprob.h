@@ -9,6 +9,7 @@
 #ifndef CALIGN_LOGPROB_H
 #define CALIGN_LOGPROB_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -32,6 +33,7 @@ typedef struct {
     float temperature;
     int64_t ignore_index;
     int chunk_rows;       /* rows per chunk, >= 1 */
+    bool bf16;            /* the logit products take bfloat16-rounded operands (gemm_model) */
 } logprob_problem;
 
 /* Rows per chunk chosen from the vocabulary size: a chunk's logits stay near

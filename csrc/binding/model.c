@@ -464,6 +464,20 @@ done:
     return result;
 }
 
+/* model_set_bf16_products: whether the packed forward and backward multiply
+ * bfloat16-rounded operands (model_set_bf16_products). */
+static PyObject *py_model_set_bf16_products(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"model", "on", NULL};
+    PyObject *capsule;
+    int on;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Op", kwlist, &capsule, &on)) return NULL;
+    model_handle *h = claim_model(capsule);
+    if (!h) return NULL;
+    model_set_bf16_products(h->m, on);
+    release_model(h);
+    Py_RETURN_NONE;
+}
+
 /* model_forward_layers: the residual stream after the given blocks, [n, T, d]. */
 static PyObject *py_model_forward_layers(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"model", "params", "input_ids", "position_ids", "sequence_starts",
@@ -605,9 +619,9 @@ static PyObject *py_model_logits(PyObject *self, PyObject *args, PyObject *kwarg
     }
     if (!(logits = new_f32_2d(T, c->vocab))) goto done;
     const float *W = ARG_DATA(const float, params) + model_lm_head_offset(h->m);
-    Py_BEGIN_ALLOW_THREADS
-    linear_forward(f32(logits), c->vocab, ARG_DATA(const float, hidden), W, NULL, (int)T,
-                   c->d_model, c->vocab, WEIGHT_OUT_IN);
+    Py_BEGIN_ALLOW_THREADS linear_forward(f32(logits), c->vocab, ARG_DATA(const float, hidden), W,
+                                          NULL, (int)T, c->d_model, c->vocab, WEIGHT_OUT_IN,
+                                          model_bf16_products(h->m));
     Py_END_ALLOW_THREADS
 done:
     release_model(h);
@@ -1119,6 +1133,8 @@ PyMethodDef calign_model_methods[] = {
     KEYWORDS_METHOD("model_logits", py_model_logits, "lm_head logits of hidden states."),
     KEYWORDS_METHOD("model_set_control", py_model_set_control,
                     "Steering rows added after each decoder block (None: off)."),
+    KEYWORDS_METHOD("model_set_bf16_products", py_model_set_bf16_products,
+                    "Products of bfloat16-rounded operands in the packed forward and backward."),
     KEYWORDS_METHOD("model_forward_layers", py_model_forward_layers,
                     "The residual stream after chosen decoder blocks."),
     KEYWORDS_METHOD("model_score", py_model_score, "Log-probs of targets at hidden rows."),

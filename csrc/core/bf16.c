@@ -12,21 +12,6 @@
  * products of decoding); more rows go through float32 panels and BLAS. */
 #define BF16_DOTS_MAX_ROWS 8
 
-static inline uint16_t round_to_bf16(float x) {
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0xFFFFu; /* every NaN, as torch writes it */
-    u += 0x7FFFu + ((u >> 16) & 1u); /* round to nearest, ties to even */
-    return (uint16_t)(u >> 16);
-}
-
-static inline float bf16_value(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float x;
-    memcpy(&x, &u, sizeof x);
-    return x;
-}
-
 void bf16_from_f32(uint16_t *dst, const float *src, long n) {
 #pragma omp parallel for num_threads(calign_num_threads()) schedule(static)
     for (long i = 0; i < n; i++) dst[i] = round_to_bf16(src[i]);

@@ -7,6 +7,24 @@
 #define CALIGN_BF16_H
 
 #include <stdint.h>
+#include <string.h>
+
+/* x rounded to bfloat16 (nearest, ties to even; every NaN becomes 0xFFFF),
+ * bit for bit as torch's CPU conversion. */
+static inline uint16_t round_to_bf16(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0xFFFFu; /* every NaN, as torch writes it */
+    u += 0x7FFFu + ((u >> 16) & 1u);                     /* round to nearest, ties to even */
+    return (uint16_t)(u >> 16);
+}
+
+static inline float bf16_value(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
 
 /* dst[i] = src[i] rounded to bfloat16 (every NaN becomes 0xFFFF, a quiet NaN;
  * inf stays inf; a finite value past bfloat16's largest rounds to inf), bit

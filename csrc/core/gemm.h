@@ -18,4 +18,13 @@ void gemm_f32(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
               const float *A, int lda, const float *B, int ldb, float beta,
               float *C, int ldc);
 
+/* A model's product (its forward, backward and scoring products go through
+ * here). bf16_operands false: gemm_f32, bit for bit. True: both operands are
+ * rounded to bfloat16 (nearest even, as torch) and multiplied with float32
+ * accumulation into a float32 C: the arithmetic of AVX512-BF16's dot
+ * products and AMX, and that of torch's CPU autocast products up to the
+ * rounding of their outputs, which this keeps in float32. */
+void gemm_model(bool bf16_operands, bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+
 #endif

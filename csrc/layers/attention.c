@@ -97,12 +97,12 @@ void attention_forward(float *out, int ld_out, float *lse, const float *q, int l
         for (long r0 = 0; r0 < L; r0 += ATTENTION_BLOCK) {
             long r1 = r0 + ATTENTION_BLOCK < L ? r0 + ATTENTION_BLOCK : L;
             /* S = Q K^T / sqrt(head_dim), then softmax over visible keys */
-            gemm_f32(false, true, (int)(r1 - r0), (int)r1, hd, scale, Q + r0 * ld_q, ld_q, K, ld_k,
-                     0.0f, P, (int)r1);
+            gemm_model(a->bf16, false, true, (int)(r1 - r0), (int)r1, hd, scale, Q + r0 * ld_q,
+                       ld_q, K, ld_k, 0.0f, P, (int)r1);
             masked_softmax_rows(P, row_lse, r0, r1, start, a->branch);
             /* O = P V */
-            gemm_f32(false, false, (int)(r1 - r0), hd, (int)r1, 1.0f, P, (int)r1, V, ld_v, 0.0f,
-                     O + r0 * ld_out, ld_out);
+            gemm_model(a->bf16, false, false, (int)(r1 - r0), hd, (int)r1, 1.0f, P, (int)r1, V,
+                       ld_v, 0.0f, O + r0 * ld_out, ld_out);
         }
     }
     profile_end(PHASE_ATTENTION, mark);
@@ -140,20 +140,20 @@ void attention_backward(float *dq, int ld_dq, float *dk, int ld_dk, float *dv, i
             for (long r0 = 0; r0 < L; r0 += ATTENTION_BLOCK) {
                 long r1 = r0 + ATTENTION_BLOCK < L ? r0 + ATTENTION_BLOCK : L, n = r1 - r0;
                 /* P = softmax(Q K^T / sqrt(head_dim)) of this block, from lse */
-                gemm_f32(false, true, (int)n, (int)r1, hd, scale, Q + r0 * ld_q, ld_q, K, ld_k,
-                         0.0f, P, (int)r1);
+                gemm_model(a->bf16, false, true, (int)n, (int)r1, hd, scale, Q + r0 * ld_q, ld_q, K,
+                           ld_k, 0.0f, P, (int)r1);
                 recompute_probs(P, row_lse, r0, r1, start, a->branch);
                 /* dV[0:r1] += P^T dO;  dP = dO V^T */
-                gemm_f32(true, false, (int)r1, hd, (int)n, 1.0f, P, (int)r1, dO + r0 * ld_out,
-                         ld_out, 1.0f, dV, ld_dv);
-                gemm_f32(false, true, (int)n, (int)r1, hd, 1.0f, dO + r0 * ld_out, ld_out, V, ld_v,
-                         0.0f, dS, (int)r1);
+                gemm_model(a->bf16, true, false, (int)r1, hd, (int)n, 1.0f, P, (int)r1,
+                           dO + r0 * ld_out, ld_out, 1.0f, dV, ld_dv);
+                gemm_model(a->bf16, false, true, (int)n, (int)r1, hd, 1.0f, dO + r0 * ld_out,
+                           ld_out, V, ld_v, 0.0f, dS, (int)r1);
                 softmax_backward_rows(dS, P, n, r1, scale);
                 /* dQ = dS K;  dK[0:r1] += dS^T Q */
-                gemm_f32(false, false, (int)n, hd, (int)r1, 1.0f, dS, (int)r1, K, ld_k, 0.0f,
-                         dQ + r0 * ld_dq, ld_dq);
-                gemm_f32(true, false, (int)r1, hd, (int)n, 1.0f, dS, (int)r1, Q + r0 * ld_q, ld_q,
-                         1.0f, dK, ld_dk);
+                gemm_model(a->bf16, false, false, (int)n, hd, (int)r1, 1.0f, dS, (int)r1, K, ld_k,
+                           0.0f, dQ + r0 * ld_dq, ld_dq);
+                gemm_model(a->bf16, true, false, (int)r1, hd, (int)n, 1.0f, dS, (int)r1,
+                           Q + r0 * ld_q, ld_q, 1.0f, dK, ld_dk);
             }
         }
     }
@@ -205,9 +205,9 @@ void attention_cached_forward(float *out, int ld_out, const float *q, int ld_q,
 
 /* A block's scores of one map: S = Q K^T / sqrt(hd), [r1 - r0, r1]. */
 static void block_scores(float *S, const float *Q, int ld_q, const float *K, int ld_k, long r0,
-                         long r1, int hd, float scale) {
-    gemm_f32(false, true, (int)(r1 - r0), (int)r1, hd, scale, Q + r0 * ld_q, ld_q, K, ld_k, 0.0f,
-             S, (int)r1);
+                         long r1, int hd, float scale, const attention_shape *a) {
+    gemm_model(a->bf16, false, true, (int)(r1 - r0), (int)r1, hd, scale, Q + r0 * ld_q, ld_q, K,
+               ld_k, 0.0f, S, (int)r1);
 }
 
 /* out = a - lambda * b, elementwise over n */
@@ -260,14 +260,14 @@ void diff_attention_forward(float *out, int ld_out, float *lse, const float *q, 
         float *O = out + start * ld_out + 2L * h * hd;
         for (long r0 = 0; r0 < L; r0 += ATTENTION_BLOCK) {
             long r1 = r0 + ATTENTION_BLOCK < L ? r0 + ATTENTION_BLOCK : L;
-            block_scores(P1, Q1, ld_q, K1, ld_k, r0, r1, hd, scale);
+            block_scores(P1, Q1, ld_q, K1, ld_k, r0, r1, hd, scale, a);
             masked_softmax_rows(P1, lse1, r0, r1, start, a->branch);
-            block_scores(P2, Q2, ld_q, K2, ld_k, r0, r1, hd, scale);
+            block_scores(P2, Q2, ld_q, K2, ld_k, r0, r1, hd, scale, a);
             masked_softmax_rows(P2, lse2, r0, r1, start, a->branch);
             subtract_scaled(P1, P1, P2, lambda, (r1 - r0) * r1);
             /* O = (P1 - lambda P2) V, 2 hd wide */
-            gemm_f32(false, false, (int)(r1 - r0), 2 * hd, (int)r1, 1.0f, P1, (int)r1, V, ld_v,
-                     0.0f, O + r0 * ld_out, ld_out);
+            gemm_model(a->bf16, false, false, (int)(r1 - r0), 2 * hd, (int)r1, 1.0f, P1, (int)r1, V,
+                       ld_v, 0.0f, O + r0 * ld_out, ld_out);
         }
     }
     profile_end(PHASE_ATTENTION, mark);
@@ -305,30 +305,30 @@ void diff_attention_backward(float *dq, int ld_dq, float *dk, int ld_dk, float *
             float *dQ1 = dq + start * ld_dq + 2L * h * hd, *dQ2 = dQ1 + hd;
             for (long r0 = 0; r0 < L; r0 += ATTENTION_BLOCK) {
                 long r1 = r0 + ATTENTION_BLOCK < L ? r0 + ATTENTION_BLOCK : L, n = r1 - r0;
-                block_scores(P1, Q1, ld_q, K1, ld_k, r0, r1, hd, scale);
+                block_scores(P1, Q1, ld_q, K1, ld_k, r0, r1, hd, scale, a);
                 recompute_probs(P1, lse1, r0, r1, start, a->branch);
-                block_scores(P2, Q2, ld_q, K2, ld_k, r0, r1, hd, scale);
+                block_scores(P2, Q2, ld_q, K2, ld_k, r0, r1, hd, scale, a);
                 recompute_probs(P2, lse2, r0, r1, start, a->branch);
                 /* dV[0:r1] += (P1 - lambda P2)^T dO;  dP = dO V^T (the combined map's) */
                 subtract_scaled(work, P1, P2, lambda, n * r1);
-                gemm_f32(true, false, (int)r1, 2 * hd, (int)n, 1.0f, work, (int)r1,
-                         dO + r0 * ld_out, ld_out, 1.0f, dV, ld_dv);
-                gemm_f32(false, true, (int)n, (int)r1, 2 * hd, 1.0f, dO + r0 * ld_out, ld_out, V,
-                         ld_v, 0.0f, dP, (int)r1);
+                gemm_model(a->bf16, true, false, (int)r1, 2 * hd, (int)n, 1.0f, work, (int)r1,
+                           dO + r0 * ld_out, ld_out, 1.0f, dV, ld_dv);
+                gemm_model(a->bf16, false, true, (int)n, (int)r1, 2 * hd, 1.0f, dO + r0 * ld_out,
+                           ld_out, V, ld_v, 0.0f, dP, (int)r1);
                 /* dL/dlambda = -sum dP * P2 */
                 d_lambda -= dot_block(dP, P2, n * r1);
                 /* first map: dS1 = softmax backward of dP; dQ1 = dS1 K1; dK1 += dS1^T Q1 */
                 softmax_backward_into(work, dP, P1, n, r1, scale);
-                gemm_f32(false, false, (int)n, hd, (int)r1, 1.0f, work, (int)r1, K1, ld_k, 0.0f,
-                         dQ1 + r0 * ld_dq, ld_dq);
-                gemm_f32(true, false, (int)r1, hd, (int)n, 1.0f, work, (int)r1, Q1 + r0 * ld_q,
-                         ld_q, 1.0f, dK1, ld_dk);
+                gemm_model(a->bf16, false, false, (int)n, hd, (int)r1, 1.0f, work, (int)r1, K1,
+                           ld_k, 0.0f, dQ1 + r0 * ld_dq, ld_dq);
+                gemm_model(a->bf16, true, false, (int)r1, hd, (int)n, 1.0f, work, (int)r1,
+                           Q1 + r0 * ld_q, ld_q, 1.0f, dK1, ld_dk);
                 /* second map, whose gradient is -lambda dP */
                 softmax_backward_into(work, dP, P2, n, r1, -lambda * scale);
-                gemm_f32(false, false, (int)n, hd, (int)r1, 1.0f, work, (int)r1, K2, ld_k, 0.0f,
-                         dQ2 + r0 * ld_dq, ld_dq);
-                gemm_f32(true, false, (int)r1, hd, (int)n, 1.0f, work, (int)r1, Q2 + r0 * ld_q,
-                         ld_q, 1.0f, dK2, ld_dk);
+                gemm_model(a->bf16, false, false, (int)n, hd, (int)r1, 1.0f, work, (int)r1, K2,
+                           ld_k, 0.0f, dQ2 + r0 * ld_dq, ld_dq);
+                gemm_model(a->bf16, true, false, (int)r1, hd, (int)n, 1.0f, work, (int)r1,
+                           Q2 + r0 * ld_q, ld_q, 1.0f, dK2, ld_dk);
             }
         }
         d_lambda_parts[task] = (float)d_lambda;

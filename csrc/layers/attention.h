@@ -18,6 +18,7 @@
 #ifndef CALIGN_ATTENTION_H
 #define CALIGN_ATTENTION_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 typedef struct {
@@ -29,6 +30,7 @@ typedef struct {
     float *scratch;            /* scratch_per_thread floats per thread */
     long scratch_per_thread;   /* ATTENTION_SCRATCH_PER_THREAD(longest sequence) */
     int scratch_threads;       /* threads the scratch has room for */
+    bool bf16;                 /* products of bfloat16-rounded operands (gemm_model) */
 } attention_shape;
 
 #define ATTENTION_BLOCK 64

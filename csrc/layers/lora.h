@@ -7,6 +7,8 @@
 #ifndef CALIGN_LORA_H
 #define CALIGN_LORA_H
 
+#include <stdbool.h>
+
 /* The projections of a layer an adapter can sit on. */
 typedef enum { LORA_QKV, LORA_O, LORA_UP, LORA_DOWN, LORA_N_SITES } lora_site;
 extern const char *const LORA_SITE_NAMES[LORA_N_SITES];
@@ -21,9 +23,10 @@ typedef struct {
 } lora_adapter;
 
 /* y[:, out_offset ..] += scale * (x A^T) B^T for the T rows of x [T, in_dim]
- * (y rows of stride ld_y); xa [T, r] is scratch. */
+ * (y rows of stride ld_y); xa [T, r] is scratch. bf16: the products take
+ * bfloat16-rounded operands (gemm_model). */
 void lora_forward(float *y, int ld_y, float *xa, const float *x, const float *adapter_params,
-                  long T, const lora_adapter *ad);
+                  long T, const lora_adapter *ad, bool bf16);
 
 /* Backward of lora_forward for dy (rows of stride ld_dy, the adapter's block
  * starting at column out_offset): d_x [T, in_dim] += d(x), and the adapter's
@@ -31,6 +34,6 @@ void lora_forward(float *y, int ld_y, float *xa, const float *x, const float *ad
  * are scratch (x A^T is computed again, not kept from the forward). */
 void lora_backward(float *d_x, float *adapter_grads, float *xa, float *d_xa, const float *dy,
                    int ld_dy, const float *x, const float *adapter_params, long T,
-                   const lora_adapter *ad);
+                   const lora_adapter *ad, bool bf16);
 
 #endif

@@ -381,7 +381,8 @@ int model_generate(model *m, const float *params, const float *lora, const int32
             gemm_f32_bf16(n_active, V, d, last_hidden, d, g.bf16 + model_lm_head_offset(m), d,
                           logits, V, g.bf16_scratch, threads);
         else
-            linear_forward(logits, V, last_hidden, head, NULL, n_active, d, V, WEIGHT_OUT_IN);
+            linear_forward(logits, V, last_hidden, head, NULL, n_active, d, V, WEIGHT_OUT_IN,
+                           false);
         /* each sequence draws from its own generator: independent of the thread count */
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
         for (int a = 0; a < n_active; a++) {

@@ -82,6 +82,7 @@ struct model {
     const float *forward_lora; /* the adapters of the last training forward (NULL: off) */
     float *control;            /* [n_layer, d] steering rows (model_set_control), or NULL */
     unsigned char *controlled; /* [n_layer] whether a block's row is not all zero */
+    bool bf16_products;        /* model_set_bf16_products */
 };
 
 const char *const FORWARD_MODE_NAMES[FORWARD_N_MODES] = {
@@ -492,9 +493,17 @@ static attention_shape attention_shape_of(const model *m, const packed_batch *b)
         long L = b->seq_start[s + 1] - b->seq_start[s];
         longest = L > longest ? L : longest;
     }
-    return (attention_shape){b->seq_start, b->branch, b->n_seq, b->T, c->n_head, c->n_kv_head,
-                             c->head_dim, m->f.attention_scratch,
-                             attention_scratch_per_thread(m, longest), m->arena_threads};
+    return (attention_shape){b->seq_start,
+                             b->branch,
+                             b->n_seq,
+                             b->T,
+                             c->n_head,
+                             c->n_kv_head,
+                             c->head_dim,
+                             m->f.attention_scratch,
+                             attention_scratch_per_thread(m, longest),
+                             m->arena_threads,
+                             m->bf16_products};
 }
 
 /* Writes k and v of the batch's tokens (rows of stride ld) into the cache at
@@ -621,12 +630,12 @@ static void site_adapters(const model *m, int layer, lora_site site, int *first,
 
 /* y += the adapters' updates on this projection (lora NULL: adapters off). */
 static void lora_site_forward(model *m, float *y, int ld_y, const float *x, const float *lora,
-                              long T, int layer, lora_site site) {
+                              long T, int layer, lora_site site, bool bf16) {
     if (!lora) return;
     int first, last;
     site_adapters(m, layer, site, &first, &last);
     for (int i = first; i < last; i++)
-        lora_forward(y, ld_y, m->f.lora_xa, x, lora, T, &m->adapters[i]);
+        lora_forward(y, ld_y, m->f.lora_xa, x, lora, T, &m->adapters[i], bf16);
 }
 
 static void lora_site_backward(model *m, float *d_x, float *lora_grads, const float *dy,
@@ -637,17 +646,18 @@ static void lora_site_backward(model *m, float *d_x, float *lora_grads, const fl
     site_adapters(m, layer, site, &first, &last);
     for (int i = first; i < last; i++)
         lora_backward(d_x, lora_grads, m->f.lora_xa, m->f.lora_d_xa, dy, ld_dy, x, lora, T,
-                      &m->adapters[i]);
+                      &m->adapters[i], m->bf16_products);
 }
 
 /* out = in W (+ bias) of the block weight at params offset w: the cache's
- * bfloat16 copy when generation asked for one, else params' float32. */
+ * bfloat16 copy when generation asked for one, else params' float32 (with
+ * bfloat16-rounded operands when bf16). */
 static void block_linear(const model *m, float *out, int ld_out, const float *in,
                          const float *params, long w, long bias, long T, int n_in, int n_out,
-                         const kv_cache *cache) {
+                         const kv_cache *cache, bool bf16) {
     if (!cache || !cache->bf16) {
         linear_forward(out, ld_out, in, params + w, param_or_null(params, bias), (int)T, n_in,
-                       n_out, m->cfg.layout);
+                       n_out, m->cfg.layout, bf16);
         return;
     }
     gemm_f32_bf16((int)T, n_out, n_in, in, n_in, cache->bf16 + w, n_in, out, ld_out,
@@ -669,10 +679,13 @@ static void layer_forward(model *m, layer_acts *a, float *x_out, const float *x,
     const int d = c->d_model, hd = c->head_dim, nq = c->n_head, nkv = c->n_kv_head;
     const int q_dim = nq * hd, kv_dim = nkv * hd, ld = m->qkv_dim;
     float *normed = m->f.normed, *act = m->f.act;
+    /* bf16 products are a setting of the packed forward; generation's
+     * products follow its weight_dtype */
+    const bool bf16 = m->bf16_products && !cache;
 
     norm_forward(m, normed, a->n1_mean, a->n1_rstd, x, params, L->attn_norm_w, L->attn_norm_b, T);
-    block_linear(m, a->qkv, ld, normed, params, L->qkv_w, L->qkv_b, T, d, ld, cache);
-    lora_site_forward(m, a->qkv, ld, normed, lora, T, layer, LORA_QKV);
+    block_linear(m, a->qkv, ld, normed, params, L->qkv_w, L->qkv_b, T, d, ld, cache, bf16);
+    lora_site_forward(m, a->qkv, ld, normed, lora, T, layer, LORA_QKV, bf16);
     if (c->qk_norm) qk_norm_forward(m, a, params, L, T);
     float *q = a->qkv, *k = a->qkv + q_dim, *v = a->qkv + q_dim + kv_dim;
     if (c->rope_theta > 0) {
@@ -704,20 +717,24 @@ static void layer_forward(model *m, layer_acts *a, float *x_out, const float *x,
             attention_forward(att, q_dim, a->lse, q, ld, k, ld, v, ld, &shape);
     }
     if (diff) subln_forward(m, a, params, L, T, layer);
-    block_linear(m, a->mid, d, a->att, params, L->o_w, L->o_b, T, q_dim, d, cache);
-    lora_site_forward(m, a->mid, d, a->att, lora, T, layer, LORA_O);
+    block_linear(m, a->mid, d, a->att, params, L->o_w, L->o_b, T, q_dim, d, cache, bf16);
+    lora_site_forward(m, a->mid, d, a->att, lora, T, layer, LORA_O, bf16);
     add_into(a->mid, x, T * d);
 
     norm_forward(m, normed, a->n2_mean, a->n2_rstd, a->mid, params, L->mlp_norm_w,
                  L->mlp_norm_b, T);
-    block_linear(m, a->up, m->up_dim, normed, params, L->up_w, L->up_b, T, d, m->up_dim, cache);
-    lora_site_forward(m, a->up, m->up_dim, normed, lora, T, layer, LORA_UP);
+    block_linear(m, a->up, m->up_dim, normed, params, L->up_w, L->up_b, T, d, m->up_dim, cache,
+                 bf16);
+    lora_site_forward(m, a->up, m->up_dim, normed, lora, T, layer, LORA_UP, bf16);
     if (!x_out) return;
     mlp_activation(m, act, a->up, params, L, T);
-    block_linear(m, x_out, d, act, params, L->down_w, L->down_b, T, c->d_ff, d, cache);
-    lora_site_forward(m, x_out, d, act, lora, T, layer, LORA_DOWN);
+    block_linear(m, x_out, d, act, params, L->down_w, L->down_b, T, c->d_ff, d, cache, bf16);
+    lora_site_forward(m, x_out, d, act, lora, T, layer, LORA_DOWN, bf16);
     add_into(x_out, a->mid, T * d);
 }
+
+void model_set_bf16_products(model *m, bool on) { m->bf16_products = on; }
+bool model_bf16_products(const model *m) { return m->bf16_products; }
 
 int model_set_control(model *m, const float *control) {
     const long n = (long)m->cfg.n_layer * m->cfg.d_model;
@@ -877,11 +894,11 @@ static void norm_recompute(const model *m, float *out, const float *inp, const f
 static void linear_backward_unless_frozen(float *d_in, float *grads, long w, long bias,
                                           const float *d_out, int ld_d_out, const float *in,
                                           const float *params, int T, int n_in, int n_out,
-                                          weight_layout layout) {
-    linear_backward_input(d_in, d_out, ld_d_out, params + w, T, n_in, n_out, layout, false);
+                                          weight_layout layout, bool bf16) {
+    linear_backward_input(d_in, d_out, ld_d_out, params + w, T, n_in, n_out, layout, false, bf16);
     if (grads)
-        linear_backward_weight(grads + w, grad_or_null(grads, bias), d_out, ld_d_out, in, T,
-                               n_in, n_out, layout);
+        linear_backward_weight(grads + w, grad_or_null(grads, bias), d_out, ld_d_out, in, T, n_in,
+                               n_out, layout, bf16);
 }
 
 /* Backward of Qwen3's q/k norm: d_q, d_k (after the norm) -> their columns
@@ -978,7 +995,7 @@ static void layer_backward(model *m, float *grads, float *lora_grads, const floa
      * The activation's backward leaves act(up) in d_act for down's weights;
      * down's adapters read act before that, so it is computed again here. */
     linear_backward_input(g->d_act, g->d_resid, d, params + L->down_w, (int)T, c->d_ff, d,
-                          c->layout, false);
+                          c->layout, false, m->bf16_products);
     if (down_adapted) {
         mlp_activation(m, m->f.act, a->up, params, L, T);
         lora_site_backward(m, g->d_act, lora_grads, g->d_resid, d, m->f.act, lora, T, layer,
@@ -987,11 +1004,11 @@ static void layer_backward(model *m, float *grads, float *lora_grads, const floa
     mlp_activation_backward(m, grads, params, a, L, T);
     if (grads)
         linear_backward_weight(grads + L->down_w, grad_or_null(grads, L->down_b), g->d_resid, d,
-                               g->d_act, (int)T, c->d_ff, d, c->layout);
+                               g->d_act, (int)T, c->d_ff, d, c->layout, m->bf16_products);
     norm_recompute(m, normed, a->mid, params, L->mlp_norm_w, L->mlp_norm_b, a->n2_mean,
                    a->n2_rstd, T);
     linear_backward_unless_frozen(g->d_norm, grads, L->up_w, L->up_b, g->d_up, m->up_dim, normed,
-                                  params, (int)T, d, m->up_dim, c->layout);
+                                  params, (int)T, d, m->up_dim, c->layout, m->bf16_products);
     lora_site_backward(m, g->d_norm, lora_grads, g->d_up, m->up_dim, normed, lora, T, layer,
                        LORA_UP);
     norm_backward(m, g->d_resid, grads, g->d_norm, a->mid, params, L->mlp_norm_w, L->mlp_norm_b,
@@ -999,7 +1016,7 @@ static void layer_backward(model *m, float *grads, float *lora_grads, const floa
 
     /* mid = x + o(attention(q, k, v)): d_resid flows to x as is */
     linear_backward_unless_frozen(g->d_att, grads, L->o_w, L->o_b, g->d_resid, d, a->att, params,
-                                  (int)T, q_dim, d, c->layout);
+                                  (int)T, q_dim, d, c->layout, m->bf16_products);
     lora_site_backward(m, g->d_att, lora_grads, g->d_resid, d, a->att, lora, T, layer, LORA_O);
     attention_shape shape = attention_shape_of(m, b);
     const float *q = a->qkv, *k = a->qkv + q_dim, *v = a->qkv + q_dim + kv_dim;
@@ -1019,7 +1036,7 @@ static void layer_backward(model *m, float *grads, float *lora_grads, const floa
     norm_recompute(m, normed, x, params, L->attn_norm_w, L->attn_norm_b, a->n1_mean, a->n1_rstd,
                    T);
     linear_backward_unless_frozen(g->d_norm, grads, L->qkv_w, L->qkv_b, g->d_qkv, ld, normed,
-                                  params, (int)T, d, ld, c->layout);
+                                  params, (int)T, d, ld, c->layout, m->bf16_products);
     lora_site_backward(m, g->d_norm, lora_grads, g->d_qkv, ld, normed, lora, T, layer, LORA_QKV);
     norm_backward(m, g->d_resid, grads, g->d_norm, x, params, L->attn_norm_w, L->attn_norm_b,
                   a->n1_mean, a->n1_rstd, T);

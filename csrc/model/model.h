@@ -114,6 +114,13 @@ void model_forward(model *m, float *hidden_out, const float *params, const float
  * copied; NULL removes the control. Returns 0, or -2 out of memory. */
 int model_set_control(model *m, const float *control);
 
+/* Whether the packed forward and backward (training, scoring, log-probs and
+ * logits) multiply bfloat16-rounded operands with float32 accumulation
+ * (gemm_model): bf16=True's mixed precision. Off at creation; generation's
+ * products follow its weight_dtype instead. */
+void model_set_bf16_products(model *m, bool on);
+bool model_bf16_products(const model *m);
+
 /* An inference forward that writes the residual stream after each decoder
  * block layers[0..n) (ascending, distinct, in [0, n_layer)) into
  * out[i * T * d ...], the control included, and stops after the last of

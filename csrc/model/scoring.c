@@ -23,6 +23,7 @@ static logprob_problem problem_of(const model *m, const float *params, const flo
         .temperature = r->temperature,
         .ignore_index = -100,
         .chunk_rows = logprob_default_chunk_rows(c->vocab, c->d_model),
+        .bf16 = model_bf16_products(m),
     };
 }
 

@@ -165,14 +165,14 @@ int session_append(decode_session *s, model *m, const float *params, const float
     const int d = c->d_model;
     if (all_logits) {
         linear_forward(logits_out, c->vocab, hidden_out, head, NULL, (int)T, d, c->vocab,
-                       WEIGHT_OUT_IN);
+                       WEIGHT_OUT_IN, false);
         return CALIGN_OK;
     }
     for (int r = 0; r < n_runs; r++)
         memcpy(s->last_hidden + (size_t)r * d, hidden_out + (size_t)(run_start[r + 1] - 1) * d,
                sizeof(float) * d);
     linear_forward(logits_out, c->vocab, s->last_hidden, head, NULL, n_runs, d, c->vocab,
-                   WEIGHT_OUT_IN);
+                   WEIGHT_OUT_IN, false);
     return CALIGN_OK;
 }
 

@@ -104,6 +104,7 @@ class Model:
         self._adapter_vector = None   # what the engine runs with inside running_adapters()
         self._adapter_override = False
         self._control_rows = None     # the steering rows set_control gave the engine
+        self._bf16_products = False   # bf16_products
         self.params = np.zeros(n_engine + n_extra, np.float32)
         self.grad_buffer = np.zeros(n_engine + n_extra, np.float32)
         self._engine_params = self.params[:n_engine]
@@ -441,6 +442,28 @@ class Model:
         if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"gradient_checkpointing must be True or False, got {value!r}")
         self._gradient_checkpointing = bool(value)
+
+    @property
+    def bf16_products(self):
+        """Whether the training, scoring, log-prob and logits forwards and
+        their backward multiply bfloat16 operands with float32 accumulation:
+        the mixed precision of TRL's bf16=True (torch's CPU autocast), with
+        weights, gradients and activations kept in float32. Every product of
+        a linear layer, of attention (QK^T and PV) and of the lm_head rounds
+        both its operands to bfloat16 (nearest even, as torch) and
+        accumulates in float32; unlike autocast, the product's output stays
+        float32 rather than being rounded again. Generation is not affected
+        (see generate's weight_dtype). Off by default; False is the float32
+        path bit for bit."""
+        return self._bf16_products
+
+    @bf16_products.setter
+    @exclusive
+    def bf16_products(self, value):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"bf16_products must be True or False, got {value!r}")
+        _C.model_set_bf16_products(self._handle, bool(value))
+        self._bf16_products = bool(value)
 
     def activation_arena_bytes(self):
         """Bytes the engine holds for activations and their gradients, as sized

@@ -1,0 +1,71 @@
+/* The products of a model's forward and backward, in float32 or with
+ * bfloat16 operands (gemm.h, gemm_model). */
+#include <stdlib.h>
+
+#include "core/bf16.h"
+#include "core/gemm.h"
+#include "core/threads.h"
+
+/* A call rounds its operands a block of the inner dimension at a time into
+ * at most this much scratch (16 MiB), so the copy of a wide operand (the
+ * lm_head's [V, d]) never costs its whole size again. */
+#define ROUNDED_SCRATCH_FLOATS (4L << 20)
+
+/* dst[r * cols + c] = src[r * ld + c] rounded to bfloat16 (held in a float). */
+static void copy_rounded(float *dst, const float *src, int ld, int rows, int cols) {
+#pragma omp parallel for num_threads(calign_num_threads()) schedule(static) if (rows > 64)
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+            dst[(long)r * cols + c] = bf16_value(round_to_bf16(src[(long)r * ld + c]));
+}
+
+/* The product with no scratch at all, for when none can be had: slow, exact. */
+static void rounded_naive(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                          const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                          int ldc) {
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            float acc = 0.0f;
+            for (int k = 0; k < K; k++) {
+                float a = trans_a ? A[(long)k * lda + i] : A[(long)i * lda + k];
+                float b = trans_b ? B[(long)j * ldb + k] : B[(long)k * ldb + j];
+                acc += bf16_value(round_to_bf16(a)) * bf16_value(round_to_bf16(b));
+            }
+            float *c = C + (long)i * ldc + j;
+            *c = beta == 0.0f ? alpha * acc : alpha * acc + beta * *c;
+        }
+}
+
+void gemm_model(bool bf16_operands, bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    if (!bf16_operands || K <= 0 || M <= 0 || N <= 0) {
+        gemm_f32(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    long per_k = (long)M + N; /* scratch floats per step of the inner dimension */
+    long kb = ROUNDED_SCRATCH_FLOATS / per_k;
+    kb = kb < 1 ? 1 : kb > K ? K : kb;
+    float *scratch = NULL;
+    while (!(scratch = malloc(sizeof(float) * per_k * kb)) && kb > 1) kb /= 2;
+    if (!scratch) {
+        rounded_naive(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    /* C = alpha sum over blocks [k0, k0 + n) of round(op(A)[:, block]) round(op(B)[block, :])
+     * (+ beta C once); each block's copies keep their operand's orientation */
+    for (int k0 = 0; k0 < K; k0 += (int)kb) {
+        int n = K - k0 < kb ? K - k0 : (int)kb;
+        float *a = scratch, *b = scratch + (long)M * n;
+        if (trans_a) /* A stored [K, M] */
+            copy_rounded(a, A + (long)k0 * lda, lda, n, M);
+        else
+            copy_rounded(a, A + k0, lda, M, n);
+        if (trans_b) /* B stored [N, K] */
+            copy_rounded(b, B + k0, ldb, N, n);
+        else
+            copy_rounded(b, B + (long)k0 * ldb, ldb, n, N);
+        gemm_f32(trans_a, trans_b, M, N, n, alpha, a, trans_a ? M : n, b, trans_b ? n : N,
+                 k0 == 0 ? beta : 1.0f, C, ldc);
+    }
+    free(scratch);
+}
