@@ -204,3 +204,45 @@ def test_the_setting_takes_a_bool(tiny_model):
     assert model.bf16_products is False
     model.bf16_products = np.bool_(True)
     assert model.bf16_products is True
+
+
+@pytest.fixture(scope="module")
+def trainer_models(tiny_model, tiny_tokenizer, tmp_path_factory):
+    """A policy folder with a tokenizer and a reward model folder for it."""
+    tokenizer = tiny_tokenizer(vocab_size=42)
+    policy = tiny_model("llama", tokenizer=tokenizer, seed=1)
+    reward = tmp_path_factory.mktemp("bf16_rm")
+    calign.RewardModel.from_causal_lm(str(policy), seed=4).save_pretrained(str(reward))
+    return str(policy), str(reward)
+
+
+@pytest.mark.parametrize("bf16", [True, False, None])
+def test_bf16_reaches_every_model_a_trainer_runs(trainer_models, tmp_path, bf16):
+    policy, reward = trainer_models
+    prompts = [{"prompt": "w1 w2"}, {"prompt": "w3"}]
+    pairs = [{"prompt": "w1", "chosen": " w2", "rejected": " w3"}] * 2
+    common = dict(output_dir=str(tmp_path), disable_tqdm=True, bf16=bf16)
+    trainers = [
+        calign.DPOTrainer(policy, args=calign.DPOConfig(**common), train_dataset=pairs),
+        calign.KTOTrainer(policy, args=calign.KTOConfig(**common), train_dataset=[
+            {"prompt": "w1", "completion": " w2", "label": True},
+            {"prompt": "w1", "completion": " w3", "label": False}]),
+        calign.GRPOTrainer(policy, reward_funcs=reward, train_dataset=prompts, args=calign.GRPOConfig(
+            per_device_train_batch_size=4, num_generations=2, beta=0.1,
+            max_completion_length=8, **common)),
+        calign.OnlineDPOTrainer(policy, reward_model=calign.RewardModel.from_pretrained(reward),
+                                train_dataset=prompts, args=calign.OnlineDPOConfig(
+                                    max_new_tokens=8, **common)),
+        calign.PPOTrainer(policy, reward_model=reward, train_dataset=prompts * 2,
+                          args=calign.PPOConfig(per_device_train_batch_size=4,
+                                                response_length=8, **common)),
+    ]
+    for trainer in trainers:
+        models = [trainer.model, getattr(trainer, "ref_model", None),
+                  getattr(getattr(trainer, "value", None), "model", None),
+                  getattr(trainer, "reward_model", None),
+                  *getattr(getattr(trainer, "reward_functions", None), "funcs", [])]
+        models = [m for m in models if isinstance(m, calign.Model)]
+        assert len(models) >= 2, type(trainer).__name__
+        for model in models:
+            assert model.bf16_products is (bf16 is True), type(trainer).__name__

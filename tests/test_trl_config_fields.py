@@ -139,10 +139,11 @@ def test_refused_values_raise_naming_the_field_and_why(config_class, name):
     assert reason in str(error.value)
 
 
-def test_bf16_default_is_float32_and_true_is_not_supported_yet():
+def test_bf16_default_is_float32_and_true_turns_bf16_products_on():
     assert calign.DPOConfig().bf16 is None  # TRL's default: float32 here, never an error
     calign.DPOConfig(bf16=False, fp16=np.False_)
-    with pytest.raises(ValueError, match="^bf16 must be None or False .*not supported yet"):
-        calign.DPOConfig(bf16=True)
+    assert calign.DPOConfig(bf16=np.True_).bf16 is True
+    with pytest.raises(ValueError, match="^bf16 must be True or False, got 'true'"):
+        calign.DPOConfig(bf16="true")
     with pytest.raises(ValueError, match="^fp16 must be False .*not supported yet"):
         calign.SFTConfig(fp16=True)

@@ -309,6 +309,7 @@ class Model:
         grown.generation_config = self.generation_config
         grown.checkpoint_dtype = self.checkpoint_dtype
         grown.gradient_checkpointing = self.gradient_checkpointing
+        grown.bf16_products = self.bf16_products
         if self._control_rows is not None:  # the steering stays (the width is the same)
             grown.set_control(self._control_rows)
         # the grown model's engine, parameters and names become this model's;

@@ -107,7 +107,7 @@ class BaseTrainer:
                        f"{'False' if args.eval_on_start else repr('no')} when there is no "
                        "eval_dataset")
         self.processing_class = _load_tokenizer(processing_class, model)
-        self.model = self._load_model(model)
+        self.model = self._in_precision(self._load_model(model))
         # LoRA (TRL's peft_config): adapters on the model, the base frozen; a model
         # that comes with adapters trains them, from where they are
         self.continues_adapter = self.model.adapters is not None
@@ -136,6 +136,13 @@ class BaseTrainer:
         self.averages = WeightAverages(args, self.model)
         self.reporters = None
         self.callbacks = []
+
+    def _in_precision(self, model):
+        """`model` set to compute as the config asks (bf16: bfloat16 products);
+        every model a trainer runs goes through here."""
+        if isinstance(model, Model):
+            model.bf16_products = self.args.bf16 is True
+        return model
 
     # ---- to be provided by each trainer ----------------------------------------
 
@@ -194,12 +201,12 @@ class BaseTrainer:
             return AdapterReference(self.model, frozen)
         reference = Model(self.model.config)
         reference.params[...] = self.model.params
-        return reference
+        return self._in_precision(reference)
 
     def _load_reference(self, ref_model):
         """The reference model given (a Model or a folder), checked against the
         data already prepared as the policy was."""
-        reference = load_model(ref_model, "ref_model")
+        reference = self._in_precision(load_model(ref_model, "ref_model"))
         for examples, name in ((self.train_examples, "train_dataset"),
                                (self.eval_examples, "eval_dataset")):
             if examples and reference is not self.model:

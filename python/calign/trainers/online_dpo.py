@@ -53,6 +53,7 @@ class OnlineDPOTrainer(DPOTrainer):
         super().__init__(model, ref_model=ref_model, args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class,
                          peft_config=peft_config)
+        self._in_precision(self.reward_model)
         self.last_pairs = []
 
     def _prepare_examples(self, source, name):

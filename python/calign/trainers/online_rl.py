@@ -42,6 +42,8 @@ class OnlineRLTrainer(SyncedReference, BaseTrainer):
         a = self.args
         self.reward_functions = RewardFunctions(reward_funcs, a.reward_weights,
                                                 reward_processing_classes, self.processing_class)
+        for func in self.reward_functions.funcs:
+            self._in_precision(func)
         self.eos_ids = self._eos_ids()
         self.ref_model = None
         if a.beta != 0.0:

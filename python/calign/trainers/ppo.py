@@ -97,9 +97,11 @@ class PPOTrainer(BaseTrainer):
                            "args.reward_model_path)")
             reward_model = a.reward_model_path
         self.reward_functions = RewardFunctions(reward_model, tokenizer=self.processing_class)
+        for func in self.reward_functions.funcs:
+            self._in_precision(func)
         self.ref_model = (self._default_reference() if ref_model is None
                           else self._load_reference(ref_model))
-        self.value = ValueHead(self._value_model(value_model))
+        self.value = ValueHead(self._in_precision(self._value_model(value_model)))
         self.value_optimizer = self._make_optimizer(self.value.model)
         self.stop_ids = self._stop_ids()
         self.ptx = self._ptx_sequences(ptx_dataset)
@@ -174,7 +176,7 @@ class PPOTrainer(BaseTrainer):
                           "response_length")
 
     def _load_reference(self, ref_model):
-        reference = load_model(ref_model, "ref_model")
+        reference = self._in_precision(load_model(ref_model, "ref_model"))
         for examples, name in ((self.train_examples, "train_dataset"),
                                (self.eval_examples, "eval_dataset")):
             check_prompts_fit(reference, examples or (), name, self.args.response_length,

@@ -108,8 +108,8 @@ def check_model_init_kwargs(kwargs):
         name = f"model_init_kwargs[{key!r}]"
         if key in ("dtype", "torch_dtype"):
             checks.require(value in MODEL_INIT_DTYPES or str(value) == "torch.float32", name,
-                           value, "None, 'auto' or 'float32' (calign loads weights as float32; "
-                           "bf16 is not supported yet)")
+                           value, "None, 'auto' or 'float32' (calign keeps float32 weights; "
+                           "bf16=True gives bfloat16 products)")
         elif key in MODEL_INIT_REFUSED:
             checks.require(value in (None, False), name, value,
                            f"None or False ({MODEL_INIT_REFUSED[key]})")
@@ -234,6 +234,12 @@ class TrainingConfig(TrainingArgumentsPart):
         "backward: less memory, about one more forward pass of compute, the same numbers. "
         "TRL defaults to True; calign to False, as its activations are already small.",
         default=False)
+    bf16: bool = help_field(
+        "Mixed precision as torch's CPU autocast runs TRL's bf16=True: every matrix product "
+        "(linear layers, attention, lm_head; forward and backward) of every model the trainer "
+        "runs takes bfloat16 operands and accumulates in float32, while weights, gradients and "
+        "optimizer state stay float32 (Model.bf16_products). None or False: float32 "
+        "throughout (TRL's None means True; calign's means float32).", default=None)
 
     def __post_init__(self):
         trl_fields.check_refused(self)

@@ -157,10 +157,11 @@ TRAINING_ARGUMENTS_REFUSED = {  # transformers' TrainingArguments
     "optim_args": (None, (None, ""), "calign's optimizers take no extra arguments"),
     "optim_target_modules": (None, (None,), "GaLore/APOLLO-style optimizers are not supported"),
     "label_smoothing_factor": (0.0, (0.0,), f"label smoothing of the token loss {NOT_YET}"),
-    "bf16": (None, (None, False), "bf16 " + NOT_YET + ": calign computes in float32 (the bf16 "
-                                  "issue will add it); None, TRL's default, means float32 here"),
-    "fp16": (False, (False,), "fp16 " + NOT_YET + ": calign computes in float32"),
-    "bf16_full_eval": (False, (False,), "bf16 " + NOT_YET + ": calign computes in float32"),
+    "fp16": (False, (False,), "fp16 " + NOT_YET + ": calign computes in float32 (or with "
+                              "bf16=True, in bfloat16 products)"),
+    "bf16_full_eval": (False, (False,), "a model cast to bfloat16 for evaluation " + NOT_YET
+                       + "; with bf16=True evaluation runs in bfloat16 products as training "
+                       "does"),
     "fp16_full_eval": (False, (False,), "fp16 " + NOT_YET + ": calign computes in float32"),
     "neftune_noise_alpha": (None, (None,), f"NEFTune {NOT_YET}"),
     "save_only_model": (False, (False,), "a calign checkpoint always holds the optimizer state "
