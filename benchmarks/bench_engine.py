@@ -15,7 +15,12 @@ on a ~20M-parameter GPT-2 shape (6 layers, d=384, 6 heads, vocab 50257) and a
 4 x 256 tokens. Achieved FLOP/s is compared with calign's sgemm measured in the
 same run (model FLOPs: 6N per token for training, 2N forward, plus attention).
 
-Run: python benchmarks/bench_engine.py [--repeats 5] [--quick] [--native-blas]
+With --llmc PATH (a checkout of karpathy/llm.c) it also times llm.c's CPU
+trainer, train_gpt2.c built by its Makefile, against calign's training step
+on the same shape and batch: GPT-2 124M, B 4, T 64, AdamW (llmc_side.py). Without
+the option that row is skipped with a message.
+
+Run: python benchmarks/bench_engine.py [--repeats 5] [--quick] [--native-blas] [--llmc PATH]
 """
 
 import argparse
@@ -23,6 +28,7 @@ import json
 import os
 import tempfile
 
+import llmc_side
 from common import (ChildFailed, copy_bandwidth, cpu_features_text, median_seconds,
                     peak_rss_mib, run_child)
 
@@ -82,7 +88,9 @@ def child_calign(folder, workload, threads, repeats):
     model = calign.Model.from_pretrained(folder)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, model.vocab_size, (BATCH, SEQ))
-    if workload == "train":
+    if workload == "train-b4t64":  # llm.c's train_gpt2.c: B 4, T 64
+        ids = ids[:, :64]
+    if workload.startswith("train"):
         opt = calign.optim.AdamW(model, lr=1e-4)
 
         def step():
@@ -158,6 +166,30 @@ def spawn(side, folder, workload, threads, repeats, native_blas=False):
         return {"error": str(failure).splitlines()[-1]}
 
 
+def compare_llmc(args):
+    """calign's training step against llm.c's train_gpt2 (GPT-2 124M, B 4, T 64)."""
+    if not args.llmc:
+        print("llm.c row skipped: pass --llmc PATH (a checkout of karpathy/llm.c) to time its "
+              "train_gpt2.c against calign's training step")
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        build_checkpoint(SHAPES["gpt2-124M"], folder)
+        mine = spawn("calign", folder, "train-b4t64", args.threads, args.repeats,
+                     args.native_blas)
+    if "error" in mine:
+        print(f"llm.c row: calign failed: {mine['error']}")
+        return
+    theirs, compile_line, losses = llmc_side.step_seconds(args.llmc, args.repeats, args.threads)
+    print(f"llm.c built with: {compile_line}")
+    print(f"llm.c losses of its first steps: {', '.join(f'{x:.3f}' for x in losses)}")
+    print(f"gpt2-124M, B 4 x T 64, AdamW: calign {mine['seconds']:.3f} s/step "
+          f"({mine['kernel']}), llm.c train_gpt2.c {theirs:.3f} s/step (OMP_NUM_THREADS="
+          f"{args.threads}): calign {theirs / mine['seconds']:.2f}x faster; calign peak RSS "
+          f"{mine['peak_rss_mib']:.0f} MiB")
+    print(f"README row: | gpt2-124M, B 4 x T 64, AdamW | {mine['seconds']:.3f} | {theirs:.3f} | "
+          f"{theirs / mine['seconds']:.2f}x |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -167,6 +199,10 @@ def main():
     parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=WORKLOADS)
     parser.add_argument("--native-blas", action="store_true",
                         help="run calign with OPENBLAS_CORETYPE/L2_SIZE unset")
+    parser.add_argument("--llmc", metavar="PATH",
+                        help="a checkout of karpathy/llm.c: also time its train_gpt2.c")
+    parser.add_argument("--llmc-only", action="store_true",
+                        help="run only the llm.c comparison")
     parser.add_argument("--child", dest="side", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--workload", help=argparse.SUPPRESS)
@@ -185,6 +221,8 @@ def main():
           "measured in the calign process")
     header = (f"{'model':>10} {'workload':>11} {'calign tok/s':>13} {'torch tok/s':>12} "
               f"{'ratio':>6} {'calign RSS':>11} {'torch RSS':>10} {'calign %sgemm':>14}  kernels")
+    if args.llmc_only:
+        return compare_llmc(args)
     print(header)
     print("-" * len(header))
     shapes = QUICK if args.quick else {m: SHAPES[m] for m in args.models}
@@ -219,6 +257,7 @@ def main():
                       f"{flops_note:>14}  {mine['kernel']} / {ref['kernel']}")
                 if note:
                     print(note)
+    compare_llmc(args)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,19 @@
 #include <stdint.h>
 #include <string.h>
 
-/* x rounded to bfloat16 (nearest, ties to even; every NaN becomes 0xFFFF),
- * bit for bit as torch's CPU conversion. */
+/* The bits of float32 u rounded to bfloat16 (nearest, ties to even; every
+ * NaN the quiet NaN 0xFFFF), left in the top 16 bits: bit for bit torch's
+ * CPU conversion. Branch-free, so loops over it vectorise. */
+static inline uint32_t bf16_rounded_bits(uint32_t u) {
+    uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+    return (u & 0x7FFFFFFFu) > 0x7F800000u ? 0xFFFF0000u : r;
+}
+
+/* x rounded to bfloat16. */
 static inline uint16_t round_to_bf16(float x) {
     uint32_t u;
     memcpy(&u, &x, sizeof u);
-    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0xFFFFu; /* every NaN, as torch writes it */
-    u += 0x7FFFu + ((u >> 16) & 1u);                     /* round to nearest, ties to even */
-    return (uint16_t)(u >> 16);
+    return (uint16_t)(bf16_rounded_bits(u) >> 16);
 }
 
 static inline float bf16_value(uint16_t h) {
