@@ -106,6 +106,20 @@ def write_word_preferences(folder, vocab, n_records, prompt, completion):
     return records
 
 
+def _json_objects(text):
+    """The lines of text that are JSON objects (a side may print others, such
+    as a Python dict of logs)."""
+    objects = []
+    for line in text.splitlines():
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            objects.append(value)
+    return objects
+
+
 def run_with_deadline(script, cmd, deadline):
     """The last JSON line of `python script *cmd`, a benchmark side. A side
     still running after `deadline` seconds is stopped and reported with the
@@ -122,7 +136,7 @@ def run_with_deadline(script, cmd, deadline):
             peak = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
         process.kill()
         out, _ = process.communicate()
-        marks = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        marks = _json_objects(out)
         began = [m["first_step_began"] for m in marks if "first_step_began" in m]
         ended = [m["step_ended"] for m in marks if "step_ended" in m]
         if not began:

@@ -246,3 +246,38 @@ def test_bf16_reaches_every_model_a_trainer_runs(trainer_models, tmp_path, bf16)
         assert len(models) >= 2, type(trainer).__name__
         for model in models:
             assert model.bf16_products is (bf16 is True), type(trainer).__name__
+
+
+@pytest.mark.parametrize("kind", ["grpo", "ppo"])
+def test_online_rl_old_log_probs_come_from_bf16_products(trainer_models, tmp_path, kind):
+    """The sampler multiplies in float32; with bf16=True the log-probs a
+    rollout keeps for the importance ratios are the training forward's, so
+    that the ratios start at 1 (TRL computes them with a forward under
+    autocast)."""
+    policy, reward = trainer_models
+    prompts = [{"prompt": "w1 w2"}, {"prompt": "w3"}] * 2
+    common = dict(output_dir=str(tmp_path), disable_tqdm=True, bf16=True, learning_rate=0.0,
+                  max_steps=1, save_strategy="no", seed=3)
+    if kind == "grpo":
+        trainer = calign.GRPOTrainer(policy, reward_funcs=reward, train_dataset=prompts,
+                                     args=calign.GRPOConfig(
+                                         per_device_train_batch_size=4, num_generations=2,
+                                         steps_per_generation=2, max_completion_length=6,
+                                         temperature=1.0, **common))
+    else:
+        trainer = calign.PPOTrainer(policy, reward_model=reward, train_dataset=prompts,
+                                    args=calign.PPOConfig(per_device_train_batch_size=4,
+                                                          response_length=6, stop_token=None,
+                                                          temperature=1.0, **common))
+    trainer.train()
+    rollout, model = trainer.last_rollout, trainer.model
+    assert len(rollout.completion_ids) >= 4
+    differs = 0.0
+    for example, completion, kept in zip(rollout.examples, rollout.completion_ids,
+                                         rollout.sampling_logps):
+        batch = calign.pack_shared_prefix([(example.prompt_ids, [completion])])
+        np.testing.assert_allclose(kept, model.packed_token_logprobs(batch), atol=1e-5)
+        model.bf16_products = False
+        differs = max(differs, np.abs(kept - model.packed_token_logprobs(batch)).max())
+        model.bf16_products = True
+    assert differs > 1e-4  # the float32 sampler's log-probs were replaced

@@ -454,7 +454,8 @@ class Model:
         both its operands to bfloat16 (nearest even, as torch) and
         accumulates in float32; unlike autocast, the product's output stays
         float32 rather than being rounded again. Generation is not affected
-        (see generate's weight_dtype). Off by default; False is the float32
+        (see generate's weight_dtype), nor is a RewardModel's score head (a
+        d x 1 product taken in float64). Off by default; False is the float32
         path bit for bit."""
         return self._bf16_products
 

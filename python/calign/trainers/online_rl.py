@@ -152,6 +152,8 @@ class OnlineRLTrainer(SyncedReference, BaseTrainer):
         rollout = rollouts.sample(self.model, examples[block.start:block.stop], G, a,
                                   self.eos_ids, seed, first_prompt_index=block.start)
         rollout.completions = rollouts.decode_completions(rollout, self.processing_class)
+        if self.model.bf16_products:  # the losses' old log-probs, from bf16 products
+            rollout.sampling_logps = self._logps(self.model, rollout)
         logged = {}
 
         def log_metric(name, value):

@@ -19,7 +19,10 @@ class Rollout:
     are adjacent rows)."""
     examples: list               # [N] PromptExample of each row
     completion_ids: list         # [N] lists of token ids (the EOS kept)
-    sampling_logps: list         # [N] float32 arrays: log-probs under the sampling policy
+    # [N] float32 arrays: log-probs under the sampling policy (the sampler's
+    # own; with bf16 products, those of the training forward, since the
+    # sampler multiplies in float32 and the ratios must start at 1)
+    sampling_logps: list
     truncated: np.ndarray        # [N] bool: no EOS before max_completion_length
     completions: list = None     # [N] text (or [{"role": "assistant", ...}]) given to rewards
     rewards: np.ndarray = None   # [N, F] float32, NaN: no reward
