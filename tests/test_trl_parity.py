@@ -2,11 +2,12 @@
 
 Both get the same text records and a word-level tokenizer (one token a word),
 the whole dataset is one batch (so the data order cannot differ), dropout is
-off on both sides (TRL's default), TRL runs in float32 (its DPOConfig turns
-bf16 autocast on by default, even on CPU: that alone moves its log-probs by
-~3e-4 relative), and three steps are taken."""
+off on both sides (TRL's default), and TRL runs in float32 (its DPOConfig
+turns bf16 autocast on by default, even on CPU: that alone moves its log-probs
+by ~3e-4 relative) for three steps at float32's tolerance; then both sides
+run bf16=True for 20 steps, at the tolerance of their different roundings."""
 
-
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -26,6 +27,30 @@ def records(n, seed=0):
     return testing.preference_records(n, seed=seed, words=testing.word_list(45))
 
 
+def trl_dpo_log(checkpoint, folder, data, settings, bf16):
+    """TRL's DPOTrainer's logged rows (those with a loss) of a run on the CPU."""
+    import datasets
+    import trl
+
+    trainer = trl.DPOTrainer(
+        model=transformers.AutoModelForCausalLM.from_pretrained(checkpoint),
+        args=trl.DPOConfig(output_dir=str(folder), report_to="none", use_cpu=True,
+                           save_strategy="no", seed=0, bf16=bf16, **settings),
+        train_dataset=datasets.Dataset.from_list(data),
+        processing_class=transformers.AutoTokenizer.from_pretrained(checkpoint))
+    trainer.train()
+    return [h for h in trainer.state.log_history if "loss" in h]
+
+
+def calign_dpo_log(checkpoint, folder, data, settings, bf16=None):
+    """calign's DPOTrainer's logged rows of the same run."""
+    trainer = calign.DPOTrainer(str(checkpoint), args=calign.DPOConfig(
+        output_dir=str(folder), disable_tqdm=True, bf16=bf16, **settings), train_dataset=data)
+    assert trainer.model.bf16_products is trainer.ref_model.bf16_products is (bf16 is True)
+    trainer.train()
+    return [h for h in trainer.state.log_history if "loss" in h]
+
+
 METRICS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies",
            "rewards/margins", "logps/chosen", "logps/rejected", "logits/chosen",
            "logits/rejected", "grad_norm", "learning_rate"]
@@ -33,27 +58,12 @@ METRICS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies",
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
 def test_dpo_metrics_match_trl(checkpoint, tmp_path, loss_type):
-    import datasets
-    import trl
-
     data = records(4)
     settings = dict(learning_rate=1e-2, per_device_train_batch_size=4, max_steps=3,
                     logging_steps=1, beta=0.3, loss_type=loss_type, max_length=64,
                     save_steps=0, max_grad_norm=1.0)
-    trl_trainer = trl.DPOTrainer(
-        model=transformers.AutoModelForCausalLM.from_pretrained(checkpoint),
-        args=trl.DPOConfig(output_dir=str(tmp_path / "trl"), report_to="none", use_cpu=True,
-                           save_strategy="no", seed=0, bf16=False, **settings),
-        train_dataset=datasets.Dataset.from_list(data),
-        processing_class=transformers.AutoTokenizer.from_pretrained(checkpoint))
-    trl_trainer.train()
-    theirs = [h for h in trl_trainer.state.log_history if "loss" in h]
-
-    ours_trainer = calign.DPOTrainer(str(checkpoint), args=calign.DPOConfig(
-        output_dir=str(tmp_path / "calign"), disable_tqdm=True, **settings),
-        train_dataset=data)
-    ours_trainer.train()
-    ours = [h for h in ours_trainer.state.log_history if "loss" in h]
+    theirs = trl_dpo_log(checkpoint, tmp_path / "trl", data, settings, bf16=False)
+    ours = calign_dpo_log(checkpoint, tmp_path / "calign", data, settings)
     assert len(ours) == len(theirs) == 3
     for step, (mine, trl_row) in enumerate(zip(ours, theirs, strict=True)):
         for name in METRICS:
@@ -87,31 +97,12 @@ def test_dpo_with_bf16_tracks_trl_with_bf16(checkpoint, tmp_path):
     differ by at most 1e-3 relative (measured 6e-4; TRL's own bf16 and
     float32 runs differ by 5e-4). The tolerance is rel 5e-3, abs 2e-3 (the
     mean logits are ~0.1 in size)."""
-    import datasets
-    import numpy as np
-    import trl
-
     data = records(8, seed=1)
     settings = dict(learning_rate=5e-3, per_device_train_batch_size=8, max_steps=20,
                     logging_steps=1, beta=0.3, max_length=64, save_steps=0, max_grad_norm=1.0)
-    trl_trainer = trl.DPOTrainer(
-        model=transformers.AutoModelForCausalLM.from_pretrained(checkpoint),
-        args=trl.DPOConfig(output_dir=str(tmp_path / "trl"), report_to="none", use_cpu=True,
-                           save_strategy="no", seed=0, bf16=True, **settings),
-        train_dataset=datasets.Dataset.from_list(data),
-        processing_class=transformers.AutoTokenizer.from_pretrained(checkpoint))
-    trl_trainer.train()
-    theirs = [h for h in trl_trainer.state.log_history if "loss" in h]
-
-    def ours(bf16):
-        trainer = calign.DPOTrainer(str(checkpoint), args=calign.DPOConfig(
-            output_dir=str(tmp_path / f"calign_{bf16}"), disable_tqdm=True, bf16=bf16,
-            **settings), train_dataset=data)
-        assert trainer.model.bf16_products is bf16 and trainer.ref_model.bf16_products is bf16
-        trainer.train()
-        return [h for h in trainer.state.log_history if "loss" in h]
-
-    mixed, plain = ours(True), ours(False)
+    theirs = trl_dpo_log(checkpoint, tmp_path / "trl", data, settings, bf16=True)
+    mixed = calign_dpo_log(checkpoint, tmp_path / "mixed", data, settings, bf16=True)
+    plain = calign_dpo_log(checkpoint, tmp_path / "plain", data, settings, bf16=False)
     assert len(mixed) == len(theirs) == 20
     for step, (mine, trl_row) in enumerate(zip(mixed, theirs, strict=True)):
         for name in METRICS:
