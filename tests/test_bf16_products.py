@@ -10,6 +10,8 @@ every torch product and, in the backward, the incoming gradient. Each test
 also checks that the float32 path is far from that reference, so it fails if
 the rounding is skipped."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -34,6 +36,15 @@ FAMILIES = ["gpt2", "llama", "qwen2", "qwen3"]
 # (3e-2..6e-1 on the float32 path).
 CLOSE = 1e-4
 GRAD_RTOL = 2e-2
+
+
+# Motif: differential attention's (P1 - lambda P2) V, PolyNorm, biases
+MOTIF_CONFIG = dict(model_type="motif", architectures=["MotifForCausalLM"], hidden_size=48,
+                    num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=4,
+                    head_dim=6, intermediate_size=40, vocab_size=96,
+                    max_position_embeddings=256, hidden_act="poly_norm", rope_theta=500000.0,
+                    rms_norm_eps=1e-6, attn_rms_norm_eps=1e-5, use_bias=True,
+                    tie_word_embeddings=False, initializer_range=0.5)
 
 
 def share_close(got, expected):
@@ -145,12 +156,7 @@ def test_lora_gradients_match_peft_with_rounded_products(tmp_path):
 
 def test_differential_attention_matches_the_motif_transcription():
     """Motif: differential attention's (P1 - lambda P2) V, PolyNorm, biases."""
-    config = dict(model_type="motif", architectures=["MotifForCausalLM"], hidden_size=48,
-                  num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=4,
-                  head_dim=6, intermediate_size=40, vocab_size=96,
-                  max_position_embeddings=256, hidden_act="poly_norm", rope_theta=500000.0,
-                  rms_norm_eps=1e-6, attn_rms_norm_eps=1e-5, use_bias=True,
-                  tie_word_embeddings=False, initializer_range=0.5)
+    config = MOTIF_CONFIG
     model = calign.Model.from_config(config, seed=1)
     ids = ids_batch(96, B=1, T=80, seed=3)
     params = {name: torch.tensor(view.copy(), requires_grad=True)
@@ -242,7 +248,7 @@ def test_bf16_reaches_every_model_a_trainer_runs(trainer_models, tmp_path, bf16)
                   getattr(getattr(trainer, "value", None), "model", None),
                   getattr(trainer, "reward_model", None),
                   *getattr(getattr(trainer, "reward_functions", None), "funcs", [])]
-        models = [m for m in models if isinstance(m, calign.Model)]
+        models = [m for m in models if hasattr(m, "bf16_products")]  # a Model or a reference
         assert len(models) >= 2, type(trainer).__name__
         for model in models:
             assert model.bf16_products is (bf16 is True), type(trainer).__name__
@@ -281,3 +287,76 @@ def test_online_rl_old_log_probs_come_from_bf16_products(trainer_models, tmp_pat
         differs = max(differs, np.abs(kept - model.packed_token_logprobs(batch)).max())
         model.bf16_products = True
     assert differs > 1e-4  # the float32 sampler's log-probs were replaced
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "qwen3", "motif"])
+def test_frozen_bf16_reference_scores_as_the_policy_with_bf16_products(name):
+    """bf16=True's default reference keeps the blocks' weights in bfloat16;
+    under bf16 products it gives the numbers of the policy it copies."""
+    from calign.model.frozen_reference import BF16Reference
+
+    config = dict(MOTIF_CONFIG) if name == "motif" else tiny_config(name, initializer_range=0.5)
+    policy = calign.Model.from_config(config, seed=5)
+    policy.bf16_products = True
+    reference = BF16Reference(policy)
+    ids = ids_batch(policy.vocab_size, B=3, T=70, seed=6)
+    batch = calign.pack_shared_prefix([(row[:20], [row[20:45], row[45:]]) for row in ids])
+    expected = policy.packed_scores(policy.forward_packed(batch), batch)
+    got = reference.packed_scores(reference.forward_packed(batch), batch)
+    # the two read the same bfloat16 values but sum in other orders (BLAS on
+    # another split of the product): a value on a rounding boundary may go
+    # either way (module docstring), as between calign and torch
+    assert share_close(got, expected) >= 0.75
+    policy.bf16_products = False  # and not the float32 numbers
+    plain = policy.packed_scores(policy.forward_packed(batch), batch)
+    assert share_close(got, plain) <= 0.1
+
+
+def test_frozen_bf16_reference_refuses_what_needs_float32_weights(tiny_model):
+    from calign.model.frozen_reference import BF16Reference
+
+    policy = calign.Model.from_pretrained(tiny_model("llama"))
+    reference = BF16Reference(policy)
+    inner = reference._model
+    batch = calign.pack_shared_prefix([([1, 2, 3], [[4, 5]])])
+    with pytest.raises(ValueError, match="does not train"):
+        reference.forward_packed(batch, train=True)
+    frozen = "holds its block weights in bfloat16 only"
+    with pytest.raises(ValueError, match=f"{frozen}.*a training forward"):
+        inner.forward_packed(batch, train=True)
+    with pytest.raises(ValueError, match=f"{frozen}.*generation"):
+        inner.generate([[1, 2]], max_new_tokens=2)
+    with pytest.raises(ValueError, match=f"{frozen}.*the backward"):
+        inner.backward_packed(batch, np.zeros((batch.input_ids.size, inner.hidden_size),
+                                              np.float32))
+    with pytest.raises(ValueError, match=f"{frozen}.*decoding session"):
+        calign.decoding.Session(inner)
+    with pytest.raises(ValueError, match=f"{frozen}.*turning bf16 products off"):
+        inner.bf16_products = False
+
+
+def resident_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_frozen_bf16_reference_holds_about_half_the_bytes():
+    """Its block matrices take 2 bytes a weight and their float32 entries are
+    never written (their pages never become resident)."""
+    from calign.model.frozen_reference import BF16Reference
+
+    config = tiny_config("llama", hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
+                         num_attention_heads=8, num_key_value_heads=8, head_dim=None,
+                         vocab_size=256)
+    policy = calign.Model.from_config(config, seed=0)
+    before = resident_bytes()
+    copy = calign.Model(policy.config)
+    copy.params[...] = policy.params
+    float32_copy = resident_bytes() - before
+    del copy
+    before = resident_bytes()
+    reference = BF16Reference(policy)
+    frozen = resident_bytes() - before
+    assert float32_copy >= 0.9 * 4 * policy.num_parameters()
+    assert frozen < 0.6 * float32_copy, (frozen, float32_copy)
+    assert reference.vocab_size == 256

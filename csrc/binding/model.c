@@ -25,8 +25,18 @@ static void capsule_destructor(PyObject *capsule) {
     model_handle *h = PyCapsule_GetPointer(capsule, CAPSULE_NAME);
     if (h) {
         model_free(h->m);
+        Py_XDECREF(h->frozen);
         free(h);
     }
+}
+
+int refuse_frozen(const model_handle *h, const char *what) {
+    if (!model_frozen_bf16(h->m)) return 0;
+    PyErr_Format(PyExc_ValueError,
+                 "this model holds its block weights in bfloat16 only (a frozen reference): %s "
+                 "needs the float32 weights",
+                 what);
+    return -1;
 }
 
 /* The model of a capsule, without claiming it (for what only reads its
@@ -411,7 +421,8 @@ static PyObject *py_model_forward(PyObject *self, PyObject *args, PyObject *kwar
     model_handle *h = NULL;
     int mode = name_index(mode_name, "mode", FORWARD_MODE_NAMES, FORWARD_N_MODES);
     if (mode < 0 || !(h = claim_model(capsule)) || check_param_vector(&params, h->m) < 0 ||
-        check_adapter_vector(&adapters, h->m) < 0 || check_batch(&a, h->m) < 0)
+        check_adapter_vector(&adapters, h->m) < 0 || check_batch(&a, h->m) < 0 ||
+        (mode != FORWARD_INFERENCE && refuse_frozen(h, "a training forward") < 0))
         goto done;
     if (model_prepare(h->m, &a.b, mode) < 0) {
         PyErr_NoMemory();
@@ -473,7 +484,53 @@ static PyObject *py_model_set_bf16_products(PyObject *self, PyObject *args, PyOb
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Op", kwlist, &capsule, &on)) return NULL;
     model_handle *h = claim_model(capsule);
     if (!h) return NULL;
+    if (!on && refuse_frozen(h, "turning bf16 products off") < 0) {
+        release_model(h);
+        return NULL;
+    }
     model_set_bf16_products(h->m, on);
+    release_model(h);
+    Py_RETURN_NONE;
+}
+
+/* model_bf16_block_weights: a new uint16 vector of the model's parameter
+ * count holding the blocks' linear weights of params rounded to bfloat16
+ * (model_bf16_block_weights; the other entries 0, never written). */
+static PyObject *py_model_bf16_block_weights(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"model", "params", NULL};
+    PyObject *capsule, *out = NULL;
+    array_arg params = {"params"};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&", kwlist, &capsule, to_f32_vector, &params))
+        return NULL;
+    model_handle *h = claim_model(capsule);
+    if (!h || check_param_vector(&params, h->m) < 0) goto done;
+    npy_intp n = (npy_intp)model_param_count(h->m);
+    if (!(out = PyArray_ZEROS(1, &n, NPY_UINT16, 0))) goto done;
+    Py_BEGIN_ALLOW_THREADS model_bf16_block_weights(h->m, ARG_DATA(const float, params),
+                                                    (uint16_t *)PyArray_DATA((PyArrayObject *)out));
+    Py_END_ALLOW_THREADS done : release_model(h);
+    arg_release(&params);
+    return out;
+}
+
+/* model_set_frozen_bf16: the model reads its block weights from `weights`
+ * (model_bf16_block_weights' vector, kept alive by the model) from now on. */
+static PyObject *py_model_set_frozen_bf16(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"model", "weights", NULL};
+    PyObject *capsule, *weights;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO", kwlist, &capsule, &weights)) return NULL;
+    model_handle *h = claim_model(capsule);
+    if (!h) return NULL;
+    PyArrayObject *w = (PyArrayObject *)weights;
+    if (!PyArray_Check(weights) || PyArray_TYPE(w) != NPY_UINT16 || PyArray_NDIM(w) != 1 ||
+        !PyArray_IS_C_CONTIGUOUS(w) || PyArray_DIM(w, 0) != (npy_intp)model_param_count(h->m)) {
+        PyErr_SetString(PyExc_ValueError, "weights must be model_bf16_block_weights' uint16 "
+                                          "vector of the model's parameter count");
+        release_model(h);
+        return NULL;
+    }
+    Py_XSETREF(h->frozen, Py_NewRef(weights));
+    model_set_frozen_bf16(h->m, (const uint16_t *)PyArray_DATA(w));
     release_model(h);
     Py_RETURN_NONE;
 }
@@ -553,7 +610,7 @@ static PyObject *py_model_backward(PyObject *self, PyObject *args, PyObject *kwa
     PyObject *result = NULL;
     PyArrayObject *d_copy = NULL;
     model_handle *h = claim_model(capsule);
-    if (!h || check_param_vector(&params, h->m) < 0 ||
+    if (!h || refuse_frozen(h, "the backward") < 0 || check_param_vector(&params, h->m) < 0 ||
         (grads.array && check_param_vector(&grads, h->m) < 0) ||
         check_adapter_vector(&adapters, h->m) < 0 ||
         check_adapter_vector(&adapter_grads, h->m) < 0 || check_batch(&a, h->m) < 0 ||
@@ -1035,8 +1092,8 @@ static PyObject *py_model_generate(PyObject *self, PyObject *args, PyObject *kwa
     }
     if (narrow_to_int32_described(&eos, 0, INT32_MAX, "token id", " (an eos token id)") < 0)
         goto done;
-    if (!(h = claim_model(capsule)) || check_param_vector(&params, h->m) < 0 ||
-        check_adapter_vector(&adapters, h->m) < 0)
+    if (!(h = claim_model(capsule)) || refuse_frozen(h, "generation") < 0 ||
+        check_param_vector(&params, h->m) < 0 || check_adapter_vector(&adapters, h->m) < 0)
         goto done;
     const model_config *c = model_get_config(h->m);
     npy_intp T = ARG_LEN(tokens), n = ARG_LEN(starts) - 1;
@@ -1135,6 +1192,10 @@ PyMethodDef calign_model_methods[] = {
                     "Steering rows added after each decoder block (None: off)."),
     KEYWORDS_METHOD("model_set_bf16_products", py_model_set_bf16_products,
                     "Products of bfloat16-rounded operands in the packed forward and backward."),
+    KEYWORDS_METHOD("model_bf16_block_weights", py_model_bf16_block_weights,
+                    "The blocks' linear weights of params rounded to bfloat16."),
+    KEYWORDS_METHOD("model_set_frozen_bf16", py_model_set_frozen_bf16,
+                    "A frozen model reads its block weights from a bfloat16 vector."),
     KEYWORDS_METHOD("model_forward_layers", py_model_forward_layers,
                     "The residual stream after chosen decoder blocks."),
     KEYWORDS_METHOD("model_score", py_model_score, "Log-probs of targets at hidden rows."),

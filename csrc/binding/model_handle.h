@@ -12,6 +12,7 @@
 typedef struct {
     model *m;
     int busy;
+    PyObject *frozen; /* the array model_set_frozen_bf16 reads, kept alive (or NULL) */
 } model_handle;
 
 /* The model of a capsule, without claiming it (for what only reads its
@@ -21,6 +22,11 @@ model_handle *model_of(PyObject *capsule);
  * another thread holds it. */
 model_handle *claim_model(PyObject *capsule);
 void release_model(model_handle *h); /* NULL: nothing */
+
+/* -1 with ValueError when the model holds frozen bfloat16 weights (a
+ * reference): `what` (a training forward, the backward, generation) needs
+ * the float32 weights it does not keep. */
+int refuse_frozen(const model_handle *h, const char *what);
 
 /* params or grads: a float32 vector of exactly the model's parameter count. */
 int check_param_vector(const array_arg *a, const model *m);

@@ -40,7 +40,7 @@ static PyObject *py_session_create(PyObject *self, PyObject *args, PyObject *kwa
                                      to_int, &capacity))
         return NULL;
     model_handle *m = model_of(capsule);
-    if (!m) return NULL;
+    if (!m || refuse_frozen(m, "a decoding session") < 0) return NULL;
     session_handle *h = calloc(1, sizeof(session_handle));
     if (!h) return PyErr_NoMemory();
     char err[CALIGN_ERR_LEN] = "";

@@ -8,6 +8,7 @@
 #define CALIGN_GEMM_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 void blas_pin_single_thread(void);
 /* Library name, version/config string and the kernel (core type) in use. */
@@ -26,5 +27,11 @@ void gemm_f32(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
  * rounding of their outputs, which this keeps in float32. */
 void gemm_model(bool bf16_operands, bool trans_a, bool trans_b, int M, int N, int K, float alpha,
                 const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+
+/* C[M, N] = round(A)[M, K] B^T with B [N, K] stored as bfloat16 (a frozen
+ * model's weights): gemm_model's bf16 arithmetic when the weight operand is
+ * already rounded and kept in half the bytes. */
+void gemm_model_bf16_weights(int M, int N, int K, const float *A, int lda, const uint16_t *B,
+                             int ldb, float *C, int ldc);
 
 #endif

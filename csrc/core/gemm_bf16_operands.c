@@ -1,5 +1,6 @@
 /* The products of a model's forward and backward, in float32 or with
  * bfloat16 operands (gemm.h, gemm_model). */
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -94,5 +95,33 @@ void gemm_model(bool bf16_operands, bool trans_a, bool trans_b, int M, int N, in
             copy_rounded(b, B + (long)k0 * ldb, ldb, n, N);
         gemm_f32(trans_a, trans_b, M, N, n, alpha, a, trans_a ? M : n, b, trans_b ? n : N,
                  k0 == 0 ? beta : 1.0f, C, ldc);
+    }
+}
+
+void gemm_model_bf16_weights(int M, int N, int K, const float *A, int lda, const uint16_t *B,
+                             int ldb, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    const int threads = omp_in_parallel() ? 1 : calign_num_threads();
+    const long panels = bf16_scratch_floats(K, threads);
+    /* rows of A a pass rounds (all of them unless that overruns the cap) */
+    long mb = (ROUNDED_SCRATCH_FLOATS - panels) / (K > 0 ? K : 1);
+    mb = mb < 1 ? 1 : mb > M ? M : mb;
+    float *scratch;
+    while (!(scratch = thread_scratch(panels + mb * K)) && mb > 1) mb /= 2;
+    if (!scratch) { /* no scratch at all: slow, exact */
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) {
+                float acc = 0.0f;
+                for (int k = 0; k < K; k++)
+                    acc += rounded(A[(long)i * lda + k]) * bf16_value(B[(long)j * ldb + k]);
+                C[(long)i * ldc + j] = acc;
+            }
+        return;
+    }
+    float *a = scratch + panels;
+    for (int i0 = 0; i0 < M; i0 += (int)mb) {
+        int rows = M - i0 < mb ? M - i0 : (int)mb;
+        copy_rounded(a, A + (long)i0 * lda, lda, rows, K);
+        gemm_f32_bf16(rows, N, K, a, K, B, ldb, C + (long)i0 * ldc, ldc, scratch, threads);
     }
 }

@@ -7,6 +7,7 @@
 
 #include "core/bf16.h"
 #include "core/bump.h"
+#include "core/gemm.h"
 #include "core/status.h"
 #include "core/threads.h"
 #include "layers/activations.h"
@@ -83,6 +84,7 @@ struct model {
     float *control;            /* [n_layer, d] steering rows (model_set_control), or NULL */
     unsigned char *controlled; /* [n_layer] whether a block's row is not all zero */
     bool bf16_products;        /* model_set_bf16_products */
+    const uint16_t *frozen_bf16; /* model_set_frozen_bf16, or NULL */
 };
 
 const char *const FORWARD_MODE_NAMES[FORWARD_N_MODES] = {
@@ -650,11 +652,17 @@ static void lora_site_backward(model *m, float *d_x, float *lora_grads, const fl
 }
 
 /* out = in W (+ bias) of the block weight at params offset w: the cache's
- * bfloat16 copy when generation asked for one, else params' float32 (with
- * bfloat16-rounded operands when bf16). */
+ * bfloat16 copy when generation asked for one, a frozen model's bfloat16
+ * weights, else params' float32 (with bfloat16-rounded operands when bf16). */
 static void block_linear(const model *m, float *out, int ld_out, const float *in,
                          const float *params, long w, long bias, long T, int n_in, int n_out,
                          const kv_cache *cache, bool bf16) {
+    if (!cache && m->frozen_bf16) {
+        gemm_model_bf16_weights((int)T, n_out, n_in, in, n_in, m->frozen_bf16 + w, n_in, out,
+                                ld_out);
+        add_bias_rows(out, ld_out, param_or_null(params, bias), (int)T, n_out);
+        return;
+    }
     if (!cache || !cache->bf16) {
         linear_forward(out, ld_out, in, params + w, param_or_null(params, bias), (int)T, n_in,
                        n_out, m->cfg.layout, bf16);
@@ -733,8 +741,14 @@ static void layer_forward(model *m, layer_acts *a, float *x_out, const float *x,
     add_into(x_out, a->mid, T * d);
 }
 
-void model_set_bf16_products(model *m, bool on) { m->bf16_products = on; }
+void model_set_bf16_products(model *m, bool on) { m->bf16_products = on || m->frozen_bf16; }
 bool model_bf16_products(const model *m) { return m->bf16_products; }
+
+void model_set_frozen_bf16(model *m, const uint16_t *weights) {
+    m->frozen_bf16 = weights;
+    if (weights) m->bf16_products = true;
+}
+bool model_frozen_bf16(const model *m) { return m->frozen_bf16 != NULL; }
 
 int model_set_control(model *m, const float *control) {
     const long n = (long)m->cfg.n_layer * m->cfg.d_model;
@@ -835,7 +849,7 @@ static void bf16_matrix(const model *m, const float *params, uint16_t *out, long
         bf16_from_f32(out + w, params + w, (long)n_out * n_in);
 }
 
-void model_bf16_weights(const model *m, const float *params, uint16_t *out) {
+void model_bf16_block_weights(const model *m, const float *params, uint16_t *out) {
     const model_config *c = &m->cfg;
     const int q_dim = c->n_head * c->head_dim;
     for (int l = 0; l < c->n_layer; l++) {
@@ -845,6 +859,11 @@ void model_bf16_weights(const model *m, const float *params, uint16_t *out) {
         bf16_matrix(m, params, out, L->up_w, c->d_model, m->up_dim);
         bf16_matrix(m, params, out, L->down_w, c->d_ff, c->d_model);
     }
+}
+
+void model_bf16_weights(const model *m, const float *params, uint16_t *out) {
+    const model_config *c = &m->cfg;
+    model_bf16_block_weights(m, params, out);
     /* the lm_head is [V, d] in every family (tied: the embedding) */
     bf16_from_f32(out + m->off.lm_head, params + m->off.lm_head, (long)c->vocab * c->d_model);
 }

@@ -121,6 +121,15 @@ int model_set_control(model *m, const float *control);
 void model_set_bf16_products(model *m, bool on);
 bool model_bf16_products(const model *m);
 
+/* A frozen model (a reference) whose block matrices are read from
+ * `weights` (model_bf16_block_weights' layout; the model keeps the pointer,
+ * the caller the memory) instead of params, which then need not hold them:
+ * its packed inference forwards run bfloat16 products (turned on for good).
+ * NULL: params again. Training forwards, backward and generation of such a
+ * model are refused by the binding. */
+void model_set_frozen_bf16(model *m, const uint16_t *weights);
+bool model_frozen_bf16(const model *m);
+
 /* An inference forward that writes the residual stream after each decoder
  * block layers[0..n) (ascending, distinct, in [0, n_layer)) into
  * out[i * T * d ...], the control included, and stops after the last of
@@ -166,6 +175,8 @@ typedef struct {
  * offset in params and stored [out, in] (GPT-2's Conv1D weights transposed);
  * the other entries are left as they are. */
 void model_bf16_weights(const model *m, const float *params, uint16_t *out);
+/* The same for the blocks' linear layers only (what model_set_frozen_bf16 reads). */
+void model_bf16_block_weights(const model *m, const float *params, uint16_t *out);
 /* Scratch floats a forward with bfloat16 weights needs on `threads` threads. */
 long model_bf16_scratch_floats(const model *m, int threads);
 

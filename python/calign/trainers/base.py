@@ -190,15 +190,19 @@ class BaseTrainer:
             check_fits(reference, examples, name, "ref_model")
 
     def _default_reference(self):
-        """The reference when none is given: a frozen copy of the policy; for a
-        LoRA run the policy's own weights with its adapters off (or, when it
-        continues an adapter, frozen where they start), with no copy of the
+        """The reference when none is given: a frozen copy of the policy (with
+        bf16, its block weights kept in bfloat16, unless TR-DPO moves it);
+        for a LoRA run the policy's own weights with its adapters off (or, when
+        it continues an adapter, frozen where they start), with no copy of the
         base, as TRL does with PEFT."""
         from calign.lora import AdapterReference
+        from calign.model.frozen_reference import BF16Reference
 
         if self.model.adapters is not None:
             frozen = self.model.adapters.params if self.continues_adapter else None
             return AdapterReference(self.model, frozen)
+        if self.args.bf16 is True and not getattr(self.args, "sync_ref_model", False):
+            return BF16Reference(self.model)
         reference = Model(self.model.config)
         reference.params[...] = self.model.params
         return self._in_precision(reference)
