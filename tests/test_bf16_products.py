@@ -317,7 +317,7 @@ def test_frozen_bf16_reference_refuses_what_needs_float32_weights(tiny_model):
 
     policy = calign.Model.from_pretrained(tiny_model("llama"))
     reference = BF16Reference(policy)
-    inner = reference._model
+    inner = reference.model
     batch = calign.pack_shared_prefix([([1, 2, 3], [[4, 5]])])
     with pytest.raises(ValueError, match="does not train"):
         reference.forward_packed(batch, train=True)

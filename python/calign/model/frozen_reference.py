@@ -13,6 +13,7 @@ import numpy as np
 
 from calign import _C
 from calign.model.model import Model
+from calign.model.reference import InferenceReference
 
 BLOCK_MATRICES = ("qkv_w", "o_w", "up_w", "down_w")
 
@@ -27,14 +28,14 @@ def untouched_zeros(n):
     return np.frombuffer(buffer, np.float32, count=n)
 
 
-class BF16Reference:
-    """Stands where a reference Model stands in the trainers (forward_packed,
-    packed_scores, max_positions, vocab_size, config): a frozen copy of
-    `policy`'s current weights. Inference only."""
+class BF16Reference(InferenceReference):
+    """Stands where a reference Model stands in the trainers: a frozen copy
+    of `policy`'s current weights (`model`, which refuses what would need the
+    float32 block weights). Inference only."""
 
     def __init__(self, policy):
-        self._model = Model(policy.config)
-        ours, theirs = self._model, policy
+        self.model = Model(policy.config)
+        ours, theirs = self.model, policy
         ours.params = untouched_zeros(ours.params.size)
         ours._engine_params = ours.params[:ours._engine_params.size]
         for role, _, offset, shape in ours._layout:
@@ -48,27 +49,8 @@ class BF16Reference:
     def forward_packed(self, batch, train=False):
         if train:
             raise ValueError("a frozen bfloat16 reference does not train")
-        return self._model.forward_packed(batch)
-
-    def packed_scores(self, hidden, batch, temperature=1.0, return_stats=False):
-        return self._model.packed_scores(hidden, batch, temperature, return_stats)
+        return self.model.forward_packed(batch)
 
     @property
     def bf16_products(self):
         return True
-
-    @property
-    def max_positions(self):
-        return self._model.max_positions
-
-    @property
-    def vocab_size(self):
-        return self._model.vocab_size
-
-    @property
-    def config(self):
-        return self._model.config
-
-    def weights(self):
-        """The arrays the reference's numbers depend on."""
-        return [self._model.params, self._weights]
