@@ -11,6 +11,8 @@ same threads, gradient checkpointing off, and run in their own processes (peak
 RSS is each process's). Sides:
 
   calign           float32 compute (the bf16 weights converted on load)
+  calign-bf16      bf16=True: bfloat16 products, and (full fine-tune) a
+                   reference whose block weights are kept in bfloat16
   trl-fp32         TRL with the model loaded in float32 and bf16=False
   trl-default      TRL as a user runs it on a CPU: the model loaded as
                    published (bfloat16, transformers 5's dtype="auto") and
@@ -23,7 +25,7 @@ default on a CPU without native bf16 products (AVX2 only), where torch's
 bf16 matrix product runs about 100x slower than its float32 one.
 
 Run: python benchmarks/bench_lora.py [--steps 2] [--modes full lora]
-         [--sides calign trl-fp32 trl-default] [--prompt 128] [--completion 128]
+         [--sides calign calign-bf16 trl-fp32 trl-default] [--prompt 128] [--completion 128]
          [--deadline 1800]
 """
 
@@ -85,7 +87,8 @@ def run_calign(args, folder, steps):
     peft_config = calign.LoraConfig(**LORA) if args.mode == "lora" else None
     trainer = Timed(folder, args=calign.DPOConfig(
         output_dir=os.path.join(folder, "calign"), disable_tqdm=True, save_steps=0,
-        **settings(args, steps)), train_dataset=os.path.join(folder, "data.jsonl"),
+        bf16=args.side == "calign-bf16", **settings(args, steps)),
+        train_dataset=os.path.join(folder, "data.jsonl"),
         peft_config=peft_config)
     first = trainer.train_examples[0]
     check_lengths("calign", len(first.prompt_ids), *map(len, first.completions), args=args)
@@ -93,7 +96,8 @@ def run_calign(args, folder, steps):
     trainer.train()
     phases = calign._C.profile(enable=False, reset=True)
     info = calign.build_info()
-    return stamps, f"calign, OpenBLAS {info['blas_core']}, float32", phases
+    precision = "bf16 products" if args.side == "calign-bf16" else "float32"
+    return stamps, f"calign, OpenBLAS {info['blas_core']}, {precision}", phases
 
 
 def run_trl(args, folder, steps):
@@ -152,7 +156,7 @@ def torch_gemm_rates(threads):
 def child(args):
     if args.side == "gemm":
         return print(json.dumps(torch_gemm_rates(args.threads)))
-    run = run_calign if args.side == "calign" else run_trl
+    run = run_calign if args.side.startswith("calign") else run_trl
     stamps, kernel, phases = run(args, args.folder, args.steps + 1)
     step_seconds = [b - a for a, b in zip(stamps, stamps[1:])][1:]  # first step: warm-up
     if phases is not None:  # per step, and what the clocks did not cover
@@ -167,7 +171,8 @@ def main():
     parser.add_argument("--steps", type=int, default=2, help="timed steps (after one warm-up)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--modes", nargs="+", choices=["full", "lora"], default=["full", "lora"])
-    parser.add_argument("--sides", nargs="+", choices=["calign", "trl-fp32", "trl-default"],
+    parser.add_argument("--sides", nargs="+",
+                        choices=["calign", "calign-bf16", "trl-fp32", "trl-default"],
                         default=["calign", "trl-fp32", "trl-default"])
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--completion", type=int, default=128)
