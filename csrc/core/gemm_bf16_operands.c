@@ -51,9 +51,10 @@ static void rounded_naive(bool trans_a, bool trans_b, int M, int N, int K, float
         }
 }
 
-/* Each thread keeps its scratch between calls (at most ROUNDED_SCRATCH_FLOATS
- * floats; a fresh allocation of that size would be page-faulted in again on
- * every product). Returns NULL when even `floats` cannot be had. */
+/* Each thread keeps its scratch for its life (about ROUNDED_SCRATCH_FLOATS
+ * floats at most, 64 MiB; a fresh allocation of that size would be
+ * page-faulted in again on every product). Returns NULL when even `floats`
+ * cannot be had. */
 static float *thread_scratch(long floats) {
     static _Thread_local float *scratch;
     static _Thread_local long capacity;
