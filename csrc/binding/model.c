@@ -506,9 +506,12 @@ static PyObject *py_model_bf16_block_weights(PyObject *self, PyObject *args, PyO
     if (!h || check_param_vector(&params, h->m) < 0) goto done;
     npy_intp n = (npy_intp)model_param_count(h->m);
     if (!(out = PyArray_ZEROS(1, &n, NPY_UINT16, 0))) goto done;
-    Py_BEGIN_ALLOW_THREADS model_bf16_block_weights(h->m, ARG_DATA(const float, params),
-                                                    (uint16_t *)PyArray_DATA((PyArrayObject *)out));
-    Py_END_ALLOW_THREADS done : release_model(h);
+    Py_BEGIN_ALLOW_THREADS
+    model_bf16_block_weights(h->m, ARG_DATA(const float, params),
+                             (uint16_t *)PyArray_DATA((PyArrayObject *)out));
+    Py_END_ALLOW_THREADS
+done:
+    release_model(h);
     arg_release(&params);
     return out;
 }
@@ -676,9 +679,9 @@ static PyObject *py_model_logits(PyObject *self, PyObject *args, PyObject *kwarg
     }
     if (!(logits = new_f32_2d(T, c->vocab))) goto done;
     const float *W = ARG_DATA(const float, params) + model_lm_head_offset(h->m);
-    Py_BEGIN_ALLOW_THREADS linear_forward(f32(logits), c->vocab, ARG_DATA(const float, hidden), W,
-                                          NULL, (int)T, c->d_model, c->vocab, WEIGHT_OUT_IN,
-                                          model_bf16_products(h->m));
+    Py_BEGIN_ALLOW_THREADS
+    linear_forward(f32(logits), c->vocab, ARG_DATA(const float, hidden), W, NULL, (int)T,
+                   c->d_model, c->vocab, WEIGHT_OUT_IN, model_bf16_products(h->m));
     Py_END_ALLOW_THREADS
 done:
     release_model(h);

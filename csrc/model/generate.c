@@ -1,7 +1,5 @@
 #include "model/generate.h"
 
-#include "core/bf16.h"
-
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
