@@ -189,10 +189,8 @@ class OnlineRLTrainer(SyncedReference, BaseTrainer):
     def _logps(self, model, rollout):
         """[N] float32 arrays: each completion's token log-probs under `model`
         (no activations kept), per_device_train_batch_size completions a pass."""
-        return rollouts.per_row_scores(
-            rollout, self.args.per_device_train_batch_size,
-            lambda packed: model.packed_scores(model.forward_packed(packed.batch), packed.batch,
-                                               self.args.temperature))
+        return rollouts.token_logps(model, rollout, self.args.per_device_train_batch_size,
+                                    self.args.temperature)
 
     # ---- one micro-batch -----------------------------------------------------------
 

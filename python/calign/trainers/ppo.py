@@ -289,12 +289,9 @@ class PPOTrainer(BaseTrainer):
                              "every completion's score")
         step = a.local_rollout_forward_batch_size
         if self.model.bf16_products:  # the losses' old log-probs, from bf16 products
-            rollout.sampling_logps = rollouts.per_row_scores(
-                rollout, step, lambda packed: self.model.packed_scores(
-                    self.model.forward_packed(packed.batch), packed.batch, a.temperature))
-        rollout.ref_logps = rollouts.per_row_scores(
-            rollout, step, lambda packed: self.ref_model.packed_scores(
-                self.ref_model.forward_packed(packed.batch), packed.batch, a.temperature))
+            rollout.sampling_logps = rollouts.token_logps(self.model, rollout, step,
+                                                          a.temperature)
+        rollout.ref_logps = rollouts.token_logps(self.ref_model, rollout, step, a.temperature)
         values = rollouts.per_row_scores(
             rollout, step, lambda packed: self.value.values(packed, False)[0])
         return rollout, scores, values

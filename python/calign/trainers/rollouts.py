@@ -78,6 +78,13 @@ def per_row_scores(rollout, step, score):
     return out
 
 
+def token_logps(model, rollout, step, temperature):
+    """[N] float32 arrays: each completion's token log-probs under `model` at
+    `temperature`, `step` completions a pass (no activations kept)."""
+    return per_row_scores(rollout, step, lambda packed: model.packed_scores(
+        model.forward_packed(packed.batch), packed.batch, temperature))
+
+
 def sample(model, examples, G, args, eos_ids, seed, first_prompt_index=0):
     """A Rollout of `examples` (each sampled G times) with the config's
     temperature, top_k, top_p and repetition_penalty; examples[0] is prompt
