@@ -43,7 +43,7 @@ compile_args = ["-O3", "-std=gnu11", "-fopenmp", "-fno-math-errno", "-fno-trappi
 link_args = ["-fopenmp"]
 include_dirs = [numpy.get_include(), "csrc"]
 library_dirs = []
-libraries = []
+libraries = ["dl"]  # dl: oneDNN is loaded at run time (core/onednn.c)
 define_macros = [("NPY_NO_DEPRECATED_API", "NPY_1_22_API_VERSION")]
 runtime_library_dirs = []
 blas_library_file = None

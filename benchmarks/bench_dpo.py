@@ -96,10 +96,16 @@ def run_calign(args, folder, steps, threads):
     trainer.train()
     phases = calign._C.profile(enable=False, reset=True)
     info = calign.build_info()
-    # the achieved-FLOP/s reference: calign's own sgemm, measured in this process
-    phases["sgemm_gflops"] = calign._C.sgemm_gflops(1024, 1024, 1024, 5)
+    # the achieved-FLOP/s reference: calign's own product (bf16 products on
+    # their backend under --bf16), measured in this process
+    phases["sgemm_gflops"] = calign._C.sgemm_gflops(1024, 1024, 1024, 5, bf16=args.bf16)
     phases["params"] = trainer.model.num_parameters()
-    return stamps, f"OpenBLAS {info['blas_core']}", phases
+    kernel = f"OpenBLAS {info['blas_core']}"
+    if args.bf16:
+        kernel += f", bf16 products {calign.bf16_backend()}"
+        if info["onednn"]:
+            kernel += f" (oneDNN {info['onednn']})"
+    return stamps, kernel, phases
 
 
 def run_trl(args, folder, steps, threads):
@@ -137,11 +143,12 @@ def child(args):
                       "kernel": kernel, "phases": phases, **extra}))
 
 
-def spawn(side, folder, args):
+def spawn(side, folder, args, bf16=None):
+    bf16 = args.bf16 if bf16 is None else bf16
     cmd = ["--child", side, "--folder", folder, "--steps", args.steps, "--threads", args.threads,
            "--prompt", args.prompt, "--completion", args.completion]
     cmd += ["--gradient-checkpointing"] * args.gradient_checkpointing
-    cmd += ["--precompute"] * args.precompute + ["--bf16"] * args.bf16 + ["--model", args.model]
+    cmd += ["--precompute"] * args.precompute + ["--bf16"] * bf16 + ["--model", args.model]
     try:
         if side == "trl":
             return run_with_deadline(__file__, cmd, args.deadline)
@@ -182,6 +189,8 @@ def main():
         build(folder, args.model, PAIRS * (args.steps + 1), P, C)
         mine = spawn("calign", folder, args)
         theirs = spawn("trl", folder, args)
+        # under --bf16, TRL in float32 too: the second reference
+        theirs32 = spawn("trl", folder, args, bf16=False) if args.bf16 else None
     print(f"CPU: {info['cpu']} ({cpu_features_text(info)}), {info['cores']} cores; "
           f"threads: {args.threads}; "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}"
@@ -192,13 +201,17 @@ def main():
           f"{mine['steps']} steps after 1 warm-up")
     print(f"{'side':>7} {'s/step':>8} {'tokens/s':>9} {'peak RSS MiB':>13}  kernel")
     bound = ">" if theirs.get("unfinished") else ""  # TRL was stopped at the deadline
-    for side, r in (("calign", mine), ("TRL", theirs)):
+    sides = [("calign", mine), ("TRL", theirs)] + [("TRL f32", theirs32)] * args.bf16
+    for side, r in sides:
         print(f"{side:>7} {describe_seconds(r):>8} {tokens / r['seconds']:9.0f} "
               f"{r['peak_rss_mib']:13.0f}  {r['kernel']}")
     speed = f"{bound}{theirs['seconds'] / mine['seconds']:.2f}x"
     print(f"ratio: calign {speed} TRL's tokens/s, "
           f"{mine['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}x its peak RSS"
           f"{' (TRL stopped during its first step: its peak so far)' if bound else ''}")
+    if theirs32:
+        print(f"ratio to TRL float32: calign {theirs32['seconds'] / mine['seconds']:.2f}x its "
+              f"tokens/s, {mine['peak_rss_mib'] / theirs32['peak_rss_mib']:.2f}x its peak RSS")
     # model FLOPs of a step: 6 N per packed token for the policy, 2 N for a live
     # reference, plus attention (4 L d T^2 per sequence forward, 3x for training);
     # what checkpointing recomputes is not counted
@@ -208,8 +221,9 @@ def main():
     attention = 4 * config["n_layer"] * config["n_embd"] * (P + 2 * C) ** 2 * PAIRS
     flops = 2 * passes * mine["params"] * packed + passes * attention
     sgemm_share = 100 * flops / mine["seconds"] / 1e9 / mine["sgemm_gflops"]
+    product = "bf16 product" if args.bf16 else "sgemm"
     print(f"calign achieved {flops / mine['seconds'] / 1e9:.0f} GFLOP/s = {sgemm_share:.0f}% of "
-          f"its in-run sgemm ({mine['sgemm_gflops']:.0f} GFLOP/s)")
+          f"its in-run {product} ({mine['sgemm_gflops']:.0f} GFLOP/s at 1024^3)")
     total = sum(mine["phases"].values())
     print("calign step by phase (mean s/step): " + ", ".join(
         f"{k} {v:.3f} ({100 * v / total:.0f}%)" for k, v in mine["phases"].items()))

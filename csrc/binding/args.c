@@ -80,6 +80,11 @@ int to_f32_vector_out_or_none(PyObject *obj, void *arg) {
 }
 int to_f32_matrix(PyObject *obj, void *arg) { return f32_in_place(obj, arg, 2, 0); }
 
+int to_f32_matrix_out_or_none(PyObject *obj, void *arg) {
+    if (obj == Py_None) return Py_CLEANUP_SUPPORTED;
+    return f32_in_place(obj, arg, 2, 1);
+}
+
 int to_f32_matrix_or_none(PyObject *obj, void *arg) {
     if (obj == Py_None) return Py_CLEANUP_SUPPORTED;
     return to_f32_matrix(obj, arg);

@@ -47,6 +47,7 @@ int to_f32_vector_or_none(PyObject *obj, void *arg);     /* None: .array stays N
 int to_f32_vector_out_or_none(PyObject *obj, void *arg);
 int to_f32_matrix(PyObject *obj, void *arg);
 int to_f32_matrix_or_none(PyObject *obj, void *arg);     /* None: .array stays NULL */
+int to_f32_matrix_out_or_none(PyObject *obj, void *arg);
 /* float64, C-contiguous, rank 1, used in place: only read (_view; corpus-
  * sized posteriors) or also written (_out; tables C updates). */
 int to_f64_vector_view(PyObject *obj, void *arg);

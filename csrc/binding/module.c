@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include "core/gemm.h"
+#include "core/onednn.h"
 #include "core/profile.h"
 #include "core/simd.h"
 #include "core/threads.h"
@@ -42,22 +43,22 @@ static PyObject *py_build_info(PyObject *self, PyObject *unused) {
     PyObject *features = PyDict_New();
 #endif
     if (!features) return NULL;
-    return Py_BuildValue("{s:s,s:s,s:s,s:i,s:i,s:N,s:O}", "blas", source, "blas_config",
-                         blas_config(), "blas_core", blas_core_name(), "openmp", _OPENMP,
-                         "cores", omp_get_num_procs(), "cpu_features", features, "simd_clones",
-                         clones ? Py_True : Py_False);
+    return Py_BuildValue("{s:s,s:s,s:s,s:i,s:i,s:N,s:O,s:z}", "blas", source, "blas_config",
+                         blas_config(), "blas_core", blas_core_name(), "openmp", _OPENMP, "cores",
+                         omp_get_num_procs(), "cpu_features", features, "simd_clones",
+                         clones ? Py_True : Py_False, "onednn", onednn_version());
 }
 
-/* sgemm_gflops(M, N, K, repeats, trans_b=True): the rate of calign's matrix product on this
- * machine with the current threads, for benchmarks to quote achieved FLOP/s
- * against. */
+/* sgemm_gflops(M, N, K, repeats, trans_b=True, bf16=False): the rate of calign's matrix
+ * product on this machine with the current threads (with bf16, gemm_model's bfloat16
+ * products on the current backend), for benchmarks to quote achieved FLOP/s against. */
 static PyObject *py_sgemm_gflops(PyObject *self, PyObject *args, PyObject *kwargs) {
-    static char *kwlist[] = {"M", "N", "K", "repeats", "trans_b", NULL};
+    static char *kwlist[] = {"M", "N", "K", "repeats", "trans_b", "bf16", NULL};
     int_arg M_ = {"M", 1, 1 << 16}, N_ = {"N", 1, 1 << 16}, K_ = {"K", 1, 1 << 16},
             repeats_ = {"repeats", 1, 1 << 20};
-    int trans_b = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&O&O&|p", kwlist, to_int, &M_, to_int, &N_,
-                                     to_int, &K_, to_int, &repeats_, &trans_b))
+    int trans_b = 1, bf16 = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&O&O&|pp", kwlist, to_int, &M_, to_int, &N_,
+                                     to_int, &K_, to_int, &repeats_, &trans_b, &bf16))
         return NULL;
     const int M = (int)M_.value, N = (int)N_.value, K = (int)K_.value, repeats = (int)repeats_.value;
     float *a = calloc((size_t)M * K, sizeof(float)), *b = calloc((size_t)K * N, sizeof(float)),
@@ -73,16 +74,41 @@ static PyObject *py_sgemm_gflops(PyObject *self, PyObject *args, PyObject *kwarg
     double seconds;
     Py_BEGIN_ALLOW_THREADS
     int ldb = trans_b ? K : N; /* B is [N, K] or [K, N] */
-    gemm_f32(false, trans_b, M, N, K, 1.0f, a, K, b, ldb, 0.0f, c, N); /* warm-up */
+    gemm_model(bf16, false, trans_b, M, N, K, 1.0f, a, K, b, ldb, 0.0f, c, N); /* warm-up */
     double start = omp_get_wtime();
     for (int r = 0; r < repeats; r++)
-        gemm_f32(false, trans_b, M, N, K, 1.0f, a, K, b, ldb, 0.0f, c, N);
+        gemm_model(bf16, false, trans_b, M, N, K, 1.0f, a, K, b, ldb, 0.0f, c, N);
     seconds = omp_get_wtime() - start;
     Py_END_ALLOW_THREADS
     free(a);
     free(b);
     free(c);
     return PyFloat_FromDouble(2.0 * M * N * K * repeats / seconds / 1e9);
+}
+
+/* load_onednn(path) -> None, or why oneDNN could not be loaded from path
+ * (only the first call loads; later ones repeat its outcome). */
+static PyObject *py_load_onednn(PyObject *self, PyObject *args) {
+    const char *path;
+    if (!PyArg_ParseTuple(args, "s", &path)) return NULL;
+    const char *failure;
+    Py_BEGIN_ALLOW_THREADS
+    failure = onednn_load(path);
+    Py_END_ALLOW_THREADS
+    if (failure) return PyUnicode_FromString(failure);
+    Py_RETURN_NONE;
+}
+
+/* set_bf16_units(on) -> whether the bfloat16 products now run as asked
+ * (gemm.h, gemm_set_bf16_units). */
+static PyObject *py_set_bf16_units(PyObject *self, PyObject *args) {
+    int on;
+    if (!PyArg_ParseTuple(args, "p", &on)) return NULL;
+    return PyBool_FromLong(gemm_set_bf16_units(on));
+}
+
+static PyObject *py_bf16_units(PyObject *self, PyObject *unused) {
+    return PyBool_FromLong(gemm_bf16_units());
 }
 
 /* profile(enable=None, reset=False) -> {phase: seconds}; enable switches the
@@ -119,8 +145,15 @@ PyMethodDef calign_threads_methods[] = {
     KEYWORDS_METHOD("set_num_threads", py_set_num_threads,
                     "Set the threads calign's kernels use; returns the previous value."),
     {"build_info", py_build_info, METH_NOARGS, "BLAS library, its kernel, OpenMP version, cores."},
-    {"describe", py_describe, METH_NOARGS, "Names the C side defines once: loss types, modes, "
-                                           "engine config fields."},
+    {"load_onednn", py_load_onednn, METH_VARARGS,
+     "Load oneDNN from a path: None, or why it could not be loaded."},
+    {"set_bf16_units", py_set_bf16_units, METH_VARARGS,
+     "Run bfloat16 products on the CPU's bfloat16 units (True) or emulated (False)."},
+    {"bf16_units", py_bf16_units, METH_NOARGS,
+     "Whether bfloat16 products run on the CPU's bfloat16 units."},
+    {"describe", py_describe, METH_NOARGS,
+     "Names the C side defines once: loss types, modes, "
+     "engine config fields."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include "core/bf16.h"
+#include "core/gemm.h"
 #include "logprob.h"
 
 /* The checked operands of one token_logprobs call. */
@@ -228,7 +229,71 @@ static PyObject *py_float32_to_bfloat16(PyObject *self, PyObject *args, PyObject
     return out;
 }
 
+/* matmul(a, b, trans_a=False, trans_b=False, bf16=False, alpha=1.0, beta=0.0, out=None)
+ * -> out: out = alpha op(a) @ op(b) + beta out by gemm_model, the product a model's
+ * forward and backward use (bf16: bfloat16 operands, float32 sums). op(a) is a, or a.T
+ * when trans_a (a stored [K, M]); likewise b. */
+static PyObject *py_matmul(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"a", "b", "trans_a", "trans_b", "bf16", "alpha", "beta", "out", NULL};
+    array_arg a = {"a"}, b = {"b"}, out = {"out"};
+    int trans_a = 0, trans_b = 0, bf16 = 0;
+    real_arg alpha = {"alpha", -INFINITY, INFINITY, 0, 0, 1.0};
+    real_arg beta = {"beta", -INFINITY, INFINITY, 0, 0, 0.0};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&|pppO&O&O&", kwlist, to_f32_matrix, &a,
+                                     to_f32_matrix, &b, &trans_a, &trans_b, &bf16, to_real32,
+                                     &alpha, to_real32, &beta, to_f32_matrix_out_or_none, &out))
+        return NULL;
+    PyObject *result = NULL;
+    const npy_intp M = PyArray_DIM(a.array, trans_a ? 1 : 0),
+                   K = PyArray_DIM(a.array, trans_a ? 0 : 1);
+    const npy_intp Kb = PyArray_DIM(b.array, trans_b ? 1 : 0),
+                   N = PyArray_DIM(b.array, trans_b ? 0 : 1);
+    if (K != Kb) {
+        PyErr_Format(PyExc_ValueError,
+                     "op(a) is %zd x %zd but op(b) is %zd x %zd: inner "
+                     "dimensions differ",
+                     (Py_ssize_t)M, (Py_ssize_t)K, (Py_ssize_t)Kb, (Py_ssize_t)N);
+        goto done;
+    }
+    if (M > INT32_MAX || N > INT32_MAX || K > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "a or b is too large (dimension over 2^31)");
+        goto done;
+    }
+    if (out.array) {
+        if (PyArray_DIM(out.array, 0) != M || PyArray_DIM(out.array, 1) != N) {
+            PyErr_Format(PyExc_ValueError, "out has shape (%zd, %zd) but the product is %zd x %zd",
+                         (Py_ssize_t)PyArray_DIM(out.array, 0),
+                         (Py_ssize_t)PyArray_DIM(out.array, 1), (Py_ssize_t)M, (Py_ssize_t)N);
+            goto done;
+        }
+        result = Py_NewRef((PyObject *)out.array);
+    } else if (beta.value != 0.0) {
+        PyErr_SetString(PyExc_ValueError, "beta != 0 adds to out: pass out");
+        goto done;
+    } else {
+        npy_intp dims[2] = {M, N};
+        if (!(result = PyArray_ZEROS(2, dims, NPY_FLOAT32, 0))) goto done;
+    }
+    const float *A = ARG_DATA(const float, a), *B = ARG_DATA(const float, b);
+    float *C = PyArray_DATA((PyArrayObject *)result);
+    /* BLAS wants leading dimensions of at least 1, even for an empty operand */
+    const int lda = (int)(PyArray_DIM(a.array, 1) > 1 ? PyArray_DIM(a.array, 1) : 1);
+    const int ldb = (int)(PyArray_DIM(b.array, 1) > 1 ? PyArray_DIM(b.array, 1) : 1);
+    Py_BEGIN_ALLOW_THREADS
+    gemm_model(bf16, trans_a, trans_b, (int)M, (int)N, (int)K, (float)alpha.value, A, lda, B,
+               ldb, (float)beta.value, C, N > 0 ? (int)N : 1);
+    Py_END_ALLOW_THREADS
+done:
+    arg_release(&a);
+    arg_release(&b);
+    arg_release(&out);
+    return result;
+}
+
 PyMethodDef calign_ops_methods[] = {
+    KEYWORDS_METHOD("matmul", py_matmul,
+                    "alpha op(a) @ op(b) + beta out, as a model's products compute it (see "
+                    "calign.ops)."),
     KEYWORDS_METHOD("float32_to_bfloat16", py_float32_to_bfloat16,
                     "uint16 bits of the nearest bfloat16 of each float32 (see "
                     "calign.model.dtypes)."),

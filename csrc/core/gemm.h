@@ -28,6 +28,14 @@ void gemm_f32(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
 void gemm_model(bool bf16_operands, bool trans_a, bool trans_b, int M, int N, int K, float alpha,
                 const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
 
+/* Whether gemm_model's bfloat16 products run on the CPU's bfloat16 units
+ * (through oneDNN, onednn.h) or are emulated (operands rounded, float32
+ * sgemm). The two differ only in the order of float32 sums. Asking for the
+ * units on a CPU without them, or before oneDNN is loaded, leaves them off
+ * and returns false. Off at start. */
+bool gemm_set_bf16_units(bool on);
+bool gemm_bf16_units(void);
+
 /* C[M, N] = round(A)[M, K] B^T with B [N, K] stored as bfloat16 (a frozen
  * model's weights): gemm_model's bf16 arithmetic when the weight operand is
  * already rounded and kept in half the bytes. */

@@ -8,6 +8,20 @@ memory is O(chunk_size * vocab + tokens * hidden_size).
 from calign import _C
 
 
+def matmul(a, b, *, trans_a=False, trans_b=False, bf16=False, alpha=1.0, beta=0.0, out=None):
+    """alpha * op(a) @ op(b) + beta * out, computed as a model's products are.
+
+    op(a) is `a`, or `a.T` with `trans_a` (then `a` is stored [K, M]); the same
+    for `b`. With `bf16` both operands are rounded to bfloat16 and multiplied
+    with float32 sums, on the backend `calign.bf16_backend()` names; without,
+    it is the float32 sgemm. a, b (and out) are C-contiguous float32
+    matrices; `out` must not overlap a or b. Returns `out` (a new [M, N]
+    array when none is given; beta != 0 needs one).
+    """
+    return _C.matmul(a, b, trans_a=trans_a, trans_b=trans_b, bf16=bf16, alpha=alpha, beta=beta,
+                     out=out)
+
+
 def token_logprobs(hidden, weight, targets, *, bias=None, temperature=1.0, ignore_index=-100,
                    chunk_size=None, return_stats=False):
     """Log-probability of each target token under the lm_head.
