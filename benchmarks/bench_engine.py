@@ -3,6 +3,8 @@
 Workloads (each side in its own process, same thread count, warm-up excluded,
 median of repeats):
   train     forward + backward + AdamW step of causal-LM cross-entropy
+  train-bf16  the same with bf16 products: calign's Model.bf16_products against
+            torch's CPU autocast to bfloat16 (what bf16=True runs in TRL)
   forward   forward only (log-probs of every next token for calign, logits for torch)
   generate  greedy generation of 64 new tokens after a 16-token prompt, batch 1 and 8;
             generate-8-bf16: calign reading its matrix weights as bfloat16
@@ -17,8 +19,9 @@ same run (model FLOPs: 6N per token for training, 2N forward, plus attention).
 
 With --llmc PATH (a checkout of karpathy/llm.c) it also times llm.c's CPU
 trainer, train_gpt2.c built by its Makefile, against calign's training step
-on the same shape and batch: GPT-2 124M, B 4, T 64, AdamW (llmc_side.py). Without
-the option that row is skipped with a message.
+on the same shape and batch: GPT-2 124M, B 4, T 64, AdamW (llmc_side.py), with
+calign in float32 and with bf16 products (llm.c's CPU trainer has only
+float32). Without the option that row is skipped with a message.
 
 Run: python benchmarks/bench_engine.py [--repeats 5] [--quick] [--native-blas] [--llmc PATH]
 """
@@ -43,7 +46,7 @@ SHAPES = {
                       n_positions=1024),
 }
 DEFAULT_MODELS = ("gpt2-20M", "llama-20M")
-WORKLOADS = ("train", "forward", "generate-1", "generate-8", "generate-8-bf16")
+WORKLOADS = ("train", "train-bf16", "forward", "generate-1", "generate-8", "generate-8-bf16")
 QUICK = {"gpt2-20M": dict(SHAPES["gpt2-20M"], n_layer=2, vocab_size=8000)}
 BATCH, SEQ = 4, 256
 
@@ -88,9 +91,10 @@ def child_calign(folder, workload, threads, repeats):
     model = calign.Model.from_pretrained(folder)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, model.vocab_size, (BATCH, SEQ))
-    if workload == "train-b4t64":  # llm.c's train_gpt2.c: B 4, T 64
+    if workload.startswith("train-b4t64"):  # llm.c's train_gpt2.c: B 4, T 64
         ids = ids[:, :64]
     if workload.startswith("train"):
+        model.bf16_products = workload.endswith("-bf16")
         opt = calign.optim.AdamW(model, lr=1e-4)
 
         def step():
@@ -108,8 +112,13 @@ def child_calign(folder, workload, threads, repeats):
             model.generate(prompts, max_new_tokens=64, weight_dtype=dtype)
     seconds = median_seconds(step, repeats)
     info = calign.build_info()
-    sgemm = calign._C.sgemm_gflops(1024, 1024, 1024, 5)  # same process, same BLAS kernel
-    return seconds, f"OpenBLAS {info['blas_core']}", sgemm
+    # same process, same kernel: the sgemm, or under bf16 products the bf16 product
+    bf16 = workload.startswith("train") and workload.endswith("-bf16")
+    sgemm = calign._C.sgemm_gflops(1024, 1024, 1024, 5, bf16=bf16)
+    kernel = f"OpenBLAS {info['blas_core']}"
+    if bf16:
+        kernel += f", bf16 {calign.bf16_backend()}"
+    return seconds, kernel, sgemm
 
 
 def child_torch(folder, workload, threads, repeats):
@@ -119,12 +128,14 @@ def child_torch(folder, workload, threads, repeats):
     torch.set_num_threads(threads)
     model = transformers.AutoModelForCausalLM.from_pretrained(folder)
     ids = torch.randint(0, model.config.vocab_size, (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
-    if workload == "train":
+    if workload.startswith("train"):
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        bf16 = workload.endswith("-bf16")
 
         def step():
-            loss = model(ids, labels=ids).loss
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = model(ids, labels=ids).loss
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -174,20 +185,23 @@ def compare_llmc(args):
         return
     with tempfile.TemporaryDirectory() as folder:
         build_checkpoint(SHAPES["gpt2-124M"], folder)
-        mine = spawn("calign", folder, "train-b4t64", args.threads, args.repeats,
-                     args.native_blas)
-    if "error" in mine:
-        print(f"llm.c row: calign failed: {mine['error']}")
+        mine = {w: spawn("calign", folder, w, args.threads, args.repeats, args.native_blas)
+                for w in ("train-b4t64", "train-b4t64-bf16")}
+    failed = [r["error"] for r in mine.values() if "error" in r]
+    if failed:
+        print(f"llm.c row: calign failed: {failed[0]}")
         return
     theirs, compile_line, losses = llmc_side.step_seconds(args.llmc, args.repeats, args.threads)
     print(f"llm.c built with: {compile_line}")
     print(f"llm.c losses of its first steps: {', '.join(f'{x:.3f}' for x in losses)}")
-    print(f"gpt2-124M, B 4 x T 64, AdamW: calign {mine['seconds']:.3f} s/step "
-          f"({mine['kernel']}), llm.c train_gpt2.c {theirs:.3f} s/step (OMP_NUM_THREADS="
-          f"{args.threads}): calign {theirs / mine['seconds']:.2f}x faster; calign peak RSS "
-          f"{mine['peak_rss_mib']:.0f} MiB")
-    print(f"README row: | gpt2-124M, B 4 x T 64, AdamW | {mine['seconds']:.3f} | {theirs:.3f} | "
-          f"{theirs / mine['seconds']:.2f}x |")
+    for workload, r in mine.items():
+        products = "bf16 products" if workload.endswith("bf16") else "float32"
+        print(f"gpt2-124M, B 4 x T 64, AdamW, calign {products}: calign {r['seconds']:.3f} "
+              f"s/step ({r['kernel']}), llm.c train_gpt2.c {theirs:.3f} s/step "
+              f"(OMP_NUM_THREADS={args.threads}): calign {theirs / r['seconds']:.2f}x faster; "
+              f"calign peak RSS {r['peak_rss_mib']:.0f} MiB")
+        print(f"README row: | gpt2-124M, B 4 x T 64, AdamW, calign {products} | "
+              f"{r['seconds']:.3f} | {theirs:.3f} | {theirs / r['seconds']:.2f}x |")
 
 
 def main():
@@ -248,7 +262,8 @@ def main():
                             f"{100 * tokens / mine['seconds'] / limit:.0f}%")
                 else:
                     tokens = BATCH * SEQ
-                    achieved = model_flops(shape, workload == "train") / mine["seconds"] / 1e9
+                    train = workload.startswith("train")
+                    achieved = model_flops(shape, train) / mine["seconds"] / 1e9
                     flops_note = f"{100 * achieved / mine['sgemm_gflops']:.0f}%"
                     note = None
                 print(f"{name:>10} {workload:>11} {tokens / mine['seconds']:13.0f} "

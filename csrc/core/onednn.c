@@ -9,6 +9,7 @@
 #include <dlfcn.h>
 #include <omp.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "core/threads.h"
 
@@ -27,11 +28,12 @@ typedef struct {
 } dnnl_version_info;
 
 enum {
-    DNNL_CPU_ENGINE = 1,        /* dnnl_cpu */
-    DNNL_STREAM_IN_ORDER = 1,   /* dnnl_stream_default_flags */
-    DNNL_BF16 = 2,              /* dnnl_bf16 */
-    DNNL_F32 = 3,               /* dnnl_f32 */
-    DNNL_ELTWISE_LINEAR = 0x26, /* dnnl_eltwise_linear: alpha x + beta */
+    DNNL_CPU_ENGINE = 1,          /* dnnl_cpu */
+    DNNL_STREAM_IN_ORDER = 1,     /* dnnl_stream_default_flags */
+    DNNL_BF16 = 2,                /* dnnl_bf16 */
+    DNNL_F32 = 3,                 /* dnnl_f32 */
+    DNNL_ELTWISE_LINEAR = 0x26,   /* dnnl_eltwise_linear: alpha x + beta */
+    DNNL_QUERY_IMPL_INFO_STR = 8, /* dnnl_query_impl_info_str */
     DNNL_ARG_SRC = 1,
     DNNL_ARG_DST = 17,
     DNNL_ARG_WEIGHTS = 33,
@@ -60,6 +62,7 @@ static struct {
     dnnl_status (*matmul_pd_create)(dnnl_handle *, dnnl_handle, dnnl_handle, dnnl_handle,
                                     dnnl_handle, dnnl_handle, dnnl_handle);
     dnnl_status (*pd_destroy)(dnnl_handle);
+    dnnl_status (*pd_query)(dnnl_handle, int, int, void *);
     dnnl_status (*primitive_create)(dnnl_handle *, dnnl_handle);
     dnnl_status (*primitive_destroy)(dnnl_handle);
     dnnl_status (*primitive_execute)(dnnl_handle, dnnl_handle, int, const dnnl_exec_arg *);
@@ -105,6 +108,7 @@ const char *onednn_load(const char *path) {
     BIND(post_ops_append_eltwise, "dnnl_post_ops_append_eltwise")
     BIND(matmul_pd_create, "dnnl_matmul_primitive_desc_create")
     BIND(pd_destroy, "dnnl_primitive_desc_destroy")
+    BIND(pd_query, "dnnl_primitive_desc_query")
     BIND(primitive_create, "dnnl_primitive_create")
     BIND(primitive_destroy, "dnnl_primitive_destroy")
     BIND(primitive_execute, "dnnl_primitive_execute")
@@ -150,6 +154,12 @@ bool onednn_gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alp
     if (dnnl.attr_set_post_ops(attr, post_ops)) goto out;
     /* oneDNN caches the primitive of a shape it has seen: measured 1.5 us a call to get it */
     if (dnnl.matmul_pd_create(&pd, dnnl.engine, a_md, b_md, NULL, c_md, attr)) goto out;
+    /* oneDNN falls back to its scalar reference code for layouts its kernels
+     * do not take (seen: a transposed A with a sum post-op into a strided C);
+     * that runs at well under 1 GFLOP/s, so such a product is left to the caller */
+    const char *impl = NULL;
+    if (dnnl.pd_query(pd, DNNL_QUERY_IMPL_INFO_STR, 0, &impl) || !impl || !strncmp(impl, "ref", 3))
+        goto out;
     if (dnnl.primitive_create(&prim, pd)) goto out;
     if (dnnl.memory_create(&a_mem, a_md, dnnl.engine, (void *)A) ||
         dnnl.memory_create(&b_mem, b_md, dnnl.engine, (void *)B) ||

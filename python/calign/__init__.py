@@ -8,7 +8,7 @@ from calign._C import get_num_threads, set_num_threads
 from calign import (decoding, lora, losses, merge, ops, optim, safety, selfimprove, steering,
                     synthetic, textalign, wordalign)
 from calign._info import build_info
-from calign.bf16_backend import bf16_backend, set_bf16_backend
+from calign.bf16_dispatch import bf16_backend, set_bf16_backend
 from calign.lora import LoraConfig
 from calign.model import Model, PackedBatch, RewardModel, pack_shared_prefix
 from calign.tokenizer import Tokenizer

@@ -11,7 +11,9 @@ accumulation. Two backends compute that:
 - "emulated": the operands rounded into float32 copies and multiplied by the
   float32 sgemm: the same arithmetic at float32 speed, on any CPU.
 
-The two differ only in the order in which float32 sums are added up.
+The two differ only in the order in which float32 sums are added up. The
+environment variable CALIGN_BF16_BACKEND ("onednn" or "emulated") picks one at
+import; unset, oneDNN is used where it can run.
 """
 
 import importlib.metadata
@@ -36,10 +38,14 @@ def _onednn_library():
     return None
 
 
+def _cpu_has_bf16_units():
+    features = _C.build_info()["cpu_features"]
+    return bool(features.get("avx512bf16") or features.get("amx_bf16"))
+
+
 def _onednn_unavailable():
     """None when oneDNN can run the products here, else why not (loads it once)."""
-    features = _C.build_info()["cpu_features"]
-    if not (features.get("avx512bf16") or features.get("amx_bf16")):
+    if not _cpu_has_bf16_units():
         return "this CPU has no bfloat16 units (neither AVX512-BF16 nor AMX)"
     path = _onednn_library()
     if path is None:
@@ -70,10 +76,16 @@ def set_bf16_backend(name):
     return previous
 
 
-def _choose_default():
-    """oneDNN where it can run, else emulated, without a word."""
-    if _onednn_unavailable() is None:
+def _choose_at_import():
+    """CALIGN_BF16_BACKEND's backend (raising if it cannot run); unset, oneDNN
+    where it can run, else emulated, without a word."""
+    asked = os.environ.get("CALIGN_BF16_BACKEND", "")
+    if asked:
+        if asked not in BACKENDS:
+            raise ValueError(f"CALIGN_BF16_BACKEND must be one of {BACKENDS}, not {asked!r}")
+        set_bf16_backend(asked)
+    elif _onednn_unavailable() is None:
         _C.set_bf16_units(True)
 
 
-_choose_default()
+_choose_at_import()
