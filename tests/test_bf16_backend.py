@@ -29,9 +29,16 @@ BACKENDS = ["emulated", pytest.param("onednn", marks=needs_onednn)]
 
 @pytest.fixture
 def backend(request):
+    """The backend a test runs on; with oneDNN, the test also fails unless
+    every product it sent there ran there (a refused one falls back to the
+    emulation silently)."""
     previous = calign.set_bf16_backend(request.param)
+    done, refused = calign._C.bf16_units_counts()
     yield request.param
     calign.set_bf16_backend(previous)
+    if request.param == "onednn":
+        now_done, now_refused = calign._C.bf16_units_counts()
+        assert now_refused == refused and now_done > done
 
 
 def rounded(x):
@@ -87,8 +94,7 @@ def test_alpha_and_beta(backend, alpha, beta):
     assert np.all(np.abs(out - exact) <= bound)
 
 
-@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
-def test_the_bound_tells_rounding_apart(backend):
+def test_the_bound_tells_rounding_apart():
     """The float32 product of the unrounded operands breaks the bound almost
     everywhere, so the tests above fail if a backend skips the rounding."""
     a, b = operands(64, 64, 256, False, False, seed=3)
@@ -109,6 +115,7 @@ def test_wide_operand_is_blocked_over_the_inner_dimension(backend):
 
 
 @needs_onednn
+@pytest.mark.skipif("CALIGN_BF16_BACKEND" in os.environ, reason="the environment picks it")
 def test_onednn_is_the_default_where_it_can_run():
     assert calign.bf16_backend() == "onednn"
     assert calign.build_info()["onednn"].startswith("3.")
@@ -116,40 +123,18 @@ def test_onednn_is_the_default_where_it_can_run():
 
 @needs_onednn
 def test_onednn_runs_its_bfloat16_kernels():
-    """oneDNN's own log (ONEDNN_VERBOSE) shows the products ran in its JIT
-    bfloat16 kernels, not in its scalar reference code, which calign refuses
-    (a transposed A with a sum into a strided C chose it)."""
+    """oneDNN's own log (ONEDNN_VERBOSE) shows each product ran in one of its
+    JIT kernels, not in its scalar reference code, which calign refuses."""
     code = ("import numpy as np, calign\n"
             "a = np.ones((96, 64), np.float32); b = np.ones((96, 80), np.float32)\n"
             "calign.ops.matmul(a, np.ones((64, 80), np.float32), bf16=True)\n"
             "calign.ops.matmul(a, b, trans_a=True, bf16=True)\n"
             "calign.ops.matmul(a, b, trans_a=True, bf16=True, beta=1.0,\n"
             "                  out=np.zeros((64, 80), np.float32))\n")
-    out = run_python(code, ONEDNN_VERBOSE="1")
+    out = run_python(code, ONEDNN_VERBOSE="1", ONEDNN_VERBOSE_TIMESTAMP="0")
     assert out.returncode == 0, out.stderr
     kernels = [line.split(",")[4] for line in out.stdout.splitlines() if ",exec,cpu,matmul," in line]
-    assert kernels and all("bf16" in k and not k.startswith("ref") for k in kernels)
-
-
-@needs_onednn
-def test_backends_agree_on_a_model(tiny_model):
-    """A model's bf16 logits on either backend: most agree to float32
-    summation differences; where a sum lands on the other side of a bfloat16
-    rounding boundary, what follows moves further (measured: 1e-6 over three
-    seeds, 1.4e-3 with one flip), still far below the float32 path's gap."""
-    model = calign.Model.from_pretrained(tiny_model("llama"))
-    ids = np.random.default_rng(5).integers(0, model.vocab_size, (2, 40))
-    model.bf16_products = True
-    logits = {}
-    for name in ("emulated", "onednn"):
-        previous = calign.set_bf16_backend(name)
-        logits[name] = model.logits(ids)
-        calign.set_bf16_backend(previous)
-    model.bf16_products = False
-    float32 = model.logits(ids)
-    gap = np.abs(logits["onednn"] - logits["emulated"])
-    assert np.mean(gap <= 1e-5) > 0.9
-    assert gap.max() < 0.1 * np.abs(float32 - logits["emulated"]).max()
+    assert len(kernels) == 3 and not any(k.startswith("ref") for k in kernels)
 
 
 def test_unknown_backend_is_refused():
@@ -197,6 +182,12 @@ def test_a_library_that_does_not_load_is_reported():
     message, backend = out.stdout.strip().splitlines()
     assert "could not be loaded from /nonexistent/libdnnl.so.3" in message
     assert "No such file" in message and backend == "emulated"
+
+
+def test_matmul_refuses_an_output_that_overlaps_an_operand():
+    a = np.ones((4, 4), np.float32)
+    with pytest.raises(ValueError, match="must not overlap"):
+        matmul(a, np.ones((4, 4), np.float32), out=a)
 
 
 @pytest.mark.parametrize("kwargs,error,match", [

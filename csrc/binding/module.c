@@ -91,10 +91,8 @@ static PyObject *py_sgemm_gflops(PyObject *self, PyObject *args, PyObject *kwarg
 static PyObject *py_load_onednn(PyObject *self, PyObject *args) {
     const char *path;
     if (!PyArg_ParseTuple(args, "s", &path)) return NULL;
-    const char *failure;
-    Py_BEGIN_ALLOW_THREADS
-    failure = onednn_load(path);
-    Py_END_ALLOW_THREADS
+    /* the GIL stays held: it serialises the one load (a dlopen, ~20 ms) */
+    const char *failure = onednn_load(path);
     if (failure) return PyUnicode_FromString(failure);
     Py_RETURN_NONE;
 }
@@ -109,6 +107,14 @@ static PyObject *py_set_bf16_units(PyObject *self, PyObject *args) {
 
 static PyObject *py_bf16_units(PyObject *self, PyObject *unused) {
     return PyBool_FromLong(gemm_bf16_units());
+}
+
+/* bf16_units_counts() -> (done, refused): bf16 products sent to the units since
+ * start, and those oneDNN refused (in part), finished emulated. */
+static PyObject *py_bf16_units_counts(PyObject *self, PyObject *unused) {
+    long done, refused;
+    gemm_bf16_units_counts(&done, &refused);
+    return Py_BuildValue("(ll)", done, refused);
 }
 
 /* profile(enable=None, reset=False) -> {phase: seconds}; enable switches the
@@ -151,6 +157,8 @@ PyMethodDef calign_threads_methods[] = {
      "Run bfloat16 products on the CPU's bfloat16 units (True) or emulated (False)."},
     {"bf16_units", py_bf16_units, METH_NOARGS,
      "Whether bfloat16 products run on the CPU's bfloat16 units."},
+    {"bf16_units_counts", py_bf16_units_counts, METH_NOARGS,
+     "(done, refused): bfloat16 products sent to the units since start."},
     {"describe", py_describe, METH_NOARGS,
      "Names the C side defines once: loss types, modes, "
      "engine config fields."},

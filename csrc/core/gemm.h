@@ -32,9 +32,13 @@ void gemm_model(bool bf16_operands, bool trans_a, bool trans_b, int M, int N, in
  * (through oneDNN, onednn.h) or are emulated (operands rounded, float32
  * sgemm). The two differ only in the order of float32 sums. Asking for the
  * units on a CPU without them, or before oneDNN is loaded, leaves them off
- * and returns false. Off at start. */
+ * and returns false. Off at start. The units flush denormal operands to
+ * zero, the emulation does not. */
 bool gemm_set_bf16_units(bool on);
 bool gemm_bf16_units(void);
+/* How many bf16 products went to the units since start: done there, and
+ * refused by oneDNN (in part) and finished emulated. */
+void gemm_bf16_units_counts(long *done, long *refused);
 
 /* C[M, N] = round(A)[M, K] B^T with B [N, K] stored as bfloat16 (a frozen
  * model's weights): gemm_model's bf16 arithmetic when the weight operand is

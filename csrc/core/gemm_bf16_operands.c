@@ -87,7 +87,11 @@ static float *thread_scratch(long floats) {
     return scratch;
 }
 
-static bool use_bf16_units;
+static _Atomic bool use_bf16_units; /* set under the GIL, read by any thread */
+
+/* products sent to the units: [0] done there, [1] refused (in part) and
+ * finished emulated */
+static _Atomic long products_counted[2];
 
 bool gemm_set_bf16_units(bool on) {
     use_bf16_units = on && cpu_has_bf16_units() && onednn_version();
@@ -95,6 +99,11 @@ bool gemm_set_bf16_units(bool on) {
 }
 
 bool gemm_bf16_units(void) { return use_bf16_units; }
+
+void gemm_bf16_units_counts(long *done, long *refused) {
+    *done = products_counted[0];
+    *refused = products_counted[1];
+}
 
 /* The inner-dimension block [k0, k0 + n) of op(A) and op(B), rounded into
  * a (bfloat16 when to_bf16, else float32 holding bfloat16 values) and b in
@@ -133,14 +142,16 @@ static int units_product(bool trans_a, bool trans_b, int M, int N, int K, float 
     void *scratch;
     const long per_k = (long)M + N, kb = k_block(per_k, K, sizeof(uint16_t), &scratch);
     int k0 = 0;
-    for (; kb && k0 < K; k0 += (int)kb) {
+    while (kb && k0 < K) {
         int n = K - k0 < kb ? K - k0 : (int)kb;
         uint16_t *a = scratch, *b = a + (long)M * n;
         copy_k_block(true, trans_a, trans_b, M, N, k0, n, A, lda, B, ldb, a, b);
         if (!onednn_gemm_bf16(trans_a, trans_b, M, N, n, alpha, a, trans_a ? M : n, b,
                               trans_b ? n : N, k0 == 0 ? beta : 1.0f, C, ldc))
             break;
+        k0 += n;
     }
+    products_counted[k0 == K ? 0 : 1]++;
     return k0;
 }
 
@@ -191,20 +202,25 @@ void gemm_model(bool bf16_operands, bool trans_a, bool trans_b, int M, int N, in
 void gemm_model_bf16_weights(int M, int N, int K, const float *A, int lda, const uint16_t *B,
                              int ldb, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
-    if (use_bf16_units && K > 0) { /* A rounded a block of rows at a time (within the cap) */
+    if (use_bf16_units && K > 0 && !omp_in_parallel()) {
+        /* A rounded a block of rows at a time (within the cap) */
+        profile_mark mark = profile_begin();
         long mb = ROUNDED_SCRATCH_FLOATS * 2L / K;
         mb = mb < 1 ? 1 : mb > M ? M : mb;
         uint16_t *a;
         while (!(a = (uint16_t *)thread_scratch((mb * K + 1) / 2)) && mb > 1) mb /= 2;
         int i0 = 0;
-        for (; a && i0 < M; i0 += (int)mb) {
+        while (a && i0 < M) {
             int rows = M - i0 < mb ? M - i0 : (int)mb;
             copy_to_bf16(a, A + (long)i0 * lda, lda, rows, K);
             if (!onednn_gemm_bf16(false, true, rows, N, K, 1.0f, a, K, B, ldb, 0.0f,
                                   C + (long)i0 * ldc, ldc))
                 break;
+            i0 += rows;
         }
-        if (i0 >= M) return;
+        products_counted[i0 == M ? 0 : 1]++;
+        profile_end(PHASE_MATMUL, mark);
+        if (i0 == M) return;
         /* the rows the units did not compute, emulated below */
         A += (long)i0 * lda;
         C += (long)i0 * ldc;

@@ -91,7 +91,10 @@ const char *onednn_load(const char *path) {
     }
     /* every symbol, or none: a library missing one is not used at all */
 #define BIND(field, name)                                                                          \
-    if (!(*(void **)&dnnl.field = dlsym(lib, name))) return dnnl.failure = "missing " name;
+    if (!(*(void **)&dnnl.field = dlsym(lib, name))) {                                             \
+        dlclose(lib);                                                                              \
+        return dnnl.failure = "missing " name;                                                     \
+    }
     BIND(engine_create, "dnnl_engine_create")
     BIND(stream_create, "dnnl_stream_create")
     BIND(stream_destroy, "dnnl_stream_destroy")
@@ -116,9 +119,11 @@ const char *onednn_load(const char *path) {
     BIND(version, "dnnl_version")
 #undef BIND
     const dnnl_version_info *v = dnnl.version();
-    if (v->major != 3) return dnnl.failure = "not oneDNN 3.x";
+    if (v->major != 3 || dnnl.engine_create(&dnnl.engine, DNNL_CPU_ENGINE, 0)) {
+        dlclose(lib);
+        return dnnl.failure = v->major != 3 ? "not oneDNN 3.x" : "no CPU engine";
+    }
     snprintf(dnnl.version_text, sizeof dnnl.version_text, "%d.%d.%d", v->major, v->minor, v->patch);
-    if (dnnl.engine_create(&dnnl.engine, DNNL_CPU_ENGINE, 0)) return dnnl.failure = "no CPU engine";
     dnnl.loaded = true;
     return NULL;
 }
@@ -169,8 +174,10 @@ bool onednn_gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alp
     const dnnl_exec_arg args[3] = {
         {DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, b_mem}, {DNNL_ARG_DST, c_mem}};
     /* The CPU matmul's failures are its argument and scratch-memory checks,
-     * made before it writes C, so a false return leaves C as it was. */
-    done = !dnnl.primitive_execute(prim, stream, 3, args) && !dnnl.stream_wait(stream);
+     * made before it writes C, so a false return leaves C as it was. On a CPU
+     * stream the product is computed inside execute: wait has nothing left. */
+    done = !dnnl.primitive_execute(prim, stream, 3, args);
+    if (done) dnnl.stream_wait(stream);
 out:
     if (stream) dnnl.stream_destroy(stream);
     if (c_mem) dnnl.memory_destroy(c_mem);

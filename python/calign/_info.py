@@ -22,9 +22,13 @@ def build_info():
     """A dict: BLAS library, its kernel (core type), threads, cores, CPU model,
     the CPU's features the dispatch cares about (cpu_features: avx2, fma,
     avx512f, avx512bf16, amx_bf16) and whether the vectorised loops were built
-    with their AVX2/AVX-512 clones (simd_clones; False for CALIGN_SIMD=baseline)."""
+    with their AVX2/AVX-512 clones (simd_clones; False for CALIGN_SIMD=baseline),
+    the version of oneDNN when it is loaded for bf16 products (onednn, else
+    None) and where those products run (bf16_backend: "onednn" or
+    "emulated", calign.bf16_backend())."""
     info = dict(_C.build_info())
     info["threads"] = _C.get_num_threads()
     info["cpu"] = cpu_model()
     info["OPENBLAS_CORETYPE"] = os.environ.get("OPENBLAS_CORETYPE", "")
+    info["bf16_backend"] = "onednn" if _C.bf16_units() else "emulated"
     return info

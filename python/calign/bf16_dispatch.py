@@ -11,7 +11,8 @@ accumulation. Two backends compute that:
 - "emulated": the operands rounded into float32 copies and multiplied by the
   float32 sgemm: the same arithmetic at float32 speed, on any CPU.
 
-The two differ only in the order in which float32 sums are added up. The
+The two differ in the order in which float32 sums are added up, and the
+units flush denormal operands (below 1.2e-38 in magnitude) to zero. The
 environment variable CALIGN_BF16_BACKEND ("onednn" or "emulated") picks one at
 import; unset, oneDNN is used where it can run.
 """

@@ -5,6 +5,8 @@ a chunk of rows at a time, so the (tokens x vocab) logits never exist in full:
 memory is O(chunk_size * vocab + tokens * hidden_size).
 """
 
+import numpy as np
+
 from calign import _C
 
 
@@ -15,9 +17,11 @@ def matmul(a, b, *, trans_a=False, trans_b=False, bf16=False, alpha=1.0, beta=0.
     for `b`. With `bf16` both operands are rounded to bfloat16 and multiplied
     with float32 sums, on the backend `calign.bf16_backend()` names; without,
     it is the float32 sgemm. a, b (and out) are C-contiguous float32
-    matrices; `out` must not overlap a or b. Returns `out` (a new [M, N]
+    matrices; `out` must not overlap a or b (ValueError). Returns `out` (a new [M, N]
     array when none is given; beta != 0 needs one).
     """
+    if out is not None and any(np.may_share_memory(out, x) for x in (a, b)):
+        raise ValueError("out must not overlap a or b (the product reads them after writing out)")
     return _C.matmul(a, b, trans_a=trans_a, trans_b=trans_b, bf16=bf16, alpha=alpha, beta=beta,
                      out=out)
 

@@ -456,7 +456,9 @@ class Model:
         float32 rather than being rounded again. Generation is not affected
         (see generate's weight_dtype), nor is a RewardModel's score head (a
         d x 1 product taken in float64). Off by default; False is the float32
-        path bit for bit."""
+        path bit for bit. The products run on the CPU's bfloat16 units
+        through oneDNN where it has them (AVX512-BF16 or AMX), else emulated
+        at float32 speed: calign.bf16_backend() says which."""
         return self._bf16_products
 
     @bf16_products.setter
