@@ -117,9 +117,10 @@ def runs(tmp_path_factory):
     return Runs(tmp_path_factory.mktemp("mpi"))
 
 
-def assert_same_run(one, two, grad_norm_rtol=1e-5, loss_atol=1e-5):
+def assert_same_run(one, two, grad_norm_rtol=1e-5, loss_atol=1e-5, drift_rtol=1e-5):
     """Two runs of the same global batches: losses to 1e-5, final weights to
-    1e-5 relative (L2), the same token count; the ranks' weights identical."""
+    1e-5 relative (L2; drift_rtol), the same token count; the ranks' weights
+    identical."""
     assert two.record["ranks"] == 2 and one.record["ranks"] == 1
     assert len(one.series("loss")) == len(two.series("loss")) > 0
     np.testing.assert_allclose(two.series("loss"), one.series("loss"), rtol=0, atol=loss_atol)
@@ -127,7 +128,7 @@ def assert_same_run(one, two, grad_norm_rtol=1e-5, loss_atol=1e-5):
                                rtol=grad_norm_rtol)
     assert two.record["num_tokens"] == one.record["num_tokens"]
     drift = np.linalg.norm(two.params - one.params) / np.linalg.norm(one.params)
-    assert drift < 1e-5, drift
+    assert drift < drift_rtol, drift
     digests = {path.read_text() for path in two.digests}
     assert len(two.digests) == 2 and len(digests) == 1  # the replicas did not drift apart
 
@@ -271,7 +272,10 @@ def test_grpo_generation_batches_that_serve_several_steps_are_shared(runs):
                **options)
     two = runs(2, accumulation=1, config={"steps_per_generation": 2, "num_iterations": 2},
                **options)
-    assert_same_run(one, two, grad_norm_rtol=1e-4)  # as in the test above
+    # grad norms as in the test above; the weights after 8 steps of 2 passes
+    # each drifted 1.6e-5 on an AVX-512 machine (the same before and after
+    # the bf16 work; under 1e-5 on the AVX2 one): float32 sums grouped by rank
+    assert_same_run(one, two, grad_norm_rtol=1e-4, drift_rtol=3e-5)
     assert len(one.series("eval_loss")) == 2
     np.testing.assert_allclose(two.series("eval_reward"), one.series("eval_reward"), atol=1e-5)
     np.testing.assert_allclose(two.series("eval_loss"), one.series("eval_loss"), atol=1e-5)
