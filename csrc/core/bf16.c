@@ -38,6 +38,12 @@ static void bf16_dots(int M, int j0, int j1, int K, const float *A, int lda, con
                       int ldb, float *C, int ldc) {
     for (int j = j0; j < j1; j++) {
         const uint16_t *b = B + (long)j * ldb;
+        /* fetch the row of B four ahead (32 bfloat16 a cache line): the
+         * loop below stalled on loading b (44% of its samples in perf); with
+         * this the batch-8 decoding products of GPT-2 124M took 1.26-1.38 s
+         * against 1.64-1.68 on the AVX512-BF16 EPYC (4 ahead or 8: the same) */
+        if (j + 4 < j1)
+            for (int k = 0; k < K; k += 32) __builtin_prefetch(b + 4L * ldb + k);
         int i = 0;
         for (; i + 4 <= M; i += 4) {
             const float *a0 = A + (long)i * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
