@@ -4,6 +4,7 @@ import os
 import platform
 
 from calign import _C
+from calign.bf16_dispatch import bf16_backend
 
 
 def cpu_model():
@@ -30,5 +31,5 @@ def build_info():
     info["threads"] = _C.get_num_threads()
     info["cpu"] = cpu_model()
     info["OPENBLAS_CORETYPE"] = os.environ.get("OPENBLAS_CORETYPE", "")
-    info["bf16_backend"] = "onednn" if _C.bf16_units() else "emulated"
+    info["bf16_backend"] = bf16_backend()
     return info
